@@ -1,1 +1,19 @@
-//! Being written: java
+//! Java semantics the mesh must reproduce bit for bit.
+//!
+//! The race's provider answers `hash(s)` with Java's `String.hashCode`, so the
+//! consumer side (tests, mock providers) needs the very same function.
+//!
+//! ```
+//! assert_eq!(codec::java::string_hash_code("hello"), 99162322);
+//! ```
+
+/// Java's `String.hashCode`: `h = 31 * h + unit` over the UTF-16 code units,
+/// wrapping on overflow.
+///
+/// Characters outside the BMP count as two units (a surrogate pair), exactly
+/// as in Java, so the result matches a JVM for every string.
+pub fn string_hash_code(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
+}
