@@ -1,1 +1,361 @@
-//! registry
+//! Service registry for dubbo-mesh.
+//!
+//! Provider-agents [`register`](Registry::register) an [`Instance`]; the consumer-agent
+//! [`watch`](Registry::watch)es a service and receives the **whole** current instance list
+//! every time it changes (and once at start, even if empty).
+//!
+//! One interface, three backends, chosen by URL in [`open`]:
+//!
+//! | URL | backend |
+//! | --- | --- |
+//! | `etcd://h1:2379,h2:2379[?ttl=N]` | etcd v3, keys `/dubbomesh/<service>/<host>:<port>`, leases with TTL `N` s (default 10) |
+//! | `file:///some/dir` | embedded file registry in that directory (one host) |
+//! | `static://host:port?weight=N,host:port?weight=M` | fixed list (consumer side only): every watch gets it once |
+//! | `None` (or `""`) | embedded file registry in `<temp_dir>/dubbo-mesh-registry` |
+//!
+//! Callbacks run on the registry's own thread (never on the caller's event loop); they
+//! must be quick: forward the list to your loop through a channel or a waker.
+//!
+//! ```
+//! use std::sync::mpsc;
+//! use std::time::Duration;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let url = format!("file://{}", dir.path().display());
+//! let registry = registry::open(Some(&url)).unwrap();
+//!
+//! // provider side
+//! let reg = registry
+//!     .register(registry::Instance::new("com.example.Hello", "127.0.0.1:30000").with_weight(200))
+//!     .unwrap();
+//!
+//! // consumer side
+//! let (tx, rx) = mpsc::channel();
+//! let watch = registry
+//!     .watch("com.example.Hello", move |list| {
+//!         let _ = tx.send(list);
+//!     })
+//!     .unwrap();
+//! let list = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+//! assert_eq!(list.len(), 1);
+//! assert_eq!(list[0].weight, 200);
+//!
+//! reg.deregister().unwrap(); // graceful: the entry is gone when this returns
+//! drop(watch);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod etcd;
+mod file;
+mod url;
+
+pub use crate::url::DEFAULT_TTL;
+
+/// Weight of an instance whose registration does not say otherwise.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// One registered instance of a service: an agent reachable at `addr`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Instance {
+    /// Service (Dubbo interface) name, e.g. `com.alibaba.dubbo.performance.demo.provider.IHelloService`.
+    pub service: String,
+    /// `host:port` reaching the agent.
+    pub addr: String,
+    /// Load-balancing weight (default [`DEFAULT_WEIGHT`]).
+    pub weight: u32,
+    /// Free-form metadata, e.g. `version`, `group`, `serialization`.
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// An instance with the default weight and no metadata.
+    pub fn new(service: impl Into<String>, addr: impl Into<String>) -> Self {
+        Instance {
+            service: service.into(),
+            addr: addr.into(),
+            weight: DEFAULT_WEIGHT,
+            meta: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the weight.
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// Errors of this crate.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The registry URL could not be understood.
+    InvalidUrl(String),
+    /// The service name or instance is not acceptable (empty, contains `/`, bad `host:port`...).
+    InvalidInstance(String),
+    /// The operation does not exist for this backend (e.g. `register` on a static list).
+    Unsupported(&'static str),
+    /// A filesystem error of the file backend.
+    Io(std::io::Error),
+    /// An error talking to etcd.
+    Etcd(String),
+    /// The registry's background thread is gone.
+    Shutdown,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidUrl(m) => write!(f, "invalid registry URL: {m}"),
+            Error::InvalidInstance(m) => write!(f, "invalid instance: {m}"),
+            Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::Io(e) => write!(f, "registry I/O error: {e}"),
+            Error::Etcd(m) => write!(f, "etcd error: {m}"),
+            Error::Shutdown => write!(f, "registry background thread has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+/// Callback type of [`Registry::watch`], boxed.
+pub(crate) type Callback = Box<dyn FnMut(Vec<Instance>) + Send + 'static>;
+
+/// A callback that is no longer invoked once its [`Watch`] has been dropped.
+pub(crate) struct Sink {
+    stopped: Arc<AtomicBool>,
+    callback: Mutex<Callback>,
+}
+
+impl Sink {
+    pub(crate) fn new(callback: Callback) -> (Arc<Sink>, Arc<AtomicBool>) {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let sink = Arc::new(Sink {
+            stopped: stopped.clone(),
+            callback: Mutex::new(callback),
+        });
+        (sink, stopped)
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Delivers `list` unless stopped. A panicking callback is caught and logged.
+    pub(crate) fn deliver(&self, list: Vec<Instance>) {
+        if self.is_stopped() {
+            return;
+        }
+        let mut cb = match self.callback.lock() {
+            Ok(cb) => cb,
+            Err(p) => p.into_inner(),
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (cb)(list)));
+        if r.is_err() {
+            log::error!("registry watch callback panicked");
+        }
+    }
+}
+
+/// How to open a registry; [`open`] is `Builder::new(url).build()`.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    url: Option<String>,
+    ttl: Option<Duration>,
+}
+
+impl Builder {
+    /// A builder for `url` (see the crate docs); `None` means the embedded default.
+    pub fn new(url: Option<&str>) -> Self {
+        Builder {
+            url: url.map(str::to_owned),
+            ttl: None,
+        }
+    }
+
+    /// Lease TTL of the etcd backend (whole seconds, at least 1). A `?ttl=N` in the URL wins.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Opens the registry. Never connects synchronously: an unreachable etcd is retried in
+    /// the background.
+    pub fn build(self) -> Result<Registry, Error> {
+        let parsed = url::parse(self.url.as_deref())?;
+        let backend = match parsed {
+            url::Parsed::Etcd { endpoints, ttl } => {
+                let ttl = ttl.or(self.ttl).unwrap_or(DEFAULT_TTL);
+                Backend::Etcd(etcd::EtcdBackend::new(endpoints, ttl)?)
+            }
+            url::Parsed::File(dir) => Backend::File(file::FileBackend::new(dir)),
+            url::Parsed::Static(list) => Backend::Static(list),
+        };
+        Ok(Registry {
+            backend: Arc::new(backend),
+        })
+    }
+}
+
+/// Opens a registry from a URL (see the crate docs); `None` is the embedded file registry.
+pub fn open(url: Option<&str>) -> Result<Registry, Error> {
+    Builder::new(url).build()
+}
+
+#[derive(Debug)]
+enum Backend {
+    Etcd(etcd::EtcdBackend),
+    File(file::FileBackend),
+    Static(Vec<url::StaticEntry>),
+}
+
+/// A registry handle. Cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    backend: Arc<Backend>,
+}
+
+impl Registry {
+    /// Registers `instance` and keeps it registered (lease keep-alive or heartbeat) until the
+    /// returned [`Registration`] is dropped or [`deregister`](Registration::deregister)ed.
+    ///
+    /// With etcd this waits (up to a few seconds) for the first successful put; if etcd is
+    /// unreachable it logs a warning and keeps trying in the background.
+    pub fn register(&self, instance: Instance) -> Result<Registration, Error> {
+        validate_service(&instance.service)?;
+        url::validate_addr(&instance.addr).map_err(Error::InvalidInstance)?;
+        let inner = match &*self.backend {
+            Backend::Etcd(b) => RegInner::Etcd(b.register(instance)?),
+            Backend::File(b) => RegInner::File(b.register(instance)?),
+            Backend::Static(_) => {
+                return Err(Error::Unsupported(
+                    "a static:// registry is consumer-side only; it cannot register",
+                ))
+            }
+        };
+        Ok(Registration { inner: Some(inner) })
+    }
+
+    /// Watches `service`: `callback` gets the whole current list (sorted by `addr`) once at
+    /// start, even if empty, and again every time it changes. It runs on the registry's own
+    /// thread and must not block. Dropping the returned [`Watch`] stops it.
+    pub fn watch<F>(&self, service: &str, callback: F) -> Result<Watch, Error>
+    where
+        F: FnMut(Vec<Instance>) + Send + 'static,
+    {
+        validate_service(service)?;
+        let (sink, stopped) = Sink::new(Box::new(callback));
+        let guard: Option<Box<dyn Send + Sync>> = match &*self.backend {
+            Backend::Etcd(b) => Some(Box::new(b.watch(service, sink)?)),
+            Backend::File(b) => {
+                b.watch(service, sink)?;
+                None
+            }
+            Backend::Static(list) => {
+                let list: Vec<Instance> = list.iter().map(|e| e.instance(service)).collect();
+                std::thread::Builder::new()
+                    .name("registry-static".into())
+                    .spawn(move || sink.deliver(list))?;
+                None
+            }
+        };
+        Ok(Watch {
+            stopped,
+            _guard: guard,
+        })
+    }
+}
+
+fn validate_service(service: &str) -> Result<(), Error> {
+    if service.is_empty() || service.contains('/') || service.starts_with('.') {
+        return Err(Error::InvalidInstance(format!(
+            "bad service name {service:?} (must be non-empty, without '/', not starting with '.')"
+        )));
+    }
+    Ok(())
+}
+
+enum RegInner {
+    Etcd(etcd::EtcdRegistration),
+    File(file::FileRegistration),
+}
+
+/// Keeps an instance registered; dropping it deregisters (best effort, bounded by ~1 s).
+pub struct Registration {
+    inner: Option<RegInner>,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration").finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// Deregisters and waits until it is done (etcd: lease revoked, bounded by ~1 s; file: the
+    /// entry is removed). For graceful shutdown.
+    pub fn deregister(mut self) -> Result<(), Error> {
+        match self.inner.take() {
+            Some(RegInner::Etcd(r)) => r.stop(),
+            Some(RegInner::File(r)) => r.stop(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let r = match self.inner.take() {
+            Some(RegInner::Etcd(r)) => r.stop(),
+            Some(RegInner::File(r)) => r.stop(),
+            None => Ok(()),
+        };
+        if let Err(e) = r {
+            log::warn!("deregistering on drop: {e}");
+        }
+    }
+}
+
+/// A running watch; dropping it stops the callbacks (a callback already running finishes).
+pub struct Watch {
+    stopped: Arc<AtomicBool>,
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch")
+            .field("stopped", &self.stopped.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}

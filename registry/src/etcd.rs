@@ -1,0 +1,502 @@
+//! etcd v3 backend.
+//!
+//! Keys are `/dubbomesh/<service>/<host>:<port>` (the 2018 race layout); the value is
+//! `{"weight":N,"meta":{...}}`, and an empty (or non-JSON) value means the default weight.
+//! Everything runs on one current-thread tokio runtime on a dedicated thread per
+//! [`Registry`](crate::Registry).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
+
+use crate::{Error, Instance, Sink, DEFAULT_WEIGHT};
+
+/// Key prefix of every registration.
+pub(crate) const ROOT: &str = "/dubbomesh/";
+const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const STALE_WARN_EVERY: Duration = Duration::from_secs(10);
+
+struct Shared {
+    endpoints: Vec<String>,
+    ttl: Duration,
+    handle: tokio::runtime::Handle,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shutdown.lock() {
+            if let Some(tx) = s.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+pub(crate) struct EtcdBackend {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("endpoints", &self.shared.endpoints)
+            .field("ttl", &self.shared.ttl)
+            .finish()
+    }
+}
+
+pub(crate) struct EtcdRegistration {
+    stop: watch::Sender<()>,
+    done: Mutex<std_mpsc::Receiver<()>>,
+    _shared: Arc<Shared>,
+}
+
+pub(crate) struct EtcdWatch {
+    _stop: watch::Sender<()>,
+    _shared: Arc<Shared>,
+}
+
+impl EtcdBackend {
+    pub(crate) fn new(endpoints: Vec<String>, ttl: Duration) -> Result<Self, Error> {
+        let (handle_tx, handle_rx) = std_mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("registry-etcd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                rt.block_on(async {
+                    let _ = shutdown_rx.await;
+                });
+            })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| Error::Shutdown)?
+            .map_err(|e| Error::Etcd(format!("cannot build the tokio runtime: {e}")))?;
+        Ok(EtcdBackend {
+            shared: Arc::new(Shared {
+                endpoints,
+                ttl,
+                handle,
+                shutdown: Mutex::new(Some(shutdown_tx)),
+            }),
+        })
+    }
+
+    pub(crate) fn register(&self, instance: Instance) -> Result<EtcdRegistration, Error> {
+        let key = instance_key(&instance.service, &instance.addr);
+        let value = encode_value(&instance);
+        let (stop, stop_rx) = watch::channel(());
+        let (first_tx, first_rx) = std_mpsc::channel();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let endpoints = self.shared.endpoints.clone();
+        let ttl = self.shared.ttl;
+        self.shared.handle.spawn(async move {
+            keep_registered(endpoints, ttl, key, value, stop_rx, first_tx).await;
+            let _ = done_tx.send(());
+        });
+        match first_rx.recv_timeout(RPC_TIMEOUT + Duration::from_secs(1)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!(
+                "etcd registration of {} not done yet ({e}); retrying in the background",
+                instance.addr
+            ),
+            Err(_) => log::warn!(
+                "etcd registration of {} not done yet; retrying in the background",
+                instance.addr
+            ),
+        }
+        Ok(EtcdRegistration {
+            stop,
+            done: Mutex::new(done_rx),
+            _shared: self.shared.clone(),
+        })
+    }
+
+    pub(crate) fn watch(&self, service: &str, sink: Arc<Sink>) -> Result<EtcdWatch, Error> {
+        let (stop, stop_rx) = watch::channel(());
+        let endpoints = self.shared.endpoints.clone();
+        let service = service.to_owned();
+        self.shared
+            .handle
+            .spawn(watch_loop(endpoints, service, sink, stop_rx));
+        Ok(EtcdWatch {
+            _stop: stop,
+            _shared: self.shared.clone(),
+        })
+    }
+}
+
+impl EtcdRegistration {
+    pub(crate) fn stop(self) -> Result<(), Error> {
+        let EtcdRegistration {
+            stop,
+            done,
+            _shared,
+        } = self;
+        drop(stop);
+        let done = done.lock().map_err(|_| Error::Shutdown)?;
+        match done.recv_timeout(REVOKE_TIMEOUT + Duration::from_millis(500)) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Etcd(
+                "deregistration did not finish in time (lease will expire)".into(),
+            )),
+        }
+    }
+}
+
+pub(crate) fn instance_key(service: &str, addr: &str) -> String {
+    format!("{ROOT}{service}/{addr}")
+}
+
+fn encode_value(i: &Instance) -> String {
+    json!({ "weight": i.weight, "meta": i.meta }).to_string()
+}
+
+/// Decodes one key/value under `prefix` (`/dubbomesh/<service>/`); `None` if not an instance.
+fn decode(prefix: &str, service: &str, kv: &KeyValue) -> Option<Instance> {
+    let key = kv.key_str().ok()?;
+    let addr = key.strip_prefix(prefix)?;
+    if addr.is_empty() || addr.contains('/') {
+        return None;
+    }
+    let mut inst = Instance::new(service, addr);
+    let value = kv.value();
+    if value.iter().all(u8::is_ascii_whitespace) {
+        return Some(inst);
+    }
+    match serde_json::from_slice::<Value>(value) {
+        Ok(Value::Object(o)) => {
+            inst.weight = o
+                .get("weight")
+                .and_then(Value::as_u64)
+                .and_then(|w| u32::try_from(w).ok())
+                .unwrap_or(DEFAULT_WEIGHT);
+            if let Some(Value::Object(m)) = o.get("meta") {
+                for (k, v) in m {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    inst.meta.insert(k.clone(), v);
+                }
+            }
+        }
+        _ => log::debug!("etcd: value of {key} is not a JSON object; default weight"),
+    }
+    Some(inst)
+}
+
+async fn connect(endpoints: &[String]) -> Result<Client, String> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3));
+    timed(Client::connect(endpoints, Some(opts))).await
+}
+
+async fn timed<T, F>(f: F) -> Result<T, String>
+where
+    F: Future<Output = Result<T, etcd_client::Error>>,
+{
+    match tokio::time::timeout(RPC_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(BACKOFF_MIN)
+    }
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+    /// Sleeps the current delay (doubling it); `false` if stopped meanwhile.
+    async fn sleep(&mut self, stop: &mut watch::Receiver<()>) -> bool {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = stop.changed() => false,
+        }
+    }
+}
+
+/// Registers `key` with a lease and keeps it alive; re-registers after a lost lease or a
+/// broken connection; revokes the lease when stopped.
+async fn keep_registered(
+    endpoints: Vec<String>,
+    ttl: Duration,
+    key: String,
+    value: String,
+    mut stop: watch::Receiver<()>,
+    first: std_mpsc::Sender<Result<(), String>>,
+) {
+    let ttl_secs = ttl.as_secs().max(1) as i64;
+    let tick_every = (ttl / 3).max(Duration::from_millis(300));
+    let mut first = Some(first);
+    let mut backoff = Backoff::new();
+    // The lease our key is attached to, with a client to revoke it.
+    let mut current: Option<(Client, i64)> = None;
+    'outer: loop {
+        let attempt = async {
+            let mut c = connect(&endpoints).await?;
+            let lease = timed(c.lease_grant(ttl_secs, None)).await?.id();
+            timed(c.put(
+                key.as_str(),
+                value.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            ))
+            .await?;
+            let (keeper, stream) = timed(c.lease_keep_alive(lease)).await?;
+            Ok::<_, String>((c, lease, keeper, stream))
+        };
+        let res = tokio::select! {
+            r = attempt => r,
+            _ = stop.changed() => break 'outer,
+        };
+        let (mut client, lease, mut keeper, mut stream) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("etcd: registering {key} failed: {e}; retrying");
+                if let Some(f) = first.take() {
+                    let _ = f.send(Err(e));
+                }
+                if !backoff.sleep(&mut stop).await {
+                    break 'outer;
+                }
+                continue;
+            }
+        };
+        // The key now lives on the new lease: the old one (if any) can go.
+        if let Some((_, old)) = current.take() {
+            let _ = tokio::time::timeout(REVOKE_TIMEOUT, client.lease_revoke(old)).await;
+        }
+        current = Some((client.clone(), lease));
+        log::info!("etcd: registered {key} (lease {lease:x}, ttl {ttl_secs}s)");
+        if let Some(f) = first.take() {
+            let _ = f.send(Ok(()));
+        }
+        backoff.reset();
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break 'outer,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = keeper.keep_alive().await {
+                log::warn!("etcd: keep-alive of {key} failed: {e}; re-registering");
+                break;
+            }
+            match tokio::time::timeout(RPC_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => {
+                    log::warn!("etcd: lease of {key} lost; re-registering");
+                    current = None;
+                    break;
+                }
+                Ok(Ok(None)) => {
+                    log::warn!("etcd: keep-alive stream of {key} closed; re-registering");
+                    break;
+                }
+                Ok(Err(e)) => {
+                    log::warn!("etcd: keep-alive of {key} failed: {e}; re-registering");
+                    break;
+                }
+                Err(_) => {
+                    log::warn!("etcd: keep-alive of {key} timed out; re-registering");
+                    break;
+                }
+            }
+        }
+        if !backoff.sleep(&mut stop).await {
+            break 'outer;
+        }
+    }
+    if let Some((mut c, lease)) = current {
+        match tokio::time::timeout(REVOKE_TIMEOUT, c.lease_revoke(lease)).await {
+            Ok(Ok(_)) => log::info!("etcd: deregistered {key}"),
+            Ok(Err(e)) => log::warn!("etcd: revoking the lease of {key}: {e}"),
+            Err(_) => log::warn!("etcd: revoking the lease of {key} timed out"),
+        }
+    }
+}
+
+/// Delivers `map` as a list if it differs from what was delivered last.
+fn deliver_if_changed(
+    map: &BTreeMap<String, Instance>,
+    delivered: &mut Option<Vec<Instance>>,
+    sink: &Sink,
+) {
+    let list: Vec<Instance> = map.values().cloned().collect();
+    if delivered.as_ref() != Some(&list) {
+        *delivered = Some(list.clone());
+        sink.deliver(list);
+    }
+}
+
+async fn watch_loop(
+    endpoints: Vec<String>,
+    service: String,
+    sink: Arc<Sink>,
+    mut stop: watch::Receiver<()>,
+) {
+    let prefix = format!("{ROOT}{service}/");
+    // key -> instance, the last revision applied (0: a full read is needed).
+    let mut map: BTreeMap<String, Instance> = BTreeMap::new();
+    let mut rev: i64 = 0;
+    let mut delivered: Option<Vec<Instance>> = None;
+    let mut backoff = Backoff::new();
+    let mut stale_since: Option<Instant> = None;
+    let mut stale_warned: Option<Instant> = None;
+    loop {
+        if sink.is_stopped() {
+            return;
+        }
+        let attempt = async {
+            let mut c = connect(&endpoints).await?;
+            if rev == 0 {
+                let resp =
+                    timed(c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+                map.clear();
+                for kv in resp.kvs() {
+                    if let Some(i) = decode(&prefix, &service, kv) {
+                        map.insert(i.addr.clone(), i);
+                    }
+                }
+                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                deliver_if_changed(&map, &mut delivered, &sink);
+            }
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev + 1);
+            let stream = timed(c.watch(prefix.as_str(), Some(opts))).await?;
+            Ok::<_, String>((c, stream))
+        };
+        let res = tokio::select! {
+            r = attempt => r,
+            _ = stop.changed() => return,
+        };
+        let mut stream = match res {
+            Ok((_client, stream)) => stream,
+            Err(e) => {
+                note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
+                if !backoff.sleep(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Some(since) = stale_since.take() {
+            log::info!(
+                "etcd: watch of {prefix} is live again after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
+            stale_warned = None;
+        }
+        backoff.reset();
+        let err = loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = stop.changed() => return,
+            };
+            match msg {
+                Ok(Some(resp)) => {
+                    if resp.compact_revision() > 0 {
+                        log::warn!(
+                            "etcd: revision {} of {prefix} compacted (now {}); full read",
+                            rev + 1,
+                            resp.compact_revision()
+                        );
+                        rev = 0;
+                        break None;
+                    }
+                    if resp.canceled() {
+                        rev = 0;
+                        break Some(format!("watch canceled: {}", resp.cancel_reason()));
+                    }
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        rev = rev.max(kv.mod_revision());
+                        match ev.event_type() {
+                            EventType::Put => {
+                                if let Some(i) = decode(&prefix, &service, kv) {
+                                    map.insert(i.addr.clone(), i);
+                                }
+                            }
+                            EventType::Delete => {
+                                if let Some(addr) =
+                                    kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix))
+                                {
+                                    map.remove(addr);
+                                }
+                            }
+                        }
+                    }
+                    if !resp.events().is_empty() {
+                        deliver_if_changed(&map, &mut delivered, &sink);
+                    }
+                }
+                Ok(None) => break Some("watch stream closed".to_owned()),
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        if let Some(e) = err {
+            note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
+            if !backoff.sleep(&mut stop).await {
+                return;
+            }
+        }
+    }
+}
+
+fn note_stale(
+    prefix: &str,
+    err: &str,
+    delivered: &Option<Vec<Instance>>,
+    since: &mut Option<Instant>,
+    warned: &mut Option<Instant>,
+) {
+    let now = Instant::now();
+    let since = *since.get_or_insert(now);
+    let due = match *warned {
+        None => true,
+        Some(w) => now.duration_since(w) >= STALE_WARN_EVERY,
+    };
+    if due {
+        *warned = Some(now);
+        match delivered {
+            Some(list) => log::warn!(
+                "etcd unreachable for {prefix} ({err}); keeping the last list of {} instance(s), stale for {:.1}s",
+                list.len(),
+                now.duration_since(since).as_secs_f64()
+            ),
+            None => log::warn!("etcd unreachable for {prefix} ({err}); no list yet"),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Static lists and URL parsing.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use registry::{Error, Instance};
+
+#[test]
+fn static_list_is_delivered_once_per_watch() {
+    let reg = registry::open(Some(
+        "static://10.0.0.1:20000?weight=50,10.0.0.2:20001?weight=150&version=2,host-b:3",
+    ))
+    .unwrap();
+    for svc in ["svc.A", "svc.B"] {
+        let (tx, rx) = mpsc::channel();
+        let _w = reg
+            .watch(svc, move |l| {
+                let _ = tx.send(l);
+            })
+            .unwrap();
+        let list = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            list,
+            vec![
+                Instance::new(svc, "10.0.0.1:20000").with_weight(50),
+                Instance::new(svc, "10.0.0.2:20001")
+                    .with_weight(150)
+                    .with_meta("version", "2"),
+                Instance::new(svc, "host-b:3"),
+            ]
+        );
+        // exactly once: the sender is dropped after the single delivery
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_millis(300)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        ));
+    }
+}
+
+#[test]
+fn static_cannot_register() {
+    let reg = registry::open(Some("static://127.0.0.1:1")).unwrap();
+    match reg.register(Instance::new("s", "127.0.0.1:2")) {
+        Err(e @ Error::Unsupported(_)) => assert!(e.to_string().contains("static")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn good_urls() {
+    for u in [
+        "static://[::1]:8080",
+        "static://a:1, b:2?weight=0",
+        "etcd://127.0.0.1:2379",
+        "etcd://h1:2379,h2:2379/",
+        "etcd://h1:2379?ttl=3",
+        "file:///tmp/x",
+        "file://",
+        "",
+    ] {
+        registry::open(Some(u)).unwrap_or_else(|e| panic!("{u:?}: {e}"));
+    }
+    registry::open(None).unwrap();
+    registry::Builder::new(Some("etcd://h:1"))
+        .ttl(Duration::from_secs(4))
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn bad_urls_have_clear_errors() {
+    for (u, needle) in [
+        ("static://", "empty entry"),
+        ("static://host", "not host:port"),
+        ("static://h:0", "port"),
+        ("static://h:70000", "port"),
+        ("static://h:1?weight=x", "weight"),
+        ("static://h:1?weight=-1", "weight"),
+        ("static://h:1,,h:2", "empty entry"),
+        ("static://h:1,h:1", "twice"),
+        ("static://h:1?weight", "key=value"),
+        ("static://[zz]:1", "bad host"),
+        ("etcd://", "empty etcd endpoint"),
+        ("etcd://h:1?ttl=0", "ttl"),
+        ("etcd://h:1?foo=1", "unknown etcd parameter"),
+        ("etcd://h", "not host:port"),
+        ("file://relative/dir", "absolute"),
+        ("zk://h:1", "unknown scheme"),
+        ("127.0.0.1:2379", "expected etcd://"),
+    ] {
+        match registry::open(Some(u)) {
+            Err(e @ Error::InvalidUrl(_)) => {
+                let s = e.to_string();
+                assert!(s.contains(needle), "{u:?}: {s:?} lacks {needle:?}");
+                assert!(s.contains(u), "{u:?}: the message names the URL: {s:?}");
+            }
+            other => panic!("{u:?}: expected InvalidUrl, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Test helpers: a real etcd server, a watch collector, and a child-process registrant.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use registry::{Instance, Registry, Watch};
+
+pub fn init_log() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+// ---------------------------------------------------------------- etcd server
+
+/// A real etcd server on free loopback ports, killed on drop.
+pub struct Etcd {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    pub client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl Etcd {
+    /// Starts etcd (`$ETCD_BIN` or `/usr/bin/etcd`) and waits until it answers.
+    /// Panics (fails the test) if the binary is missing.
+    pub fn start() -> Etcd {
+        let bin =
+            PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into()));
+        assert!(
+            bin.is_file(),
+            "etcd binary not found at {} — install it (Debian: apt-get install etcd-server) or set ETCD_BIN; \
+             the etcd tests cannot run without a real etcd",
+            bin.display()
+        );
+        let mut e = Etcd {
+            bin,
+            dir: tempfile::tempdir().expect("tempdir"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        };
+        e.spawn();
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Registry URL for this server.
+    pub fn url(&self, query: &str) -> String {
+        format!("etcd://127.0.0.1:{}{query}", self.client_port)
+    }
+
+    fn spawn(&mut self) {
+        let c = format!("http://127.0.0.1:{}", self.client_port);
+        let p = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log file");
+        let child = Command::new(&self.bin)
+            .arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&c)
+            .arg("--advertise-client-urls")
+            .arg(&c)
+            .arg("--listen-peer-urls")
+            .arg(&p)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&p)
+            .arg("--initial-cluster")
+            .arg(format!("default={p}"))
+            .env_remove("ETCD_UNSUPPORTED_ARCH")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        let start = s.len().saturating_sub(3000);
+        s[start..].to_owned()
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("etcd exited early ({status}); log:\n{}", self.log_tail());
+            }
+            if self.healthy() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd did not become healthy within 20 s; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.contains("\"health\":\"true\"")
+    }
+
+    /// SIGKILLs the server (data dir kept).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A direct etcd client call on a throwaway runtime.
+    pub fn with_client<T, F, Fut>(&self, f: F) -> T
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ep = self.endpoint();
+        rt.block_on(async move {
+            let c = etcd_client::Client::connect([ep], None)
+                .await
+                .expect("connect");
+            f(c).await
+        })
+    }
+
+    /// Keys under a prefix (sorted).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let prefix = prefix.to_owned();
+        self.with_client(|mut c| async move {
+            let r = c
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .expect("get");
+            let mut v: Vec<String> = r
+                .kvs()
+                .iter()
+                .map(|kv| kv.key_str().unwrap().to_owned())
+                .collect();
+            v.sort();
+            v
+        })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- watching
+
+/// A watch whose lists arrive on a channel.
+pub struct Collector {
+    pub rx: Receiver<Vec<Instance>>,
+    pub watch: Watch,
+    pub last: Option<Vec<Instance>>,
+}
+
+impl Collector {
+    pub fn new(reg: &Registry, service: &str) -> Collector {
+        let (tx, rx) = mpsc::channel();
+        let watch = reg
+            .watch(service, move |list| {
+                let _ = tx.send(list);
+            })
+            .expect("watch");
+        Collector {
+            rx,
+            watch,
+            last: None,
+        }
+    }
+
+    /// Waits (deadline `within`) for a delivered list satisfying `pred`; returns it.
+    pub fn wait_for(
+        &mut self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&[Instance]) -> bool,
+    ) -> Vec<Instance> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(list) => {
+                    self.last = Some(list.clone());
+                    if pred(&list) {
+                        return list;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out after {within:?} waiting for {what}; last list: {:?}",
+                    self.last
+                ),
+            }
+        }
+    }
+
+    /// Asserts that no list arrives within `d`.
+    pub fn assert_quiet(&mut self, d: Duration, why: &str) {
+        if let Ok(list) = self.rx.recv_timeout(d) {
+            panic!("unexpected delivery ({why}): {list:?}");
+        }
+    }
+}
+
+pub fn addrs(list: &[Instance]) -> Vec<&str> {
+    list.iter().map(|i| i.addr.as_str()).collect()
+}
+
+// ---------------------------------------------------------------- child registrant
+
+const ENV_URL: &str = "REGISTRY_TEST_CHILD_URL";
+const ENV_SERVICE: &str = "REGISTRY_TEST_CHILD_SERVICE";
+const ENV_ADDR: &str = "REGISTRY_TEST_CHILD_ADDR";
+
+/// Body of the `#[ignore]`d `child_registrant` test: when run by [`ChildRegistrant::spawn`],
+/// registers and then idles until killed. Does nothing otherwise.
+pub fn child_main() {
+    let (Ok(url), Ok(service), Ok(addr)) = (
+        std::env::var(ENV_URL),
+        std::env::var(ENV_SERVICE),
+        std::env::var(ENV_ADDR),
+    ) else {
+        return;
+    };
+    let reg = registry::open(Some(&url)).expect("child: open");
+    let _r = reg
+        .register(Instance::new(service, addr))
+        .expect("child: register");
+    println!("CHILD-REGISTERED");
+    std::io::stdout().flush().unwrap();
+    // Idle until killed (exits by itself after a minute so it can never linger).
+    std::thread::sleep(Duration::from_secs(60));
+    std::process::exit(3);
+}
+
+/// A child process (this test binary, running `child_registrant`) holding a registration.
+pub struct ChildRegistrant {
+    child: Child,
+}
+
+impl ChildRegistrant {
+    pub fn spawn(url: &str, service: &str, addr: &str) -> ChildRegistrant {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut child = Command::new(exe)
+            .args([
+                "child_registrant",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ENV_URL, url)
+            .env(ENV_SERVICE, service)
+            .env(ENV_ADDR, addr)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child registrant");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("CHILD-REGISTERED") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut c = ChildRegistrant { child };
+        if rx.recv_timeout(Duration::from_secs(15)).is_err() {
+            c.kill9();
+            panic!("child registrant did not register within 15 s");
+        }
+        c
+    }
+
+    /// SIGKILL: no deregistration, no lease revoke.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildRegistrant {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
