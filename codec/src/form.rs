@@ -1,1 +1,231 @@
-//! Being written: form
+//! `application/x-www-form-urlencoded` bodies, and the race's call fields.
+//!
+//! Keys and values are percent-decoded (`%2F` or `%2f`) with `+` as space. A component
+//! without `%` or `+` is returned borrowed ([`Cow::Borrowed`]): the common case allocates
+//! nothing. A bad escape (`%zz`, a truncated `%4`) is an error, as is invalid UTF-8 where
+//! a `str` is asked for.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::borrow::Cow;
+//! use codec::form::{fields, race_call};
+//!
+//! let body = b"interface=com.example.Hello&method=hash\
+//!              &parameterTypesString=Ljava%2Flang%2FString%3B&parameter=a+b%21";
+//! let call = race_call(body).unwrap();
+//! assert_eq!(call.interface, "com.example.Hello");
+//! assert!(matches!(call.method, Cow::Borrowed(_)));
+//! assert_eq!(call.parameter_types, "Ljava/lang/String;");
+//! assert_eq!(call.parameter.as_deref(), Some("a b!"));
+//!
+//! let pairs: Vec<_> = fields(b"x=1&y=").collect::<Result<_, _>>().unwrap();
+//! assert_eq!(pairs, [(Cow::from(&b"x"[..]), Cow::from(&b"1"[..])), (Cow::from(&b"y"[..]), Cow::from(&b""[..]))]);
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a form body could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormError {
+    /// A `%` not followed by two hex digits, at this byte offset of the component.
+    InvalidEscape {
+        /// Offset of the `%` within the key or value.
+        offset: usize,
+    },
+    /// A component needed as text is not valid UTF-8.
+    InvalidUtf8,
+    /// A field the caller requires is absent.
+    MissingField(&'static str),
+}
+
+impl fmt::Display for FormError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FormError::InvalidEscape { offset } => {
+                write!(f, "invalid percent-escape at offset {offset}")
+            }
+            FormError::InvalidUtf8 => f.write_str("form field is not valid UTF-8"),
+            FormError::MissingField(name) => write!(f, "missing form field `{name}`"),
+        }
+    }
+}
+
+impl std::error::Error for FormError {}
+
+/// Raw `(key, value)` pairs of a form body, split on `&` and the first `=`, not decoded.
+///
+/// Empty segments (`a=1&&b=2`) are skipped; a segment without `=` has an empty value.
+pub fn raw_fields(body: &[u8]) -> RawFields<'_> {
+    RawFields { rest: body }
+}
+
+/// Iterator returned by [`raw_fields`].
+#[derive(Debug, Clone)]
+pub struct RawFields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for RawFields<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.rest.is_empty() {
+                return None;
+            }
+            let (seg, rest) = match self.rest.iter().position(|&b| b == b'&') {
+                Some(i) => (
+                    self.rest.get(..i).unwrap_or_default(),
+                    self.rest.get(i + 1..).unwrap_or_default(),
+                ),
+                None => (self.rest, &[][..]),
+            };
+            self.rest = rest;
+            if seg.is_empty() {
+                continue;
+            }
+            return Some(match seg.iter().position(|&b| b == b'=') {
+                Some(i) => (
+                    seg.get(..i).unwrap_or_default(),
+                    seg.get(i + 1..).unwrap_or_default(),
+                ),
+                None => (seg, &[][..]),
+            });
+        }
+    }
+}
+
+/// Decoded `(key, value)` pairs of a form body, in order; stops being useful after an error.
+pub fn fields(body: &[u8]) -> Fields<'_> {
+    Fields {
+        raw: raw_fields(body),
+    }
+}
+
+/// Iterator returned by [`fields`].
+#[derive(Debug, Clone)]
+pub struct Fields<'a> {
+    raw: RawFields<'a>,
+}
+
+/// A decoded form field: key and value, borrowed unless an escape had to be decoded.
+pub type Field<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<Field<'a>, FormError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (k, v) = self.raw.next()?;
+        Some(decode(k).and_then(|k| Ok((k, decode(v)?))))
+    }
+}
+
+/// Percent-decode one component (`+` is a space). Borrowed when there is nothing to decode.
+///
+/// # Errors
+///
+/// [`FormError::InvalidEscape`] for `%` not followed by two hex digits.
+pub fn decode(raw: &[u8]) -> Result<Cow<'_, [u8]>, FormError> {
+    let Some(first) = raw.iter().position(|&b| b == b'%' || b == b'+') else {
+        return Ok(Cow::Borrowed(raw));
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    out.extend_from_slice(raw.get(..first).unwrap_or_default());
+    let mut i = first;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => {
+                let hi = raw.get(i + 1).copied().and_then(hex);
+                let lo = raw.get(i + 2).copied().and_then(hex);
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                    _ => return Err(FormError::InvalidEscape { offset: i }),
+                }
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Percent-decode one component and check it is UTF-8.
+///
+/// # Errors
+///
+/// [`FormError::InvalidEscape`] or [`FormError::InvalidUtf8`].
+pub fn decode_str(raw: &[u8]) -> Result<Cow<'_, str>, FormError> {
+    match decode(raw)? {
+        Cow::Borrowed(b) => std::str::from_utf8(b)
+            .map(Cow::Borrowed)
+            .map_err(|_| FormError::InvalidUtf8),
+        Cow::Owned(v) => String::from_utf8(v)
+            .map(Cow::Owned)
+            .map_err(|_| FormError::InvalidUtf8),
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The race's call, pulled from its form body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaceCall<'a> {
+    /// `interface`: the Dubbo service name.
+    pub interface: Cow<'a, str>,
+    /// `method`: the method name.
+    pub method: Cow<'a, str>,
+    /// `parameterTypesString`: JVM descriptors, e.g. `Ljava/lang/String;` (empty if absent).
+    pub parameter_types: Cow<'a, str>,
+    /// `parameter`: the single string argument, if sent (it may be empty).
+    pub parameter: Option<Cow<'a, str>>,
+}
+
+/// Pull `interface`, `method`, `parameterTypesString` and `parameter` from a form body.
+///
+/// Fields may come in any order; the first occurrence wins; unknown fields are ignored
+/// (their values are not decoded). `Ljava/lang/String;` sent unescaped works as is.
+///
+/// # Errors
+///
+/// A bad escape or invalid UTF-8 in a wanted field, or a missing `interface`/`method`.
+pub fn race_call(body: &[u8]) -> Result<RaceCall<'_>, FormError> {
+    let mut interface = None;
+    let mut method = None;
+    let mut parameter_types = None;
+    let mut parameter = None;
+    for (k, v) in raw_fields(body) {
+        let key = decode(k)?;
+        let slot = match &*key {
+            b"interface" => &mut interface,
+            b"method" => &mut method,
+            b"parameterTypesString" => &mut parameter_types,
+            b"parameter" => &mut parameter,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(decode_str(v)?);
+        }
+    }
+    Ok(RaceCall {
+        interface: interface.ok_or(FormError::MissingField("interface"))?,
+        method: method.ok_or(FormError::MissingField("method"))?,
+        parameter_types: parameter_types.unwrap_or(Cow::Borrowed("")),
+        parameter,
+    })
+}
