@@ -1,0 +1,137 @@
+//! Connections: their ids, their buffers, and why they close.
+
+use std::io;
+
+use mio::net::TcpStream;
+
+use crate::timer::TimerId;
+
+/// Names a connection of one loop. It carries a generation, so an id kept after its
+/// connection closed never reaches the connection that reuses the slot: every operation
+/// on a stale id is a harmless no-op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub(crate) index: u32,
+    pub(crate) gen: u32,
+}
+
+impl ConnId {
+    /// The slot number, unique among the loop's live connections: handy as an index
+    /// into the application's own per-connection tables.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
+    pub(crate) fn token(self) -> mio::Token {
+        mio::Token(((self.gen as usize) << 32) | self.index as usize)
+    }
+
+    pub(crate) fn from_token(token: mio::Token) -> ConnId {
+        ConnId {
+            index: token.0 as u32,
+            gen: (token.0 >> 32) as u32,
+        }
+    }
+}
+
+/// A connection as a callback sees it: its id and the tag the application gave it when
+/// it was accepted (the listener's tag) or connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn<T> {
+    /// The connection's id.
+    pub id: ConnId,
+    /// The application's tag: which handler logic serves this connection.
+    pub tag: T,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side (a read returned 0).
+    PeerClosed,
+    /// A read or write failed (reset, broken pipe, ...).
+    Io(io::ErrorKind),
+    /// An outbound connect failed (refused, unreachable, ...).
+    ConnectFailed(io::ErrorKind),
+    /// An outbound connect did not complete within its timeout.
+    ConnectTimeout,
+    /// The handler left more unconsumed input than the configured limit.
+    InputOverflow,
+    /// The application closed it (`close` or `abort`).
+    Local,
+    /// The loop is exiting.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Whether the connection never opened (connect failed or timed out).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::ConnectFailed(_) | CloseReason::ConnectTimeout
+        )
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Outbound, connect in progress; writes are buffered until it opens.
+    Connecting,
+    Open,
+    /// Closed by the application: flushing what is buffered, then closing. No reads.
+    Draining,
+    /// Queued for close; every operation is a no-op from now on.
+    Closing,
+}
+
+/// A connection's state inside the loop.
+#[derive(Debug)]
+pub(crate) struct ConnState<T> {
+    pub(crate) stream: TcpStream,
+    pub(crate) gen: u32,
+    pub(crate) tag: T,
+    pub(crate) phase: Phase,
+    /// Bytes the handler left unconsumed; empty (no allocation) most of the time.
+    pub(crate) input: Vec<u8>,
+    /// Bytes waiting to be written; `out_pos` of them are already written.
+    pub(crate) output: Vec<u8>,
+    pub(crate) out_pos: usize,
+    /// In the loop's flush list.
+    pub(crate) dirty: bool,
+    /// Output passed the high watermark and has not yet fallen to the low one.
+    pub(crate) congested: bool,
+    /// The application paused reading (backpressure on its own sources).
+    pub(crate) read_paused: bool,
+    /// Data may be waiting in the socket (budget ran out, or reading was paused).
+    pub(crate) read_pending: bool,
+    pub(crate) connect_timer: Option<TimerId>,
+}
+
+impl<T> ConnState<T> {
+    pub(crate) fn new(stream: TcpStream, gen: u32, tag: T, phase: Phase) -> Self {
+        ConnState {
+            stream,
+            gen,
+            tag,
+            phase,
+            input: Vec::new(),
+            output: Vec::new(),
+            out_pos: 0,
+            dirty: false,
+            congested: false,
+            read_paused: false,
+            read_pending: false,
+            connect_timer: None,
+        }
+    }
+
+    /// Bytes buffered and not yet written.
+    pub(crate) fn unwritten(&self) -> usize {
+        self.output.len() - self.out_pos
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Connecting | Phase::Open)
+    }
+}

@@ -1,0 +1,316 @@
+//! `Ctx`: what a callback may do to its loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Registry};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::conn::{CloseReason, ConnId, ConnState, Phase};
+use crate::handle::LoopHandle;
+use crate::handler::Handler;
+use crate::timer::{TimerId, TimerKind, Timers};
+
+/// The loop's state that callbacks reach through [`Ctx`].
+#[derive(Debug)]
+pub(crate) struct Core<T, M> {
+    pub(crate) registry: Registry,
+    pub(crate) conns: Slab<ConnState<T>>,
+    pub(crate) timers: Timers<ConnId>,
+    pub(crate) config: Config,
+    pub(crate) now: Instant,
+    pub(crate) loop_index: usize,
+    pub(crate) handle: LoopHandle<M>,
+    next_gen: u32,
+    /// Connections with output to flush at the end of the iteration.
+    pub(crate) dirty: Vec<ConnId>,
+    /// Connections to close (and report) once the current callback returns.
+    pub(crate) to_close: Vec<(ConnId, CloseReason)>,
+    /// Connections with unread input left over by the read budget or a resumed pause.
+    pub(crate) read_again: Vec<ConnId>,
+    pub(crate) stopping: bool,
+    pub(crate) exit: bool,
+}
+
+impl<T: Copy, M> Core<T, M> {
+    pub(crate) fn new(
+        registry: Registry,
+        config: Config,
+        loop_index: usize,
+        handle: LoopHandle<M>,
+    ) -> Self {
+        Core {
+            registry,
+            conns: Slab::new(),
+            timers: Timers::new(),
+            config,
+            now: Instant::now(),
+            loop_index,
+            handle,
+            next_gen: 0,
+            dirty: Vec::new(),
+            to_close: Vec::new(),
+            read_again: Vec::new(),
+            stopping: false,
+            exit: false,
+        }
+    }
+
+    pub(crate) fn get(&self, id: ConnId) -> Option<&ConnState<T>> {
+        self.conns
+            .get(id.index as usize)
+            .filter(|c| c.gen == id.gen)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut ConnState<T>> {
+        self.conns
+            .get_mut(id.index as usize)
+            .filter(|c| c.gen == id.gen)
+    }
+
+    /// Registers a new stream and gives it an id.
+    pub(crate) fn insert(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        tag: T,
+        phase: Phase,
+    ) -> io::Result<ConnId> {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let entry = self.conns.vacant_entry();
+        let id = ConnId {
+            index: entry.key() as u32,
+            gen,
+        };
+        // Edge-triggered, both directions, registered once for the connection's life:
+        // no re-registration per write.
+        self.registry.register(
+            &mut stream,
+            id.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(ConnState::new(stream, gen, tag, phase));
+        Ok(id)
+    }
+
+    pub(crate) fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.get_mut(id) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Queues a close; the connection ignores everything from now on.
+    pub(crate) fn schedule_close(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(c) = self.get_mut(id) {
+            if c.phase != Phase::Closing {
+                c.phase = Phase::Closing;
+                self.to_close.push((id, reason));
+            }
+        }
+    }
+}
+
+/// A callback's window onto its loop: write to, close or open connections, set timers.
+///
+/// Every method taking a [`ConnId`] is a no-op (returning `false` or `None`) when the
+/// connection has closed, so ids may be kept without tracking closes precisely.
+pub struct Ctx<'a, H: Handler> {
+    pub(crate) core: &'a mut Core<H::Tag, H::Msg>,
+}
+
+impl<H: Handler> std::fmt::Debug for Ctx<'_, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("loop_index", &self.core.loop_index)
+            .field("connections", &self.core.conns.len())
+            .finish()
+    }
+}
+
+impl<H: Handler> Ctx<'_, H> {
+    /// The time this loop iteration started: read once per iteration, free to call.
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// Which loop this is (0-based).
+    pub fn loop_index(&self) -> usize {
+        self.core.loop_index
+    }
+
+    /// A handle other threads can use to message this loop.
+    pub fn handle(&self) -> LoopHandle<H::Msg> {
+        self.core.handle.clone()
+    }
+
+    /// Number of connections the loop holds.
+    pub fn connection_count(&self) -> usize {
+        self.core.conns.len()
+    }
+
+    /// The tag of a live connection.
+    pub fn tag(&self, id: ConnId) -> Option<H::Tag> {
+        self.core.get(id).map(|c| c.tag)
+    }
+
+    /// Whether the connection is open or still connecting (not closed or closing).
+    pub fn is_live(&self, id: ConnId) -> bool {
+        self.core.get(id).is_some_and(|c| c.is_live())
+    }
+
+    /// Whether an outbound connection has completed its connect.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.core.get(id).is_some_and(|c| c.phase == Phase::Open)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.core.get(id).and_then(|c| c.stream.peer_addr().ok())
+    }
+
+    /// Appends bytes to a connection's output; they leave with the iteration's flush.
+    /// Writes to a connection still connecting wait until it opens. Returns false if the
+    /// connection is gone or closing.
+    pub fn write(&mut self, id: ConnId, bytes: &[u8]) -> bool {
+        match self.output(id) {
+            Some(out) => {
+                out.extend_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection's output buffer, to encode into directly (no intermediate copy).
+    /// Append only: bytes already in it may be partly written.
+    pub fn output(&mut self, id: ConnId) -> Option<&mut Vec<u8>> {
+        if !self.is_live(id) {
+            return None;
+        }
+        self.core.mark_dirty(id);
+        self.core.get_mut(id).map(|c| &mut c.output)
+    }
+
+    /// Bytes buffered for a connection and not yet written.
+    pub fn unwritten(&self, id: ConnId) -> usize {
+        self.core.get(id).map_or(0, |c| c.unwritten())
+    }
+
+    /// Whether the connection's output passed the high watermark and has not drained to
+    /// the low one: stop feeding it and wait for [`Handler::drained`].
+    pub fn is_congested(&self, id: ConnId) -> bool {
+        let high = self.core.config.high_watermark;
+        self.core
+            .get(id)
+            .is_some_and(|c| c.congested || c.unwritten() > high)
+    }
+
+    /// Stops reading a connection (its data waits in the kernel; TCP pushes back).
+    pub fn pause_reading(&mut self, id: ConnId) {
+        if let Some(c) = self.core.get_mut(id) {
+            c.read_paused = true;
+        }
+    }
+
+    /// Resumes reading a paused connection, including data that arrived meanwhile.
+    pub fn resume_reading(&mut self, id: ConnId) {
+        if let Some(c) = self.core.get_mut(id) {
+            if c.read_paused {
+                c.read_paused = false;
+                if c.read_pending || !c.input.is_empty() {
+                    self.core.read_again.push(id);
+                }
+            }
+        }
+    }
+
+    /// Closes a connection after flushing what it has buffered; nothing more is read.
+    pub fn close(&mut self, id: ConnId) {
+        if let Some(c) = self.core.get_mut(id) {
+            match c.phase {
+                Phase::Open if c.unwritten() > 0 => {
+                    c.phase = Phase::Draining;
+                    self.core.mark_dirty(id);
+                }
+                Phase::Open | Phase::Connecting => self.core.schedule_close(id, CloseReason::Local),
+                Phase::Draining | Phase::Closing => {}
+            }
+        }
+    }
+
+    /// Closes a connection now, discarding buffered output.
+    pub fn abort(&mut self, id: ConnId) {
+        self.core.schedule_close(id, CloseReason::Local);
+    }
+
+    /// Opens an outbound connection tagged `tag`. The result arrives later as
+    /// [`Handler::opened`], or as [`Handler::closed`] with a connect failure (refused,
+    /// or not done within `timeout`). Writes may be made at once; they wait for the open.
+    pub fn connect(
+        &mut self,
+        addr: SocketAddr,
+        tag: H::Tag,
+        timeout: Option<Duration>,
+    ) -> io::Result<ConnId> {
+        let stream = mio::net::TcpStream::connect(addr)?;
+        if let Err(e) = self.core.config.socket.apply(&stream) {
+            log::debug!("socket options on connect to {addr}: {e}");
+        }
+        let id = self.core.insert(stream, tag, Phase::Connecting)?;
+        if let Some(t) = timeout {
+            let timer = self
+                .core
+                .timers
+                .insert(self.core.now + t, TimerKind::ConnectTimeout(id));
+            if let Some(c) = self.core.get_mut(id) {
+                c.connect_timer = Some(timer);
+            }
+        }
+        Ok(id)
+    }
+
+    /// A one-shot timer: [`Handler::timer`] gets `token` after `after`.
+    pub fn set_timer(&mut self, after: Duration, token: u64) -> TimerId {
+        let deadline = self.core.now + after;
+        self.core.timers.insert(
+            deadline,
+            TimerKind::User {
+                token,
+                period: None,
+            },
+        )
+    }
+
+    /// A periodic timer: [`Handler::timer`] gets `token` every `every` until cancelled.
+    pub fn set_periodic(&mut self, every: Duration, token: u64) -> TimerId {
+        let every = every.max(Duration::from_millis(1));
+        let deadline = self.core.now + every;
+        self.core.timers.insert(
+            deadline,
+            TimerKind::User {
+                token,
+                period: Some(every),
+            },
+        )
+    }
+
+    /// Cancels a timer; returns whether it was still pending.
+    pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
+        self.core.timers.cancel(timer)
+    }
+
+    /// Whether a graceful stop is under way.
+    pub fn is_stopping(&self) -> bool {
+        self.core.stopping
+    }
+
+    /// Ends the loop after this iteration's flush. Remaining connections are dropped.
+    pub fn exit(&mut self) {
+        self.core.exit = true;
+    }
+}

@@ -1,0 +1,518 @@
+//! One loop: poll, accept, read into the shared buffer, dispatch, fire timers, flush.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::conn::{CloseReason, Conn, ConnId, Phase};
+use crate::context::{Core, Ctx};
+use crate::handle::Control;
+use crate::handler::Handler;
+use crate::timer::TimerKind;
+
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// Listener tokens count down from here; connection tokens always have a generation
+/// in their high half, below this range on 64-bit targets.
+const LISTENER_BASE: usize = usize::MAX - 1;
+/// Pause before accepting again after running out of file descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Output capacity kept for reuse once a connection's output is all written.
+const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+pub(crate) struct Listener<T> {
+    pub(crate) socket: TcpListener,
+    pub(crate) tag: T,
+}
+
+pub(crate) struct EventLoop<H: Handler> {
+    handler: H,
+    core: Core<H::Tag, H::Msg>,
+    poll: Poll,
+    listeners: Vec<Option<Listener<H::Tag>>>,
+    rx: Receiver<Control<H::Msg>>,
+    wake_pending: Arc<AtomicBool>,
+    /// The one input buffer every read of this loop goes into.
+    inbuf: Vec<u8>,
+    accept_paused: bool,
+}
+
+impl<H: Handler> EventLoop<H> {
+    pub(crate) fn new(
+        handler: H,
+        core: Core<H::Tag, H::Msg>,
+        poll: Poll,
+        listeners: Vec<Listener<H::Tag>>,
+        rx: Receiver<Control<H::Msg>>,
+        wake_pending: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
+        let mut listeners: Vec<_> = listeners.into_iter().map(Some).collect();
+        for (i, l) in listeners.iter_mut().enumerate() {
+            if let Some(l) = l {
+                poll.registry().register(
+                    &mut l.socket,
+                    Token(LISTENER_BASE - i),
+                    Interest::READABLE,
+                )?;
+            }
+        }
+        let inbuf = vec![0; core.config.input_buffer.max(1024)];
+        Ok(EventLoop {
+            handler,
+            core,
+            poll,
+            listeners,
+            rx,
+            wake_pending,
+            inbuf,
+            accept_paused: false,
+        })
+    }
+
+    fn cx(&mut self) -> (&mut H, Ctx<'_, H>) {
+        (
+            &mut self.handler,
+            Ctx {
+                core: &mut self.core,
+            },
+        )
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        while !self.core.exit {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("loop {}: poll failed: {e}", self.core.loop_index);
+                    break;
+                }
+            }
+            self.core.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.drain_control(),
+                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
+                        self.accept(LISTENER_BASE - t)
+                    }
+                    token => {
+                        let id = ConnId::from_token(token);
+                        if event.is_writable() || event.is_error() {
+                            self.on_writable(id);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(id);
+                        }
+                    }
+                }
+                self.process_closes();
+            }
+            self.read_again();
+            self.fire_timers();
+            let (h, mut cx) = self.cx();
+            h.tick(&mut cx);
+            self.process_closes();
+            self.flush_all();
+        }
+        self.shutdown();
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.core.read_again.is_empty()
+            || !self.core.dirty.is_empty()
+            || !self.core.to_close.is_empty()
+        {
+            return Some(Duration::ZERO);
+        }
+        self.core.timers.next_deadline().map(|d| {
+            // Round up to the next millisecond so a timer never wakes the loop early.
+            let wait = d.saturating_duration_since(Instant::now());
+            let ms = wait.as_micros().div_ceil(1000);
+            Duration::from_millis(ms as u64)
+        })
+    }
+
+    fn drain_control(&mut self) {
+        self.wake_pending.store(false, Ordering::Release);
+        while let Ok(c) = self.rx.try_recv() {
+            match c {
+                Control::Msg(m) => {
+                    let (h, mut cx) = self.cx();
+                    h.message(&mut cx, m);
+                }
+                Control::Stop => self.begin_stop(),
+            }
+            self.process_closes();
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.core.stopping {
+            return;
+        }
+        self.core.stopping = true;
+        for l in self.listeners.iter_mut() {
+            if let Some(mut l) = l.take() {
+                let _ = self.poll.registry().deregister(&mut l.socket);
+            }
+        }
+        let (h, mut cx) = self.cx();
+        h.stopping(&mut cx);
+    }
+
+    fn accept(&mut self, i: usize) {
+        if self.accept_paused {
+            return;
+        }
+        loop {
+            let Some(Some(listener)) = self.listeners.get(i) else {
+                return;
+            };
+            let tag = listener.tag;
+            match listener.socket.accept() {
+                Ok((stream, _)) => {
+                    if self.core.conns.len() >= self.core.config.max_connections {
+                        log::warn!(
+                            "loop {}: connection limit reached, refusing",
+                            self.core.loop_index
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                    if let Err(e) = self.core.config.socket.apply(&stream) {
+                        log::debug!("socket options on accept: {e}");
+                    }
+                    match self.core.insert(stream, tag, Phase::Open) {
+                        Ok(id) => {
+                            let (h, mut cx) = self.cx();
+                            h.opened(&mut cx, Conn { id, tag });
+                            self.process_closes();
+                        }
+                        Err(e) => log::warn!("register accepted connection: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // Out of file descriptors (or similar): the pending connection stays
+                    // in the backlog and edge-triggered readiness will not fire again, so
+                    // retry on a timer rather than spin.
+                    log::warn!(
+                        "loop {}: accept failed: {e}; retrying in 50 ms",
+                        self.core.loop_index
+                    );
+                    self.accept_paused = true;
+                    let at = self.core.now + ACCEPT_RETRY;
+                    self.core.timers.insert(at, TimerKind::AcceptRetry);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, id: ConnId) {
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        match c.phase {
+            Phase::Connecting => self.finish_connect(id),
+            Phase::Open | Phase::Draining => self.flush(id),
+            Phase::Closing => {}
+        }
+    }
+
+    fn finish_connect(&mut self, id: ConnId) {
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        let result = match c.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match c.stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet: spurious wakeup
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(()) => {
+                c.phase = Phase::Open;
+                let tag = c.tag;
+                if let Some(t) = c.connect_timer.take() {
+                    self.core.timers.cancel(t);
+                }
+                let (h, mut cx) = self.cx();
+                h.opened(&mut cx, Conn { id, tag });
+                self.core.mark_dirty(id);
+            }
+            Err(e) => self
+                .core
+                .schedule_close(id, CloseReason::ConnectFailed(e.kind())),
+        }
+    }
+
+    fn read(&mut self, id: ConnId) {
+        let budget = self.core.config.read_budget.max(1);
+        for _ in 0..budget {
+            let Some(c) = self.core.get_mut(id) else {
+                return;
+            };
+            match c.phase {
+                Phase::Open => {}
+                Phase::Connecting => return,
+                Phase::Draining => {
+                    // Closed by us: discard what the peer still sends, until it closes.
+                    match c.stream.read(&mut self.inbuf) {
+                        Ok(0) => self.core.schedule_close(id, CloseReason::PeerClosed),
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => self.core.schedule_close(id, CloseReason::Io(e.kind())),
+                    }
+                    return;
+                }
+                Phase::Closing => return,
+            }
+            if c.read_paused {
+                c.read_pending = true;
+                return;
+            }
+            match c.stream.read(&mut self.inbuf) {
+                Ok(0) => {
+                    self.core.schedule_close(id, CloseReason::PeerClosed);
+                    return;
+                }
+                Ok(n) => self.deliver(id, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.read_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.core.schedule_close(id, CloseReason::Io(e.kind()));
+                    return;
+                }
+            }
+        }
+        // Budget spent with data possibly left: come back after the others had a turn.
+        if let Some(c) = self.core.get_mut(id) {
+            c.read_pending = true;
+            self.core.read_again.push(id);
+        }
+    }
+
+    /// Hands `n` fresh bytes of the shared buffer to the handler.
+    fn deliver(&mut self, id: ConnId, n: usize) {
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        let tag = c.tag;
+        let conn = Conn { id, tag };
+        if c.input.is_empty() {
+            // The common case: the handler reads straight from the loop's buffer.
+            let consumed = {
+                let (h, inbuf, core) = (&mut self.handler, &self.inbuf, &mut self.core);
+                h.data(&mut Ctx { core }, conn, &inbuf[..n]).min(n)
+            };
+            if consumed < n {
+                keep_input(&mut self.core, id, &self.inbuf[consumed..n]);
+            }
+        } else {
+            c.input.extend_from_slice(&self.inbuf[..n]);
+            let mut input = std::mem::take(&mut c.input);
+            let consumed = {
+                let (h, mut cx) = self.cx();
+                h.data(&mut cx, conn, &input).min(input.len())
+            };
+            input.drain(..consumed);
+            if !input.is_empty() {
+                keep_input(&mut self.core, id, &input);
+            }
+        }
+    }
+
+    /// Re-offers buffered input (after a resumed pause) and reads sockets whose budget ran out.
+    fn read_again(&mut self) {
+        let again = std::mem::take(&mut self.core.read_again);
+        for id in again {
+            let Some(c) = self.core.get_mut(id) else {
+                continue;
+            };
+            if c.read_paused || c.phase != Phase::Open {
+                continue;
+            }
+            if !c.input.is_empty() {
+                let mut input = std::mem::take(&mut c.input);
+                let conn = Conn { id, tag: c.tag };
+                let consumed = {
+                    let (h, mut cx) = self.cx();
+                    h.data(&mut cx, conn, &input).min(input.len())
+                };
+                input.drain(..consumed);
+                if !input.is_empty() {
+                    keep_input(&mut self.core, id, &input);
+                }
+            }
+            if self.core.get(id).is_some_and(|c| c.read_pending) {
+                self.read(id);
+            }
+            self.process_closes();
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some((timer, kind)) = self.core.timers.pop_due(self.core.now) {
+            match kind {
+                TimerKind::User { token, .. } => {
+                    let (h, mut cx) = self.cx();
+                    h.timer(&mut cx, timer, token);
+                }
+                TimerKind::ConnectTimeout(id) => {
+                    if let Some(c) = self.core.get_mut(id) {
+                        if c.phase == Phase::Connecting {
+                            c.connect_timer = None;
+                            self.core.schedule_close(id, CloseReason::ConnectTimeout);
+                        }
+                    }
+                }
+                TimerKind::AcceptRetry => {
+                    self.accept_paused = false;
+                    for i in 0..self.listeners.len() {
+                        self.accept(i);
+                    }
+                }
+            }
+            self.process_closes();
+        }
+    }
+
+    fn flush_all(&mut self) {
+        // Flushing can trigger callbacks (`drained`) that write more; loop until quiet.
+        while !self.core.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.core.dirty);
+            for id in dirty {
+                if let Some(c) = self.core.get_mut(id) {
+                    c.dirty = false;
+                    if c.phase != Phase::Connecting {
+                        self.flush(id);
+                    }
+                }
+            }
+            self.process_closes();
+        }
+    }
+
+    /// Writes as much buffered output as the socket takes: one syscall for every
+    /// message written since the last flush.
+    fn flush(&mut self, id: ConnId) {
+        let (high, low) = (
+            self.core.config.high_watermark,
+            self.core.config.low_watermark,
+        );
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        if c.unwritten() > high {
+            c.congested = true;
+        }
+        let mut failed = None;
+        while c.unwritten() > 0 {
+            match c.stream.write(&c.output[c.out_pos..]) {
+                Ok(0) => {
+                    failed = Some(io::ErrorKind::WriteZero);
+                    break;
+                }
+                Ok(n) => c.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e.kind());
+                    break;
+                }
+            }
+        }
+        if let Some(kind) = failed {
+            self.core.schedule_close(id, CloseReason::Io(kind));
+            return;
+        }
+        if c.unwritten() == 0 {
+            c.output.clear();
+            c.out_pos = 0;
+            if c.output.capacity() > KEEP_OUTPUT_CAPACITY {
+                c.output = Vec::new();
+            }
+        } else if c.out_pos > c.output.len() / 2 {
+            // Keep the buffer from creeping: move the unwritten tail to the front.
+            c.output.drain(..c.out_pos);
+            c.out_pos = 0;
+        }
+        if c.phase == Phase::Draining && c.unwritten() == 0 {
+            self.core.schedule_close(id, CloseReason::Local);
+            return;
+        }
+        if c.congested && c.unwritten() <= low {
+            c.congested = false;
+            let conn = Conn { id, tag: c.tag };
+            let (h, mut cx) = self.cx();
+            h.drained(&mut cx, conn);
+        }
+    }
+
+    /// Closes what callbacks asked to close, and tells the handler.
+    fn process_closes(&mut self) {
+        while let Some((id, reason)) = self.core.to_close.pop() {
+            if self.core.get(id).is_none() {
+                continue;
+            }
+            let mut c = self.core.conns.remove(id.index as usize);
+            let _ = self.core.registry.deregister(&mut c.stream);
+            if let Some(t) = c.connect_timer.take() {
+                self.core.timers.cancel(t);
+            }
+            let conn = Conn { id, tag: c.tag };
+            drop(c);
+            let (h, mut cx) = self.cx();
+            h.closed(&mut cx, conn, reason);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.flush_all();
+        let ids: Vec<ConnId> = self
+            .core
+            .conns
+            .iter()
+            .map(|(i, c)| ConnId {
+                index: i as u32,
+                gen: c.gen,
+            })
+            .collect();
+        for id in ids {
+            self.core.schedule_close(id, CloseReason::Shutdown);
+        }
+        self.process_closes();
+    }
+}
+
+/// Keeps the bytes a handler left unconsumed in the connection's own buffer.
+fn keep_input<T: Copy, M>(core: &mut Core<T, M>, id: ConnId, rest: &[u8]) {
+    let max = core.config.max_input;
+    let Some(c) = core.get_mut(id) else {
+        return;
+    };
+    if c.phase == Phase::Closing {
+        return;
+    }
+    if c.input.len() + rest.len() > max {
+        core.schedule_close(id, CloseReason::InputOverflow);
+        return;
+    }
+    c.input.extend_from_slice(rest);
+}

@@ -1,0 +1,67 @@
+//! The application's side of a loop.
+
+use std::fmt;
+
+use crate::conn::{CloseReason, Conn};
+use crate::context::Ctx;
+use crate::timer::TimerId;
+
+/// What a loop calls. One handler instance per loop, created on the loop's own thread,
+/// so it needs no locks and need not be `Send`.
+///
+/// Connections carry a [`Handler::Tag`] chosen by the application (the listener's tag for
+/// accepted ones, the one given to [`Ctx::connect`] for outbound ones); a handler
+/// dispatches on it, which is how one loop serves e.g. inbound HTTP and outbound agent
+/// connections together.
+///
+/// Every callback gets a [`Ctx`] through which it may write to, close or open any
+/// connection of the loop, and set timers. Writes are buffered and flushed once per loop
+/// iteration, so many messages written in one iteration leave in one syscall.
+pub trait Handler: Sized + 'static {
+    /// Which kind of connection this is (e.g. `enum Tag { HttpIn, AgentOut }`).
+    type Tag: Copy + fmt::Debug + 'static;
+    /// Messages other threads send the loop through its [`LoopHandle`](crate::LoopHandle).
+    type Msg: Send + 'static;
+
+    /// A connection opened: accepted, or an outbound connect completed.
+    fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>) {
+        let _ = (cx, conn);
+    }
+
+    /// Bytes arrived. `input` starts with whatever the handler left unconsumed last time.
+    /// Returns how many bytes it consumed; the rest is kept for the next call (copied into
+    /// the connection's own buffer, which is freed again once empty).
+    fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>, input: &[u8]) -> usize;
+
+    /// A congested connection's output fell to the low watermark: resume what was paused.
+    fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>) {
+        let _ = (cx, conn);
+    }
+
+    /// A connection closed (or an outbound connect failed). Its id is stale from now on.
+    fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>, reason: CloseReason) {
+        let _ = (cx, conn, reason);
+    }
+
+    /// A timer set with [`Ctx::set_timer`] or [`Ctx::set_periodic`] fired.
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, timer: TimerId, token: u64) {
+        let _ = (cx, timer, token);
+    }
+
+    /// A message from another thread arrived.
+    fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: Self::Msg) {
+        let _ = (cx, msg);
+    }
+
+    /// Called once at the end of every loop iteration, just before output is flushed:
+    /// the place to finish batched work.
+    fn tick(&mut self, cx: &mut Ctx<'_, Self>) {
+        let _ = cx;
+    }
+
+    /// A graceful stop was asked for; listeners are already closed. Finish what is in
+    /// flight, then call [`Ctx::exit`]. The default exits at once.
+    fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
+        cx.exit();
+    }
+}

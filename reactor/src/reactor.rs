@@ -1,0 +1,136 @@
+//! Starting loops, and the group of running loops.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::Poll;
+
+use crate::config::{bind_listeners, Config};
+use crate::context::Core;
+use crate::event_loop::{EventLoop, Listener};
+use crate::handle::LoopHandle;
+use crate::handler::Handler;
+
+/// Sets up a reactor: its [`Config`] and listeners, then [`Builder::start`].
+#[derive(Debug)]
+pub struct Builder<T> {
+    config: Config,
+    listens: Vec<(SocketAddr, T)>,
+}
+
+impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
+    /// A builder with the given settings.
+    pub fn new(config: Config) -> Self {
+        Builder {
+            config,
+            listens: Vec::new(),
+        }
+    }
+
+    /// Listens on `addr` in every loop (SO_REUSEPORT); accepted connections get `tag`.
+    pub fn listen(mut self, addr: SocketAddr, tag: T) -> Self {
+        self.listens.push((addr, tag));
+        self
+    }
+
+    /// Binds the listeners and starts one thread per loop. `make` builds each loop's
+    /// handler on that loop's own thread, from the loop index and its handle.
+    ///
+    /// # Errors
+    /// Binding a listener or creating a poller failed.
+    pub fn start<H, F>(self, make: F) -> io::Result<Reactor<H::Msg>>
+    where
+        H: Handler<Tag = T>,
+        F: Fn(usize, LoopHandle<H::Msg>) -> H + Send + Sync + 'static,
+    {
+        let loops = self.config.loops.max(1);
+        let mut local_addrs = Vec::new();
+        // per_loop[i] = the listeners of loop i
+        let mut per_loop: Vec<Vec<(std::net::TcpListener, T)>> =
+            (0..loops).map(|_| Vec::new()).collect();
+        for (addr, tag) in &self.listens {
+            let socks = bind_listeners(*addr, loops, self.config.backlog)?;
+            local_addrs.push(socks[0].local_addr()?);
+            for (i, s) in socks.into_iter().enumerate() {
+                per_loop[i].push((s, *tag));
+            }
+        }
+        let make = Arc::new(make);
+        let mut handles = Vec::with_capacity(loops);
+        let mut threads = Vec::with_capacity(loops);
+        for (index, listeners) in per_loop.into_iter().enumerate() {
+            let poll = Poll::new()?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), crate::event_loop::WAKER)?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let wake_pending = Arc::new(AtomicBool::new(false));
+            let handle = LoopHandle::new(tx, waker, wake_pending.clone());
+            handles.push(handle.clone());
+            let registry = poll.registry().try_clone()?;
+            let config = self.config.clone();
+            let make = make.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("{}-{index}", self.config.thread_name))
+                .spawn(move || {
+                    let core = Core::new(registry, config, index, handle.clone());
+                    let handler = make(index, handle);
+                    let listeners = listeners
+                        .into_iter()
+                        .map(|(l, tag)| Listener {
+                            socket: mio::net::TcpListener::from_std(l),
+                            tag,
+                        })
+                        .collect();
+                    match EventLoop::new(handler, core, poll, listeners, rx, wake_pending) {
+                        Ok(event_loop) => event_loop.run(),
+                        Err(e) => log::error!("loop {index} failed to start: {e}"),
+                    }
+                })?;
+            threads.push(thread);
+        }
+        Ok(Reactor {
+            handles,
+            threads,
+            local_addrs,
+        })
+    }
+}
+
+/// Running loops: their handles, the bound addresses, and a way to stop and join them.
+#[derive(Debug)]
+pub struct Reactor<M> {
+    handles: Vec<LoopHandle<M>>,
+    threads: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl<M: Send + 'static> Reactor<M> {
+    /// One handle per loop, in loop order.
+    pub fn handles(&self) -> &[LoopHandle<M>] {
+        &self.handles
+    }
+
+    /// The address each listener bound, in the order of [`Builder::listen`] calls
+    /// (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Asks every loop to stop gracefully (see [`Handler::stopping`]).
+    pub fn stop(&self) {
+        for h in &self.handles {
+            let _ = h.stop();
+        }
+    }
+
+    /// Waits for every loop thread to exit.
+    pub fn join(self) {
+        for t in self.threads {
+            if t.join().is_err() {
+                log::error!("an event loop thread panicked");
+            }
+        }
+    }
+}
