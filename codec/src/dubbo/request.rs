@@ -1,0 +1,374 @@
+//! Dubbo requests: the encoder for the consumer hot path, the body decoder
+//! for mock providers, and JVM parameter descriptors.
+
+use super::frame::{patch_len, write_header, FLAG_REQUEST, FLAG_TWO_WAY};
+use super::{body_values, json_lines, json_value, Error, Serialization};
+use crate::hessian2::{self, Decoder, Value};
+use crate::Decoded;
+
+/// Which attachments a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachments<'a> {
+    /// What Java sends: `path`, `interface`, then `version` and `group` when
+    /// the request sets them, then these extra pairs (keys already written
+    /// are skipped). A `None` value is written as null.
+    Standard(&'a [(&'a str, Option<&'a str>)]),
+    /// Exactly these pairs, in this order (e.g. the race's `{"path": ...}`).
+    Exactly(&'a [(&'a str, Option<&'a str>)]),
+}
+
+/// One invocation to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Request id, echoed by the response.
+    pub id: i64,
+    /// Body serialization.
+    pub serialization: Serialization,
+    /// Whether an answer is expected (almost always).
+    pub two_way: bool,
+    /// Dubbo protocol version, e.g. `"2.0.2"` (Java 2.7 replies with
+    /// attachments to 2.0.2..2.0.99).
+    pub dubbo_version: &'a str,
+    /// Service path (interface name).
+    pub path: &'a str,
+    /// Service version; `None` writes null (Java writes `"0.0.0"`).
+    pub version: Option<&'a str>,
+    /// Service group, sent as an attachment when set.
+    pub group: Option<&'a str>,
+    /// Method name.
+    pub method: &'a str,
+    /// Parameter types in JVM form, see [`jvm_descriptor`].
+    pub descriptor: &'a str,
+    /// The arguments, already hessian2-encoded and concatenated. Copied
+    /// verbatim for hessian2; for fastjson each is decoded and written as
+    /// one JSON line.
+    pub args: &'a [u8],
+    /// Attachments to send.
+    pub attachments: Attachments<'a>,
+}
+
+/// Append one whole request frame to `out`; the body length is back-patched
+/// into the header, so no intermediate buffer is used.
+///
+/// # Errors
+/// For fastjson only, [`Error::Hessian`]/[`Error::Truncated`] when `args`
+/// are not whole hessian2 values; [`Error::BodyTooLong`] past
+/// [`MAX_BODY_LEN`](super::MAX_BODY_LEN). On error `out` is left as it was.
+pub fn encode_request(out: &mut Vec<u8>, req: &Request<'_>) -> Result<(), Error> {
+    let start = out.len();
+    let mut flags = FLAG_REQUEST | req.serialization.id();
+    if req.two_way {
+        flags |= FLAG_TWO_WAY;
+    }
+    write_header(out, flags, 0, req.id, 0);
+    let res = match req.serialization {
+        Serialization::Hessian2 => {
+            hessian_body(out, req);
+            Ok(())
+        }
+        Serialization::Fastjson => fastjson_body(out, req),
+    }
+    .and_then(|()| patch_len(out, start));
+    if res.is_err() {
+        out.truncate(start);
+    }
+    res
+}
+
+/// Calls `f(key, value)` for every attachment of `req`, in wire order.
+fn for_each_attachment<'a>(req: &Request<'a>, mut f: impl FnMut(&'a str, Option<&'a str>)) {
+    match req.attachments {
+        Attachments::Exactly(list) => list.iter().for_each(|&(k, v)| f(k, v)),
+        Attachments::Standard(extra) => {
+            f("path", Some(req.path));
+            f("interface", Some(req.path));
+            if let Some(v) = req.version {
+                f("version", Some(v));
+            }
+            if let Some(g) = req.group {
+                f("group", Some(g));
+            }
+            for &(k, v) in extra {
+                let written = matches!(k, "path" | "interface")
+                    || (k == "version" && req.version.is_some())
+                    || (k == "group" && req.group.is_some());
+                if !written {
+                    f(k, v);
+                }
+            }
+        }
+    }
+}
+
+fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => hessian2::write_string(out, s),
+        None => hessian2::write_null(out),
+    }
+}
+
+fn hessian_body(out: &mut Vec<u8>, req: &Request<'_>) {
+    hessian2::write_string(out, req.dubbo_version);
+    hessian2::write_string(out, req.path);
+    opt_string(out, req.version);
+    hessian2::write_string(out, req.method);
+    hessian2::write_string(out, req.descriptor);
+    out.extend_from_slice(req.args);
+    hessian2::write_map_begin(out, None);
+    for_each_attachment(req, |k, v| {
+        hessian2::write_string(out, k);
+        opt_string(out, v);
+    });
+    hessian2::write_end(out);
+}
+
+/// One JSON line; writing JSON into a `Vec` cannot fail for these types.
+fn str_line(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+    out.push(b'\n');
+}
+
+fn opt_line(out: &mut Vec<u8>, s: Option<&str>) {
+    let _ = serde_json::to_writer(&mut *out, &s);
+    out.push(b'\n');
+}
+
+fn json_line(out: &mut Vec<u8>, v: &serde_json::Value) {
+    let _ = serde_json::to_writer(&mut *out, v);
+    out.push(b'\n');
+}
+
+fn fastjson_body(out: &mut Vec<u8>, req: &Request<'_>) -> Result<(), Error> {
+    str_line(out, req.dubbo_version);
+    str_line(out, req.path);
+    opt_line(out, req.version);
+    str_line(out, req.method);
+    str_line(out, req.descriptor);
+    let mut dec = Decoder::new();
+    let mut rest = req.args;
+    while !rest.is_empty() {
+        match dec.decode(rest)? {
+            Decoded::Complete { msg, consumed } => {
+                match &msg {
+                    Value::String(s) => str_line(out, s),
+                    other => json_line(out, &other.to_fastjson()),
+                }
+                rest = rest.get(consumed..).unwrap_or_default();
+            }
+            Decoded::Incomplete => return Err(Error::Truncated { what: "argument" }),
+        }
+    }
+    out.push(b'{');
+    let mut first = true;
+    for_each_attachment(req, |k, v| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, &v);
+    });
+    out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// JVM descriptor of one Java type name: `java.lang.String` ->
+/// `Ljava/lang/String;`, `int` -> `I`, `byte[]` -> `[B`,
+/// `java.util.List[]` -> `[Ljava/util/List;`; names already in
+/// `Class.getName()` array form (`[B`, `[Ljava.lang.String;`) are kept with
+/// dots turned into slashes.
+fn descriptor_of(t: &str, out: &mut String) {
+    let t = t.trim();
+    if let Some(elem) = t.strip_suffix("[]") {
+        out.push('[');
+        return descriptor_of(elem, out);
+    }
+    if t.starts_with('[') {
+        out.extend(t.chars().map(|c| if c == '.' { '/' } else { c }));
+        return;
+    }
+    let p = match t {
+        "int" => "I",
+        "long" => "J",
+        "boolean" => "Z",
+        "byte" => "B",
+        "char" => "C",
+        "short" => "S",
+        "float" => "F",
+        "double" => "D",
+        "void" => "V",
+        _ => {
+            out.push('L');
+            out.extend(t.chars().map(|c| if c == '.' { '/' } else { c }));
+            out.push(';');
+            return;
+        }
+    };
+    out.push_str(p);
+}
+
+/// The parameter descriptor Dubbo sends for these Java parameter types,
+/// concatenated (`["java.lang.String", "int"]` -> `Ljava/lang/String;I`).
+pub fn jvm_descriptor(java_types: &[&str]) -> String {
+    let mut s = String::new();
+    for t in java_types {
+        descriptor_of(t, &mut s);
+    }
+    s
+}
+
+/// How many parameters a JVM descriptor names.
+///
+/// # Errors
+/// [`Error::BadDescriptor`] for a malformed descriptor.
+pub fn descriptor_arity(desc: &str) -> Result<usize, Error> {
+    let b = desc.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        while b.get(i) == Some(&b'[') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'L') => match b.get(i..).and_then(|s| s.iter().position(|&c| c == b';')) {
+                Some(p) => i += p + 1,
+                None => return Err(Error::BadDescriptor(desc.to_owned())),
+            },
+            Some(b'I' | b'J' | b'Z' | b'B' | b'C' | b'S' | b'F' | b'D') => i += 1,
+            _ => return Err(Error::BadDescriptor(desc.to_owned())),
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A decoded request body (for a mock provider).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestBody {
+    /// Dubbo protocol version.
+    pub dubbo_version: String,
+    /// Service path.
+    pub path: String,
+    /// Service version (`None` when null).
+    pub version: Option<String>,
+    /// Method name.
+    pub method: String,
+    /// JVM parameter descriptor.
+    pub descriptor: String,
+    /// The arguments, one per descriptor entry.
+    pub args: Vec<Value>,
+    /// Attachments in wire order (values are usually strings, may be null).
+    pub attachments: Vec<(String, Value)>,
+}
+
+impl RequestBody {
+    /// The attachment `key` as a string, if present and a string.
+    pub fn attachment(&self, key: &str) -> Option<&str> {
+        self.attachments
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_str())
+    }
+}
+
+fn string_field(v: Value, what: &'static str) -> Result<String, Error> {
+    match v {
+        Value::String(s) => Ok(s),
+        _ => Err(Error::BadField {
+            what,
+            expected: "a string",
+        }),
+    }
+}
+
+fn opt_string_field(v: Value, what: &'static str) -> Result<Option<String>, Error> {
+    match v {
+        Value::Null => Ok(None),
+        v => string_field(v, what).map(Some),
+    }
+}
+
+pub(super) fn attachments_of(v: Value) -> Result<Vec<(String, Value)>, Error> {
+    match v {
+        Value::Map { entries, .. } => entries
+            .into_iter()
+            .map(|(k, v)| Ok((string_field(k, "attachment key")?, v)))
+            .collect(),
+        Value::Null => Ok(Vec::new()),
+        _ => Err(Error::BadField {
+            what: "attachments",
+            expected: "a map",
+        }),
+    }
+}
+
+/// Decode a request body: version, path, service version, method,
+/// descriptor, one argument per descriptor entry, then attachments (absent
+/// attachments give an empty list).
+///
+/// # Errors
+/// An unsupported serialization id, malformed values, a field of the wrong
+/// kind, or a body that ends early.
+pub fn decode_request_body(serialization: u8, body: &[u8]) -> Result<RequestBody, Error> {
+    match Serialization::from_id(serialization) {
+        Some(Serialization::Hessian2) => {
+            let mut vals = body_values(body);
+            let dubbo_version = string_field(vals.need("dubbo version")?, "dubbo version")?;
+            let path = string_field(vals.need("service path")?, "service path")?;
+            let version = opt_string_field(vals.need("service version")?, "service version")?;
+            let method = string_field(vals.need("method")?, "method")?;
+            let descriptor = string_field(vals.need("descriptor")?, "descriptor")?;
+            let n = descriptor_arity(&descriptor)?;
+            let mut args = Vec::with_capacity(n.min(64));
+            for _ in 0..n {
+                args.push(vals.need("argument")?);
+            }
+            let attachments = match vals.next_value()? {
+                Some(v) => attachments_of(v)?,
+                None => Vec::new(),
+            };
+            Ok(RequestBody {
+                dubbo_version,
+                path,
+                version,
+                method,
+                descriptor,
+                args,
+                attachments,
+            })
+        }
+        Some(Serialization::Fastjson) => {
+            let mut lines = json_lines(body);
+            let mut need = |what: &'static str| -> Result<Value, Error> {
+                match lines.next() {
+                    Some(l) => json_value(l, what),
+                    None => Err(Error::Truncated { what }),
+                }
+            };
+            let dubbo_version = string_field(need("dubbo version")?, "dubbo version")?;
+            let path = string_field(need("service path")?, "service path")?;
+            let version = opt_string_field(need("service version")?, "service version")?;
+            let method = string_field(need("method")?, "method")?;
+            let descriptor = string_field(need("descriptor")?, "descriptor")?;
+            let n = descriptor_arity(&descriptor)?;
+            let mut args = Vec::with_capacity(n.min(64));
+            for _ in 0..n {
+                args.push(need("argument")?);
+            }
+            let attachments = match lines.next() {
+                Some(l) => attachments_of(json_value(l, "attachments")?)?,
+                None => Vec::new(),
+            };
+            Ok(RequestBody {
+                dubbo_version,
+                path,
+                version,
+                method,
+                descriptor,
+                args,
+                attachments,
+            })
+        }
+        None => Err(Error::UnsupportedSerialization(serialization)),
+    }
+}
