@@ -106,6 +106,8 @@ pub(crate) struct ConnState<T> {
     /// Data may be waiting in the socket (budget ran out, or reading was paused).
     pub(crate) read_pending: bool,
     pub(crate) connect_timer: Option<TimerId>,
+    /// The peer closed its side while output was pending: flushing it, then closing.
+    pub(crate) peer_closed: bool,
 }
 
 impl<T> ConnState<T> {
@@ -123,6 +125,7 @@ impl<T> ConnState<T> {
             read_paused: false,
             read_pending: false,
             connect_timer: None,
+            peer_closed: false,
         }
     }
 

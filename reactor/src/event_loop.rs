@@ -269,6 +269,9 @@ impl<H: Handler> EventLoop<H> {
                 Phase::Connecting => return,
                 Phase::Draining => {
                     // Closed by us: discard what the peer still sends, until it closes.
+                    if c.peer_closed {
+                        return;
+                    }
                     match c.stream.read(&mut self.inbuf) {
                         Ok(0) => self.core.schedule_close(id, CloseReason::PeerClosed),
                         Ok(_) => continue,
@@ -286,7 +289,15 @@ impl<H: Handler> EventLoop<H> {
             }
             match c.stream.read(&mut self.inbuf) {
                 Ok(0) => {
-                    self.core.schedule_close(id, CloseReason::PeerClosed);
+                    if c.unwritten() > 0 {
+                        // The peer may only have half-closed: what was written to it
+                        // (often the reply to its last bytes) still goes out first.
+                        c.phase = Phase::Draining;
+                        c.peer_closed = true;
+                        self.core.mark_dirty(id);
+                    } else {
+                        self.core.schedule_close(id, CloseReason::PeerClosed);
+                    }
                     return;
                 }
                 Ok(n) => self.deliver(id, n),
@@ -454,7 +465,12 @@ impl<H: Handler> EventLoop<H> {
             c.out_pos = 0;
         }
         if c.phase == Phase::Draining && c.unwritten() == 0 {
-            self.core.schedule_close(id, CloseReason::Local);
+            let reason = if c.peer_closed {
+                CloseReason::PeerClosed
+            } else {
+                CloseReason::Local
+            };
+            self.core.schedule_close(id, reason);
             return;
         }
         if c.congested && c.unwritten() <= low {
