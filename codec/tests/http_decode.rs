@@ -42,20 +42,17 @@ fn decode_incrementally(buf: &[u8], step: usize) -> Vec<(String, String, Vec<u8>
     let mut end = 0;
     while start < buf.len() {
         end = (end + step).min(buf.len());
-        loop {
-            match dec.decode(&buf[start..end]).expect("valid input") {
-                Decoded::Complete { msg, consumed } => {
-                    assert!(consumed > 0 && consumed <= end - start);
-                    out.push((
-                        msg.method.to_owned(),
-                        msg.path.to_owned(),
-                        msg.body.to_vec(),
-                        msg.keep_alive,
-                    ));
-                    start += consumed;
-                }
-                Decoded::Incomplete => break,
-            }
+        while let Decoded::Complete { msg, consumed } =
+            dec.decode(&buf[start..end]).expect("valid input")
+        {
+            assert!(consumed > 0 && consumed <= end - start);
+            out.push((
+                msg.method.to_owned(),
+                msg.path.to_owned(),
+                msg.body.to_vec(),
+                msg.keep_alive,
+            ));
+            start += consumed;
         }
         if end == buf.len() && start < buf.len() {
             panic!("input left undecoded at {start}");

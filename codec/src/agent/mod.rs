@@ -1,1 +1,173 @@
-//! Being written.
+//! The agent protocol, version 1: consumer-agent <-> provider-agent.
+//!
+//! Many calls are multiplexed and pipelined on one connection; responses come back in
+//! any order and are matched by request id. Call signatures (service, method, parameter
+//! types, version, group) are sent once per connection in a DEFINE frame and then named
+//! by a `u32` call id, so a request carries no repeated strings.
+//!
+//! # Frame layout
+//!
+//! Every frame is an 18-byte header and a body. All integers are big-endian.
+//!
+//! ```text
+//!  0      2     3      4       5          6                 14            18
+//!  +------+-----+------+-------+----------+-----------------+-------------+------....
+//!  | magic| ver | kind | status| reserved | request id (u64)| body len u32| body
+//!  | DA BB| 01  |flags |       |    00    |                 |             |
+//!  +------+-----+------+-------+----------+-----------------+-------------+------....
+//!
+//!  kind byte: low nibble = kind (1 DEFINE, 2 REQUEST, 3 RESPONSE, 4 PING, 5 PONG)
+//!             bit 0x80   = ONE_WAY (REQUEST only: no response is sent)
+//!  status:    RESPONSE only (see Status), 0 elsewhere
+//!
+//!  DEFINE body:   call id u32 | 5 x (len u16, UTF-8): service, method,
+//!                 parameter types (JVM descriptors), version, group
+//!  REQUEST body:  call id u32 | timeout ms u32 (0 = none) | attachment count u16 |
+//!                 count x (key len u16, key, value len u16, value) | arguments...
+//!                 (arguments: the rest of the body, opaque: hessian2 values)
+//!  RESPONSE body: OK: the result, opaque (a hessian2 value); else a UTF-8 message
+//!  PING / PONG:   empty body; the id is echoed back in the PONG
+//! ```
+//!
+//! The body length is checked against [`MAX_BODY`] as soon as the header is read, before
+//! waiting for the body. A bad magic or version is an error: close the connection.
+//!
+//! # Examples
+//!
+//! ```
+//! use codec::agent::{decode, begin_request, finish, Frame, RequestHead};
+//! use codec::Decoded;
+//!
+//! let mut out = Vec::new();
+//! let mark = begin_request(&mut out, &RequestHead::new(7, 1)).unwrap();
+//! out.extend_from_slice(b"hessian2 args written in place");
+//! finish(&mut out, mark).unwrap();
+//!
+//! let Decoded::Complete { msg: Frame::Request(req), consumed } = decode(&out).unwrap()
+//! else { panic!() };
+//! assert_eq!((req.id, req.call_id, req.args), (7, 1, &b"hessian2 args written in place"[..]));
+//! assert_eq!(consumed, out.len());
+//! ```
+
+mod calls;
+mod frame;
+
+pub use calls::{CallTable, Signature, SignatureRef, MAX_CALLS};
+pub use frame::{
+    begin_request, begin_response, decode, encode_define, encode_ping, encode_pong, encode_request,
+    encode_response, finish, Attachments, Frame, FrameMark, Request, RequestHead, Response,
+};
+
+use std::fmt;
+
+/// The two magic bytes opening every frame.
+pub const MAGIC: [u8; 2] = [0xDA, 0xBB];
+/// The protocol version this module speaks.
+pub const VERSION: u8 = 1;
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 18;
+/// Largest body accepted or produced (8 MiB).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// The outcome of a call, carried in a RESPONSE frame's status byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Status {
+    /// The call succeeded; the payload is the result value.
+    Ok = 0,
+    /// The provider threw or failed; the payload is a message. Not retried: the call may
+    /// have run.
+    ProviderError = 1,
+    /// The provider (or its thread pool) is full and did not start the call: safe to
+    /// retry on another provider.
+    Overloaded = 2,
+    /// No provider is reachable behind this agent; the call did not start: safe to retry
+    /// elsewhere.
+    Unavailable = 3,
+    /// The call did not finish in time; it may have run.
+    Timeout = 4,
+    /// The request was malformed (unknown call id, bad arguments).
+    BadRequest = 5,
+}
+
+impl Status {
+    /// Whether the call certainly did not run, so it may be sent to another provider.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Status::Overloaded | Status::Unavailable)
+    }
+
+    /// The status for a wire byte.
+    pub fn from_u8(b: u8) -> Option<Status> {
+        Some(match b {
+            0 => Status::Ok,
+            1 => Status::ProviderError,
+            2 => Status::Overloaded,
+            3 => Status::Unavailable,
+            4 => Status::Timeout,
+            5 => Status::BadRequest,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an agent frame could not be decoded or encoded, or a call table refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentError {
+    /// The first two bytes are not [`MAGIC`]: not an agent connection.
+    BadMagic,
+    /// A protocol version this side does not speak.
+    UnsupportedVersion(u8),
+    /// An unknown frame kind (low nibble of the kind byte).
+    UnknownKind(u8),
+    /// An unknown status byte in a RESPONSE.
+    UnknownStatus(u8),
+    /// The declared (or produced) body is over [`MAX_BODY`].
+    BodyTooLarge(usize),
+    /// The body does not match its kind's layout.
+    Malformed(&'static str),
+    /// A string field is not UTF-8.
+    InvalidUtf8,
+    /// A string is longer than a u16 length prefix allows, or there are more than 65535
+    /// attachments.
+    TooLong,
+    /// The call table holds [`MAX_CALLS`] signatures already.
+    CallTableFull,
+    /// A DEFINE names a call id at or past [`MAX_CALLS`].
+    CallIdOutOfRange(u32),
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::BadMagic => f.write_str("bad magic: not an agent protocol stream"),
+            AgentError::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "unsupported agent protocol version {v} (this side speaks {VERSION})"
+                )
+            }
+            AgentError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            AgentError::UnknownStatus(s) => write!(f, "unknown response status {s}"),
+            AgentError::BodyTooLarge(n) => {
+                write!(
+                    f,
+                    "frame body of {n} bytes is over the {MAX_BODY}-byte limit"
+                )
+            }
+            AgentError::Malformed(what) => write!(f, "malformed frame: {what}"),
+            AgentError::InvalidUtf8 => f.write_str("string field is not valid UTF-8"),
+            AgentError::TooLong => f.write_str("string or attachment list too long to encode"),
+            AgentError::CallTableFull => {
+                write!(
+                    f,
+                    "call table full ({MAX_CALLS} signatures on this connection)"
+                )
+            }
+            AgentError::CallIdOutOfRange(id) => {
+                write!(f, "call id {id} is out of range (max {MAX_CALLS})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}

@@ -1,0 +1,473 @@
+//! Frame encoding (into a shared output buffer, length back-patched) and decoding
+//! (borrowing from the input buffer, no allocation).
+
+use super::{AgentError, SignatureRef, Status, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
+use crate::Decoded;
+
+const KIND_DEFINE: u8 = 1;
+const KIND_REQUEST: u8 = 2;
+const KIND_RESPONSE: u8 = 3;
+const KIND_PING: u8 = 4;
+const KIND_PONG: u8 = 5;
+const KIND_MASK: u8 = 0x0F;
+const FLAG_ONE_WAY: u8 = 0x80;
+
+/// Offset of the body length in the header.
+const LEN_AT: usize = 14;
+
+// ---------------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------------
+
+/// A frame begun in an output buffer whose body length is patched by [`finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a begun frame must be completed with `finish`"]
+pub struct FrameMark {
+    start: usize,
+}
+
+/// The fixed part of a REQUEST frame, before its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead<'h> {
+    /// Request id, echoed in the response.
+    pub id: u64,
+    /// The call id (see [`super::CallTable`]); its DEFINE must have been sent first.
+    pub call_id: u32,
+    /// Timeout in milliseconds; 0 means none.
+    pub timeout_ms: u32,
+    /// No response is wanted.
+    pub one_way: bool,
+    /// String attachments (usually none).
+    pub attachments: &'h [(&'h str, &'h str)],
+}
+
+impl RequestHead<'static> {
+    /// A two-way request with no timeout and no attachments.
+    pub fn new(id: u64, call_id: u32) -> Self {
+        RequestHead {
+            id,
+            call_id,
+            timeout_ms: 0,
+            one_way: false,
+            attachments: &[],
+        }
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, kind: u8, status: u8, id: u64) -> FrameMark {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[VERSION, kind, status, 0]);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    FrameMark { start }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Lengths are checked by the callers before anything is written.
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn fits_u16(s: &str) -> Result<(), AgentError> {
+    if s.len() > usize::from(u16::MAX) {
+        Err(AgentError::TooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// Complete a frame begun with [`begin_request`] or [`begin_response`]: patch its body
+/// length (everything appended to `out` since the begin call).
+///
+/// # Errors
+///
+/// [`AgentError::BodyTooLarge`] if the body is over [`MAX_BODY`]; the frame is then
+/// removed from `out` (truncated back to where it began).
+pub fn finish(out: &mut Vec<u8>, mark: FrameMark) -> Result<(), AgentError> {
+    let Some(len) = out.len().checked_sub(mark.start + HEADER_LEN) else {
+        out.truncate(mark.start);
+        return Err(AgentError::Malformed(
+            "output truncated inside a frame header",
+        ));
+    };
+    if len > MAX_BODY {
+        out.truncate(mark.start);
+        return Err(AgentError::BodyTooLarge(len));
+    }
+    let at = mark.start + LEN_AT;
+    if let Some(slot) = out.get_mut(at..at + 4) {
+        slot.copy_from_slice(&(len as u32).to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Append a DEFINE frame binding `call_id` to `sig`.
+///
+/// # Errors
+///
+/// [`AgentError::TooLong`] if a field is over 65535 bytes (nothing is written).
+pub fn encode_define(
+    out: &mut Vec<u8>,
+    call_id: u32,
+    sig: SignatureRef<'_>,
+) -> Result<(), AgentError> {
+    let fields = [
+        sig.service,
+        sig.method,
+        sig.parameter_types,
+        sig.version,
+        sig.group,
+    ];
+    for f in fields {
+        fits_u16(f)?;
+    }
+    let mark = put_header(out, KIND_DEFINE, 0, 0);
+    out.extend_from_slice(&call_id.to_be_bytes());
+    for f in fields {
+        put_str(out, f);
+    }
+    finish(out, mark)
+}
+
+/// Begin a REQUEST frame: write its header and fixed fields; the caller then appends the
+/// argument bytes straight into `out` and calls [`finish`].
+///
+/// # Errors
+///
+/// [`AgentError::TooLong`] for an attachment over 65535 bytes or over 65535 attachments
+/// (nothing is written).
+pub fn begin_request(out: &mut Vec<u8>, head: &RequestHead<'_>) -> Result<FrameMark, AgentError> {
+    let count = u16::try_from(head.attachments.len()).map_err(|_| AgentError::TooLong)?;
+    for (k, v) in head.attachments {
+        fits_u16(k)?;
+        fits_u16(v)?;
+    }
+    let kind = if head.one_way {
+        KIND_REQUEST | FLAG_ONE_WAY
+    } else {
+        KIND_REQUEST
+    };
+    let mark = put_header(out, kind, 0, head.id);
+    out.extend_from_slice(&head.call_id.to_be_bytes());
+    out.extend_from_slice(&head.timeout_ms.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    for (k, v) in head.attachments {
+        put_str(out, k);
+        put_str(out, v);
+    }
+    Ok(mark)
+}
+
+/// Append a whole two-way REQUEST frame with `args` (hessian2 values) as its arguments.
+///
+/// # Errors
+///
+/// As [`begin_request`] and [`finish`].
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    id: u64,
+    call_id: u32,
+    timeout_ms: u32,
+    attachments: &[(&str, &str)],
+    args: &[u8],
+) -> Result<(), AgentError> {
+    let head = RequestHead {
+        id,
+        call_id,
+        timeout_ms,
+        one_way: false,
+        attachments,
+    };
+    let mark = begin_request(out, &head)?;
+    out.extend_from_slice(args);
+    finish(out, mark)
+}
+
+/// Begin a RESPONSE frame; the caller appends the payload (the result value for
+/// [`Status::Ok`], else a UTF-8 message) and calls [`finish`].
+pub fn begin_response(out: &mut Vec<u8>, id: u64, status: Status) -> FrameMark {
+    put_header(out, KIND_RESPONSE, status as u8, id)
+}
+
+/// Append a whole RESPONSE frame.
+///
+/// # Errors
+///
+/// [`AgentError::BodyTooLarge`] (nothing is left written).
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    id: u64,
+    status: Status,
+    payload: &[u8],
+) -> Result<(), AgentError> {
+    let mark = begin_response(out, id, status);
+    out.extend_from_slice(payload);
+    finish(out, mark)
+}
+
+/// Append a PING frame (heartbeat); the peer answers a PONG with the same id.
+pub fn encode_ping(out: &mut Vec<u8>, id: u64) {
+    let _empty_body = put_header(out, KIND_PING, 0, id);
+}
+
+/// Append a PONG frame answering the PING with this id.
+pub fn encode_pong(out: &mut Vec<u8>, id: u64) {
+    let _empty_body = put_header(out, KIND_PONG, 0, id);
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------
+
+/// One decoded frame, borrowing from the input buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Bind a call id to a signature for the rest of the connection.
+    Define {
+        /// The call id requests will name.
+        call_id: u32,
+        /// What the id stands for.
+        signature: SignatureRef<'a>,
+    },
+    /// A call.
+    Request(Request<'a>),
+    /// The answer to a request.
+    Response(Response<'a>),
+    /// A heartbeat; answer with a PONG carrying the same id.
+    Ping {
+        /// Echo this in the PONG.
+        id: u64,
+    },
+    /// The answer to a PING.
+    Pong {
+        /// The PING's id.
+        id: u64,
+    },
+}
+
+/// A decoded REQUEST frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Request id, to echo in the response.
+    pub id: u64,
+    /// The call id, defined earlier on this connection.
+    pub call_id: u32,
+    /// Timeout in milliseconds; 0 means none.
+    pub timeout_ms: u32,
+    /// No response is wanted.
+    pub one_way: bool,
+    /// The attachments (already validated; iterating cannot fail).
+    pub attachments: Attachments<'a>,
+    /// The arguments, opaque (hessian2 values).
+    pub args: &'a [u8],
+}
+
+/// A decoded RESPONSE frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// The request id answered.
+    pub id: u64,
+    /// The outcome.
+    pub status: Status,
+    /// The result value for [`Status::Ok`], else a UTF-8 message.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Response<'a> {
+    /// The error message of a non-OK response (validated UTF-8 when decoded).
+    pub fn message(&self) -> Option<&'a str> {
+        if self.status == Status::Ok {
+            None
+        } else {
+            std::str::from_utf8(self.payload).ok()
+        }
+    }
+}
+
+/// The attachments of a request: an iterator over borrowed `(key, value)` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachments<'a> {
+    raw: &'a [u8],
+    remaining: u16,
+}
+
+impl<'a> Attachments<'a> {
+    /// Pairs not yet iterated.
+    pub fn remaining(&self) -> usize {
+        usize::from(self.remaining)
+    }
+}
+
+impl<'a> Iterator for Attachments<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let mut r = Reader { buf: self.raw };
+        let pair = r.str().and_then(|k| Ok((k, r.str()?)));
+        match pair {
+            Ok(pair) => {
+                self.raw = r.buf;
+                self.remaining -= 1;
+                Some(pair)
+            }
+            // Unreachable after `decode` validated the list; end rather than panic.
+            Err(_) => {
+                self.remaining = 0;
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining(), Some(self.remaining()))
+    }
+}
+
+impl ExactSizeIterator for Attachments<'_> {}
+
+/// A cursor over a frame body.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], AgentError> {
+        if self.buf.len() < n {
+            return Err(AgentError::Malformed("body shorter than its fields"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], AgentError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u16(&mut self) -> Result<u16, AgentError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, AgentError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn str(&mut self) -> Result<&'a str, AgentError> {
+        let n = self.u16()?;
+        std::str::from_utf8(self.take(usize::from(n))?).map_err(|_| AgentError::InvalidUtf8)
+    }
+}
+
+/// Decode the frame at the start of `buf`.
+///
+/// Magic and version are checked as soon as their bytes arrive, the body length as soon
+/// as the header is complete (before the body arrives).
+///
+/// # Errors
+///
+/// See [`AgentError`]; any error means the stream cannot be re-synchronised: close it.
+pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
+    for (i, &m) in MAGIC.iter().enumerate() {
+        if buf.get(i).is_some_and(|&b| b != m) {
+            return Err(AgentError::BadMagic);
+        }
+    }
+    if let Some(&v) = buf.get(2) {
+        if v != VERSION {
+            return Err(AgentError::UnsupportedVersion(v));
+        }
+    }
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(Decoded::Incomplete);
+    };
+    let mut h = Reader { buf: header };
+    let [_, _, _, kind_byte, status, _reserved] = h.array::<6>()?;
+    let id = u64::from_be_bytes(h.array()?);
+    let len = h.u32()? as usize;
+    if len > MAX_BODY {
+        return Err(AgentError::BodyTooLarge(len));
+    }
+    let kind = kind_byte & KIND_MASK;
+    let flags = kind_byte & !KIND_MASK;
+    if !(KIND_DEFINE..=KIND_PONG).contains(&kind) {
+        return Err(AgentError::UnknownKind(kind));
+    }
+    if flags != 0 && !(kind == KIND_REQUEST && flags == FLAG_ONE_WAY) {
+        return Err(AgentError::Malformed("unknown flags"));
+    }
+    if status != 0 && kind != KIND_RESPONSE {
+        return Err(AgentError::Malformed("status set on a non-response frame"));
+    }
+    if len != 0 && (kind == KIND_PING || kind == KIND_PONG) {
+        return Err(AgentError::Malformed("heartbeat with a body"));
+    }
+    let consumed = HEADER_LEN + len;
+    let Some(body) = buf.get(HEADER_LEN..consumed) else {
+        return Ok(Decoded::Incomplete);
+    };
+    let msg = match kind {
+        KIND_DEFINE => decode_define(body)?,
+        KIND_REQUEST => decode_request(id, flags == FLAG_ONE_WAY, body)?,
+        KIND_RESPONSE => {
+            let status = Status::from_u8(status).ok_or(AgentError::UnknownStatus(status))?;
+            if status != Status::Ok && std::str::from_utf8(body).is_err() {
+                return Err(AgentError::InvalidUtf8);
+            }
+            Frame::Response(Response {
+                id,
+                status,
+                payload: body,
+            })
+        }
+        KIND_PING => Frame::Ping { id },
+        _ => Frame::Pong { id },
+    };
+    Ok(Decoded::Complete { msg, consumed })
+}
+
+fn decode_define(body: &[u8]) -> Result<Frame<'_>, AgentError> {
+    let mut r = Reader { buf: body };
+    let call_id = r.u32()?;
+    let signature = SignatureRef {
+        service: r.str()?,
+        method: r.str()?,
+        parameter_types: r.str()?,
+        version: r.str()?,
+        group: r.str()?,
+    };
+    if !r.buf.is_empty() {
+        return Err(AgentError::Malformed("trailing bytes after a DEFINE"));
+    }
+    Ok(Frame::Define { call_id, signature })
+}
+
+fn decode_request(id: u64, one_way: bool, body: &[u8]) -> Result<Frame<'_>, AgentError> {
+    let mut r = Reader { buf: body };
+    let call_id = r.u32()?;
+    let timeout_ms = r.u32()?;
+    let count = r.u16()?;
+    let attachments_start = r.buf;
+    for _ in 0..count {
+        r.str()?;
+        r.str()?;
+    }
+    let attachments_len = attachments_start.len() - r.buf.len();
+    let raw = attachments_start.get(..attachments_len).unwrap_or_default();
+    Ok(Frame::Request(Request {
+        id,
+        call_id,
+        timeout_ms,
+        one_way,
+        attachments: Attachments {
+            raw,
+            remaining: count,
+        },
+        args: r.buf,
+    }))
+}

@@ -1,0 +1,478 @@
+//! Agent protocol: round trips, many frames per buffer, splits, bad input, call tables.
+
+use codec::agent::{
+    begin_request, begin_response, decode, encode_define, encode_ping, encode_pong, encode_request,
+    encode_response, finish, AgentError, CallTable, Frame, RequestHead, Signature, SignatureRef,
+    Status, HEADER_LEN, MAX_BODY, MAX_CALLS,
+};
+use codec::Decoded;
+use proptest::prelude::*;
+
+/// An owned mirror of `Frame`, to compare decoded frames with what was encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owned {
+    Define(u32, Signature),
+    Request {
+        id: u64,
+        call_id: u32,
+        timeout_ms: u32,
+        one_way: bool,
+        att: Vec<(String, String)>,
+        args: Vec<u8>,
+    },
+    Response(u64, Status, Vec<u8>),
+    Ping(u64),
+    Pong(u64),
+}
+
+fn to_owned(f: Frame<'_>) -> Owned {
+    match f {
+        Frame::Define { call_id, signature } => Owned::Define(call_id, signature.to_owned()),
+        Frame::Request(r) => Owned::Request {
+            id: r.id,
+            call_id: r.call_id,
+            timeout_ms: r.timeout_ms,
+            one_way: r.one_way,
+            att: r
+                .attachments
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            args: r.args.to_vec(),
+        },
+        Frame::Response(r) => Owned::Response(r.id, r.status, r.payload.to_vec()),
+        Frame::Ping { id } => Owned::Ping(id),
+        Frame::Pong { id } => Owned::Pong(id),
+    }
+}
+
+fn encode(out: &mut Vec<u8>, f: &Owned) {
+    match f {
+        Owned::Define(id, sig) => encode_define(out, *id, sig.as_ref()).unwrap(),
+        Owned::Request {
+            id,
+            call_id,
+            timeout_ms,
+            one_way,
+            att,
+            args,
+        } => {
+            let att: Vec<(&str, &str)> =
+                att.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            if !*one_way && args.len() % 2 == 0 {
+                encode_request(out, *id, *call_id, *timeout_ms, &att, args).unwrap();
+            } else {
+                let head = RequestHead {
+                    id: *id,
+                    call_id: *call_id,
+                    timeout_ms: *timeout_ms,
+                    one_way: *one_way,
+                    attachments: &att,
+                };
+                let mark = begin_request(out, &head).unwrap();
+                out.extend_from_slice(args);
+                finish(out, mark).unwrap();
+            }
+        }
+        Owned::Response(id, status, payload) => {
+            if payload.len() % 2 == 0 {
+                encode_response(out, *id, *status, payload).unwrap();
+            } else {
+                let mark = begin_response(out, *id, *status);
+                out.extend_from_slice(payload);
+                finish(out, mark).unwrap();
+            }
+        }
+        Owned::Ping(id) => encode_ping(out, *id),
+        Owned::Pong(id) => encode_pong(out, *id),
+    }
+}
+
+fn decode_all(buf: &[u8]) -> Vec<Owned> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        match decode(&buf[at..]).unwrap() {
+            Decoded::Complete { msg, consumed } => {
+                out.push(to_owned(msg));
+                at += consumed;
+            }
+            Decoded::Incomplete => panic!("incomplete at {at}"),
+        }
+    }
+    out
+}
+
+fn sig(method: &str) -> Signature {
+    Signature {
+        service: "com.alibaba.dubbo.performance.demo.provider.IHelloService".into(),
+        method: method.into(),
+        parameter_types: "Ljava/lang/String;".into(),
+        version: "".into(),
+        group: "".into(),
+    }
+}
+
+fn sample() -> Vec<Owned> {
+    vec![
+        Owned::Define(0, sig("hash")),
+        Owned::Request {
+            id: 1,
+            call_id: 0,
+            timeout_ms: 0,
+            one_way: false,
+            att: vec![],
+            args: b"\x05hello".to_vec(),
+        },
+        Owned::Request {
+            id: 2,
+            call_id: 0,
+            timeout_ms: 300,
+            one_way: true,
+            att: vec![("k".into(), "v".into()), ("".into(), "\u{4f60}".into())],
+            args: vec![],
+        },
+        Owned::Response(2, Status::Ok, vec![0x91]),
+        Owned::Response(1, Status::ProviderError, b"boom".to_vec()),
+        Owned::Ping(u64::MAX),
+        Owned::Pong(0),
+    ]
+}
+
+#[test]
+fn header_layout() {
+    let mut out = Vec::new();
+    encode_request(&mut out, 0x0102030405060708, 9, 0, &[], b"AB").unwrap();
+    assert_eq!(
+        &out[..HEADER_LEN],
+        &[0xDA, 0xBB, 1, 2, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 12][..]
+    );
+    assert_eq!(
+        &out[HEADER_LEN..],
+        &[0, 0, 0, 9, 0, 0, 0, 0, 0, 0, b'A', b'B'][..]
+    );
+}
+
+#[test]
+fn many_frames_in_one_buffer_and_every_split() {
+    let frames = sample();
+    let mut buf = Vec::new();
+    for f in &frames {
+        encode(&mut buf, f);
+    }
+    assert_eq!(decode_all(&buf), frames);
+    // Every prefix of each frame is Incomplete; the whole is the same frame.
+    let mut at = 0;
+    for f in &frames {
+        let mut one = Vec::new();
+        encode(&mut one, f);
+        for cut in 0..one.len() {
+            assert_eq!(
+                decode(&buf[at..at + cut]),
+                Ok(Decoded::Incomplete),
+                "{f:?} cut {cut}"
+            );
+        }
+        at += one.len();
+    }
+    // Two reads at every offset, as a connection would see them.
+    for cut in 0..=buf.len() {
+        let mut pending: Vec<u8> = buf[..cut].to_vec();
+        let mut got = Vec::new();
+        for chunk in [&buf[cut..cut], &buf[cut..]] {
+            pending.extend_from_slice(chunk);
+            let mut used = 0;
+            while let Decoded::Complete { msg, consumed } = decode(&pending[used..]).unwrap() {
+                got.push(to_owned(msg));
+                used += consumed;
+            }
+            pending.drain(..used);
+        }
+        assert!(pending.is_empty());
+        assert_eq!(got, frames, "cut {cut}");
+    }
+}
+
+#[test]
+fn response_statuses() {
+    assert!(Status::Overloaded.is_retryable());
+    assert!(Status::Unavailable.is_retryable());
+    for s in [
+        Status::Ok,
+        Status::ProviderError,
+        Status::Timeout,
+        Status::BadRequest,
+    ] {
+        assert!(!s.is_retryable(), "{s:?}");
+    }
+    let mut out = Vec::new();
+    encode_response(&mut out, 5, Status::Timeout, b"took 3000 ms").unwrap();
+    let Ok(Decoded::Complete {
+        msg: Frame::Response(r),
+        ..
+    }) = decode(&out)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (r.status, r.message()),
+        (Status::Timeout, Some("took 3000 ms"))
+    );
+}
+
+#[test]
+fn bad_input() {
+    assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(AgentError::BadMagic));
+    assert_eq!(decode(&[0xDA, 0x00]), Err(AgentError::BadMagic));
+    assert_eq!(decode(&[0xDA]), Ok(Decoded::Incomplete));
+    assert_eq!(decode(&[]), Ok(Decoded::Incomplete));
+    assert_eq!(
+        decode(&[0xDA, 0xBB, 2]),
+        Err(AgentError::UnsupportedVersion(2))
+    );
+    let header = |kind: u8, status: u8, len: u32| {
+        let mut h = vec![0xDA, 0xBB, 1, kind, status, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        h.extend_from_slice(&len.to_be_bytes());
+        h
+    };
+    // Oversized: rejected from the header alone.
+    let e = decode(&header(2, 0, MAX_BODY as u32 + 1)).unwrap_err();
+    assert_eq!(e, AgentError::BodyTooLarge(MAX_BODY + 1));
+    assert!(e.to_string().contains("over the 8388608-byte limit"));
+    assert_eq!(
+        decode(&header(2, 0, MAX_BODY as u32)),
+        Ok(Decoded::Incomplete)
+    );
+    assert_eq!(decode(&header(9, 0, 0)), Err(AgentError::UnknownKind(9)));
+    assert_eq!(
+        decode(&header(3, 77, 0)),
+        Err(AgentError::UnknownStatus(77))
+    );
+    assert!(matches!(
+        decode(&header(4, 0, 1)),
+        Err(AgentError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode(&header(0x41, 0, 0)),
+        Err(AgentError::Malformed(_))
+    ));
+    // Truncated request body (length says 3, fields need 10).
+    let mut b = header(2, 0, 3);
+    b.extend_from_slice(&[0, 0, 0]);
+    assert!(matches!(decode(&b), Err(AgentError::Malformed(_))));
+    // Error message that is not UTF-8.
+    let mut b = header(3, 1, 1);
+    b.push(0xFF);
+    assert_eq!(decode(&b), Err(AgentError::InvalidUtf8));
+    // Attachment count larger than the attachments present.
+    let mut b = header(2, 0, 10);
+    b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
+    assert!(matches!(decode(&b), Err(AgentError::Malformed(_))));
+}
+
+#[test]
+fn finish_rejects_oversized_body_and_rolls_back() {
+    let mut out = Vec::new();
+    encode_ping(&mut out, 1);
+    let before = out.len();
+    let mark = begin_response(&mut out, 2, Status::Ok);
+    out.resize(out.len() + MAX_BODY + 1, 0);
+    assert_eq!(
+        finish(&mut out, mark),
+        Err(AgentError::BodyTooLarge(MAX_BODY + 1))
+    );
+    assert_eq!(out.len(), before);
+    let long = "x".repeat(70_000);
+    let att = [(long.as_str(), "v")];
+    let head = RequestHead {
+        attachments: &att,
+        ..RequestHead::new(1, 1)
+    };
+    assert_eq!(begin_request(&mut out, &head), Err(AgentError::TooLong));
+    assert_eq!(out.len(), before);
+}
+
+#[test]
+fn call_table_interning() {
+    let mut sender = CallTable::new();
+    let mut receiver = CallTable::new();
+    let hash = sig("hash");
+    assert_eq!(sender.intern(hash.as_ref()), Ok((0, true)));
+    assert_eq!(sender.intern(hash.as_ref()), Ok((0, false)));
+    let other = SignatureRef {
+        version: "2.0",
+        ..hash.as_ref()
+    };
+    assert_eq!(sender.intern(other), Ok((1, true)));
+    assert_eq!(sender.intern(other), Ok((1, false)));
+    assert_eq!(sender.len(), 2);
+    // The DEFINE frames carry them to the receiver.
+    let mut buf = Vec::new();
+    encode_define(&mut buf, 0, hash.as_ref()).unwrap();
+    encode_define(&mut buf, 1, other).unwrap();
+    let mut at = 0;
+    while let Ok(Decoded::Complete {
+        msg: Frame::Define { call_id, signature },
+        consumed,
+    }) = decode(&buf[at..])
+    {
+        receiver.define(call_id, signature.to_owned()).unwrap();
+        at += consumed;
+    }
+    assert_eq!(receiver.get(0), Some(&hash));
+    assert_eq!(receiver.get(1).map(|s| s.version.as_str()), Some("2.0"));
+    assert_eq!(receiver.get(2), None);
+    assert_eq!(
+        receiver.define(MAX_CALLS as u32, hash.clone()),
+        Err(AgentError::CallIdOutOfRange(4096))
+    );
+    // Bounded.
+    for i in 2..MAX_CALLS {
+        let m = format!("m{i}");
+        let s = SignatureRef {
+            method: &m,
+            ..hash.as_ref()
+        };
+        assert_eq!(sender.intern(s), Ok((i as u32, true)));
+    }
+    let e = sender
+        .intern(SignatureRef {
+            method: "one-too-many",
+            ..hash.as_ref()
+        })
+        .unwrap_err();
+    assert_eq!(e, AgentError::CallTableFull);
+    assert_eq!(
+        e.to_string(),
+        "call table full (4096 signatures on this connection)"
+    );
+    assert_eq!(
+        sender.intern(hash.as_ref()),
+        Ok((0, false)),
+        "known signatures still resolve"
+    );
+}
+
+fn arb_str() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[a-zA-Z0-9/;.\u{4f60}]{0,12}").unwrap()
+}
+
+fn arb_frame() -> impl Strategy<Value = Owned> {
+    let status = prop_oneof![
+        Just(Status::Ok),
+        Just(Status::ProviderError),
+        Just(Status::Overloaded),
+        Just(Status::Unavailable),
+        Just(Status::Timeout),
+        Just(Status::BadRequest),
+    ];
+    prop_oneof![
+        (
+            any::<u32>(),
+            arb_str(),
+            arb_str(),
+            arb_str(),
+            arb_str(),
+            arb_str()
+        )
+            .prop_map(|(id, a, b, c, d, e)| {
+                Owned::Define(
+                    id,
+                    Signature {
+                        service: a,
+                        method: b,
+                        parameter_types: c,
+                        version: d,
+                        group: e,
+                    },
+                )
+            }),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>(),
+            proptest::collection::vec((arb_str(), arb_str()), 0..3),
+            proptest::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(
+                |(id, call_id, timeout_ms, one_way, att, args)| Owned::Request {
+                    id,
+                    call_id,
+                    timeout_ms,
+                    one_way,
+                    att,
+                    args
+                }
+            ),
+        (
+            any::<u64>(),
+            status,
+            arb_str(),
+            proptest::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|(id, s, msg, bytes)| {
+                Owned::Response(
+                    id,
+                    s,
+                    if s == Status::Ok {
+                        bytes
+                    } else {
+                        msg.into_bytes()
+                    },
+                )
+            }),
+        any::<u64>().prop_map(Owned::Ping),
+        any::<u64>().prop_map(Owned::Pong),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn round_trip(frames in proptest::collection::vec(arb_frame(), 1..6), cut in any::<usize>()) {
+        let mut buf = Vec::new();
+        for f in &frames {
+            encode(&mut buf, f);
+        }
+        prop_assert_eq!(decode_all(&buf), frames.clone());
+        // Split once anywhere: the prefix yields a prefix of the frames, then Incomplete.
+        let cut = cut % (buf.len() + 1);
+        let mut at = 0;
+        let mut n = 0;
+        while let Decoded::Complete { msg, consumed } = decode(&buf[at..cut]).unwrap() {
+            prop_assert_eq!(&to_owned(msg), &frames[n]);
+            n += 1;
+            at += consumed;
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics(mut buf in proptest::collection::vec(any::<u8>(), 0..200), valid_header in any::<bool>()) {
+        if valid_header && buf.len() >= 3 {
+            buf[..3].copy_from_slice(&[0xDA, 0xBB, 1]);
+        }
+        let mut at = 0;
+        while let Ok(Decoded::Complete { msg, consumed }) = decode(&buf[at..]) {
+            if let Frame::Request(r) = msg {
+                prop_assert!(r.attachments.count() <= u16::MAX as usize);
+            }
+            prop_assert!(consumed >= HEADER_LEN);
+            at += consumed;
+        }
+    }
+
+    #[test]
+    fn mutated_frames_never_panic(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let mut buf = Vec::new();
+        for f in sample() {
+            encode(&mut buf, &f);
+        }
+        for (i, b) in edits {
+            let n = buf.len();
+            buf[i % n] = b;
+        }
+        let mut at = 0;
+        while let Ok(Decoded::Complete { consumed, .. }) = decode(&buf[at..]) {
+            at += consumed;
+        }
+    }
+}
