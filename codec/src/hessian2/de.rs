@@ -279,10 +279,13 @@ impl Decoder {
         match entry {
             None => Err(Error::UnknownRef { index: idx }.into()),
             Some((i, None)) => Ok(Value::Ref(i)),
-            Some((_, Some((v, n)))) => {
-                let (v, n) = (v.clone(), *n);
-                self.bump(n)?;
-                Ok(v)
+            Some((i, Some((_, n)))) => {
+                // Charge the copy to the budget before making it.
+                self.bump(*n)?;
+                match self.refs.get(i) {
+                    Some(Some((v, _))) => Ok(v.clone()),
+                    _ => Err(Error::UnknownRef { index: idx }.into()),
+                }
             }
         }
     }
