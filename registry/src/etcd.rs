@@ -226,6 +226,20 @@ where
     }
 }
 
+trait WarnDue {
+    /// `true` if no warning was logged yet, or the last one is [`STALE_WARN_EVERY`] old.
+    fn is_none_or_elapsed(&self, now: Instant) -> bool;
+}
+
+impl WarnDue for Option<Instant> {
+    fn is_none_or_elapsed(&self, now: Instant) -> bool {
+        match self {
+            None => true,
+            Some(w) => now.duration_since(*w) >= STALE_WARN_EVERY,
+        }
+    }
+}
+
 struct Backoff(Duration);
 
 impl Backoff {
@@ -262,6 +276,7 @@ async fn keep_registered(
     let mut backoff = Backoff::new();
     // The lease our key is attached to, with a client to revoke it.
     let mut current: Option<(Client, i64)> = None;
+    let mut last_warn: Option<Instant> = None;
     'outer: loop {
         let attempt = async {
             let mut c = connect(&endpoints).await?;
@@ -282,7 +297,13 @@ async fn keep_registered(
         let (mut client, lease, mut keeper, mut stream) = match res {
             Ok(x) => x,
             Err(e) => {
-                log::warn!("etcd: registering {key} failed: {e}; retrying");
+                let now = Instant::now();
+                if last_warn.is_none_or_elapsed(now) {
+                    log::warn!("etcd: registering {key} failed: {e}; retrying with backoff");
+                    last_warn = Some(now);
+                } else {
+                    log::debug!("etcd: registering {key} failed: {e}; retrying");
+                }
                 if let Some(f) = first.take() {
                     let _ = f.send(Err(e));
                 }
@@ -302,6 +323,7 @@ async fn keep_registered(
             let _ = f.send(Ok(()));
         }
         backoff.reset();
+        last_warn = None;
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -484,11 +506,7 @@ fn note_stale(
 ) {
     let now = Instant::now();
     let since = *since.get_or_insert(now);
-    let due = match *warned {
-        None => true,
-        Some(w) => now.duration_since(w) >= STALE_WARN_EVERY,
-    };
-    if due {
+    if warned.is_none_or_elapsed(now) {
         *warned = Some(now);
         match delivered {
             Some(list) => log::warn!(

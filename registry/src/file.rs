@@ -109,14 +109,10 @@ impl FileBackend {
         std::thread::Builder::new()
             .name("registry-file-hb".into())
             .spawn(move || {
-                loop {
-                    match stop_rx.recv_timeout(HEARTBEAT) {
-                        Err(RecvTimeoutError::Timeout) => {
-                            if let Err(e) = entry.write() {
-                                log::warn!("registry heartbeat {}: {e}", entry.path.display());
-                            }
-                        }
-                        _ => break,
+                // a message or a disconnect both mean stop
+                while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(HEARTBEAT) {
+                    if let Err(e) = entry.write() {
+                        log::warn!("registry heartbeat {}: {e}", entry.path.display());
                     }
                 }
                 entry.remove();
