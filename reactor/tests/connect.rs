@@ -51,7 +51,11 @@ impl Handler for Dialer {
     }
 }
 
-fn start() -> (Running<(SocketAddr, Option<Duration>)>, LoopHandle<(SocketAddr, Option<Duration>)>, std::sync::mpsc::Receiver<Seen>) {
+fn start() -> (
+    Running<(SocketAddr, Option<Duration>)>,
+    LoopHandle<(SocketAddr, Option<Duration>)>,
+    std::sync::mpsc::Receiver<Seen>,
+) {
     let (tx, rx) = channel();
     let r = Builder::<()>::new(Config::default())
         .start(move |_, _| Dialer(tx.clone()))
@@ -64,14 +68,18 @@ fn start() -> (Running<(SocketAddr, Option<Duration>)>, LoopHandle<(SocketAddr, 
 fn connect_opens_and_buffered_writes_go_out() {
     let (_r, h, rx) = start();
     let listener = TcpListener::bind(any_port()).unwrap();
-    h.send((listener.local_addr().unwrap(), Some(LIMIT))).unwrap();
+    h.send((listener.local_addr().unwrap(), Some(LIMIT)))
+        .unwrap();
     let (mut s, _) = listener.accept().unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"hello");
     assert!(matches!(recv(&rx, "open"), Seen::Opened));
-    assert!(matches!(recv(&rx, "close"), Seen::Closed(CloseReason::Local)));
+    assert!(matches!(
+        recv(&rx, "close"),
+        Seen::Closed(CloseReason::Local)
+    ));
 }
 
 #[test]

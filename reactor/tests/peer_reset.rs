@@ -93,6 +93,9 @@ fn reset_mid_write_closes_with_io_error_only_that_connection() {
     }
     assert_empty(&rx, "close");
     drop(echo);
-    assert_eq!(recv(&rx, "echo close"), (Tag::Echo, CloseReason::PeerClosed));
+    assert_eq!(
+        recv(&rx, "echo close"),
+        (Tag::Echo, CloseReason::PeerClosed)
+    );
     r.shutdown();
 }

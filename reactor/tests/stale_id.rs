@@ -102,6 +102,9 @@ fn stale_id_is_a_no_op_even_after_slot_reuse() {
     );
     let mut got = Vec::new();
     second.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"fresh", "nothing written to the stale id reached the new connection");
+    assert_eq!(
+        got, b"fresh",
+        "nothing written to the stale id reached the new connection"
+    );
     r.shutdown();
 }

@@ -64,7 +64,10 @@ impl Handler for Timed {
             assert_eq!(Some(id), self.periodic, "a periodic timer keeps its id");
             self.beats += 1;
             if self.beats == 4 {
-                assert!(cx.cancel_timer(id), "cancel a periodic timer from its own beat");
+                assert!(
+                    cx.cancel_timer(id),
+                    "cancel a periodic timer from its own beat"
+                );
             }
         }
         self.tx.send((token, cx.now())).unwrap();
@@ -111,7 +114,11 @@ fn one_shots_in_order_cancelled_skipped_periodic_repeats() {
         .map(|f| f.0)
         .filter(|&t| t != PERIODIC)
         .collect();
-    assert_eq!(one_shots, [1, 2, 22, 3, 4, 5], "deadline order, FIFO on ties");
+    assert_eq!(
+        one_shots,
+        [1, 2, 22, 3, 4, 5],
+        "deadline order, FIFO on ties"
+    );
     let beats = fired.iter().filter(|f| f.0 == PERIODIC).count();
     assert_eq!(beats, 4, "periodic fires until cancelled, then never again");
     // No timer fires early: each one's firing time is at least its delay after sending.
