@@ -16,6 +16,25 @@
 //! Callbacks run on the registry's own thread (never on the caller's event loop); they
 //! must be quick: forward the list to your loop through a channel or a waker.
 //!
+//! # Behaviour
+//!
+//! * **etcd**: each [`Registry`] has one small tokio runtime on a dedicated thread. A
+//!   registration puts `/dubbomesh/<service>/<host>:<port>` = `{"weight":N,"meta":{..}}` on a
+//!   lease (TTL default 10 s, `?ttl=N` or [`Builder::ttl`]) kept alive every TTL/3; after a
+//!   lost lease or a broken connection it registers again (new lease, same key, the old lease
+//!   revoked), with backoff (100 ms doubling to 2 s) while etcd is down. Dropping or
+//!   [`deregister`](Registration::deregister)ing revokes the lease (bounded by ~1 s). A watch
+//!   reads the prefix once, then follows a watch stream; after a broken stream it resumes
+//!   from the last revision seen, or reads everything again if that revision was compacted.
+//!   While etcd is unreachable the watcher keeps (and does not re-deliver) its last list and
+//!   logs a warning that it is stale; a watch that never reached etcd delivers nothing until
+//!   it does. Empty (race-style) values mean the default weight.
+//! * **file**: one JSON file per instance, written atomically (temp + rename) and refreshed
+//!   every second; watchers poll every 50 ms and drop (and delete) entries whose process is
+//!   gone (`/proc/<pid>`) or whose heartbeat is older than 3 s. Deregistering deletes the file.
+//! * **static**: every watch gets the list once, for whatever service; `register` fails with
+//!   [`Error::Unsupported`].
+//!
 //! ```
 //! use std::sync::mpsc;
 //! use std::time::Duration;
@@ -141,6 +160,15 @@ impl From<std::io::Error> for Error {
         Error::Io(e)
     }
 }
+
+// `Registry`, `Registration`, `Watch` and `Error` cross threads freely.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Registry>();
+    send_sync::<Registration>();
+    send_sync::<Watch>();
+    send_sync::<Error>();
+};
 
 /// Callback type of [`Registry::watch`], boxed.
 pub(crate) type Callback = Box<dyn FnMut(Vec<Instance>) + Send + 'static>;

@@ -5,7 +5,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use registry::Instance;
-use util::{addrs, init_log, ChildRegistrant, Collector, Etcd};
+use util::{addrs, init_log, ChildRegistrant, Collector, Etcd, Proxy};
 
 const SVC: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
 const SOON: Duration = Duration::from_secs(3);
@@ -243,4 +243,72 @@ fn dropped_registry_handle_keeps_registration_and_watch() {
     w.wait_for(SOON, "a", |l| l.len() == 1);
     a.deregister().unwrap();
     w.wait_for(SOON, "empty", |l| l.is_empty());
+}
+
+#[test]
+fn compacted_revision_falls_back_to_a_full_read() {
+    init_log();
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(etcd.client_port);
+    // the watcher reaches etcd through the proxy; the registrations directly
+    let watcher_reg = registry::open(Some(&proxy.url(""))).unwrap();
+    let direct = registry::open(Some(&etcd.url("?ttl=2"))).unwrap();
+    let a = direct
+        .register(Instance::new(SVC, "127.0.0.1:30070"))
+        .unwrap();
+    let mut w = Collector::new(&watcher_reg, SVC);
+    w.wait_for(SOON, "a", |l| addrs(l) == ["127.0.0.1:30070"]);
+
+    proxy.set_down();
+    // unreachable: the watcher keeps its list
+    w.assert_quiet(
+        Duration::from_millis(700),
+        "etcd unreachable: keep the last list",
+    );
+    // meanwhile: a goes, b comes, and the history is compacted
+    a.deregister().unwrap();
+    let _b = direct
+        .register(Instance::new(SVC, "127.0.0.1:30071"))
+        .unwrap();
+    etcd.with_client(|mut c| async move {
+        let rev = c.get("x", None).await.unwrap().header().unwrap().revision();
+        c.compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    });
+    w.assert_quiet(Duration::from_millis(300), "still unreachable");
+    proxy.set_up();
+    // resuming at the compacted revision fails: the watcher reads everything anew
+    let list = w.wait_for(Duration::from_secs(8), "b only", |l| {
+        addrs(l) == ["127.0.0.1:30071"]
+    });
+    assert_eq!(list.len(), 1);
+}
+
+#[test]
+fn broken_stream_resumes_from_the_last_revision() {
+    init_log();
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(etcd.client_port);
+    let watcher_reg = registry::open(Some(&proxy.url(""))).unwrap();
+    let direct = registry::open(Some(&etcd.url("?ttl=2"))).unwrap();
+    let mut w = Collector::new(&watcher_reg, SVC);
+    w.wait_for(SOON, "empty", |l| l.is_empty());
+    proxy.set_down();
+    let a = direct
+        .register(Instance::new(SVC, "127.0.0.1:30080"))
+        .unwrap();
+    let _b = direct
+        .register(Instance::new(SVC, "127.0.0.1:30081"))
+        .unwrap();
+    a.deregister().unwrap();
+    w.assert_quiet(Duration::from_millis(500), "unreachable");
+    proxy.set_up();
+    // the missed events are replayed from the last revision: a's put and delete, b's put
+    w.wait_for(Duration::from_secs(8), "b", |l| {
+        addrs(l) == ["127.0.0.1:30081"]
+    });
 }

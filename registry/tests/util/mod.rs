@@ -2,10 +2,12 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use registry::{Instance, Registry, Watch};
@@ -192,6 +194,69 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- TCP proxy
+
+/// A loopback TCP proxy that can cut every connection (and refuse new ones) on demand:
+/// "etcd unreachable" for one client while etcd itself stays up.
+pub struct Proxy {
+    pub port: u16,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target_port: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, cs) = (down.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let mut list = cs.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(upstream.try_clone().unwrap());
+                drop(list);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, down, conns }
+    }
+
+    /// Registry URL through this proxy.
+    pub fn url(&self, query: &str) -> String {
+        format!("etcd://127.0.0.1:{}{query}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn set_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn set_up(&self) {
+        self.down.store(false, Ordering::SeqCst);
     }
 }
 
