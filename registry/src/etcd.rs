@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,8 +28,38 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const STALE_WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// The cluster's endpoints; one is used at a time, and a failure moves every task of the
+/// registry to the next one (tonic's balanced channel would keep sending requests to a
+/// dead member).
+#[derive(Debug)]
+struct Endpoints {
+    list: Vec<String>,
+    cur: AtomicUsize,
+}
+
+impl Endpoints {
+    fn current(&self) -> (usize, &str) {
+        let i = self.cur.load(Ordering::Relaxed) % self.list.len();
+        (i, &self.list[i])
+    }
+
+    /// Endpoint `i` failed: move on, unless another task already did.
+    fn failed(&self, i: usize) {
+        if self.list.len() > 1 {
+            let next = (i + 1) % self.list.len();
+            if self
+                .cur
+                .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                log::info!("etcd: {} failed, trying {}", self.list[i], self.list[next]);
+            }
+        }
+    }
+}
+
 struct Shared {
-    endpoints: Vec<String>,
+    endpoints: Arc<Endpoints>,
     ttl: Duration,
     handle: tokio::runtime::Handle,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
@@ -51,7 +82,7 @@ pub(crate) struct EtcdBackend {
 impl std::fmt::Debug for EtcdBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdBackend")
-            .field("endpoints", &self.shared.endpoints)
+            .field("endpoints", &self.shared.endpoints.list)
             .field("ttl", &self.shared.ttl)
             .finish()
     }
@@ -96,7 +127,10 @@ impl EtcdBackend {
             .map_err(|e| Error::Etcd(format!("cannot build the tokio runtime: {e}")))?;
         Ok(EtcdBackend {
             shared: Arc::new(Shared {
-                endpoints,
+                endpoints: Arc::new(Endpoints {
+                    list: endpoints,
+                    cur: AtomicUsize::new(0),
+                }),
                 ttl,
                 handle,
                 shutdown: Mutex::new(Some(shutdown_tx)),
@@ -208,11 +242,11 @@ fn decode(prefix: &str, service: &str, kv: &KeyValue) -> Option<Instance> {
     Some(inst)
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, String> {
+async fn connect(endpoint: &str) -> Result<Client, String> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3));
-    timed(Client::connect(endpoints, Some(opts))).await
+    timed(Client::connect([endpoint], Some(opts))).await
 }
 
 async fn timed<T, F>(f: F) -> Result<T, String>
@@ -263,7 +297,7 @@ impl Backoff {
 /// Registers `key` with a lease and keeps it alive; re-registers after a lost lease or a
 /// broken connection; revokes the lease when stopped.
 async fn keep_registered(
-    endpoints: Vec<String>,
+    endpoints: Arc<Endpoints>,
     ttl: Duration,
     key: String,
     value: String,
@@ -278,8 +312,9 @@ async fn keep_registered(
     let mut current: Option<(Client, i64)> = None;
     let mut last_warn: Option<Instant> = None;
     'outer: loop {
+        let (ep, endpoint) = endpoints.current();
         let attempt = async {
-            let mut c = connect(&endpoints).await?;
+            let mut c = connect(endpoint).await?;
             let lease = timed(c.lease_grant(ttl_secs, None)).await?.id();
             timed(c.put(
                 key.as_str(),
@@ -297,6 +332,7 @@ async fn keep_registered(
         let (mut client, lease, mut keeper, mut stream) = match res {
             Ok(x) => x,
             Err(e) => {
+                endpoints.failed(ep);
                 let now = Instant::now();
                 if last_warn.is_none_or_elapsed(now) {
                     log::warn!("etcd: registering {key} failed: {e}; retrying with backoff");
@@ -340,7 +376,7 @@ async fn keep_registered(
                 Ok(Ok(Some(_))) => {
                     log::warn!("etcd: lease of {key} lost; re-registering");
                     current = None;
-                    break;
+                    continue 'outer; // etcd is fine: at once, same endpoint
                 }
                 Ok(Ok(None)) => {
                     log::warn!("etcd: keep-alive stream of {key} closed; re-registering");
@@ -356,6 +392,7 @@ async fn keep_registered(
                 }
             }
         }
+        endpoints.failed(ep);
         if !backoff.sleep(&mut stop).await {
             break 'outer;
         }
@@ -383,7 +420,7 @@ fn deliver_if_changed(
 }
 
 async fn watch_loop(
-    endpoints: Vec<String>,
+    endpoints: Arc<Endpoints>,
     service: String,
     sink: Arc<Sink>,
     mut stop: watch::Receiver<()>,
@@ -400,8 +437,9 @@ async fn watch_loop(
         if sink.is_stopped() {
             return;
         }
+        let (ep, endpoint) = endpoints.current();
         let attempt = async {
-            let mut c = connect(&endpoints).await?;
+            let mut c = connect(endpoint).await?;
             if rev == 0 {
                 let resp =
                     timed(c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
@@ -427,6 +465,7 @@ async fn watch_loop(
         let mut stream = match res {
             Ok((_client, stream)) => stream,
             Err(e) => {
+                endpoints.failed(ep);
                 note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
                 if !backoff.sleep(&mut stop).await {
                     return;
@@ -489,6 +528,7 @@ async fn watch_loop(
             }
         };
         if let Some(e) = err {
+            endpoints.failed(ep);
             note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
             if !backoff.sleep(&mut stop).await {
                 return;

@@ -312,3 +312,28 @@ fn broken_stream_resumes_from_the_last_revision() {
         addrs(l) == ["127.0.0.1:30081"]
     });
 }
+
+#[test]
+fn several_endpoints_one_of_them_dead() {
+    init_log();
+    let etcd = Etcd::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!(
+        "etcd://127.0.0.1:{dead},127.0.0.1:{}?ttl=2",
+        etcd.client_port
+    );
+    let reg = registry::open(Some(&url)).unwrap();
+    let mut w = Collector::new(&reg, SVC);
+    w.wait_for(Duration::from_secs(6), "empty", |l| l.is_empty());
+    let a = reg.register(Instance::new(SVC, "127.0.0.1:30090")).unwrap();
+    w.wait_for(Duration::from_secs(6), "a", |l| l.len() == 1);
+    assert_eq!(etcd.keys(PREFIX), [key("127.0.0.1:30090")]);
+    // kept alive past its TTL through the live endpoint
+    w.assert_quiet(Duration::from_millis(3000), "a stays");
+    a.deregister().unwrap();
+    w.wait_for(Duration::from_secs(6), "empty", |l| l.is_empty());
+}
