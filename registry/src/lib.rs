@@ -304,7 +304,8 @@ impl Registry {
                 None
             }
             Backend::Static(list) => {
-                let list: Vec<Instance> = list.iter().map(|e| e.instance(service)).collect();
+                let mut list: Vec<Instance> = list.iter().map(|e| e.instance(service)).collect();
+                list.sort_by(|a, b| a.addr.cmp(&b.addr));
                 std::thread::Builder::new()
                     .name("registry-static".into())
                     .spawn(move || sink.deliver(list))?;

@@ -8,7 +8,7 @@ use registry::{Error, Instance};
 #[test]
 fn static_list_is_delivered_once_per_watch() {
     let reg = registry::open(Some(
-        "static://10.0.0.1:20000?weight=50,10.0.0.2:20001?weight=150&version=2,host-b:3",
+        "static://host-b:3,10.0.0.1:20000?weight=50,10.0.0.2:20001?weight=150&version=2",
     ))
     .unwrap();
     for svc in ["svc.A", "svc.B"] {
