@@ -75,7 +75,7 @@ impl<'a> Iterator for RawFields<'a> {
             if self.rest.is_empty() {
                 return None;
             }
-            let (seg, rest) = match self.rest.iter().position(|&b| b == b'&') {
+            let (seg, rest) = match find(self.rest, b'&', b'&') {
                 Some(i) => (
                     self.rest.get(..i).unwrap_or_default(),
                     self.rest.get(i + 1..).unwrap_or_default(),
@@ -86,7 +86,7 @@ impl<'a> Iterator for RawFields<'a> {
             if seg.is_empty() {
                 continue;
             }
-            return Some(match seg.iter().position(|&b| b == b'=') {
+            return Some(match find(seg, b'=', b'=') {
                 Some(i) => (
                     seg.get(..i).unwrap_or_default(),
                     seg.get(i + 1..).unwrap_or_default(),
@@ -128,7 +128,7 @@ impl<'a> Iterator for Fields<'a> {
 ///
 /// [`FormError::InvalidEscape`] for `%` not followed by two hex digits.
 pub fn decode(raw: &[u8]) -> Result<Cow<'_, [u8]>, FormError> {
-    let Some(first) = raw.iter().position(|&b| b == b'%' || b == b'+') else {
+    let Some(first) = find(raw, b'%', b'+') else {
         return Ok(Cow::Borrowed(raw));
     };
     let mut out = Vec::with_capacity(raw.len());
@@ -172,6 +172,33 @@ pub fn decode_str(raw: &[u8]) -> Result<Cow<'_, str>, FormError> {
             .map(Cow::Owned)
             .map_err(|_| FormError::InvalidUtf8),
     }
+}
+
+/// Index of the first `a` or `b` in `hay`, eight bytes at a time (SWAR): values are long
+/// (the race sends up to 1023 characters) and usually hold neither.
+fn find(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    let (pa, pb) = (LO * u64::from(a), LO * u64::from(b));
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let (xa, xb) = (w ^ pa, w ^ pb);
+        // A zero byte in xa or xb marks a match; the lowest flagged byte is exact.
+        let z = (xa.wrapping_sub(LO) & !xa | xb.wrapping_sub(LO) & !xb) & HI;
+        if z != 0 {
+            return Some(base + (z.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == a || c == b)
+        .map(|i| base + i)
 }
 
 fn hex(b: u8) -> Option<u8> {

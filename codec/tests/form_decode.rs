@@ -113,3 +113,37 @@ fn race_fields_escaped_and_unescaped_any_order() {
         "missing form field `method`"
     );
 }
+
+/// A plain byte-at-a-time decoder to check the fast path against.
+fn naive(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
+                if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+proptest::proptest! {
+    #[test]
+    fn matches_naive_decoder(raw in proptest::collection::vec(
+        proptest::sample::select(b"ab%+&=0F9z\x80\xff".to_vec()), 0..64)) {
+        proptest::prop_assert_eq!(decode(&raw).ok().map(|c| c.into_owned()), naive(&raw));
+        let pieces: Vec<&[u8]> = raw.split(|&b| b == b'&').filter(|s| !s.is_empty()).collect();
+        let raw_keys: Vec<&[u8]> = raw_fields(&raw).map(|(k, _)| k).collect();
+        let want: Vec<&[u8]> = pieces.iter().map(|s| s.split(|&b| b == b'=').next().unwrap()).collect();
+        proptest::prop_assert_eq!(raw_keys, want);
+    }
+}
