@@ -1,1 +1,76 @@
-fn main() {}
+//! Dubbo codec throughput on the race's request (`hash` with a 512-character
+//! parameter): request encode for hessian2 and fastjson, response decode.
+
+use codec::dubbo::{self, status, Attachments, Reply, Request, Serialization};
+use codec::hessian2::{self, Value};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+
+const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
+
+fn request<'a>(ser: Serialization, args: &'a [u8]) -> Request<'a> {
+    Request {
+        id: 1,
+        serialization: ser,
+        two_way: true,
+        dubbo_version: "2.0.1",
+        path: SERVICE,
+        version: None,
+        group: None,
+        method: "hash",
+        descriptor: "Ljava/lang/String;",
+        args,
+        attachments: Attachments::Exactly(&[("path", Some(SERVICE))]),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let param: String = (0..512)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut args = Vec::new();
+    hessian2::write_string(&mut args, &param);
+
+    let mut g = c.benchmark_group("dubbo");
+    for (name, ser) in [
+        ("encode_request_hessian2", Serialization::Hessian2),
+        ("encode_request_fastjson", Serialization::Fastjson),
+    ] {
+        let req = request(ser, &args);
+        let mut out = Vec::with_capacity(1024);
+        let _ = dubbo::encode_request(&mut out, &req);
+        g.throughput(Throughput::Bytes(out.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                let _ = dubbo::encode_request(&mut out, black_box(&req));
+                black_box(out.len())
+            })
+        });
+    }
+
+    for (name, ser) in [
+        ("decode_response_hessian2", Serialization::Hessian2),
+        ("decode_response_fastjson", Serialization::Fastjson),
+    ] {
+        let mut frame = Vec::new();
+        let v = Value::Int(codec::java::string_hash_code(&param));
+        let _ = dubbo::encode_response(&mut frame, 1, ser, status::OK, &Reply::Value(&v), &[]);
+        g.throughput(Throughput::Bytes(frame.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                if let Ok(codec::Decoded::Complete { msg, .. }) =
+                    dubbo::decode_frame(black_box(&frame))
+                {
+                    black_box(
+                        dubbo::decode_response_body(msg.serialization_id(), msg.status(), msg.body)
+                            .ok(),
+                    );
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -108,7 +108,8 @@ impl Header {
     }
 }
 
-/// Append a header; `body_len` may be patched later with [`patch_len`].
+/// Append a header. Encoders here write a zero length and back-patch it
+/// once the body is written.
 pub fn write_header(out: &mut Vec<u8>, flags: u8, status: u8, id: i64, body_len: u32) {
     out.extend_from_slice(&MAGIC.to_be_bytes());
     out.push(flags);

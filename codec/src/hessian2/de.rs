@@ -478,7 +478,7 @@ fn string_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<String> {
             .is_some_and(|s| s.is_ascii());
         if ascii && high.is_none() {
             let s = r.take(units)?;
-            out.extend(s.iter().map(|&b| char::from(b)));
+            out.push_str(std::str::from_utf8(s).unwrap_or_default());
             units = 0;
         }
         while units > 0 {

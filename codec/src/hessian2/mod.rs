@@ -29,7 +29,7 @@
 //!
 //! # Errors
 //! Malformed input gives an [`Error`]; input that merely stops early gives
-//! [`Decoded::Incomplete`](crate::Decoded::Incomplete).
+//! [`Decoded::Incomplete`].
 //!
 //! # Panics
 //! None on any input.
