@@ -78,6 +78,7 @@ pub struct CallTable {
     index: HashMap<u64, Vec<u32>>,
     hasher: RandomState,
     next: u32,
+    defined: usize,
 }
 
 impl CallTable {
@@ -88,12 +89,12 @@ impl CallTable {
 
     /// Number of signatures defined.
     pub fn len(&self) -> usize {
-        self.sigs.iter().filter(|s| s.is_some()).count()
+        self.defined
     }
 
     /// Whether no signature is defined.
     pub fn is_empty(&self) -> bool {
-        self.sigs.iter().all(Option::is_none)
+        self.defined == 0
     }
 
     /// Sender side: the id for `sig`, and whether it is new (send a DEFINE frame first).
@@ -159,7 +160,9 @@ impl CallTable {
             self.sigs.resize(i + 1, None);
         }
         if let Some(slot) = self.sigs.get_mut(i) {
-            *slot = Some(sig);
+            if slot.replace(sig).is_none() {
+                self.defined += 1;
+            }
         }
         self.index.entry(hash).or_default().push(id);
     }

@@ -1,0 +1,96 @@
+//! Steady-state hot paths allocate nothing: HTTP decode + form fields, agent encode into
+//! a buffer with capacity, agent decode (attachments included), response writing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use codec::agent::{self, begin_request, finish, Frame, RequestHead};
+use codec::form::race_call;
+use codec::http::{write_response_int, RequestDecoder};
+use codec::Decoded;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
+    let before = ALLOCS.with(Cell::get);
+    let r = f();
+    (ALLOCS.with(Cell::get) - before, r)
+}
+
+#[test]
+fn http_and_form_decode_allocate_nothing() {
+    let body = "interface=com.alibaba.dubbo.performance.demo.provider.IHelloService&method=hash\
+                &parameterTypesString=Ljava/lang/String;&parameter=abcdefghij0123456789";
+    let req = format!(
+        "POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut dec = RequestDecoder::new();
+    let mut out = Vec::with_capacity(1024);
+    let (n, len) = allocations(|| {
+        let Ok(Decoded::Complete { msg, .. }) = dec.decode(req.as_bytes()) else {
+            return None;
+        };
+        let call = race_call(&msg.body).ok()?;
+        write_response_int(&mut out, 200, -1_592_106_735, msg.keep_alive);
+        call.parameter.map(|p| p.len())
+    });
+    assert_eq!(len, Some(20));
+    assert_eq!(n, 0, "allocations on the HTTP hot path");
+}
+
+#[test]
+fn agent_encode_decode_allocate_nothing() {
+    let mut out = Vec::with_capacity(4096);
+    let att = [("k", "v")];
+    let (n, ok) = allocations(|| {
+        for id in 0..10 {
+            let head = RequestHead {
+                attachments: &att,
+                ..RequestHead::new(id, 3)
+            };
+            let Ok(mark) = begin_request(&mut out, &head) else {
+                return false;
+            };
+            out.extend_from_slice(b"\x05hello");
+            if finish(&mut out, mark).is_err() {
+                return false;
+            }
+        }
+        let mut at = 0;
+        let mut seen = 0;
+        while let Ok(Decoded::Complete {
+            msg: Frame::Request(r),
+            consumed,
+        }) = agent::decode(&out[at..])
+        {
+            seen += r.attachments.filter(|&(k, v)| k == "k" && v == "v").count();
+            at += consumed;
+        }
+        seen == 10 && at == out.len()
+    });
+    assert!(ok);
+    assert_eq!(n, 0, "allocations on the agent hot path");
+}
