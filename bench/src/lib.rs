@@ -1,0 +1,4 @@
+//! dubbo-mesh bench: a mock Dubbo provider, a checking HTTP load generator, and the
+//! scenario runner that starts the whole mesh on loopback and reports how it fares.
+
+pub mod provider;
