@@ -356,3 +356,24 @@ proptest! {
         drain(&buf);
     }
 }
+
+#[test]
+fn debug_and_eq_show_only_real_headers() {
+    let buf = b"GET /x HTTP/1.1\r\nA: 1\r\n\r\n";
+    let (a, _) = complete(buf);
+    let (b, _) = complete(buf);
+    assert_eq!(a, b);
+    let text = format!("{a:?}");
+    assert!(text.contains(r#"headers: [("A", "1")]"#), "{text}");
+    assert_ne!(a, complete(b"GET /x HTTP/1.1\r\nA: 2\r\n\r\n").0);
+}
+
+#[test]
+fn default_limits() {
+    let l = Limits::default();
+    assert_eq!((l.max_head, l.max_body), (16 * 1024, 1024 * 1024));
+    assert_eq!(RequestDecoder::new().limits(), l);
+    // A head just over the default is 431, even with no CRLF in sight.
+    let buf = vec![b'a'; 16 * 1024];
+    assert_eq!(error(&buf, l), HttpError::HeadTooLarge);
+}

@@ -32,6 +32,18 @@
 //! The body length is checked against [`MAX_BODY`] as soon as the header is read, before
 //! waiting for the body. A bad magic or version is an error: close the connection.
 //!
+//! # Rules
+//!
+//! - A DEFINE for a call id is sent before the first request naming it, on the same
+//!   connection (the sender's [`CallTable::intern`] says when). Ids are per connection
+//!   and per direction, dense from 0, below [`MAX_CALLS`].
+//! - Request ids are chosen by the sender and unique among its outstanding requests;
+//!   responses may come in any order. One-way requests get no response.
+//! - [`Status::Overloaded`] and [`Status::Unavailable`] promise the call did not start,
+//!   so the consumer-agent may retry on another provider ([`Status::is_retryable`]).
+//! - Versions are not negotiated: a peer speaking another version gets
+//!   [`AgentError::UnsupportedVersion`] and the connection is closed.
+//!
 //! # Examples
 //!
 //! ```

@@ -166,7 +166,7 @@ impl From<httparse::Error> for HttpError {
 }
 
 /// One decoded request, borrowing from the input buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Request<'a> {
     /// The method token, e.g. `POST`.
     pub method: &'a str,
@@ -189,6 +189,51 @@ pub struct Request<'a> {
     headers: [httparse::Header<'a>; MAX_HEADERS],
     header_count: usize,
 }
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Headers<'r, 'a>(&'r Request<'a>);
+        impl fmt::Debug for Headers<'_, '_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_list()
+                    .entries(
+                        self.0
+                            .headers()
+                            .map(|(n, v)| (n, String::from_utf8_lossy(v))),
+                    )
+                    .finish()
+            }
+        }
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("keep_alive", &self.keep_alive)
+            .field("expects_continue", &self.expects_continue)
+            .field("chunked", &self.chunked)
+            .field("content_length", &self.content_length)
+            .field("headers", &Headers(self))
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
+}
+
+impl PartialEq for Request<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.method == other.method
+            && self.path == other.path
+            && self.version == other.version
+            && self.content_type == other.content_type
+            && self.content_length == other.content_length
+            && self.chunked == other.chunked
+            && self.keep_alive == other.keep_alive
+            && self.expects_continue == other.expects_continue
+            && self.body == other.body
+            && self.headers().eq(other.headers())
+    }
+}
+
+impl Eq for Request<'_> {}
 
 impl<'a> Request<'a> {
     /// All headers in wire order, e.g. to read `dubbo-version` or `x-dubbo-*`.
