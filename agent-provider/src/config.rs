@@ -1,0 +1,159 @@
+//! Command-line flags and the settings they make.
+//!
+//! One [`Config`] struct serves both the binary (parsed by clap) and tests (built in code
+//! with [`Config::new`]), so the in-process agent a test starts is configured exactly like
+//! the deployed one.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How the provider encodes Dubbo bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SerializationArg {
+    /// hessian2 (Dubbo's default, id 2): arguments are copied verbatim.
+    Hessian2,
+    /// fastjson (id 6, as in the 2018 race): arguments are transcoded to JSON lines.
+    Fastjson,
+}
+
+impl From<SerializationArg> for codec::dubbo::Serialization {
+    fn from(s: SerializationArg) -> Self {
+        match s {
+            SerializationArg::Hessian2 => codec::dubbo::Serialization::Hessian2,
+            SerializationArg::Fastjson => codec::dubbo::Serialization::Fastjson,
+        }
+    }
+}
+
+/// Settings of a provider-agent.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "provider-agent",
+    version,
+    about = "dubbo-mesh provider-agent: accepts agent-protocol calls and forwards them to a \
+             Dubbo provider over a few persistent connections per event loop."
+)]
+pub struct Config {
+    /// Address to accept agent-protocol connections on.
+    #[arg(long, default_value = "0.0.0.0:30000")]
+    pub listen: SocketAddr,
+
+    /// The Dubbo provider to forward calls to.
+    #[arg(long, default_value = "127.0.0.1:20880")]
+    pub provider: SocketAddr,
+
+    /// A service (Dubbo interface) this agent serves; repeat for several. Each is
+    /// registered while the provider is reachable.
+    #[arg(long = "service", value_name = "INTERFACE")]
+    pub services: Vec<String>,
+
+    /// Body serialization the provider speaks.
+    #[arg(long, value_enum, default_value_t = SerializationArg::Hessian2)]
+    pub serialization: SerializationArg,
+
+    /// Registry URL (`etcd://h:2379`, `file:///dir`); absent = the embedded default.
+    #[arg(long)]
+    pub registry: Option<String>,
+
+    /// Load-balancing weight registered for this instance.
+    #[arg(long, default_value_t = registry::DEFAULT_WEIGHT)]
+    pub weight: u32,
+
+    /// Most calls in flight to the provider at once (split across loops); beyond it calls
+    /// are answered OVERLOADED at once.
+    #[arg(long, default_value_t = 200)]
+    pub max_inflight: usize,
+
+    /// Address registered for consumers to reach this agent (default: the listen address,
+    /// 0.0.0.0 replaced by 127.0.0.1).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+
+    /// Number of event loops (threads).
+    #[arg(long, default_value_t = 1)]
+    pub loops: usize,
+
+    /// Address of the admin HTTP server (`/healthz`, `/metrics`); absent = none.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<SocketAddr>,
+
+    /// Persistent provider connections per loop.
+    #[arg(long, default_value_t = 1)]
+    pub provider_conns: usize,
+
+    /// Dubbo protocol version written in requests.
+    #[arg(long, default_value = "2.0.2")]
+    pub dubbo_version: String,
+
+    /// Seconds without traffic on a provider connection before a heartbeat is sent
+    /// (silence for 3 times this closes it).
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_secs: u64,
+
+    /// Seconds a graceful stop waits for calls in flight.
+    #[arg(long, default_value_t = 5)]
+    pub drain_secs: u64,
+}
+
+impl Config {
+    /// Defaults for everything but the provider address and the services.
+    pub fn new(provider: SocketAddr, services: Vec<String>) -> Self {
+        let mut c = Config::parse_from(["provider-agent"]);
+        c.provider = provider;
+        c.services = services;
+        c
+    }
+
+    /// The address registered: `--advertise`, else the listen address (`bound`, the
+    /// actual one when port 0 was asked for) with 0.0.0.0 replaced by 127.0.0.1.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        if bound.ip().is_unspecified() {
+            format!("127.0.0.1:{}", bound.port())
+        } else {
+            bound.to_string()
+        }
+    }
+
+    /// Heartbeat idle interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+
+    /// Bound on the graceful drain.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+
+    /// The in-flight limit of loop `index` (the total split evenly, remainder to the first
+    /// loops; at least 1 each).
+    pub fn loop_max_inflight(&self, index: usize) -> usize {
+        let loops = self.loops.max(1);
+        let base = self.max_inflight / loops;
+        let extra = usize::from(index < self.max_inflight % loops);
+        (base + extra).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_split() {
+        let mut c = Config::new("127.0.0.1:20880".parse().unwrap(), vec!["a.B".into()]);
+        assert_eq!(c.max_inflight, 200);
+        assert_eq!(c.dubbo_version, "2.0.2");
+        assert_eq!(
+            c.advertised("0.0.0.0:30000".parse().unwrap()),
+            "127.0.0.1:30000"
+        );
+        c.loops = 3;
+        let split: Vec<usize> = (0..3).map(|i| c.loop_max_inflight(i)).collect();
+        assert_eq!(split, vec![67, 67, 66]);
+    }
+}

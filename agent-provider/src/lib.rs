@@ -1,0 +1,249 @@
+//! The provider-agent of dubbo-mesh: agent protocol in, Dubbo out.
+//!
+//! ```text
+//! consumer-agent ==agent protocol==> provider-agent --Dubbo/TCP--> provider
+//! ```
+//!
+//! Every event loop accepts agent connections and owns its own few persistent
+//! connections to the provider, so a call never leaves the loop it arrived on (see
+//! [`loop_handler`]). A control thread owns the registry registrations: loops report
+//! their provider connection going up or down through a channel, and the control thread
+//! registers each service only while every loop can reach the provider.
+//!
+//! [`run`] starts everything and returns an [`AgentHandle`]; the binary adds flags and
+//! signal handling, tests call it in-process.
+
+#![deny(missing_docs)]
+
+mod admin;
+pub mod config;
+pub mod loop_handler;
+pub mod metrics;
+mod upstream;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use registry::{Instance, Registration, Registry};
+
+pub use crate::config::Config;
+use crate::loop_handler::{LoopConfig, LoopMsg, ProviderLoop, Tag};
+pub use crate::metrics::Metrics;
+
+/// What loops (and the handle) tell the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Loop `i` has a provider connection open again.
+    ProviderUp(usize),
+    /// Loop `i` has no provider connection open.
+    ProviderDown(usize),
+    /// Graceful stop.
+    Stop,
+}
+
+/// A running provider-agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    metrics: Metrics,
+    events: Sender<Event>,
+    control: Option<JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    /// The address agent connections are accepted on (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin server's address, if one runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The agent's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Graceful stop: deregister, stop accepting, drain calls in flight (bounded by
+    /// `--drain-secs`), then return.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(t) = self.control.take() {
+            let _ = self.events.send(Event::Stop);
+            if t.join().is_err() {
+                log::error!("the control thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts a provider-agent: loops, listener, provider connections, admin server and the
+/// control thread that keeps the registry in step with the provider's reachability.
+///
+/// # Errors
+/// The registry URL is invalid, or binding the listen or admin address failed.
+pub fn run(config: Config) -> io::Result<AgentHandle> {
+    let registry = registry::open(config.registry.as_deref()).map_err(io::Error::other)?;
+    if config.services.is_empty() {
+        log::warn!("no --service given: nothing will be registered");
+    }
+    let loops = config.loops.max(1);
+    let metrics = Metrics::new(loops);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let loop_cfg = Arc::new(LoopConfig {
+        provider: config.provider,
+        serialization: config.serialization.into(),
+        dubbo_version: config.dubbo_version.clone(),
+        provider_conns: config.provider_conns.max(1),
+        heartbeat: config.heartbeat(),
+        drain: config.drain(),
+        agent: config.clone(),
+    });
+    let reactor_cfg = reactor::Config {
+        loops,
+        thread_name: "provider-agent".into(),
+        ..reactor::Config::default()
+    };
+    let (m, events) = (metrics.clone(), tx.clone());
+    let reactor = reactor::Builder::new(reactor_cfg)
+        .listen(config.listen, Tag::Agent)
+        .start(move |i, _| ProviderLoop::new(i, loop_cfg.clone(), m.clone(), events.clone()))?;
+    for h in reactor.handles() {
+        let _ = h.send(LoopMsg::Start);
+    }
+    let local_addr = reactor
+        .local_addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| io::Error::other("no listener bound"))?;
+    let admin = match config.admin {
+        Some(a) => match admin::Admin::spawn(a, metrics.clone()) {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                reactor.stop();
+                reactor.join();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(admin::Admin::addr);
+    let advertised = config.advertised(local_addr);
+    log::info!(
+        "provider-agent listening on {local_addr} (advertised {advertised}), provider {}, {loops} loop(s)",
+        config.provider
+    );
+    let instances: Vec<Instance> = config
+        .services
+        .iter()
+        .map(|s| {
+            Instance::new(s.clone(), advertised.clone())
+                .with_weight(config.weight)
+                .with_meta(
+                    "serialization",
+                    format!("{:?}", config.serialization).to_lowercase(),
+                )
+        })
+        .collect();
+    let control = Control {
+        registry,
+        instances,
+        registrations: Vec::new(),
+        up: vec![false; loops],
+        events: rx,
+        reactor: Some(reactor),
+        admin,
+    };
+    let control = std::thread::Builder::new()
+        .name("provider-agent-control".into())
+        .spawn(move || control.run())?;
+    Ok(AgentHandle {
+        local_addr,
+        admin_addr,
+        metrics,
+        events: tx,
+        control: Some(control),
+    })
+}
+
+/// The control thread's state: it alone touches the registry.
+struct Control {
+    registry: Registry,
+    instances: Vec<Instance>,
+    registrations: Vec<Registration>,
+    up: Vec<bool>,
+    events: Receiver<Event>,
+    reactor: Option<reactor::Reactor<LoopMsg>>,
+    admin: Option<admin::Admin>,
+}
+
+impl Control {
+    fn run(mut self) {
+        while let Ok(ev) = self.events.recv() {
+            match ev {
+                Event::ProviderUp(i) | Event::ProviderDown(i) => {
+                    if let Some(u) = self.up.get_mut(i) {
+                        *u = ev == Event::ProviderUp(i);
+                    }
+                    if self.up.iter().all(|&u| u) {
+                        self.register();
+                    } else {
+                        self.deregister();
+                    }
+                }
+                Event::Stop => break,
+            }
+        }
+        log::info!("stopping: deregistering, then draining calls in flight");
+        self.deregister();
+        if let Some(r) = self.reactor.take() {
+            r.stop();
+            r.join();
+        }
+        if let Some(mut a) = self.admin.take() {
+            a.stop();
+        }
+        log::info!("stopped");
+    }
+
+    fn register(&mut self) {
+        if !self.registrations.is_empty() {
+            return;
+        }
+        for inst in &self.instances {
+            match self.registry.register(inst.clone()) {
+                Ok(r) => {
+                    log::info!("registered {} at {}", inst.service, inst.addr);
+                    self.registrations.push(r);
+                }
+                Err(e) => log::error!("registering {} at {}: {e}", inst.service, inst.addr),
+            }
+        }
+    }
+
+    fn deregister(&mut self) {
+        for r in self.registrations.drain(..) {
+            if let Err(e) = r.deregister() {
+                log::warn!("deregistering: {e}");
+            }
+        }
+        if !self.instances.is_empty() {
+            log::debug!("deregistered (provider not reachable from every loop, or stopping)");
+        }
+    }
+}

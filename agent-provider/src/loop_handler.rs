@@ -1,0 +1,727 @@
+//! The reactor handler of one loop: agent connections in, provider connections out.
+//!
+//! Both kinds of connection live on the same loop (dispatched by [`Tag`]), so a call goes
+//! from an agent frame to a Dubbo frame and back without a lock or a thread hop. Frames
+//! are decoded straight from the loop's input buffer and encoded straight into the
+//! destination connection's output; the reactor flushes each connection once per
+//! iteration, so a burst of calls leaves in one write.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codec::agent::{self, CallTable, Frame, Status};
+use codec::dubbo::{self, Outcome, Serialization};
+use codec::hessian2::{Encoder, Value};
+use codec::Decoded;
+use crossbeam_channel::Sender;
+use reactor::{CloseReason, Conn, ConnId, Ctx, Handler};
+
+use crate::metrics::Metrics;
+use crate::upstream::{Pending, Upstream};
+use crate::Event;
+
+/// Which side a connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// An accepted agent-protocol connection (from a consumer-agent).
+    Agent,
+    /// An outbound Dubbo connection to the provider: its slot in the loop's pool.
+    Provider(usize),
+}
+
+/// What other threads tell a loop.
+#[derive(Debug)]
+pub enum LoopMsg {
+    /// Open the provider connections (sent once, right after the loop starts: the loop
+    /// needs a [`Ctx`] to connect, and no callback runs before its first event).
+    Start,
+}
+
+/// Timeout used when a request carries none (0).
+const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
+/// Bound on one provider connect attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Timer tokens: call timeouts use the call's Dubbo id (bit 63 clear); the loop's own
+/// timers set bit 63.
+const TOKEN_OWN: u64 = 1 << 63;
+const TOKEN_HEARTBEAT: u64 = TOKEN_OWN | 1 << 62;
+const TOKEN_DRAIN: u64 = TOKEN_OWN | 1 << 61;
+const TOKEN_RECONNECT: u64 = TOKEN_OWN; // | slot
+
+/// Settings every loop shares.
+#[derive(Debug)]
+pub(crate) struct LoopConfig {
+    pub(crate) provider: SocketAddr,
+    pub(crate) serialization: Serialization,
+    pub(crate) dubbo_version: String,
+    /// The agent's whole configuration (for the per-loop in-flight split).
+    pub(crate) agent: crate::config::Config,
+    pub(crate) provider_conns: usize,
+    pub(crate) heartbeat: Duration,
+    pub(crate) drain: Duration,
+}
+
+/// State of one accepted agent connection.
+#[derive(Debug)]
+struct Inbound {
+    id: ConnId,
+    calls: CallTable,
+}
+
+/// One loop's handler.
+#[derive(Debug)]
+pub(crate) struct ProviderLoop {
+    index: usize,
+    cfg: Arc<LoopConfig>,
+    max_inflight: usize,
+    metrics: Metrics,
+    events: Sender<Event>,
+    upstream: Upstream,
+    /// Agent connections by slot index.
+    inbound: Vec<Option<Inbound>>,
+    /// Provider state last reported to the control thread.
+    reported_up: bool,
+    draining: bool,
+    heartbeat_seq: i64,
+    /// The last timeout rendered as an attachment value (timeouts are nearly always equal).
+    timeout_text: (u32, String),
+}
+
+impl ProviderLoop {
+    pub(crate) fn new(
+        index: usize,
+        cfg: Arc<LoopConfig>,
+        metrics: Metrics,
+        events: Sender<Event>,
+    ) -> Self {
+        let max_inflight = cfg.agent.loop_max_inflight(index);
+        let upstream = Upstream::new(cfg.provider_conns, Instant::now());
+        ProviderLoop {
+            index,
+            cfg,
+            max_inflight,
+            metrics,
+            events,
+            upstream,
+            inbound: Vec::new(),
+            reported_up: false,
+            draining: false,
+            heartbeat_seq: 0,
+            timeout_text: (0, String::new()),
+        }
+    }
+
+    fn m(&self) -> &crate::metrics::LoopMetrics {
+        self.metrics.for_loop(self.index)
+    }
+
+    // ---------------------------------------------------------------- provider side
+
+    fn connect(&mut self, cx: &mut Ctx<'_, Self>, slot: usize) {
+        if self.draining {
+            return;
+        }
+        let addr = self.cfg.provider;
+        match cx.connect(addr, Tag::Provider(slot), Some(CONNECT_TIMEOUT)) {
+            Ok(id) => {
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.id = Some(id);
+                }
+            }
+            Err(e) => {
+                log::warn!("loop {}: connect to provider {addr}: {e}", self.index);
+                self.schedule_reconnect(cx, slot);
+            }
+        }
+    }
+
+    fn schedule_reconnect(&mut self, cx: &mut Ctx<'_, Self>, slot: usize) {
+        if self.draining {
+            return;
+        }
+        if let Some(c) = self.upstream.conns.get_mut(slot) {
+            if c.reconnect.is_none() {
+                let delay = c.backoff.next_delay();
+                c.reconnect = Some(cx.set_timer(delay, TOKEN_RECONNECT | slot as u64));
+            }
+        }
+    }
+
+    /// Tells the control thread when this loop's provider state changes.
+    fn report(&mut self) {
+        let up = self.upstream.any_open();
+        if up != self.reported_up {
+            self.reported_up = up;
+            let ev = if up {
+                Event::ProviderUp(self.index)
+            } else {
+                Event::ProviderDown(self.index)
+            };
+            let _ = self.events.send(ev);
+        }
+    }
+
+    fn provider_opened(&mut self, cx: &mut Ctx<'_, Self>, slot: usize, id: ConnId) {
+        let now = cx.now();
+        let Some(c) = self.upstream.conns.get_mut(slot) else {
+            return;
+        };
+        if c.id != Some(id) {
+            return;
+        }
+        c.open = true;
+        c.backoff.reset();
+        c.last_read = now;
+        c.last_write = now;
+        log::info!(
+            "loop {}: provider connection {slot} to {} up",
+            self.index,
+            self.cfg.provider
+        );
+        self.m().provider_conns_up.fetch_add(1, Relaxed);
+        self.m().provider_connects.fetch_add(1, Relaxed);
+        self.report();
+    }
+
+    fn provider_closed(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        slot: usize,
+        id: ConnId,
+        reason: &CloseReason,
+    ) {
+        let Some(c) = self.upstream.conns.get_mut(slot) else {
+            return;
+        };
+        if c.id != Some(id) {
+            return;
+        }
+        let was_open = c.open;
+        c.id = None;
+        c.open = false;
+        if was_open {
+            log::warn!(
+                "loop {}: provider connection {slot} lost: {reason:?}",
+                self.index
+            );
+            self.m().provider_conns_up.fetch_sub(1, Relaxed);
+        } else {
+            log::debug!("loop {}: provider connect failed: {reason:?}", self.index);
+        }
+        for p in self.upstream.take_on_conn(slot) {
+            self.finish_call(cx, p, Status::Unavailable, b"provider connection lost");
+        }
+        self.schedule_reconnect(cx, slot);
+        self.report();
+    }
+
+    fn provider_data(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        slot: usize,
+        id: ConnId,
+        input: &[u8],
+    ) -> usize {
+        let now = cx.now();
+        if let Some(c) = self.upstream.conns.get_mut(slot) {
+            c.last_read = now;
+        }
+        let mut pos = 0;
+        while let Some(rest) = input.get(pos..) {
+            match dubbo::decode_frame(rest) {
+                Ok(Decoded::Incomplete) => break,
+                Ok(Decoded::Complete {
+                    msg: frame,
+                    consumed,
+                }) => {
+                    pos += consumed;
+                    self.provider_frame(cx, slot, id, &frame);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "loop {}: bad frame from provider: {e}; reconnecting",
+                        self.index
+                    );
+                    cx.abort(id);
+                    return input.len();
+                }
+            }
+        }
+        pos
+    }
+
+    fn provider_frame(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        slot: usize,
+        id: ConnId,
+        frame: &dubbo::Frame<'_>,
+    ) {
+        if frame.is_event() {
+            if frame.is_request() && frame.is_two_way() {
+                if let Some(out) = cx.output(id) {
+                    dubbo::encode_heartbeat_reply(out, frame.id());
+                }
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.last_write = cx.now();
+                }
+            } else if !frame.is_heartbeat() {
+                log::info!(
+                    "loop {}: provider event {:?}",
+                    self.index,
+                    String::from_utf8_lossy(frame.body)
+                );
+            }
+            return;
+        }
+        if frame.is_request() {
+            log::debug!("loop {}: ignoring a request from the provider", self.index);
+            return;
+        }
+        let dubbo_id = frame.id() as u64;
+        let Some(p) = self.upstream.take(dubbo_id) else {
+            log::debug!(
+                "loop {}: dropping response to unknown dubbo id {dubbo_id:#x}",
+                self.index
+            );
+            return;
+        };
+        if let Some(t) = p.timer {
+            cx.cancel_timer(t);
+        }
+        self.m()
+            .latency(cx.now().saturating_duration_since(p.started));
+        if frame.status() == dubbo::status::SERVER_THREADPOOL_EXHAUSTED {
+            let text = match dubbo::decode_response_body(
+                frame.serialization_id(),
+                frame.status(),
+                frame.body,
+            ) {
+                Ok(dubbo::Response {
+                    outcome: Outcome::Error { message, .. },
+                    ..
+                }) if !message.is_empty() => message,
+                _ => "provider thread pool exhausted".to_owned(),
+            };
+            self.finish_call(cx, p, Status::Overloaded, text.as_bytes());
+            return;
+        }
+        match dubbo::decode_response_body(frame.serialization_id(), frame.status(), frame.body) {
+            Ok(resp) => match resp.outcome {
+                Outcome::Value(v) => self.finish_ok(cx, p, &v),
+                Outcome::Null => self.finish_ok(cx, p, &Value::Null),
+                Outcome::Exception { message, value } => {
+                    let text = exception_text(message.as_deref(), &value);
+                    self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
+                }
+                Outcome::Error { status, message } => {
+                    let text = if message.is_empty() {
+                        format!("provider answered dubbo status {status}")
+                    } else {
+                        message
+                    };
+                    self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
+                }
+            },
+            Err(e) => {
+                let text = format!("undecodable provider response: {e}");
+                self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
+            }
+        }
+    }
+
+    /// Answers a call OK with one hessian2 value.
+    fn finish_ok(&mut self, cx: &mut Ctx<'_, Self>, p: Pending, v: &Value) {
+        let written = match cx.output(p.inbound) {
+            Some(out) => {
+                let mark = agent::begin_response(out, p.agent_id, Status::Ok);
+                Encoder::new().write_value(out, v);
+                agent::finish(out, mark).is_ok()
+            }
+            None => return self.m().response(Status::Ok), // the consumer is gone
+        };
+        if written {
+            self.m().response(Status::Ok);
+        } else {
+            self.finish_call(
+                cx,
+                p,
+                Status::ProviderError,
+                b"result too large for an agent frame",
+            );
+        }
+    }
+
+    /// Answers a call with a non-OK status (or OK with raw bytes).
+    fn finish_call(&mut self, cx: &mut Ctx<'_, Self>, p: Pending, status: Status, payload: &[u8]) {
+        if let Some(t) = p.timer {
+            cx.cancel_timer(t);
+        }
+        respond(cx, p.inbound, p.agent_id, status, payload);
+        self.m().response(status);
+    }
+
+    fn heartbeat(&mut self, cx: &mut Ctx<'_, Self>) {
+        let now = cx.now();
+        let hb = self.cfg.heartbeat;
+        for slot in 0..self.upstream.conns.len() {
+            let Some(c) = self.upstream.conns.get_mut(slot) else {
+                continue;
+            };
+            let (true, Some(id)) = (c.open, c.id) else {
+                continue;
+            };
+            if now.saturating_duration_since(c.last_read) >= hb * 3 {
+                log::warn!(
+                    "loop {}: provider connection {slot} silent for {:?}; closing",
+                    self.index,
+                    hb * 3
+                );
+                cx.abort(id);
+                continue;
+            }
+            let last = c.last_read.max(c.last_write);
+            if now.saturating_duration_since(last) >= hb {
+                self.heartbeat_seq = (self.heartbeat_seq + 1) & 0x7fff_ffff;
+                if let Some(out) = cx.output(id) {
+                    // Heartbeat ids have generation 0, which no call ever uses.
+                    dubbo::encode_heartbeat_request(out, self.heartbeat_seq);
+                }
+                c.last_write = now;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- agent side
+
+    fn inbound_mut(&mut self, id: ConnId) -> Option<&mut Inbound> {
+        self.inbound
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|i| i.id == id)
+    }
+
+    fn agent_data(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, input: &[u8]) -> usize {
+        let mut pos = 0;
+        while let Some(rest) = input.get(pos..) {
+            match agent::decode(rest) {
+                Ok(Decoded::Incomplete) => break,
+                Ok(Decoded::Complete { msg, consumed }) => {
+                    pos += consumed;
+                    if !self.agent_frame(cx, conn, msg) {
+                        cx.close(conn);
+                        return input.len();
+                    }
+                }
+                Err(e) => {
+                    log::debug!("loop {}: bad agent frame: {e}; closing", self.index);
+                    if let Some(id) = request_id_of(rest) {
+                        respond(cx, conn, id, Status::BadRequest, e.to_string().as_bytes());
+                        self.m().response(Status::BadRequest);
+                    }
+                    cx.close(conn);
+                    return input.len();
+                }
+            }
+        }
+        pos
+    }
+
+    /// Handles one frame; false means the connection must close.
+    fn agent_frame(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, frame: Frame<'_>) -> bool {
+        match frame {
+            Frame::Define { call_id, signature } => {
+                let Some(inb) = self.inbound_mut(conn) else {
+                    return false;
+                };
+                match inb.calls.define(call_id, signature.to_owned()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::debug!("loop {}: bad DEFINE: {e}; closing", self.index);
+                        false
+                    }
+                }
+            }
+            Frame::Request(req) => {
+                self.call(cx, conn, &req);
+                true
+            }
+            Frame::Ping { id } => {
+                if let Some(out) = cx.output(conn) {
+                    agent::encode_pong(out, id);
+                }
+                true
+            }
+            Frame::Pong { .. } => true,
+            Frame::Response(_) => {
+                log::debug!(
+                    "loop {}: a RESPONSE frame from a consumer; closing",
+                    self.index
+                );
+                false
+            }
+        }
+    }
+
+    /// Turns one agent REQUEST into a Dubbo request.
+    fn call(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, req: &agent::Request<'_>) {
+        self.m().requests.fetch_add(1, Relaxed);
+        let now = cx.now();
+        let Some(inb) = self
+            .inbound
+            .get(conn.index())
+            .and_then(Option::as_ref)
+            .filter(|i| i.id == conn)
+        else {
+            return;
+        };
+        let Some(sig) = inb.calls.get(req.call_id) else {
+            let msg = format!("unknown call id {}", req.call_id);
+            return self.reject_on(cx, conn, req, Status::BadRequest, &msg);
+        };
+        if self.draining {
+            return self.reject_on(
+                cx,
+                conn,
+                req,
+                Status::Unavailable,
+                "provider-agent is shutting down",
+            );
+        }
+        if self.upstream.inflight() >= self.max_inflight {
+            return self.reject_on(
+                cx,
+                conn,
+                req,
+                Status::Overloaded,
+                "provider-agent in-flight limit reached",
+            );
+        }
+        let Some((slot, pconn)) = self.upstream.pick() else {
+            return self.reject_on(cx, conn, req, Status::Unavailable, "provider not connected");
+        };
+        let timeout_ms = if req.timeout_ms == 0 {
+            DEFAULT_CALL_TIMEOUT_MS
+        } else {
+            req.timeout_ms
+        };
+        if self.timeout_text.0 != timeout_ms || self.timeout_text.1.is_empty() {
+            self.timeout_text = (timeout_ms, timeout_ms.to_string());
+        }
+        let mut attachments: Vec<(&str, Option<&str>)> =
+            Vec::with_capacity(req.attachments.len() + 1);
+        attachments.extend(req.attachments.clone().map(|(k, v)| (k, Some(v))));
+        if !attachments.iter().any(|(k, _)| *k == "timeout") {
+            attachments.push(("timeout", Some(self.timeout_text.1.as_str())));
+        }
+        let dubbo_id = if req.one_way {
+            0
+        } else {
+            self.upstream.insert(conn, req.id, slot, now)
+        };
+        let request = dubbo::Request {
+            id: dubbo_id as i64,
+            serialization: self.cfg.serialization,
+            two_way: !req.one_way,
+            dubbo_version: &self.cfg.dubbo_version,
+            path: &sig.service,
+            version: Some(if sig.version.is_empty() {
+                "0.0.0"
+            } else {
+                &sig.version
+            }),
+            group: (!sig.group.is_empty()).then_some(sig.group.as_str()),
+            method: &sig.method,
+            descriptor: &sig.parameter_types,
+            args: req.args,
+            attachments: dubbo::Attachments::Standard(&attachments),
+        };
+        let result = match cx.output(pconn) {
+            Some(out) => dubbo::encode_request(out, &request)
+                .map_err(|e| (Status::BadRequest, e.to_string())),
+            None => Err((Status::Unavailable, "provider not connected".to_owned())),
+        };
+        drop(attachments);
+        match result {
+            Ok(()) => {
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.last_write = now;
+                }
+                if !req.one_way {
+                    let t = cx.set_timer(Duration::from_millis(u64::from(timeout_ms)), dubbo_id);
+                    self.upstream.set_timer(dubbo_id, t);
+                }
+            }
+            Err((status, msg)) => {
+                if !req.one_way {
+                    self.upstream.take(dubbo_id);
+                }
+                self.reject_on(cx, conn, req, status, &msg);
+            }
+        }
+    }
+
+    fn reject_on(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        req: &agent::Request<'_>,
+        status: Status,
+        msg: &str,
+    ) {
+        if !req.one_way {
+            respond(cx, conn, req.id, status, msg.as_bytes());
+        }
+        self.m().response(status);
+    }
+}
+
+/// Writes a RESPONSE frame; a payload too large is replaced by a short message.
+fn respond<H: Handler>(cx: &mut Ctx<'_, H>, conn: ConnId, id: u64, status: Status, payload: &[u8]) {
+    if let Some(out) = cx.output(conn) {
+        if agent::encode_response(out, id, status, payload).is_err() {
+            let _ = agent::encode_response(out, id, Status::ProviderError, b"response too large");
+        }
+    }
+}
+
+/// The request id of a frame whose header is readable (for a BAD_REQUEST answer).
+fn request_id_of(buf: &[u8]) -> Option<u64> {
+    let head = buf.get(..agent::HEADER_LEN)?;
+    if head.get(..2)? != agent::MAGIC || *head.get(2)? != agent::VERSION || head.get(3)? & 0x0f != 2
+    {
+        return None;
+    }
+    let id: [u8; 8] = head.get(6..14)?.try_into().ok()?;
+    Some(u64::from_be_bytes(id))
+}
+
+/// `class: message` of a Java exception (class when known).
+fn exception_text(message: Option<&str>, value: &Value) -> String {
+    let class = match value {
+        Value::Object { class, .. } => Some(class.as_str()),
+        Value::Map { .. } => value.get("@type").and_then(Value::as_str),
+        _ => None,
+    };
+    match (class, message) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_owned(),
+        (None, Some(m)) => m.to_owned(),
+        (None, None) => "provider threw an exception".to_owned(),
+    }
+}
+
+impl Handler for ProviderLoop {
+    type Tag = Tag;
+    type Msg = LoopMsg;
+
+    fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
+        match conn.tag {
+            Tag::Agent => {
+                let i = conn.id.index();
+                if self.inbound.len() <= i {
+                    self.inbound.resize_with(i + 1, || None);
+                }
+                if let Some(slot) = self.inbound.get_mut(i) {
+                    *slot = Some(Inbound {
+                        id: conn.id,
+                        calls: CallTable::new(),
+                    });
+                }
+            }
+            Tag::Provider(slot) => self.provider_opened(cx, slot, conn.id),
+        }
+    }
+
+    fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, input: &[u8]) -> usize {
+        match conn.tag {
+            Tag::Agent => self.agent_data(cx, conn.id, input),
+            Tag::Provider(slot) => self.provider_data(cx, slot, conn.id, input),
+        }
+    }
+
+    fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, reason: CloseReason) {
+        match conn.tag {
+            Tag::Agent => {
+                if let Some(slot) = self.inbound.get_mut(conn.id.index()) {
+                    if slot.as_ref().is_some_and(|i| i.id == conn.id) {
+                        *slot = None;
+                    }
+                }
+            }
+            Tag::Provider(slot) => self.provider_closed(cx, slot, conn.id, &reason),
+        }
+    }
+
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: reactor::TimerId, token: u64) {
+        if token == TOKEN_HEARTBEAT {
+            self.heartbeat(cx);
+        } else if token == TOKEN_DRAIN {
+            for p in self.upstream.take_all() {
+                self.finish_call(
+                    cx,
+                    p,
+                    Status::Timeout,
+                    b"provider-agent stopped before the provider answered",
+                );
+            }
+            cx.exit();
+        } else if token & TOKEN_OWN != 0 {
+            let slot = (token & 0xffff) as usize;
+            if let Some(c) = self.upstream.conns.get_mut(slot) {
+                c.reconnect = None;
+                if c.id.is_none() {
+                    self.connect(cx, slot);
+                }
+            }
+        } else if let Some(mut p) = self.upstream.take(token) {
+            p.timer = None; // fired
+            let msg = format!("provider did not answer in time (dubbo id {token:#x})");
+            self.finish_call(cx, p, Status::Timeout, msg.as_bytes());
+        }
+    }
+
+    fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: LoopMsg) {
+        match msg {
+            LoopMsg::Start => {
+                for slot in 0..self.upstream.conns.len() {
+                    if self
+                        .upstream
+                        .conns
+                        .get(slot)
+                        .is_some_and(|c| c.id.is_none())
+                    {
+                        self.connect(cx, slot);
+                    }
+                }
+                let every = (self.cfg.heartbeat / 3).max(Duration::from_millis(100));
+                cx.set_periodic(every, TOKEN_HEARTBEAT);
+            }
+        }
+    }
+
+    fn tick(&mut self, cx: &mut Ctx<'_, Self>) {
+        let inflight = self.upstream.inflight();
+        self.m().inflight.store(inflight as i64, Relaxed);
+        if self.draining && inflight == 0 {
+            cx.exit();
+        }
+    }
+
+    fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
+        self.draining = true;
+        if self.upstream.inflight() == 0 {
+            cx.exit();
+        } else {
+            log::info!(
+                "loop {}: draining {} calls",
+                self.index,
+                self.upstream.inflight()
+            );
+            cx.set_timer(self.cfg.drain, TOKEN_DRAIN);
+        }
+    }
+}

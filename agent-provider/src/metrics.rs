@@ -1,0 +1,240 @@
+//! Counters of the agent, rendered as Prometheus text.
+//!
+//! Each loop owns one [`LoopMetrics`] and is its only writer, so every update is a plain
+//! `Relaxed` atomic add: no lock and no contended cache line on the request path. The
+//! admin thread sums the loops when it is scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use codec::agent::Status;
+
+/// Upper bounds of the latency histogram buckets, in microseconds (plus `+Inf`).
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 75_000, 100_000, 250_000, 500_000, 1_000_000,
+    5_000_000, 30_000_000,
+];
+
+/// Error kinds counted separately, in [`Status`] order after `Ok`.
+const ERROR_KINDS: [(Status, &str); 5] = [
+    (Status::ProviderError, "provider_error"),
+    (Status::Overloaded, "overloaded"),
+    (Status::Unavailable, "unavailable"),
+    (Status::Timeout, "timeout"),
+    (Status::BadRequest, "bad_request"),
+];
+
+/// The counters of one event loop.
+#[derive(Debug, Default)]
+pub struct LoopMetrics {
+    /// Requests received (every REQUEST frame).
+    pub requests: AtomicU64,
+    /// Responses by status (index = status byte).
+    pub responses: [AtomicU64; 6],
+    /// Calls currently sent to the provider and not yet answered.
+    pub inflight: AtomicI64,
+    /// Provider connections currently open.
+    pub provider_conns_up: AtomicI64,
+    /// Provider (re)connections made.
+    pub provider_connects: AtomicU64,
+    /// Latency histogram of answered provider calls: counts per bucket (last = +Inf).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of latencies, microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+impl LoopMetrics {
+    /// Counts a response sent with `status`.
+    pub fn response(&self, status: Status) {
+        if let Some(c) = self.responses.get(status as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records the latency of a call the provider answered.
+    pub fn latency(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        if let Some(c) = self.latency_buckets.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+        self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+}
+
+/// The counters of all loops.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    loops: Arc<[LoopMetrics]>,
+}
+
+impl Metrics {
+    /// Counters for `loops` loops, all zero.
+    pub fn new(loops: usize) -> Self {
+        Metrics {
+            loops: (0..loops.max(1)).map(|_| LoopMetrics::default()).collect(),
+        }
+    }
+
+    /// Loop `i`'s counters (loop 0's if out of range).
+    pub fn for_loop(&self, i: usize) -> &LoopMetrics {
+        self.loops.get(i).unwrap_or(&self.loops[0])
+    }
+
+    /// Whether every loop has at least one provider connection open.
+    pub fn provider_up(&self) -> bool {
+        self.loops
+            .iter()
+            .all(|l| l.provider_conns_up.load(Relaxed) > 0)
+    }
+
+    /// Calls in flight to the provider, all loops.
+    pub fn inflight(&self) -> i64 {
+        self.loops.iter().map(|l| l.inflight.load(Relaxed)).sum()
+    }
+
+    /// Responses sent with `status`, all loops.
+    pub fn responses(&self, status: Status) -> u64 {
+        self.sum(|l| {
+            l.responses
+                .get(status as usize)
+                .map_or(0, |c| c.load(Relaxed))
+        })
+    }
+
+    /// Requests received, all loops.
+    pub fn requests(&self) -> u64 {
+        self.sum(|l| l.requests.load(Relaxed))
+    }
+
+    fn sum(&self, f: impl Fn(&LoopMetrics) -> u64) -> u64 {
+        self.loops.iter().map(f).sum()
+    }
+
+    /// Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(2048);
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_requests_total Agent requests received."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_requests_total counter");
+        let _ = writeln!(s, "provider_agent_requests_total {}", self.requests());
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_responses_ok_total Calls answered OK."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_responses_ok_total counter");
+        let _ = writeln!(
+            s,
+            "provider_agent_responses_ok_total {}",
+            self.responses(Status::Ok)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_errors_total Calls answered with an error, by kind."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_errors_total counter");
+        for (status, name) in ERROR_KINDS {
+            let _ = writeln!(
+                s,
+                "provider_agent_errors_total{{kind=\"{name}\"}} {}",
+                self.responses(status)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_inflight Calls in flight to the provider."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_inflight gauge");
+        let _ = writeln!(s, "provider_agent_inflight {}", self.inflight());
+        let up: i64 = self
+            .loops
+            .iter()
+            .map(|l| l.provider_conns_up.load(Relaxed))
+            .sum();
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_provider_connections Provider connections open."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_provider_connections gauge");
+        let _ = writeln!(s, "provider_agent_provider_connections {up}");
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_provider_up 1 when every loop has a provider connection."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_provider_up gauge");
+        let _ = writeln!(
+            s,
+            "provider_agent_provider_up {}",
+            u8::from(self.provider_up())
+        );
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_provider_connects_total Provider connections opened."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_provider_connects_total counter");
+        let _ = writeln!(
+            s,
+            "provider_agent_provider_connects_total {}",
+            self.sum(|l| l.provider_connects.load(Relaxed))
+        );
+        let _ = writeln!(
+            s,
+            "# HELP provider_agent_latency_seconds Provider call latency."
+        );
+        let _ = writeln!(s, "# TYPE provider_agent_latency_seconds histogram");
+        let mut cumulative = 0u64;
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += self.sum(|l| l.latency_buckets.get(i).map_or(0, |c| c.load(Relaxed)));
+            let _ = writeln!(
+                s,
+                "provider_agent_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        cumulative += self.sum(|l| {
+            l.latency_buckets
+                .get(LATENCY_BUCKETS_US.len())
+                .map_or(0, |c| c.load(Relaxed))
+        });
+        let _ = writeln!(
+            s,
+            "provider_agent_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let sum_us = self.sum(|l| l.latency_sum_us.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "provider_agent_latency_seconds_sum {}",
+            sum_us as f64 / 1e6
+        );
+        let _ = writeln!(s, "provider_agent_latency_seconds_count {cumulative}");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::new(2);
+        m.for_loop(0).requests.fetch_add(3, Relaxed);
+        m.for_loop(1).requests.fetch_add(2, Relaxed);
+        m.for_loop(1).response(Status::Overloaded);
+        m.for_loop(0).latency(Duration::from_millis(60));
+        let text = m.render();
+        assert!(text.contains("provider_agent_requests_total 5\n"));
+        assert!(text.contains("provider_agent_errors_total{kind=\"overloaded\"} 1\n"));
+        assert!(text.contains("provider_agent_latency_seconds_bucket{le=\"0.05\"} 0\n"));
+        assert!(text.contains("provider_agent_latency_seconds_bucket{le=\"0.075\"} 1\n"));
+        assert!(text.contains("provider_agent_latency_seconds_count 1\n"));
+        assert!(!m.provider_up());
+    }
+}
