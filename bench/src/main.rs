@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use std::path::PathBuf;
+
+use bench::echo::{self, EchoOpts};
+use bench::load::{self, LoadOpts, Params};
 use bench::provider::{self, ProviderOpts};
 
 #[derive(Parser, Debug)]
@@ -22,6 +26,55 @@ struct Cli {
 enum Cmd {
     /// A mock Dubbo provider of IHelloService.hash(String).
     Provider(ProviderArgs),
+    /// A checking HTTP load generator (closed loop over keep-alive connections).
+    Load(LoadArgs),
+    /// A trivial server of the race's HTTP call (to measure the load generator).
+    #[command(hide = true)]
+    HttpEcho(EchoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// The consumer-agent's address.
+    #[arg(long, default_value = "127.0.0.1:20000")]
+    target: SocketAddr,
+    /// Keep-alive connections (up to 10,000).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    connections: u64,
+    /// Event loops the connections are spread over.
+    #[arg(long, default_value_t = 1)]
+    loops: usize,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Parameter strings: random letters and digits, or non-ASCII UTF-8 text.
+    #[arg(long, value_enum, default_value_t = Params::Ascii)]
+    params: Params,
+    /// Number the provider appends to the parameter before hashing.
+    #[arg(long)]
+    salt: Option<i64>,
+    /// A request unanswered this long is an error (milliseconds).
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Write a machine-readable report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:20000")]
+    listen: SocketAddr,
+    /// Event loops.
+    #[arg(long, default_value_t = 1)]
+    loops: usize,
+    /// Number appended to the parameter before hashing.
+    #[arg(long)]
+    salt: Option<i64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +124,54 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("bench provider: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Load(a) => {
+            let opts = LoadOpts {
+                target: a.target,
+                connections: a.connections as usize,
+                loops: a.loops,
+                warmup: Duration::from_secs(a.warmup_secs),
+                duration: Duration::from_secs(a.duration_secs),
+                params: a.params,
+                salt: a.salt,
+                timeout: Duration::from_millis(a.timeout_ms),
+                progress: true,
+            };
+            let report = match load::run(&opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bench load: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!("{}", report.summary());
+            if let Some(path) = a.json {
+                let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+                if let Err(e) = std::fs::write(&path, text) {
+                    eprintln!("bench load: writing {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::HttpEcho(a) => {
+            let opts = EchoOpts {
+                listen: a.listen,
+                loops: a.loops,
+                salt: a.salt,
+                ..EchoOpts::default()
+            };
+            match echo::spawn(opts) {
+                Ok(e) => {
+                    eprintln!("bench http-echo listening on {}", e.local_addr());
+                    e.join();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench http-echo: {e}");
                     ExitCode::FAILURE
                 }
             }
