@@ -11,6 +11,9 @@ use reactor::{Builder, CloseReason, Config, Conn, Ctx, Handler, LoopHandle};
 use socket2::{Domain, Socket, Type};
 use util::*;
 
+/// Where to connect, and the connect timeout.
+type Dial = (SocketAddr, Option<Duration>);
+
 #[derive(Debug)]
 enum Seen {
     ConnectErr(std::io::ErrorKind),
@@ -24,7 +27,7 @@ struct Dialer(Sender<Seen>);
 
 impl Handler for Dialer {
     type Tag = ();
-    type Msg = (SocketAddr, Option<Duration>);
+    type Msg = Dial;
 
     fn message(&mut self, cx: &mut Ctx<'_, Self>, (addr, timeout): Self::Msg) {
         match cx.connect(addr, (), timeout) {
@@ -52,8 +55,8 @@ impl Handler for Dialer {
 }
 
 fn start() -> (
-    Running<(SocketAddr, Option<Duration>)>,
-    LoopHandle<(SocketAddr, Option<Duration>)>,
+    Running<Dial>,
+    LoopHandle<Dial>,
     std::sync::mpsc::Receiver<Seen>,
 ) {
     let (tx, rx) = channel();
@@ -93,6 +96,9 @@ fn connect_to_a_closed_port_is_refused() {
     match recv(&rx, "connect result") {
         Seen::Closed(CloseReason::ConnectFailed(kind)) => {
             assert_eq!(kind, std::io::ErrorKind::ConnectionRefused)
+        }
+        Seen::ConnectErr(kind) => {
+            panic!("connect failed at once ({kind:?}) instead of reporting it in closed")
         }
         other => panic!("expected ConnectFailed(ConnectionRefused), got {other:?}"),
     }

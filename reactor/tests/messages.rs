@@ -53,7 +53,7 @@ fn many_senders_each_message_once() {
             std::thread::spawn(move || {
                 for i in 0..EACH {
                     h.send(s * EACH + i).unwrap();
-                    if i % 1000 == 0 {
+                    if i.is_multiple_of(1000) {
                         std::thread::yield_now();
                     }
                 }

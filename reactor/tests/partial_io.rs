@@ -48,7 +48,7 @@ fn eight_mib_to_a_slow_reader_comes_back_in_order() {
         assert!(n > 0, "server closed after {} bytes", back.len());
         back.extend_from_slice(&buf[..n]);
         reads += 1;
-        if reads % 256 == 0 {
+        if reads.is_multiple_of(256) {
             std::thread::sleep(Duration::from_millis(2));
         }
     }

@@ -21,7 +21,7 @@ enum Tag {
 #[derive(Debug)]
 struct Server(Sender<(Tag, CloseReason)>);
 
-const CHUNK: [u8; 64 * 1024] = [7; 64 * 1024];
+static CHUNK: [u8; 64 * 1024] = [7; 64 * 1024];
 
 impl Server {
     fn feed(cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {

@@ -49,7 +49,7 @@ impl Handler for Timed {
                     .map(|i| cx.set_timer(Duration::from_millis(1 + i % 100), i))
                     .collect();
                 for (i, id) in ids.into_iter().enumerate() {
-                    if i as u64 % keep_every != 0 {
+                    if !(i as u64).is_multiple_of(keep_every) {
                         assert!(cx.cancel_timer(id));
                     }
                 }
