@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use reactor::{Builder, CloseReason, Config, Conn, ConnId, Ctx, Handler};
+use reactor::{Builder, CloseReason, Config, Conn, ConnId, Ctx, Handler, Reactor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -80,6 +80,21 @@ impl Handler for Forward {
     }
 }
 
+/// Starts a forwarder from `listen` to `upstream` (also used by the crate's tests).
+pub fn start(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    config: Config,
+) -> std::io::Result<Reactor<()>> {
+    Builder::new(config)
+        .listen(listen, Side::Inbound)
+        .start(move |_, _| Forward {
+            upstream,
+            peers: HashMap::new(),
+        })
+}
+
+#[allow(dead_code)] // not called when the tests include this file
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
     let mut args = std::env::args().skip(1);
@@ -90,15 +105,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
     let loops = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
-    let reactor = Builder::new(Config {
-        loops,
-        ..Config::default()
-    })
-    .listen(listen, Side::Inbound)
-    .start(move |_, _| Forward {
+    let reactor = start(
+        listen,
         upstream,
-        peers: HashMap::new(),
-    })?;
+        Config {
+            loops,
+            ..Config::default()
+        },
+    )?;
     println!(
         "forwarding {} -> {upstream} with {loops} loop(s); Ctrl-C to quit",
         reactor.local_addrs()[0]
