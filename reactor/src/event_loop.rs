@@ -84,6 +84,10 @@ impl<H: Handler> EventLoop<H> {
 
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        {
+            let (h, mut cx) = self.cx();
+            h.started(&mut cx);
+        }
         while !self.core.exit {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {

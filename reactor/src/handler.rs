@@ -23,6 +23,11 @@ pub trait Handler: Sized + 'static {
     /// Messages other threads send the loop through its [`LoopHandle`](crate::LoopHandle).
     type Msg: Send + 'static;
 
+    /// The loop started, before its first poll: set up timers and outbound connections.
+    fn started(&mut self, cx: &mut Ctx<'_, Self>) {
+        let _ = cx;
+    }
+
     /// A connection opened: accepted, or an outbound connect completed.
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>) {
         let _ = (cx, conn);

@@ -1,0 +1,67 @@
+//! Command-line flags of `consumer-agent`.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+use crate::lb::Algorithm;
+
+/// The race's service, watched when no `--service` is given.
+pub const RACE_SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
+
+/// consumer-agent: takes HTTP (form or JSON) from a consumer, picks a provider-agent by
+/// load balancing and forwards the call over the agent protocol.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "consumer-agent", version, about)]
+pub struct Config {
+    /// Address to accept HTTP on.
+    #[arg(long, default_value = "0.0.0.0:20000")]
+    pub listen: SocketAddr,
+    /// Registry: etcd://h1:2379,h2:2379 | file:///dir | static://host:port?weight=N,...
+    /// (absent: the embedded registry shared by all agents of this host).
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Service (Dubbo interface) to watch in the registry; repeatable.
+    #[arg(long = "service", default_value = RACE_SERVICE)]
+    pub services: Vec<String>,
+    /// Event-loop threads.
+    #[arg(long, default_value_t = 1)]
+    pub loops: usize,
+    /// Load balancing: adaptive (learns capacity), wrr (smooth weighted round-robin),
+    /// least-active, p2c (power of two choices on EWMA latency).
+    #[arg(long, value_enum, default_value_t = Algorithm::Adaptive)]
+    pub lb: Algorithm,
+    /// End-to-end timeout of one call, retries included (a request may ask for less
+    /// with the `x-dubbo-timeout` header or the JSON `timeout` field).
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
+    /// Retries on another provider when that is safe (overloaded, unavailable,
+    /// connect failure).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Admin HTTP address serving /metrics and /healthz (absent: no admin port).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Timeout for connecting to a provider-agent.
+    #[arg(long, default_value_t = 1000)]
+    pub connect_timeout_ms: u64,
+    /// Largest HTTP request head, in bytes (431 beyond).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_head: usize,
+    /// Largest HTTP request body, in bytes (413 beyond).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+    /// HTTP connections per loop at most.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Requests one HTTP connection may have in flight (pipelining) before it is
+    /// read no further until answers go out.
+    #[arg(long, default_value_t = 128)]
+    pub max_pipeline: usize,
+    /// Close an HTTP connection idle this long, in seconds (0: never).
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub drain_ms: u64,
+}

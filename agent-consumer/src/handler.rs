@@ -1,0 +1,902 @@
+//! The consumer-agent's loop: HTTP in, agent protocol out, on one thread.
+//!
+//! A request's life: the HTTP connection's bytes are decoded in place; the call's
+//! arguments are encoded as hessian2 into a pooled buffer (kept for a retry); a provider
+//! is picked; a REQUEST frame goes into the loop's own connection to it (DEFINE first if
+//! the signature is new there); a timer bounds the call. The answer frame finds the call
+//! by id, cancels the timer and writes the HTTP response in request order.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codec::agent::{self, CallTable, Frame, RequestHead, SignatureRef, Status};
+use codec::hessian2::{self, Value};
+use codec::http::{self, HttpError, Limits, Request, RequestDecoder};
+use codec::invocation::Invocation;
+use codec::{form, Decoded};
+use reactor::{CloseReason, Conn, ConnId, Ctx, Handler, TimerId};
+use registry::Instance;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::http_conn::{HttpConn, HttpConns};
+use crate::metrics::{Metrics, Outcome, UpstreamView};
+use crate::upstream::Upstreams;
+
+/// What a connection of this loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// An HTTP client (the consumer).
+    Http,
+    /// Our connection to a provider-agent (key into the upstream table).
+    Agent(usize),
+}
+
+/// What other threads tell a loop.
+#[derive(Debug)]
+pub enum Msg {
+    /// The registry's whole current list for a service.
+    Instances(String, Vec<Instance>),
+}
+
+/// Timer tokens: a call's own id, or one of these (top bit set).
+const TIMER_SWEEP: u64 = 1 << 63;
+const TIMER_DRAIN: u64 = (1 << 63) | 1;
+const TIMER_RECONNECT: u64 = (1 << 63) | (1 << 62);
+
+/// Header carrying a per-call timeout in milliseconds.
+const TIMEOUT_HEADER: &str = "x-dubbo-timeout";
+/// Header naming the service version for a form request.
+const VERSION_HEADER: &str = "x-dubbo-version";
+/// Header naming the service group for a form request.
+const GROUP_HEADER: &str = "x-dubbo-group";
+
+/// How the answer is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Render {
+    /// The race's form call: the value as plain text (an int in decimal).
+    Text,
+    /// A JSON invocation: the value as JSON.
+    Json,
+}
+
+/// One call in flight.
+#[derive(Debug)]
+struct Call {
+    gen: u32,
+    http: ConnId,
+    seq: u64,
+    keep_alive: bool,
+    render: Render,
+    /// Loop-wide call id: names the signature (service included) in `signatures`.
+    call_id: u32,
+    args: Vec<u8>,
+    attachments: Vec<(String, String)>,
+    started: Instant,
+    deadline: Instant,
+    timer: Option<TimerId>,
+    /// Upstream key it is in flight on, and when it was sent there.
+    sent: Option<(usize, Instant)>,
+    attempts: u32,
+}
+
+/// Buffers kept for reuse so a call allocates nothing in the steady state.
+const POOL_MAX: usize = 4096;
+
+/// The per-loop state.
+#[derive(Debug)]
+pub struct ConsumerLoop {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    http: HttpConns,
+    upstreams: Upstreams,
+    /// Signatures by loop-wide call id (the same id on every upstream connection).
+    signatures: CallTable,
+    calls: Slab<Call>,
+    next_gen: u32,
+    pool: Vec<Vec<u8>>,
+    stopping: bool,
+}
+
+impl ConsumerLoop {
+    /// A loop's state.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        ConsumerLoop {
+            limits: Limits {
+                max_head: config.max_head,
+                max_body: config.max_body,
+            },
+            upstreams: Upstreams::new(config.lb),
+            config,
+            metrics,
+            http: HttpConns::default(),
+            signatures: CallTable::new(),
+            calls: Slab::new(),
+            next_gen: 0,
+            pool: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    fn call_id(key: usize, gen: u32) -> u64 {
+        (u64::from(gen) << 32) | key as u64
+    }
+
+    fn call_mut(&mut self, id: u64) -> Option<&mut Call> {
+        let gen = (id >> 32) as u32;
+        self.calls
+            .get_mut((id & 0xffff_ffff) as usize)
+            .filter(|c| c.gen == gen)
+    }
+
+    // ----- HTTP side -------------------------------------------------------------
+
+    fn on_http_data(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, input: &[u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.http.get_mut(id) else {
+                return input.len();
+            };
+            if conn.done_reading {
+                return input.len();
+            }
+            if conn.inflight() >= self.config.max_pipeline as u64 {
+                conn.paused = true;
+                cx.pause_reading(id);
+                return pos;
+            }
+            let rest = input.get(pos..).unwrap_or_default();
+            match conn.decoder.decode(rest) {
+                Ok(Decoded::Complete { msg, consumed }) => {
+                    pos += consumed;
+                    conn.decoder.reset();
+                    conn.last_active = cx.now();
+                    let seq = conn.take_seq();
+                    self.metrics.request();
+                    self.on_request(cx, id, seq, &msg);
+                }
+                Ok(Decoded::Incomplete) => {
+                    if conn.decoder.take_continue() {
+                        if let Some(out) = cx.output(id) {
+                            http::write_continue(out);
+                        }
+                    }
+                    return pos;
+                }
+                Err(e) => {
+                    conn.done_reading = true;
+                    let seq = conn.take_seq();
+                    self.metrics.request();
+                    self.answer_http_error(cx, id, seq, &e);
+                    return input.len();
+                }
+            }
+        }
+    }
+
+    fn answer_http_error(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, seq: u64, e: &HttpError) {
+        let mut out = self.take_buf();
+        http::write_error(&mut out, e);
+        self.metrics.answered(Outcome::BadRequest, 0);
+        self.deliver(cx, id, seq, out, e.closes_connection());
+    }
+
+    /// Answers `seq` on `id` with a plain-text status and message.
+    fn answer_text(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        seq: u64,
+        keep_alive: bool,
+        status: u16,
+        text: &str,
+    ) {
+        let mut out = self.take_buf();
+        http::write_response(
+            &mut out,
+            status,
+            "text/plain; charset=utf-8",
+            text.as_bytes(),
+            keep_alive,
+        );
+        self.deliver(cx, id, seq, out, !keep_alive);
+    }
+
+    fn on_request(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, seq: u64, req: &Request<'_>) {
+        let keep_alive = req.keep_alive && !self.stopping;
+        let now = cx.now();
+        let mut timeout = Duration::from_millis(self.config.timeout_ms);
+        if let Some(ms) = req
+            .header(TIMEOUT_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            timeout = timeout.min(Duration::from_millis(ms));
+        }
+        let mut args = self.take_buf();
+        let prepared = if req.is_form() {
+            prepare_form(req, &mut args).map(|p| (p, Render::Text))
+        } else if is_json(req) {
+            prepare_json(req, &mut args).map(|p| {
+                if let Some(ms) = p.timeout_ms {
+                    timeout = timeout.min(Duration::from_millis(ms));
+                }
+                (p, Render::Json)
+            })
+        } else {
+            Err("unsupported content type: send application/x-www-form-urlencoded or application/json".to_owned())
+        };
+        let (prepared, render) = match prepared {
+            Ok(p) => p,
+            Err(msg) => {
+                self.recycle(args);
+                self.metrics.answered(Outcome::BadRequest, 0);
+                return self.answer_text(cx, id, seq, keep_alive, 400, &msg);
+            }
+        };
+        let sig = SignatureRef {
+            service: &prepared.service,
+            method: &prepared.method,
+            parameter_types: &prepared.types,
+            version: &prepared.version,
+            group: &prepared.group,
+        };
+        let call_id = match self.signatures.intern(sig) {
+            Ok((call_id, _)) => call_id,
+            Err(e) => {
+                self.recycle(args);
+                self.metrics.answered(Outcome::BadRequest, 0);
+                return self.answer_text(cx, id, seq, keep_alive, 400, &format!("{e}"));
+            }
+        };
+        self.next_gen = self.next_gen.wrapping_add(1) & 0x7fff_ffff;
+        let key = self.calls.insert(Call {
+            gen: self.next_gen,
+            http: id,
+            seq,
+            keep_alive,
+            render,
+            call_id,
+            args,
+            attachments: prepared.attachments,
+            started: now,
+            deadline: now + timeout,
+            timer: None,
+            sent: None,
+            attempts: 0,
+        });
+        let call = Self::call_id(key, self.next_gen);
+        let timer = cx.set_timer(timeout, call);
+        if let Some(c) = self.calls.get_mut(key) {
+            c.timer = Some(timer);
+        }
+        self.dispatch(cx, call, None);
+    }
+
+    /// Sends a call to a provider, or answers it if none can take it.
+    fn dispatch(&mut self, cx: &mut Ctx<'_, Self>, call: u64, exclude: Option<usize>) {
+        let now = cx.now();
+        let Some(c) = self.call_mut(call) else { return };
+        let call_id = c.call_id;
+        let Some(sig) = self.signatures.get(call_id) else {
+            return;
+        };
+        let Some((_, up_key)) = self.upstreams.pick(&sig.service, exclude) else {
+            let msg = if self.upstreams.services.contains_key(&sig.service) {
+                format!("no provider-agent of {} is reachable", sig.service)
+            } else {
+                format!("no provider for service {}", sig.service)
+            };
+            return self.finish(cx, call, Outcome::Unavailable, |out, ka| {
+                http::write_response(out, 503, "text/plain; charset=utf-8", msg.as_bytes(), ka)
+            });
+        };
+        let Some(up) = self.upstreams.table.get_mut(up_key) else {
+            return;
+        };
+        let Some(conn) = up.conn else { return };
+        let new_define = up.define(call_id);
+        let Some(c) = self.calls.get_mut((call & 0xffff_ffff) as usize) else {
+            return;
+        };
+        let remaining = c.deadline.saturating_duration_since(now);
+        c.attempts += 1;
+        c.sent = Some((up_key, now));
+        let attachments: Vec<(&str, &str)> = c
+            .attachments
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let head = RequestHead {
+            id: call,
+            call_id,
+            timeout_ms: remaining.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+            one_way: false,
+            attachments: &attachments,
+        };
+        let Some(out) = cx.output(conn) else { return };
+        let mut ok = !new_define || agent::encode_define(out, call_id, sig.as_ref()).is_ok();
+        if ok {
+            ok = match agent::begin_request(out, &head) {
+                Ok(mark) => {
+                    out.extend_from_slice(&c.args);
+                    agent::finish(out, mark).is_ok()
+                }
+                Err(_) => false,
+            };
+        }
+        if !ok {
+            return self.finish(cx, call, Outcome::BadRequest, |out, ka| {
+                let msg = b"request too large for the agent protocol";
+                http::write_response(out, 400, "text/plain", msg, ka)
+            });
+        }
+        if let Some(s) = self.upstreams.stats(&sig.service, up_key) {
+            s.on_send();
+        }
+    }
+
+    /// Completes a call: its HTTP answer (written by `write`) goes out in order.
+    fn finish(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        outcome: Outcome,
+        write: impl FnOnce(&mut Vec<u8>, bool),
+    ) {
+        let key = (call & 0xffff_ffff) as usize;
+        if self.call_mut(call).is_none() {
+            return;
+        }
+        let c = self.calls.remove(key);
+        if let Some(t) = c.timer {
+            cx.cancel_timer(t);
+        }
+        let latency = cx.now().saturating_duration_since(c.started).as_micros() as u64;
+        self.metrics.answered(outcome, latency);
+        self.recycle(c.args);
+        let mut out = self.take_buf();
+        write(&mut out, c.keep_alive);
+        self.deliver(cx, c.http, c.seq, out, !c.keep_alive);
+        if self.stopping && self.calls.is_empty() {
+            cx.exit();
+        }
+    }
+
+    /// Writes answer `seq` of connection `id` in its turn (or parks it until then).
+    fn deliver(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        seq: u64,
+        bytes: Vec<u8>,
+        close: bool,
+    ) {
+        let Some(conn) = self.http.get_mut(id) else {
+            self.recycle(bytes);
+            return;
+        };
+        if seq != conn.write_seq {
+            conn.parked.push((seq, bytes, close));
+            return;
+        }
+        let mut next = Some((bytes, close));
+        let mut spent = Vec::new();
+        while let Some((bytes, close)) = next.take() {
+            cx.write(id, &bytes);
+            spent.push(bytes);
+            conn.write_seq += 1;
+            if close {
+                conn.done_reading = true;
+                conn.parked.clear();
+                cx.close(id);
+                break;
+            }
+            if let Some(i) = conn
+                .parked
+                .iter()
+                .position(|(s, _, _)| *s == conn.write_seq)
+            {
+                let (_, b, c) = conn.parked.swap_remove(i);
+                next = Some((b, c));
+            }
+        }
+        conn.last_active = cx.now();
+        if conn.paused && conn.inflight() < self.config.max_pipeline as u64 {
+            conn.paused = false;
+            cx.resume_reading(id);
+        }
+        let idle_stop = self.stopping && conn.inflight() == 0;
+        for b in spent {
+            self.recycle(b);
+        }
+        if idle_stop {
+            cx.close(id);
+        }
+    }
+
+    fn take_buf(&mut self) -> Vec<u8> {
+        self.pool.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && buf.capacity() <= 64 * 1024 {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    // ----- agent side ------------------------------------------------------------
+
+    fn on_agent_data(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        up: usize,
+        input: &[u8],
+    ) -> usize {
+        let mut pos = 0;
+        while let Some(rest) = input.get(pos..) {
+            match agent::decode(rest) {
+                Ok(Decoded::Complete { msg, consumed }) => {
+                    pos += consumed;
+                    match msg {
+                        Frame::Response(r) => self.on_answer(cx, up, r.id, r.status, r.payload),
+                        Frame::Ping { id: ping } => {
+                            if let Some(out) = cx.output(id) {
+                                agent::encode_pong(out, ping);
+                            }
+                        }
+                        Frame::Pong { .. } => {}
+                        Frame::Define { .. } | Frame::Request(_) => {
+                            log::warn!("provider-agent sent a request frame; closing");
+                            cx.abort(id);
+                            return input.len();
+                        }
+                    }
+                }
+                Ok(Decoded::Incomplete) => break,
+                Err(e) => {
+                    log::warn!("bad frame from provider-agent: {e}; closing");
+                    cx.abort(id);
+                    return input.len();
+                }
+            }
+        }
+        pos
+    }
+
+    fn on_answer(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        up: usize,
+        call: u64,
+        status: Status,
+        payload: &[u8],
+    ) {
+        let now = cx.now();
+        let Some(c) = self.call_mut(call) else {
+            log::debug!("answer for unknown or expired call {call:#x}");
+            return;
+        };
+        // An answer must come from where the call was sent: a forged or repeated id
+        // from another provider-agent does not complete someone else's call.
+        let Some((sent_to, sent_at)) = c.sent.filter(|(u, _)| *u == up) else {
+            log::debug!("answer for call {call:#x} from an upstream it was not sent to");
+            return;
+        };
+        c.sent = None;
+        let (attempts, deadline, render, call_id) = (c.attempts, c.deadline, c.render, c.call_id);
+        let latency = now.saturating_duration_since(sent_at).as_micros() as u64;
+        if let Some(sig) = self.signatures.get(call_id) {
+            if let Some(s) = self.upstreams.stats(&sig.service, sent_to) {
+                s.on_answer(latency, status == Status::Overloaded);
+            }
+        }
+        match status {
+            Status::Ok => self.answer_value(cx, call, render, payload),
+            s if s.is_retryable() && attempts <= self.config.retries && now < deadline => {
+                self.metrics.retried();
+                self.dispatch(cx, call, Some(sent_to));
+            }
+            Status::Overloaded | Status::Unavailable => {
+                let msg = format!("provider unavailable: {}", String::from_utf8_lossy(payload));
+                self.finish(cx, call, Outcome::Unavailable, |out, ka| {
+                    http::write_response(out, 503, "text/plain; charset=utf-8", msg.as_bytes(), ka)
+                })
+            }
+            Status::Timeout => self.finish(cx, call, Outcome::Timeout, |out, ka| {
+                http::write_response(out, 504, "text/plain", b"provider timed out", ka)
+            }),
+            Status::BadRequest => {
+                let msg = String::from_utf8_lossy(payload).into_owned();
+                self.finish(cx, call, Outcome::BadRequest, |out, ka| {
+                    http::write_response(out, 400, "text/plain; charset=utf-8", msg.as_bytes(), ka)
+                })
+            }
+            _ => {
+                let msg = String::from_utf8_lossy(payload).into_owned();
+                self.finish(cx, call, Outcome::ProviderError, |out, ka| {
+                    http::write_response(out, 502, "text/plain; charset=utf-8", msg.as_bytes(), ka)
+                })
+            }
+        }
+    }
+
+    fn answer_value(&mut self, cx: &mut Ctx<'_, Self>, call: u64, render: Render, payload: &[u8]) {
+        let value = match hessian2::decode(payload) {
+            Ok(Decoded::Complete { msg, .. }) => msg,
+            Ok(Decoded::Incomplete) | Err(_) => {
+                return self.finish(cx, call, Outcome::ProviderError, |out, ka| {
+                    http::write_response(
+                        out,
+                        502,
+                        "text/plain",
+                        b"undecodable result from provider",
+                        ka,
+                    )
+                });
+            }
+        };
+        match (render, &value) {
+            (Render::Text, Value::Int(i)) => {
+                let i = i64::from(*i);
+                self.finish(cx, call, Outcome::Ok, |out, ka| {
+                    http::write_response_int(out, 200, i, ka)
+                })
+            }
+            (Render::Text, _) => {
+                let text = value.to_text();
+                self.finish(cx, call, Outcome::Ok, |out, ka| {
+                    http::write_response(out, 200, "text/plain; charset=utf-8", text.as_bytes(), ka)
+                })
+            }
+            (Render::Json, _) => {
+                let json = value.to_json().to_string();
+                self.finish(cx, call, Outcome::Ok, |out, ka| {
+                    http::write_response(out, 200, "application/json", json.as_bytes(), ka)
+                })
+            }
+        }
+    }
+
+    fn connect(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        up.reconnect = None;
+        up.open = false;
+        up.defined.clear();
+        match cx.connect(up.addr, Tag::Agent(key), Some(timeout)) {
+            Ok(conn) => up.conn = Some(conn),
+            Err(e) => {
+                log::warn!("connect to provider-agent {}: {e}", up.addr);
+                up.conn = None;
+                let delay = up.backoff.next_delay();
+                up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
+            }
+        }
+    }
+
+    fn on_agent_closed(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        key: usize,
+        reason: &CloseReason,
+    ) {
+        if self.upstreams.by_conn(key, id).is_none() {
+            return; // an upstream already dropped from the registry
+        }
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        let addr = up.addr;
+        let was_open = up.open;
+        up.conn = None;
+        up.open = false;
+        up.defined.clear();
+        let delay = up.backoff.next_delay();
+        up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
+        if was_open {
+            log::warn!(
+                "provider-agent {addr} connection closed: {reason:?}; reconnecting in {delay:?}"
+            );
+        } else {
+            log::debug!("provider-agent {addr} connect failed: {reason:?}; retrying in {delay:?}");
+        }
+        self.fail_inflight_on(cx, key);
+    }
+
+    /// Calls in flight on a lost upstream fail: they may have run, so no retry.
+    fn fail_inflight_on(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let lost: Vec<(u64, u32)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.sent.is_some_and(|(u, _)| u == key))
+            .map(|(k, c)| (Self::call_id(k, c.gen), c.call_id))
+            .collect();
+        for (call, call_id) in lost {
+            self.lost_on(call_id, key);
+            self.finish(cx, call, Outcome::Unavailable, |out, ka| {
+                http::write_response(
+                    out,
+                    503,
+                    "text/plain",
+                    b"connection to provider-agent lost",
+                    ka,
+                )
+            });
+        }
+    }
+
+    /// A call sent to `upstream` will get no answer: free its slot in the balancer.
+    fn lost_on(&mut self, call_id: u32, upstream: usize) {
+        if let Some(sig) = self.signatures.get(call_id) {
+            if let Some(s) = self.upstreams.stats(&sig.service, upstream) {
+                s.on_lost();
+            }
+        }
+    }
+
+    fn on_instances(&mut self, cx: &mut Ctx<'_, Self>, service: &str, list: &[Instance]) {
+        let changes = self.upstreams.update(service, list);
+        log::info!(
+            "loop {}: {service}: {} provider-agent(s)",
+            cx.loop_index(),
+            self.upstreams
+                .services
+                .get(service)
+                .map_or(0, |s| s.members.len())
+        );
+        for up in changes.dropped {
+            if let Some(t) = up.reconnect {
+                cx.cancel_timer(t);
+            }
+            if let Some(conn) = up.conn {
+                // Let calls in flight finish: close only after the answers drained?
+                // The provider-agent left the registry (deregistered on shutdown, so it
+                // drains them), so closing now would lose them; close when idle instead.
+                cx.close(conn);
+            }
+        }
+        for key in changes.connect {
+            self.connect(cx, key);
+        }
+    }
+
+    fn sweep(&mut self, cx: &mut Ctx<'_, Self>) {
+        let idle = Duration::from_secs(self.config.idle_timeout_secs);
+        if !idle.is_zero() {
+            let now = cx.now();
+            let stale: Vec<ConnId> = self
+                .http
+                .iter()
+                .filter(|c| {
+                    c.inflight() == 0 && now.saturating_duration_since(c.last_active) > idle
+                })
+                .map(|c| c.id)
+                .collect();
+            for id in stale {
+                cx.close(id);
+            }
+        }
+        let view: Vec<UpstreamView> = self
+            .upstreams
+            .table
+            .iter()
+            .map(|(key, u)| {
+                let (mut inflight, mut limit, mut ewma) = (0, 0.0, 0.0);
+                for svc in self.upstreams.services.values() {
+                    if let Some(m) = svc.members.iter().find(|m| m.upstream == key) {
+                        inflight += m.stats.inflight;
+                        limit = m.stats.limit;
+                        ewma = m.stats.ewma_us;
+                    }
+                }
+                UpstreamView {
+                    addr: u.addr.to_string(),
+                    up: u.open,
+                    inflight,
+                    limit,
+                    ewma_us: ewma,
+                }
+            })
+            .collect();
+        self.metrics.set_upstreams(cx.loop_index(), view);
+    }
+}
+
+impl Handler for ConsumerLoop {
+    type Tag = Tag;
+    type Msg = Msg;
+
+    fn started(&mut self, cx: &mut Ctx<'_, Self>) {
+        cx.set_periodic(Duration::from_secs(1), TIMER_SWEEP);
+    }
+
+    fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
+        match conn.tag {
+            Tag::Http => {
+                self.metrics.connection(1);
+                let decoder = RequestDecoder::with_limits(self.limits);
+                self.http.insert(HttpConn::new(conn.id, decoder, cx.now()));
+            }
+            Tag::Agent(key) => {
+                if let Some(up) = self.upstreams.table.get_mut(key) {
+                    if up.conn == Some(conn.id) {
+                        up.open = true;
+                        up.backoff.reset();
+                        log::info!(
+                            "loop {}: connected to provider-agent {}",
+                            cx.loop_index(),
+                            up.addr
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, input: &[u8]) -> usize {
+        match conn.tag {
+            Tag::Http => self.on_http_data(cx, conn.id, input),
+            Tag::Agent(key) => self.on_agent_data(cx, conn.id, key, input),
+        }
+    }
+
+    fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, reason: CloseReason) {
+        match conn.tag {
+            Tag::Http => {
+                if let Some(mut c) = self.http.remove(conn.id) {
+                    self.metrics.connection(-1);
+                    for (_, b, _) in c.parked.drain(..) {
+                        self.recycle(b);
+                    }
+                }
+                // Calls of a closed client still complete (their answers are dropped).
+            }
+            Tag::Agent(key) => self.on_agent_closed(cx, conn.id, key, &reason),
+        }
+        if self.stopping && self.calls.is_empty() {
+            cx.exit();
+        }
+    }
+
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, token: u64) {
+        match token {
+            TIMER_SWEEP => self.sweep(cx),
+            TIMER_DRAIN => {
+                log::warn!(
+                    "drain deadline passed with {} call(s) in flight",
+                    self.calls.len()
+                );
+                cx.exit();
+            }
+            t if t & TIMER_RECONNECT == TIMER_RECONNECT => {
+                self.connect(cx, (t & !TIMER_RECONNECT) as usize)
+            }
+            call => {
+                let Some(c) = self.call_mut(call) else { return };
+                c.timer = None;
+                if let Some((up, _)) = c.sent.take() {
+                    let call_id = c.call_id;
+                    self.lost_on(call_id, up);
+                }
+                self.finish(cx, call, Outcome::Timeout, |out, ka| {
+                    http::write_response(
+                        out,
+                        504,
+                        "text/plain",
+                        b"timed out waiting for the provider",
+                        ka,
+                    )
+                });
+            }
+        }
+    }
+
+    fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: Msg) {
+        match msg {
+            Msg::Instances(service, list) => self.on_instances(cx, &service, &list),
+        }
+    }
+
+    fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
+        self.stopping = true;
+        let idle: Vec<ConnId> = self
+            .http
+            .iter()
+            .filter(|c| c.inflight() == 0)
+            .map(|c| c.id)
+            .collect();
+        for id in idle {
+            cx.close(id);
+        }
+        if self.calls.is_empty() {
+            cx.exit();
+        } else {
+            cx.set_timer(Duration::from_millis(self.config.drain_ms), TIMER_DRAIN);
+        }
+    }
+}
+
+fn is_json(req: &Request<'_>) -> bool {
+    req.content_type.is_some_and(|ct| {
+        let mime = ct.split(|&b| b == b';').next().unwrap_or_default();
+        mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
+    })
+}
+
+/// A call ready to send: its signature (borrowed from the request where it can be) and
+/// attachments; the arguments are already encoded.
+struct Prepared<'a> {
+    service: Cow<'a, str>,
+    method: Cow<'a, str>,
+    types: Cow<'a, str>,
+    version: Cow<'a, str>,
+    group: Cow<'a, str>,
+    attachments: Vec<(String, String)>,
+    timeout_ms: Option<u64>,
+}
+
+fn header_str<'a>(req: &Request<'a>, name: &str) -> &'a str {
+    req.header(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map_or("", str::trim)
+}
+
+/// The race's form call: one String parameter (or none).
+fn prepare_form<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared<'a>, String> {
+    let call = form::race_call(&req.body).map_err(|e| format!("bad form body: {e}"))?;
+    let types = call.parameter_types.trim();
+    match (types, &call.parameter) {
+        ("Ljava/lang/String;", Some(p)) => hessian2::ser::write_string(args, p),
+        ("Ljava/lang/String;", None) => return Err("missing field: parameter".into()),
+        ("", None) => {}
+        ("", Some(p)) => hessian2::ser::write_string(args, p),
+        (other, _) => {
+            return Err(format!(
+                "form calls take one String parameter (parameterTypesString=Ljava/lang/String;), got {other:?}; use a JSON invocation for other types"
+            ))
+        }
+    }
+    let types = if call.parameter.is_some() {
+        "Ljava/lang/String;"
+    } else {
+        ""
+    };
+    Ok(Prepared {
+        service: call.interface,
+        method: call.method,
+        types: Cow::Borrowed(types),
+        version: Cow::Borrowed(header_str(req, VERSION_HEADER)),
+        group: Cow::Borrowed(header_str(req, GROUP_HEADER)),
+        attachments: Vec::new(),
+        timeout_ms: None,
+    })
+}
+
+/// A JSON typed invocation: arguments encoded by their declared Java types.
+fn prepare_json<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared<'a>, String> {
+    let inv = Invocation::from_json(&req.body).map_err(|e| format!("bad JSON invocation: {e}"))?;
+    let mut encoder = hessian2::Encoder::new();
+    for (i, (t, a)) in inv.parameter_types.iter().zip(&inv.arguments).enumerate() {
+        encoder
+            .encode_json_arg(t, a, args)
+            .map_err(|e| format!("argument {i} ({t}): {e}"))?;
+    }
+    let types: Vec<&str> = inv.parameter_types.iter().map(String::as_str).collect();
+    Ok(Prepared {
+        types: Cow::Owned(codec::dubbo::jvm_descriptor(&types)),
+        service: Cow::Owned(inv.interface),
+        method: Cow::Owned(inv.method),
+        version: Cow::Owned(inv.version.unwrap_or_default()),
+        group: Cow::Owned(inv.group.unwrap_or_default()),
+        attachments: inv.attachments,
+        timeout_ms: inv.timeout_ms,
+    })
+}

@@ -1,0 +1,124 @@
+//! consumer-agent: the consumer side of dubbo-mesh.
+//!
+//! Takes plain HTTP from a consumer (the 2018 race's form body on any path, or a JSON
+//! typed invocation), picks a provider-agent by load balancing, forwards the call over
+//! the agent protocol on a connection owned by the same event loop, and answers in HTTP:
+//! `200` with the result (an int in decimal, other values as JSON), `400` for a bad
+//! request, `502` with the provider's message, `503` when no provider can take the call,
+//! `504` on timeout. Every request gets exactly one answer.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use clap::Parser;
+//! let config = agent_consumer::Config::parse_from(["consumer-agent", "--listen", "127.0.0.1:20000"]);
+//! let running = agent_consumer::start(config).expect("start");
+//! running.stop();
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod handler;
+pub mod http_conn;
+pub mod lb;
+pub mod metrics;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use crate::config::Config;
+use crate::handler::{ConsumerLoop, Msg, Tag};
+use crate::metrics::Metrics;
+
+/// A running consumer-agent.
+#[derive(Debug)]
+pub struct Running {
+    reactor: reactor::Reactor<Msg>,
+    /// Where HTTP is accepted.
+    pub http_addr: SocketAddr,
+    /// Where the admin port listens, if configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// The metrics the loops update.
+    pub metrics: Arc<Metrics>,
+    _watches: Vec<registry::Watch>,
+    _registry: registry::Registry,
+}
+
+/// Why the agent could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Binding or starting the loops failed.
+    Io(std::io::Error),
+    /// The registry could not be opened or watched.
+    Registry(registry::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Io(e) => write!(f, "{e}"),
+            StartError::Registry(e) => write!(f, "registry: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Starts the loops, the registry watches and the admin port.
+///
+/// # Errors
+/// A port could not be bound, or the registry could not be opened.
+pub fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let registry = registry::open(config.registry.as_deref()).map_err(StartError::Registry)?;
+    let reactor_config = reactor::Config {
+        loops: config.loops.max(1),
+        max_connections: config.max_connections,
+        thread_name: "consumer".into(),
+        ..reactor::Config::default()
+    };
+    let (c, m) = (config.clone(), metrics.clone());
+    let reactor = reactor::Builder::new(reactor_config)
+        .listen(config.listen, Tag::Http)
+        .start(move |_, _| ConsumerLoop::new(c.clone(), m.clone()))
+        .map_err(StartError::Io)?;
+    let http_addr = reactor.local_addrs()[0];
+    let mut watches = Vec::new();
+    for service in &config.services {
+        let handles = reactor.handles().to_vec();
+        let name = service.clone();
+        let watch = registry
+            .watch(service, move |list| {
+                for h in &handles {
+                    let _ = h.send(Msg::Instances(name.clone(), list.clone()));
+                }
+            })
+            .map_err(StartError::Registry)?;
+        watches.push(watch);
+    }
+    let admin_addr = match config.admin {
+        Some(a) => Some(admin::spawn(a, metrics.clone()).map_err(StartError::Io)?),
+        None => None,
+    };
+    log::info!("consumer-agent listening on {http_addr}");
+    Ok(Running {
+        reactor,
+        http_addr,
+        admin_addr,
+        metrics,
+        _watches: watches,
+        _registry: registry,
+    })
+}
+
+impl Running {
+    /// Stops gracefully (no new connections, in-flight calls finish) and waits.
+    pub fn stop(self) {
+        self.reactor.stop();
+        self.reactor.join();
+    }
+}

@@ -1,0 +1,213 @@
+//! Provider-agents as one loop sees them: connections, call definitions, services.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reactor::{Backoff, ConnId, TimerId};
+use registry::Instance;
+use slab::Slab;
+
+use crate::lb::{Algorithm, Balancer, Stats};
+
+/// One provider-agent this loop talks to, over one connection of its own.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The loop's connection to it, open or connecting; `None` while waiting to reconnect.
+    pub conn: Option<ConnId>,
+    /// The connection completed its connect.
+    pub open: bool,
+    /// Which call ids were already defined on the current connection.
+    pub defined: Vec<bool>,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Pending reconnect.
+    pub reconnect: Option<TimerId>,
+    /// Services listing it; it is dropped when none does.
+    pub services: usize,
+}
+
+impl Upstream {
+    fn new(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            conn: None,
+            open: false,
+            defined: Vec::new(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            reconnect: None,
+            services: 0,
+        }
+    }
+
+    /// Marks call `id` defined on this connection; returns true if it was not yet.
+    pub fn define(&mut self, id: u32) -> bool {
+        let i = id as usize;
+        if self.defined.len() <= i {
+            self.defined.resize(i + 1, false);
+        }
+        !std::mem::replace(&mut self.defined[i], true)
+    }
+}
+
+impl std::borrow::Borrow<Stats> for Member {
+    fn borrow(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+impl std::borrow::BorrowMut<Stats> for Member {
+    fn borrow_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+}
+
+/// A provider-agent as a member of a service, with the balancer's view of it.
+#[derive(Debug)]
+pub struct Member {
+    /// Key into the loop's upstream table.
+    pub upstream: usize,
+    /// In-flight count, learned limit, latency.
+    pub stats: Stats,
+}
+
+/// A service and its members.
+#[derive(Debug)]
+pub struct Service {
+    /// Providers of this service.
+    pub members: Vec<Member>,
+    /// Member stats, kept parallel to `members` for the balancer.
+    pub balancer: Balancer,
+}
+
+/// Everything a loop knows of the provider side.
+#[derive(Debug)]
+pub struct Upstreams {
+    /// Provider-agents by key.
+    pub table: Slab<Upstream>,
+    by_addr: HashMap<SocketAddr, usize>,
+    /// Services by name.
+    pub services: HashMap<String, Service>,
+    algorithm: Algorithm,
+    open_scratch: Vec<bool>,
+}
+
+/// What a registry update asks the loop to do.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Upstreams to connect (new).
+    pub connect: Vec<usize>,
+    /// Upstreams no service lists any more: close their connection and drop them.
+    pub dropped: Vec<Upstream>,
+}
+
+impl Upstreams {
+    /// An empty table balancing with `algorithm`.
+    pub fn new(algorithm: Algorithm) -> Self {
+        Upstreams {
+            table: Slab::new(),
+            by_addr: HashMap::new(),
+            services: HashMap::new(),
+            algorithm,
+            open_scratch: Vec::new(),
+        }
+    }
+
+    /// Applies a service's whole new instance list.
+    pub fn update(&mut self, service: &str, instances: &[Instance]) -> Changes {
+        let mut changes = Changes::default();
+        let mut wanted: Vec<(SocketAddr, u32)> = Vec::new();
+        for inst in instances {
+            match inst.addr.parse::<SocketAddr>() {
+                Ok(a) if !wanted.iter().any(|(w, _)| *w == a) => wanted.push((a, inst.weight)),
+                Ok(_) => {}
+                Err(_) => log::warn!("registry: {service}: unusable address {:?}", inst.addr),
+            }
+        }
+        let algorithm = self.algorithm;
+        let svc = self
+            .services
+            .entry(service.to_owned())
+            .or_insert_with(|| Service {
+                members: Vec::new(),
+                balancer: Balancer::new(algorithm),
+            });
+        // Members that left.
+        let mut kept = Vec::with_capacity(svc.members.len());
+        for m in svc.members.drain(..) {
+            let addr = self.table.get(m.upstream).map(|u| u.addr);
+            if addr.is_some_and(|a| wanted.iter().any(|(w, _)| *w == a)) {
+                kept.push(m);
+            } else if let Some(u) = self.table.get_mut(m.upstream) {
+                u.services -= 1;
+                if u.services == 0 {
+                    let u = self.table.remove(m.upstream);
+                    self.by_addr.remove(&u.addr);
+                    changes.dropped.push(u);
+                }
+            }
+        }
+        svc.members = kept;
+        // Members that joined, and weights that changed.
+        for (addr, weight) in wanted {
+            let key = match self.by_addr.get(&addr) {
+                Some(&k) => k,
+                None => {
+                    let k = self.table.insert(Upstream::new(addr));
+                    self.by_addr.insert(addr, k);
+                    changes.connect.push(k);
+                    k
+                }
+            };
+            match svc.members.iter_mut().find(|m| m.upstream == key) {
+                Some(m) => m.stats.weight = weight.max(1),
+                None => {
+                    if let Some(u) = self.table.get_mut(key) {
+                        u.services += 1;
+                    }
+                    svc.members.push(Member {
+                        upstream: key,
+                        stats: Stats::new(weight),
+                    });
+                }
+            }
+        }
+        changes
+    }
+
+    /// Picks a member of `service` whose connection is open, avoiding `exclude` (an
+    /// upstream key) unless it is the only one. Returns (member index, upstream key).
+    pub fn pick(&mut self, service: &str, exclude: Option<usize>) -> Option<(usize, usize)> {
+        let svc = self.services.get_mut(service)?;
+        let table = &self.table;
+        // Reused scratch: a pick allocates nothing once warm.
+        self.open_scratch.clear();
+        self.open_scratch.extend(
+            svc.members
+                .iter()
+                .map(|m| table.get(m.upstream).is_some_and(|u| u.open)),
+        );
+        let open = &self.open_scratch;
+        let usable = |i: usize| open.get(i).copied().unwrap_or(false);
+        let exclude_member = exclude.and_then(|e| svc.members.iter().position(|m| m.upstream == e));
+        let picked = svc.balancer.pick(&mut svc.members, usable, exclude_member);
+        picked.map(|i| (i, svc.members[i].upstream))
+    }
+
+    /// The balancer stats of `upstream` as a member of `service`.
+    pub fn stats(&mut self, service: &str, upstream: usize) -> Option<&mut Stats> {
+        self.services
+            .get_mut(service)?
+            .members
+            .iter_mut()
+            .find(|m| m.upstream == upstream)
+            .map(|m| &mut m.stats)
+    }
+
+    /// The upstream whose connection is `conn`.
+    pub fn by_conn(&self, key: usize, conn: ConnId) -> Option<&Upstream> {
+        self.table.get(key).filter(|u| u.conn == Some(conn))
+    }
+}

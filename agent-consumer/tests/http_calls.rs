@@ -1,0 +1,175 @@
+//! The consumer-agent end to end against fake provider-agents on loopback.
+
+mod util;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use codec::java::string_hash_code;
+use util::*;
+
+#[test]
+fn race_request_is_answered_with_java_hash_code() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    for param in ["", "hello", "abcXYZ0123456789", "你好, wörld +%&=😀"] {
+        let answers = exchange(running.http_addr, &race_request(param), 1);
+        assert_eq!(answers[0].status, 200, "{param:?}: {}", answers[0].body);
+        assert_eq!(
+            answers[0].body,
+            string_hash_code(param).to_string(),
+            "{param:?}"
+        );
+    }
+    running.stop();
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    let params: Vec<String> = (0..50).map(|i| "x".repeat(i * 7)).collect();
+    let mut raw = Vec::new();
+    for p in &params {
+        raw.extend_from_slice(&race_request(p));
+    }
+    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    // Split the pipeline at an awkward place to exercise partial requests.
+    let (a, b) = raw.split_at(raw.len() / 3 + 1);
+    s.write_all(a).expect("write");
+    std::thread::sleep(Duration::from_millis(20));
+    s.write_all(b).expect("write");
+    let answers = read_answers(&mut s, params.len(), Duration::from_secs(10));
+    for (p, a) in params.iter().zip(&answers) {
+        assert_eq!(
+            (a.status, a.body.clone()),
+            (200, string_hash_code(p).to_string())
+        );
+    }
+    running.stop();
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    let cases: [(&[u8], u16, &str); 4] = [
+        (b"GARBAGE\r\n\r\n", 400, ""),
+        (
+            b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 18\r\n\r\ninterface=a%zz&m=b",
+            400,
+            "escape",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+            400,
+            "content type",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 99999999\r\n\r\n",
+            413,
+            "",
+        ),
+    ];
+    for (raw, status, needle) in cases {
+        let answers = exchange(running.http_addr, raw, 1);
+        assert_eq!(
+            answers[0].status,
+            status,
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+        assert!(
+            answers[0].body.contains(needle),
+            "{:?} lacks {needle:?}",
+            answers[0].body
+        );
+    }
+    let mut huge_head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    huge_head.extend(std::iter::repeat_n(b'a', 20_000));
+    huge_head.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(exchange(running.http_addr, &huge_head, 1)[0].status, 431);
+    // The agent still serves well-behaved clients.
+    let ok = exchange(running.http_addr, &race_request("ok"), 1);
+    assert_eq!(ok[0].body, string_hash_code("ok").to_string());
+    running.stop();
+}
+
+#[test]
+fn json_invocation_is_answered_as_json() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    let body = r#"{"interface":"com.alibaba.dubbo.performance.demo.provider.IHelloService","method":"hash","parameterTypes":["java.lang.String"],"arguments":["hello"]}"#;
+    let raw = format!(
+        "POST /call HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answers = exchange(running.http_addr, raw.as_bytes(), 1);
+    assert_eq!(
+        (answers[0].status, answers[0].body.as_str()),
+        (200, "99162322")
+    );
+    running.stop();
+}
+
+#[test]
+fn no_provider_is_503_and_unknown_service_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = consumer_with(&format!("file://{}", dir.path().display()), &[]);
+    let answers = exchange(running.http_addr, &race_request("x"), 1);
+    assert_eq!(answers[0].status, 503);
+    let body = "interface=nope&method=m";
+    let raw = format!(
+        "POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answers = exchange(running.http_addr, raw.as_bytes(), 1);
+    assert_eq!(answers[0].status, 503);
+    assert!(answers[0].body.contains("nope"), "{}", answers[0].body);
+    running.stop();
+}
+
+#[test]
+fn silent_provider_times_out_with_504() {
+    let agent = fake_agent(Mode::Silent);
+    let running = consumer(&[agent.addr], &["--timeout-ms", "300"]);
+    wait_ready(&running);
+    let answers = exchange(running.http_addr, &race_request("x"), 1);
+    assert_eq!(answers[0].status, 504);
+    running.stop();
+}
+
+#[test]
+fn overloaded_provider_is_retried_elsewhere() {
+    let full = fake_agent(Mode::Overloaded);
+    let good = fake_agent(Mode::Hash);
+    let running = consumer(&[full.addr, good.addr], &["--lb", "wrr"]);
+    wait_ready(&running);
+    std::thread::sleep(Duration::from_millis(300)); // both connections up
+    for i in 0..20 {
+        let p = format!("p{i}");
+        let answers = exchange(running.http_addr, &race_request(&p), 1);
+        assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+        assert_eq!(answers[0].body, string_hash_code(&p).to_string());
+    }
+    assert!(
+        full.calls.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the full provider was tried"
+    );
+    running.stop();
+}
+
+#[test]
+fn provider_error_is_502_with_its_message() {
+    let agent = fake_agent(Mode::Fail);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    let answers = exchange(running.http_addr, &race_request("x"), 1);
+    assert_eq!((answers[0].status, answers[0].body.as_str()), (502, "boom"));
+    running.stop();
+}

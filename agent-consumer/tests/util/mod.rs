@@ -1,0 +1,231 @@
+//! Test helpers: a fake provider-agent speaking the agent protocol, an HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use codec::agent::{self, CallTable, Frame, Status};
+use codec::hessian2::{self, Value};
+use codec::Decoded;
+
+/// How the fake provider-agent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// hashCode of the String argument.
+    Hash,
+    /// OVERLOADED to everything.
+    Overloaded,
+    /// Never answers.
+    Silent,
+    /// PROVIDER_ERROR "boom".
+    Fail,
+}
+
+/// A fake provider-agent on a thread per connection.
+pub struct FakeAgent {
+    pub addr: SocketAddr,
+    pub calls: Arc<AtomicUsize>,
+}
+
+pub fn fake_agent(mode: Mode) -> FakeAgent {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let c = c.clone();
+            std::thread::spawn(move || serve(stream, mode, &c));
+        }
+    });
+    FakeAgent { addr, calls }
+}
+
+fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
+    let mut table = CallTable::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Ok(Decoded::Complete { msg, consumed }) = agent::decode(&buf[pos..]) {
+            pos += consumed;
+            match msg {
+                Frame::Define { call_id, signature } => {
+                    table.define(call_id, signature.to_owned()).expect("define");
+                }
+                Frame::Request(r) => {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    assert!(table.get(r.call_id).is_some(), "call defined before use");
+                    match mode {
+                        Mode::Hash => {
+                            let arg = match hessian2::decode(r.args) {
+                                Ok(Decoded::Complete {
+                                    msg: Value::String(s),
+                                    ..
+                                }) => s,
+                                _ => String::new(),
+                            };
+                            let mut payload = Vec::new();
+                            hessian2::ser::write_int(
+                                &mut payload,
+                                codec::java::string_hash_code(&arg),
+                            );
+                            agent::encode_response(&mut out, r.id, Status::Ok, &payload)
+                                .expect("encode");
+                        }
+                        Mode::Overloaded => {
+                            agent::encode_response(&mut out, r.id, Status::Overloaded, b"full")
+                                .expect("encode")
+                        }
+                        Mode::Fail => {
+                            agent::encode_response(&mut out, r.id, Status::ProviderError, b"boom")
+                                .expect("encode")
+                        }
+                        Mode::Silent => {}
+                    }
+                }
+                Frame::Ping { id } => agent::encode_pong(&mut out, id),
+                _ => {}
+            }
+        }
+        buf.drain(..pos);
+        if !out.is_empty() && stream.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Starts a consumer-agent on a free port with a static registry listing `agents`.
+pub fn consumer(agents: &[SocketAddr], extra: &[&str]) -> agent_consumer::Running {
+    let list: Vec<String> = agents.iter().map(|a| a.to_string()).collect();
+    consumer_with(&format!("static://{}", list.join(",")), extra)
+}
+
+/// Starts a consumer-agent on a free port with the given registry URL.
+pub fn consumer_with(registry: &str, extra: &[&str]) -> agent_consumer::Running {
+    let mut args = vec![
+        "consumer-agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--registry",
+        registry,
+    ];
+    args.extend_from_slice(extra);
+    let config = agent_consumer::Config::parse_from(args);
+    agent_consumer::start(config).expect("start consumer-agent")
+}
+
+/// The race's form body for `param` (percent-encoded).
+pub fn race_body(param: &str) -> String {
+    let mut enc = String::new();
+    for b in param.bytes() {
+        if b.is_ascii_alphanumeric() {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!(
+        "interface=com.alibaba.dubbo.performance.demo.provider.IHelloService&method=hash&parameterTypesString=Ljava%2Flang%2FString%3B&parameter={enc}"
+    )
+}
+
+pub fn race_request(param: &str) -> Vec<u8> {
+    let body = race_body(param);
+    format!(
+        "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// One HTTP response: status and body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Reads `count` responses from `stream`, with a deadline.
+pub fn read_answers(stream: &mut TcpStream, count: usize, deadline: Duration) -> Vec<Answer> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let end = Instant::now() + deadline;
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while answers.len() < count {
+        assert!(
+            Instant::now() < end,
+            "timed out after {} of {count} answers",
+            answers.len()
+        );
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) else {
+                break;
+            };
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .expect("content-length");
+            if buf.len() < head + len {
+                break;
+            }
+            answers.push(Answer {
+                status: resp.code.expect("code"),
+                body: String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
+            });
+            buf.drain(..head + len);
+        }
+        if answers.len() >= count {
+            break;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    answers
+}
+
+/// Sends raw bytes on a fresh connection and reads `count` answers.
+pub fn exchange(addr: SocketAddr, raw: &[u8], count: usize) -> Vec<Answer> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(raw).expect("write");
+    read_answers(&mut s, count, Duration::from_secs(10))
+}
+
+/// Waits until the consumer-agent reaches some provider-agent (its loops connect on
+/// the registry's first list).
+pub fn wait_ready(running: &agent_consumer::Running) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !running.metrics.has_upstream() {
+        assert!(
+            Instant::now() < end,
+            "consumer-agent never connected to a provider-agent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
