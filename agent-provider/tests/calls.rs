@@ -28,3 +28,240 @@ fn hessian2_call_ok() {
     agent.stop();
     provider.kill();
 }
+
+#[test]
+fn fastjson_call_ok_and_wire_layout() {
+    let (provider, agent) = start(Serialization::Fastjson, SerializationArg::Fastjson);
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    let r = c.call_hash(1, "hello \"world\"\n");
+    assert_eq!(r.int(), codec::java::string_hash_code("hello \"world\"\n"));
+    let got = provider.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        got[..4],
+        [0xda, 0xbb, 0xc6, 0x00],
+        "request, two-way, fastjson"
+    );
+    let body = std::str::from_utf8(&got[16..]).unwrap();
+    let lines: Vec<&str> = body.split_terminator('\n').collect();
+    assert_eq!(lines.len(), 7, "{body}");
+    assert_eq!(lines[0], "\"2.0.2\"");
+    assert_eq!(lines[1], format!("\"{SERVICE}\""));
+    assert_eq!(lines[2], "\"0.0.0\"");
+    assert_eq!(lines[3], "\"hash\"");
+    assert_eq!(lines[4], "\"Ljava/lang/String;\"");
+    assert_eq!(lines[5], r#""hello \"world\"\n""#);
+    assert!(
+        lines[6].starts_with(&format!("{{\"path\":\"{SERVICE}\"")),
+        "{}",
+        lines[6]
+    );
+    assert!(lines[6].contains("\"timeout\":\"5000\""), "{}", lines[6]);
+    assert!(body.ends_with("}\n"));
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn pipelined_calls_matched_by_id() {
+    let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    let mut batch = Vec::new();
+    for i in 0..150u64 {
+        batch.extend_from_slice(&hash_request(1000 + i, &format!("s{i}"), 5000));
+    }
+    use std::io::Write;
+    c.stream.write_all(&batch).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..150 {
+        let r = c.read();
+        let i = r.id - 1000;
+        assert_eq!(r.int(), codec::java::string_hash_code(&format!("s{i}")));
+        assert!(seen.insert(r.id));
+    }
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn max_inflight_exceeded_is_overloaded() {
+    init_log();
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    provider.set(Mode::Hash, std::time::Duration::from_millis(300));
+    let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
+    cfg.max_inflight = 2;
+    let agent = agent_provider::run(cfg).unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    for i in 0..5 {
+        c.send_hash(i, "x", 5000);
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = c.read();
+        statuses.push((r.id, r.status));
+    }
+    // The three refused calls come back at once, before the two slow ones.
+    assert_eq!(
+        statuses[..3].iter().map(|s| s.1).collect::<Vec<_>>(),
+        vec![codec::agent::Status::Overloaded; 3]
+    );
+    assert!(statuses[3..]
+        .iter()
+        .all(|s| s.1 == codec::agent::Status::Ok));
+    assert_eq!(provider.received.lock().unwrap().len(), 2);
+    assert_eq!(m.responses(codec::agent::Status::Overloaded), 3);
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn provider_errors_map_to_statuses() {
+    let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    provider.set(
+        Mode::Status(100, "pool exhausted".into()),
+        Default::default(),
+    );
+    let r = c.call_hash(1, "a");
+    assert_eq!(r.status, codec::agent::Status::Overloaded);
+    assert!(r.text().contains("pool exhausted"), "{}", r.text());
+    provider.set(Mode::Exception("boom".into()), Default::default());
+    let r = c.call_hash(2, "a");
+    assert_eq!(r.status, codec::agent::Status::ProviderError);
+    assert_eq!(r.text(), "java.lang.RuntimeException: boom");
+    provider.set(
+        Mode::Status(80, "no such method".into()),
+        Default::default(),
+    );
+    let r = c.call_hash(3, "a");
+    assert_eq!(r.status, codec::agent::Status::ProviderError);
+    assert_eq!(r.text(), "no such method");
+    provider.set(Mode::Hash, Default::default());
+    assert_eq!(c.call_hash(4, "hello").int(), 99162322);
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn fastjson_exception_is_provider_error() {
+    let (provider, agent) = start(Serialization::Fastjson, SerializationArg::Fastjson);
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    provider.set(Mode::Exception("bad input".into()), Default::default());
+    let r = c.call_hash(1, "a");
+    assert_eq!(r.status, codec::agent::Status::ProviderError);
+    assert_eq!(r.text(), "java.lang.RuntimeException: bad input");
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn silent_provider_times_out() {
+    let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    provider.set(Mode::Silent, Default::default());
+    let t0 = std::time::Instant::now();
+    c.send_hash(9, "a", 200);
+    let r = c.read();
+    let took = t0.elapsed();
+    assert_eq!((r.id, r.status), (9, codec::agent::Status::Timeout));
+    assert!(took >= std::time::Duration::from_millis(190), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    // The timeout went to the provider as Dubbo's `timeout` attachment.
+    let frame = provider.received.lock().unwrap()[0].clone();
+    let body = codec::dubbo::decode_request_body(2, &frame[16..]).unwrap();
+    assert_eq!(body.attachment("timeout"), Some("200"));
+    assert_eq!(body.attachment("interface"), Some(SERVICE));
+    assert_eq!(agent.metrics().inflight(), 0);
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn provider_killed_mid_call_then_recovers() {
+    let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
+    let addr = provider.addr;
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    provider.set(Mode::Silent, Default::default());
+    c.send_hash(1, "a", 10_000);
+    c.send_hash(2, "b", 10_000);
+    wait_for(5, "calls at the provider", || {
+        provider.received.lock().unwrap().len() == 2
+    });
+    provider.kill();
+    let a = c.read();
+    let b = c.read();
+    assert_eq!(a.status, codec::agent::Status::Unavailable, "{}", a.text());
+    assert_eq!(b.status, codec::agent::Status::Unavailable);
+    // While it is down, calls are refused at once.
+    let m = agent.metrics().clone();
+    wait_for(5, "provider down", || !m.provider_up());
+    assert_eq!(
+        c.call_hash(3, "c").status,
+        codec::agent::Status::Unavailable
+    );
+    // Back on the same port: the agent reconnects and calls succeed again.
+    let provider = MockProvider::start(&addr.to_string(), Serialization::Hessian2);
+    wait_for(10, "reconnect", || m.provider_up());
+    assert_eq!(c.call_hash(4, "hello").int(), 99162322);
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn garbage_closes_only_that_connection() {
+    let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
+    let mut good = Client::connect(agent.local_addr());
+    good.define_hash();
+    assert_eq!(good.call_hash(1, "hello").int(), 99162322);
+    let mut bad = Client::connect(agent.local_addr());
+    use std::io::Write;
+    bad.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(bad.is_closed());
+    // A frame with a good header but a truncated REQUEST body: BAD_REQUEST, then closed.
+    let mut bad2 = Client::connect(agent.local_addr());
+    let mut frame = hash_request(77, "x", 0);
+    frame[14..18].copy_from_slice(&4u32.to_be_bytes());
+    frame.truncate(18 + 4);
+    bad2.stream.write_all(&frame).unwrap();
+    let r = bad2.read();
+    assert_eq!((r.id, r.status), (77, codec::agent::Status::BadRequest));
+    assert!(bad2.is_closed());
+    assert_eq!(good.call_hash(2, "hello").int(), 99162322);
+    agent.stop();
+    provider.kill();
+}
+
+#[test]
+fn unknown_call_id_is_bad_request_and_ping_pongs() {
+    let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
+    let mut c = Client::connect(agent.local_addr());
+    let r = c.call_hash(5, "x"); // call id 1 never defined
+    assert_eq!((r.id, r.status), (5, codec::agent::Status::BadRequest));
+    let mut out = Vec::new();
+    codec::agent::encode_ping(&mut out, 42);
+    use std::io::{Read, Write};
+    c.stream.write_all(&out).unwrap();
+    let mut pong = [0u8; 18];
+    c.stream.read_exact(&mut pong).unwrap();
+    assert_eq!(
+        codec::agent::decode(&pong).unwrap(),
+        codec::Decoded::Complete {
+            msg: codec::agent::Frame::Pong { id: 42 },
+            consumed: 18
+        }
+    );
+    c.define_hash();
+    assert_eq!(c.call_hash(6, "hello").int(), 99162322);
+    agent.stop();
+    provider.kill();
+}

@@ -1,0 +1,128 @@
+//! Registration follows the provider; admin endpoints; graceful stop drains.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use agent_provider::config::SerializationArg;
+use codec::dubbo::Serialization;
+use common::*;
+
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (code, body)
+}
+
+#[test]
+fn registration_follows_the_provider() {
+    init_log();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    // Reserve a port for the provider, but do not start it yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let provider_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cfg = agent_config(provider_addr, SerializationArg::Hessian2);
+    cfg.registry = Some(url.clone());
+    cfg.weight = 150;
+    cfg.admin = Some("127.0.0.1:0".parse().unwrap());
+    let agent = agent_provider::run(cfg).unwrap();
+    let admin = agent.admin_addr().unwrap();
+    let advertised = agent.local_addr().to_string();
+
+    let (tx, rx) = mpsc::channel();
+    let reg = registry::open(Some(&url)).unwrap();
+    let _watch = reg
+        .watch(SERVICE, move |list| {
+            let _ = tx.send(list);
+        })
+        .unwrap();
+    let wait_list = |want: usize| loop {
+        let list = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("registry update");
+        if list.len() == want {
+            return list;
+        }
+    };
+    // Provider down: not registered, unhealthy.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_iter().all(|l| l.is_empty()));
+    assert_eq!(http_get(admin, "/healthz").0, 503);
+
+    let provider = MockProvider::start(&provider_addr.to_string(), Serialization::Hessian2);
+    let list = wait_list(1);
+    assert_eq!(list[0].addr, advertised);
+    assert_eq!(list[0].weight, 150);
+    assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".into()));
+
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    assert_eq!(c.call_hash(1, "hello").int(), 99162322);
+    let (code, metrics) = http_get(admin, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("provider_agent_requests_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("provider_agent_provider_up 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("provider_agent_latency_seconds_count 1\n"),
+        "{metrics}"
+    );
+
+    provider.kill();
+    wait_list(0);
+    assert_eq!(http_get(admin, "/healthz").0, 503);
+
+    let provider = MockProvider::start(&provider_addr.to_string(), Serialization::Hessian2);
+    let list = wait_list(1);
+    assert_eq!(list[0].addr, advertised);
+
+    // Graceful stop deregisters first.
+    agent.stop();
+    wait_list(0);
+    provider.kill();
+}
+
+#[test]
+fn graceful_stop_drains_calls_in_flight() {
+    init_log();
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    provider.set(Mode::Hash, Duration::from_millis(300));
+    let agent =
+        agent_provider::run(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    c.send_hash(1, "hello", 5000);
+    wait_for(5, "call at the provider", || {
+        provider.received.lock().unwrap().len() == 1
+    });
+    let addr = agent.local_addr();
+    let stopper = std::thread::spawn(move || agent.stop());
+    let r = c.read();
+    assert_eq!(r.int(), 99162322, "the call in flight was answered");
+    stopper.join().unwrap();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+    provider.kill();
+}
