@@ -4,4 +4,7 @@
 pub mod echo;
 pub mod hist;
 pub mod load;
+pub mod procs;
 pub mod provider;
+pub mod report;
+pub mod scenario;

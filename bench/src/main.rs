@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use bench::echo::{self, EchoOpts};
 use bench::load::{self, LoadOpts, Params};
 use bench::provider::{self, ProviderOpts};
+use bench::report;
+use bench::scenario::{self, RegistryKind, ScenarioOpts, Which};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,6 +33,39 @@ enum Cmd {
     /// A trivial server of the race's HTTP call (to measure the load generator).
     #[command(hide = true)]
     HttpEcho(EchoArgs),
+    /// Starts the whole mesh on loopback and runs the scenarios against it.
+    Scenario(ScenarioArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ScenarioArgs {
+    /// Which scenario.
+    #[arg(value_enum, default_value_t = Which::All)]
+    which: Which,
+    /// Short run (under a minute): fewer steps, shorter, 2,000 idle connections.
+    #[arg(long)]
+    quick: bool,
+    /// Registry the agents use.
+    #[arg(long, value_enum, default_value_t = RegistryKind::Embedded)]
+    registry: RegistryKind,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench-report")]
+    out: PathBuf,
+    /// Directory holding consumer-agent and provider-agent (default: next to bench).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// `--loops` of each agent.
+    #[arg(long, default_value_t = 1)]
+    agent_loops: usize,
+    /// Override each step's warm-up (seconds).
+    #[arg(long)]
+    warmup_secs: Option<u64>,
+    /// Override each step's measured time (seconds).
+    #[arg(long)]
+    duration_secs: Option<u64>,
+    /// Override the idle scenario's connections.
+    #[arg(long)]
+    idle_connections: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,6 +191,40 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Cmd::Scenario(a) => {
+            let mut opts = ScenarioOpts::new(a.which, a.quick);
+            opts.registry = a.registry;
+            opts.out = a.out;
+            opts.bin_dir = a.bin_dir;
+            opts.agent_loops = a.agent_loops;
+            if let Some(s) = a.warmup_secs {
+                opts.warmup = Duration::from_secs(s);
+            }
+            if let Some(s) = a.duration_secs {
+                opts.duration = Duration::from_secs(s);
+            }
+            if let Some(n) = a.idle_connections {
+                opts.idle_connections = n;
+            }
+            let r = match scenario::run(&opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bench scenario: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!("{}", report::table(&r));
+            if let Err(e) = report::write_all(&r, &opts.out) {
+                eprintln!("bench scenario: writing the report: {e}");
+                return ExitCode::FAILURE;
+            }
+            eprintln!("report written to {}", opts.out.display());
+            if r.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Cmd::HttpEcho(a) => {
             let opts = EchoOpts {

@@ -1,0 +1,772 @@
+//! `bench scenario`: the whole mesh on loopback, as child processes, under load.
+//!
+//! Three mock providers (small/medium/large, `bench provider` re-executed), three
+//! `provider-agent`s, one `consumer-agent`, a file registry in a fresh temp dir (or a
+//! local etcd). Each scenario of `docs/scenario.md` starts its own topology, runs its
+//! steps with [`crate::load`], samples each agent's CPU and memory from `/proc`, and
+//! stops every process it started, also on error.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::load::{self, LoadOpts, Params};
+use crate::procs::{self, free_addr, Proc, Usage};
+use crate::provider::SERVICE;
+
+/// Which scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    /// 3 providers, 200 threads, 50 ms, fastjson; 128/256/512 connections.
+    Classic,
+    /// Providers of uneven capacity (virtual cores 3/2/1 against weights 1/2/3).
+    Uneven,
+    /// 0 ms providers: latency added at one connection, requests per agent CPU-second.
+    Overhead,
+    /// Many idle keep-alive connections on the consumer-agent: memory per connection.
+    Idle,
+    /// All of the above.
+    All,
+}
+
+/// Which registry the agents use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistryKind {
+    /// The file registry in a fresh temp dir (`file:///dir`).
+    Embedded,
+    /// A local etcd (`/usr/bin/etcd`) on free loopback ports.
+    Etcd,
+}
+
+/// Settings of a scenario run.
+#[derive(Debug, Clone)]
+pub struct ScenarioOpts {
+    /// What to run.
+    pub which: Which,
+    /// Short run: fewer steps, 2,000 idle connections.
+    pub quick: bool,
+    /// The registry.
+    pub registry: RegistryKind,
+    /// Where reports (and child logs, under `logs/`) go.
+    pub out: PathBuf,
+    /// Warm-up of each load step.
+    pub warmup: Duration,
+    /// Measured time of each load step.
+    pub duration: Duration,
+    /// The `bench` binary to run providers with (default: this executable if it is
+    /// `bench`, else `bench` in [`ScenarioOpts::bin_dir`]).
+    pub bench_exe: Option<PathBuf>,
+    /// Where `consumer-agent` and `provider-agent` are (default: next to this
+    /// executable; built with cargo when missing).
+    pub bin_dir: Option<PathBuf>,
+    /// `--loops` of each agent.
+    pub agent_loops: usize,
+    /// Loops of the load generator.
+    pub load_loops: usize,
+    /// Connections of the idle scenario.
+    pub idle_connections: usize,
+    /// Agents' `--timeout-ms`.
+    pub agent_timeout_ms: u64,
+    /// Agents' `--retries`.
+    pub agent_retries: u32,
+}
+
+impl ScenarioOpts {
+    /// Defaults for a full or a quick run.
+    pub fn new(which: Which, quick: bool) -> Self {
+        ScenarioOpts {
+            which,
+            quick,
+            registry: RegistryKind::Embedded,
+            out: PathBuf::from("target/bench-report"),
+            warmup: Duration::from_secs(if quick { 1 } else { 5 }),
+            duration: Duration::from_secs(if quick { 2 } else { 20 }),
+            bench_exe: None,
+            bin_dir: None,
+            agent_loops: 1,
+            load_loops: 1,
+            idle_connections: if quick { 2_000 } else { 10_000 },
+            agent_timeout_ms: 3_000,
+            agent_retries: 2,
+        }
+    }
+}
+
+/// CPU and memory of one agent during a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentUsage {
+    /// `consumer-agent`, `provider-agent-small`, ...
+    pub name: String,
+    /// CPU seconds (user + system) spent in the measured window.
+    pub cpu_secs: f64,
+    /// Peak resident set so far (VmHWM), KiB.
+    pub peak_rss_kb: u64,
+}
+
+/// One measured step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The scenario.
+    pub scenario: String,
+    /// What the step is, e.g. `512 conns`.
+    pub label: String,
+    /// Load connections.
+    pub connections: usize,
+    /// Right answers per second.
+    pub qps: f64,
+    /// Best possible QPS, when defined.
+    pub ceiling: Option<f64>,
+    /// Latency quantiles, ms.
+    pub p50_ms: f64,
+    /// p99, ms.
+    pub p99_ms: f64,
+    /// Max, ms.
+    pub max_ms: f64,
+    /// Requests finished in the window.
+    pub requests: u64,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Each agent's CPU and memory.
+    pub agents: Vec<AgentUsage>,
+    /// Scenario-specific figures (e.g. `requests_per_agent_cpu_sec`, `bytes_per_idle_conn`).
+    pub extra: BTreeMap<String, f64>,
+}
+
+impl Step {
+    /// QPS over the ceiling.
+    pub fn ratio(&self) -> Option<f64> {
+        self.ceiling.filter(|c| *c > 0.0).map(|c| self.qps / c)
+    }
+
+    /// Agents' CPU seconds together.
+    pub fn agent_cpu(&self) -> f64 {
+        self.agents.iter().map(|a| a.cpu_secs).sum()
+    }
+}
+
+/// A mock provider and its agent.
+#[derive(Debug, Clone)]
+struct ProviderSpec {
+    name: &'static str,
+    latency_ms: u64,
+    threads: usize,
+    cores: usize,
+    cpu_us: u64,
+    weight: u32,
+}
+
+impl ProviderSpec {
+    fn capacity(&self) -> f64 {
+        crate::provider::ProviderOpts {
+            latency: Duration::from_millis(self.latency_ms),
+            threads: self.threads,
+            cores: self.cores,
+            cpu_us: self.cpu_us,
+            ..Default::default()
+        }
+        .capacity()
+    }
+}
+
+fn race_specs(latency_ms: u64) -> Vec<ProviderSpec> {
+    ["small", "medium", "large"]
+        .into_iter()
+        .zip(1..)
+        .map(|(name, weight)| ProviderSpec {
+            name,
+            latency_ms,
+            threads: 200,
+            cores: 0,
+            cpu_us: 0,
+            weight,
+        })
+        .collect()
+}
+
+/// The uneven providers: weights 1/2/3 as in the race, but virtual cores 3/2/1, so
+/// the static weights point the wrong way. 1 ms of CPU per call: 3,000/2,000/1,000
+/// calls/s, 6,000 in all.
+const UNEVEN_CPU_US: u64 = 1_000;
+
+fn uneven_specs() -> Vec<ProviderSpec> {
+    let mut s = race_specs(50);
+    for (p, cores) in s.iter_mut().zip([3, 2, 1]) {
+        p.cores = cores;
+        p.cpu_us = UNEVEN_CPU_US;
+    }
+    s
+}
+
+/// Where the agent binaries and `bench` are.
+#[derive(Debug, Clone)]
+struct Bins {
+    bench: PathBuf,
+    consumer: PathBuf,
+    provider: PathBuf,
+}
+
+fn find_bins(opts: &ScenarioOpts) -> io::Result<Bins> {
+    let exe = std::env::current_exe()?;
+    let exe_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // A test binary lives in target/<profile>/deps; binaries one level up.
+    let dir = match &opts.bin_dir {
+        Some(d) => d.clone(),
+        None if exe_dir.ends_with("deps") => {
+            exe_dir.parent().map(Path::to_path_buf).unwrap_or_default()
+        }
+        None => exe_dir,
+    };
+    let bench = match &opts.bench_exe {
+        Some(b) => b.clone(),
+        None if exe.file_stem().is_some_and(|s| s == "bench") => exe.clone(),
+        None => dir.join("bench"),
+    };
+    let consumer = dir.join("consumer-agent");
+    let provider = dir.join("provider-agent");
+    if !consumer.exists() || !provider.exists() {
+        build_agents(&dir)?;
+    }
+    for p in [&bench, &consumer, &provider] {
+        if !p.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} not found", p.display()),
+            ));
+        }
+    }
+    Ok(Bins {
+        bench,
+        consumer,
+        provider,
+    })
+}
+
+/// `cargo build [--release] -p agent-consumer -p agent-provider` into the target dir
+/// that holds `profile_dir`.
+fn build_agents(profile_dir: &Path) -> io::Result<()> {
+    let release = profile_dir.ends_with("release");
+    let target = profile_dir.parent().unwrap_or(profile_dir);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    eprintln!(
+        "building the agents ({}) into {}",
+        if release { "release" } else { "debug" },
+        target.display()
+    );
+    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    cmd.current_dir(workspace)
+        .env("CARGO_TARGET_DIR", target)
+        .args(["build", "-p", "agent-consumer", "-p", "agent-provider"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let st = cmd.status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "building the agents failed: {st}"
+        )))
+    }
+}
+
+/// A running mesh. Dropping it stops everything, newest first.
+#[derive(Debug)]
+struct Topology {
+    procs: Vec<Proc>,
+    /// Indices in `procs` of the agents (consumer first).
+    agents: Vec<usize>,
+    consumer: usize,
+    consumer_addr: SocketAddr,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        while let Some(mut p) = self.procs.pop() {
+            p.stop(Duration::from_secs(3));
+        }
+    }
+}
+
+impl Topology {
+    fn start(
+        opts: &ScenarioOpts,
+        bins: &Bins,
+        specs: &[ProviderSpec],
+        tag: &str,
+    ) -> io::Result<Topology> {
+        let tmp = tempfile::Builder::new()
+            .prefix("dubbo-mesh-bench")
+            .tempdir()?;
+        let logs = opts.out.join("logs").join(tag);
+        let mut topo = Topology {
+            procs: Vec::new(),
+            agents: Vec::new(),
+            consumer: 0,
+            consumer_addr: free_addr()?,
+            _tmp: tmp,
+        };
+        let deadline = Duration::from_secs(20);
+        let registry = match opts.registry {
+            RegistryKind::Embedded => {
+                let dir = topo._tmp.path().join("registry");
+                std::fs::create_dir_all(&dir)?;
+                format!("file://{}", dir.display())
+            }
+            RegistryKind::Etcd => {
+                let client = free_addr()?;
+                let peer = free_addr()?;
+                let data = topo._tmp.path().join("etcd");
+                let args: Vec<String> = vec![
+                    "--name".into(),
+                    "bench".into(),
+                    "--data-dir".into(),
+                    data.display().to_string(),
+                    "--listen-client-urls".into(),
+                    format!("http://{client}"),
+                    "--advertise-client-urls".into(),
+                    format!("http://{client}"),
+                    "--listen-peer-urls".into(),
+                    format!("http://{peer}"),
+                    "--initial-advertise-peer-urls".into(),
+                    format!("http://{peer}"),
+                    "--initial-cluster".into(),
+                    format!("bench=http://{peer}"),
+                ];
+                let mut p = Proc::start("etcd", Path::new("/usr/bin/etcd"), &args, &logs)?;
+                let ready = procs::wait_port(client, deadline, &mut p);
+                topo.procs.push(p);
+                ready?;
+                // etcd answers /health once it has a leader.
+                let end = Instant::now() + deadline;
+                while procs::http_get_status(client, "/health").ok() != Some(200) {
+                    if Instant::now() > end {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "etcd not healthy"));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                format!("etcd://{client}")
+            }
+        };
+        let mut provider_addrs = Vec::new();
+        for s in specs {
+            let addr = free_addr()?;
+            let mut args = vec![
+                "provider".to_owned(),
+                "--listen".into(),
+                addr.to_string(),
+                "--latency-ms".into(),
+                s.latency_ms.to_string(),
+                "--threads".into(),
+                s.threads.to_string(),
+            ];
+            if s.cores > 0 {
+                args.extend(["--cores".into(), s.cores.to_string()]);
+                args.extend(["--cpu-us".into(), s.cpu_us.to_string()]);
+            }
+            let mut p = Proc::start(&format!("provider-{}", s.name), &bins.bench, &args, &logs)?;
+            let ready = procs::wait_port(addr, deadline, &mut p);
+            topo.procs.push(p);
+            ready?;
+            provider_addrs.push(addr);
+        }
+        let loops = opts.agent_loops.max(1).to_string();
+        for (s, q) in specs.iter().zip(&provider_addrs) {
+            let (listen, admin) = (free_addr()?, free_addr()?);
+            let args: Vec<String> = [
+                "--listen",
+                &listen.to_string(),
+                "--provider",
+                &q.to_string(),
+                "--service",
+                SERVICE,
+                "--serialization",
+                "fastjson",
+                "--registry",
+                &registry,
+                "--weight",
+                &s.weight.to_string(),
+                "--max-inflight",
+                &s.threads.to_string(),
+                "--advertise",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+                "--loops",
+                &loops,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            let mut p = Proc::start(
+                &format!("provider-agent-{}", s.name),
+                &bins.provider,
+                &args,
+                &logs,
+            )?;
+            let ready = procs::wait_healthy(admin, deadline, &mut p);
+            topo.agents.push(topo.procs.len());
+            topo.procs.push(p);
+            ready?;
+        }
+        let admin = free_addr()?;
+        let args: Vec<String> = [
+            "--listen",
+            &topo.consumer_addr.to_string(),
+            "--registry",
+            &registry,
+            "--service",
+            SERVICE,
+            "--lb",
+            "adaptive",
+            "--timeout-ms",
+            &opts.agent_timeout_ms.to_string(),
+            "--retries",
+            &opts.agent_retries.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--loops",
+            &loops,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut p = Proc::start("consumer-agent", &bins.consumer, &args, &logs)?;
+        let ready = procs::wait_healthy(admin, deadline, &mut p);
+        topo.consumer = topo.procs.len();
+        topo.agents.insert(0, topo.procs.len());
+        topo.procs.push(p);
+        ready?;
+        topo.wait_routing(deadline)?;
+        Ok(topo)
+    }
+
+    /// Waits until a call through the consumer-agent comes back right (the providers
+    /// may take a moment to show up in the registry).
+    fn wait_routing(&mut self, deadline: Duration) -> io::Result<()> {
+        let end = Instant::now() + deadline;
+        loop {
+            let last = match one_call(self.consumer_addr, "hello") {
+                Ok(true) => return Ok(()),
+                Ok(false) => "a wrong or failed answer".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            for i in self.agents.clone() {
+                if let Some(p) = self.procs.get_mut(i) {
+                    p.check_alive()?;
+                }
+            }
+            if Instant::now() > end {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no right answer through the consumer-agent after {deadline:?}: {last}"
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn agent_usage(&mut self) -> Vec<(String, Usage)> {
+        let mut out = Vec::new();
+        for &i in &self.agents {
+            if let Some(p) = self.procs.get_mut(i) {
+                out.push((p.name.clone(), p.usage()));
+            }
+        }
+        out
+    }
+
+    fn check_alive(&mut self) -> io::Result<()> {
+        for p in &mut self.procs {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+/// One request over a fresh connection; `Ok(true)` when answered 200 with the right hash.
+fn one_call(addr: SocketAddr, param: &str) -> io::Result<bool> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let (req, expected) = load::race_request(&addr.to_string(), param, None);
+    s.write_all(&req)?;
+    read_answer(&mut s).map(|(code, v)| code == 200 && v == Some(expected))
+}
+
+/// Reads one HTTP answer with a Content-Length body: (status, body as an int).
+fn read_answer(s: &mut TcpStream) -> io::Result<(u16, Option<i32>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if let Some(body) = buf.get(head..head + len) {
+                let v = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|b| b.trim().parse().ok());
+                return Ok((resp.code.unwrap_or(0), v));
+            }
+        }
+    }
+}
+
+/// Runs one load step and samples the agents over its measured window.
+fn run_step(
+    opts: &ScenarioOpts,
+    topo: &mut Topology,
+    scenario: &str,
+    label: &str,
+    connections: usize,
+    ceiling: Option<f64>,
+) -> io::Result<Step> {
+    let lopts = LoadOpts {
+        target: topo.consumer_addr,
+        connections,
+        loops: opts.load_loops,
+        warmup: opts.warmup,
+        duration: opts.duration,
+        params: Params::Ascii,
+        salt: None,
+        timeout: Duration::from_millis(
+            opts.agent_timeout_ms * u64::from(opts.agent_retries + 1) + 2_000,
+        ),
+        progress: false,
+    };
+    eprintln!("{scenario}: {label} ...");
+    let start = Instant::now();
+    let worker = std::thread::spawn(move || load::run(&lopts));
+    std::thread::sleep(opts.warmup);
+    let before = topo.agent_usage();
+    std::thread::sleep(
+        (start + opts.warmup + opts.duration).saturating_duration_since(Instant::now()),
+    );
+    let after = topo.agent_usage();
+    let report = worker
+        .join()
+        .map_err(|_| io::Error::other("the load thread panicked"))??;
+    topo.check_alive()?;
+    let agents = before
+        .iter()
+        .zip(&after)
+        .map(|((name, b), (_, a))| AgentUsage {
+            name: name.clone(),
+            cpu_secs: (a.cpu_secs - b.cpu_secs).max(0.0),
+            peak_rss_kb: a.peak_rss_kb,
+        })
+        .collect();
+    let h = &report.stats.hist;
+    Ok(Step {
+        scenario: scenario.to_owned(),
+        label: label.to_owned(),
+        connections,
+        qps: report.qps(),
+        ceiling,
+        p50_ms: h.quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.quantile(0.99) as f64 / 1000.0,
+        max_ms: h.max() as f64 / 1000.0,
+        requests: report.requests,
+        errors: report.stats.errors.clone(),
+        agents,
+        extra: BTreeMap::new(),
+    })
+}
+
+/// The classic ceiling: connections / latency, capped by total threads / latency.
+fn classic_ceiling(conns: usize, specs: &[ProviderSpec]) -> f64 {
+    let latency = specs.first().map_or(0.05, |s| s.latency_ms as f64 / 1000.0);
+    let threads: usize = specs.iter().map(|s| s.threads).sum();
+    conns.min(threads) as f64 / latency
+}
+
+fn step_conns(quick: bool) -> Vec<usize> {
+    if quick {
+        vec![128, 512]
+    } else {
+        vec![128, 256, 512]
+    }
+}
+
+fn classic(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
+    let specs = race_specs(50);
+    let mut topo = Topology::start(opts, bins, &specs, "classic")?;
+    for c in step_conns(opts.quick) {
+        let s = run_step(
+            opts,
+            &mut topo,
+            "classic",
+            &format!("{c} conns"),
+            c,
+            Some(classic_ceiling(c, &specs)),
+        )?;
+        steps.push(s);
+    }
+    Ok(())
+}
+
+fn uneven(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
+    let specs = uneven_specs();
+    let capacity: f64 = specs.iter().map(ProviderSpec::capacity).sum();
+    let mut topo = Topology::start(opts, bins, &specs, "uneven")?;
+    for c in step_conns(opts.quick) {
+        let ceiling = (c as f64 / 0.05).min(capacity);
+        let mut s = run_step(
+            opts,
+            &mut topo,
+            "uneven",
+            &format!("{c} conns"),
+            c,
+            Some(ceiling),
+        )?;
+        s.extra.insert("model_capacity_qps".into(), capacity);
+        steps.push(s);
+    }
+    Ok(())
+}
+
+fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
+    let specs = race_specs(0);
+    let mut topo = Topology::start(opts, bins, &specs, "overhead")?;
+    let saturating = if opts.quick { 64 } else { 256 };
+    for (label, c) in [("1 conn", 1), ("saturating", saturating)] {
+        let mut s = run_step(opts, &mut topo, "overhead", label, c, None)?;
+        let cpu = s.agent_cpu();
+        if cpu > 0.0 {
+            let ok = s.qps * opts.duration.as_secs_f64();
+            s.extra
+                .insert("requests_per_agent_cpu_sec".into(), ok / cpu);
+        }
+        if c == 1 {
+            s.extra.insert("mesh_p50_ms_one_conn".into(), s.p50_ms);
+        }
+        steps.push(s);
+    }
+    Ok(())
+}
+
+fn idle(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
+    let specs = race_specs(0);
+    let mut topo = Topology::start(opts, bins, &specs, "idle")?;
+    let n = opts.idle_connections;
+    eprintln!("idle: {n} keep-alive connections ...");
+    let addr = topo.consumer_addr;
+    let rss = |topo: &mut Topology| {
+        let i = topo.consumer;
+        topo.procs.get_mut(i).map_or(0, |p| p.usage().rss_kb)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let base = rss(&mut topo);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let connected = rss(&mut topo);
+    // One call on each, so every connection has carried a request (keep-alive).
+    let (req, expected) = load::race_request(&addr.to_string(), "idle", None);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ok = 0u64;
+    for batch in conns.chunks_mut(500) {
+        for s in batch.iter_mut() {
+            s.write_all(&req)?;
+        }
+        for s in batch.iter_mut() {
+            match read_answer(s) {
+                Ok((200, Some(v))) if v == expected => ok += 1,
+                Ok((200, _)) => *errors.entry("wrong".into()).or_default() += 1,
+                Ok((code, _)) => *errors.entry(format!("status_{code}")).or_default() += 1,
+                Err(_) => *errors.entry("closed".into()).or_default() += 1,
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let used = rss(&mut topo);
+    topo.check_alive()?;
+    let agents = topo
+        .agent_usage()
+        .into_iter()
+        .map(|(name, u)| AgentUsage {
+            name,
+            cpu_secs: 0.0,
+            peak_rss_kb: u.peak_rss_kb,
+        })
+        .collect();
+    drop(conns);
+    let per = |kb: u64| kb.saturating_sub(base) as f64 * 1024.0 / n.max(1) as f64;
+    let mut extra = BTreeMap::new();
+    extra.insert("consumer_rss_base_kb".into(), base as f64);
+    extra.insert("bytes_per_conn_connected".into(), per(connected));
+    extra.insert("bytes_per_conn_after_a_call".into(), per(used));
+    steps.push(Step {
+        scenario: "idle".into(),
+        label: format!("{n} idle conns"),
+        connections: n,
+        qps: 0.0,
+        ceiling: None,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        max_ms: 0.0,
+        requests: ok + errors.values().sum::<u64>(),
+        errors,
+        agents,
+        extra,
+    });
+    Ok(())
+}
+
+/// Everything a scenario run measured.
+#[derive(Debug, Clone, Default)]
+pub struct ScenarioReport {
+    /// Measured steps, in order.
+    pub steps: Vec<Step>,
+    /// Scenarios that failed, with why.
+    pub failures: Vec<(String, String)>,
+}
+
+/// Runs the chosen scenarios; a scenario that fails is recorded and the others still
+/// run. Every process started is stopped before this returns.
+///
+/// # Errors
+/// The binaries could not be found or built.
+pub fn run(opts: &ScenarioOpts) -> io::Result<ScenarioReport> {
+    let bins = find_bins(opts)?;
+    std::fs::create_dir_all(&opts.out)?;
+    type Runner = fn(&ScenarioOpts, &Bins, &mut Vec<Step>) -> io::Result<()>;
+    let all: [(Which, &str, Runner); 4] = [
+        (Which::Classic, "classic", classic),
+        (Which::Uneven, "uneven", uneven),
+        (Which::Overhead, "overhead", overhead),
+        (Which::Idle, "idle", idle),
+    ];
+    let mut report = ScenarioReport::default();
+    for (w, name, f) in all {
+        if opts.which != Which::All && opts.which != w {
+            continue;
+        }
+        if let Err(e) = f(opts, &bins, &mut report.steps) {
+            eprintln!("{name}: failed: {e}");
+            report.failures.push((name.to_owned(), e.to_string()));
+        }
+    }
+    Ok(report)
+}
