@@ -383,7 +383,10 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn fire_timers(&mut self) {
-        while let Some((timer, kind)) = self.core.timers.pop_due(self.core.now) {
+        // Only timers set before this round: one set from a callback below, even with
+        // zero delay, fires next iteration, after I/O and messages had their turn.
+        let last_seq = self.core.timers.last_seq();
+        while let Some((timer, kind)) = self.core.timers.pop_due_until(self.core.now, last_seq) {
             match kind {
                 TimerKind::User { token, .. } => {
                     let (h, mut cx) = self.cx();

@@ -96,11 +96,28 @@ impl<C: Copy> Timers<C> {
         matches!(self.entries.get(index as usize), Some(e) if e.gen == gen)
     }
 
+    /// The sequence number of the latest timer set (see [`Timers::pop_due_until`]).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Pops one timer due at `now`, re-arming periodic ones.
+    #[cfg(test)]
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, TimerKind<C>)> {
+        self.pop_due_until(now, u64::MAX)
+    }
+
+    /// Pops one timer due at `now` and set no later than `last_seq`, re-arming periodic
+    /// ones. Timers set while firing (even with zero delay) wait for the next round, so
+    /// a timer that re-arms itself cannot keep the loop from polling.
+    pub(crate) fn pop_due_until(
+        &mut self,
+        now: Instant,
+        last_seq: u64,
+    ) -> Option<(TimerId, TimerKind<C>)> {
         loop {
-            let Reverse((deadline, _, index, gen)) = *self.heap.peek()?;
-            if deadline > now {
+            let Reverse((deadline, seq, index, gen)) = *self.heap.peek()?;
+            if deadline > now || seq > last_seq {
                 return None;
             }
             self.heap.pop();

@@ -163,3 +163,61 @@ fn hundred_thousand_created_and_cancelled() {
     let count = fired.iter().filter(|f| **f).count() as u64;
     assert_eq!(count, COUNT / KEEP, "every kept timer fired once");
 }
+
+/// Re-arms a zero-delay timer from its own callback (a "run again next iteration"
+/// idiom), forever; answers each message with how often the timer fired.
+#[derive(Debug)]
+struct Spinner {
+    tx: Sender<u64>,
+    fired: u64,
+    started: bool,
+}
+
+impl Handler for Spinner {
+    type Tag = ();
+    type Msg = ();
+
+    fn message(&mut self, cx: &mut Ctx<'_, Self>, _: ()) {
+        if !self.started {
+            self.started = true;
+            cx.set_timer(Duration::ZERO, 0);
+        }
+        self.tx.send(self.fired).unwrap();
+    }
+
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: TimerId, _: u64) {
+        self.fired += 1;
+        cx.set_timer(Duration::ZERO, 0);
+    }
+
+    fn data(&mut self, _: &mut Ctx<'_, Self>, _: Conn<()>, input: &[u8]) -> usize {
+        input.len()
+    }
+}
+
+/// A timer set from a timer callback waits for the next iteration even when already
+/// due, so a zero-delay chain cannot starve messages, I/O and a stop.
+#[test]
+fn zero_delay_timer_chain_does_not_starve_the_loop() {
+    let (tx, rx) = channel();
+    let r = Running::new(
+        Builder::<()>::new(Config::default())
+            .start(move |_, _| Spinner {
+                tx: tx.clone(),
+                fired: 0,
+                started: false,
+            })
+            .unwrap(),
+    );
+    let h = r.reactor().handles()[0].clone();
+    let mut fired = 0;
+    for _ in 0..100 {
+        h.send(()).unwrap();
+        fired = recv(&rx, "an answer while the timer chain runs");
+        if fired > 0 {
+            break;
+        }
+    }
+    assert!(fired > 0, "the timer chain never ran");
+    r.shutdown();
+}
