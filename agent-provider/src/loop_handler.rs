@@ -415,6 +415,12 @@ impl ProviderLoop {
                         cx.close(conn);
                         return input.len();
                     }
+                    if cx.is_congested(conn) {
+                        // The consumer is not reading its answers: stop reading its
+                        // requests until it does (see `drained`).
+                        cx.pause_reading(conn);
+                        break;
+                    }
                 }
                 Err(e) => {
                     log::debug!("loop {}: bad agent frame: {e}; closing", self.index);
@@ -511,12 +517,19 @@ impl ProviderLoop {
         if self.timeout_text.0 != timeout_ms || self.timeout_text.1.is_empty() {
             self.timeout_text = (timeout_ms, timeout_ms.to_string());
         }
-        let mut attachments: Vec<(&str, Option<&str>)> =
-            Vec::with_capacity(req.attachments.len() + 1);
-        attachments.extend(req.attachments.clone().map(|(k, v)| (k, Some(v))));
-        if !attachments.iter().any(|(k, _)| *k == "timeout") {
-            attachments.push(("timeout", Some(self.timeout_text.1.as_str())));
-        }
+        // The common case (no attachments from the consumer) needs no allocation.
+        let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
+        let mut owned: Vec<(&str, Option<&str>)> = Vec::new();
+        let attachments: &[(&str, Option<&str>)] = if req.attachments.remaining() == 0 {
+            &timeout_only
+        } else {
+            owned.reserve(req.attachments.len() + 1);
+            owned.extend(req.attachments.clone().map(|(k, v)| (k, Some(v))));
+            if !owned.iter().any(|(k, _)| *k == "timeout") {
+                owned.extend_from_slice(&timeout_only);
+            }
+            &owned
+        };
         let dubbo_id = if req.one_way {
             0
         } else {
@@ -537,14 +550,13 @@ impl ProviderLoop {
             method: &sig.method,
             descriptor: &sig.parameter_types,
             args: req.args,
-            attachments: dubbo::Attachments::Standard(&attachments),
+            attachments: dubbo::Attachments::Standard(attachments),
         };
         let result = match cx.output(pconn) {
             Some(out) => dubbo::encode_request(out, &request)
                 .map_err(|e| (Status::BadRequest, e.to_string())),
             None => Err((Status::Unavailable, "provider not connected".to_owned())),
         };
-        drop(attachments);
         match result {
             Ok(()) => {
                 if let Some(c) = self.upstream.conns.get_mut(slot) {
@@ -640,6 +652,12 @@ impl Handler for ProviderLoop {
         match conn.tag {
             Tag::Agent => self.agent_data(cx, conn.id, input),
             Tag::Provider(slot) => self.provider_data(cx, slot, conn.id, input),
+        }
+    }
+
+    fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
+        if conn.tag == Tag::Agent {
+            cx.resume_reading(conn.id);
         }
     }
 

@@ -185,15 +185,10 @@ fn split(id: u64) -> Option<(u32, usize)> {
 mod tests {
     use super::*;
 
+    /// A real `ConnId` (it has no public constructor): accept one connection on a tiny
+    /// reactor and report the id it got. The upstream only stores it.
     fn conn_id() -> ConnId {
-        // No public constructor: borrow one from a real connection-free source.
-        // The upstream only stores it, so any value works; build via a loop-less trick.
-        unreachable_conn_id()
-    }
-
-    fn unreachable_conn_id() -> ConnId {
         use std::sync::mpsc;
-        // Start a tiny reactor, accept one connection, and report its id.
         struct H(mpsc::Sender<ConnId>);
         impl reactor::Handler for H {
             type Tag = ();

@@ -126,3 +126,73 @@ fn graceful_stop_drains_calls_in_flight() {
     );
     provider.kill();
 }
+
+#[test]
+fn heartbeats_both_ways() {
+    init_log();
+    // Our side: an idle connection gets a heartbeat after --heartbeat-secs.
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
+    cfg.heartbeat_secs = 1;
+    let agent = agent_provider::run(cfg).unwrap();
+    wait_for(5, "a heartbeat", || {
+        provider
+            .heartbeats
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    });
+    agent.stop();
+    provider.kill();
+
+    // The provider's side: its heartbeat request is answered.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent = agent_provider::run(agent_config(
+        listener.local_addr().unwrap(),
+        SerializationArg::Hessian2,
+    ))
+    .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    codec::dubbo::encode_heartbeat_request(&mut out, 0x1234);
+    s.write_all(&out).unwrap();
+    let mut reply = [0u8; 17];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        reply,
+        [0xda, 0xbb, 0x22, 0x14, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0, 0, 1, b'N']
+    );
+    agent.stop();
+}
+
+#[test]
+fn several_loops_and_provider_connections() {
+    init_log();
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
+    cfg.loops = 2;
+    cfg.provider_conns = 2;
+    let agent = agent_provider::run(cfg).unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connections", || m.provider_up());
+    let addr = agent.local_addr();
+    let clients: Vec<_> = (0..6)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.define_hash();
+                for i in 0..50u64 {
+                    let s = format!("{k}-{i}");
+                    assert_eq!(c.call_hash(i, &s).int(), codec::java::string_hash_code(&s));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(m.requests(), 300);
+    assert_eq!(m.responses(codec::agent::Status::Ok), 300);
+    agent.stop();
+    provider.kill();
+}

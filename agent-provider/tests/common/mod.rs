@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ pub struct MockProvider {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Every request frame received, whole.
     pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Heartbeat requests received.
+    pub heartbeats: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -55,6 +57,8 @@ impl MockProvider {
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
+        let heartbeats = Arc::new(AtomicUsize::new(0));
+        let h = heartbeats.clone();
         let (b, r, s, c) = (
             behaviour.clone(),
             received.clone(),
@@ -68,14 +72,15 @@ impl MockProvider {
                 }
                 let Ok(stream) = stream else { continue };
                 c.lock().unwrap().push(stream.try_clone().unwrap());
-                let (b, r) = (b.clone(), r.clone());
-                std::thread::spawn(move || serve(stream, ser, b, r));
+                let (b, r, h) = (b.clone(), r.clone(), h.clone());
+                std::thread::spawn(move || serve(stream, ser, b, r, h));
             }
         });
         MockProvider {
             addr,
             behaviour,
             received,
+            heartbeats,
             stop,
             conns,
         }
@@ -114,6 +119,7 @@ fn serve(
     ser: Serialization,
     b: Arc<Mutex<Behaviour>>,
     received: Arc<Mutex<Vec<Vec<u8>>>>,
+    heartbeats: Arc<AtomicUsize>,
 ) {
     let writer = Arc::new(Mutex::new(stream.try_clone().unwrap()));
     let mut buf = Vec::new();
@@ -137,6 +143,7 @@ fn serve(
             let id = frame.id();
             if frame.is_event() {
                 if frame.is_request() && frame.is_two_way() {
+                    heartbeats.fetch_add(1, Ordering::SeqCst);
                     let mut out = Vec::new();
                     dubbo::encode_heartbeat_reply(&mut out, id);
                     let _ = writer.lock().unwrap().write_all(&out);
