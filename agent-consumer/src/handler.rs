@@ -488,6 +488,15 @@ impl ConsumerLoop {
             return;
         };
         c.sent = None;
+        if self
+            .upstreams
+            .table
+            .get(sent_to)
+            .is_some_and(|u| u.retiring)
+        {
+            self.remove_if_retired(cx, sent_to);
+        }
+        let Some(c) = self.call_mut(call) else { return };
         let (attempts, deadline, render, call_id) = (c.attempts, c.deadline, c.render, c.call_id);
         let latency = now.saturating_duration_since(sent_at).as_micros() as u64;
         if let Some(sig) = self.signatures.get(call_id) {
@@ -581,6 +590,31 @@ impl ConsumerLoop {
         }
     }
 
+    /// Drops a retiring upstream once no call is in flight on it.
+    fn remove_if_retired(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let retiring = self.upstreams.table.get(key).is_some_and(|u| u.retiring);
+        let busy = self
+            .calls
+            .iter()
+            .any(|(_, c)| c.sent.is_some_and(|(u, _)| u == key));
+        if !retiring || busy {
+            return;
+        }
+        if let Some(up) = self.upstreams.remove(key) {
+            log::info!(
+                "loop {}: provider-agent {} retired",
+                cx.loop_index(),
+                up.addr
+            );
+            if let Some(t) = up.reconnect {
+                cx.cancel_timer(t);
+            }
+            if let Some(conn) = up.conn {
+                cx.close(conn);
+            }
+        }
+    }
+
     fn on_agent_closed(
         &mut self,
         cx: &mut Ctx<'_, Self>,
@@ -652,16 +686,10 @@ impl ConsumerLoop {
                 .get(service)
                 .map_or(0, |s| s.members.len())
         );
-        for up in changes.dropped {
-            if let Some(t) = up.reconnect {
-                cx.cancel_timer(t);
-            }
-            if let Some(conn) = up.conn {
-                // Let calls in flight finish: close only after the answers drained?
-                // The provider-agent left the registry (deregistered on shutdown, so it
-                // drains them), so closing now would lose them; close when idle instead.
-                cx.close(conn);
-            }
+        // A provider-agent leaving the registry (e.g. shutting down) still answers the
+        // calls it has: its connection closes once they are answered, not before.
+        for key in changes.retired {
+            self.remove_if_retired(cx, key);
         }
         for key in changes.connect {
             self.connect(cx, key);

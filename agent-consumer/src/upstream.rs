@@ -25,8 +25,10 @@ pub struct Upstream {
     pub backoff: Backoff,
     /// Pending reconnect.
     pub reconnect: Option<TimerId>,
-    /// Services listing it; it is dropped when none does.
+    /// Services listing it; when none does it retires.
     pub services: usize,
+    /// Left the registry: gets no new calls, and is dropped once its calls are answered.
+    pub retiring: bool,
 }
 
 impl Upstream {
@@ -39,6 +41,7 @@ impl Upstream {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             reconnect: None,
             services: 0,
+            retiring: false,
         }
     }
 
@@ -99,8 +102,8 @@ pub struct Upstreams {
 pub struct Changes {
     /// Upstreams to connect (new).
     pub connect: Vec<usize>,
-    /// Upstreams no service lists any more: close their connection and drop them.
-    pub dropped: Vec<Upstream>,
+    /// Upstreams no service lists any more: they retire (see [`Upstream::retiring`]).
+    pub retired: Vec<usize>,
 }
 
 impl Upstreams {
@@ -143,9 +146,8 @@ impl Upstreams {
             } else if let Some(u) = self.table.get_mut(m.upstream) {
                 u.services -= 1;
                 if u.services == 0 {
-                    let u = self.table.remove(m.upstream);
-                    self.by_addr.remove(&u.addr);
-                    changes.dropped.push(u);
+                    u.retiring = true;
+                    changes.retired.push(m.upstream);
                 }
             }
         }
@@ -166,6 +168,7 @@ impl Upstreams {
                 None => {
                     if let Some(u) = self.table.get_mut(key) {
                         u.services += 1;
+                        u.retiring = false;
                     }
                     svc.members.push(Member {
                         upstream: key,
@@ -204,6 +207,13 @@ impl Upstreams {
             .iter_mut()
             .find(|m| m.upstream == upstream)
             .map(|m| &mut m.stats)
+    }
+
+    /// Forgets a retired upstream; returns it so its connection can be closed.
+    pub fn remove(&mut self, key: usize) -> Option<Upstream> {
+        let u = self.table.try_remove(key)?;
+        self.by_addr.remove(&u.addr);
+        Some(u)
     }
 
     /// The upstream whose connection is `conn`.

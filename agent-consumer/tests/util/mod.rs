@@ -24,6 +24,8 @@ pub enum Mode {
     Silent,
     /// PROVIDER_ERROR "boom".
     Fail,
+    /// hashCode, answered after this many milliseconds (concurrently).
+    Delay(u64),
 }
 
 /// A fake provider-agent on a thread per connection.
@@ -47,6 +49,7 @@ pub fn fake_agent(mode: Mode) -> FakeAgent {
 }
 
 fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
+    let writer = Arc::new(std::sync::Mutex::new(stream.try_clone().expect("clone")));
     let mut table = CallTable::new();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
@@ -68,6 +71,30 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                     calls.fetch_add(1, Ordering::SeqCst);
                     assert!(table.get(r.call_id).is_some(), "call defined before use");
                     match mode {
+                        Mode::Delay(ms) => {
+                            let arg = match hessian2::decode(r.args) {
+                                Ok(Decoded::Complete {
+                                    msg: Value::String(s),
+                                    ..
+                                }) => s,
+                                _ => String::new(),
+                            };
+                            let (id, writer) = (r.id, writer.clone());
+                            std::thread::spawn(move || {
+                                std::thread::sleep(Duration::from_millis(ms));
+                                let mut payload = Vec::new();
+                                hessian2::ser::write_int(
+                                    &mut payload,
+                                    codec::java::string_hash_code(&arg),
+                                );
+                                let mut frame = Vec::new();
+                                agent::encode_response(&mut frame, id, Status::Ok, &payload)
+                                    .expect("encode");
+                                if let Ok(mut w) = writer.lock() {
+                                    let _ = w.write_all(&frame);
+                                }
+                            });
+                        }
                         Mode::Hash => {
                             let arg = match hessian2::decode(r.args) {
                                 Ok(Decoded::Complete {
@@ -100,8 +127,11 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
             }
         }
         buf.drain(..pos);
-        if !out.is_empty() && stream.write_all(&out).is_err() {
-            return;
+        if !out.is_empty() {
+            let Ok(mut w) = writer.lock() else { return };
+            if w.write_all(&out).is_err() {
+                return;
+            }
         }
     }
 }
