@@ -277,6 +277,8 @@ impl<H: Handler> EventLoop<H> {
                         return;
                     }
                     match c.stream.read(&mut self.inbuf) {
+                        // The flush in progress finishes first, as in the open case.
+                        Ok(0) if c.unwritten() > 0 => c.peer_closed = true,
                         Ok(0) => self.core.schedule_close(id, CloseReason::PeerClosed),
                         Ok(_) => continue,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -105,3 +105,45 @@ fn reply_reaches_a_client_that_half_closed() {
     wait_count("closes", &stats.closed, 20);
     server.shutdown();
 }
+
+/// Answers the first bytes it gets, then closes (HTTP/1.0 style).
+#[derive(Debug)]
+struct ReplyThenClose;
+
+impl reactor::Handler for ReplyThenClose {
+    type Tag = ();
+    type Msg = ();
+
+    fn data(
+        &mut self,
+        cx: &mut reactor::Ctx<'_, Self>,
+        conn: reactor::Conn<()>,
+        input: &[u8],
+    ) -> usize {
+        cx.write(conn.id, &pattern(100_000));
+        cx.close(conn.id);
+        input.len()
+    }
+}
+
+/// The handler closes after answering while the client has already half-closed: the
+/// answer still goes out in full before the connection closes.
+#[test]
+fn reply_then_close_reaches_a_client_that_half_closed() {
+    let r = Running::new(
+        reactor::Builder::new(Config::default())
+            .listen(any_port(), ())
+            .start(|_, _| ReplyThenClose)
+            .unwrap(),
+    );
+    for _ in 0..20 {
+        let mut c = client(r.addr());
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).expect("read after half-close");
+        assert_eq!(back.len(), 100_000, "answer lost");
+        assert!(back == pattern(100_000));
+    }
+    r.shutdown();
+}
