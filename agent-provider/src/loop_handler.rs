@@ -173,6 +173,7 @@ impl ProviderLoop {
             return;
         }
         c.open = true;
+        c.readonly = false;
         c.backoff.reset();
         c.last_read = now;
         c.last_write = now;
@@ -202,6 +203,7 @@ impl ProviderLoop {
         let was_open = c.open;
         c.id = None;
         c.open = false;
+        c.readonly = false;
         if was_open {
             log::warn!(
                 "loop {}: provider connection {slot} lost: {reason:?}",
@@ -268,6 +270,15 @@ impl ProviderLoop {
                 if let Some(c) = self.upstream.conns.get_mut(slot) {
                     c.last_write = cx.now();
                 }
+            } else if matches!(frame.body, b"\x01R" | b"\"R\"\n" | b"\"R\"") {
+                log::info!(
+                    "loop {}: provider connection {slot} is read-only (provider shutting down)",
+                    self.index
+                );
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.readonly = true;
+                }
+                self.report();
             } else if !frame.is_heartbeat() {
                 log::info!(
                     "loop {}: provider event {:?}",

@@ -22,6 +22,9 @@ pub(crate) struct ProviderConn {
     pub(crate) id: Option<ConnId>,
     /// The connect has completed.
     pub(crate) open: bool,
+    /// The provider said it is shutting down (Dubbo's read-only event): send it nothing
+    /// new on this connection.
+    pub(crate) readonly: bool,
     pub(crate) backoff: Backoff,
     /// Last time bytes arrived on it.
     pub(crate) last_read: Instant,
@@ -36,6 +39,7 @@ impl ProviderConn {
         ProviderConn {
             id: None,
             open: false,
+            readonly: false,
             backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             last_read: now,
             last_write: now,
@@ -88,9 +92,9 @@ impl Upstream {
         self.pending.len()
     }
 
-    /// Whether any connection is open.
+    /// Whether any connection can take calls (open, not read-only).
     pub(crate) fn any_open(&self) -> bool {
-        self.conns.iter().any(|c| c.open)
+        self.conns.iter().any(|c| c.open && !c.readonly)
     }
 
     /// The next open connection, round robin: (slot, reactor id).
@@ -99,7 +103,7 @@ impl Upstream {
         for k in 0..n {
             let i = (self.cursor + k) % n;
             if let Some(c) = self.conns.get(i) {
-                if let (true, Some(id)) = (c.open, c.id) {
+                if let (true, false, Some(id)) = (c.open, c.readonly, c.id) {
                     self.cursor = (i + 1) % n;
                     return Some((i, id));
                 }

@@ -196,3 +196,28 @@ fn several_loops_and_provider_connections() {
     agent.stop();
     provider.kill();
 }
+
+#[test]
+fn readonly_event_stops_new_calls_on_that_connection() {
+    init_log();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent = agent_provider::run(agent_config(
+        listener.local_addr().unwrap(),
+        SerializationArg::Hessian2,
+    ))
+    .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    // Dubbo's read-only event: request, one-way, event, hessian2 string "R".
+    let mut out = Vec::new();
+    codec::dubbo::write_header(&mut out, 0xa2, 0, 1, 2);
+    out.extend_from_slice(&[0x01, b'R']);
+    s.write_all(&out).unwrap();
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    wait_for(5, "read-only noticed", || {
+        c.call_hash(1, "x").status == codec::agent::Status::Unavailable
+    });
+    agent.stop();
+}
