@@ -58,7 +58,8 @@ pub struct Config {
     pub input_buffer: usize,
     /// Reads per connection per readiness event before others get their turn (default: 16).
     pub read_budget: usize,
-    /// Unconsumed input a connection may hold before it is closed (default: 4 MiB).
+    /// Unconsumed input a connection may hold before it is closed (default: 16 MiB,
+    /// above the codecs' largest frames).
     pub max_input: usize,
     /// Output above this marks a connection congested (default: 256 KiB).
     pub high_watermark: usize,
@@ -80,7 +81,7 @@ impl Default for Config {
             loops: 1,
             input_buffer: 64 * 1024,
             read_budget: 16,
-            max_input: 4 * 1024 * 1024,
+            max_input: 16 * 1024 * 1024,
             high_watermark: 256 * 1024,
             low_watermark: 32 * 1024,
             max_connections: 100_000,

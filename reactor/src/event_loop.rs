@@ -348,10 +348,7 @@ impl<H: Handler> EventLoop<H> {
                 let (h, mut cx) = self.cx();
                 h.data(&mut cx, conn, &input).min(input.len())
             };
-            input.drain(..consumed);
-            if !input.is_empty() {
-                keep_input(&mut self.core, id, &input);
-            }
+            put_back_input(&mut self.core, id, input, consumed);
         }
     }
 
@@ -372,10 +369,7 @@ impl<H: Handler> EventLoop<H> {
                     let (h, mut cx) = self.cx();
                     h.data(&mut cx, conn, &input).min(input.len())
                 };
-                input.drain(..consumed);
-                if !input.is_empty() {
-                    keep_input(&mut self.core, id, &input);
-                }
+                put_back_input(&mut self.core, id, input, consumed);
             }
             if self.core.get(id).is_some_and(|c| c.read_pending) {
                 self.read(id);
@@ -524,6 +518,33 @@ impl<H: Handler> EventLoop<H> {
         }
         self.process_closes();
     }
+}
+
+/// Returns a connection's own input buffer after the handler consumed `consumed` bytes
+/// of it: the rest stays (no copy of a partial message on every read), an empty buffer
+/// is freed.
+fn put_back_input<T: Copy, M>(
+    core: &mut Core<T, M>,
+    id: ConnId,
+    mut input: Vec<u8>,
+    consumed: usize,
+) {
+    let max = core.config.max_input;
+    let Some(c) = core.get_mut(id) else {
+        return;
+    };
+    if c.phase == Phase::Closing {
+        return;
+    }
+    input.drain(..consumed);
+    if input.is_empty() {
+        return;
+    }
+    if input.len() > max {
+        core.schedule_close(id, CloseReason::InputOverflow);
+        return;
+    }
+    c.input = input;
 }
 
 /// Keeps the bytes a handler left unconsumed in the connection's own buffer.

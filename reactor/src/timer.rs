@@ -75,9 +75,22 @@ impl<C: Copy> Timers<C> {
         match self.entries.get(id.index as usize) {
             Some(e) if e.gen == id.gen => {
                 self.entries.remove(id.index as usize);
+                self.compact();
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Cancelled entries stay in the heap until their deadline; when they outnumber the
+    /// live ones, sweep them out, so cancelling long timers by the million holds no
+    /// memory. Amortised O(1) per cancel.
+    fn compact(&mut self) {
+        if self.heap.len() > 2 * self.entries.len() + 1024 {
+            let entries = &self.entries;
+            self.heap.retain(|Reverse((_, _, index, gen))| {
+                matches!(entries.get(*index as usize), Some(e) if e.gen == *gen)
+            });
         }
     }
 
@@ -187,6 +200,22 @@ mod tests {
             .collect();
         assert_eq!(fired, vec![2, 22]);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn cancelled_timers_do_not_accumulate() {
+        let mut t: Timers<()> = Timers::new();
+        let far = Instant::now() + Duration::from_secs(30);
+        for i in 0..100_000 {
+            let id = t.insert(far, user(i));
+            t.cancel(id);
+        }
+        assert!(
+            t.heap.len() <= 1024 + 1,
+            "heap holds {} dead entries",
+            t.heap.len()
+        );
+        assert_eq!(t.next_deadline(), None);
     }
 
     #[test]
