@@ -343,7 +343,7 @@ impl<H: Handler> EventLoop<H> {
             }
         } else {
             c.input.extend_from_slice(&self.inbuf[..n]);
-            let mut input = std::mem::take(&mut c.input);
+            let input = std::mem::take(&mut c.input);
             let consumed = {
                 let (h, mut cx) = self.cx();
                 h.data(&mut cx, conn, &input).min(input.len())
@@ -363,7 +363,7 @@ impl<H: Handler> EventLoop<H> {
                 continue;
             }
             if !c.input.is_empty() {
-                let mut input = std::mem::take(&mut c.input);
+                let input = std::mem::take(&mut c.input);
                 let conn = Conn { id, tag: c.tag };
                 let consumed = {
                     let (h, mut cx) = self.cx();
