@@ -1,0 +1,56 @@
+//! `codec::dubbo::decode_request_body` and `decode_response_body` on a bare
+//! body, for serialization ids 2 (hessian2) and 6 (fastjson), with
+//! rendering of whatever decodes and a hessian2 round trip of result values.
+//!
+//! Input: byte 0 is the response status (0 stands for OK, 20), the rest the body.
+#![no_main]
+
+mod common;
+
+use codec::dubbo::{
+    decode_request_body, decode_response_body, encode_response, Outcome, Reply, Serialization,
+};
+use codec::Decoded;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&status, body)) = data.split_first() else {
+        return;
+    };
+    let status = if status == 0 {
+        codec::dubbo::status::OK
+    } else {
+        status
+    };
+    for ser in [Serialization::Hessian2, Serialization::Fastjson] {
+        match decode_request_body(ser.id(), body) {
+            Ok(b) => common::check_request_body(&b),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+        match decode_response_body(ser.id(), status, body) {
+            Ok(r) => {
+                common::check_response(&r);
+                if let (Serialization::Hessian2, Outcome::Value(v)) = (ser, &r.outcome) {
+                    if common::round_trippable(v) {
+                        let mut out = Vec::new();
+                        encode_response(&mut out, 7, ser, status, &Reply::Value(v), &[])
+                            .expect("a decoded value re-encodes");
+                        let Ok(Decoded::Complete { msg: f, consumed }) =
+                            codec::dubbo::decode_frame(&out)
+                        else {
+                            panic!("re-encoded response frame does not decode")
+                        };
+                        assert_eq!(consumed, out.len());
+                        let again = decode_response_body(f.serialization_id(), f.status(), f.body)
+                            .expect("re-encoded response body decodes");
+                        assert_eq!(again.outcome, r.outcome);
+                    }
+                }
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+    // Unsupported ids are refused, never guessed.
+    assert!(decode_request_body(3, body).is_err());
+    assert!(decode_response_body(3, status, body).is_err());
+});
