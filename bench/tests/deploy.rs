@@ -566,6 +566,14 @@ fn k8s_manifests_have_the_expected_shape() {
             assert!(!s(&c["image"]).is_empty(), "{at}: no image");
             assert!(c["resources"]["requests"].is_mapping(), "{at}: no requests");
             assert!(c["resources"]["limits"].is_mapping(), "{at}: no limits");
+            if !container_ports(c).is_empty() {
+                for probe in ["readinessProbe", "livenessProbe"] {
+                    assert!(
+                        c[probe].is_mapping(),
+                        "{at}: serves ports but has no {probe}"
+                    );
+                }
+            }
             let mut cmd = strings(&c["command"]);
             cmd.extend(strings(&c["args"]));
             let Some(bin) = cmd.first().filter(|b| BINARIES.contains(&b.as_str())) else {
