@@ -5,8 +5,18 @@ use codec::dubbo::{Outcome, RequestBody, Response};
 use codec::hessian2::{self, exception_message, Value};
 use codec::Decoded;
 
+/// Values larger than this are not rendered or re-encoded: a few hundred
+/// bytes of references may legitimately resolve to millions of nodes (up to
+/// `hessian2::MAX_NODES`), and rendering those is the harness's cost, not
+/// the decoder's.
+pub const MAX_RENDERED_NODES: usize = 100_000;
+
 /// Render a value every way the mesh does; none may panic.
 pub fn render(v: &Value) {
+    let _ = exception_message(v);
+    if v.node_count() > MAX_RENDERED_NODES {
+        return;
+    }
     let j = v.to_json();
     let _ = j.to_string();
     let _ = v.to_fastjson().to_string();
@@ -14,8 +24,6 @@ pub fn render(v: &Value) {
     if let Value::String(s) = v {
         assert_eq!(&t, s);
     }
-    let _ = exception_message(v);
-    assert!(v.node_count() >= 1);
 }
 
 /// Whether a value survives an encode/decode round trip unchanged: no cycle
@@ -36,7 +44,7 @@ pub fn round_trippable(v: &Value) -> bool {
 
 /// Re-encode a decoded value and decode it again: it must come back equal.
 pub fn round_trip(v: &Value) {
-    if !round_trippable(v) {
+    if !round_trippable(v) || v.node_count() > MAX_RENDERED_NODES {
         return;
     }
     let mut out = Vec::new();
@@ -46,6 +54,9 @@ pub fn round_trip(v: &Value) {
             assert_eq!(consumed, out.len(), "re-encoded value not wholly consumed");
             assert_eq!(&msg, v, "re-encoded value decodes differently");
         }
+        // Inline, a value resolved from references may exceed the budgets
+        // that its references stayed within.
+        Err(hessian2::Error::TooManyNodes { .. }) => {}
         other => panic!("re-encoded value does not decode: {other:?}"),
     }
 }

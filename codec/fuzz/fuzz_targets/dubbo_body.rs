@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(r) => {
                 common::check_response(&r);
                 if let (Serialization::Hessian2, Outcome::Value(v)) = (ser, &r.outcome) {
-                    if common::round_trippable(v) {
+                    if common::round_trippable(v) && v.node_count() <= common::MAX_RENDERED_NODES {
                         let mut out = Vec::new();
                         encode_response(&mut out, 7, ser, status, &Reply::Value(v), &[])
                             .expect("a decoded value re-encodes");
@@ -41,9 +41,14 @@ fuzz_target!(|data: &[u8]| {
                             panic!("re-encoded response frame does not decode")
                         };
                         assert_eq!(consumed, out.len());
-                        let again = decode_response_body(f.serialization_id(), f.status(), f.body)
-                            .expect("re-encoded response body decodes");
-                        assert_eq!(again.outcome, r.outcome);
+                        match decode_response_body(f.serialization_id(), f.status(), f.body) {
+                            Ok(again) => assert_eq!(again.outcome, r.outcome),
+                            // Inline, it may exceed budgets its references stayed within.
+                            Err(codec::dubbo::Error::Hessian(
+                                codec::hessian2::Error::TooManyNodes { .. },
+                            )) => {}
+                            Err(e) => panic!("re-encoded response body does not decode: {e}"),
+                        }
                     }
                 }
             }

@@ -75,14 +75,53 @@ struct ClassDef {
 ///
 /// On `Incomplete` or an error, the tables are rolled back to what they were
 /// before the call, so the same bytes can be offered again with more.
+///
+/// Resolved references are bounded too: a copy may not make the tree deeper
+/// than [`MAX_DEPTH`], and the copies kept in the reference table plus the
+/// copies made by resolving references over the decoder's whole life are
+/// bounded by [`MAX_NODES`], so a few bytes of references can neither nest
+/// values without limit nor fill memory, in one value or across the values
+/// of one body.
 #[derive(Debug, Default, Clone)]
 pub struct Decoder {
     classes: Vec<ClassDef>,
     types: Vec<String>,
     /// `None` while the value is being decoded (a reference to it is a cycle).
-    refs: Vec<Option<(Value, usize)>>,
+    refs: Vec<Option<RefEntry>>,
     /// Nodes produced in the current call, bounded by [`MAX_NODES`].
     nodes: usize,
+    /// Nodes copied into the reference table or out of it by resolving a
+    /// reference, over all calls; bounded by [`MAX_NODES`].
+    copied: usize,
+}
+
+/// A finished value in the reference table, with its size and height.
+#[derive(Debug, Clone)]
+struct RefEntry {
+    value: Value,
+    nodes: usize,
+    height: usize,
+}
+
+/// Nodes in `v` (itself included) and its height (1 for a scalar).
+fn measure(v: &Value) -> (usize, usize) {
+    let mut nodes = 1;
+    let mut height = 0;
+    let mut add = |c: &Value| {
+        let (n, h) = measure(c);
+        nodes += n;
+        height = height.max(h);
+    };
+    match v {
+        Value::List { items, .. } => items.iter().for_each(&mut add),
+        Value::Map { entries, .. } => entries.iter().for_each(|(k, v)| {
+            add(k);
+            add(v);
+        }),
+        Value::Object { fields, .. } => fields.iter().for_each(|(_, v)| add(v)),
+        _ => {}
+    }
+    (nodes, height + 1)
 }
 
 impl Decoder {
@@ -101,6 +140,7 @@ impl Decoder {
     /// type or reference index, or a limit exceeded.
     pub fn decode(&mut self, buf: &[u8]) -> Result<Decoded<Value>, Error> {
         let saved = (self.classes.len(), self.types.len(), self.refs.len());
+        let copied = self.copied;
         self.nodes = 0;
         let mut r = Reader { buf, pos: 0 };
         let res = self.value(&mut r, 0);
@@ -108,6 +148,7 @@ impl Decoder {
             d.classes.truncate(saved.0);
             d.types.truncate(saved.1);
             d.refs.truncate(saved.2);
+            d.copied = copied;
         };
         match res {
             Ok(msg) => Ok(Decoded::Complete {
@@ -123,6 +164,15 @@ impl Decoder {
                 Err(e)
             }
         }
+    }
+
+    /// Charge `n` copied nodes to the decoder's lifetime budget.
+    fn charge_copy(&mut self, n: usize) -> Step<()> {
+        self.copied = self.copied.saturating_add(n);
+        if self.copied > MAX_NODES {
+            return Err(Error::TooManyNodes { max: MAX_NODES }.into());
+        }
+        Ok(())
     }
 
     fn bump(&mut self, n: usize) -> Step<()> {
@@ -191,7 +241,7 @@ impl Decoder {
             0x60..=0x6f => self.object(r, depth, i64::from(tag - 0x60))?,
             0x51 => {
                 let idx = read_int(r)?;
-                self.reference(i64::from(idx))?
+                self.reference(i64::from(idx), depth)?
             }
             _ => {
                 return Err(Error::UnexpectedTag {
@@ -266,24 +316,41 @@ impl Decoder {
         self.refs.len() - 1
     }
 
-    fn fill_ref(&mut self, slot: usize, v: &Value) {
+    fn fill_ref(&mut self, slot: usize, v: &Value) -> Step<()> {
+        let (nodes, height) = measure(v);
+        // Charge the copy kept in the table before making it.
+        self.charge_copy(nodes)?;
         if let Some(s) = self.refs.get_mut(slot) {
-            *s = Some((v.clone(), v.node_count()));
+            *s = Some(RefEntry {
+                value: v.clone(),
+                nodes,
+                height,
+            });
         }
+        Ok(())
     }
 
-    fn reference(&mut self, idx: i64) -> Step<Value> {
+    /// Resolve reference `idx` met at nesting `depth`: a copy of the value,
+    /// or [`Value::Ref`] for a value still being decoded (a cycle).
+    fn reference(&mut self, idx: i64, depth: usize) -> Step<Value> {
         let entry = usize::try_from(idx)
             .ok()
             .and_then(|i| self.refs.get(i).map(|e| (i, e)));
         match entry {
             None => Err(Error::UnknownRef { index: idx }.into()),
             Some((i, None)) => Ok(Value::Ref(i)),
-            Some((i, Some((_, n)))) => {
-                // Charge the copy to the budget before making it.
-                self.bump(*n)?;
+            Some((i, Some(e))) => {
+                let (nodes, height) = (e.nodes, e.height);
+                // The copy takes the reference's place at `depth`: the tree
+                // must stay within MAX_DEPTH, as if it had been sent inline.
+                if depth + height > MAX_DEPTH {
+                    return Err(Error::TooDeep { max: MAX_DEPTH }.into());
+                }
+                // Charge the copy to the budgets before making it.
+                self.bump(nodes)?;
+                self.charge_copy(nodes)?;
                 match self.refs.get(i) {
-                    Some(Some((v, _))) => Ok(v.clone()),
+                    Some(Some(e)) => Ok(e.value.clone()),
                     _ => Err(Error::UnknownRef { index: idx }.into()),
                 }
             }
@@ -316,7 +383,7 @@ impl Decoder {
             }
         }
         let v = Value::List { type_name, items };
-        self.fill_ref(slot, &v);
+        self.fill_ref(slot, &v)?;
         Ok(v)
     }
 
@@ -333,7 +400,7 @@ impl Decoder {
         }
         r.pos += 1;
         let v = Value::Map { type_name, entries };
-        self.fill_ref(slot, &v);
+        self.fill_ref(slot, &v)?;
         Ok(v)
     }
 
@@ -353,7 +420,7 @@ impl Decoder {
             class: def.name,
             fields,
         };
-        self.fill_ref(slot, &v);
+        self.fill_ref(slot, &v)?;
         Ok(v)
     }
 }

@@ -59,6 +59,8 @@ pub const MAX_COLLECTION_LEN: usize = 1 << 24;
 pub const MAX_FIELDS: usize = 4096;
 /// Most value nodes one decode call may produce, copies made by resolving
 /// references included: a few bytes of references cannot blow up memory.
+/// A [`Decoder`] also bounds by it the nodes it copies into its reference
+/// table or out of it over its whole life (all the values of one body).
 pub const MAX_NODES: usize = 1 << 22;
 
 /// Why hessian2 bytes (or a JSON argument) could not be handled.
@@ -114,7 +116,8 @@ pub enum Error {
         /// The index found.
         index: i64,
     },
-    /// More than [`MAX_NODES`] values in one decode call.
+    /// More than [`MAX_NODES`] values in one decode call, or more than
+    /// [`MAX_NODES`] copied by references in one [`Decoder`]'s life.
     TooManyNodes {
         /// The limit.
         max: usize,
