@@ -182,9 +182,14 @@ fn strings_short_medium_chunked() {
     assert_eq!(enc(&"a".repeat(1024))[..3], hex("53 04 00"));
     // é is one unit, two bytes: the length counts units.
     assert_eq!(enc("é"), hex("01 c3 a9"));
-    // Non-BMP: two units, written as one 4-byte UTF-8 sequence.
-    assert_eq!(enc("😀"), hex("02 f0 9f 98 80"));
-    // Java's CESU-8 form decodes to the same string.
+    // Non-BMP: two units, written as Java does: each surrogate as 3 bytes (CESU-8).
+    assert_eq!(enc("😀"), hex("02 ed a0 bd ed b8 80"));
+    assert_eq!(enc("a😀b"), hex("04 61 ed a0 bd ed b8 80 62"));
+    // The 4-byte UTF-8 form other encoders write decodes to the same string.
+    assert_eq!(
+        decode_all(&hex("02 f0 9f 98 80")),
+        Value::String("😀".into())
+    );
     assert_eq!(
         decode_all(&hex("02 ed a0 bd ed b8 80")),
         Value::String("😀".into())

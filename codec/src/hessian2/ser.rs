@@ -2,9 +2,10 @@
 //! need the class-definition table (objects).
 //!
 //! Every number takes its most compact form, as Java's `Hessian2Output` does.
-//! Characters outside the BMP are written as one 4-byte UTF-8 sequence
-//! (counted as two UTF-16 units in the length), not as Java's CESU-8 pair:
-//! both Caucho 4.0.38 and our decoder read it, and it is what `str` holds.
+//! Characters outside the BMP are written as Java writes them: each UTF-16
+//! surrogate as its own 3-byte sequence (CESU-8). Java's `Hessian2Input` and
+//! hessian.js (behind sofa-rpc-node) read only that form; a 4-byte UTF-8
+//! sequence made sofa-rpc-node drop the connection. Our decoder reads both.
 
 use super::Value;
 
@@ -142,11 +143,36 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
         let last = end == rest.len();
         string_chunk_header(out, units, last);
         let (chunk, tail) = rest.split_at(end);
-        out.extend_from_slice(chunk.as_bytes());
+        put_cesu8(out, chunk);
         if last {
             return;
         }
         rest = tail;
+    }
+}
+
+/// Appends `s` as CESU-8: UTF-8, except that a character outside the BMP becomes
+/// its two UTF-16 surrogates, each written as a 3-byte sequence.
+fn put_cesu8(out: &mut Vec<u8>, s: &str) {
+    // 4-byte UTF-8 sequences are the only ones starting with 0xf0..=0xf4.
+    if !s.bytes().any(|b| b >= 0xf0) {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    for c in s.chars() {
+        if c.len_utf8() < 4 {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        let mut units = [0u16; 2];
+        for &u in c.encode_utf16(&mut units).iter() {
+            out.extend_from_slice(&[
+                0xe0 | (u >> 12) as u8,
+                0x80 | ((u >> 6) & 0x3f) as u8,
+                0x80 | (u & 0x3f) as u8,
+            ]);
+        }
     }
 }
 
