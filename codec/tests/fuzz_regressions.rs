@@ -24,7 +24,7 @@ fn reference_chain(items: usize) -> Vec<u8> {
     const NEST: usize = 62;
     let mut b = vec![b'W'];
     for i in 0..items {
-        b.extend(std::iter::repeat(0x79).take(NEST));
+        b.extend(std::iter::repeat_n(0x79, NEST));
         match i {
             0 => b.push(b'N'),
             _ => write_ref(&mut b, 1 + NEST * (i - 1)),
@@ -72,7 +72,7 @@ fn reference_copies_nest_past_max_depth() {
 fn doubling_lists() -> Vec<u8> {
     let mut b = vec![b'W', b'X'];
     hessian2::write_int(&mut b, 16);
-    b.extend(std::iter::repeat(0x91).take(16));
+    b.extend(std::iter::repeat_n(0x91, 16));
     for level in 1..5 {
         b.push(b'X');
         hessian2::write_int(&mut b, 16);
