@@ -297,7 +297,6 @@ struct Load {
     want: usize,
     warm_end: Instant,
     end: Instant,
-    next_flush: Instant,
     done: bool,
     local_total: Stats,
     local_interval: Stats,
@@ -429,7 +428,6 @@ impl Handler for Load {
         let Msg::Start { warm_end, end } = msg;
         self.warm_end = warm_end;
         self.end = end;
-        self.next_flush = cx.now() + Duration::from_secs(1);
         let every =
             (self.opts.timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
         cx.set_periodic(every, TICK);
@@ -517,10 +515,8 @@ impl Handler for Load {
             cx.exit();
             return;
         }
-        if now >= self.next_flush {
-            self.next_flush = now + Duration::from_secs(1);
-            self.flush();
-        }
+        // Every tick: the progress line sees every loop's latest counts.
+        self.flush();
     }
 
     fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
@@ -573,7 +569,6 @@ pub fn run(opts: &LoadOpts) -> io::Result<LoadReport> {
             want: per_loop + usize::from(index < extra),
             warm_end: now,
             end: now,
-            next_flush: now,
             done: false,
             local_total: Stats::default(),
             local_interval: Stats::default(),
