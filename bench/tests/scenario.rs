@@ -20,7 +20,7 @@ fn quick_classic_and_idle_run_clean() {
     assert_eq!(r.steps.len(), 2);
     for s in &r.steps {
         assert!(s.qps > 0.0, "{s:?}");
-        assert!(s.errors.get("wrong").is_none(), "{s:?}");
+        assert!(!s.errors.contains_key("wrong"), "{s:?}");
         assert_eq!(s.agents.len(), 4);
     }
     bench::report::write_all(&r, out.path()).unwrap();
