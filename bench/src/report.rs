@@ -39,7 +39,13 @@ fn agents_text(s: &Step) -> String {
 fn extra_text(s: &Step) -> String {
     s.extra
         .iter()
-        .map(|(k, v)| format!("{k}={v:.1}"))
+        .map(|(k, v)| {
+            if v.abs() < 10.0 {
+                format!("{k}={v:.3}")
+            } else {
+                format!("{k}={v:.0}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
