@@ -1,34 +1,70 @@
-//! The scenario runner end to end (needs the agent binaries; built on demand).
-//! Ignored by default: `cargo test -p bench --release --test scenario -- --ignored`.
+//! The scenario runner end to end: the whole mesh (three mock providers, three
+//! provider-agents, a consumer-agent, the embedded registry) as child processes, short
+//! steps. Checks the report is consistent and every process it started is gone.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bench::scenario::{self, ScenarioOpts, Which};
 
+/// Children of this process still alive (zombies excluded).
+fn live_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
+            found.push(stat[..close + 1].to_owned());
+        }
+    }
+    found
+}
+
 #[test]
-#[ignore = "starts the whole mesh; slow"]
-fn quick_classic_and_idle_run_clean() {
-    let out = tempfile::tempdir().unwrap();
+fn quick_scenarios_run_clean_and_stop_everything() {
+    let out = tempfile::tempdir().expect("tempdir");
     let mut opts = ScenarioOpts::new(Which::Classic, true);
     opts.out = out.path().to_path_buf();
     opts.bench_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_bench")));
     opts.warmup = Duration::from_millis(500);
     opts.duration = Duration::from_secs(1);
-    let r = scenario::run(&opts).unwrap();
+    let r = scenario::run(&opts).expect("scenario");
     assert!(r.failures.is_empty(), "{:?}", r.failures);
     assert_eq!(r.steps.len(), 2);
     for s in &r.steps {
-        assert!(s.qps > 0.0, "{s:?}");
-        assert!(!s.errors.contains_key("wrong"), "{s:?}");
-        assert_eq!(s.agents.len(), 4);
+        assert!(s.requests > 0 && s.qps > 0.0, "{s:?}");
+        assert!(s.errors.is_empty(), "every request answered right: {s:?}");
+        assert_eq!(
+            s.agents.len(),
+            4,
+            "consumer-agent and three provider-agents measured"
+        );
     }
-    bench::report::write_all(&r, out.path()).unwrap();
-    assert!(out.path().join("qps.svg").exists());
+    bench::report::write_all(&r, out.path()).expect("report");
+    for f in ["report.json", "report.md", "qps.svg"] {
+        assert!(out.path().join(f).exists(), "{f} written");
+    }
+    assert_eq!(
+        live_children(),
+        Vec::<String>::new(),
+        "every process stopped"
+    );
 
     opts.which = Which::Idle;
     opts.idle_connections = 200;
-    let r = scenario::run(&opts).unwrap();
+    let r = scenario::run(&opts).expect("idle scenario");
     assert!(r.failures.is_empty(), "{:?}", r.failures);
     assert!(r.steps[0].extra.contains_key("bytes_per_conn_connected"));
+    assert_eq!(
+        live_children(),
+        Vec::<String>::new(),
+        "every process stopped"
+    );
 }
