@@ -1,0 +1,711 @@
+//! Faults under load, with the real agents as child processes on loopback: a
+//! provider-agent killed and restarted, a mock provider killed and restarted, a provider
+//! that never answers, a provider answering garbage. The checking load generator
+//! (`bench::load`) verifies every answer it gets (Java `hashCode` of the parameter);
+//! errors must be of the expected HTTP statuses and bounded, and the consumer-agent must
+//! survive everything. Every child is SIGKILLed and reaped on drop.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bench::load::{self, LoadOpts, LoadReport, Params};
+use bench::procs::{free_addr, http_get_status};
+use bench::provider::{self, ProviderOpts, SERVICE};
+
+/// The tests share two busy cores: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A child process, SIGKILLed and reaped when dropped.
+struct Kid {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Kid {
+    fn start(name: &str, program: &Path, args: &[String], dir: &Path) -> Kid {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Kid {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// kill -9 and reap (a zombie would still look alive in /proc).
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        let c = self.child.as_mut().expect("started");
+        if let Ok(Some(st)) = c.try_wait() {
+            panic!("{} exited ({st}):\n{}", self.name, self.tail());
+        }
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Where cargo put the agent binaries: the test binary is in target/<profile>/deps.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    let p = deps.parent().expect("profile dir").join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p agent-consumer -p agent-provider` first",
+        p.display()
+    );
+    p
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn wait_healthy(admin: SocketAddr, kid: &mut Kid) {
+    let ok = wait_until(Duration::from_secs(20), || {
+        kid.assert_alive();
+        http_get_status(admin, "/healthz").ok() == Some(200)
+    });
+    assert!(ok, "{} not healthy:\n{}", kid.name, kid.tail());
+}
+
+/// The sum of a metric's samples (all label sets) on an admin port.
+fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            sum = Some(sum.unwrap_or(0.0) + v);
+        }
+    }
+    sum
+}
+
+fn metric_or_zero(admin: SocketAddr, name: &str) -> f64 {
+    metric(admin, name).unwrap_or(0.0)
+}
+
+/// One call on a fresh connection: (status, whether a 200 carried the right hash).
+fn one_call(addr: SocketAddr, param: &str) -> io::Result<(u16, bool)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (req, expected) = load::race_request(&addr.to_string(), param, None);
+    s.write_all(&req)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if let Some(body) = buf.get(head..head + len) {
+                let code = resp.code.unwrap_or(0);
+                let right = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|b| b.trim().parse::<i32>().ok())
+                    == Some(expected);
+                return Ok((code, code == 200 && right));
+            }
+        }
+    }
+}
+
+/// A whole mesh: a file registry in a temp dir, provider-agents, one consumer-agent.
+struct Mesh {
+    dir: tempfile::TempDir,
+    registry: String,
+    reg_dir: PathBuf,
+}
+
+/// A provider-agent's addresses.
+#[derive(Clone, Copy)]
+struct AgentAddrs {
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        let dir = tempfile::Builder::new()
+            .prefix("dubbo-mesh-faults")
+            .tempdir()
+            .expect("tempdir");
+        let reg_dir = dir.path().join("registry");
+        std::fs::create_dir_all(&reg_dir).expect("registry dir");
+        let registry = format!("file://{}", reg_dir.display());
+        Mesh {
+            dir,
+            registry,
+            reg_dir,
+        }
+    }
+
+    fn logs(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `bench provider` as a child (so it can be killed -9).
+    fn provider_proc(&self, name: &str, addr: SocketAddr, latency_ms: u64) -> Kid {
+        let args: Vec<String> = vec![
+            "provider".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--latency-ms".into(),
+            latency_ms.to_string(),
+            "--threads".into(),
+            "400".into(),
+        ];
+        let mut k = Kid::start(
+            name,
+            Path::new(env!("CARGO_BIN_EXE_bench")),
+            &args,
+            self.logs(),
+        );
+        let ok = wait_until(Duration::from_secs(20), || {
+            k.assert_alive();
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(ok, "{name} not listening:\n{}", k.tail());
+        k
+    }
+
+    fn provider_agent(&self, name: &str, a: AgentAddrs, provider: SocketAddr) -> Kid {
+        let args: Vec<String> = [
+            "--listen",
+            &a.listen.to_string(),
+            "--provider",
+            &provider.to_string(),
+            "--service",
+            SERVICE,
+            "--registry",
+            &self.registry,
+            "--advertise",
+            &a.listen.to_string(),
+            "--admin",
+            &a.admin.to_string(),
+            "--max-inflight",
+            "400",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut k = Kid::start(name, &bin("provider-agent"), &args, self.logs());
+        wait_healthy(a.admin, &mut k);
+        k
+    }
+
+    fn consumer(&self, listen: SocketAddr, admin: SocketAddr, timeout_ms: u64, lb: &str) -> Kid {
+        let args: Vec<String> = [
+            "--listen",
+            &listen.to_string(),
+            "--registry",
+            &self.registry,
+            "--service",
+            SERVICE,
+            "--lb",
+            lb,
+            "--timeout-ms",
+            &timeout_ms.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut k = Kid::start("consumer-agent", &bin("consumer-agent"), &args, self.logs());
+        wait_healthy(admin, &mut k);
+        let ok = wait_until(Duration::from_secs(20), || {
+            k.assert_alive();
+            matches!(one_call(listen, "hello"), Ok((200, true)))
+        });
+        assert!(
+            ok,
+            "no right answer through the consumer-agent:\n{}",
+            k.tail()
+        );
+        k
+    }
+
+    /// Whether `addr` is registered (file registry: `<dir>/<service>/<addr>.json`).
+    fn registered(&self, addr: SocketAddr) -> bool {
+        self.reg_dir
+            .join(SERVICE)
+            .join(format!("{addr}.json"))
+            .exists()
+    }
+}
+
+fn agent_addrs() -> AgentAddrs {
+    AgentAddrs {
+        listen: free_addr().expect("port"),
+        admin: free_addr().expect("port"),
+    }
+}
+
+fn start_load(target: SocketAddr, connections: usize, secs: f64) -> JoinHandle<LoadReport> {
+    let opts = LoadOpts {
+        target,
+        connections,
+        loops: 1,
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs_f64(secs),
+        params: Params::Ascii,
+        salt: None,
+        timeout: Duration::from_secs(8),
+        progress: false,
+    };
+    std::thread::spawn(move || load::run(&opts).expect("load run"))
+}
+
+/// No wrong answers, errors only of the given kinds and at most `max_errors`, some right.
+fn check_report(r: &LoadReport, allowed: &[&str], max_errors: u64) {
+    eprintln!("{}", r.summary());
+    assert!(
+        r.stats.ok > 0,
+        "no right answer at all: {:?}",
+        r.stats.errors
+    );
+    let bad: BTreeMap<&String, &u64> = r
+        .stats
+        .errors
+        .iter()
+        .filter(|(k, _)| !allowed.contains(&k.as_str()))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "unexpected errors {bad:?} (allowed {allowed:?})"
+    );
+    assert!(
+        r.stats.error_count() <= max_errors,
+        "{} errors, more than {max_errors}: {:?}",
+        r.stats.error_count(),
+        r.stats.errors
+    );
+}
+
+/// Children of this process still alive (zombies excluded).
+fn live_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
+            found.push(stat[..close + 1].to_owned());
+        }
+    }
+    found
+}
+
+const GATEWAY_ERRORS: [&str; 3] = ["status_502", "status_503", "status_504"];
+
+#[test]
+fn provider_agent_killed_and_restarted_under_load() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let (p1, p2) = (free_addr().unwrap(), free_addr().unwrap());
+    let _prov1 = mesh.provider_proc("provider-1", p1, 10);
+    let _prov2 = mesh.provider_proc("provider-2", p2, 10);
+    let (a1, a2) = (agent_addrs(), agent_addrs());
+    let mut agent1 = mesh.provider_agent("provider-agent-1", a1, p1);
+    let mut agent2 = mesh.provider_agent("provider-agent-2", a2, p2);
+    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let mut consumer = mesh.consumer(c, c_admin, 2000, "adaptive");
+
+    let conns = 128;
+    let started = Instant::now();
+    let load_secs = 14.0;
+    let load = start_load(c, conns, load_secs);
+    let both = wait_until(Duration::from_secs(5), || {
+        metric_or_zero(a1.admin, "provider_agent_requests_total") > 0.0
+            && metric_or_zero(a2.admin, "provider_agent_requests_total") > 0.0
+    });
+    assert!(both, "both provider-agents get traffic before the kill");
+    std::thread::sleep(Duration::from_millis(500));
+
+    agent1.kill9();
+    let killed = Instant::now();
+    let base = metric_or_zero(a2.admin, "provider_agent_responses_ok_total");
+    let moved = wait_until(Duration::from_secs(1), || {
+        metric_or_zero(a2.admin, "provider_agent_responses_ok_total") > base
+    });
+    assert!(
+        moved,
+        "traffic continues on the other provider-agent within 1 s of the kill"
+    );
+    eprintln!("survivor answered again after {:?}", killed.elapsed());
+    let gone = wait_until(Duration::from_secs(3), || !mesh.registered(a1.listen));
+    assert!(gone, "the killed agent's registry entry is dropped");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Restart on the same ports: it must get traffic again within a few seconds.
+    let mut agent1 = mesh.provider_agent("provider-agent-1-restarted", a1, p1);
+    let back = wait_until(Duration::from_secs(6), || {
+        metric_or_zero(a1.admin, "provider_agent_responses_ok_total") > 0.0
+    });
+    let back_after = killed.elapsed();
+    assert!(
+        back,
+        "the restarted provider-agent gets traffic again:\n{}",
+        agent1.tail()
+    );
+    assert!(
+        started.elapsed().as_secs_f64() < load_secs,
+        "the restart was checked while the load ran"
+    );
+    eprintln!("restarted agent answering {back_after:?} after the kill");
+
+    let r = load.join().expect("load thread");
+    // Only calls in flight on the killed agent may fail: at most one per connection.
+    check_report(&r, &GATEWAY_ERRORS, conns as u64);
+    consumer.assert_alive();
+    agent1.assert_alive();
+    agent2.assert_alive();
+    assert_eq!(
+        one_call(c, "still there").expect("consumer-agent answers"),
+        (200, true)
+    );
+    drop((consumer, agent1, agent2, _prov1, _prov2));
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+#[test]
+fn provider_killed_and_restarted_under_load() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let (p1, p2) = (free_addr().unwrap(), free_addr().unwrap());
+    let mut prov1 = mesh.provider_proc("provider-1", p1, 10);
+    let _prov2 = mesh.provider_proc("provider-2", p2, 10);
+    let (a1, a2) = (agent_addrs(), agent_addrs());
+    let mut agent1 = mesh.provider_agent("provider-agent-1", a1, p1);
+    let mut agent2 = mesh.provider_agent("provider-agent-2", a2, p2);
+    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let mut consumer = mesh.consumer(c, c_admin, 2000, "adaptive");
+    assert!(mesh.registered(a1.listen) && mesh.registered(a2.listen));
+
+    let conns = 128;
+    let started = Instant::now();
+    let load_secs = 14.0;
+    let load = start_load(c, conns, load_secs);
+    let both = wait_until(Duration::from_secs(5), || {
+        metric_or_zero(a1.admin, "provider_agent_responses_ok_total") > 0.0
+            && metric_or_zero(a2.admin, "provider_agent_responses_ok_total") > 0.0
+    });
+    assert!(both, "both providers get traffic before the kill");
+    std::thread::sleep(Duration::from_millis(500));
+
+    prov1.kill9();
+    let base = metric_or_zero(a2.admin, "provider_agent_responses_ok_total");
+    let gone = wait_until(Duration::from_secs(3), || !mesh.registered(a1.listen));
+    assert!(
+        gone,
+        "the provider-agent deregisters when its provider dies:\n{}",
+        agent1.tail()
+    );
+    // Calls in flight at the provider fail UNAVAILABLE at the agent.
+    let unavailable = wait_until(Duration::from_secs(2), || {
+        metric(
+            a1.admin,
+            "provider_agent_errors_total{kind=\"unavailable\"}",
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    });
+    assert!(unavailable, "calls in flight are answered UNAVAILABLE");
+    let moved = wait_until(Duration::from_secs(1), || {
+        metric_or_zero(a2.admin, "provider_agent_responses_ok_total") > base
+    });
+    assert!(moved, "traffic goes on through the other provider");
+    std::thread::sleep(Duration::from_millis(500));
+    agent1.assert_alive();
+
+    let before = metric_or_zero(a1.admin, "provider_agent_responses_ok_total");
+    let _prov1 = mesh.provider_proc("provider-1-restarted", p1, 10);
+    let back = wait_until(Duration::from_secs(8), || mesh.registered(a1.listen));
+    assert!(back, "registered again once the provider is back");
+    let traffic = wait_until(Duration::from_secs(5), || {
+        metric_or_zero(a1.admin, "provider_agent_responses_ok_total") > before
+    });
+    assert!(
+        traffic,
+        "the provider gets traffic again:\n{}",
+        agent1.tail()
+    );
+    assert!(
+        started.elapsed().as_secs_f64() < load_secs,
+        "the recovery was checked while the load ran"
+    );
+
+    let r = load.join().expect("load thread");
+    check_report(&r, &GATEWAY_ERRORS, conns as u64);
+    consumer.assert_alive();
+    agent1.assert_alive();
+    agent2.assert_alive();
+    assert_eq!(one_call(c, "still there").expect("answers"), (200, true));
+    drop((consumer, agent1, agent2, _prov1, _prov2, prov1));
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+/// A fake provider on its own threads: accepts, then either discards everything
+/// (`garbage == false`) or answers each read with bytes that are not Dubbo.
+struct FakeProvider {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    closed_by_peer: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeProvider {
+    fn start(garbage: bool) -> FakeProvider {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let closed_by_peer = Arc::new(AtomicU64::new(0));
+        let (s, a, c) = (stop.clone(), accepted.clone(), closed_by_peer.clone());
+        let thread = std::thread::spawn(move || {
+            let mut workers = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                        let (s, c) = (s.clone(), c.clone());
+                        workers.push(std::thread::spawn(move || serve(conn, garbage, &s, &c)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        FakeProvider {
+            addr,
+            stop,
+            accepted,
+            closed_by_peer,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(mut conn: TcpStream, garbage: bool, stop: &AtomicBool, closed: &AtomicU64) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => {
+                closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(_) => {
+                if garbage {
+                    let _ = conn.write_all(b"garbage, not dubbo: \x00\x01\x02\xff\xfe\r\n");
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => {
+                closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn provider_that_never_answers_times_out_with_504() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let silent = FakeProvider::start(false);
+    let good = provider::spawn(ProviderOpts {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        latency: Duration::from_millis(5),
+        threads: 400,
+        ..ProviderOpts::default()
+    })
+    .expect("mock provider");
+    let (a1, a2) = (agent_addrs(), agent_addrs());
+    let mut agent1 = mesh.provider_agent("provider-agent-silent", a1, silent.addr);
+    let mut agent2 = mesh.provider_agent("provider-agent-good", a2, good.local_addr());
+    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let timeout_ms = 500;
+    let mut consumer = mesh.consumer(c, c_admin, timeout_ms, "wrr");
+
+    // Calls one by one: each is right, or a 504 within the timeout (plus slack for a
+    // debug build on busy cores).
+    let (mut ok, mut timeouts) = (0, 0);
+    for i in 0..12 {
+        let t = Instant::now();
+        let (code, right) = one_call(c, &format!("call {i}")).expect("an answer");
+        let took = t.elapsed();
+        match code {
+            200 => {
+                assert!(right, "call {i}: a wrong answer");
+                ok += 1;
+            }
+            504 => {
+                assert!(
+                    took >= Duration::from_millis(timeout_ms - 50)
+                        && took <= Duration::from_millis(timeout_ms + 1000),
+                    "call {i}: 504 after {took:?}, timeout {timeout_ms} ms"
+                );
+                timeouts += 1;
+            }
+            other => panic!("call {i}: status {other}"),
+        }
+    }
+    eprintln!("sequential: {ok} right, {timeouts} timeouts");
+    assert!(ok > 0, "the good provider answers");
+    assert!(timeouts > 0, "the silent provider's calls time out");
+    assert!(silent.accepted.load(Ordering::Relaxed) > 0);
+
+    let r = start_load(c, 64, 3.0).join().expect("load thread");
+    check_report(&r, &["status_504"], u64::MAX);
+    consumer.assert_alive();
+    agent1.assert_alive();
+    agent2.assert_alive();
+    good.stop();
+    drop((consumer, agent1, agent2));
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+#[test]
+fn provider_answering_garbage_is_cut_off() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let junk = FakeProvider::start(true);
+    let good = provider::spawn(ProviderOpts {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        latency: Duration::from_millis(5),
+        threads: 400,
+        ..ProviderOpts::default()
+    })
+    .expect("mock provider");
+    let (a1, a2) = (agent_addrs(), agent_addrs());
+    let mut agent1 = mesh.provider_agent("provider-agent-garbage", a1, junk.addr);
+    let mut agent2 = mesh.provider_agent("provider-agent-good", a2, good.local_addr());
+    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let mut consumer = mesh.consumer(c, c_admin, 2000, "wrr");
+
+    let r = start_load(c, 64, 4.0).join().expect("load thread");
+    check_report(&r, &["status_502", "status_503"], u64::MAX);
+    assert!(
+        junk.closed_by_peer.load(Ordering::Relaxed) > 0,
+        "the provider-agent closed the connection that answered garbage ({} accepted):\n{}",
+        junk.accepted.load(Ordering::Relaxed),
+        agent1.tail()
+    );
+    consumer.assert_alive();
+    agent1.assert_alive();
+    agent2.assert_alive();
+    let sent = metric(a1.admin, "provider_agent_requests_total");
+    assert!(
+        sent.is_some_and(|n| n > 0.0),
+        "the garbage provider's agent got calls ({sent:?}) and still serves its admin port"
+    );
+    let right = (0..10)
+        .filter(|i| matches!(one_call(c, &format!("after {i}")), Ok((200, true))))
+        .count();
+    assert!(right > 0, "the good provider keeps answering");
+    good.stop();
+    drop((consumer, agent1, agent2));
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
