@@ -383,14 +383,15 @@ impl ConsumerLoop {
             return;
         }
         let mut next = Some((bytes, close));
-        let mut spent = Vec::new();
         while let Some((bytes, close)) = next.take() {
             cx.write(id, &bytes);
-            spent.push(bytes);
+            recycle_into(&mut self.pool, bytes);
             conn.write_seq += 1;
             if close {
                 conn.done_reading = true;
-                conn.parked.clear();
+                for (_, b, _) in conn.parked.drain(..) {
+                    recycle_into(&mut self.pool, b);
+                }
                 cx.close(id);
                 break;
             }
@@ -409,9 +410,6 @@ impl ConsumerLoop {
             cx.resume_reading(id);
         }
         let idle_stop = self.stopping && conn.inflight() == 0;
-        for b in spent {
-            self.recycle(b);
-        }
         if idle_stop {
             cx.close(id);
         }
@@ -421,11 +419,8 @@ impl ConsumerLoop {
         self.pool.pop().unwrap_or_default()
     }
 
-    fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.pool.len() < POOL_MAX && buf.capacity() <= 64 * 1024 {
-            buf.clear();
-            self.pool.push(buf);
-        }
+    fn recycle(&mut self, buf: Vec<u8>) {
+        recycle_into(&mut self.pool, buf);
     }
 
     // ----- agent side ------------------------------------------------------------
@@ -849,6 +844,14 @@ impl Handler for ConsumerLoop {
         } else {
             cx.set_timer(Duration::from_millis(self.config.drain_ms), TIMER_DRAIN);
         }
+    }
+}
+
+/// Returns a buffer to the pool (bounded, and not the rare huge ones).
+fn recycle_into(pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
+    if pool.len() < POOL_MAX && buf.capacity() <= 64 * 1024 {
+        buf.clear();
+        pool.push(buf);
     }
 }
 

@@ -108,8 +108,9 @@ impl<H: Handler> EventLoop<H> {
                         if event.is_writable() || event.is_error() {
                             self.on_writable(id);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(id);
+                        let to_end = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || to_end {
+                            self.read(id, to_end);
                         }
                     }
                 }
@@ -262,7 +263,13 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
-    fn read(&mut self, id: ConnId) {
+    /// Reads a connection until the socket is empty (or its budget is spent). `to_end`
+    /// asks for reading on to `WouldBlock` or end-of-stream; without it, a read shorter
+    /// than the buffer is taken to have emptied the socket, sparing the syscall that
+    /// would only say `WouldBlock`: new data raises a new edge anyway. A peer's FIN
+    /// arriving with the data is flagged on the same event (read-closed), which sets
+    /// `to_end`, so an end-of-stream is never missed.
+    fn read(&mut self, id: ConnId, to_end: bool) {
         let budget = self.core.config.read_budget.max(1);
         for _ in 0..budget {
             let Some(c) = self.core.get_mut(id) else {
@@ -306,7 +313,16 @@ impl<H: Handler> EventLoop<H> {
                     }
                     return;
                 }
-                Ok(n) => self.deliver(id, n),
+                Ok(n) => {
+                    let emptied = n < self.inbuf.len() && !to_end;
+                    self.deliver(id, n);
+                    if emptied {
+                        if let Some(c) = self.core.get_mut(id) {
+                            c.read_pending = false;
+                        }
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.read_pending = false;
                     return;
@@ -372,7 +388,7 @@ impl<H: Handler> EventLoop<H> {
                 put_back_input(&mut self.core, id, input, consumed);
             }
             if self.core.get(id).is_some_and(|c| c.read_pending) {
-                self.read(id);
+                self.read(id, true);
             }
             self.process_closes();
         }
