@@ -659,6 +659,18 @@ fn provider_that_never_answers_times_out_with_504() {
 
     let r = start_load(c, 64, 3.0).join().expect("load thread");
     check_report(&r, &["status_504"], u64::MAX);
+    // The silent provider's agent times its calls out too and holds none of them.
+    assert!(
+        metric_or_zero(a1.admin, "provider_agent_errors_total{kind=\"timeout\"}") > 0.0,
+        "the provider-agent answers TIMEOUT for calls the provider never answers"
+    );
+    let drained = wait_until(Duration::from_secs(3), || {
+        metric(a1.admin, "provider_agent_inflight") == Some(0.0)
+    });
+    assert!(
+        drained,
+        "no call left in flight at the silent provider's agent"
+    );
     consumer.assert_alive();
     agent1.assert_alive();
     agent2.assert_alive();
