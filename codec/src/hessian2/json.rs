@@ -225,6 +225,73 @@ pub fn value_from_json(j: &Json) -> Value {
     }
 }
 
+/// Whether `s` reads as a qualified Java class name: identifiers joined by dots, at
+/// least two (`com.example.User`, `a.B$Inner`).
+fn is_class_name(s: &str) -> bool {
+    let mut parts = 0;
+    for part in s.split('.') {
+        let mut chars = part.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$')
+            && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+        if !ok {
+            return false;
+        }
+        parts += 1;
+    }
+    parts >= 2
+}
+
+/// The class a JSON object names in its `"class"` member, as [`Value::to_json`]
+/// renders objects, when that member is a string reading as a Java class name.
+fn named_class(o: &JsonMap<String, Json>) -> Option<&str> {
+    match o.get("class") {
+        Some(Json::String(c)) if is_class_name(c) => Some(c),
+        _ => None,
+    }
+}
+
+/// An object's fields from JSON: every member but the class, with a Java field that
+/// [`Value::to_json`] renamed `"class$field"` named `class` again.
+fn object_fields(o: &JsonMap<String, Json>) -> impl Iterator<Item = (&str, &Json)> {
+    let skip_class = named_class(o).is_some();
+    o.iter().filter_map(move |(k, v)| match k.as_str() {
+        "class" if skip_class => None,
+        "class$field" => Some(("class", v)),
+        k => Some((k, v)),
+    })
+}
+
+/// Infer a hessian2 value from JSON as [`Value::to_json`] renders it, so an answer
+/// can be sent back as an argument: like [`value_from_json`], except that an object
+/// whose `"class"` member is a string naming a Java class (`com.example.User`)
+/// becomes a typed object of that class with the other members as its fields.
+pub fn value_from_mesh_json(j: &Json) -> Value {
+    match j {
+        Json::Array(a) => Value::List {
+            type_name: None,
+            items: a.iter().map(value_from_mesh_json).collect(),
+        },
+        Json::Object(o) => match named_class(o) {
+            Some(class) => Value::Object {
+                class: class.to_owned(),
+                fields: object_fields(o)
+                    .map(|(k, v)| (k.to_owned(), value_from_mesh_json(v)))
+                    .collect(),
+            },
+            None => Value::Map {
+                type_name: None,
+                entries: o
+                    .iter()
+                    .map(|(k, v)| (Value::String(k.clone()), value_from_mesh_json(v)))
+                    .collect(),
+            },
+        },
+        other => value_from_json(other),
+    }
+}
+
 fn kind(j: &Json) -> &'static str {
     match j {
         Json::Null => "null",
@@ -292,7 +359,10 @@ impl Encoder {
     /// (untyped list), `java.util.Map`/`HashMap`/`LinkedHashMap` (untyped
     /// map), `java.lang.Object` (inferred), and any other type from a JSON
     /// object as a typed object of that class. JSON `null` is accepted for
-    /// every non-primitive type.
+    /// every non-primitive type. Objects read back what [`Value::to_json`]
+    /// renders: a `"class"` member naming a Java class gives the object's
+    /// class (and is no field), also for list items, map values and fields
+    /// (see [`value_from_mesh_json`]).
     ///
     /// # Errors
     /// [`Error::TypeMismatch`] naming the Java type, what it needs, and what
@@ -400,16 +470,26 @@ impl Encoder {
                 Json::Array(a) => {
                     ser::write_list_begin(out, a.len(), None);
                     for x in a {
-                        self.write_value(out, &value_from_json(x));
+                        self.write_value(out, &value_from_mesh_json(x));
                     }
                 }
                 _ => return Err(mismatch(t, "an array", arg)),
             },
             "java.util.Map" | "java.util.HashMap" | "java.util.LinkedHashMap" => match arg {
-                Json::Object(_) => self.write_value(out, &value_from_json(arg)),
+                // A map even when it has a "class" key; its values may be objects.
+                Json::Object(o) => self.write_value(
+                    out,
+                    &Value::Map {
+                        type_name: None,
+                        entries: o
+                            .iter()
+                            .map(|(k, v)| (Value::String(k.clone()), value_from_mesh_json(v)))
+                            .collect(),
+                    },
+                ),
                 _ => return Err(mismatch(t, "an object", arg)),
             },
-            "Object" => self.write_value(out, &value_from_json(arg)),
+            "Object" => self.write_value(out, &value_from_mesh_json(arg)),
             _ => {
                 if let Some(elem) = t.strip_suffix("[]") {
                     let Json::Array(a) = arg else {
@@ -424,14 +504,87 @@ impl Encoder {
                     let Json::Object(o) = arg else {
                         return Err(mismatch(t, "an object (its fields)", arg));
                     };
-                    let names: Vec<&str> = o.keys().map(String::as_str).collect();
-                    self.write_object_begin(out, t, &names);
-                    for v in o.values() {
-                        self.write_value(out, &value_from_json(v));
+                    // An object rendered by `to_json` names its (runtime) class.
+                    let class = named_class(o).unwrap_or(t);
+                    let names: Vec<&str> = object_fields(o).map(|(k, _)| k).collect();
+                    self.write_object_begin(out, class, &names);
+                    for (_, v) in object_fields(o) {
+                        self.write_value(out, &value_from_mesh_json(v));
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(t: &str, j: &str) -> Value {
+        let j: Json = serde_json::from_str(j).expect("json");
+        let mut out = Vec::new();
+        encode_json_arg(t, &j, &mut out).expect("encode");
+        match super::super::decode(&out) {
+            Ok(crate::Decoded::Complete { msg, .. }) => msg,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn user(name: &str, age: i32) -> Value {
+        Value::Object {
+            class: "com.example.User".into(),
+            fields: vec![
+                ("name".into(), Value::String(name.into())),
+                ("age".into(), Value::Int(age)),
+            ],
+        }
+    }
+
+    #[test]
+    fn rendered_objects_go_back_as_objects() {
+        let v = user("a", 1);
+        let rendered = v.to_json().to_string();
+        assert_eq!(
+            rendered,
+            r#"{"class":"com.example.User","name":"a","age":1}"#
+        );
+        assert_eq!(encoded("com.example.User", &rendered), v);
+        assert_eq!(encoded("java.lang.Object", &rendered), v);
+        assert_eq!(encoded("com.example.User", r#"{"name":"a","age":1}"#), v);
+        let list = format!("[{rendered},{rendered}]");
+        let Value::List { items, .. } = encoded("java.util.List", &list) else {
+            panic!("a list")
+        };
+        assert_eq!(items, vec![v.clone(), v.clone()]);
+        let Value::Map { entries, .. } = encoded(
+            "java.util.Map",
+            &format!(r#"{{"u":{rendered},"class":"x.Y"}}"#),
+        ) else {
+            panic!("a map")
+        };
+        assert_eq!(entries[0], (Value::String("u".into()), v));
+        assert_eq!(
+            entries[1],
+            (Value::String("class".into()), Value::String("x.Y".into()))
+        );
+        // A Java field named `class`, and "class" values that name no class.
+        let odd = Value::Object {
+            class: "a.B".into(),
+            fields: vec![("class".into(), Value::Int(3))],
+        };
+        assert_eq!(encoded("a.B", &odd.to_json().to_string()), odd);
+        for not_a_class in [
+            r#"{"class":"User"}"#,
+            r#"{"class":"a..b"}"#,
+            r#"{"class":7}"#,
+        ] {
+            let Value::List { items, .. } = encoded("java.util.List", &format!("[{not_a_class}]"))
+            else {
+                panic!("a list")
+            };
+            assert!(matches!(items[0], Value::Map { .. }), "{not_a_class}");
+        }
     }
 }

@@ -40,7 +40,9 @@ pub mod ser;
 mod value;
 
 pub use de::Decoder;
-pub use json::{base64_decode, base64_encode, encode_json_arg, iso8601, value_from_json};
+pub use json::{
+    base64_decode, base64_encode, encode_json_arg, iso8601, value_from_json, value_from_mesh_json,
+};
 pub use ser::{
     write_binary, write_bool, write_date, write_double, write_end, write_int, write_list_begin,
     write_list_begin_variable, write_long, write_map_begin, write_null, write_string, write_value,
