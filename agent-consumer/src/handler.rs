@@ -521,9 +521,27 @@ impl ConsumerLoop {
                 })
             }
             _ => {
-                let msg = String::from_utf8_lossy(payload).into_owned();
+                let msg = String::from_utf8_lossy(payload);
+                self.provider_error(cx, call, render, &msg)
+            }
+        }
+    }
+
+    /// Answers 502: plain text for the race's form calls, a JSON object for JSON
+    /// invocations (`{"error":"provider_error","class":...,"message":...}`, the class
+    /// only when the provider named one).
+    fn provider_error(&mut self, cx: &mut Ctx<'_, Self>, call: u64, render: Render, text: &str) {
+        match render {
+            Render::Text => {
+                let msg = text.to_owned();
                 self.finish(cx, call, Outcome::ProviderError, |out, ka| {
                     http::write_response(out, 502, "text/plain; charset=utf-8", msg.as_bytes(), ka)
+                })
+            }
+            Render::Json => {
+                let json = provider_error_json(text);
+                self.finish(cx, call, Outcome::ProviderError, |out, ka| {
+                    http::write_response(out, 502, "application/json", json.as_bytes(), ka)
                 })
             }
         }
@@ -533,15 +551,7 @@ impl ConsumerLoop {
         let value = match hessian2::decode(payload) {
             Ok(Decoded::Complete { msg, .. }) => msg,
             Ok(Decoded::Incomplete) | Err(_) => {
-                return self.finish(cx, call, Outcome::ProviderError, |out, ka| {
-                    http::write_response(
-                        out,
-                        502,
-                        "text/plain",
-                        b"undecodable result from provider",
-                        ka,
-                    )
-                });
+                return self.provider_error(cx, call, render, "undecodable result from provider");
             }
         };
         match (render, &value) {
@@ -855,6 +865,41 @@ fn recycle_into(pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
     }
 }
 
+/// Whether `s` reads as a qualified Java class name (`com.example.FooException`).
+fn is_class_name(s: &str) -> bool {
+    s.split('.').count() >= 2
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$')
+                && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+        })
+}
+
+/// The JSON body of a provider error. The provider-agent reports a thrown exception
+/// object as `class: message` (Java's `Throwable.toString`), or `class` alone; any other
+/// text (e.g. a provider's status-80 error string) is the message.
+fn provider_error_json(text: &str) -> String {
+    let (class, message) = match text.split_once(": ") {
+        Some((c, m)) if is_class_name(c) => (Some(c), m),
+        _ if is_class_name(text) => (Some(text), text),
+        _ => (None, text),
+    };
+    let s = |v: &str| Value::String(v.to_owned());
+    let mut entries = vec![(s("error"), s("provider_error"))];
+    if let Some(c) = class {
+        entries.push((s("class"), s(c)));
+    }
+    entries.push((s("message"), s(message)));
+    Value::Map {
+        type_name: None,
+        entries,
+    }
+    .to_json()
+    .to_string()
+}
+
 fn is_json(req: &Request<'_>) -> bool {
     req.content_type.is_some_and(|ct| {
         let mime = ct.split(|&b| b == b';').next().unwrap_or_default();
@@ -930,4 +975,29 @@ fn prepare_json<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared
         attachments: inv.attachments,
         timeout_ms: inv.timeout_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::provider_error_json;
+
+    #[test]
+    fn provider_errors_as_json() {
+        assert_eq!(
+            provider_error_json("com.example.NoUser: no user 7: gone"),
+            r#"{"error":"provider_error","class":"com.example.NoUser","message":"no user 7: gone"}"#
+        );
+        assert_eq!(
+            provider_error_json("java.lang.IllegalStateException"),
+            r#"{"error":"provider_error","class":"java.lang.IllegalStateException","message":"java.lang.IllegalStateException"}"#
+        );
+        assert_eq!(
+            provider_error_json("Can not find method: a.B:0.0.0#m() \"x\"\n"),
+            r#"{"error":"provider_error","message":"Can not find method: a.B:0.0.0#m() \"x\"\n"}"#
+        );
+        assert_eq!(
+            provider_error_json("Error: boom"),
+            r#"{"error":"provider_error","message":"Error: boom"}"#
+        );
+    }
 }
