@@ -54,6 +54,103 @@ server.addService({
   },
 });
 
+// ---------------------------------------------------------------------------------------
+// com.example.ShapeService: the shapes real Dubbo services use (POJOs, lists, maps, null,
+// dates, enums, overloads, exceptions), for agent-consumer/tests/mesh_sofa_shapes.rs.
+// Values are written with hessian.js conventions ({ $class, $ }).
+
+// The class each decoded argument object arrived with: hessian.js hands handlers plain
+// objects, so its decode hook records the class of the classes we check.
+const hessian = require('hessian.js');
+const arrivedAs = new WeakMap();
+for (const cls of [ 'com.example.User', 'com.example.Color' ]) {
+  hessian.registerDecodeHandler(cls, result => {
+    if (result.$ && typeof result.$ === 'object') arrivedAs.set(result.$, result.$class);
+    return result;
+  });
+}
+const fieldsOf = { 'com.example.User': [ 'name', 'age' ], 'com.example.Color': [ 'name' ] };
+function expectClass(value, cls) {
+  const got = value && typeof value === 'object' ? (arrivedAs.get(value) || 'a map') : typeof value;
+  if (got !== cls) throw new Error(`expected ${cls}, got ${got}`);
+  const extra = Object.keys(value).filter(k => !fieldsOf[cls].includes(k));
+  if (extra.length) throw new Error(`${cls} has no field ${extra.join(', ')}`);
+  return value;
+}
+const user = u => ({ $class: 'com.example.User', $: { name: u.name, age: u.age } });
+
+// sofa-rpc-node finds a method by name only: `this` is the request (see createContext
+// below), so an overloaded method picks its body by the descriptor the caller sent.
+server.createContext = req => ({ req });
+let shapeCalls = 0;
+const shapes = {
+  // A POJO in, a POJO out: one year older.
+  async older(u) {
+    expectClass(u, 'com.example.User');
+    return user({ name: u.name, age: u.age + 1 });
+  },
+  // A list of POJOs in, a list out: sorted by age, oldest first, names upper-cased.
+  async byAge(list) {
+    if (!Array.isArray(list)) throw new Error('expected a list');
+    const users = list.map(u => expectClass(u, 'com.example.User'));
+    users.sort((a, b) => b.age - a.age);
+    return { $class: 'java.util.List', $: users.map(u => user({ name: u.name.toUpperCase(), age: u.age })) };
+  },
+  // Nested maps in and out: the keys of each level, and the map itself echoed.
+  async describe(m) {
+    const keys = o => Object.keys(o).sort().map(k => (o[k] && typeof o[k] === 'object' && !Array.isArray(o[k])
+      ? { [k]: keys(o[k]) } : k));
+    return { $class: 'java.util.Map', $: { keys: keys(m), echo: m } };
+  },
+  // null in -> null out; a string in -> its upper case.
+  async upper(s) {
+    return s === null || s === undefined ? null : s.toUpperCase();
+  },
+  // No arguments: how many ShapeService calls (this one excluded) reached the provider.
+  async calls() {
+    return { $class: 'int', $: shapeCalls - 1 };
+  },
+  // A java.util.Date from epoch milliseconds.
+  async dateOf(ms) {
+    return { $class: 'java.util.Date', $: new Date(Number(ms)) };
+  },
+  // Enums: hessian writes a Java enum as an object with one field, `name`.
+  async color(name) {
+    return { $class: 'com.example.Color', $: name, isEnum: true };
+  },
+  async paint(c) {
+    expectClass(c, 'com.example.Color');
+    return `painted ${c.name}`;
+  },
+  // Overloads: add(int, int), add(String, String), add(long, long), add(java.util.List).
+  async add(...args) {
+    const sig = this.req.data.methodArgSigs.join(',');
+    switch (sig) {
+      case 'int,int': return { $class: 'int', $: args[0] + args[1] };
+      case 'java.lang.String,java.lang.String': return `${args[0]}${args[1]}`;
+      case 'long,long': return { $class: 'long', $: Number(args[0]) + Number(args[1]) };
+      case 'java.util.List': return { $class: 'int', $: args[0].reduce((a, b) => a + b, 0) };
+      default: throw new Error(`no add(${sig})`);
+    }
+  },
+  // A thrown error: sofa-rpc-node answers status 80 with its message.
+  async fail(msg) {
+    throw new Error(msg);
+  },
+  // A returned exception object: dubbo-remoting writes it with flag 0 (an exception).
+  async reject(msg) {
+    return { $class: 'com.example.ShapeException', $: { detailMessage: msg } };
+  },
+};
+for (const name of Object.keys(shapes)) {
+  const body = shapes[name];
+  shapes[name] = async function counted(...args) {
+    shapeCalls++;
+    return body.apply(this, args);
+  };
+}
+server.addService({ interfaceName: 'com.example.ShapeService', version: '0.0.0' }, shapes);
+
 server.start().then(() => {
   console.log(`listening ${port}`);
 });
