@@ -1,6 +1,7 @@
 //! dubbo-mesh bench: a mock Dubbo provider, a checking HTTP load generator, and the
 //! scenario runner that starts the whole mesh on loopback and reports how it fares.
 
+pub mod chart;
 pub mod echo;
 pub mod hist;
 pub mod load;

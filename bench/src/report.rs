@@ -145,129 +145,11 @@ pub fn markdown(r: &ScenarioReport) -> String {
         }
     }
     m.push_str("\n![QPS against connections](qps.svg)\n");
+    m.push_str("\n![Latency distribution](latency.svg)\n");
     m
 }
 
-/// An SVG chart: QPS against connections per load scenario, with its ceiling dashed.
-pub fn svg(r: &ScenarioReport) -> String {
-    let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 170.0, 30.0, 50.0);
-    let series: Vec<(&str, &str)> = vec![("classic", "#1f77b4"), ("uneven", "#d62728")];
-    let pts = |name: &str| -> Vec<&Step> {
-        r.steps
-            .iter()
-            .filter(|s| s.scenario == name && s.connections > 0)
-            .collect()
-    };
-    let max_x = r
-        .steps
-        .iter()
-        .filter(|s| series.iter().any(|(n, _)| *n == s.scenario))
-        .map(|s| s.connections)
-        .max()
-        .unwrap_or(512)
-        .max(1) as f64;
-    let max_y = r
-        .steps
-        .iter()
-        .filter(|s| series.iter().any(|(n, _)| *n == s.scenario))
-        .map(|s| s.qps.max(s.ceiling.unwrap_or(0.0)))
-        .fold(1000.0_f64, f64::max)
-        * 1.1;
-    let x = |c: f64| left + c / max_x * (w - left - right);
-    let y = |q: f64| h - bottom - q / max_y * (h - top - bottom);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="18" font-size="14">QPS against connections (dashed: ceiling)</text>"#
-    );
-    // Axes and grid.
-    let _ = writeln!(
-        s,
-        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#,
-        h - bottom,
-        w - right,
-        h - bottom,
-        h - bottom
-    );
-    for i in 0..=5 {
-        let q = max_y / 5.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4:.0}</text>"##,
-            y(q),
-            w - right,
-            left - 6.0,
-            y(q) + 4.0,
-            q
-        );
-    }
-    for i in 0..=4 {
-        let c = max_x / 4.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{c:.0}</text>"#,
-            x(c),
-            h - bottom + 18.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{}" text-anchor="middle">connections</text>"#,
-        (left + w - right) / 2.0,
-        h - 10.0
-    );
-    for (i, (name, color)) in series.iter().enumerate() {
-        let p = pts(name);
-        if p.is_empty() {
-            continue;
-        }
-        let line = |f: &dyn Fn(&Step) -> f64| {
-            p.iter()
-                .map(|st| format!("{:.1},{:.1}", x(st.connections as f64), y(f(st))))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let _ = writeln!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
-            line(&|st| st.qps)
-        );
-        let _ = writeln!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="6,4"/>"#,
-            line(&|st| st.ceiling.unwrap_or(0.0))
-        );
-        for st in &p {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"><title>{} {}: {:.0} QPS</title></circle>"#,
-                x(st.connections as f64),
-                y(st.qps),
-                st.scenario,
-                st.label,
-                st.qps
-            );
-        }
-        let ly = top + 20.0 + 20.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{0}" y1="{ly}" x2="{1}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{2}" y="{3}">{name}</text>"#,
-            w - right + 15.0,
-            w - right + 40.0,
-            w - right + 46.0,
-            ly + 4.0
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-/// Writes `report.json`, `report.md` and `qps.svg` into `dir`.
+/// Writes `report.json`, `report.md`, `qps.svg` and `latency.svg` into `dir`.
 ///
 /// # Errors
 /// Creating the directory or a file failed.
@@ -276,6 +158,7 @@ pub fn write_all(r: &ScenarioReport, dir: &Path) -> io::Result<()> {
     let text = serde_json::to_string_pretty(&json(r)).map_err(io::Error::other)?;
     std::fs::write(dir.join("report.json"), text)?;
     std::fs::write(dir.join("report.md"), markdown(r))?;
-    std::fs::write(dir.join("qps.svg"), svg(r))?;
+    std::fs::write(dir.join("qps.svg"), crate::chart::qps_svg(r))?;
+    std::fs::write(dir.join("latency.svg"), crate::chart::latency_svg(r))?;
     Ok(())
 }

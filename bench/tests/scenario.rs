@@ -48,8 +48,9 @@ fn quick_scenarios_run_clean_and_stop_everything() {
         );
     }
     bench::report::write_all(&r, out.path()).expect("report");
-    for f in ["report.json", "report.md", "qps.svg"] {
-        assert!(out.path().join(f).exists(), "{f} written");
+    for f in ["report.json", "report.md", "qps.svg", "latency.svg"] {
+        let text = std::fs::read_to_string(out.path().join(f)).expect(f);
+        assert!(text.len() > 200, "{f} written");
     }
     assert_eq!(
         live_children(),

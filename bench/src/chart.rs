@@ -1,0 +1,155 @@
+//! The report's charts, drawn with `plotters` into SVG strings: QPS against
+//! connections beside each scenario's ceiling, and the latency distribution of every
+//! load step.
+
+use plotters::prelude::*;
+
+use crate::scenario::{ScenarioReport, Step};
+
+const SIZE: (u32, u32) = (760, 440);
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+];
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// QPS against connections for the load scenarios, each ceiling dashed beside it.
+pub fn qps_svg(r: &ScenarioReport) -> String {
+    let mut out = String::new();
+    if let Err(e) = draw_qps(r, &mut out) {
+        log::warn!("QPS chart: {e}");
+    }
+    out
+}
+
+fn draw_qps(r: &ScenarioReport, out: &mut String) -> DrawResult {
+    let scenarios = ["classic", "uneven"];
+    let steps: Vec<&Step> = r
+        .steps
+        .iter()
+        .filter(|s| scenarios.contains(&s.scenario.as_str()) && s.connections > 0)
+        .collect();
+    let max_x = steps.iter().map(|s| s.connections).max().unwrap_or(512) as f64 * 1.05;
+    let max_y = steps
+        .iter()
+        .map(|s| s.qps.max(s.ceiling.unwrap_or(0.0)))
+        .fold(1000.0_f64, f64::max)
+        * 1.1;
+    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "QPS against connections (dashed: ceiling)",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_x, 0f64..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("connections")
+        .y_desc("QPS")
+        .draw()?;
+    for (i, name) in scenarios.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<&Step> = steps
+            .iter()
+            .copied()
+            .filter(|s| s.scenario == *name)
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let qps: Vec<(f64, f64)> = pts.iter().map(|s| (s.connections as f64, s.qps)).collect();
+        chart
+            .draw_series(LineSeries::new(qps.clone(), color.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(qps.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        let ceiling: Vec<(f64, f64)> = pts
+            .iter()
+            .filter_map(|s| s.ceiling.map(|c| (s.connections as f64, c)))
+            .collect();
+        chart.draw_series(DashedLineSeries::new(ceiling, 6, 4, color.stroke_width(1)))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Latency of every load step at p50, p99 and max (log scale, milliseconds).
+pub fn latency_svg(r: &ScenarioReport) -> String {
+    let mut out = String::new();
+    if let Err(e) = draw_latency(r, &mut out) {
+        log::warn!("latency chart: {e}");
+    }
+    out
+}
+
+fn draw_latency(r: &ScenarioReport, out: &mut String) -> DrawResult {
+    let steps: Vec<&Step> = r.steps.iter().filter(|s| s.requests > 0).collect();
+    let max_y = steps.iter().map(|s| s.max_ms).fold(1.0_f64, f64::max) * 1.5;
+    let min_y = steps
+        .iter()
+        .map(|s| s.p50_ms)
+        .filter(|v| *v > 0.0)
+        .fold(max_y, f64::min)
+        .max(0.01)
+        / 1.5;
+    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Latency distribution per step (ms, log scale)",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..2.2f64, (min_y..max_y).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(3)
+        .x_label_formatter(&|x| match x.round() as i64 {
+            0 => "p50".into(),
+            1 => "p99".into(),
+            _ => "max".into(),
+        })
+        .y_desc("ms")
+        .draw()?;
+    for (i, s) in steps.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts = vec![
+            (0.0, s.p50_ms.max(min_y)),
+            (1.0, s.p99_ms.max(min_y)),
+            (2.0, s.max_ms.max(min_y)),
+        ];
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(format!("{} {}", s.scenario, s.label))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
