@@ -18,7 +18,14 @@ use crate::timer::TimerKind;
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Listener tokens count down from here; connection tokens always have a generation
 /// in their high half, below this range on 64-bit targets.
-const LISTENER_BASE: usize = usize::MAX - 1;
+const LISTENER_BASE: usize = usize::MAX - 2;
+/// The timerfd that wakes the loop for a timer with sub-millisecond precision (Linux).
+#[cfg(target_os = "linux")]
+const TIMERFD: Token = Token(usize::MAX - 1);
+/// Below this much time to the next timer, the loop waits on the timerfd, not on
+/// epoll's millisecond timeout.
+#[cfg(target_os = "linux")]
+const PRECISE_BELOW: Duration = Duration::from_millis(2);
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Output capacity kept for reuse once a connection's output is all written.
@@ -39,6 +46,8 @@ pub(crate) struct EventLoop<H: Handler> {
     /// The one input buffer every read of this loop goes into.
     inbuf: Vec<u8>,
     accept_paused: bool,
+    #[cfg(target_os = "linux")]
+    timerfd: Option<crate::precise::TimerFd>,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -61,6 +70,22 @@ impl<H: Handler> EventLoop<H> {
             }
         }
         let inbuf = vec![0; core.config.input_buffer.max(1024)];
+        #[cfg(target_os = "linux")]
+        let timerfd = match crate::precise::TimerFd::new() {
+            Ok(t) => {
+                let fd = t.raw_fd();
+                poll.registry().register(
+                    &mut mio::unix::SourceFd(&fd),
+                    TIMERFD,
+                    Interest::READABLE,
+                )?;
+                Some(t)
+            }
+            Err(e) => {
+                log::warn!("no timerfd ({e}): timers wake the loop to the millisecond");
+                None
+            }
+        };
         Ok(EventLoop {
             handler,
             core,
@@ -70,6 +95,8 @@ impl<H: Handler> EventLoop<H> {
             wake_pending,
             inbuf,
             accept_paused: false,
+            #[cfg(target_os = "linux")]
+            timerfd,
         })
     }
 
@@ -100,6 +127,12 @@ impl<H: Handler> EventLoop<H> {
             for event in events.iter() {
                 match event.token() {
                     WAKER => self.drain_control(),
+                    #[cfg(target_os = "linux")]
+                    TIMERFD => {
+                        if let Some(t) = self.timerfd.as_mut() {
+                            t.fired();
+                        }
+                    }
                     Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                         self.accept(LISTENER_BASE - t)
                     }
@@ -133,12 +166,26 @@ impl<H: Handler> EventLoop<H> {
         {
             return Some(Duration::ZERO);
         }
-        self.core.timers.next_deadline().map(|d| {
-            // Round up to the next millisecond so a timer never wakes the loop early.
-            let wait = d.saturating_duration_since(Instant::now());
-            let ms = wait.as_micros().div_ceil(1000);
-            Duration::from_millis(ms as u64)
-        })
+        let deadline = self.core.timers.next_deadline()?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Some(Duration::ZERO);
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(t) = self.timerfd.as_mut() {
+            if wait >= PRECISE_BELOW {
+                // Sleep on epoll's clock to within a millisecond or two of the timer;
+                // the timerfd takes over from there.
+                return Some(Duration::from_millis(wait.as_millis() as u64 - 1));
+            }
+            match t.arm(deadline, wait) {
+                Ok(()) => return None,
+                Err(e) => log::warn!("timerfd: {e}"),
+            }
+        }
+        // Round up to the next millisecond so a timer never wakes the loop early.
+        let ms = wait.as_micros().div_ceil(1000);
+        Some(Duration::from_millis(ms as u64))
     }
 
     fn drain_control(&mut self) {
