@@ -283,9 +283,20 @@ impl ConsumerLoop {
         let Some(sig) = self.signatures.get(call_id) else {
             return;
         };
-        let Some((_, up_key)) = self.upstreams.pick(&sig.service, exclude) else {
+        let picked = self
+            .upstreams
+            .pick(&sig.service, &sig.version, &sig.group, exclude);
+        let Some((_, up_key)) = picked else {
             let msg = if self.upstreams.services.contains_key(&sig.service) {
-                format!("no provider-agent of {} is reachable", sig.service)
+                let mut m = format!("no provider-agent of {}", sig.service);
+                if !sig.version.is_empty() {
+                    m.push_str(&format!(" version {}", sig.version));
+                }
+                if !sig.group.is_empty() {
+                    m.push_str(&format!(" group {}", sig.group));
+                }
+                m.push_str(" is reachable");
+                m
             } else {
                 format!("no provider for service {}", sig.service)
             };

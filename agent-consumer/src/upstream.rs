@@ -72,6 +72,10 @@ impl std::borrow::BorrowMut<Stats> for Member {
 pub struct Member {
     /// Key into the loop's upstream table.
     pub upstream: usize,
+    /// Version it registered (empty: none); a call reaches it only naming the same.
+    pub version: String,
+    /// Group it registered (empty: none), matched like the version.
+    pub group: String,
     /// In-flight count, learned limit, latency.
     pub stats: Stats,
 }
@@ -121,10 +125,10 @@ impl Upstreams {
     /// Applies a service's whole new instance list.
     pub fn update(&mut self, service: &str, instances: &[Instance]) -> Changes {
         let mut changes = Changes::default();
-        let mut wanted: Vec<(SocketAddr, u32)> = Vec::new();
+        let mut wanted: Vec<(SocketAddr, &Instance)> = Vec::new();
         for inst in instances {
             match inst.addr.parse::<SocketAddr>() {
-                Ok(a) if !wanted.iter().any(|(w, _)| *w == a) => wanted.push((a, inst.weight)),
+                Ok(a) if !wanted.iter().any(|(w, _)| *w == a) => wanted.push((a, inst)),
                 Ok(_) => {}
                 Err(_) => log::warn!("registry: {service}: unusable address {:?}", inst.addr),
             }
@@ -152,8 +156,11 @@ impl Upstreams {
             }
         }
         svc.members = kept;
-        // Members that joined, and weights that changed.
-        for (addr, weight) in wanted {
+        // Members that joined, and weights, versions and groups that changed.
+        for (addr, inst) in wanted {
+            let weight = inst.weight;
+            let meta = |k: &str| inst.meta.get(k).map_or("", String::as_str);
+            let (version, group) = (normalize_version(meta("version")), meta("group"));
             let key = match self.by_addr.get(&addr) {
                 Some(&k) => k,
                 None => {
@@ -164,7 +171,11 @@ impl Upstreams {
                 }
             };
             match svc.members.iter_mut().find(|m| m.upstream == key) {
-                Some(m) => m.stats.weight = weight.max(1),
+                Some(m) => {
+                    m.stats.weight = weight.max(1);
+                    m.version = version.to_owned();
+                    m.group = group.to_owned();
+                }
                 None => {
                     if let Some(u) = self.table.get_mut(key) {
                         u.services += 1;
@@ -172,6 +183,8 @@ impl Upstreams {
                     }
                     svc.members.push(Member {
                         upstream: key,
+                        version: version.to_owned(),
+                        group: group.to_owned(),
                         stats: Stats::new(weight),
                     });
                 }
@@ -180,18 +193,26 @@ impl Upstreams {
         changes
     }
 
-    /// Picks a member of `service` whose connection is open, avoiding `exclude` (an
-    /// upstream key) unless it is the only one. Returns (member index, upstream key).
-    pub fn pick(&mut self, service: &str, exclude: Option<usize>) -> Option<(usize, usize)> {
+    /// Picks a member of `service` registered with `version` and `group` whose
+    /// connection is open, avoiding `exclude` (an upstream key) unless it is the only one.
+    /// Returns (member index, upstream key).
+    pub fn pick(
+        &mut self,
+        service: &str,
+        version: &str,
+        group: &str,
+        exclude: Option<usize>,
+    ) -> Option<(usize, usize)> {
         let svc = self.services.get_mut(service)?;
         let table = &self.table;
+        let version = normalize_version(version);
         // Reused scratch: a pick allocates nothing once warm.
         self.open_scratch.clear();
-        self.open_scratch.extend(
-            svc.members
-                .iter()
-                .map(|m| table.get(m.upstream).is_some_and(|u| u.open)),
-        );
+        self.open_scratch.extend(svc.members.iter().map(|m| {
+            m.version == version
+                && m.group == group
+                && table.get(m.upstream).is_some_and(|u| u.open)
+        }));
         let open = &self.open_scratch;
         let usable = |i: usize| open.get(i).copied().unwrap_or(false);
         let exclude_member = exclude.and_then(|e| svc.members.iter().position(|m| m.upstream == e));
@@ -219,5 +240,14 @@ impl Upstreams {
     /// The upstream whose connection is `conn`.
     pub fn by_conn(&self, key: usize, conn: ConnId) -> Option<&Upstream> {
         self.table.get(key).filter(|u| u.conn == Some(conn))
+    }
+}
+
+/// Java sends `0.0.0` for "no version": both mean none.
+pub fn normalize_version(v: &str) -> &str {
+    if v == "0.0.0" {
+        ""
+    } else {
+        v
     }
 }

@@ -78,3 +78,87 @@ fn a_leaving_provider_agent_finishes_its_calls_and_gets_no_new_ones() {
     );
     running.stop();
 }
+
+#[test]
+fn calls_reach_only_instances_of_their_version_and_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let reg = registry::open(Some(&url)).expect("registry");
+    let v1 = fake_agent(Mode::Hash);
+    let v2 = fake_agent(Mode::Hash);
+    let none = fake_agent(Mode::Hash);
+    let v2_blue = fake_agent(Mode::Hash);
+    let inst = |a: &FakeAgent| Instance::new(SERVICE, a.addr.to_string());
+    let _r = [
+        reg.register(inst(&v1).with_meta("version", "1.0")),
+        reg.register(inst(&v2).with_meta("version", "2.0")),
+        reg.register(inst(&none)),
+        reg.register(
+            inst(&v2_blue)
+                .with_meta("version", "2.0")
+                .with_meta("group", "blue"),
+        ),
+    ];
+    let running = consumer_with(&url, &[]);
+    wait_ready(&running);
+    let end = Instant::now() + Duration::from_secs(5);
+    while running
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("consumer_upstream_up{") && l.ends_with(" 1"))
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < end, "all four provider-agents connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let json = |version: &str, group: &str| {
+        let body = format!(
+            r#"{{"interface":"{SERVICE}","method":"hash","parameterTypes":["java.lang.String"],"arguments":["v"],"version":"{version}","group":"{group}"}}"#
+        );
+        let raw = format!(
+            "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        exchange(running.http_addr, raw.as_bytes(), 1).remove(0)
+    };
+    let counts = || [&v1, &v2, &none, &v2_blue].map(|a| a.calls.load(Ordering::SeqCst));
+    for _ in 0..5 {
+        assert_eq!(json("2.0", "").status, 200);
+    }
+    assert_eq!(counts(), [0, 5, 0, 0], "version 2.0, no group");
+    for _ in 0..3 {
+        assert_eq!(json("2.0", "blue").status, 200);
+    }
+    assert_eq!(counts(), [0, 5, 0, 3], "version 2.0, group blue");
+    // The form request names its version in a header; "0.0.0" means none, as in Java.
+    let mut form = race_request("v");
+    let at = form
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head end");
+    form.splice(at..at, b"\r\nx-dubbo-version: 1.0".iter().copied());
+    for _ in 0..2 {
+        assert_eq!(exchange(running.http_addr, &form, 1)[0].status, 200);
+    }
+    assert_eq!(json("0.0.0", "").status, 200);
+    assert_eq!(
+        exchange(running.http_addr, &race_request("v"), 1)[0].status,
+        200
+    );
+    assert_eq!(
+        counts(),
+        [2, 5, 2, 3],
+        "1.0 by header; none by 0.0.0 and by default"
+    );
+    let missing = json("3.0", "");
+    assert_eq!(missing.status, 503);
+    assert!(missing.body.contains("version 3.0"), "{}", missing.body);
+    assert_eq!(
+        counts(),
+        [2, 5, 2, 3],
+        "nothing sent for an unknown version"
+    );
+    running.stop();
+}

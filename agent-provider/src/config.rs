@@ -57,6 +57,15 @@ pub struct Config {
     #[arg(long)]
     pub registry: Option<String>,
 
+    /// Service version registered with the instance; consumers calling a version reach
+    /// only instances registered with it (none: callers that name no version).
+    #[arg(long = "service-version", value_name = "VERSION")]
+    pub service_version: Option<String>,
+
+    /// Service group registered with the instance, matched like the version.
+    #[arg(long = "service-group", value_name = "GROUP")]
+    pub service_group: Option<String>,
+
     /// Load-balancing weight registered for this instance.
     #[arg(long, default_value_t = registry::DEFAULT_WEIGHT)]
     pub weight: u32,

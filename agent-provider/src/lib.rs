@@ -154,12 +154,19 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
         .services
         .iter()
         .map(|s| {
-            Instance::new(s.clone(), advertised.clone())
+            let mut i = Instance::new(s.clone(), advertised.clone())
                 .with_weight(config.weight)
                 .with_meta(
                     "serialization",
                     format!("{:?}", config.serialization).to_lowercase(),
-                )
+                );
+            if let Some(v) = config.service_version.as_deref().filter(|v| !v.is_empty()) {
+                i = i.with_meta("version", v);
+            }
+            if let Some(g) = config.service_group.as_deref().filter(|g| !g.is_empty()) {
+                i = i.with_meta("group", g);
+            }
+            i
         })
         .collect();
     let control = Control {
