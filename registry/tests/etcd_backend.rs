@@ -11,13 +11,6 @@ const SVC: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
 const SOON: Duration = Duration::from_secs(3);
 const PREFIX: &str = "/dubbomesh/com.alibaba.dubbo.performance.demo.provider.IHelloService/";
 
-/// Not a test by itself: the body of the child process of `dead_agent_lease_expires`.
-#[test]
-#[ignore = "helper run as a child process"]
-fn child_registrant() {
-    util::child_main();
-}
-
 fn key(addr: &str) -> String {
     format!("{PREFIX}{addr}")
 }

@@ -15,13 +15,6 @@ fn open(dir: &tempfile::TempDir) -> (registry::Registry, String) {
     (registry::open(Some(&url)).expect("open"), url)
 }
 
-/// Not a test by itself: the body of the child process of `crashed_registrant_is_dropped`.
-#[test]
-#[ignore = "helper run as a child process"]
-fn child_registrant() {
-    util::child_main();
-}
-
 #[test]
 fn register_watch_deregister() {
     init_log();

@@ -323,50 +323,39 @@ pub fn addrs(list: &[Instance]) -> Vec<&str> {
 
 // ---------------------------------------------------------------- child registrant
 
-const ENV_URL: &str = "REGISTRY_TEST_CHILD_URL";
-const ENV_SERVICE: &str = "REGISTRY_TEST_CHILD_SERVICE";
-const ENV_ADDR: &str = "REGISTRY_TEST_CHILD_ADDR";
-
-/// Body of the `#[ignore]`d `child_registrant` test: when run by [`ChildRegistrant::spawn`],
-/// registers and then idles until killed. Does nothing otherwise.
-pub fn child_main() {
-    let (Ok(url), Ok(service), Ok(addr)) = (
-        std::env::var(ENV_URL),
-        std::env::var(ENV_SERVICE),
-        std::env::var(ENV_ADDR),
-    ) else {
-        return;
-    };
-    let reg = registry::open(Some(&url)).expect("child: open");
-    let _r = reg
-        .register(Instance::new(service, addr))
-        .expect("child: register");
-    println!("CHILD-REGISTERED");
-    std::io::stdout().flush().unwrap();
-    // Idle until killed (exits by itself after a minute so it can never linger).
-    std::thread::sleep(Duration::from_secs(60));
-    std::process::exit(3);
+/// The `registrant` example (built by `cargo test` with the other examples; built here
+/// if a narrower `cargo test` left it out).
+fn registrant_exe() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary> -> target/<profile>/examples/registrant
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in target/<profile>/deps");
+    let path = profile_dir.join("examples").join("registrant");
+    if !path.exists() {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "registry", "--example", "registrant"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("run cargo to build the registrant example");
+        assert!(status.success(), "building the registrant example failed");
+    }
+    path
 }
 
-/// A child process (this test binary, running `child_registrant`) holding a registration.
+/// A child process (the `registrant` example) holding a registration.
 pub struct ChildRegistrant {
     child: Child,
 }
 
 impl ChildRegistrant {
     pub fn spawn(url: &str, service: &str, addr: &str) -> ChildRegistrant {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut child = Command::new(exe)
-            .args([
-                "child_registrant",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ENV_URL, url)
-            .env(ENV_SERVICE, service)
-            .env(ENV_ADDR, addr)
+        let mut child = Command::new(registrant_exe())
+            .args([url, service, addr])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -376,7 +365,7 @@ impl ChildRegistrant {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("CHILD-REGISTERED") {
+                if line.contains("REGISTERED") {
                     let _ = tx.send(());
                 }
             }
