@@ -293,6 +293,28 @@ impl Drop for Topology {
 }
 
 impl Topology {
+    /// Starts the topology, retrying with fresh ports: a port found free can be taken by
+    /// another process's outgoing connection before our agent binds it (seen when the
+    /// bench ran beside a busy test suite).
+    fn start_retrying(
+        opts: &ScenarioOpts,
+        bins: &Bins,
+        specs: &[ProviderSpec],
+        tag: &str,
+    ) -> io::Result<Topology> {
+        let mut attempt = 1;
+        loop {
+            match Topology::start(opts, bins, specs, tag) {
+                Ok(t) => return Ok(t),
+                Err(e) if attempt < 3 => {
+                    eprintln!("{tag}: start failed ({e}); retrying on fresh ports");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn start(
         opts: &ScenarioOpts,
         bins: &Bins,
@@ -607,7 +629,7 @@ fn step_conns(quick: bool) -> Vec<usize> {
 
 fn classic(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(50);
-    let mut topo = Topology::start(opts, bins, &specs, "classic")?;
+    let mut topo = Topology::start_retrying(opts, bins, &specs, "classic")?;
     for c in step_conns(opts.quick) {
         let s = run_step(
             opts,
@@ -625,7 +647,7 @@ fn classic(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resul
 fn uneven(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = uneven_specs();
     let capacity: f64 = specs.iter().map(ProviderSpec::capacity).sum();
-    let mut topo = Topology::start(opts, bins, &specs, "uneven")?;
+    let mut topo = Topology::start_retrying(opts, bins, &specs, "uneven")?;
     for c in step_conns(opts.quick) {
         let ceiling = (c as f64 / 0.05).min(capacity);
         let mut s = run_step(
@@ -644,7 +666,7 @@ fn uneven(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result
 
 fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(0);
-    let mut topo = Topology::start(opts, bins, &specs, "overhead")?;
+    let mut topo = Topology::start_retrying(opts, bins, &specs, "overhead")?;
     let saturating = if opts.quick { 64 } else { 256 };
     for (label, c) in [("1 conn", 1), ("saturating", saturating)] {
         let mut s = run_step(opts, &mut topo, "overhead", label, c, None)?;
@@ -664,7 +686,7 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
 
 fn idle(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(0);
-    let mut topo = Topology::start(opts, bins, &specs, "idle")?;
+    let mut topo = Topology::start_retrying(opts, bins, &specs, "idle")?;
     let n = opts.idle_connections;
     eprintln!("idle: {n} keep-alive connections ...");
     let addr = topo.consumer_addr;
