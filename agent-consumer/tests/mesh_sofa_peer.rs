@@ -6,50 +6,11 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use codec::java::string_hash_code;
 use util::*;
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn start_peer(port: u16) -> Peer {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers");
-    assert!(
-        dir.join("node_modules/sofa-rpc-node").is_dir(),
-        "the npm Dubbo peer is not installed: run `bash .ci/setup` (npm install in tests/peers)"
-    );
-    let mut child = Command::new("node")
-        .arg("provider.js")
-        .arg(port.to_string())
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node is required for this test: run `bash .ci/setup`");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("peer output");
-    assert!(line.starts_with("listening"), "peer said {line:?}");
-    Peer(child)
-}
 
 #[test]
 fn race_requests_through_both_agents_reach_sofa_rpc_node() {

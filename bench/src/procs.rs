@@ -233,3 +233,24 @@ pub fn wait_healthy(admin: SocketAddr, deadline: Duration, proc: &mut Proc) -> i
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Children of this process still alive (zombies excluded): what a test checks to be
+/// sure everything it started was stopped.
+pub fn live_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
+            found.push(stat[..close + 1].to_owned());
+        }
+    }
+    found
+}

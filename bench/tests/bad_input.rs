@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bench::load::{self, LoadOpts, Params};
-use bench::procs::{free_addr, http_get_status};
+use bench::procs::{free_addr, http_get_status, live_children};
 use bench::provider::{self, ProviderOpts, RunningProvider, SERVICE};
 use codec::agent;
 
@@ -282,25 +282,6 @@ impl Mesh {
             );
         }
     }
-}
-
-/// Children of this process still alive (zombies excluded).
-fn live_children() -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
-            found.push(stat[..close + 1].to_owned());
-        }
-    }
-    found
 }
 
 /// The soft limit on open files of this process (the agents inherit it).

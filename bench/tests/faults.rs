@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bench::load::{self, LoadOpts, LoadReport, Params};
-use bench::procs::{free_addr, http_get_status};
+use bench::procs::{free_addr, http_get_status, live_children};
 use bench::provider::{self, ProviderOpts, SERVICE};
 
 /// The tests share two busy cores: run them one at a time.
@@ -356,25 +356,6 @@ fn check_report(r: &LoadReport, allowed: &[&str], max_errors: u64) {
         r.stats.error_count(),
         r.stats.errors
     );
-}
-
-/// Children of this process still alive (zombies excluded).
-fn live_children() -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
-            found.push(stat[..close + 1].to_owned());
-        }
-    }
-    found
 }
 
 const GATEWAY_ERRORS: [&str; 3] = ["status_502", "status_503", "status_504"];

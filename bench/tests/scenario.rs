@@ -5,27 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bench::procs::live_children;
 use bench::scenario::{self, ScenarioOpts, Which};
-
-/// Children of this process still alive (zombies excluded).
-fn live_children() -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
-            found.push(stat[..close + 1].to_owned());
-        }
-    }
-    found
-}
 
 #[test]
 fn quick_scenarios_run_clean_and_stop_everything() {

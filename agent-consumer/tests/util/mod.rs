@@ -2,8 +2,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,4 +260,43 @@ pub fn wait_ready(running: &agent_consumer::Running) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The npm sofa-rpc-node Dubbo provider (`tests/peers/provider.js`), killed on drop.
+pub struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts the peer on `port`; fails (never skips) if node or the peer is missing.
+pub fn start_peer(port: u16) -> Peer {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers");
+    assert!(
+        dir.join("node_modules/sofa-rpc-node").is_dir(),
+        "the npm Dubbo peer is not installed: run `bash .ci/setup` (npm install in tests/peers)"
+    );
+    let mut child = Command::new("node")
+        .arg("provider.js")
+        .arg(port.to_string())
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node is required for this test: run `bash .ci/setup`");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("peer output");
+    assert!(line.starts_with("listening"), "peer said {line:?}");
+    Peer(child)
 }
