@@ -6,6 +6,10 @@
 //! cargo run -p reactor --example forward -- 127.0.0.1:7001 127.0.0.1:7000 [loops]
 //! ```
 //!
+//! Half-close: when one side finishes sending (e.g. a client's `shutdown(SHUT_WR)` after
+//! its request), the forwarder passes the FIN on to the other side and keeps the pair open
+//! for the answer; the pair closes once both directions have finished.
+//!
 //! Backpressure: when one side's output is congested, reading the other side pauses;
 //! when it drains, reading resumes. Memory per pair stays near the high watermark
 //! however fast one side sends and however slowly the other reads.
@@ -14,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use reactor::{Builder, CloseReason, Config, Conn, ConnId, Ctx, Handler, Reactor};
+use reactor::{Builder, CloseReason, Config, Conn, ConnId, Ctx, EndOfInput, Handler, Reactor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -60,6 +64,17 @@ impl Handler for Forward {
             cx.pause_reading(conn.id);
         }
         input.len()
+    }
+
+    fn end_of_input(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Side>) -> EndOfInput {
+        match self.peers.get(&conn.id) {
+            Some(&peer) => {
+                // Pass the FIN on after what is buffered; keep reading the partner.
+                cx.shutdown_write(peer);
+                EndOfInput::KeepOpen
+            }
+            None => EndOfInput::Close,
+        }
     }
 
     fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Side>) {

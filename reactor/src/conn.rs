@@ -106,8 +106,20 @@ pub(crate) struct ConnState<T> {
     /// Data may be waiting in the socket (budget ran out, or reading was paused).
     pub(crate) read_pending: bool,
     pub(crate) connect_timer: Option<TimerId>,
-    /// The peer closed its side while output was pending: flushing it, then closing.
+    /// The peer finished sending (a read returned 0): nothing more is read.
     pub(crate) peer_closed: bool,
+    /// Our sending side: open, shut once the output is written, or shut.
+    pub(crate) write_side: WriteSide,
+}
+
+/// Our sending direction of a connection (TCP half-close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteSide {
+    Open,
+    /// `shutdown_write` was asked for: the FIN follows the buffered output.
+    ShutPending,
+    /// The FIN is sent; writes are refused.
+    Shut,
 }
 
 impl<T> ConnState<T> {
@@ -126,6 +138,7 @@ impl<T> ConnState<T> {
             read_pending: false,
             connect_timer: None,
             peer_closed: false,
+            write_side: WriteSide::Open,
         }
     }
 
@@ -136,5 +149,10 @@ impl<T> ConnState<T> {
 
     pub(crate) fn is_live(&self) -> bool {
         matches!(self.phase, Phase::Connecting | Phase::Open)
+    }
+
+    /// Whether a write may still be queued: live, and our side not shut down.
+    pub(crate) fn accepts_writes(&self) -> bool {
+        self.is_live() && self.write_side == WriteSide::Open
     }
 }

@@ -8,7 +8,7 @@ use mio::{Interest, Registry};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::conn::{CloseReason, ConnId, ConnState, Phase};
+use crate::conn::{CloseReason, ConnId, ConnState, Phase, WriteSide};
 use crate::handle::LoopHandle;
 use crate::handler::Handler;
 use crate::timer::{TimerId, TimerKind, Timers};
@@ -187,9 +187,10 @@ impl<H: Handler> Ctx<'_, H> {
     }
 
     /// The connection's output buffer, to encode into directly (no intermediate copy).
-    /// Append only: bytes already in it may be partly written.
+    /// Append only: bytes already in it may be partly written. `None` if the connection
+    /// is gone, closing, or its sending side is shut down.
     pub fn output(&mut self, id: ConnId) -> Option<&mut Vec<u8>> {
-        if !self.is_live(id) {
+        if !self.core.get(id).is_some_and(|c| c.accepts_writes()) {
             return None;
         }
         self.core.mark_dirty(id);
@@ -239,6 +240,18 @@ impl<H: Handler> Ctx<'_, H> {
                 }
                 Phase::Open | Phase::Connecting => self.core.schedule_close(id, CloseReason::Local),
                 Phase::Draining | Phase::Closing => {}
+            }
+        }
+    }
+
+    /// Shuts down our sending side (TCP half-close): the FIN goes out after the buffered
+    /// output, later writes are refused, and the connection keeps reading until the peer
+    /// finishes too, then closes. A connection still connecting shuts down once open.
+    pub fn shutdown_write(&mut self, id: ConnId) {
+        if let Some(c) = self.core.get_mut(id) {
+            if c.is_live() && c.write_side == WriteSide::Open {
+                c.write_side = WriteSide::ShutPending;
+                self.core.mark_dirty(id);
             }
         }
     }

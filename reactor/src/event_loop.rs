@@ -9,10 +9,10 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::conn::{CloseReason, Conn, ConnId, Phase};
+use crate::conn::{CloseReason, Conn, ConnId, Phase, WriteSide};
 use crate::context::{Core, Ctx};
 use crate::handle::Control;
-use crate::handler::Handler;
+use crate::handler::{EndOfInput, Handler};
 use crate::timer::TimerKind;
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -343,21 +343,16 @@ impl<H: Handler> EventLoop<H> {
                 }
                 Phase::Closing => return,
             }
+            if c.peer_closed {
+                return; // half-closed by the peer and kept open for writing
+            }
             if c.read_paused {
                 c.read_pending = true;
                 return;
             }
             match c.stream.read(&mut self.inbuf) {
                 Ok(0) => {
-                    if c.unwritten() > 0 {
-                        // The peer may only have half-closed: what was written to it
-                        // (often the reply to its last bytes) still goes out first.
-                        c.phase = Phase::Draining;
-                        c.peer_closed = true;
-                        self.core.mark_dirty(id);
-                    } else {
-                        self.core.schedule_close(id, CloseReason::PeerClosed);
-                    }
+                    self.end_of_input(id);
                     return;
                 }
                 Ok(n) => {
@@ -385,6 +380,37 @@ impl<H: Handler> EventLoop<H> {
         if let Some(c) = self.core.get_mut(id) {
             c.read_pending = true;
             self.core.read_again.push(id);
+        }
+    }
+
+    /// The peer finished sending: asks the handler whether to keep writing.
+    fn end_of_input(&mut self, id: ConnId) {
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        c.peer_closed = true;
+        c.read_pending = false;
+        let conn = Conn { id, tag: c.tag };
+        let answer = {
+            let (h, mut cx) = self.cx();
+            h.end_of_input(&mut cx, conn)
+        };
+        // The handler may have closed it meanwhile; then that close stands.
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        if c.phase != Phase::Open {
+            return;
+        }
+        match answer {
+            EndOfInput::KeepOpen if c.write_side != WriteSide::Shut => {}
+            _ if c.unwritten() > 0 || c.write_side == WriteSide::ShutPending => {
+                // What was written to the peer (often the reply to its last bytes)
+                // still goes out first.
+                c.phase = Phase::Draining;
+                self.core.mark_dirty(id);
+            }
+            _ => self.core.schedule_close(id, CloseReason::PeerClosed),
         }
     }
 
@@ -529,6 +555,17 @@ impl<H: Handler> EventLoop<H> {
             // Keep the buffer from creeping: move the unwritten tail to the front.
             c.output.drain(..c.out_pos);
             c.out_pos = 0;
+        }
+        if c.write_side == WriteSide::ShutPending && c.unwritten() == 0 && c.phase == Phase::Open {
+            c.write_side = WriteSide::Shut;
+            if let Err(e) = c.stream.shutdown(std::net::Shutdown::Write) {
+                self.core.schedule_close(id, CloseReason::Io(e.kind()));
+                return;
+            }
+            if c.peer_closed {
+                self.core.schedule_close(id, CloseReason::PeerClosed);
+                return;
+            }
         }
         if c.phase == Phase::Draining && c.unwritten() == 0 {
             let reason = if c.peer_closed {

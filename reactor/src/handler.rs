@@ -6,6 +6,16 @@ use crate::conn::{CloseReason, Conn};
 use crate::context::Ctx;
 use crate::timer::TimerId;
 
+/// What to do with a connection whose peer finished sending ([`Handler::end_of_input`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOfInput {
+    /// Close it once its buffered output is written (the usual answer).
+    Close,
+    /// Keep it open for writing: the peer only half-closed (e.g. `shutdown(SHUT_WR)`
+    /// after its last request) and still reads.
+    KeepOpen,
+}
+
 /// What a loop calls. One handler instance per loop, created on the loop's own thread,
 /// so it needs no locks and need not be `Send`.
 ///
@@ -37,6 +47,17 @@ pub trait Handler: Sized + 'static {
     /// Returns how many bytes it consumed; the rest is kept for the next call (copied into
     /// the connection's own buffer, which is freed again once empty).
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>, input: &[u8]) -> usize;
+
+    /// The peer finished sending (TCP FIN); everything it sent was delivered to
+    /// [`Handler::data`] first. The default, [`EndOfInput::Close`], closes the connection
+    /// once its buffered output is written. A proxy that relays half-closes returns
+    /// [`EndOfInput::KeepOpen`]: the connection stays open for writing until the handler
+    /// calls [`Ctx::shutdown_write`] (it then closes once the FIN is sent) or
+    /// [`Ctx::close`].
+    fn end_of_input(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>) -> EndOfInput {
+        let _ = (cx, conn);
+        EndOfInput::Close
+    }
 
     /// A congested connection's output fell to the low watermark: resume what was paused.
     fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>) {

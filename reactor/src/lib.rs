@@ -17,6 +17,9 @@
 //! - **Timers**: one-shot and periodic, cheap to create and cancel by the hundred thousand.
 //! - **Cross-thread**: a [`LoopHandle`] per loop sends it messages and wakes it; it also
 //!   asks for a graceful stop.
+//! - **Half-close**: a peer's end of input reaches [`Handler::end_of_input`], which may
+//!   keep the connection open for writing; [`Ctx::shutdown_write`] sends our FIN after
+//!   the buffered output, so a proxy can relay half-closes both ways.
 //! - **Tokens carry a generation**: a stale [`ConnId`] never reaches a reused slot.
 //!
 //! # Examples
@@ -79,6 +82,6 @@ pub use crate::config::{Config, SocketOptions};
 pub use crate::conn::{CloseReason, Conn, ConnId};
 pub use crate::context::Ctx;
 pub use crate::handle::{LoopGone, LoopHandle};
-pub use crate::handler::Handler;
+pub use crate::handler::{EndOfInput, Handler};
 pub use crate::reactor::{Builder, Reactor};
 pub use crate::timer::TimerId;
