@@ -9,6 +9,11 @@
 //!   `tokio-batched` gathers one read's answers into one `write_all` (the hand-written
 //!   equivalent of the reactor's flush).
 //!
+//! - `server-cpu/1` and `server-cpu/64`: the same ping-pong, but timed by the CPU time
+//!   the server's thread spent (Linux, from `/proc/self/task/*/schedstat`), so the
+//!   throughput is messages per server CPU-second: the "per core" figure. Wall-clock
+//!   ping-pong is bounded by wake-up latency on both sides, not by the server's work.
+//!
 //! ```text
 //! CARGO_TARGET_DIR=... cargo bench -p reactor --bench echo
 //! ```
@@ -43,11 +48,18 @@ impl Handler for Echo {
     }
 }
 
+/// The server threads' names, to find them in `/proc/self/task` (at most 15 bytes).
+const REACTOR_THREAD: &str = "echo-reactor";
+const TOKIO_THREAD: [&str; 2] = ["echo-tokio-msg", "echo-tokio-bat"];
+
 fn reactor_server() -> (Reactor<()>, SocketAddr) {
-    let r = Builder::new(Config::default())
-        .listen("127.0.0.1:0".parse().unwrap(), ())
-        .start(|_, _| Echo)
-        .expect("start reactor");
+    let r = Builder::new(Config {
+        thread_name: REACTOR_THREAD.into(),
+        ..Config::default()
+    })
+    .listen("127.0.0.1:0".parse().unwrap(), ())
+    .start(|_, _| Echo)
+    .expect("start reactor");
     let addr = r.local_addrs()[0];
     (r, addr)
 }
@@ -56,47 +68,67 @@ fn reactor_server() -> (Reactor<()>, SocketAddr) {
 /// `write_all` per read instead of one per message.
 fn tokio_server(batched: bool) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                s.set_nodelay(true).unwrap();
-                tokio::spawn(async move {
-                    let mut buf = vec![0; 64 * 1024];
-                    let mut have = 0;
-                    loop {
-                        let n = match s.read(&mut buf[have..]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        have += n;
-                        let whole = have / MSG * MSG;
-                        let ok = if batched {
-                            s.write_all(&buf[..whole]).await.is_ok()
-                        } else {
-                            let mut ok = true;
-                            for m in buf[..whole].chunks_exact(MSG) {
-                                ok &= s.write_all(m).await.is_ok();
+    let name = TOKIO_THREAD[usize::from(batched)];
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                loop {
+                    let (mut s, _) = listener.accept().await.unwrap();
+                    s.set_nodelay(true).unwrap();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0; 64 * 1024];
+                        let mut have = 0;
+                        loop {
+                            let n = match s.read(&mut buf[have..]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            have += n;
+                            let whole = have / MSG * MSG;
+                            let ok = if batched {
+                                s.write_all(&buf[..whole]).await.is_ok()
+                            } else {
+                                let mut ok = true;
+                                for m in buf[..whole].chunks_exact(MSG) {
+                                    ok &= s.write_all(m).await.is_ok();
+                                }
+                                ok
+                            };
+                            if !ok {
+                                return;
                             }
-                            ok
-                        };
-                        if !ok {
-                            return;
+                            buf.copy_within(whole..have, 0);
+                            have -= whole;
                         }
-                        buf.copy_within(whole..have, 0);
-                        have -= whole;
-                    }
-                });
-            }
+                    });
+                }
+            });
         });
-    });
+    spawned.unwrap();
     rx.recv().unwrap()
+}
+
+/// CPU time spent so far by this process's thread whose name starts with `name`.
+#[cfg(target_os = "linux")]
+fn thread_cpu(name: &str) -> Duration {
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(name) {
+            // schedstat: time on CPU (ns), time waiting to run (ns), timeslices.
+            let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap();
+            let ns = stat.split_whitespace().next().unwrap().parse().unwrap();
+            return Duration::from_nanos(ns);
+        }
+    }
+    panic!("no thread named {name}");
 }
 
 async fn connect(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
@@ -151,6 +183,25 @@ fn bench(c: &mut Criterion) {
             let mut streams = client.block_on(connect(*addr, conns));
             g.bench_function(BenchmarkId::from_parameter(name), |b| {
                 b.iter_custom(|iters| exchange(&client, &mut streams, iters, 1))
+            });
+        }
+        g.finish();
+    }
+
+    // Messages per CPU-second of the server thread: what one core of each server does.
+    #[cfg(target_os = "linux")]
+    for conns in [1usize, 64] {
+        let mut g = c.benchmark_group(format!("server-cpu/{conns}"));
+        g.throughput(Throughput::Elements(conns as u64));
+        let threads = [REACTOR_THREAD, TOKIO_THREAD[0]];
+        for ((name, addr), thread) in servers[..2].iter().zip(threads) {
+            let mut streams = client.block_on(connect(*addr, conns));
+            g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter_custom(|iters| {
+                    let before = thread_cpu(thread);
+                    exchange(&client, &mut streams, iters, 1);
+                    thread_cpu(thread) - before
+                })
             });
         }
         g.finish();
