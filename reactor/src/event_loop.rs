@@ -45,6 +45,9 @@ pub(crate) struct EventLoop<H: Handler> {
     wake_pending: Arc<AtomicBool>,
     /// The one input buffer every read of this loop goes into.
     inbuf: Vec<u8>,
+    /// An empty list kept for swapping with the dirty and read-again lists, so that
+    /// walking them allocates nothing.
+    spare: Vec<ConnId>,
     accept_paused: bool,
     #[cfg(target_os = "linux")]
     timerfd: Option<crate::precise::TimerFd>,
@@ -94,6 +97,7 @@ impl<H: Handler> EventLoop<H> {
             rx,
             wake_pending,
             inbuf,
+            spare: Vec::new(),
             accept_paused: false,
             #[cfg(target_os = "linux")]
             timerfd,
@@ -443,8 +447,13 @@ impl<H: Handler> EventLoop<H> {
 
     /// Re-offers buffered input (after a resumed pause) and reads sockets whose budget ran out.
     fn read_again(&mut self) {
-        let again = std::mem::take(&mut self.core.read_again);
-        for id in again {
+        if self.core.read_again.is_empty() {
+            return;
+        }
+        // Swap in the spare list (empty, with capacity) so neither list is reallocated.
+        let mut again =
+            std::mem::replace(&mut self.core.read_again, std::mem::take(&mut self.spare));
+        for id in again.drain(..) {
             let Some(c) = self.core.get_mut(id) else {
                 continue;
             };
@@ -465,6 +474,7 @@ impl<H: Handler> EventLoop<H> {
             }
             self.process_closes();
         }
+        self.spare = again;
     }
 
     fn fire_timers(&mut self) {
@@ -499,8 +509,9 @@ impl<H: Handler> EventLoop<H> {
     fn flush_all(&mut self) {
         // Flushing can trigger callbacks (`drained`) that write more; loop until quiet.
         while !self.core.dirty.is_empty() {
-            let dirty = std::mem::take(&mut self.core.dirty);
-            for id in dirty {
+            let mut dirty =
+                std::mem::replace(&mut self.core.dirty, std::mem::take(&mut self.spare));
+            for id in dirty.drain(..) {
                 if let Some(c) = self.core.get_mut(id) {
                     c.dirty = false;
                     if c.phase != Phase::Connecting {
@@ -508,6 +519,7 @@ impl<H: Handler> EventLoop<H> {
                     }
                 }
             }
+            self.spare = dirty;
             self.process_closes();
         }
     }
