@@ -51,6 +51,10 @@ const TIMEOUT_HEADER: &str = "x-dubbo-timeout";
 const VERSION_HEADER: &str = "x-dubbo-version";
 /// Header naming the service group for a form request.
 const GROUP_HEADER: &str = "x-dubbo-group";
+/// Prefix of headers carrying Dubbo attachments, both ways: a request header
+/// `x-dubbo-attachment-<key>: <value>` becomes attachment `<key>`, and a response
+/// attachment comes back as the same header.
+pub const ATTACHMENT_HEADER_PREFIX: &str = "x-dubbo-attachment-";
 
 /// How the answer is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -962,9 +966,41 @@ fn prepare_form<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared
         types: Cow::Borrowed(types),
         version: Cow::Borrowed(header_str(req, VERSION_HEADER)),
         group: Cow::Borrowed(header_str(req, GROUP_HEADER)),
-        attachments: Vec::new(),
+        attachments: header_attachments(req, Vec::new())?,
         timeout_ms: None,
     })
+}
+
+/// Adds the attachments sent as `x-dubbo-attachment-<key>` headers to `attachments`
+/// (those of a JSON body): a key already there keeps its value (the body wins), and the
+/// first of repeated headers wins. The key is taken as sent (case kept), the value
+/// trimmed. Without such headers nothing is allocated.
+fn header_attachments(
+    req: &Request<'_>,
+    mut attachments: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, String> {
+    let prefix = ATTACHMENT_HEADER_PREFIX.len();
+    for (name, value) in req.headers() {
+        let is_attachment = name
+            .get(..prefix)
+            .is_some_and(|p| p.eq_ignore_ascii_case(ATTACHMENT_HEADER_PREFIX));
+        if !is_attachment {
+            continue;
+        }
+        let key = name.get(prefix..).unwrap_or_default();
+        if key.is_empty() {
+            return Err(format!(
+                "header {name}: the attachment key is missing (send {ATTACHMENT_HEADER_PREFIX}<key>: <value>)"
+            ));
+        }
+        let Ok(value) = std::str::from_utf8(value) else {
+            return Err(format!("header {name}: the attachment value is not UTF-8"));
+        };
+        if !attachments.iter().any(|(k, _)| k == key) {
+            attachments.push((key.to_owned(), value.trim().to_owned()));
+        }
+    }
+    Ok(attachments)
 }
 
 /// A JSON typed invocation: arguments encoded by their declared Java types.
@@ -983,7 +1019,7 @@ fn prepare_json<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared
         method: Cow::Owned(inv.method),
         version: Cow::Owned(inv.version.unwrap_or_default()),
         group: Cow::Owned(inv.group.unwrap_or_default()),
-        attachments: inv.attachments,
+        attachments: header_attachments(req, inv.attachments)?,
         timeout_ms: inv.timeout_ms,
     })
 }

@@ -24,14 +24,35 @@ const SERVICE: &str = "com.example.ShapeService";
 struct Reply {
     status: u16,
     content_type: String,
+    /// Every header, names lower-cased, in wire order.
+    headers: Vec<(String, String)>,
     body: String,
+}
+
+impl Reply {
+    /// The `x-dubbo-attachment-*` headers: (key, value), in wire order.
+    fn attachments(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.strip_prefix("x-dubbo-attachment-")?, v.as_str())))
+            .collect()
+    }
 }
 
 /// POSTs `body` with `content_type` on a fresh connection and reads one answer.
 fn post(addr: SocketAddr, content_type: &str, body: &str) -> Reply {
+    post_with(addr, content_type, &[], body)
+}
+
+/// As [`post`], with extra request headers.
+fn post_with(addr: SocketAddr, content_type: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut s = TcpStream::connect(addr).expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write");
@@ -57,6 +78,16 @@ fn post(addr: SocketAddr, content_type: &str, body: &str) -> Reply {
                 return Reply {
                     status: resp.code.expect("code"),
                     content_type: header("content-type").unwrap_or_default(),
+                    headers: resp
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
                     body: String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
                 };
             }
@@ -363,6 +394,74 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
         mesh.provider_calls(),
         before + 1,
         "a malformed invocation reached the provider"
+    );
+
+    mesh.stop();
+}
+
+#[test]
+fn attachments_from_headers_and_json_reach_sofa_rpc_node() {
+    let mesh = Mesh::start();
+    let addr = mesh.running.http_addr;
+    let ask = |key: &str, attachments: &str| {
+        format!(
+            r#"{{"interface":"{SERVICE}","method":"attachment","parameterTypes":["java.lang.String"],"arguments":["{key}"]{attachments}}}"#
+        )
+    };
+    let json_call = |key: &str, attachments: &str, headers: &[(&str, &str)]| {
+        let r = post_with(addr, "application/json", headers, &ask(key, attachments));
+        assert_eq!(r.status, 200, "attachment({key}): {r:?}");
+        r.body
+    };
+
+    // The JSON `attachments` field.
+    let field = r#","attachments":{"trace":"t-1","tenant":"акме"}"#;
+    assert_eq!(json_call("trace", field, &[]), r#""t-1""#);
+    assert_eq!(json_call("tenant", field, &[]), r#""акме""#);
+    assert_eq!(json_call("absent", field, &[]), "null");
+
+    // Headers, on a JSON call: the key as sent, the value trimmed.
+    let headers = [
+        ("X-Dubbo-Attachment-traceId", "  t-2 "),
+        ("x-dubbo-attachment-trace", "from-header"),
+        ("x-dubbo-attachment-trace", "second"),
+    ];
+    assert_eq!(json_call("traceId", "", &headers), r#""t-2""#);
+    // The first of repeated headers wins; the JSON field wins over a header.
+    assert_eq!(json_call("trace", "", &headers), r#""from-header""#);
+    assert_eq!(json_call("trace", field, &headers), r#""t-1""#);
+    assert_eq!(json_call("traceId", field, &headers), r#""t-2""#);
+
+    // Headers on the race's form call.
+    let form = |key: &str| {
+        format!(
+            "interface={SERVICE}&method=attachment&parameterTypesString=Ljava%2Flang%2FString%3B&parameter={key}"
+        )
+    };
+    let r = post_with(
+        addr,
+        "application/x-www-form-urlencoded",
+        &[("x-dubbo-attachment-user", "u 7")],
+        &form("user"),
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "u 7"), "{r:?}");
+    // Request attachments are not echoed back as response headers.
+    assert_eq!(r.attachments(), [], "{r:?}");
+
+    // A header without a key: 400 naming it; nothing reaches the provider.
+    let before = mesh.provider_calls();
+    let r = post_with(
+        addr,
+        "application/json",
+        &[("x-dubbo-attachment-", "v")],
+        &ask("x", ""),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("attachment key is missing"), "{r:?}");
+    assert_eq!(
+        mesh.provider_calls(),
+        before + 1,
+        "a bad header reached the provider"
     );
 
     mesh.stop();

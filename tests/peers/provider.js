@@ -133,6 +133,12 @@ const shapes = {
       default: throw new Error(`no add(${sig})`);
     }
   },
+  // Request attachments: dubbo-remoting hands a handler the request's attachment map as
+  // `req.data.requestProps`. Answers the value of attachment `key` (null if absent).
+  async attachment(key) {
+    const value = this.req.data.requestProps[key];
+    return value === undefined ? null : value;
+  },
   // A thrown error: sofa-rpc-node answers status 80 with its message.
   async fail(msg) {
     throw new Error(msg);
