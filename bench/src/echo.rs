@@ -113,13 +113,7 @@ impl Handler for Echo {
                     return input.len();
                 }
             };
-            let len = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
+            let len = crate::harness::content_length(req.headers);
             let Some(body) = rest.get(head..head + len) else {
                 return used;
             };

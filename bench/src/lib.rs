@@ -3,6 +3,7 @@
 
 pub mod chart;
 pub mod echo;
+pub mod harness;
 pub mod hist;
 pub mod load;
 pub mod procs;

@@ -42,6 +42,13 @@ pub fn usage(pid: u32) -> Option<Usage> {
     })
 }
 
+/// Open file descriptors of a process (entries of `/proc/PID/fd`); `None` if it is
+/// gone or `/proc` is unreadable.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.count() as u64)
+}
+
 /// A free loopback port (bound, then released: good enough on a quiet host).
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -123,6 +130,32 @@ impl Proc {
         Ok(())
     }
 
+    /// Panics with the tail of its log if it has exited: for tests.
+    ///
+    /// # Panics
+    /// The process is gone.
+    pub fn assert_alive(&mut self) {
+        if let Err(e) = self.check_alive() {
+            panic!("{e}");
+        }
+    }
+
+    /// The last lines of its log.
+    pub fn tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    /// `kill -9` and reap (a zombie would still look alive in `/proc`).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Some(u) = usage(c.id()) {
+                self.last = u;
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut c) = self.child.take() else {
@@ -161,7 +194,7 @@ impl Drop for Proc {
 pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Waits until `addr` accepts connections.

@@ -7,14 +7,14 @@
 //! stops every process it started, also on error.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::harness::{self, Bins};
 use crate::load::{self, LoadOpts, Params};
 use crate::procs::{self, free_addr, Proc, Usage};
-use crate::provider::SERVICE;
 
 /// Which scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -199,78 +199,8 @@ fn uneven_specs() -> Vec<ProviderSpec> {
     s
 }
 
-/// Where the agent binaries and `bench` are.
-#[derive(Debug, Clone)]
-struct Bins {
-    bench: PathBuf,
-    consumer: PathBuf,
-    provider: PathBuf,
-}
-
 fn find_bins(opts: &ScenarioOpts) -> io::Result<Bins> {
-    let exe = std::env::current_exe()?;
-    let exe_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    // A test binary lives in target/<profile>/deps; binaries one level up.
-    let dir = match &opts.bin_dir {
-        Some(d) => d.clone(),
-        None if exe_dir.ends_with("deps") => {
-            exe_dir.parent().map(Path::to_path_buf).unwrap_or_default()
-        }
-        None => exe_dir,
-    };
-    let bench = match &opts.bench_exe {
-        Some(b) => b.clone(),
-        None if exe.file_stem().is_some_and(|s| s == "bench") => exe.clone(),
-        None => dir.join("bench"),
-    };
-    let consumer = dir.join("consumer-agent");
-    let provider = dir.join("provider-agent");
-    if !consumer.exists() || !provider.exists() {
-        build_agents(&dir)?;
-    }
-    for p in [&bench, &consumer, &provider] {
-        if !p.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} not found", p.display()),
-            ));
-        }
-    }
-    Ok(Bins {
-        bench,
-        consumer,
-        provider,
-    })
-}
-
-/// `cargo build [--release] -p agent-consumer -p agent-provider` into the target dir
-/// that holds `profile_dir`.
-fn build_agents(profile_dir: &Path) -> io::Result<()> {
-    let release = profile_dir.ends_with("release");
-    let target = profile_dir.parent().unwrap_or(profile_dir);
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."));
-    eprintln!(
-        "building the agents ({}) into {}",
-        if release { "release" } else { "debug" },
-        target.display()
-    );
-    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
-    cmd.current_dir(workspace)
-        .env("CARGO_TARGET_DIR", target)
-        .args(["build", "-p", "agent-consumer", "-p", "agent-provider"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let st = cmd.status()?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "building the agents failed: {st}"
-        )))
-    }
+    Bins::find(opts.bin_dir.as_deref(), opts.bench_exe.as_deref())
 }
 
 /// A running mesh. Dropping it stops everything, newest first.
@@ -340,52 +270,16 @@ impl Topology {
                 format!("file://{}", dir.display())
             }
             RegistryKind::Etcd => {
-                let client = free_addr()?;
-                let peer = free_addr()?;
                 let data = topo._tmp.path().join("etcd");
-                let args: Vec<String> = vec![
-                    "--name".into(),
-                    "bench".into(),
-                    "--data-dir".into(),
-                    data.display().to_string(),
-                    "--listen-client-urls".into(),
-                    format!("http://{client}"),
-                    "--advertise-client-urls".into(),
-                    format!("http://{client}"),
-                    "--listen-peer-urls".into(),
-                    format!("http://{peer}"),
-                    "--initial-advertise-peer-urls".into(),
-                    format!("http://{peer}"),
-                    "--initial-cluster".into(),
-                    format!("bench=http://{peer}"),
-                ];
-                let mut p = Proc::start("etcd", Path::new("/usr/bin/etcd"), &args, &logs)?;
-                let ready = procs::wait_port(client, deadline, &mut p);
+                let (p, client) = harness::start_etcd(&data, &logs, deadline)?;
                 topo.procs.push(p);
-                ready?;
-                // etcd answers /health once it has a leader.
-                let end = Instant::now() + deadline;
-                while procs::http_get_status(client, "/health").ok() != Some(200) {
-                    if Instant::now() > end {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "etcd not healthy"));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
                 format!("etcd://{client}")
             }
         };
         let mut provider_addrs = Vec::new();
         for s in specs {
             let addr = free_addr()?;
-            let mut args = vec![
-                "provider".to_owned(),
-                "--listen".into(),
-                addr.to_string(),
-                "--latency-ms".into(),
-                s.latency_ms.to_string(),
-                "--threads".into(),
-                s.threads.to_string(),
-            ];
+            let mut args = harness::provider_args(addr, s.latency_ms, s.threads);
             if s.cores > 0 {
                 args.extend(["--cores".into(), s.cores.to_string()]);
                 args.extend(["--cpu-us".into(), s.cpu_us.to_string()]);
@@ -399,31 +293,20 @@ impl Topology {
         let loops = opts.agent_loops.max(1).to_string();
         for (s, q) in specs.iter().zip(&provider_addrs) {
             let (listen, admin) = (free_addr()?, free_addr()?);
-            let args: Vec<String> = [
-                "--listen",
-                &listen.to_string(),
-                "--provider",
-                &q.to_string(),
-                "--service",
-                SERVICE,
-                "--serialization",
-                "fastjson",
-                "--registry",
-                &registry,
-                "--weight",
-                &s.weight.to_string(),
-                "--max-inflight",
-                &s.threads.to_string(),
-                "--advertise",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-                "--loops",
-                &loops,
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+            let mut args = harness::provider_agent_args(listen, admin, *q, &registry);
+            args.extend(
+                [
+                    "--serialization",
+                    "fastjson",
+                    "--weight",
+                    &s.weight.to_string(),
+                    "--max-inflight",
+                    &s.threads.to_string(),
+                    "--loops",
+                    &loops,
+                ]
+                .map(String::from),
+            );
             let mut p = Proc::start(
                 &format!("provider-agent-{}", s.name),
                 &bins.provider,
@@ -436,27 +319,20 @@ impl Topology {
             ready?;
         }
         let admin = free_addr()?;
-        let args: Vec<String> = [
-            "--listen",
-            &topo.consumer_addr.to_string(),
-            "--registry",
-            &registry,
-            "--service",
-            SERVICE,
-            "--lb",
-            "adaptive",
-            "--timeout-ms",
-            &opts.agent_timeout_ms.to_string(),
-            "--retries",
-            &opts.agent_retries.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--loops",
-            &loops,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut args = harness::consumer_agent_args(topo.consumer_addr, admin, &registry);
+        args.extend(
+            [
+                "--lb",
+                "adaptive",
+                "--timeout-ms",
+                &opts.agent_timeout_ms.to_string(),
+                "--retries",
+                &opts.agent_retries.to_string(),
+                "--loops",
+                &loops,
+            ]
+            .map(String::from),
+        );
         let mut p = Proc::start("consumer-agent", &bins.consumer, &args, &logs)?;
         let ready = procs::wait_healthy(admin, deadline, &mut p);
         topo.consumer = topo.procs.len();
@@ -467,30 +343,30 @@ impl Topology {
         Ok(topo)
     }
 
-    /// Waits until a call through the consumer-agent comes back right (the providers
-    /// may take a moment to show up in the registry).
+    /// Waits until a call through the consumer-agent comes back right, failing early
+    /// if an agent dies.
     fn wait_routing(&mut self, deadline: Duration) -> io::Result<()> {
         let end = Instant::now() + deadline;
         loop {
-            let last = match one_call(self.consumer_addr, "hello") {
-                Ok(true) => return Ok(()),
-                Ok(false) => "a wrong or failed answer".to_owned(),
-                Err(e) => e.to_string(),
+            let left = end.saturating_duration_since(Instant::now());
+            let i = self.consumer;
+            let Some(consumer) = self.procs.get_mut(i) else {
+                return Err(io::Error::other("no consumer-agent"));
             };
+            match harness::wait_routing(
+                self.consumer_addr,
+                left.min(Duration::from_millis(500)),
+                consumer,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > end => return Err(e),
+                Err(_) => {}
+            }
             for i in self.agents.clone() {
                 if let Some(p) = self.procs.get_mut(i) {
                     p.check_alive()?;
                 }
             }
-            if Instant::now() > end {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "no right answer through the consumer-agent after {deadline:?}: {last}"
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -509,45 +385,6 @@ impl Topology {
             p.check_alive()?;
         }
         Ok(())
-    }
-}
-
-/// One request over a fresh connection; `Ok(true)` when answered 200 with the right hash.
-fn one_call(addr: SocketAddr, param: &str) -> io::Result<bool> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let (req, expected) = load::race_request(&addr.to_string(), param, None);
-    s.write_all(&req)?;
-    read_answer(&mut s).map(|(code, v)| code == 200 && v == Some(expected))
-}
-
-/// Reads one HTTP answer with a Content-Length body: (status, body as an int).
-fn read_answer(s: &mut TcpStream) -> io::Result<(u16, Option<i32>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if let Some(body) = buf.get(head..head + len) {
-                let v = std::str::from_utf8(body)
-                    .ok()
-                    .and_then(|b| b.trim().parse().ok());
-                return Ok((resp.code.unwrap_or(0), v));
-            }
-        }
     }
 }
 
@@ -713,8 +550,8 @@ fn idle(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
             s.write_all(&req)?;
         }
         for s in batch.iter_mut() {
-            match read_answer(s) {
-                Ok((200, Some(v))) if v == expected => ok += 1,
+            match harness::read_answer(s) {
+                Ok((200, body)) if harness::is_right(200, &body, expected) => ok += 1,
                 Ok((200, _)) => *errors.entry("wrong".into()).or_default() += 1,
                 Ok((code, _)) => *errors.entry(format!("status_{code}")).or_default() += 1,
                 Err(_) => *errors.entry("closed".into()).or_default() += 1,

@@ -6,13 +6,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bench::harness::{self, call_on, is_right, metric, read_answer, wait_until, Bins};
 use bench::load::{self, LoadOpts, Params};
-use bench::procs::{free_addr, http_get_status, live_children};
+use bench::procs::{self, free_addr, live_children, Proc};
 use bench::provider::{self, ProviderOpts, RunningProvider, SERVICE};
 use codec::agent;
 
@@ -21,148 +20,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A child process, SIGKILLed and reaped when dropped.
-struct Kid {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Kid {
-    fn start(name: &str, program: &Path, args: &[String], dir: &Path) -> Kid {
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        Kid {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    fn assert_alive(&mut self) {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            panic!("{} exited ({st}):\n{}", self.name, self.tail());
-        }
-    }
-
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Where cargo put the agent binaries: the test binary is in target/<profile>/deps.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("profile dir")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build -p agent-consumer -p agent-provider` first",
-        p.display()
-    );
-    p
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn wait_healthy(admin: SocketAddr, kid: &mut Kid) {
-    let ok = wait_until(Duration::from_secs(20), || {
-        kid.assert_alive();
-        http_get_status(admin, "/healthz").ok() == Some(200)
-    });
-    assert!(ok, "{} not healthy:\n{}", kid.name, kid.tail());
-}
-
-/// A metric's value (first sample) on an admin port.
-fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Reads one HTTP answer: (status, body).
-fn read_answer(s: &mut TcpStream) -> io::Result<(u16, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if let Some(body) = buf.get(head..head + len) {
-                return Ok((resp.code.unwrap_or(0), body.to_vec()));
-            }
-        }
-    }
-}
-
-/// Whether a 200 body is the right hash.
-fn right(code: u16, body: &[u8], expected: i32) -> bool {
-    code == 200
-        && std::str::from_utf8(body)
-            .ok()
-            .and_then(|b| b.trim().parse::<i32>().ok())
-            == Some(expected)
-}
-
-/// One race call on `s`: whether it came back 200 with the right hash.
-fn call_on(s: &mut TcpStream, addr: SocketAddr, param: &str) -> io::Result<bool> {
-    let (req, expected) = load::race_request(&addr.to_string(), param, None);
-    s.write_all(&req)?;
-    let (code, body) = read_answer(s)?;
-    Ok(right(code, &body, expected))
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -188,10 +45,10 @@ fn status_of(addr: SocketAddr, raw: &[u8]) -> u16 {
 
 /// A mock provider (in this process), a provider-agent and a consumer-agent.
 struct Mesh {
-    consumer: Kid,
+    consumer: Proc,
     consumer_addr: SocketAddr,
     consumer_admin: SocketAddr,
-    agent: Kid,
+    agent: Proc,
     agent_addr: SocketAddr,
     _provider: RunningProvider,
     _dir: tempfile::TempDir,
@@ -213,51 +70,20 @@ impl Mesh {
             ..ProviderOpts::default()
         })
         .expect("mock provider");
+        let bins = Bins::for_test(env!("CARGO_BIN_EXE_bench"));
+        let deadline = Duration::from_secs(20);
         let (agent_addr, agent_admin) = (free_addr().unwrap(), free_addr().unwrap());
-        let args: Vec<String> = [
-            "--listen",
-            &agent_addr.to_string(),
-            "--provider",
-            &provider.local_addr().to_string(),
-            "--service",
-            SERVICE,
-            "--registry",
-            &registry,
-            "--admin",
-            &agent_admin.to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let mut agent = Kid::start("provider-agent", &bin("provider-agent"), &args, dir.path());
-        wait_healthy(agent_admin, &mut agent);
+        let args =
+            harness::provider_agent_args(agent_addr, agent_admin, provider.local_addr(), &registry);
+        let mut agent =
+            Proc::start("provider-agent", &bins.provider, &args, dir.path()).expect("start");
+        procs::wait_healthy(agent_admin, deadline, &mut agent).expect("healthy");
         let (consumer_addr, consumer_admin) = (free_addr().unwrap(), free_addr().unwrap());
-        let args: Vec<String> = [
-            "--listen",
-            &consumer_addr.to_string(),
-            "--registry",
-            &registry,
-            "--service",
-            SERVICE,
-            "--admin",
-            &consumer_admin.to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let mut consumer = Kid::start("consumer-agent", &bin("consumer-agent"), &args, dir.path());
-        wait_healthy(consumer_admin, &mut consumer);
-        let ok = wait_until(Duration::from_secs(20), || {
-            consumer.assert_alive();
-            TcpStream::connect_timeout(&consumer_addr, Duration::from_secs(1))
-                .ok()
-                .and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-                    call_on(&mut s, consumer_addr, "hello").ok()
-                })
-                == Some(true)
-        });
-        assert!(ok, "no right answer through the mesh:\n{}", consumer.tail());
+        let args = harness::consumer_agent_args(consumer_addr, consumer_admin, &registry);
+        let mut consumer =
+            Proc::start("consumer-agent", &bins.consumer, &args, dir.path()).expect("start");
+        procs::wait_healthy(consumer_admin, deadline, &mut consumer).expect("healthy");
+        harness::wait_routing(consumer_addr, deadline, &mut consumer).expect("routing");
         Mesh {
             consumer,
             consumer_addr,
@@ -337,7 +163,7 @@ fn consumer_agent_http_port_withstands_bad_clients() {
     let mut s = connect(addr);
     s.write_all(&req).unwrap();
     let (code, body) = read_answer(&mut s).unwrap();
-    assert!(right(code, &body, expected), "{code} {body:?}");
+    assert!(is_right(code, &body, expected), "{code} {body:?}");
     // A head over --max-head (16 KiB): 431. A body over --max-body (1 MiB): 413.
     let big_head = format!(
         "POST /invoke HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
@@ -368,7 +194,7 @@ fn consumer_agent_http_port_withstands_bad_clients() {
         }
         s.write_all(&req[20..]).expect("rest");
         let (code, body) = read_answer(&mut s).expect("slowloris answer");
-        right(code, &body, expected)
+        is_right(code, &body, expected)
     });
     let mut s = connect(addr);
     let (mut calls, mut slowest) = (0, Duration::ZERO);

@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bench::harness::{self, metric, metric_or_zero, one_call, wait_until, AgentAddrs, Bins};
 use bench::load::{self, LoadOpts, LoadReport, Params};
-use bench::procs::{free_addr, http_get_status, live_children};
+use bench::procs::{self, free_addr, live_children, Proc};
 use bench::provider::{self, ProviderOpts, SERVICE};
 
 /// The tests share two busy cores: run them one at a time.
@@ -26,177 +26,12 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A child process, SIGKILLed and reaped when dropped.
-struct Kid {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Kid {
-    fn start(name: &str, program: &Path, args: &[String], dir: &Path) -> Kid {
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        Kid {
-            name: name.to_owned(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// kill -9 and reap (a zombie would still look alive in /proc).
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn assert_alive(&mut self) {
-        let c = self.child.as_mut().expect("started");
-        if let Ok(Some(st)) = c.try_wait() {
-            panic!("{} exited ({st}):\n{}", self.name, self.tail());
-        }
-    }
-
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Where cargo put the agent binaries: the test binary is in target/<profile>/deps.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let deps = exe.parent().expect("deps dir");
-    let p = deps.parent().expect("profile dir").join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build -p agent-consumer -p agent-provider` first",
-        p.display()
-    );
-    p
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn wait_healthy(admin: SocketAddr, kid: &mut Kid) {
-    let ok = wait_until(Duration::from_secs(20), || {
-        kid.assert_alive();
-        http_get_status(admin, "/healthz").ok() == Some(200)
-    });
-    assert!(ok, "{} not healthy:\n{}", kid.name, kid.tail());
-}
-
-/// The sum of a metric's samples (all label sets) on an admin port.
-fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let mut sum = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            sum = Some(sum.unwrap_or(0.0) + v);
-        }
-    }
-    sum
-}
-
-fn metric_or_zero(admin: SocketAddr, name: &str) -> f64 {
-    metric(admin, name).unwrap_or(0.0)
-}
-
-/// One call on a fresh connection: (status, whether a 200 carried the right hash).
-fn one_call(addr: SocketAddr, param: &str) -> io::Result<(u16, bool)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let (req, expected) = load::race_request(&addr.to_string(), param, None);
-    s.write_all(&req)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if let Some(body) = buf.get(head..head + len) {
-                let code = resp.code.unwrap_or(0);
-                let right = std::str::from_utf8(body)
-                    .ok()
-                    .and_then(|b| b.trim().parse::<i32>().ok())
-                    == Some(expected);
-                return Ok((code, code == 200 && right));
-            }
-        }
-    }
-}
-
 /// A whole mesh: a file registry in a temp dir, provider-agents, one consumer-agent.
 struct Mesh {
+    bins: Bins,
     dir: tempfile::TempDir,
     registry: String,
     reg_dir: PathBuf,
-}
-
-/// A provider-agent's addresses.
-#[derive(Clone, Copy)]
-struct AgentAddrs {
-    listen: SocketAddr,
-    admin: SocketAddr,
 }
 
 impl Mesh {
@@ -209,6 +44,7 @@ impl Mesh {
         std::fs::create_dir_all(&reg_dir).expect("registry dir");
         let registry = format!("file://{}", reg_dir.display());
         Mesh {
+            bins: Bins::for_test(env!("CARGO_BIN_EXE_bench")),
             dir,
             registry,
             reg_dir,
@@ -220,85 +56,35 @@ impl Mesh {
     }
 
     /// `bench provider` as a child (so it can be killed -9).
-    fn provider_proc(&self, name: &str, addr: SocketAddr, latency_ms: u64) -> Kid {
-        let args: Vec<String> = vec![
-            "provider".into(),
-            "--listen".into(),
-            addr.to_string(),
-            "--latency-ms".into(),
-            latency_ms.to_string(),
-            "--threads".into(),
-            "400".into(),
-        ];
-        let mut k = Kid::start(
-            name,
-            Path::new(env!("CARGO_BIN_EXE_bench")),
-            &args,
-            self.logs(),
-        );
-        let ok = wait_until(Duration::from_secs(20), || {
-            k.assert_alive();
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-        assert!(ok, "{name} not listening:\n{}", k.tail());
-        k
+    fn provider_proc(&self, name: &str, addr: SocketAddr, latency_ms: u64) -> Proc {
+        let args = harness::provider_args(addr, latency_ms, 400);
+        let mut p = Proc::start(name, &self.bins.bench, &args, self.logs()).expect("start");
+        procs::wait_port(addr, Duration::from_secs(20), &mut p).expect("provider listening");
+        p
     }
 
-    fn provider_agent(&self, name: &str, a: AgentAddrs, provider: SocketAddr) -> Kid {
-        let args: Vec<String> = [
-            "--listen",
-            &a.listen.to_string(),
-            "--provider",
-            &provider.to_string(),
-            "--service",
-            SERVICE,
-            "--registry",
-            &self.registry,
-            "--advertise",
-            &a.listen.to_string(),
-            "--admin",
-            &a.admin.to_string(),
-            "--max-inflight",
-            "400",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let mut k = Kid::start(name, &bin("provider-agent"), &args, self.logs());
-        wait_healthy(a.admin, &mut k);
-        k
+    fn provider_agent(&self, name: &str, a: AgentAddrs, provider: SocketAddr) -> Proc {
+        let mut args = harness::provider_agent_args(a.listen, a.admin, provider, &self.registry);
+        args.extend(["--max-inflight".into(), "400".into()]);
+        let mut p = Proc::start(name, &self.bins.provider, &args, self.logs()).expect("start");
+        procs::wait_healthy(a.admin, Duration::from_secs(20), &mut p).expect("healthy");
+        p
     }
 
-    fn consumer(&self, listen: SocketAddr, admin: SocketAddr, timeout_ms: u64, lb: &str) -> Kid {
-        let args: Vec<String> = [
-            "--listen",
-            &listen.to_string(),
-            "--registry",
-            &self.registry,
-            "--service",
-            SERVICE,
-            "--lb",
-            lb,
-            "--timeout-ms",
-            &timeout_ms.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let mut k = Kid::start("consumer-agent", &bin("consumer-agent"), &args, self.logs());
-        wait_healthy(admin, &mut k);
-        let ok = wait_until(Duration::from_secs(20), || {
-            k.assert_alive();
-            matches!(one_call(listen, "hello"), Ok((200, true)))
-        });
-        assert!(
-            ok,
-            "no right answer through the consumer-agent:\n{}",
-            k.tail()
-        );
-        k
+    fn consumer(&self, listen: SocketAddr, admin: SocketAddr, timeout_ms: u64, lb: &str) -> Proc {
+        let mut args = harness::consumer_agent_args(listen, admin, &self.registry);
+        args.extend([
+            "--lb".into(),
+            lb.into(),
+            "--timeout-ms".into(),
+            timeout_ms.to_string(),
+        ]);
+        let deadline = Duration::from_secs(20);
+        let mut p =
+            Proc::start("consumer-agent", &self.bins.consumer, &args, self.logs()).expect("start");
+        procs::wait_healthy(admin, deadline, &mut p).expect("healthy");
+        harness::wait_routing(listen, deadline, &mut p).expect("routing");
+        p
     }
 
     /// Whether `addr` is registered (file registry: `<dir>/<service>/<addr>.json`).
@@ -311,10 +97,7 @@ impl Mesh {
 }
 
 fn agent_addrs() -> AgentAddrs {
-    AgentAddrs {
-        listen: free_addr().expect("port"),
-        admin: free_addr().expect("port"),
-    }
+    AgentAddrs::free().expect("ports")
 }
 
 fn start_load(target: SocketAddr, connections: usize, secs: f64) -> JoinHandle<LoadReport> {
@@ -591,18 +374,23 @@ fn serve(mut conn: TcpStream, garbage: bool, stop: &AtomicBool, closed: &AtomicU
     }
 }
 
-#[test]
-fn provider_that_never_answers_times_out_with_504() {
-    let _serial = serial();
-    let mesh = Mesh::new();
-    let silent = FakeProvider::start(false);
-    let good = provider::spawn(ProviderOpts {
+/// A quick in-process mock provider beside a faulty one.
+fn good_provider() -> provider::RunningProvider {
+    provider::spawn(ProviderOpts {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         latency: Duration::from_millis(5),
         threads: 400,
         ..ProviderOpts::default()
     })
-    .expect("mock provider");
+    .expect("mock provider")
+}
+
+#[test]
+fn provider_that_never_answers_times_out_with_504() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let silent = FakeProvider::start(false);
+    let good = good_provider();
     let (a1, a2) = (agent_addrs(), agent_addrs());
     let mut agent1 = mesh.provider_agent("provider-agent-silent", a1, silent.addr);
     let mut agent2 = mesh.provider_agent("provider-agent-good", a2, good.local_addr());
@@ -665,13 +453,7 @@ fn provider_answering_garbage_is_cut_off() {
     let _serial = serial();
     let mesh = Mesh::new();
     let junk = FakeProvider::start(true);
-    let good = provider::spawn(ProviderOpts {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        latency: Duration::from_millis(5),
-        threads: 400,
-        ..ProviderOpts::default()
-    })
-    .expect("mock provider");
+    let good = good_provider();
     let (a1, a2) = (agent_addrs(), agent_addrs());
     let mut agent1 = mesh.provider_agent("provider-agent-garbage", a1, junk.addr);
     let mut agent2 = mesh.provider_agent("provider-agent-good", a2, good.local_addr());
