@@ -7,16 +7,37 @@ use plotters::prelude::*;
 use crate::scenario::{ScenarioReport, Step};
 
 const SIZE: (u32, u32) = (760, 440);
-const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
     RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+    RGBColor(127, 127, 127),
 ];
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The legend mark of a line series drawn in `color`.
+fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
+/// Draws the legend box at `pos`.
+fn finish<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    pos: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .position(pos)
+        .draw()?;
+    Ok(())
+}
 
 /// QPS against connections for the load scenarios, each ceiling dashed beside it.
 pub fn qps_svg(r: &ScenarioReport) -> String {
@@ -70,9 +91,7 @@ fn draw_qps(r: &ScenarioReport, out: &mut String) -> DrawResult {
         chart
             .draw_series(LineSeries::new(qps.clone(), color.stroke_width(2)))?
             .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(legend_line(color));
         chart.draw_series(qps.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         let ceiling: Vec<(f64, f64)> = pts
             .iter()
@@ -80,12 +99,7 @@ fn draw_qps(r: &ScenarioReport, out: &mut String) -> DrawResult {
             .collect();
         chart.draw_series(DashedLineSeries::new(ceiling, 6, 4, color.stroke_width(1)))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    finish(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }
@@ -140,16 +154,50 @@ fn draw_latency(r: &ScenarioReport, out: &mut String) -> DrawResult {
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(format!("{} {}", s.scenario, s.label))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(legend_line(color));
     }
+    finish(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present()?;
+    Ok(())
+}
+
+/// A named line of a time chart: (seconds, value) points.
+pub type TimeSeries = (String, Vec<(f64, f64)>);
+
+/// Values over time, one line per series (the soak's RSS and open fds of each process).
+pub fn time_svg(title: &str, y_desc: &str, series: &[TimeSeries]) -> String {
+    let mut out = String::new();
+    if let Err(e) = draw_time(title, y_desc, series, &mut out) {
+        log::warn!("{title} chart: {e}");
+    }
+    out
+}
+
+fn draw_time(title: &str, y_desc: &str, series: &[TimeSeries], out: &mut String) -> DrawResult {
+    let points = || series.iter().flat_map(|(_, p)| p.iter());
+    let max_x = points().map(|p| p.0).fold(1.0_f64, f64::max);
+    let max_y = points().map(|p| p.1).fold(1.0_f64, f64::max) * 1.15;
+    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_x, 0f64..max_y)?;
     chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc(y_desc)
         .draw()?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(name.as_str())
+            .legend(legend_line(color));
+    }
+    finish(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }

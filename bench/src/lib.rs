@@ -10,3 +10,4 @@ pub mod procs;
 pub mod provider;
 pub mod report;
 pub mod scenario;
+pub mod soak;

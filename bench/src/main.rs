@@ -13,6 +13,7 @@ use bench::load::{self, LoadOpts, Params};
 use bench::provider::{self, ProviderOpts};
 use bench::report;
 use bench::scenario::{self, RegistryKind, ScenarioOpts, Which};
+use bench::soak::{self, SoakOpts};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +36,31 @@ enum Cmd {
     HttpEcho(EchoArgs),
     /// Starts the whole mesh on loopback and runs the scenarios against it.
     Scenario(ScenarioArgs),
+    /// The classic topology under steady load for long: RSS and open fds of every
+    /// process sampled each second, judged flat (exit status 1 if not, or on any error).
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SoakArgs {
+    /// How long the load runs (seconds).
+    #[arg(long, default_value_t = 600)]
+    duration_secs: u64,
+    /// Load connections.
+    #[arg(long, default_value_t = 512)]
+    connections: usize,
+    /// Registry the agents use.
+    #[arg(long, value_enum, default_value_t = RegistryKind::Embedded)]
+    registry: RegistryKind,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench-soak")]
+    out: PathBuf,
+    /// Directory holding consumer-agent and provider-agent (default: next to bench).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// `--loops` of each agent.
+    #[arg(long, default_value_t = 1)]
+    agent_loops: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -221,6 +247,32 @@ fn main() -> ExitCode {
             }
             eprintln!("report written to {}", opts.out.display());
             if r.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Cmd::Soak(a) => {
+            let mut opts = SoakOpts::new(Duration::from_secs(a.duration_secs));
+            opts.connections = a.connections;
+            opts.scenario.registry = a.registry;
+            opts.scenario.out = a.out;
+            opts.scenario.bin_dir = a.bin_dir;
+            opts.scenario.agent_loops = a.agent_loops;
+            let r = match soak::run(&opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bench soak: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!("{}", soak::markdown(&r));
+            if let Err(e) = soak::write_all(&r, &opts.scenario.out) {
+                eprintln!("bench soak: writing the report: {e}");
+                return ExitCode::FAILURE;
+            }
+            eprintln!("report written to {}", opts.scenario.out.display());
+            if r.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

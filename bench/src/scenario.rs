@@ -148,7 +148,7 @@ impl Step {
 
 /// A mock provider and its agent.
 #[derive(Debug, Clone)]
-struct ProviderSpec {
+pub(crate) struct ProviderSpec {
     name: &'static str,
     latency_ms: u64,
     threads: usize,
@@ -170,7 +170,7 @@ impl ProviderSpec {
     }
 }
 
-fn race_specs(latency_ms: u64) -> Vec<ProviderSpec> {
+pub(crate) fn race_specs(latency_ms: u64) -> Vec<ProviderSpec> {
     ["small", "medium", "large"]
         .into_iter()
         .zip(1..)
@@ -199,18 +199,18 @@ fn uneven_specs() -> Vec<ProviderSpec> {
     s
 }
 
-fn find_bins(opts: &ScenarioOpts) -> io::Result<Bins> {
+pub(crate) fn find_bins(opts: &ScenarioOpts) -> io::Result<Bins> {
     Bins::find(opts.bin_dir.as_deref(), opts.bench_exe.as_deref())
 }
 
 /// A running mesh. Dropping it stops everything, newest first.
 #[derive(Debug)]
-struct Topology {
-    procs: Vec<Proc>,
+pub(crate) struct Topology {
+    pub(crate) procs: Vec<Proc>,
     /// Indices in `procs` of the agents (consumer first).
     agents: Vec<usize>,
     consumer: usize,
-    consumer_addr: SocketAddr,
+    pub(crate) consumer_addr: SocketAddr,
     _tmp: tempfile::TempDir,
 }
 
@@ -226,7 +226,7 @@ impl Topology {
     /// Starts the topology, retrying with fresh ports: a port found free can be taken by
     /// another process's outgoing connection before our agent binds it (seen when the
     /// bench ran beside a busy test suite).
-    fn start_retrying(
+    pub(crate) fn start_retrying(
         opts: &ScenarioOpts,
         bins: &Bins,
         specs: &[ProviderSpec],
@@ -380,7 +380,7 @@ impl Topology {
         out
     }
 
-    fn check_alive(&mut self) -> io::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> io::Result<()> {
         for p in &mut self.procs {
             p.check_alive()?;
         }
