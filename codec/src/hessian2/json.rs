@@ -13,10 +13,30 @@
 //!   `"-Infinity"` (JSON has no such numbers);
 //! - maps whose keys are all strings become objects (a repeated key keeps
 //!   the last value); other maps become a list of `[key, value]` pairs;
-//! - a cycle marker [`Value::Ref`] becomes `{"$ref": index}`.
+//! - a cycle marker [`Value::Ref`] becomes `{"$ref": index}`;
+//! - a `java.math.BigDecimal` (Dubbo's form: its `value` text) becomes a JSON
+//!   number with exactly Java's `toString()` text (`1.50`, `1E+10`): scale and
+//!   every digit kept, as for longs; a `java.math.BigInteger` a JSON number with
+//!   all its digits (one longer than about 10,000 digits stays an object);
+//! - Caucho's boxes for `Short`, `Byte` and `Float` (objects
+//!   `com.caucho.hessian.io.ShortHandle` etc., which plain Caucho hessian writes
+//!   where Dubbo's hessian-lite writes an int or double) become their number, a
+//!   float with its shortest float text (`1.1`, not `1.100000023841858`);
+//! - a `java.util.Set` arrives as a list typed `java.util.HashSet` (or
+//!   `LinkedHashSet`, `TreeSet`) and becomes an array, like any list.
+//!
+//! Reading JSON back where no Java type is declared (list items, map values,
+//! object fields, `java.lang.Object`; see [`value_from_mesh_json`]): a string in
+//! exactly the rendered date form (`2018-06-01T12:00:00.123Z`) is a date, so a
+//! POJO with a `Date` field can be sent back as it came; an object
+//! `{"class": "java.math.BigDecimal", "value": "9.99"}` (or `BigInteger`, value
+//! a number or string) is that number, since a bare JSON number there is an int,
+//! long or double.
 
+use super::big::{self, BIG_DECIMAL, BIG_INTEGER};
+use super::date::{is_rendered_iso8601, parse_iso8601};
 use super::ser::{self, Encoder};
-use super::{Error, Value};
+use super::{iso8601, Error, Value};
 use serde_json::{Map as JsonMap, Number, Value as Json};
 
 impl Value {
@@ -66,6 +86,33 @@ fn double(d: f64) -> Json {
     }
 }
 
+/// A big number or one of Caucho's number boxes as a JSON number (see the
+/// module docs); `None` for any other object.
+fn special_number(class: &str, fields: &[(String, Value)]) -> Option<Json> {
+    if let Some(text) = big::big_number_text(class, fields) {
+        return text.parse::<Number>().ok().map(Json::Number);
+    }
+    let [(name, value)] = fields else {
+        return None;
+    };
+    match (class, name.as_str(), value) {
+        (
+            "com.caucho.hessian.io.ShortHandle" | "com.caucho.hessian.io.ByteHandle",
+            "_value",
+            Value::Int(i),
+        ) => Some(Json::Number((*i).into())),
+        ("com.caucho.hessian.io.FloatHandle", "_value", Value::Double(d)) => {
+            let f = *d as f32;
+            if f.is_finite() {
+                f.to_string().parse::<Number>().ok().map(Json::Number)
+            } else {
+                Some(double(*d))
+            }
+        }
+        _ => None,
+    }
+}
+
 fn render(v: &Value, style: Style) -> Json {
     match v {
         Value::Null => Json::Null,
@@ -98,6 +145,9 @@ fn render(v: &Value, style: Style) -> Json {
             }
         }
         Value::Object { class, fields } => {
+            if let Some(n) = special_number(class, fields) {
+                return n;
+            }
             let mut m = JsonMap::with_capacity(fields.len() + 1);
             if style == Style::Mesh {
                 m.insert("class".into(), Json::String(class.clone()));
@@ -117,28 +167,6 @@ fn render(v: &Value, style: Style) -> Json {
             m.insert("$ref".into(), Json::Number((*i as u64).into()));
             Json::Object(m)
         }
-    }
-}
-
-/// Format epoch milliseconds as ISO 8601 UTC, e.g. `2018-06-01T12:00:00.000Z`.
-pub fn iso8601(millis: i64) -> String {
-    let days = millis.div_euclid(86_400_000);
-    let ms = millis.rem_euclid(86_400_000);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-    if (0..=9999).contains(&y) {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
-    } else {
-        format!("{y:+07}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
     }
 }
 
@@ -264,9 +292,14 @@ fn object_fields(o: &JsonMap<String, Json>) -> impl Iterator<Item = (&str, &Json
 }
 
 /// Infer a hessian2 value from JSON as [`Value::to_json`] renders it, so an answer
-/// can be sent back as an argument: like [`value_from_json`], except that an object
-/// whose `"class"` member is a string naming a Java class (`com.example.User`)
-/// becomes a typed object of that class with the other members as its fields.
+/// can be sent back as an argument: like [`value_from_json`], except that
+/// - an object whose `"class"` member is a string naming a Java class
+///   (`com.example.User`) becomes a typed object of that class with the other
+///   members as its fields; for `java.math.BigDecimal` and `java.math.BigInteger`
+///   with a `"value"` member (a number or numeric string), that number as Java
+///   writes it;
+/// - a string in exactly the form dates are rendered in
+///   (`2018-06-01T12:00:00.123Z`) becomes a date.
 pub fn value_from_mesh_json(j: &Json) -> Value {
     match j {
         Json::Array(a) => Value::List {
@@ -274,12 +307,12 @@ pub fn value_from_mesh_json(j: &Json) -> Value {
             items: a.iter().map(value_from_mesh_json).collect(),
         },
         Json::Object(o) => match named_class(o) {
-            Some(class) => Value::Object {
+            Some(class) => big_from_object(class, o).unwrap_or_else(|| Value::Object {
                 class: class.to_owned(),
                 fields: object_fields(o)
                     .map(|(k, v)| (k.to_owned(), value_from_mesh_json(v)))
                     .collect(),
-            },
+            }),
             None => Value::Map {
                 type_name: None,
                 entries: o
@@ -288,7 +321,36 @@ pub fn value_from_mesh_json(j: &Json) -> Value {
                     .collect(),
             },
         },
+        Json::String(s) if is_rendered_iso8601(s) => {
+            parse_iso8601(s).map_or_else(|| Value::String(s.clone()), Value::Date)
+        }
         other => value_from_json(other),
+    }
+}
+
+/// `{"class": "java.math.BigDecimal" | "java.math.BigInteger", "value": n}` as
+/// that number's wire form, when `value` is its only other member and reads as one.
+fn big_from_object(class: &str, o: &JsonMap<String, Json>) -> Option<Value> {
+    if o.len() != 2 {
+        return None;
+    }
+    let text = number_text(o.get("value")?)?;
+    match class {
+        BIG_DECIMAL if big::is_decimal_text(&text) => Some(big::big_decimal_value(&text)),
+        BIG_INTEGER => {
+            let (signum, mag) = big::integer_words(&text)?;
+            Some(big::big_integer_value(signum, &mag))
+        }
+        _ => None,
+    }
+}
+
+/// The text of a JSON number (exactly as sent: serde_json keeps it) or string.
+fn number_text(j: &Json) -> Option<String> {
+    match j {
+        Json::Number(n) => Some(n.to_string()),
+        Json::String(s) => Some(s.clone()),
+        _ => None,
     }
 }
 
@@ -334,35 +396,90 @@ pub fn encode_json_arg(java_type: &str, arg: &Json, out: &mut Vec<u8>) -> Result
     Encoder::new().encode_json_arg(java_type, arg, out)
 }
 
-/// The hessian2 type name Java gives an array of `elem` (`[string`, `[int`).
+/// The hessian2 type name Java (Caucho's `ArraySerializer`, `BasicSerializer`) gives
+/// an array of `elem`: primitives by their name (`[int`), `String`, `Object` and
+/// `Date` by short names (`[string`, `[object`, `[date`), other classes by their
+/// full name (`[java.lang.Integer`), nested arrays by nesting (`[[int`).
 fn array_type(elem: &str) -> String {
+    if let Some(inner) = elem.strip_suffix("[]") {
+        return format!("[{}", array_type(inner.trim()));
+    }
     let short = match elem {
         "java.lang.String" | "String" => "string",
-        "int" | "java.lang.Integer" => "int",
-        "long" | "java.lang.Long" => "long",
-        "boolean" | "java.lang.Boolean" => "boolean",
-        "double" | "java.lang.Double" => "double",
-        "float" | "java.lang.Float" => "float",
-        "short" | "java.lang.Short" => "short",
         "java.lang.Object" | "Object" => "object",
+        "java.util.Date" => "date",
         other => other,
     };
     format!("[{short}")
 }
 
+/// The list type Java writes for a collection parameter type: `None` (untyped,
+/// as for an `ArrayList`) or the class of the collection it builds; `Err` when
+/// `t` is no collection type known here.
+fn collection_type(t: &str) -> Result<Option<&'static str>, ()> {
+    Ok(match t {
+        "java.util.List" | "java.util.ArrayList" | "java.util.Collection" => None,
+        "java.util.Set" | "java.util.HashSet" => Some("java.util.HashSet"),
+        "java.util.LinkedHashSet" => Some("java.util.LinkedHashSet"),
+        "java.util.SortedSet" | "java.util.NavigableSet" | "java.util.TreeSet" => {
+            Some("java.util.TreeSet")
+        }
+        "java.util.LinkedList" => Some("java.util.LinkedList"),
+        _ => return Err(()),
+    })
+}
+
+/// The map type Java writes for a map parameter type, like [`collection_type`]:
+/// a `HashMap` untyped (`H`), others by their class (`M`).
+fn map_type(t: &str) -> Result<Option<&'static str>, ()> {
+    Ok(match t {
+        "java.util.Map" | "java.util.HashMap" => None,
+        "java.util.LinkedHashMap" => Some("java.util.LinkedHashMap"),
+        "java.util.SortedMap" | "java.util.NavigableMap" | "java.util.TreeMap" => {
+            Some("java.util.TreeMap")
+        }
+        _ => return Err(()),
+    })
+}
+
+/// The number a BigDecimal or BigInteger argument holds: a JSON number (its exact
+/// text), a string, or `{"class": ..., "value": n}` as for untyped positions.
+fn big_arg_text(arg: &Json) -> Option<String> {
+    match arg {
+        Json::Object(o) => number_text(o.get("value")?),
+        other => number_text(other),
+    }
+}
+
 impl Encoder {
     /// Encode one argument given as JSON as Java would for `java_type`:
-    /// `String`, `int`/`Integer`, `long`/`Long`, `boolean`/`Boolean`,
-    /// `double`/`Double`, `float`/`Float`, `short`/`Short`, `byte`/`Byte`,
-    /// `char`/`Character`, `byte[]` (base64 string or array of numbers),
-    /// `T[]` arrays, `java.util.List`/`ArrayList`/`Collection`/`Set`
-    /// (untyped list), `java.util.Map`/`HashMap`/`LinkedHashMap` (untyped
-    /// map), `java.lang.Object` (inferred), and any other type from a JSON
-    /// object as a typed object of that class. JSON `null` is accepted for
-    /// every non-primitive type. Objects read back what [`Value::to_json`]
-    /// renders: a `"class"` member naming a Java class gives the object's
-    /// class (and is no field), also for list items, map values and fields
-    /// (see [`value_from_mesh_json`]).
+    /// - `String`, `int`/`Integer`, `long`/`Long`, `boolean`/`Boolean`,
+    ///   `double`/`Double`, `float`/`Float`, `short`/`Short`, `byte`/`Byte`,
+    ///   `char`/`Character` from the matching JSON scalar (ranges checked);
+    /// - `java.math.BigDecimal` from a number (its exact text) or a numeric
+    ///   string, written as Dubbo does (an object with one field, `value`);
+    ///   `java.math.BigInteger` from an integer or a string of digits (at most
+    ///   10,000), written as `signum` and `mag` fields;
+    /// - `java.util.Date` from epoch milliseconds or an ISO 8601 string
+    ///   (`2018-06-01`, `2018-06-01T12:00:00.123Z`, `...+08:00`; no offset is UTC);
+    /// - `byte[]` (base64 string or array of numbers), `char[]` (a string),
+    ///   `T[]` arrays typed as Java types them (`[int`, `[string`,
+    ///   `[java.lang.Integer`);
+    /// - `java.util.List`/`ArrayList`/`Collection` (untyped list), `Set`/
+    ///   `HashSet`, `LinkedHashSet`, `SortedSet`/`TreeSet`, `LinkedList` (a list
+    ///   typed by the class Java would build) from an array;
+    /// - `java.util.Map`/`HashMap` (untyped map), `LinkedHashMap`,
+    ///   `SortedMap`/`TreeMap` (typed) from an object (string keys) or an array
+    ///   of `[key, value]` pairs (any keys, as non-string-keyed maps render);
+    /// - `java.lang.Object` (inferred, see [`value_from_mesh_json`]);
+    /// - any other type: an enum constant from a string (`"RED"`) or an object
+    ///   (`{"name": "RED"}`), a POJO from an object of its fields.
+    ///
+    /// JSON `null` is accepted for every non-primitive type. Objects read back
+    /// what [`Value::to_json`] renders: a `"class"` member naming a Java class
+    /// gives the object's class (and is no field), also for list items, map
+    /// values and fields, where dates and big numbers are read as
+    /// [`value_from_mesh_json`] says.
     ///
     /// # Errors
     /// [`Error::TypeMismatch`] naming the Java type, what it needs, and what
@@ -461,34 +578,81 @@ impl Encoder {
                 };
                 ser::write_binary(out, &bytes);
             }
-            "java.util.List"
-            | "java.util.ArrayList"
-            | "java.util.Collection"
-            | "java.util.Set"
-            | "java.util.HashSet"
-            | "java.util.LinkedList" => match arg {
+            "java.math.BigDecimal" => match big_arg_text(arg) {
+                Some(text) if big::is_decimal_text(&text) => {
+                    self.write_value(out, &big::big_decimal_value(&text))
+                }
+                _ => return Err(mismatch(t, "a decimal number or numeric string", arg)),
+            },
+            "java.math.BigInteger" => {
+                match big_arg_text(arg).and_then(|s| big::integer_words(&s)) {
+                    Some((signum, mag)) => {
+                        self.write_value(out, &big::big_integer_value(signum, &mag))
+                    }
+                    None => {
+                        return Err(mismatch(
+                            t,
+                            "an integer or a string of at most 10000 digits",
+                            arg,
+                        ))
+                    }
+                }
+            }
+            "java.util.Date" => {
+                let millis = match arg {
+                    Json::Number(n) => n.as_i64(),
+                    Json::String(s) => parse_iso8601(s),
+                    _ => None,
+                };
+                match millis {
+                    Some(ms) => ser::write_date(out, ms),
+                    None => {
+                        return Err(mismatch(
+                            t,
+                            "epoch milliseconds or an ISO 8601 date-time",
+                            arg,
+                        ))
+                    }
+                }
+            }
+            "char[]" | "[C" => match arg {
+                Json::String(s) => ser::write_string(out, s),
+                _ => return Err(mismatch(t, "a string", arg)),
+            },
+            _ if collection_type(t).is_ok() => match arg {
                 Json::Array(a) => {
-                    ser::write_list_begin(out, a.len(), None);
+                    self.write_list_begin(out, a.len(), collection_type(t).unwrap_or(None));
                     for x in a {
                         self.write_value(out, &value_from_mesh_json(x));
                     }
                 }
                 _ => return Err(mismatch(t, "an array", arg)),
             },
-            "java.util.Map" | "java.util.HashMap" | "java.util.LinkedHashMap" => match arg {
+            _ if map_type(t).is_ok() => {
                 // A map even when it has a "class" key; its values may be objects.
-                Json::Object(o) => self.write_value(
-                    out,
-                    &Value::Map {
-                        type_name: None,
-                        entries: o
-                            .iter()
-                            .map(|(k, v)| (Value::String(k.clone()), value_from_mesh_json(v)))
-                            .collect(),
-                    },
-                ),
-                _ => return Err(mismatch(t, "an object", arg)),
-            },
+                let entries = match arg {
+                    Json::Object(o) => o
+                        .iter()
+                        .map(|(k, v)| (Value::String(k.clone()), value_from_mesh_json(v)))
+                        .collect(),
+                    Json::Array(a) => a
+                        .iter()
+                        .map(|pair| match pair.as_array().map(Vec::as_slice) {
+                            Some([k, v]) => Ok((value_from_mesh_json(k), value_from_mesh_json(v))),
+                            _ => Err(mismatch(t, "[key, value] pairs", pair)),
+                        })
+                        .collect::<Result<Vec<_>, Error>>()?,
+                    _ => {
+                        return Err(mismatch(
+                            t,
+                            "an object or an array of [key, value] pairs",
+                            arg,
+                        ))
+                    }
+                };
+                let type_name = map_type(t).unwrap_or(None).map(str::to_owned);
+                self.write_value(out, &Value::Map { type_name, entries });
+            }
             "Object" => self.write_value(out, &value_from_mesh_json(arg)),
             _ => {
                 if let Some(elem) = t.strip_suffix("[]") {
@@ -496,13 +660,21 @@ impl Encoder {
                         return Err(mismatch(t, "an array", arg));
                     };
                     let ty = array_type(elem);
-                    ser::write_list_begin(out, a.len(), Some(&ty));
+                    self.write_list_begin(out, a.len(), Some(&ty));
                     for x in a {
                         self.encode_json_arg(elem, x, out)?;
                     }
+                } else if let Json::String(constant) = arg {
+                    // An enum constant: Java writes an object with one field, name.
+                    self.write_object_begin(out, t, &["name"]);
+                    ser::write_string(out, constant);
                 } else {
                     let Json::Object(o) = arg else {
-                        return Err(mismatch(t, "an object (its fields)", arg));
+                        return Err(mismatch(
+                            t,
+                            "an object (its fields) or a string (an enum constant)",
+                            arg,
+                        ));
                     };
                     // An object rendered by `to_json` names its (runtime) class.
                     let class = named_class(o).unwrap_or(t);

@@ -34,14 +34,18 @@
 //! # Panics
 //! None on any input.
 
+mod big;
+mod date;
 mod de;
 pub mod json;
 pub mod ser;
 mod value;
 
+pub use big::MAX_BIG_DIGITS;
+pub use date::{iso8601, parse_iso8601};
 pub use de::Decoder;
 pub use json::{
-    base64_decode, base64_encode, encode_json_arg, iso8601, value_from_json, value_from_mesh_json,
+    base64_decode, base64_encode, encode_json_arg, value_from_json, value_from_mesh_json,
 };
 pub use ser::{
     write_binary, write_bool, write_date, write_double, write_end, write_int, write_list_begin,

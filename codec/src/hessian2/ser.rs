@@ -8,6 +8,7 @@
 //! sequence made sofa-rpc-node drop the connection. Our decoder reads both.
 
 use super::Value;
+use std::collections::HashMap;
 
 /// UTF-16 units per string chunk, as Java writes them (`S`/`R` lengths are u16
 /// but Java stops at 0x8000 minus one).
@@ -200,17 +201,28 @@ pub fn write_binary(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// Begin a list of known length: `0x70..0x7f` up to 7 items, else `V`/`X`.
-/// The items follow; no end marker is written for a fixed-length list.
+/// The items follow; no end marker is written for a fixed-length list. The type
+/// is written in full; [`Encoder::write_list_begin`] refers to a type written
+/// before by its index, as Java does.
 pub fn write_list_begin(out: &mut Vec<u8>, len: usize, type_name: Option<&str>) {
+    list_begin(out, len, type_name, write_string);
+}
+
+fn list_begin(
+    out: &mut Vec<u8>,
+    len: usize,
+    type_name: Option<&str>,
+    write_type: impl FnOnce(&mut Vec<u8>, &str),
+) {
     let len32 = i32::try_from(len).unwrap_or(i32::MAX);
     match type_name {
         Some(t) if len < 8 => {
             out.push(0x70 + len as u8);
-            write_string(out, t);
+            write_type(out, t);
         }
         Some(t) => {
             out.push(b'V');
-            write_string(out, t);
+            write_type(out, t);
             write_int(out, len32);
         }
         None if len < 8 => out.push(0x78 + len as u8),
@@ -234,7 +246,7 @@ pub fn write_list_begin_variable(out: &mut Vec<u8>, type_name: Option<&str>) {
 }
 
 /// Begin a map (`M` typed, `H` untyped); write key, value pairs, then
-/// [`write_end`].
+/// [`write_end`]. [`Encoder::write_map_begin`] refers to a type written before.
 pub fn write_map_begin(out: &mut Vec<u8>, type_name: Option<&str>) {
     match type_name {
         Some(t) => {
@@ -258,19 +270,50 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     Encoder::new().write_value(out, value);
 }
 
-/// A hessian2 encoder that remembers the class definitions it has written,
-/// so each class is defined once per stream (one Dubbo body) and its index
-/// reused, as Java does.
+/// A hessian2 encoder that remembers the class definitions and the list and map
+/// types it has written, so each is written in full once per stream (one Dubbo
+/// body) and then by its index, as Java's `Hessian2Output` does.
 #[derive(Debug, Default, Clone)]
 pub struct Encoder {
     /// Class name and field names, by definition index.
     pub classes: Vec<(String, Vec<String>)>,
+    /// List and map type names written so far, with their index.
+    types: HashMap<String, usize>,
 }
 
 impl Encoder {
-    /// An encoder with no class defined yet.
+    /// An encoder with no class or type written yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A list or map type: its index if written before, else the string
+    /// (which takes the next index).
+    fn write_type(&mut self, out: &mut Vec<u8>, t: &str) {
+        match self.types.get(t) {
+            Some(&i) => write_int(out, i32::try_from(i).unwrap_or(i32::MAX)),
+            None => {
+                write_string(out, t);
+                let next = self.types.len();
+                self.types.insert(t.to_owned(), next);
+            }
+        }
+    }
+
+    /// Like [`write_list_begin`], a type written before given by its index.
+    pub fn write_list_begin(&mut self, out: &mut Vec<u8>, len: usize, type_name: Option<&str>) {
+        list_begin(out, len, type_name, |o, t| self.write_type(o, t));
+    }
+
+    /// Like [`write_map_begin`], a type written before given by its index.
+    pub fn write_map_begin(&mut self, out: &mut Vec<u8>, type_name: Option<&str>) {
+        match type_name {
+            Some(t) => {
+                out.push(b'M');
+                self.write_type(out, t);
+            }
+            None => out.push(b'H'),
+        }
     }
 
     /// Write the object header: the class definition `C` the first time a
@@ -324,13 +367,13 @@ impl Encoder {
             Value::String(s) => write_string(out, s),
             Value::Binary(b) => write_binary(out, b),
             Value::List { type_name, items } => {
-                write_list_begin(out, items.len(), type_name.as_deref());
+                self.write_list_begin(out, items.len(), type_name.as_deref());
                 for it in items {
                     self.write_value(out, it);
                 }
             }
             Value::Map { type_name, entries } => {
-                write_map_begin(out, type_name.as_deref());
+                self.write_map_begin(out, type_name.as_deref());
                 for (k, v) in entries {
                     self.write_value(out, k);
                     self.write_value(out, v);
