@@ -475,3 +475,202 @@ fn typed_arguments_from_json() {
         .unwrap();
     assert_eq!(b.iter().filter(|&&x| x == b'C').count(), 1);
 }
+
+/// Our bytes for one typed JSON argument.
+fn arg_bytes(t: &str, j: serde_json::Value) -> Vec<u8> {
+    let mut b = Vec::new();
+    hessian2::encode_json_arg(t, &j, &mut b).unwrap_or_else(|e| panic!("{t} {j}: {e}"));
+    b
+}
+
+/// `s` as a hessian2 short string, in hex (`04 5b696e74` for `[int`).
+fn hs(s: &str) -> String {
+    assert!(s.len() < 32);
+    format!("{:02x}{}", s.len(), hex_of(s.as_bytes()))
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn big_numbers_as_java_writes_them() {
+    use serde_json::json;
+    // Dubbo's hessian-lite (StringValueSerializer): class def, one field "value".
+    let bd = hex(&format!(
+        "43 {} 91 {} 60 {}",
+        hs("java.math.BigDecimal"),
+        hs("value"),
+        hs("1.50")
+    ));
+    // A JSON number keeps its text (serde_json's arbitrary_precision).
+    let number: serde_json::Value = serde_json::from_str("1.50").unwrap();
+    assert_eq!(arg_bytes("java.math.BigDecimal", number), bd);
+    assert_eq!(arg_bytes("java.math.BigDecimal", json!("1.50")), bd);
+    assert_eq!(decode_all(&bd).to_json().to_string(), "1.50");
+    assert_eq!(decode_all(&bd).to_text(), "1.50");
+    // Written by Caucho hessian 4.0.38 on JDK 17: signum, four cache fields, mag.
+    let java_bi = hex(concat!(
+        "43146a6176612e6d6174682e426967496e746567657296067369676e756d0f626974436f756e74",
+        "506c75734f6e65106269744c656e677468506c75734f6e65136c6f77657374536574426974506c",
+        "757354776f1966697273744e6f6e7a65726f496e744e756d506c757354776f036d6167608f9090",
+        "909074045b696e7491498ee90ff649c373e0ee494e3f0ad2"
+    ));
+    assert_eq!(
+        decode_all(&java_bi).to_json().to_string(),
+        "-123456789012345678901234567890"
+    );
+    // Ours: signum and mag only.
+    assert_eq!(
+        arg_bytes(
+            "java.math.BigInteger",
+            json!("-123456789012345678901234567890")
+        ),
+        hex(&format!(
+            "43 {} 92 {} {} 60 8f 74 {} 91 498ee90ff6 49c373e0ee 494e3f0ad2",
+            hs("java.math.BigInteger"),
+            hs("signum"),
+            hs("mag"),
+            hs("[int")
+        ))
+    );
+    assert_eq!(
+        decode_all(&arg_bytes("java.math.BigInteger", json!(0)))
+            .to_json()
+            .to_string(),
+        "0"
+    );
+    for (t, j) in [
+        ("java.math.BigDecimal", json!("1.2.3")),
+        ("java.math.BigDecimal", json!(true)),
+        ("java.math.BigInteger", json!(1.5)),
+        ("java.math.BigInteger", json!("12a")),
+        (
+            "java.math.BigInteger",
+            json!("9".repeat(hessian2::MAX_BIG_DIGITS + 1)),
+        ),
+    ] {
+        let e = arg(t, j.clone()).unwrap_err();
+        assert!(e.to_string().contains(t), "{t} {j}: {e}");
+    }
+    // Caucho's boxes for Short, Byte, Float (bytes from Caucho on JDK 17).
+    for (h, want) in [
+        (
+            "433021636f6d2e63617563686f2e6865737369616e2e696f2e53686f727448616e646c6591065f76616c75656093",
+            "3",
+        ),
+        (
+            "433020636f6d2e63617563686f2e6865737369616e2e696f2e4279746548616e646c6591065f76616c75656094",
+            "4",
+        ),
+        (
+            "433021636f6d2e63617563686f2e6865737369616e2e696f2e466c6f617448616e646c6591065f76616c7565605f000005dc",
+            "1.5",
+        ),
+    ] {
+        assert_eq!(decode_all(&hex(h)).to_json().to_string(), want, "{h}");
+    }
+}
+
+#[test]
+fn collections_dates_enums_as_java_writes_them() {
+    use serde_json::json;
+    // A HashSet of 1, 2 as Caucho writes it.
+    let set = hex("72 116a6176612e7574696c2e48617368536574 91 92");
+    assert_eq!(arg_bytes("java.util.Set", json!([1, 2])), set);
+    assert_eq!(decode_all(&set).to_json().to_string(), "[1,2]");
+    assert_eq!(
+        arg_bytes("java.util.LinkedHashMap", json!({"k": "v"})),
+        hex(&format!(
+            "4d {} {} {} 5a",
+            hs("java.util.LinkedHashMap"),
+            hs("k"),
+            hs("v")
+        ))
+    );
+    // Non-string keys from [key, value] pairs; rendered back the same way.
+    let int_keys = arg_bytes("java.util.Map", json!([[1, "a"]]));
+    assert_eq!(int_keys, hex("48 91 01 61 5a"));
+    assert_eq!(decode_all(&int_keys).to_json().to_string(), r#"[[1,"a"]]"#);
+    // Arrays typed as Caucho's ArraySerializer types them; the second "[int" is
+    // a reference to the first (index 0 of the type table), as Java writes it.
+    assert_eq!(
+        arg_bytes("java.lang.Integer[]", json!([1])),
+        hex(&format!("71 12{} 91", hex_of(b"[java.lang.Integer")))
+    );
+    assert_eq!(
+        arg_bytes("java.util.Date[]", json!([0])),
+        hex("71 05 5b64617465 4b 00000000")
+    );
+    assert_eq!(arg_bytes("char[]", json!("ab")), hex("02 6162"));
+    let mut enc = Encoder::new();
+    let mut b = Vec::new();
+    enc.encode_json_arg("int[]", &json!([1]), &mut b).unwrap();
+    enc.encode_json_arg("int[][]", &json!([[2]]), &mut b)
+        .unwrap();
+    assert_eq!(b, hex("71 04 5b696e74 91 71 05 5b5b696e74 71 90 92"));
+    let mut dec = hessian2::Decoder::new();
+    for want in ["[1]", "[[2]]"] {
+        let Ok(Decoded::Complete { msg, consumed }) = dec.decode(&b) else {
+            panic!("decode")
+        };
+        assert_eq!(msg.to_json().to_string(), want);
+        b.drain(..consumed);
+    }
+    // Dates: millis or ISO 8601 (here 1527854400123 ms, Caucho's bytes).
+    let date = hex("4a 00000163bb38027b");
+    for j in [
+        json!(1_527_854_400_123i64),
+        json!("2018-06-01T12:00:00.123Z"),
+        json!("2018-06-01T14:00:00.123+02:00"),
+    ] {
+        assert_eq!(arg_bytes("java.util.Date", j.clone()), date, "{j}");
+    }
+    assert_eq!(
+        arg_bytes("java.util.Date", json!("2018-06-01")),
+        hex("4b 01848ae0") // 1527811200000 ms, whole minutes
+    );
+    // Enums: an object of one field, name, from either JSON form (DayOfWeek as
+    // Caucho writes it).
+    let monday =
+        hex("43 13 6a6176612e74696d652e4461794f665765656b 91 046e616d65 60 064d4f4e444159");
+    assert_eq!(arg_bytes("java.time.DayOfWeek", json!("MONDAY")), monday);
+    assert_eq!(
+        arg_bytes("java.time.DayOfWeek", json!({"name": "MONDAY"})),
+        monday
+    );
+    for (t, j) in [
+        ("java.util.Date", json!("June 1st")),
+        ("java.util.Date", json!(true)),
+        ("java.util.Set", json!({})),
+        ("java.util.Map", json!([])),
+        ("java.util.Map", json!([[1, 2, 3]])),
+        ("com.example.User", json!("Ann")),
+    ] {
+        let e = arg(t, j.clone()).unwrap_err();
+        assert!(e.to_string().contains(t), "{t} {j}: {e}");
+    }
+}
+
+#[test]
+fn untyped_positions_read_dates_and_big_numbers() {
+    use serde_json::json;
+    let v = hessian2::value_from_mesh_json(&json!([
+        "2018-06-01T12:00:00.123Z",
+        "2018-06-01T12:00:00Z",
+        {"class": "java.math.BigDecimal", "value": "9.99"},
+        {"class": "java.math.BigInteger", "value": 12},
+        {"class": "java.math.BigInteger", "value": "x"}
+    ]));
+    let Value::List { items, .. } = &v else {
+        panic!("a list")
+    };
+    assert_eq!(items[0], Value::Date(1_527_854_400_123));
+    assert_eq!(items[1], Value::String("2018-06-01T12:00:00Z".into()));
+    // Not a number: kept as the object it says it is.
+    assert!(matches!(&items[4], Value::Object { fields, .. } if fields.len() == 1));
+    assert_eq!(
+        v.to_json().to_string(),
+        r#"["2018-06-01T12:00:00.123Z","2018-06-01T12:00:00Z",9.99,12,{"class":"java.math.BigInteger","value":"x"}]"#
+    );
+}

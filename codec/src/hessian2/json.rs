@@ -413,6 +413,16 @@ fn array_type(elem: &str) -> String {
     format!("[{short}")
 }
 
+/// Whether `s` is a Java identifier in capitals, as enum constants are named by
+/// convention (`RED`, `IN_USE`, `V2`).
+fn is_constant_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_uppercase() || c == '_' || c == '$')
+        && chars.all(|c| c.is_uppercase() || c.is_ascii_digit() || c == '_' || c == '$')
+}
+
 /// The list type Java writes for a collection parameter type: `None` (untyped,
 /// as for an `ArrayList`) or the class of the collection it builds; `Err` when
 /// `t` is no collection type known here.
@@ -469,11 +479,14 @@ impl Encoder {
     ///   `HashSet`, `LinkedHashSet`, `SortedSet`/`TreeSet`, `LinkedList` (a list
     ///   typed by the class Java would build) from an array;
     /// - `java.util.Map`/`HashMap` (untyped map), `LinkedHashMap`,
-    ///   `SortedMap`/`TreeMap` (typed) from an object (string keys) or an array
-    ///   of `[key, value]` pairs (any keys, as non-string-keyed maps render);
+    ///   `SortedMap`/`TreeMap` (typed) from an object (string keys) or a
+    ///   non-empty array of `[key, value]` pairs (any keys, as non-string-keyed
+    ///   maps render);
     /// - `java.lang.Object` (inferred, see [`value_from_mesh_json`]);
-    /// - any other type: an enum constant from a string (`"RED"`) or an object
-    ///   (`{"name": "RED"}`), a POJO from an object of its fields.
+    /// - any other type: an enum constant from an object (`{"name": "Red"}`) or
+    ///   a string naming it in capitals, Java's convention (`"RED"`, `"IN_USE"`;
+    ///   a string such as `"Ann"` is more likely a mistaken POJO, refused), a
+    ///   POJO from an object of its fields.
     ///
     /// JSON `null` is accepted for every non-primitive type. Objects read back
     /// what [`Value::to_json`] renders: a `"class"` member naming a Java class
@@ -635,7 +648,8 @@ impl Encoder {
                         .iter()
                         .map(|(k, v)| (Value::String(k.clone()), value_from_mesh_json(v)))
                         .collect(),
-                    Json::Array(a) => a
+                    // An empty map is `{}`; `[]` is more likely a mistaken list.
+                    Json::Array(a) if !a.is_empty() => a
                         .iter()
                         .map(|pair| match pair.as_array().map(Vec::as_slice) {
                             Some([k, v]) => Ok((value_from_mesh_json(k), value_from_mesh_json(v))),
@@ -664,7 +678,7 @@ impl Encoder {
                     for x in a {
                         self.encode_json_arg(elem, x, out)?;
                     }
-                } else if let Json::String(constant) = arg {
+                } else if let Some(constant) = arg.as_str().filter(|c| is_constant_name(c)) {
                     // An enum constant: Java writes an object with one field, name.
                     self.write_object_begin(out, t, &["name"]);
                     ser::write_string(out, constant);
@@ -672,7 +686,7 @@ impl Encoder {
                     let Json::Object(o) = arg else {
                         return Err(mismatch(
                             t,
-                            "an object (its fields) or a string (an enum constant)",
+                            "an object (its fields) or an enum constant's name in capitals",
                             arg,
                         ));
                     };
