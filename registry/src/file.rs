@@ -6,6 +6,12 @@
 //! delete) entries whose process is gone (`/proc/<pid>` on Linux) or whose heartbeat is
 //! older than 3 s. Registrants and watchers must share a PID namespace for the pid check;
 //! the heartbeat check works regardless.
+//!
+//! Out of file descriptors (a connection flood on the agent's own port), neither side
+//! forgets a live instance: a registrant that cannot write its file touches the file's
+//! modification time through a descriptor it keeps open (watchers take the later of the
+//! two as the heartbeat), and a watcher that cannot read the directory or a file keeps
+//! the list it had.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,10 +60,26 @@ struct Entry {
     tmp: PathBuf,
     instance: Instance,
     token: String,
+    /// The file last written, kept open so a heartbeat needs no new descriptor.
+    held: Option<std::fs::File>,
 }
 
 impl Entry {
-    fn write(&self) -> std::io::Result<()> {
+    /// Rewrites the file; if that fails (out of descriptors), refreshes its modification
+    /// time instead through the held descriptor.
+    fn heartbeat(&mut self) {
+        let Err(e) = self.write() else { return };
+        match self
+            .held
+            .as_ref()
+            .map(|f| f.set_modified(SystemTime::now()))
+        {
+            Some(Ok(())) => log::debug!("registry heartbeat {}: {e}; touched", self.path.display()),
+            _ => log::warn!("registry heartbeat {}: {e}", self.path.display()),
+        }
+    }
+
+    fn write(&mut self) -> std::io::Result<()> {
         if let Some(parent) = self.path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -70,7 +92,9 @@ impl Entry {
             "heartbeat_ms": now_ms(),
         });
         std::fs::write(&self.tmp, body.to_string())?;
-        std::fs::rename(&self.tmp, &self.path)
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.held = std::fs::File::open(&self.path).ok();
+        Ok(())
     }
 
     /// Removes the file if it is still ours (another process may have taken the address over).
@@ -97,11 +121,12 @@ impl FileBackend {
     pub(crate) fn register(&self, instance: Instance) -> Result<FileRegistration, Error> {
         let sdir = self.dir.join(&instance.service);
         let token = new_token();
-        let entry = Entry {
+        let mut entry = Entry {
             path: sdir.join(format!("{}.json", instance.addr)),
             tmp: sdir.join(format!(".{}.{token}.tmp", instance.addr)),
             instance,
             token,
+            held: None,
         };
         entry.write()?;
         let (stop, stop_rx) = mpsc::channel::<()>();
@@ -111,9 +136,7 @@ impl FileBackend {
             .spawn(move || {
                 // a message or a disconnect both mean stop
                 while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(HEARTBEAT) {
-                    if let Err(e) = entry.write() {
-                        log::warn!("registry heartbeat {}: {e}", entry.path.display());
-                    }
+                    entry.heartbeat();
                 }
                 entry.remove();
                 let _ = done_tx.send(());
@@ -132,7 +155,11 @@ impl FileBackend {
             .spawn(move || {
                 let mut last: Option<Vec<Instance>> = None;
                 while !sink.is_stopped() {
-                    let list = scan(&sdir, &service);
+                    let Some(list) = scan(&sdir, &service) else {
+                        // Unreadable for now (out of descriptors): keep what we had.
+                        std::thread::sleep(POLL);
+                        continue;
+                    };
                     if last.as_ref() != Some(&list) {
                         last = Some(list.clone());
                         sink.deliver(list);
@@ -167,15 +194,15 @@ fn pid_alive(pid: u64) -> bool {
     }
 }
 
-/// Reads one service directory, dropping (and deleting) dead or stale entries.
-fn scan(sdir: &Path, service: &str) -> Vec<Instance> {
+/// Reads one service directory, dropping (and deleting) dead or stale entries; `None`
+/// when the directory or a file in it cannot be read (other than being absent).
+fn scan(sdir: &Path, service: &str) -> Option<Vec<Instance>> {
     let rd = match std::fs::read_dir(sdir) {
         Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Vec::new()),
         Err(e) => {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!("registry scan {}: {e}", sdir.display());
-            }
-            return Vec::new();
+            log::warn!("registry scan {}: {e}", sdir.display());
+            return None;
         }
     };
     let now = now_ms();
@@ -189,7 +216,11 @@ fn scan(sdir: &Path, service: &str) -> Vec<Instance> {
         let path = ent.path();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(_) => continue, // removed meanwhile
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // removed meanwhile
+            Err(e) => {
+                log::warn!("registry scan {}: {e}", path.display());
+                return None;
+            }
         };
         let v: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
@@ -199,7 +230,17 @@ fn scan(sdir: &Path, service: &str) -> Vec<Instance> {
             }
         };
         let pid = v.get("pid").and_then(Value::as_u64).unwrap_or(0);
-        let hb = v.get("heartbeat_ms").and_then(Value::as_u64).unwrap_or(0);
+        let touched = ent
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        let hb = v
+            .get("heartbeat_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .max(touched);
         let dead = !pid_alive(pid);
         if dead || now.saturating_sub(hb) > STALE_AFTER_MS {
             log::info!(
@@ -241,5 +282,5 @@ fn scan(sdir: &Path, service: &str) -> Vec<Instance> {
             },
         );
     }
-    out.into_values().collect()
+    Some(out.into_values().collect())
 }

@@ -148,6 +148,14 @@ fn stale_or_dead_entries_are_dropped() {
         now_ms() + 60_000
     );
     std::fs::write(sdir.join("10.0.0.1:1.json"), old).unwrap();
+    // A registrant that stopped long ago left its file untouched as long: the file's
+    // modification time also counts as a heartbeat.
+    std::fs::File::options()
+        .write(true)
+        .open(sdir.join("10.0.0.1:1.json"))
+        .unwrap()
+        .set_modified(SystemTime::now() - std::time::Duration::from_secs(10))
+        .unwrap();
     std::fs::write(sdir.join("10.0.0.2:2.json"), dead).unwrap();
     std::fs::write(sdir.join("10.0.0.3:3.json"), ok).unwrap();
     std::fs::write(sdir.join("garbage.json"), "{not json").unwrap();
