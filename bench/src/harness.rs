@@ -79,11 +79,25 @@ impl Bins {
         })
     }
 
-    /// For a test of this crate: `bench` from cargo, the agents next to it.
+    /// For a test of this crate: `bench` from cargo, the agents next to it, built (once
+    /// per test process) so that they are never older than the sources: `cargo test -p
+    /// bench` alone does not rebuild other packages' binaries.
     ///
     /// # Panics
-    /// The agents are missing and could not be built.
+    /// The agents could not be built.
     pub fn for_test(bench: &str) -> Bins {
+        static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let built = BUILT.get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let profile = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("no profile directory")?;
+            build_agents(profile).map_err(|e| e.to_string())
+        });
+        if let Err(e) = built {
+            panic!("building the agents: {e}");
+        }
         Bins::find(None, Some(Path::new(bench))).expect("the agent binaries")
     }
 }
@@ -383,5 +397,28 @@ pub fn wait_routing(addr: SocketAddr, deadline: Duration, proc: &mut Proc) -> io
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PING on an agent-protocol connection; succeeds when the PONG with the same id comes
+/// back first.
+///
+/// # Errors
+/// The connection failed, or something else came back.
+pub fn agent_ping(s: &mut TcpStream, id: u64) -> io::Result<()> {
+    let mut out = Vec::new();
+    codec::agent::encode_ping(&mut out, id);
+    s.write_all(&out)?;
+    let mut got = [0u8; codec::agent::HEADER_LEN];
+    s.read_exact(&mut got)?;
+    let mut want = Vec::new();
+    codec::agent::encode_pong(&mut want, id);
+    if got[..] == want[..] {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not the PONG {id}: {got:?}"),
+        ))
     }
 }

@@ -298,14 +298,7 @@ fn header(kind: u8, status: u8, id: u64, len: u32) -> Vec<u8> {
 
 /// PING on `s`, expect the PONG with the same id.
 fn ping(s: &mut TcpStream, id: u64) {
-    let mut out = Vec::new();
-    agent::encode_ping(&mut out, id);
-    s.write_all(&out).expect("ping");
-    let mut got = [0u8; agent::HEADER_LEN];
-    s.read_exact(&mut got).expect("pong");
-    let mut want = Vec::new();
-    agent::encode_pong(&mut want, id);
-    assert_eq!(&got[..], &want[..], "PONG {id}");
+    harness::agent_ping(s, id).expect("PONG");
 }
 
 #[test]

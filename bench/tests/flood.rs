@@ -1,0 +1,315 @@
+//! Connection floods past the file-descriptor limit, on the real agents started with a
+//! low `RLIMIT_NOFILE` (`prlimit --nofile=N:N`, util-linux): the consumer-agent's HTTP
+//! port and the provider-agent's agent port. While the agent is out of descriptors it
+//! must not crash, must not spin on failing accepts (its CPU time over a few seconds of
+//! saturation stays small and it logs a bounded number of retries), must keep serving a
+//! client connected before the flood, and must serve new connections again once the
+//! flood is gone.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bench::harness::{self, call_on, wait_until, AgentAddrs, Bins};
+use bench::procs::{self, live_children, open_fds, usage, Proc};
+use bench::provider::{self, ProviderOpts, RunningProvider};
+
+/// The tests share two busy cores: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The flooded agent's descriptor limit.
+const NOFILE: u64 = 256;
+/// How long the agent is held saturated while its CPU time is measured.
+const SATURATED: Duration = Duration::from_secs(3);
+/// CPU the saturated agent may spend in [`SATURATED`]: a busy loop would spend all of it.
+const MAX_SATURATED_CPU_SECS: f64 = 0.3;
+
+/// `prlimit --nofile=N:N -- program args...`: prlimit sets the limit and execs the
+/// program, so the pid is the agent's.
+fn limited(program: &Path, args: &[String]) -> Vec<String> {
+    let mut v = vec![
+        format!("--nofile={NOFILE}:{NOFILE}"),
+        "--".into(),
+        program.display().to_string(),
+    ];
+    v.extend_from_slice(args);
+    v
+}
+
+/// A mock provider (in this process), a provider-agent and a consumer-agent, one of
+/// them under the low limit.
+struct Mesh {
+    consumer: Proc,
+    consumer_addr: SocketAddr,
+    agent: Proc,
+    agent_addr: SocketAddr,
+    _provider: RunningProvider,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(PartialEq)]
+enum Limited {
+    Consumer,
+    ProviderAgent,
+}
+
+impl Mesh {
+    fn start(which: Limited) -> Mesh {
+        let dir = tempfile::Builder::new()
+            .prefix("dubbo-mesh-flood")
+            .tempdir()
+            .expect("tempdir");
+        let reg = dir.path().join("registry");
+        std::fs::create_dir_all(&reg).expect("registry dir");
+        let registry = format!("file://{}", reg.display());
+        let bins = Bins::for_test(env!("CARGO_BIN_EXE_bench"));
+        let provider = provider::spawn(ProviderOpts {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            latency: Duration::from_millis(2),
+            threads: 400,
+            ..ProviderOpts::default()
+        })
+        .expect("mock provider");
+        let deadline = Duration::from_secs(20);
+        let start = |name: &str, bin: &Path, args: Vec<String>, limit: bool| {
+            let (program, args) = if limit {
+                (Path::new("prlimit"), limited(bin, &args))
+            } else {
+                (bin, args)
+            };
+            Proc::start(name, program, &args, dir.path()).expect("start (prlimit is util-linux)")
+        };
+        let a = AgentAddrs::free().expect("ports");
+        let args =
+            harness::provider_agent_args(a.listen, a.admin, provider.local_addr(), &registry);
+        let mut agent = start(
+            "provider-agent",
+            &bins.provider,
+            args,
+            which == Limited::ProviderAgent,
+        );
+        procs::wait_healthy(a.admin, deadline, &mut agent).expect("healthy");
+        let c = AgentAddrs::free().expect("ports");
+        let args = harness::consumer_agent_args(c.listen, c.admin, &registry);
+        let mut consumer = start(
+            "consumer-agent",
+            &bins.consumer,
+            args,
+            which == Limited::Consumer,
+        );
+        procs::wait_healthy(c.admin, deadline, &mut consumer).expect("healthy");
+        harness::wait_routing(c.listen, deadline, &mut consumer).expect("routing");
+        Mesh {
+            consumer,
+            consumer_addr: c.listen,
+            agent,
+            agent_addr: a.listen,
+            _provider: provider,
+            _dir: dir,
+        }
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` of a process, from `/proc/PID/limits`.
+fn nofile(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Lines of a log mentioning failed accepts.
+fn accept_failures(p: &Proc) -> usize {
+    std::fs::read_to_string(&p.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count()
+}
+
+/// Opens connections to `addr` until `p` holds all its descriptors and `extra` more
+/// are waiting in the backlog; returns them (they stay open while held).
+fn flood(addr: SocketAddr, p: &mut Proc, extra: usize) -> Vec<TcpStream> {
+    let pid = p.pid();
+    let mut conns = Vec::new();
+    let limit = NOFILE as usize + extra;
+    let end = Instant::now() + Duration::from_secs(20);
+    while conns.len() < limit && Instant::now() < end {
+        // A full backlog drops SYNs: such a connect times out and is not kept.
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            conns.push(s);
+        }
+    }
+    p.assert_alive();
+    let full = wait_until(Duration::from_secs(10), || {
+        open_fds(pid).unwrap_or(0) >= NOFILE - 1
+    });
+    assert!(
+        full,
+        "{} holds {:?} fds of {NOFILE} after {} connections",
+        p.name,
+        open_fds(pid),
+        conns.len()
+    );
+    conns
+}
+
+/// One race call on `s`: the status and body when not right (for the failure message).
+fn call(s: &mut TcpStream, addr: SocketAddr, param: &str) -> Result<(), String> {
+    let (req, expected) = bench::load::race_request(&addr.to_string(), param, None);
+    s.write_all(&req).map_err(|e| e.to_string())?;
+    let (code, body) = harness::read_answer(s).map_err(|e| e.to_string())?;
+    if harness::is_right(code, &body, expected) {
+        Ok(())
+    } else {
+        Err(format!("{code} {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+/// Holds the agent saturated for [`SATURATED`]: its CPU time and its logged accept
+/// retries stay small.
+fn assert_no_busy_loop(p: &mut Proc) {
+    let pid = p.pid();
+    let before = usage(pid).expect("usage").cpu_secs;
+    let logged = accept_failures(p);
+    std::thread::sleep(SATURATED);
+    let cpu = usage(pid).expect("usage").cpu_secs - before;
+    let retries = accept_failures(p) - logged;
+    eprintln!(
+        "{}: {cpu:.2} CPU s and {retries} logged accept retries in {SATURATED:?} at the fd limit",
+        p.name
+    );
+    assert!(
+        cpu <= MAX_SATURATED_CPU_SECS,
+        "{} spent {cpu:.2} CPU s in {SATURATED:?} at the fd limit: a busy loop",
+        p.name
+    );
+    // A retry every 50 ms per listener and loop: about 60 per listener in 3 s.
+    assert!(
+        retries < 400,
+        "{}: {retries} accept retries logged in {SATURATED:?}",
+        p.name
+    );
+    p.assert_alive();
+}
+
+/// Closes the flood; new connections are `served` again and the agent's descriptors go
+/// back to about `base_fds`.
+fn recover(p: &mut Proc, conns: Vec<TcpStream>, base_fds: u64, served: impl FnMut() -> bool) {
+    drop(conns);
+    assert!(
+        wait_until(Duration::from_secs(10), served),
+        "new connections are served after the flood:\n{}",
+        p.tail()
+    );
+    let pid = p.pid();
+    let released = wait_until(Duration::from_secs(10), || {
+        open_fds(pid).unwrap_or(u64::MAX) <= base_fds + 4
+    });
+    assert!(
+        released,
+        "{}: the flood's descriptors are released: {:?} open, {base_fds} before",
+        p.name,
+        open_fds(pid)
+    );
+    p.assert_alive();
+}
+
+#[test]
+fn consumer_agent_survives_a_flood_past_its_fd_limit() {
+    let _serial = serial();
+    let mut mesh = Mesh::start(Limited::Consumer);
+    let addr = mesh.consumer_addr;
+    let pid = mesh.consumer.pid();
+    assert_eq!(nofile(pid), Some(NOFILE), "the limit applies to the agent");
+    let base_fds = open_fds(pid).expect("fds");
+    let mut before = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    before
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(matches!(call_on(&mut before, addr, "before"), Ok(true)));
+
+    let conns = flood(addr, &mut mesh.consumer, 200);
+    assert!(
+        accept_failures(&mesh.consumer) > 0,
+        "the consumer-agent logs its failed accepts:\n{}",
+        mesh.consumer.tail()
+    );
+    assert_no_busy_loop(&mut mesh.consumer);
+    for i in 0..5 {
+        let ok = call(&mut before, addr, &format!("during the flood {i}"));
+        assert!(
+            ok.is_ok(),
+            "the client connected before the flood is served: {ok:?}"
+        );
+    }
+    recover(&mut mesh.consumer, conns, base_fds, || {
+        matches!(harness::one_call(addr, "after the flood"), Ok((200, true)))
+    });
+    assert!(matches!(call_on(&mut before, addr, "after"), Ok(true)));
+    mesh.consumer.assert_alive();
+    mesh.agent.assert_alive();
+    drop(mesh);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+#[test]
+fn provider_agent_survives_a_flood_past_its_fd_limit() {
+    let _serial = serial();
+    let mut mesh = Mesh::start(Limited::ProviderAgent);
+    let addr = mesh.agent_addr;
+    let pid = mesh.agent.pid();
+    assert_eq!(nofile(pid), Some(NOFILE), "the limit applies to the agent");
+    let base_fds = open_fds(pid).expect("fds");
+    // Before the flood: an agent-protocol client, and a client of the consumer-agent
+    // (whose connection to the provider-agent is already open).
+    let mut control = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    control
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    harness::agent_ping(&mut control, 1).expect("PONG before the flood");
+    let http = mesh.consumer_addr;
+    let mut client = TcpStream::connect_timeout(&http, Duration::from_secs(2)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(matches!(call_on(&mut client, http, "before"), Ok(true)));
+
+    let conns = flood(addr, &mut mesh.agent, 200);
+    assert!(
+        accept_failures(&mesh.agent) > 0,
+        "the provider-agent logs its failed accepts:\n{}",
+        mesh.agent.tail()
+    );
+    assert_no_busy_loop(&mut mesh.agent);
+    for i in 0..5 {
+        harness::agent_ping(&mut control, 10 + i).expect("PONG during the flood");
+        let ok = call(&mut client, http, &format!("during the flood {i}"));
+        assert!(
+            ok.is_ok(),
+            "calls over the connection opened before the flood are served: {ok:?}\n{}",
+            mesh.agent.tail()
+        );
+    }
+    recover(&mut mesh.agent, conns, base_fds, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                harness::agent_ping(&mut s, 77)
+            })
+            .is_ok()
+    });
+    let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(matches!(call_on(&mut s, http, "after"), Ok(true)));
+    mesh.consumer.assert_alive();
+    mesh.agent.assert_alive();
+    drop(mesh);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
