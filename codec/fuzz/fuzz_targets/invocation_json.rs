@@ -47,7 +47,10 @@ fn to_json(inv: &Invocation) -> Value {
 /// Encode `arg` as `java_type`; when that works, the bytes decode to one value.
 fn encode_and_decode(java_type: &str, arg: &Value) {
     let mut out = Vec::new();
-    if Encoder::new().encode_json_arg(java_type, arg, &mut out).is_err() {
+    if Encoder::new()
+        .encode_json_arg(java_type, arg, &mut out)
+        .is_err()
+    {
         return;
     }
     match Decoder::new().decode(&out) {
