@@ -220,8 +220,10 @@ impl ConsumerLoop {
             timeout = timeout.min(Duration::from_millis(ms));
         }
         let mut args = self.take_buf();
+        // Where escaped form fields are decoded; back to the pool once the call is stored.
+        let mut scratch = self.take_buf();
         let prepared = if req.is_form() {
-            prepare_form(req, &mut args).map(|p| (p, Render::Text))
+            prepare_form(req, &mut args, &mut scratch).map(|p| (p, Render::Text))
         } else if is_json(req) {
             prepare_json(req, &mut args).map(|p| {
                 if let Some(ms) = p.timeout_ms {
@@ -236,6 +238,7 @@ impl ConsumerLoop {
             Ok(p) => p,
             Err(msg) => {
                 self.recycle(args);
+                self.recycle(scratch);
                 self.metrics.answered(Outcome::BadRequest, 0);
                 return self.answer_text(cx, id, seq, keep_alive, 400, &msg);
             }
@@ -271,6 +274,7 @@ impl ConsumerLoop {
             sent: None,
             attempts: 0,
         });
+        self.recycle(scratch);
         let call = Self::call_id(key, self.next_gen);
         let timer = cx.set_timer(timeout, call);
         if let Some(c) = self.calls.get_mut(key) {
@@ -941,8 +945,12 @@ fn header_str<'a>(req: &Request<'a>, name: &str) -> &'a str {
 }
 
 /// The race's form call: one String parameter (or none).
-fn prepare_form<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared<'a>, String> {
-    let call = form::race_call(&req.body).map_err(|e| format!("bad form body: {e}"))?;
+fn prepare_form<'a>(
+    req: &'a Request<'_>,
+    args: &mut Vec<u8>,
+    scratch: &'a mut Vec<u8>,
+) -> Result<Prepared<'a>, String> {
+    let call = form::race_call_in(&req.body, scratch).map_err(|e| format!("bad form body: {e}"))?;
     let types = call.parameter_types.trim();
     match (types, &call.parameter) {
         ("Ljava/lang/String;", Some(p)) => hessian2::ser::write_string(args, p),

@@ -128,34 +128,41 @@ impl<'a> Iterator for Fields<'a> {
 ///
 /// [`FormError::InvalidEscape`] for `%` not followed by two hex digits.
 pub fn decode(raw: &[u8]) -> Result<Cow<'_, [u8]>, FormError> {
-    let Some(first) = find(raw, b'%', b'+') else {
+    if find(raw, b'%', b'+').is_none() {
         return Ok(Cow::Borrowed(raw));
-    };
-    let mut out = Vec::with_capacity(raw.len());
-    out.extend_from_slice(raw.get(..first).unwrap_or_default());
-    let mut i = first;
-    while let Some(&b) = raw.get(i) {
-        match b {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => {
-                let hi = raw.get(i + 1).copied().and_then(hex);
-                let lo = raw.get(i + 2).copied().and_then(hex);
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
-                    _ => return Err(FormError::InvalidEscape { offset: i }),
-                }
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
     }
+    let mut out = Vec::with_capacity(raw.len());
+    decode_into(raw, &mut out)?;
     Ok(Cow::Owned(out))
+}
+
+/// Percent-decode one component (`+` is a space), appending to `out`: with a buffer kept
+/// for reuse, decoding allocates nothing.
+///
+/// # Errors
+///
+/// [`FormError::InvalidEscape`] for `%` not followed by two hex digits (offset within
+/// `raw`); `out` may then hold part of the component.
+pub fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), FormError> {
+    let mut i = 0;
+    while let Some(next) = find(raw.get(i..).unwrap_or_default(), b'%', b'+') {
+        let at = i + next;
+        out.extend_from_slice(raw.get(i..at).unwrap_or_default());
+        if raw.get(at) == Some(&b'+') {
+            out.push(b' ');
+            i = at + 1;
+            continue;
+        }
+        let hi = raw.get(at + 1).copied().and_then(hex);
+        let lo = raw.get(at + 2).copied().and_then(hex);
+        match (hi, lo) {
+            (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+            _ => return Err(FormError::InvalidEscape { offset: at }),
+        }
+        i = at + 3;
+    }
+    out.extend_from_slice(raw.get(i..).unwrap_or_default());
+    Ok(())
 }
 
 /// Percent-decode one component and check it is UTF-8.
@@ -232,27 +239,102 @@ pub struct RaceCall<'a> {
 ///
 /// A bad escape or invalid UTF-8 in a wanted field, or a missing `interface`/`method`.
 pub fn race_call(body: &[u8]) -> Result<RaceCall<'_>, FormError> {
-    let mut interface = None;
-    let mut method = None;
-    let mut parameter_types = None;
-    let mut parameter = None;
+    let [interface, method, parameter_types, parameter] = race_fields(body)?;
+    fn text(raw: Option<&[u8]>) -> Result<Option<Cow<'_, str>>, FormError> {
+        raw.map(decode_str).transpose()
+    }
+    RaceCall::new(
+        text(interface)?,
+        text(method)?,
+        text(parameter_types)?,
+        text(parameter)?,
+    )
+}
+
+/// [`race_call`] without allocating: escaped fields are decoded into `scratch` (cleared
+/// first, its capacity reused), and every field borrows from `body` or `scratch`.
+///
+/// # Errors
+///
+/// As [`race_call`].
+pub fn race_call_in<'a>(
+    body: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<RaceCall<'a>, FormError> {
+    /// Where a decoded field lies: in the body as sent, or in the scratch buffer.
+    #[derive(Clone)]
+    enum Span<'b> {
+        Body(&'b [u8]),
+        Scratch(std::ops::Range<usize>),
+    }
+    let raw = race_fields(body)?;
+    scratch.clear();
+    let mut spans: [Option<Span<'a>>; 4] = [None, None, None, None];
+    for (span, raw) in spans.iter_mut().zip(raw) {
+        let Some(raw) = raw else { continue };
+        let decoded = if find(raw, b'%', b'+').is_none() {
+            Span::Body(raw)
+        } else {
+            let start = scratch.len();
+            decode_into(raw, scratch)?;
+            Span::Scratch(start..scratch.len())
+        };
+        // Checked field by field, so errors come in the same order as `race_call`'s.
+        let bytes = match &decoded {
+            Span::Body(b) => b,
+            Span::Scratch(r) => scratch.get(r.clone()).unwrap_or_default(),
+        };
+        std::str::from_utf8(bytes).map_err(|_| FormError::InvalidUtf8)?;
+        *span = Some(decoded);
+    }
+    let scratch: &'a [u8] = scratch;
+    let text = |span: &Option<Span<'a>>| -> Result<Option<Cow<'a, str>>, FormError> {
+        let bytes = match span {
+            None => return Ok(None),
+            Some(Span::Body(b)) => *b,
+            Some(Span::Scratch(r)) => scratch.get(r.clone()).unwrap_or_default(),
+        };
+        let s = std::str::from_utf8(bytes).map_err(|_| FormError::InvalidUtf8)?;
+        Ok(Some(Cow::Borrowed(s)))
+    };
+    let [interface, method, parameter_types, parameter] = &spans;
+    RaceCall::new(
+        text(interface)?,
+        text(method)?,
+        text(parameter_types)?,
+        text(parameter)?,
+    )
+}
+
+/// The raw (still escaped) values of `interface`, `method`, `parameterTypesString` and
+/// `parameter`, first occurrence of each.
+fn race_fields(body: &[u8]) -> Result<[Option<&[u8]>; 4], FormError> {
+    let mut found = [None; 4];
     for (k, v) in raw_fields(body) {
-        let key = decode(k)?;
-        let slot = match &*key {
-            b"interface" => &mut interface,
-            b"method" => &mut method,
-            b"parameterTypesString" => &mut parameter_types,
-            b"parameter" => &mut parameter,
+        let slot = match &*decode(k)? {
+            b"interface" => 0,
+            b"method" => 1,
+            b"parameterTypesString" => 2,
+            b"parameter" => 3,
             _ => continue,
         };
-        if slot.is_none() {
-            *slot = Some(decode_str(v)?);
-        }
+        found[slot].get_or_insert(v);
     }
-    Ok(RaceCall {
-        interface: interface.ok_or(FormError::MissingField("interface"))?,
-        method: method.ok_or(FormError::MissingField("method"))?,
-        parameter_types: parameter_types.unwrap_or(Cow::Borrowed("")),
-        parameter,
-    })
+    Ok(found)
+}
+
+impl<'a> RaceCall<'a> {
+    fn new(
+        interface: Option<Cow<'a, str>>,
+        method: Option<Cow<'a, str>>,
+        parameter_types: Option<Cow<'a, str>>,
+        parameter: Option<Cow<'a, str>>,
+    ) -> Result<Self, FormError> {
+        Ok(RaceCall {
+            interface: interface.ok_or(FormError::MissingField("interface"))?,
+            method: method.ok_or(FormError::MissingField("method"))?,
+            parameter_types: parameter_types.unwrap_or(Cow::Borrowed("")),
+            parameter,
+        })
+    }
 }

@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use codec::agent::{self, begin_request, finish, Frame, RequestHead};
-use codec::form::race_call;
+use codec::form::race_call_in;
 use codec::http::{write_response_int, RequestDecoder};
 use codec::Decoded;
 
@@ -40,8 +40,9 @@ fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
 
 #[test]
 fn http_and_form_decode_allocate_nothing() {
+    // Escaped as the race's clients send it: decoding goes into a reused scratch buffer.
     let body = "interface=com.alibaba.dubbo.performance.demo.provider.IHelloService&method=hash\
-                &parameterTypesString=Ljava/lang/String;&parameter=abcdefghij0123456789";
+                &parameterTypesString=Ljava%2Flang%2FString%3B&parameter=abcdefghij%2C+0123456789";
     let req = format!(
         "POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
          Content-Length: {}\r\n\r\n{body}",
@@ -49,15 +50,16 @@ fn http_and_form_decode_allocate_nothing() {
     );
     let mut dec = RequestDecoder::new();
     let mut out = Vec::with_capacity(1024);
+    let mut scratch = Vec::with_capacity(1024);
     let (n, len) = allocations(|| {
         let Ok(Decoded::Complete { msg, .. }) = dec.decode(req.as_bytes()) else {
             return None;
         };
-        let call = race_call(&msg.body).ok()?;
+        let call = race_call_in(&msg.body, &mut scratch).ok()?;
         write_response_int(&mut out, 200, -1_592_106_735, msg.keep_alive);
         call.parameter.map(|p| p.len())
     });
-    assert_eq!(len, Some(20));
+    assert_eq!(len, Some(22));
     assert_eq!(n, 0, "allocations on the HTTP hot path");
 }
 

@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use codec::form::{decode, decode_str, fields, race_call, raw_fields, FormError};
+use codec::form::{
+    decode, decode_into, decode_str, fields, race_call, race_call_in, raw_fields, FormError,
+};
 
 #[test]
 fn escapes_in_either_case_and_plus() {
@@ -84,7 +86,9 @@ fn race_fields_escaped_and_unescaped_any_order() {
     let unescaped =
         b"parameter=Zx9aQ&extra=%zz&parameterTypesString=Ljava/lang/String;&method=hash\
 &interface=com.alibaba.dubbo.performance.demo.provider.IHelloService&method=ignored";
+    let mut scratch = Vec::new();
     for body in [&escaped[..], &unescaped[..]] {
+        assert_eq!(race_call_in(body, &mut scratch), race_call(body));
         let c = race_call(body).unwrap();
         assert_eq!(
             c.interface,
@@ -105,6 +109,25 @@ fn race_fields_escaped_and_unescaped_any_order() {
     );
     let c = race_call(b"method=m&interface=I&parameter=%E4%BD%A0+x%21").unwrap();
     assert_eq!(c.parameter.as_deref(), Some("\u{4f60} x!"));
+    // Without allocating: escaped fields are decoded into the scratch buffer.
+    let body = b"method=m%21&interface=I&parameterTypesString=L%3B&parameter=%E4%BD%A0+x%21";
+    let c = race_call_in(body, &mut scratch).unwrap();
+    assert_eq!(
+        (&*c.interface, &*c.method, &*c.parameter_types),
+        ("I", "m!", "L;")
+    );
+    assert_eq!(c.parameter.as_deref(), Some("\u{4f60} x!"));
+    assert_eq!(
+        race_call_in(b"interface=I&method=m&parameter=%4", &mut scratch),
+        Err(FormError::InvalidEscape { offset: 0 })
+    );
+    assert_eq!(
+        race_call_in(b"interface=I&method=m&parameter=%FF", &mut scratch),
+        Err(FormError::InvalidUtf8)
+    );
+    let mut out = b"kept:".to_vec();
+    decode_into(b"a+b%2Fc", &mut out).unwrap();
+    assert_eq!(out, b"kept:a b/c");
     // Escaped keys work too.
     let c = race_call(b"%69nterface=I&meth%6Fd=m").unwrap();
     assert_eq!((&*c.interface, &*c.method), ("I", "m"));

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use codec::form::{decode, decode_str, fields, race_call, raw_fields, FormError};
+use codec::form::{decode, decode_str, fields, race_call, race_call_in, raw_fields, FormError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -62,7 +62,15 @@ fuzz_target!(|data: &[u8]| {
             .find(|(k, _)| decode(k).is_ok_and(|k| *k == *name.as_bytes()))
             .map(|(_, v)| decode_str(v))
     };
-    match race_call(data) {
+    // The allocation-free variant agrees with the plain one on every input.
+    let mut scratch = Vec::new();
+    let plain = race_call(data);
+    match (&plain, race_call_in(data, &mut scratch)) {
+        (Ok(a), Ok(b)) => assert_eq!(*a, b),
+        (Err(a), Err(b)) => assert_eq!(*a, b),
+        (a, b) => panic!("race_call {a:?} but race_call_in {b:?}"),
+    }
+    match plain {
         Ok(call) => {
             assert_eq!(first("interface"), Some(Ok(call.interface.clone())));
             assert_eq!(first("method"), Some(Ok(call.method.clone())));
