@@ -4,65 +4,16 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use util::*;
 
-/// Counts allocations made on the consumer-agent's loop threads ("consumer-N").
-struct LoopThreadsOnly;
-
-static LOOP_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Whether this thread is a consumer loop: unknown (0), yes (1), no (2).
-    static IS_LOOP: Cell<u8> = const { Cell::new(0) };
-}
-
-fn on_loop_thread() -> bool {
-    IS_LOOP
-        .try_with(|known| {
-            if known.get() == 0 {
-                let mut name = [0u8; 16];
-                // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into `name`.
-                let got = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
-                let is_loop = got == 0 && name.starts_with(b"consumer-");
-                known.set(if is_loop { 1 } else { 2 });
-            }
-            known.get() == 1
-        })
-        .unwrap_or(false)
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for LoopThreadsOnly {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if on_loop_thread() {
-            LOOP_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract for `alloc` is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if on_loop_thread() {
-            LOOP_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract for `realloc` is passed on as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../../tests/support/loop_allocs.rs"]
+mod loop_allocs;
 
 #[global_allocator]
-static GLOBAL: LoopThreadsOnly = LoopThreadsOnly;
+static GLOBAL: loop_allocs::Counting = loop_allocs::Counting;
 
 /// Sends the race's request and reads one whole answer (Content-Length framed).
 fn call(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
@@ -91,6 +42,7 @@ fn call(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
 
 #[test]
 fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
+    loop_allocs::count_threads("consumer-");
     let agent = fake_agent(Mode::Hash);
     let running = consumer(&[agent.addr], &["--loops", "1"]);
     wait_ready(&running);
@@ -103,11 +55,15 @@ fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
     for _ in 0..2000 {
         call(&mut s, &request, &mut buf);
     }
-    let before = LOOP_ALLOCATIONS.load(Ordering::Relaxed);
+    let before = loop_allocs::allocations();
+    assert!(
+        before > 0,
+        "no allocation counted while warming: wrong thread name?"
+    );
     for _ in 0..1000 {
         call(&mut s, &request, &mut buf);
     }
-    let during = LOOP_ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let during = loop_allocs::allocations() - before;
     assert_eq!(during, 0, "loop allocations during 1,000 race requests");
     running.stop();
 }
