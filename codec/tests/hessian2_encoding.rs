@@ -194,17 +194,26 @@ fn strings_short_medium_chunked() {
         decode_all(&hex("02 ed a0 bd ed b8 80")),
         Value::String("😀".into())
     );
-    // Over 32767 units: R chunks then a final one.
+    // Over 0x8000 units: R chunks then a final one, cut as Java cuts them.
     for s in [
         "a".repeat(70000),
         "é".repeat(40000),
         "😀".repeat(20000),
-        format!("{}😀", "a".repeat(32766)),
+        format!("{}😀", "a".repeat(32767)),
     ] {
         let b = enc(&s);
         assert_eq!(b[0], b'R');
         assert_eq!(decode_all(&b), Value::String(s.clone()));
     }
+    // Exactly 0x8000 units: one S chunk; one more: an R chunk of 0x8000 and one unit.
+    assert_eq!(enc(&"a".repeat(0x8000))[..3], hex("53 80 00"));
+    let b = enc(&"a".repeat(0x8001));
+    assert_eq!(b[..3], hex("52 80 00"));
+    assert_eq!(b[3 + 0x8000..], hex("01 61"));
+    // A pair that would straddle the cut goes whole into the next chunk.
+    let b = enc(&format!("{}😀", "a".repeat(0x7fff)));
+    assert_eq!(b[..3], hex("52 7f ff"));
+    assert_eq!(b[3 + 0x7fff..], hex("02 ed a0 bd ed b8 80"));
     // A surrogate pair split across chunks (as CESU-8) is joined.
     let mut b = hex("52 00 01 ed a0 bd");
     b.extend(hex("01 ed b8 80"));

@@ -83,15 +83,14 @@ const SHAPE_BACK: &str = r#"{"class":"com.example.Shape","id":7,"size":5,"name":
     "origin":{"class":"com.example.Point","x":1,"y":-2},"extra":{"k":"v"},"price":9.99}"#;
 
 fn cases() -> Vec<Case> {
-    let long_text: &'static str = Box::leak(
-        // A non-BMP character across the 0x7fff/0x8000 chunk boundaries.
-        format!("{}😀é{}", "a".repeat(0x7ffe), "b".repeat(0x8000)).into_boxed_str(),
-    );
-    let long_json: &'static str = Box::leak(
-        Json::String(long_text.to_owned())
-            .to_string()
-            .into_boxed_str(),
-    );
+    // A pair ending the first 0x8000-unit chunk, then one that would straddle it.
+    let long_text: &'static str =
+        Box::leak(format!("{}😀é{}", "a".repeat(0x7ffe), "b".repeat(0x8000)).into_boxed_str());
+    let straddling: &'static str = Box::leak(format!("{}😀c", "a".repeat(0x7fff)).into_boxed_str());
+    let json = |s: &str| -> &'static str {
+        Box::leak(Json::String(s.to_owned()).to_string().into_boxed_str())
+    };
+    let (long_json, straddling_json) = (json(long_text), json(straddling));
     vec![
         case(
             "int long boolean double",
@@ -116,6 +115,42 @@ fn cases() -> Vec<Case> {
                 "2.5",
                 "0.001",
                 "1e300",
+            ],
+            true,
+        ),
+        // Each compact double form and its edges.
+        case(
+            "doubles",
+            &[
+                ("double", "0"),
+                ("double", "1"),
+                ("double", "127"),
+                ("double", "-129"),
+                ("double", "32767"),
+                ("double", "-32768"),
+                ("double", "32768"),
+                ("double", "0.1"),
+                ("double", "2147483.647"),
+                ("double", "-2147483.648"),
+                ("double", "2147483.648"),
+                ("double", "-1.5e-7"),
+            ],
+            "Double:0.0 | Double:1.0 | Double:127.0 | Double:-129.0 | Double:32767.0 \
+             | Double:-32768.0 | Double:32768.0 | Double:0.1 | Double:2147483.647 \
+             | Double:-2147483.648 | Double:2147483.648 | Double:-1.5E-7",
+            &[
+                "0.0",
+                "1.0",
+                "127.0",
+                "-129.0",
+                "32767.0",
+                "-32768.0",
+                "32768.0",
+                "0.1",
+                "2147483.647",
+                "-2147483.648",
+                "2147483.648",
+                "-1.5e-7",
             ],
             true,
         ),
@@ -174,13 +209,16 @@ fn cases() -> Vec<Case> {
             ],
             true,
         ),
-        // Caucho cuts chunks at 0x8000 units, hessian-lite and we at 0x7fff.
+        // Chunks of 0x8000 units, one less where a surrogate pair would be cut.
         case(
-            "long string",
-            &[("java.lang.String", long_json)],
-            jstr(long_text),
-            &[long_json],
-            false,
+            "long strings",
+            &[
+                ("java.lang.String", long_json),
+                ("java.lang.String", straddling_json),
+            ],
+            format!("{} | {}", jstr(long_text), jstr(straddling)),
+            &[long_json, straddling_json],
+            true,
         ),
         case(
             "BigDecimal",

@@ -10,9 +10,10 @@
 use super::Value;
 use std::collections::HashMap;
 
-/// UTF-16 units per string chunk, as Java writes them (`S`/`R` lengths are u16
-/// but Java stops at 0x8000 minus one).
-pub const STRING_CHUNK_UNITS: usize = 0x7fff;
+/// Most UTF-16 units in one string chunk, as Java writes them (Caucho hessian 4 and
+/// Dubbo's hessian-lite both cut at 0x8000 units, one less when the cut would
+/// split a surrogate pair; a string of exactly 0x8000 units is one `S` chunk).
+pub const STRING_CHUNK_UNITS: usize = 0x8000;
 /// Bytes per binary chunk.
 pub const BINARY_CHUNK_BYTES: usize = 0x7fff;
 
