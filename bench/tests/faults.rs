@@ -1,6 +1,6 @@
 //! Faults under load, with the real agents as child processes on loopback: a
 //! provider-agent killed and restarted, a mock provider killed and restarted, a provider
-//! that never answers, a provider answering garbage. The checking load generator
+//! that never answers, a provider answering garbage, etcd stopped and restarted. The checking load generator
 //! (`bench::load`) verifies every answer it gets (Java `hashCode` of the parameter);
 //! errors must be of the expected HTTP statuses and bounded, and the consumer-agent must
 //! survive everything. Every child is SIGKILLed and reaped on drop.
@@ -141,6 +141,29 @@ fn check_report(r: &LoadReport, allowed: &[&str], max_errors: u64) {
     );
 }
 
+/// Ends a fault run: the checks were made while the load ran (a run is its thread, its
+/// start and its length in seconds), it got errors only of the `allowed` kinds and at
+/// most one per connection, every process in `alive` lives and the consumer-agent at
+/// `c` still answers right.
+fn end_of_run(
+    (load, started, load_secs): (JoinHandle<LoadReport>, Instant, f64),
+    allowed: &[&str],
+    conns: usize,
+    alive: &mut [&mut Proc],
+    c: SocketAddr,
+) {
+    assert!(
+        started.elapsed().as_secs_f64() < load_secs,
+        "the checks were made while the load ran"
+    );
+    let r = load.join().expect("load thread");
+    check_report(&r, allowed, conns as u64);
+    for p in alive {
+        p.assert_alive();
+    }
+    assert_eq!(one_call(c, "still there").expect("answers"), (200, true));
+}
+
 const GATEWAY_ERRORS: [&str; 3] = ["status_502", "status_503", "status_504"];
 
 #[test]
@@ -275,17 +298,14 @@ fn provider_killed_and_restarted_under_load() {
         "the provider gets traffic again:\n{}",
         agent1.tail()
     );
-    assert!(
-        started.elapsed().as_secs_f64() < load_secs,
-        "the recovery was checked while the load ran"
+    let run = (load, started, load_secs);
+    end_of_run(
+        run,
+        &GATEWAY_ERRORS,
+        conns,
+        &mut [&mut consumer, &mut agent1, &mut agent2],
+        c,
     );
-
-    let r = load.join().expect("load thread");
-    check_report(&r, &GATEWAY_ERRORS, conns as u64);
-    consumer.assert_alive();
-    agent1.assert_alive();
-    agent2.assert_alive();
-    assert_eq!(one_call(c, "still there").expect("answers"), (200, true));
     drop((consumer, agent1, agent2, _prov1, _prov2, prov1));
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
@@ -482,5 +502,154 @@ fn provider_answering_garbage_is_cut_off() {
     assert!(right > 0, "the good provider keeps answering");
     good.stop();
     drop((consumer, agent1, agent2));
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+/// The consumer-agent's view of one provider-agent: whether it is up and has calls in
+/// flight; absent counts as neither.
+fn upstream_busy(consumer_admin: SocketAddr, agent: SocketAddr) -> bool {
+    let labels = format!("{{loop=\"0\",upstream=\"{agent}\"}}");
+    let up = metric(consumer_admin, &format!("consumer_upstream_up{labels}")).unwrap_or(0.0);
+    let inflight = metric(
+        consumer_admin,
+        &format!("consumer_upstream_inflight{labels}"),
+    )
+    .unwrap_or(0.0);
+    up > 0.0 || inflight > 0.0
+}
+
+#[test]
+fn etcd_stopped_and_restarted_under_load() {
+    let _serial = serial();
+    let mut mesh = Mesh::new();
+    let data = mesh.logs().join("etcd-data");
+    let (client, peer) = (free_addr().unwrap(), free_addr().unwrap());
+    let deadline = Duration::from_secs(20);
+    let mut etcd = harness::restart_etcd(&data, client, peer, mesh.logs(), "etcd")
+        .expect("etcd (etcd-server, installed by .ci/setup)");
+    harness::wait_etcd(client, deadline, &mut etcd).expect("etcd healthy");
+    // A short lease, so that keys surviving two TTLs after the restart prove the agents
+    // keep them alive on the restarted etcd.
+    let ttl = Duration::from_secs(2);
+    mesh.registry = format!("etcd://{client}?ttl={}", ttl.as_secs());
+    let key = |a: SocketAddr| format!("/dubbomesh/{SERVICE}/{a}");
+    let has_key = |a: SocketAddr| harness::etcd_has_key(client, &key(a)).unwrap_or(false);
+
+    let (prov1, prov2) = (good_provider(), good_provider());
+    let (a1, a2) = (agent_addrs(), agent_addrs());
+    let mut agent1 = mesh.provider_agent("provider-agent-1", a1, prov1.local_addr());
+    let mut agent2 = mesh.provider_agent("provider-agent-2", a2, prov2.local_addr());
+    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let mut consumer = mesh.consumer(c, c_admin, 2000, "adaptive");
+    assert!(
+        wait_until(Duration::from_secs(5), || has_key(a1.listen)
+            && has_key(a2.listen)),
+        "both provider-agents registered in etcd"
+    );
+    let ok = |a: AgentAddrs| metric_or_zero(a.admin, "provider_agent_responses_ok_total");
+
+    // etcd down for 3 s, then back on the same data dir: no call may fail.
+    let conns = 256;
+    let load_secs = 18.0;
+    let started = Instant::now();
+    let load = start_load(c, conns, load_secs);
+    assert!(
+        wait_until(Duration::from_secs(5), || ok(a1) > 0.0 && ok(a2) > 0.0),
+        "both provider-agents get traffic"
+    );
+    etcd.kill9();
+    let etcd_killed = Instant::now();
+    let (b1, b2) = (ok(a1), ok(a2));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        ok(a1) > b1 && ok(a2) > b2,
+        "traffic continues on both known provider-agents while etcd is down"
+    );
+    consumer.assert_alive();
+    agent1.assert_alive();
+    agent2.assert_alive();
+    let mut etcd = harness::restart_etcd(&data, client, peer, mesh.logs(), "etcd-restarted")
+        .expect("etcd restart");
+    harness::wait_etcd(client, deadline, &mut etcd).expect("etcd healthy again");
+    let back = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || has_key(a1.listen)
+            && has_key(a2.listen)),
+        "both agents registered after the restart"
+    );
+    std::thread::sleep(ttl * 2 + Duration::from_millis(500));
+    assert!(
+        has_key(a1.listen) && has_key(a2.listen),
+        "the registrations outlive two {ttl:?} leases after the restart:\n{}",
+        agent1.tail()
+    );
+    let (b1, b2) = (ok(a1), ok(a2));
+    assert!(
+        wait_until(Duration::from_secs(2), || ok(a1) > b1 && ok(a2) > b2),
+        "both still get traffic after the restart"
+    );
+    eprintln!(
+        "etcd healthy again {:?} after the kill; keys still there {:?} later",
+        back.duration_since(etcd_killed),
+        back.elapsed()
+    );
+    assert!(
+        started.elapsed().as_secs_f64() < load_secs,
+        "the outage and the restart were checked while the load ran"
+    );
+    let r = load.join().expect("load thread");
+    check_report(&r, &[], 0);
+
+    // After the restart: a new provider-agent gets traffic within 2 s of being up; killed
+    // with -9, it gets none within 1 s.
+    let load_secs = 10.0;
+    let started = Instant::now();
+    let load = start_load(c, conns, load_secs);
+    std::thread::sleep(Duration::from_millis(500));
+    let a3 = agent_addrs();
+    let spawned = Instant::now();
+    let mut agent3 = mesh.provider_agent("provider-agent-3", a3, prov1.local_addr());
+    let healthy = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || ok(a3) > 0.0),
+        "a provider-agent started after the restart gets traffic within 2 s:\n{}",
+        agent3.tail()
+    );
+    eprintln!(
+        "new provider-agent: traffic {:?} after it was healthy ({:?} after it was started)",
+        healthy.elapsed(),
+        spawned.elapsed()
+    );
+    assert!(has_key(a3.listen), "the new agent is registered");
+    std::thread::sleep(Duration::from_millis(500));
+    agent3.kill9();
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(1), || !upstream_busy(
+            c_admin, a3.listen
+        )),
+        "the killed provider-agent gets no traffic within 1 s"
+    );
+    eprintln!(
+        "killed agent idle at the consumer after {:?}",
+        killed.elapsed()
+    );
+    let b1 = ok(a1);
+    assert!(
+        wait_until(Duration::from_secs(1), || ok(a1) > b1),
+        "the others carry on"
+    );
+    // Only the calls in flight on the killed agent may fail.
+    let run = (load, started, load_secs);
+    end_of_run(
+        run,
+        &GATEWAY_ERRORS,
+        conns,
+        &mut [&mut consumer, &mut agent1, &mut agent2],
+        c,
+    );
+    drop((consumer, agent1, agent2, etcd));
+    prov1.stop();
+    prov2.stop();
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
