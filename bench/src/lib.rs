@@ -2,6 +2,7 @@
 //! scenario runner that starts the whole mesh on loopback and reports how it fares.
 
 pub mod chart;
+pub mod direct;
 pub mod echo;
 pub mod harness;
 pub mod hist;

@@ -12,6 +12,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use codec::dubbo::Serialization;
+
+use crate::direct;
 use crate::harness::{self, Bins};
 use crate::load::{self, LoadOpts, Params};
 use crate::procs::{self, free_addr, Proc, Usage};
@@ -211,6 +214,8 @@ pub(crate) struct Topology {
     agents: Vec<usize>,
     consumer: usize,
     pub(crate) consumer_addr: SocketAddr,
+    /// The mock providers' Dubbo addresses, in the order of their specs.
+    pub(crate) provider_addrs: Vec<SocketAddr>,
     _tmp: tempfile::TempDir,
 }
 
@@ -260,6 +265,7 @@ impl Topology {
             agents: Vec::new(),
             consumer: 0,
             consumer_addr: free_addr()?,
+            provider_addrs: Vec::new(),
             _tmp: tmp,
         };
         let deadline = Duration::from_secs(20);
@@ -289,6 +295,7 @@ impl Topology {
             topo.procs.push(p);
             ready?;
             provider_addrs.push(addr);
+            topo.provider_addrs.push(addr);
         }
         let loops = opts.agent_loops.max(1).to_string();
         for (s, q) in specs.iter().zip(&provider_addrs) {
@@ -515,6 +522,26 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
         }
         if c == 1 {
             s.extra.insert("mesh_p50_ms_one_conn".into(), s.p50_ms);
+            // The same single connection straight to a provider over Dubbo: what the
+            // two agents add is the difference.
+            if let Some(&provider) = topo.provider_addrs.first() {
+                eprintln!("overhead: 1 conn straight to a provider ...");
+                let direct = direct::ping_pong(
+                    provider,
+                    Serialization::Fastjson,
+                    opts.warmup,
+                    opts.duration,
+                )?;
+                let direct_p50_ms = direct.latency.quantile(0.5) as f64 / 1000.0;
+                s.extra.insert("direct_p50_ms".into(), direct_p50_ms);
+                s.extra.insert(
+                    "mesh_added_p50_us".into(),
+                    ((s.p50_ms - direct_p50_ms) * 1000.0).round(),
+                );
+                if direct.wrong > 0 {
+                    s.errors.insert("direct_wrong".into(), direct.wrong);
+                }
+            }
         }
         steps.push(s);
     }

@@ -39,6 +39,22 @@ fn quick_scenarios_run_clean_and_stop_everything() {
         "every process stopped"
     );
 
+    // Overhead: the single-connection step also calls a provider directly over Dubbo,
+    // and reports what the mesh adds to it.
+    opts.which = Which::Overhead;
+    let r = scenario::run(&opts).expect("overhead scenario");
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    let one = &r.steps[0];
+    assert!(one.errors.is_empty(), "{one:?}");
+    let direct = one.extra["direct_p50_ms"];
+    assert!(direct > 0.0 && direct < one.p50_ms, "{one:?}");
+    assert!(one.extra["mesh_added_p50_us"] > 0.0, "{one:?}");
+    assert_eq!(
+        live_children(),
+        Vec::<String>::new(),
+        "every process stopped"
+    );
+
     opts.which = Which::Idle;
     opts.idle_connections = 200;
     let r = scenario::run(&opts).expect("idle scenario");
