@@ -242,7 +242,7 @@ fn cases() -> Vec<Case> {
                 "0",
                 "1E-7",
             ],
-            false, // "1e-7" comes back as Java's text, "1E-7"
+            true, // "1e-7" is sent as Java's text, "1E-7"
         ),
         case(
             "BigDecimal as Dubbo writes it",

@@ -23,48 +23,108 @@ pub const MAX_BIG_DIGITS: usize = 10_000;
 /// [`MAX_BIG_DIGITS`]); a longer one is rendered as the object it is.
 const MAX_BIG_WORDS: usize = 1_040;
 
-/// Whether `s` is a number `new java.math.BigDecimal(s)` accepts: a sign, digits
-/// with an optional point (`1.50`, `.5`, `5.`), an optional exponent
-/// (`1E+10`) within what Java's int scale can hold.
+/// Whether `s` is a number `new java.math.BigDecimal(s)` accepts (see
+/// [`java_decimal_text`]).
 pub fn is_decimal_text(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
-    let digits = |i: &mut usize| {
-        let start = *i;
-        while b.get(*i).is_some_and(u8::is_ascii_digit) {
-            *i += 1;
-        }
-        *i - start
+    java_decimal_text(s).is_some()
+}
+
+/// What `new java.math.BigDecimal(s).toString()` gives, or `None` when Java would
+/// refuse `s`: a sign, digits with an optional point (`1.50`, `.5`, `5.`), an
+/// optional exponent (`1e-7`) of at most 9 digits, a scale within Java's int.
+/// Written this way the bytes are the ones Java writes (`1e-7` becomes `1E-7`,
+/// `+0.50` becomes `0.50`; the scale is kept).
+pub fn java_decimal_text(s: &str) -> Option<String> {
+    let (negative, rest) = split_sign(s.as_bytes());
+    let (mantissa, exponent) = match rest.iter().position(|&c| c == b'e' || c == b'E') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
     };
-    let mut n = digits(&mut i);
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        n += digits(&mut i);
+    let (int, frac) = match mantissa.iter().position(|&c| c == b'.') {
+        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+        None => (mantissa, &[][..]),
+    };
+    if int.len() + frac.len() == 0 || !int.iter().chain(frac).all(u8::is_ascii_digit) {
+        return None;
     }
-    if n == 0 {
-        return false;
+    let exponent = match exponent {
+        None => 0,
+        Some(e) => {
+            let (negative, d) = split_sign(e);
+            if d.is_empty() || d.len() > 9 || !d.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let v = d.iter().fold(0i64, |a, &c| a * 10 + i64::from(c - b'0'));
+            if negative {
+                -v
+            } else {
+                v
+            }
+        }
+    };
+    let scale = i64::try_from(frac.len()).ok()? - exponent;
+    i32::try_from(scale).ok()?;
+    let mut digits: Vec<u8> = int
+        .iter()
+        .chain(frac)
+        .copied()
+        .skip_while(|&c| c == b'0')
+        .collect();
+    if digits.is_empty() {
+        digits.push(b'0');
     }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        i += usize::from(matches!(b.get(i), Some(b'+' | b'-')));
-        let e = digits(&mut i);
-        // Up to 9 digits: the exponent stays far inside Java's int scale.
-        if e == 0 || e > 9 {
-            return false;
+    let digits = String::from_utf8(digits).ok()?;
+    let n = i64::try_from(digits.len()).ok()?;
+    // Java's BigDecimal.layoutChars(true).
+    let adjusted = n - 1 - scale;
+    let mut out = String::with_capacity(digits.len() + 16);
+    if negative && digits != "0" {
+        out.push('-');
+    }
+    if scale == 0 {
+        out.push_str(&digits);
+    } else if scale > 0 && adjusted >= -6 {
+        if scale >= n {
+            // At most 5 zeros: adjusted >= -6 bounds scale - n.
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (scale - n) as usize));
+            out.push_str(&digits);
+        } else {
+            let point = (n - scale) as usize;
+            out.push_str(&digits[..point]);
+            out.push('.');
+            out.push_str(&digits[point..]);
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        if adjusted != 0 {
+            out.push('E');
+            if adjusted > 0 {
+                out.push('+');
+            }
+            out.push_str(&adjusted.to_string());
         }
     }
-    i == b.len()
+    Some(out)
+}
+
+fn split_sign(b: &[u8]) -> (bool, &[u8]) {
+    match b {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        all => (false, all),
+    }
 }
 
 /// The sign and magnitude words (most significant first) of a decimal integer
 /// (`-123`, `+7`, `0`), or `None` when `s` is not one or has more than
 /// [`MAX_BIG_DIGITS`] digits.
 pub fn integer_words(s: &str) -> Option<(i32, Vec<u32>)> {
-    let (negative, digits) = match s.as_bytes() {
-        [b'-', rest @ ..] => (true, rest),
-        [b'+', rest @ ..] => (false, rest),
-        all => (false, all),
-    };
+    let (negative, digits) = split_sign(s.as_bytes());
     if digits.is_empty() || digits.len() > MAX_BIG_DIGITS || !digits.iter().all(u8::is_ascii_digit)
     {
         return None;
@@ -233,6 +293,39 @@ mod tests {
         assert_eq!(words_to_decimal(0, &[1]), None);
         assert_eq!(words_to_decimal(1, &[0, 0]).as_deref(), Some("0"));
         assert_eq!(words_to_decimal(1, &[0, 7]).as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn decimal_texts_as_java_prints_them() {
+        // Expected values: BigDecimal(s).toString() on JDK 17.
+        for (s, java) in [
+            ("0", "0"),
+            ("-0", "0"),
+            ("-0.00", "0.00"),
+            ("0e3", "0E+3"),
+            ("1.50", "1.50"),
+            ("+0.50", "0.50"),
+            ("00012.3400", "12.3400"),
+            (".5", "0.5"),
+            ("5.", "5"),
+            ("1e10", "1E+10"),
+            ("-1E+10", "-1E+10"),
+            ("1e-7", "1E-7"),
+            ("1.5e-7", "1.5E-7"),
+            ("0.000001", "0.000001"),
+            ("0.0000001", "1E-7"),
+            ("0.0000010", "0.0000010"),
+            ("123.456e2", "12345.6"),
+            ("123.456e5", "1.23456E+7"),
+            ("12e-1", "1.2"),
+            ("1e0", "1"),
+            ("1e-0", "1"),
+            ("9.99", "9.99"),
+            ("-00.000e-5", "0E-8"),
+            ("1e999999999", "1E+999999999"),
+        ] {
+            assert_eq!(java_decimal_text(s).as_deref(), Some(java), "{s}");
+        }
     }
 
     #[test]

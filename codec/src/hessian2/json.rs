@@ -336,7 +336,7 @@ fn big_from_object(class: &str, o: &JsonMap<String, Json>) -> Option<Value> {
     }
     let text = number_text(o.get("value")?)?;
     match class {
-        BIG_DECIMAL if big::is_decimal_text(&text) => Some(big::big_decimal_value(&text)),
+        BIG_DECIMAL => Some(big::big_decimal_value(&big::java_decimal_text(&text)?)),
         BIG_INTEGER => {
             let (signum, mag) = big::integer_words(&text)?;
             Some(big::big_integer_value(signum, &mag))
@@ -467,7 +467,8 @@ impl Encoder {
     ///   `double`/`Double`, `float`/`Float`, `short`/`Short`, `byte`/`Byte`,
     ///   `char`/`Character` from the matching JSON scalar (ranges checked);
     /// - `java.math.BigDecimal` from a number (its exact text) or a numeric
-    ///   string, written as Dubbo does (an object with one field, `value`);
+    ///   string, written as Dubbo does (an object with one field, `value`, the
+    ///   text Java's `toString()` gives: `1e-7` is sent as `1E-7`, scale kept);
     ///   `java.math.BigInteger` from an integer or a string of digits (at most
     ///   10,000), written as `signum` and `mag` fields;
     /// - `java.util.Date` from epoch milliseconds or an ISO 8601 string
@@ -591,12 +592,12 @@ impl Encoder {
                 };
                 ser::write_binary(out, &bytes);
             }
-            "java.math.BigDecimal" => match big_arg_text(arg) {
-                Some(text) if big::is_decimal_text(&text) => {
-                    self.write_value(out, &big::big_decimal_value(&text))
+            "java.math.BigDecimal" => {
+                match big_arg_text(arg).and_then(|s| big::java_decimal_text(&s)) {
+                    Some(text) => self.write_value(out, &big::big_decimal_value(&text)),
+                    None => return Err(mismatch(t, "a decimal number or numeric string", arg)),
                 }
-                _ => return Err(mismatch(t, "a decimal number or numeric string", arg)),
-            },
+            }
             "java.math.BigInteger" => {
                 match big_arg_text(arg).and_then(|s| big::integer_words(&s)) {
                     Some((signum, mag)) => {
