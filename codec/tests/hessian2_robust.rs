@@ -236,6 +236,22 @@ fn arb_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Our bytes for one typed JSON argument.
+fn arg_bytes(t: &str, j: &serde_json::Value) -> Vec<u8> {
+    let mut b = Vec::new();
+    Encoder::new()
+        .encode_json_arg(t, j, &mut b)
+        .unwrap_or_else(|e| panic!("{t} {j}: {e}"));
+    b
+}
+
+/// One typed JSON argument, encoded and decoded again.
+fn typed_arg(t: &str, j: &serde_json::Value) -> Value {
+    let mut vals = decode_stream(&arg_bytes(t, j)).unwrap();
+    assert_eq!(vals.len(), 1);
+    vals.remove(0)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -276,6 +292,42 @@ proptest! {
             }
         }
         check_splits(&b, &Value::String(s));
+    }
+
+    #[test]
+    fn big_integers_round_trip(n in any::<i128>(), digits in "[0-9]{1,300}", negative in any::<bool>()) {
+        let long = format!("{}{digits}", if negative { "-" } else { "" });
+        let trimmed = digits.trim_start_matches('0');
+        let want = match trimmed {
+            "" => "0".to_owned(),
+            t if negative => format!("-{t}"),
+            t => t.to_owned(),
+        };
+        for (text, want) in [(n.to_string(), n.to_string()), (long, want)] {
+            let v = typed_arg("java.math.BigInteger", &serde_json::Value::String(text.clone()));
+            prop_assert_eq!(v.to_json().to_string(), want, "{}", text);
+        }
+    }
+
+    #[test]
+    fn big_decimals_render_and_go_back_unchanged(unscaled in any::<i64>(), exp in -30i32..30, point in any::<bool>()) {
+        let text = if point { format!("{unscaled}.5e{exp}") } else { format!("{unscaled}e{exp}") };
+        let first = arg_bytes("java.math.BigDecimal", &serde_json::Value::String(text));
+        let rendered = decode_stream(&first).unwrap()[0].to_json();
+        prop_assert!(rendered.is_number(), "{}", rendered);
+        // Sending the answer back writes the same bytes: the text is Java's already.
+        prop_assert_eq!(arg_bytes("java.math.BigDecimal", &rendered), first);
+    }
+
+    #[test]
+    fn dates_round_trip(ms in -62_135_596_800_000i64..253_402_300_800_000) {
+        let iso = hessian2::iso8601(ms);
+        prop_assert_eq!(hessian2::parse_iso8601(&iso), Some(ms));
+        let v = typed_arg("java.util.Date", &serde_json::Value::String(iso.clone()));
+        prop_assert_eq!(&v, &Value::Date(ms));
+        prop_assert_eq!(typed_arg("java.util.Date", &serde_json::json!(ms)), Value::Date(ms));
+        // Untyped, the rendered form is a date too.
+        prop_assert_eq!(typed_arg("java.lang.Object", &v.to_json()), Value::Date(ms));
     }
 
     #[test]
