@@ -51,13 +51,18 @@ pub struct Config {
     /// Largest HTTP request body, in bytes (413 beyond).
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_body: usize,
-    /// HTTP connections per loop at most.
+    /// Connections per loop at most, its provider-agent connections included; HTTP
+    /// connections beyond it are closed as soon as they are accepted.
     #[arg(long, default_value_t = 100_000)]
     pub max_connections: usize,
     /// Requests one HTTP connection may have in flight (pipelining) before it is
     /// read no further until answers go out.
     #[arg(long, default_value_t = 128)]
     pub max_pipeline: usize,
+    /// Calls in flight to one provider-agent (for one service) per event loop; when
+    /// every provider-agent of a service is at it, calls are answered 503 at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_upstream_inflight: u32,
     /// Close an HTTP connection idle this long, in seconds (0: never).
     #[arg(long, default_value_t = 300)]
     pub idle_timeout_secs: u64,

@@ -112,7 +112,7 @@ impl ConsumerLoop {
                 max_head: config.max_head,
                 max_body: config.max_body,
             },
-            upstreams: Upstreams::new(config.lb),
+            upstreams: Upstreams::new(config.lb).with_max_inflight(config.max_upstream_inflight),
             config,
             metrics,
             http: HttpConns::default(),
@@ -295,7 +295,12 @@ impl ConsumerLoop {
             .upstreams
             .pick(&sig.service, &sig.version, &sig.group, exclude);
         let Some((_, up_key)) = picked else {
-            let msg = if self.upstreams.services.contains_key(&sig.service) {
+            let msg = if self.upstreams.saturated(&sig.service) {
+                format!(
+                    "every provider-agent of {} is at its in-flight limit (--max-upstream-inflight)",
+                    sig.service
+                )
+            } else if self.upstreams.services.contains_key(&sig.service) {
                 let mut m = format!("no provider-agent of {}", sig.service);
                 if !sig.version.is_empty() {
                     m.push_str(&format!(" version {}", sig.version));

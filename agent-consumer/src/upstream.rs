@@ -99,6 +99,8 @@ pub struct Upstreams {
     pub services: HashMap<String, Service>,
     algorithm: Algorithm,
     open_scratch: Vec<bool>,
+    /// Calls in flight to one member at most (`--max-upstream-inflight`).
+    max_inflight: u32,
 }
 
 /// What a registry update asks the loop to do.
@@ -118,6 +120,7 @@ impl Upstreams {
             by_addr: HashMap::new(),
             services: HashMap::new(),
             algorithm,
+            max_inflight: u32::MAX,
             open_scratch: Vec::new(),
         }
     }
@@ -193,8 +196,30 @@ impl Upstreams {
         changes
     }
 
+    /// Caps the calls in flight to one member: at the cap it is passed over.
+    pub fn with_max_inflight(mut self, max: u32) -> Self {
+        self.max_inflight = max.max(1);
+        self
+    }
+
+    /// Whether `service` has open members and every one is at the in-flight cap (so a
+    /// failed pick means "busy", not "unreachable").
+    pub fn saturated(&self, service: &str) -> bool {
+        let Some(svc) = self.services.get(service) else {
+            return false;
+        };
+        let open = |m: &&Member| self.table.get(m.upstream).is_some_and(|u| u.open);
+        svc.members.iter().filter(open).count() > 0
+            && svc
+                .members
+                .iter()
+                .filter(open)
+                .all(|m| m.stats.inflight >= self.max_inflight)
+    }
+
     /// Picks a member of `service` registered with `version` and `group` whose
-    /// connection is open, avoiding `exclude` (an upstream key) unless it is the only one.
+    /// connection is open and below the in-flight cap, avoiding `exclude` (an upstream
+    /// key) unless it is the only one.
     /// Returns (member index, upstream key).
     pub fn pick(
         &mut self,
@@ -205,12 +230,14 @@ impl Upstreams {
     ) -> Option<(usize, usize)> {
         let svc = self.services.get_mut(service)?;
         let table = &self.table;
+        let max_inflight = self.max_inflight;
         let version = normalize_version(version);
         // Reused scratch: a pick allocates nothing once warm.
         self.open_scratch.clear();
         self.open_scratch.extend(svc.members.iter().map(|m| {
             m.version == version
                 && m.group == group
+                && m.stats.inflight < max_inflight
                 && table.get(m.upstream).is_some_and(|u| u.open)
         }));
         let open = &self.open_scratch;

@@ -75,6 +75,28 @@ pub struct Config {
     #[arg(long, default_value_t = 200)]
     pub max_inflight: usize,
 
+    /// Calls one agent connection may have in flight; beyond it calls on that
+    /// connection are answered OVERLOADED at once (0: only --max-inflight bounds them).
+    #[arg(long, default_value_t = 0)]
+    pub max_conn_inflight: usize,
+
+    /// Connections per event loop at most, the loop's provider connections included;
+    /// agent connections beyond it are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..))]
+    pub max_connections: u64,
+
+    /// Largest agent-protocol frame body, in bytes (at most 8 MiB); a larger frame is
+    /// answered BAD_REQUEST and its connection closed.
+    #[arg(long, default_value_t = codec::agent::MAX_BODY as u64,
+          value_parser = clap::value_parser!(u64).range(64..=codec::agent::MAX_BODY as u64))]
+    pub max_frame: u64,
+
+    /// Close an agent connection that has sent nothing and has no call in flight for
+    /// this long, in seconds (0: never). Consumer-agents keep one idle connection per
+    /// loop and reconnect when it is closed, so the default keeps them.
+    #[arg(long, default_value_t = 0)]
+    pub idle_timeout_secs: u64,
+
     /// Address registered for consumers to reach this agent (default: the listen address,
     /// 0.0.0.0 replaced by 127.0.0.1).
     #[arg(long, value_name = "HOST:PORT")]
@@ -131,6 +153,11 @@ impl Config {
     /// Heartbeat idle interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+
+    /// Idle agent connections are closed after this (`None`: never).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
     }
 
     /// Bound on the graceful drain.

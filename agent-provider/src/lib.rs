@@ -117,6 +117,7 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
     let reactor_cfg = reactor::Config {
         loops,
         thread_name: "provider-agent".into(),
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
         // A whole frame of either protocol (8 MiB bodies) may wait in a connection's input.
         max_input: codec::agent::MAX_BODY.max(codec::dubbo::MAX_BODY_LEN) + 64 * 1024,
         ..reactor::Config::default()

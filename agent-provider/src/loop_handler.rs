@@ -50,6 +50,7 @@ const TOKEN_OWN: u64 = 1 << 63;
 const TOKEN_HEARTBEAT: u64 = TOKEN_OWN | 1 << 62;
 const TOKEN_DRAIN: u64 = TOKEN_OWN | 1 << 61;
 const TOKEN_RECONNECT: u64 = TOKEN_OWN; // | slot
+const TOKEN_IDLE: u64 = TOKEN_OWN | 1 << 60;
 
 /// Settings every loop shares.
 #[derive(Debug)]
@@ -69,6 +70,8 @@ pub(crate) struct LoopConfig {
 struct Inbound {
     id: ConnId,
     calls: CallTable,
+    /// When it last sent anything (for `--idle-timeout-secs`).
+    last_active: Instant,
 }
 
 /// One loop's handler.
@@ -375,6 +378,28 @@ impl ProviderLoop {
         self.m().response(status);
     }
 
+    /// Closes agent connections silent for `--idle-timeout-secs` with nothing in flight.
+    fn close_idle(&mut self, cx: &mut Ctx<'_, Self>) {
+        let Some(idle) = self.cfg.agent.idle_timeout() else {
+            return;
+        };
+        let now = cx.now();
+        let stale: Vec<ConnId> = self
+            .inbound
+            .iter()
+            .flatten()
+            .filter(|i| {
+                now.saturating_duration_since(i.last_active) > idle
+                    && self.upstream.inflight_on(i.id) == 0
+            })
+            .map(|i| i.id)
+            .collect();
+        for id in stale {
+            log::debug!("loop {}: closing an idle agent connection", self.index);
+            cx.close(id);
+        }
+    }
+
     fn heartbeat(&mut self, cx: &mut Ctx<'_, Self>) {
         let now = cx.now();
         let hb = self.cfg.heartbeat;
@@ -416,8 +441,23 @@ impl ProviderLoop {
     }
 
     fn agent_data(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, input: &[u8]) -> usize {
+        let now = cx.now();
+        if let Some(inb) = self.inbound_mut(conn) {
+            inb.last_active = now;
+        }
+        let max_frame = self.cfg.agent.max_frame;
         let mut pos = 0;
         while let Some(rest) = input.get(pos..) {
+            if let Some(len) = declared_len(rest).filter(|&n| u64::from(n) > max_frame) {
+                log::debug!("loop {}: agent frame of {len} bytes; closing", self.index);
+                if let Some(id) = request_id_of(rest) {
+                    let msg = format!("frame body of {len} bytes is over --max-frame {max_frame}");
+                    respond(cx, conn, id, Status::BadRequest, msg.as_bytes());
+                    self.m().response(Status::BadRequest);
+                }
+                cx.close(conn);
+                return input.len();
+            }
             match agent::decode(rest) {
                 Ok(Decoded::Incomplete) => break,
                 Ok(Decoded::Complete { msg, consumed }) => {
@@ -517,6 +557,16 @@ impl ProviderLoop {
                 "provider-agent in-flight limit reached",
             );
         }
+        let per_conn = self.cfg.agent.max_conn_inflight;
+        if per_conn > 0 && self.upstream.inflight_on(conn) >= per_conn {
+            return self.reject_on(
+                cx,
+                conn,
+                req,
+                Status::Overloaded,
+                "in-flight limit of this agent connection reached (--max-conn-inflight)",
+            );
+        }
         let Some((slot, pconn)) = self.upstream.pick() else {
             return self.reject_on(cx, conn, req, Status::Unavailable, "provider not connected");
         };
@@ -612,6 +662,16 @@ fn respond<H: Handler>(cx: &mut Ctx<'_, H>, conn: ConnId, id: u64, status: Statu
 }
 
 /// The request id of a frame whose header is readable (for a BAD_REQUEST answer).
+/// The body length a frame header declares, once the whole header is there.
+fn declared_len(buf: &[u8]) -> Option<u32> {
+    let head = buf.get(..agent::HEADER_LEN)?;
+    if head.get(..2)? != agent::MAGIC {
+        return None;
+    }
+    let len: [u8; 4] = head.get(14..18)?.try_into().ok()?;
+    Some(u32::from_be_bytes(len))
+}
+
 fn request_id_of(buf: &[u8]) -> Option<u64> {
     let head = buf.get(..agent::HEADER_LEN)?;
     if head.get(..2)? != agent::MAGIC || *head.get(2)? != agent::VERSION || head.get(3)? & 0x0f != 2
@@ -652,6 +712,7 @@ impl Handler for ProviderLoop {
                     *slot = Some(Inbound {
                         id: conn.id,
                         calls: CallTable::new(),
+                        last_active: cx.now(),
                     });
                 }
             }
@@ -688,6 +749,8 @@ impl Handler for ProviderLoop {
     fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: reactor::TimerId, token: u64) {
         if token == TOKEN_HEARTBEAT {
             self.heartbeat(cx);
+        } else if token == TOKEN_IDLE {
+            self.close_idle(cx);
         } else if token == TOKEN_DRAIN {
             for p in self.upstream.take_all() {
                 self.finish_call(
@@ -728,6 +791,11 @@ impl Handler for ProviderLoop {
                 }
                 let every = (self.cfg.heartbeat / 3).max(Duration::from_millis(100));
                 cx.set_periodic(every, TOKEN_HEARTBEAT);
+                if let Some(idle) = self.cfg.agent.idle_timeout() {
+                    let every =
+                        (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    cx.set_periodic(every, TOKEN_IDLE);
+                }
             }
         }
     }

@@ -75,6 +75,9 @@ pub(crate) struct Upstream {
     next_gen: u32,
     /// Round-robin cursor over `conns`.
     cursor: usize,
+    /// Calls in flight per agent connection, by its slot index (with the id owning the
+    /// count, so a reused slot starts from zero).
+    per_inbound: Vec<Option<(ConnId, usize)>>,
 }
 
 impl Upstream {
@@ -84,12 +87,42 @@ impl Upstream {
             pending: Slab::new(),
             next_gen: 0,
             cursor: 0,
+            per_inbound: Vec::new(),
         }
     }
 
     /// Number of calls in flight.
     pub(crate) fn inflight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Number of calls in flight from agent connection `inbound`.
+    pub(crate) fn inflight_on(&self, inbound: ConnId) -> usize {
+        match self.per_inbound.get(inbound.index()) {
+            Some(Some((id, n))) if *id == inbound => *n,
+            _ => 0,
+        }
+    }
+
+    fn count_in(&mut self, inbound: ConnId) {
+        let i = inbound.index();
+        if self.per_inbound.len() <= i {
+            self.per_inbound.resize(i + 1, None);
+        }
+        if let Some(slot) = self.per_inbound.get_mut(i) {
+            match slot {
+                Some((id, n)) if *id == inbound => *n += 1,
+                _ => *slot = Some((inbound, 1)),
+            }
+        }
+    }
+
+    fn count_out(&mut self, inbound: ConnId) {
+        if let Some(Some((id, n))) = self.per_inbound.get_mut(inbound.index()) {
+            if *id == inbound {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 
     /// Whether any connection can take calls (open, not read-only).
@@ -125,6 +158,7 @@ impl Upstream {
             self.next_gen = 1;
         }
         let generation = self.next_gen;
+        self.count_in(inbound);
         let slot = self.pending.insert(Pending {
             inbound,
             agent_id,
@@ -154,7 +188,11 @@ impl Upstream {
     pub(crate) fn take(&mut self, id: u64) -> Option<Pending> {
         let (generation, slot) = split(id)?;
         match self.pending.get(slot) {
-            Some(p) if p.generation == generation => Some(self.pending.remove(slot)),
+            Some(p) if p.generation == generation => {
+                let p = self.pending.remove(slot);
+                self.count_out(p.inbound);
+                Some(p)
+            }
             _ => None,
         }
     }
@@ -167,11 +205,16 @@ impl Upstream {
             .filter(|(_, p)| p.conn == conn)
             .map(|(k, _)| k)
             .collect();
-        slots.into_iter().map(|k| self.pending.remove(k)).collect()
+        let taken: Vec<Pending> = slots.into_iter().map(|k| self.pending.remove(k)).collect();
+        for p in &taken {
+            self.count_out(p.inbound);
+        }
+        taken
     }
 
     /// Removes every pending call.
     pub(crate) fn take_all(&mut self) -> Vec<Pending> {
+        self.per_inbound.clear();
         self.pending.drain().collect()
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use bench::harness::Bins;
 use serde_yaml::Value;
 
 const RACE_SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
@@ -268,41 +269,10 @@ fn code_blocks(md: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Binaries.
 
-#[derive(Debug)]
-struct Bins {
-    bench: PathBuf,
-    consumer: PathBuf,
-    provider: PathBuf,
-}
-
-/// bench (built for this test) and the agents beside it, built with `cargo build` into
-/// the same target dir and profile if they are missing.
+/// bench (built for this test) and the agents beside it, built with `cargo build`
+/// (up to date with the sources).
 fn bins() -> Bins {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
-    let dir = bench.parent().expect("bench has a directory").to_path_buf();
-    let consumer = dir.join("consumer-agent");
-    let provider = dir.join("provider-agent");
-    if !consumer.exists() || !provider.exists() {
-        let release = dir.ends_with("release");
-        let target = dir.parent().expect("profile dir has a parent");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(repo())
-            .env("CARGO_TARGET_DIR", target)
-            .args(["build", "-p", "agent-consumer", "-p", "agent-provider"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("running cargo build");
-        assert!(st.success(), "building the agents failed: {st}");
-    }
-    for p in [&consumer, &provider] {
-        assert!(p.exists(), "{} not found after building it", p.display());
-    }
-    Bins {
-        bench,
-        consumer,
-        provider,
-    }
+    Bins::for_test(env!("CARGO_BIN_EXE_bench"))
 }
 
 /// The `--flags` a `--help` text lists.

@@ -1,0 +1,179 @@
+//! The consumer-agent's limits, each set low and shown enforced with a clear answer or
+//! a close: connections per loop, head and body size, idle connections, requests in
+//! flight per connection (pipelining) and calls in flight per provider-agent.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+/// One race call on `s`, answered 200.
+fn served(s: &mut TcpStream, param: &str) -> bool {
+    if s.write_all(&race_request(param)).is_err() {
+        return false;
+    }
+    let answers = read_answers(s, 1, Duration::from_secs(5));
+    answers.first().is_some_and(|a| a.status == 200)
+}
+
+/// Whether the agent closes `s` (EOF or reset) within `limit`; a read timeout is not a
+/// close.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut chunk = [0u8; 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn connections_beyond_max_connections_are_closed() {
+    let agent = fake_agent(Mode::Hash);
+    // 3 per loop: the provider-agent connection and two HTTP connections.
+    let running = consumer(&[agent.addr], &["--max-connections", "3"]);
+    wait_ready(&running);
+    let addr = running.http_addr;
+    let mut first = connect(addr);
+    let mut second = connect(addr);
+    assert!(served(&mut first, "a") && served(&mut second, "b"));
+    let mut third = connect(addr);
+    assert!(
+        closed_within(&mut third, Duration::from_secs(3)),
+        "the connection over the limit is closed"
+    );
+    assert!(served(&mut first, "c"), "the others are still served");
+    drop(second);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !served(&mut connect(addr), "d") {
+        assert!(Instant::now() < end, "a freed slot serves a new connection");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running.stop();
+}
+
+#[test]
+fn heads_and_bodies_over_the_limits_are_refused() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &["--max-head", "1024", "--max-body", "1024"]);
+    wait_ready(&running);
+    let addr = running.http_addr;
+    let head = format!(
+        "POST /invoke HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    assert_eq!(exchange(addr, head.as_bytes(), 1)[0].status, 431);
+    let body = race_body(&"b".repeat(2000));
+    let req = format!(
+        "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(exchange(addr, req.as_bytes(), 1)[0].status, 413);
+    // Under both limits: served.
+    assert_eq!(exchange(addr, &race_request("small"), 1)[0].status, 200);
+    running.stop();
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_timeout() {
+    let agent = fake_agent(Mode::Delay(2500));
+    let running = consumer(&[agent.addr], &["--idle-timeout-secs", "1"]);
+    wait_ready(&running);
+    let addr = running.http_addr;
+    let mut idle = connect(addr);
+    // A request in flight longer than the timeout keeps its connection open.
+    let mut busy = connect(addr);
+    busy.write_all(&race_request("slow")).expect("write");
+    let t = Instant::now();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(4)),
+        "the idle connection is closed"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?} for a 1 s timeout"
+    );
+    let answers = read_answers(&mut busy, 1, Duration::from_secs(5));
+    assert_eq!(answers[0].status, 200, "the busy one is answered");
+    running.stop();
+}
+
+#[test]
+fn pipelined_requests_beyond_max_pipeline_wait() {
+    let agent = fake_agent(Mode::Delay(300));
+    let running = consumer(&[agent.addr], &["--max-pipeline", "2"]);
+    wait_ready(&running);
+    let mut s = connect(running.http_addr);
+    let mut raw = Vec::new();
+    for i in 0..6 {
+        raw.extend_from_slice(&race_request(&format!("p{i}")));
+    }
+    let t = Instant::now();
+    s.write_all(&raw).expect("write");
+    let answers = read_answers(&mut s, 6, Duration::from_secs(10));
+    let took = t.elapsed();
+    assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
+    for (i, a) in answers.iter().enumerate() {
+        let want = codec::java::string_hash_code(&format!("p{i}")).to_string();
+        assert_eq!(a.body, want, "answer {i} in order");
+    }
+    // Two at a time through a 300 ms provider: three rounds, not one.
+    assert!(
+        took >= Duration::from_millis(850),
+        "6 requests, 2 in flight at once, took {took:?}"
+    );
+    running.stop();
+}
+
+#[test]
+fn calls_beyond_max_upstream_inflight_are_answered_503() {
+    let agent = fake_agent(Mode::Delay(500));
+    let running = consumer(&[agent.addr], &["--max-upstream-inflight", "2"]);
+    wait_ready(&running);
+    let addr = running.http_addr;
+    let mut conns: Vec<TcpStream> = (0..5).map(|_| connect(addr)).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(&race_request(&format!("c{i}"))).expect("write");
+        // In order, so the first two take the slots.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let statuses: Vec<(u16, String)> = conns
+        .iter_mut()
+        .map(|s| {
+            let a = read_answers(s, 1, Duration::from_secs(5)).remove(0);
+            (a.status, a.body)
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [200, 200, 503, 503, 503],
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[2].1.contains("in-flight limit"),
+        "a clear error: {}",
+        statuses[2].1
+    );
+    // Answers free the slots.
+    assert!(served(&mut conns[0], "again"));
+    running.stop();
+}
