@@ -462,7 +462,7 @@ impl ConsumerLoop {
                 Ok(Decoded::Complete { msg, consumed }) => {
                     pos += consumed;
                     match msg {
-                        Frame::Response(r) => self.on_answer(cx, up, r.id, r.status, r.payload),
+                        Frame::Response(r) => self.on_answer(cx, up, &r),
                         Frame::Ping { id: ping } => {
                             if let Some(out) = cx.output(id) {
                                 agent::encode_pong(out, ping);
@@ -487,14 +487,8 @@ impl ConsumerLoop {
         pos
     }
 
-    fn on_answer(
-        &mut self,
-        cx: &mut Ctx<'_, Self>,
-        up: usize,
-        call: u64,
-        status: Status,
-        payload: &[u8],
-    ) {
+    fn on_answer(&mut self, cx: &mut Ctx<'_, Self>, up: usize, r: &agent::Response<'_>) {
+        let (call, status, payload) = (r.id, r.status, r.payload);
         let now = cx.now();
         let Some(c) = self.call_mut(call) else {
             log::debug!("answer for unknown or expired call {call:#x}");
@@ -523,8 +517,14 @@ impl ConsumerLoop {
                 s.on_answer(latency, status == Status::Overloaded);
             }
         }
+        // Empty (no allocation) unless the provider returned attachments.
+        let names = attachment_header_names(r.attachments);
+        let headers: Vec<(&str, &[u8])> = names
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
         match status {
-            Status::Ok => self.answer_value(cx, call, render, payload),
+            Status::Ok => self.answer_value(cx, call, render, payload, &headers),
             s if s.is_retryable() && attempts <= self.config.retries && now < deadline => {
                 self.metrics.retried();
                 self.dispatch(cx, call, Some(sent_to));
@@ -546,7 +546,7 @@ impl ConsumerLoop {
             }
             _ => {
                 let msg = String::from_utf8_lossy(payload);
-                self.provider_error(cx, call, render, &msg)
+                self.provider_error(cx, call, render, &msg, &headers)
             }
         }
     }
@@ -554,32 +554,42 @@ impl ConsumerLoop {
     /// Answers 502: plain text for the race's form calls, a JSON object for JSON
     /// invocations (`{"error":"provider_error","class":...,"message":...}`, the class
     /// only when the provider named one).
-    fn provider_error(&mut self, cx: &mut Ctx<'_, Self>, call: u64, render: Render, text: &str) {
-        match render {
-            Render::Text => {
-                let msg = text.to_owned();
-                self.finish(cx, call, Outcome::ProviderError, |out, ka| {
-                    http::write_response(out, 502, "text/plain; charset=utf-8", msg.as_bytes(), ka)
-                })
-            }
-            Render::Json => {
-                let json = provider_error_json(text);
-                self.finish(cx, call, Outcome::ProviderError, |out, ka| {
-                    http::write_response(out, 502, "application/json", json.as_bytes(), ka)
-                })
-            }
-        }
+    /// `headers` are the provider's response attachments, ready to write.
+    fn provider_error(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        render: Render,
+        text: &str,
+        headers: &[(&str, &[u8])],
+    ) {
+        let (content_type, body) = match render {
+            Render::Text => ("text/plain; charset=utf-8", text.to_owned()),
+            Render::Json => ("application/json", provider_error_json(text)),
+        };
+        self.finish(cx, call, Outcome::ProviderError, |out, ka| {
+            http::write_response_with(out, 502, content_type, headers, body.as_bytes(), ka)
+        })
     }
 
-    fn answer_value(&mut self, cx: &mut Ctx<'_, Self>, call: u64, render: Render, payload: &[u8]) {
+    /// Answers 200 with the result; `headers` are the provider's response attachments.
+    fn answer_value(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        render: Render,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) {
         let value = match hessian2::decode(payload) {
             Ok(Decoded::Complete { msg, .. }) => msg,
             Ok(Decoded::Incomplete) | Err(_) => {
-                return self.provider_error(cx, call, render, "undecodable result from provider");
+                let msg = "undecodable result from provider";
+                return self.provider_error(cx, call, render, msg, headers);
             }
         };
         match (render, &value) {
-            (Render::Text, Value::Int(i)) => {
+            (Render::Text, Value::Int(i)) if headers.is_empty() => {
                 let i = i64::from(*i);
                 self.finish(cx, call, Outcome::Ok, |out, ka| {
                     http::write_response_int(out, 200, i, ka)
@@ -587,14 +597,25 @@ impl ConsumerLoop {
             }
             (Render::Text, _) => {
                 let text = value.to_text();
+                let ct = match value {
+                    Value::Int(_) => "text/plain",
+                    _ => "text/plain; charset=utf-8",
+                };
                 self.finish(cx, call, Outcome::Ok, |out, ka| {
-                    http::write_response(out, 200, "text/plain; charset=utf-8", text.as_bytes(), ka)
+                    http::write_response_with(out, 200, ct, headers, text.as_bytes(), ka)
                 })
             }
             (Render::Json, _) => {
                 let json = value.to_json().to_string();
                 self.finish(cx, call, Outcome::Ok, |out, ka| {
-                    http::write_response(out, 200, "application/json", json.as_bytes(), ka)
+                    http::write_response_with(
+                        out,
+                        200,
+                        "application/json",
+                        headers,
+                        json.as_bytes(),
+                        ka,
+                    )
                 })
             }
         }
@@ -924,6 +945,34 @@ fn provider_error_json(text: &str) -> String {
     .to_string()
 }
 
+/// The provider's response attachments as `x-dubbo-attachment-<key>` header names and
+/// values. Only pairs safe in an HTTP header pass: a key of token characters, a value
+/// without control characters (tab aside); others are dropped (logged at debug).
+fn attachment_header_names(attachments: agent::Attachments<'_>) -> Vec<(String, &str)> {
+    attachments
+        .filter(|(k, v)| {
+            let safe = is_header_token(k) && is_header_value(v);
+            if !safe {
+                log::debug!("response attachment {k:?}={v:?} is not header-safe; dropped");
+            }
+            safe
+        })
+        .map(|(k, v)| (format!("{ATTACHMENT_HEADER_PREFIX}{k}"), v))
+        .collect()
+}
+
+/// RFC 9110 `token`: what a header name may be made of.
+fn is_header_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header value: no control characters but tab (so no CR or LF), no DEL.
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 fn is_json(req: &Request<'_>) -> bool {
     req.content_type.is_some_and(|ct| {
         let mime = ct.split(|&b| b == b';').next().unwrap_or_default();
@@ -1039,7 +1088,25 @@ fn prepare_json<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared
 
 #[cfg(test)]
 mod tests {
-    use super::provider_error_json;
+    use super::{is_header_token, is_header_value, provider_error_json};
+
+    #[test]
+    fn header_safe_attachments() {
+        for ok in ["trace", "X-B3-TraceId", "a.b_c~1", "!#$%&'*+-.^_`|~"] {
+            assert!(is_header_token(ok), "{ok:?}");
+        }
+        for bad in [
+            "", "a b", "a:b", "a\r\nb", "ключ", "a\"b", "a(b)", "a/b", "a\tb",
+        ] {
+            assert!(!is_header_token(bad), "{bad:?}");
+        }
+        for ok in ["", "v 1", "\tv", "значение", "a:b/c=\"d\""] {
+            assert!(is_header_value(ok), "{ok:?}");
+        }
+        for bad in ["a\r\nb", "a\nb", "a\rb", "a\u{0}b", "a\u{7f}b", "a\u{1b}b"] {
+            assert!(!is_header_value(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn provider_errors_as_json() {

@@ -24,18 +24,23 @@ const SERVICE: &str = "com.example.ShapeService";
 struct Reply {
     status: u16,
     content_type: String,
-    /// Every header, names lower-cased, in wire order.
+    /// Every header as sent, in wire order.
     headers: Vec<(String, String)>,
     body: String,
 }
 
 impl Reply {
-    /// The `x-dubbo-attachment-*` headers: (key, value), in wire order.
+    /// The `x-dubbo-attachment-*` headers: (key as sent, value), sorted by key.
     fn attachments(&self) -> Vec<(&str, &str)> {
-        self.headers
+        const PREFIX: &str = "x-dubbo-attachment-";
+        let mut found: Vec<(&str, &str)> = self
+            .headers
             .iter()
-            .filter_map(|(n, v)| Some((n.strip_prefix("x-dubbo-attachment-")?, v.as_str())))
-            .collect()
+            .filter(|(n, _)| n.to_ascii_lowercase().starts_with(PREFIX))
+            .map(|(n, v)| (&n[PREFIX.len()..], v.as_str()))
+            .collect();
+        found.sort();
+        found
     }
 }
 
@@ -83,7 +88,7 @@ fn post_with(addr: SocketAddr, content_type: &str, headers: &[(&str, &str)], bod
                         .iter()
                         .map(|h| {
                             (
-                                h.name.to_ascii_lowercase(),
+                                h.name.to_owned(),
                                 String::from_utf8_lossy(h.value).into_owned(),
                             )
                         })
@@ -447,6 +452,51 @@ fn attachments_from_headers_and_json_reach_sofa_rpc_node() {
     assert_eq!((r.status, r.body.as_str()), (200, "u 7"), "{r:?}");
     // Request attachments are not echoed back as response headers.
     assert_eq!(r.attachments(), [], "{r:?}");
+
+    // Response attachments (Dubbo flags 3..5) come back as headers; a key that is not an
+    // HTTP token, a value with CR/LF, and Dubbo's own `dubbo` are dropped.
+    let tagged = |arg: &str| {
+        format!(
+            r#"{{"interface":"{SERVICE}","method":"tagged","parameterTypes":["java.lang.String"],"arguments":[{arg}]}}"#
+        )
+    };
+    let r = post(addr, "application/json", &tagged(r#""abc""#));
+    assert_eq!((r.status, r.body.as_str()), (200, r#""ABC""#), "{r:?}");
+    assert_eq!(
+        r.attachments(),
+        [("X-Trace", "t-9"), ("echo", "abc")],
+        "{r:?}"
+    );
+    let r = post(addr, "application/json", &tagged("null"));
+    assert_eq!((r.status, r.body.as_str()), (200, "null"), "flag 5: {r:?}");
+    assert_eq!(
+        r.attachments(),
+        [("X-Trace", "t-9"), ("echo", "null")],
+        "{r:?}"
+    );
+    let r = post(addr, "application/json", &tagged(r#""reject""#));
+    assert_eq!(r.status, 502, "flag 3: {r:?}");
+    assert!(r.body.contains("com.example.ShapeException"), "{r:?}");
+    assert_eq!(
+        r.attachments(),
+        [("X-Trace", "t-9"), ("echo", "reject")],
+        "{r:?}"
+    );
+    // On the race's form call too, beside its plain-text answer.
+    let r = post(
+        addr,
+        "application/x-www-form-urlencoded",
+        &format!(
+            "interface={SERVICE}&method=tagged&parameterTypesString=Ljava%2Flang%2FString%3B&parameter=form"
+        ),
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "FORM"), "{r:?}");
+    assert!(r.content_type.starts_with("text/plain"), "{r:?}");
+    assert_eq!(
+        r.attachments(),
+        [("X-Trace", "t-9"), ("echo", "form")],
+        "{r:?}"
+    );
 
     // A header without a key: 400 naming it; nothing reaches the provider.
     let before = mesh.provider_calls();

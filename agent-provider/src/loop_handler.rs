@@ -324,22 +324,41 @@ impl ProviderLoop {
             return;
         }
         match dubbo::decode_response_body(frame.serialization_id(), frame.status(), frame.body) {
-            Ok(resp) => match resp.outcome {
-                Outcome::Value(v) => self.finish_ok(cx, p, &v),
-                Outcome::Null => self.finish_ok(cx, p, &Value::Null),
-                Outcome::Exception { message, value } => {
-                    let text = exception_text(message.as_deref(), &value);
-                    self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
+            Ok(resp) => {
+                // Empty in the common case: then nothing is allocated here.
+                let owned = response_attachments(resp.attachments);
+                let att: Vec<(&str, &str)> = owned
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                match resp.outcome {
+                    Outcome::Value(v) => self.finish_ok(cx, p, &v, &att),
+                    Outcome::Null => self.finish_ok(cx, p, &Value::Null, &att),
+                    Outcome::Exception { message, value } => {
+                        let text = exception_text(message.as_deref(), &value);
+                        if let Some(t) = p.timer {
+                            cx.cancel_timer(t);
+                        }
+                        respond_with(
+                            cx,
+                            p.inbound,
+                            p.agent_id,
+                            Status::ProviderError,
+                            &att,
+                            text.as_bytes(),
+                        );
+                        self.m().response(Status::ProviderError);
+                    }
+                    Outcome::Error { status, message } => {
+                        let text = if message.is_empty() {
+                            format!("provider answered dubbo status {status}")
+                        } else {
+                            message
+                        };
+                        self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
+                    }
                 }
-                Outcome::Error { status, message } => {
-                    let text = if message.is_empty() {
-                        format!("provider answered dubbo status {status}")
-                    } else {
-                        message
-                    };
-                    self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
-                }
-            },
+            }
             Err(e) => {
                 let text = format!("undecodable provider response: {e}");
                 self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
@@ -347,14 +366,16 @@ impl ProviderLoop {
         }
     }
 
-    /// Answers a call OK with one hessian2 value.
-    fn finish_ok(&mut self, cx: &mut Ctx<'_, Self>, p: Pending, v: &Value) {
+    /// Answers a call OK with one hessian2 value and the provider's attachments.
+    fn finish_ok(&mut self, cx: &mut Ctx<'_, Self>, p: Pending, v: &Value, att: &[(&str, &str)]) {
         let written = match cx.output(p.inbound) {
-            Some(out) => {
-                let mark = agent::begin_response(out, p.agent_id, Status::Ok);
-                Encoder::new().write_value(out, v);
-                agent::finish(out, mark).is_ok()
-            }
+            Some(out) => match agent::begin_response_with(out, p.agent_id, Status::Ok, att) {
+                Ok(mark) => {
+                    Encoder::new().write_value(out, v);
+                    agent::finish(out, mark).is_ok()
+                }
+                Err(_) => false,
+            },
             None => return self.m().response(Status::Ok), // the consumer is gone
         };
         if written {
@@ -364,7 +385,7 @@ impl ProviderLoop {
                 cx,
                 p,
                 Status::ProviderError,
-                b"result too large for an agent frame",
+                b"result or attachments too large for an agent frame",
             );
         }
     }
@@ -585,7 +606,7 @@ impl ProviderLoop {
             &timeout_only
         } else {
             owned.reserve(req.attachments.len() + 1);
-            owned.extend(req.attachments.clone().map(|(k, v)| (k, Some(v))));
+            owned.extend(req.attachments.map(|(k, v)| (k, Some(v))));
             if !owned.iter().any(|(k, _)| *k == "timeout") {
                 owned.extend_from_slice(&timeout_only);
             }
@@ -654,11 +675,41 @@ impl ProviderLoop {
 
 /// Writes a RESPONSE frame; a payload too large is replaced by a short message.
 fn respond<H: Handler>(cx: &mut Ctx<'_, H>, conn: ConnId, id: u64, status: Status, payload: &[u8]) {
+    respond_with(cx, conn, id, status, &[], payload);
+}
+
+/// [`respond`] carrying response attachments.
+fn respond_with<H: Handler>(
+    cx: &mut Ctx<'_, H>,
+    conn: ConnId,
+    id: u64,
+    status: Status,
+    attachments: &[(&str, &str)],
+    payload: &[u8],
+) {
     if let Some(out) = cx.output(conn) {
-        if agent::encode_response(out, id, status, payload).is_err() {
+        let written = agent::begin_response_with(out, id, status, attachments).and_then(|mark| {
+            out.extend_from_slice(payload);
+            agent::finish(out, mark)
+        });
+        if written.is_err() {
             let _ = agent::encode_response(out, id, Status::ProviderError, b"response too large");
         }
     }
+}
+
+/// The provider's response attachments as strings for the agent protocol. Null values
+/// are dropped, other non-strings rendered as text; so is `dubbo`, the protocol version
+/// Java 2.7 adds to every response (it describes the Dubbo hop, not the call).
+fn response_attachments(attachments: Vec<(String, Value)>) -> Vec<(String, String)> {
+    attachments
+        .into_iter()
+        .filter(|(k, v)| k != "dubbo" && *v != Value::Null)
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_text()),
+        })
+        .collect()
 }
 
 /// The request id of a frame whose header is readable (for a BAD_REQUEST answer).

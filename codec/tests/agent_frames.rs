@@ -1,9 +1,9 @@
 //! Agent protocol: round trips, many frames per buffer, splits, bad input, call tables.
 
 use codec::agent::{
-    begin_request, begin_response, decode, encode_define, encode_ping, encode_pong, encode_request,
-    encode_response, finish, AgentError, CallTable, Frame, RequestHead, Signature, SignatureRef,
-    Status, HEADER_LEN, MAX_BODY, MAX_CALLS,
+    begin_request, begin_response, begin_response_with, decode, encode_define, encode_ping,
+    encode_pong, encode_request, encode_response, finish, AgentError, CallTable, Frame,
+    RequestHead, Signature, SignatureRef, Status, HEADER_LEN, MAX_BODY, MAX_CALLS,
 };
 use codec::Decoded;
 use proptest::prelude::*;
@@ -20,7 +20,12 @@ enum Owned {
         att: Vec<(String, String)>,
         args: Vec<u8>,
     },
-    Response(u64, Status, Vec<u8>),
+    Response {
+        id: u64,
+        status: Status,
+        att: Vec<(String, String)>,
+        payload: Vec<u8>,
+    },
     Ping(u64),
     Pong(u64),
 }
@@ -39,7 +44,15 @@ fn to_owned(f: Frame<'_>) -> Owned {
                 .collect(),
             args: r.args.to_vec(),
         },
-        Frame::Response(r) => Owned::Response(r.id, r.status, r.payload.to_vec()),
+        Frame::Response(r) => Owned::Response {
+            id: r.id,
+            status: r.status,
+            att: r
+                .attachments
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            payload: r.payload.to_vec(),
+        },
         Frame::Ping { id } => Owned::Ping(id),
         Frame::Pong { id } => Owned::Pong(id),
     }
@@ -73,8 +86,19 @@ fn encode(out: &mut Vec<u8>, f: &Owned) {
                 finish(out, mark).unwrap();
             }
         }
-        Owned::Response(id, status, payload) => {
-            if payload.len() % 2 == 0 {
+        Owned::Response {
+            id,
+            status,
+            att,
+            payload,
+        } => {
+            let att: Vec<(&str, &str)> =
+                att.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            if !att.is_empty() || payload.len() % 3 == 0 {
+                let mark = begin_response_with(out, *id, *status, &att).unwrap();
+                out.extend_from_slice(payload);
+                finish(out, mark).unwrap();
+            } else if payload.len() % 2 == 0 {
                 encode_response(out, *id, *status, payload).unwrap();
             } else {
                 let mark = begin_response(out, *id, *status);
@@ -131,8 +155,30 @@ fn sample() -> Vec<Owned> {
             att: vec![("k".into(), "v".into()), ("".into(), "\u{4f60}".into())],
             args: vec![],
         },
-        Owned::Response(2, Status::Ok, vec![0x91]),
-        Owned::Response(1, Status::ProviderError, b"boom".to_vec()),
+        Owned::Response {
+            id: 2,
+            status: Status::Ok,
+            att: vec![],
+            payload: vec![0x91],
+        },
+        Owned::Response {
+            id: 1,
+            status: Status::ProviderError,
+            att: vec![],
+            payload: b"boom".to_vec(),
+        },
+        Owned::Response {
+            id: 3,
+            status: Status::Ok,
+            att: vec![("trace".into(), "t-1".into()), ("".into(), "".into())],
+            payload: vec![0x91],
+        },
+        Owned::Response {
+            id: 4,
+            status: Status::ProviderError,
+            att: vec![("k".into(), "\u{4f60}".into())],
+            payload: b"boom".to_vec(),
+        },
         Owned::Ping(u64::MAX),
         Owned::Pong(0),
     ]
@@ -408,18 +454,18 @@ fn arb_frame() -> impl Strategy<Value = Owned> {
             any::<u64>(),
             status,
             arb_str(),
-            proptest::collection::vec(any::<u8>(), 0..40)
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::collection::vec((arb_str(), arb_str()), 0..3),
         )
-            .prop_map(|(id, s, msg, bytes)| {
-                Owned::Response(
-                    id,
-                    s,
-                    if s == Status::Ok {
-                        bytes
-                    } else {
-                        msg.into_bytes()
-                    },
-                )
+            .prop_map(|(id, s, msg, bytes, att)| Owned::Response {
+                id,
+                status: s,
+                att,
+                payload: if s == Status::Ok {
+                    bytes
+                } else {
+                    msg.into_bytes()
+                },
             }),
         any::<u64>().prop_map(Owned::Ping),
         any::<u64>().prop_map(Owned::Pong),
@@ -452,8 +498,13 @@ proptest! {
         }
         let mut at = 0;
         while let Ok(Decoded::Complete { msg, consumed }) = decode(&buf[at..]) {
-            if let Frame::Request(r) = msg {
-                prop_assert!(r.attachments.count() <= u16::MAX as usize);
+            match msg {
+                Frame::Request(r) => prop_assert!(r.attachments.count() <= u16::MAX as usize),
+                Frame::Response(r) => {
+                    prop_assert!(r.attachments.count() <= u16::MAX as usize);
+                    prop_assert!(r.payload.len() < buf.len());
+                }
+                _ => {}
             }
             prop_assert!(consumed >= HEADER_LEN);
             at += consumed;
@@ -474,5 +525,92 @@ proptest! {
         while let Ok(Decoded::Complete { consumed, .. }) = decode(&buf[at..]) {
             at += consumed;
         }
+    }
+}
+
+#[test]
+fn response_attachments_layout() {
+    // Without attachments: the frame is byte for byte the plain one.
+    let (mut plain, mut with) = (Vec::new(), Vec::new());
+    encode_response(&mut plain, 7, Status::Ok, b"\x91").unwrap();
+    let mark = begin_response_with(&mut with, 7, Status::Ok, &[]).unwrap();
+    with.push(0x91);
+    finish(&mut with, mark).unwrap();
+    assert_eq!(plain, with);
+
+    let mut out = Vec::new();
+    let mark = begin_response_with(&mut out, 7, Status::Ok, &[("k", "vv")]).unwrap();
+    out.push(0x91);
+    finish(&mut out, mark).unwrap();
+    assert_eq!(
+        out,
+        [
+            &[0xDA, 0xBB, 1, 0x43, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 10][..],
+            &[0, 1, 0, 1, b'k', 0, 2, b'v', b'v', 0x91][..],
+        ]
+        .concat()
+    );
+    let Ok(Decoded::Complete {
+        msg: Frame::Response(r),
+        consumed,
+    }) = decode(&out)
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(consumed, out.len());
+    assert_eq!(r.attachments.collect::<Vec<_>>(), [("k", "vv")]);
+    assert_eq!(r.payload, b"\x91");
+    // Attachments are Copy: the list can be walked twice.
+    assert_eq!(r.attachments.count(), r.attachments.count());
+
+    // Too long to encode: an error, nothing written.
+    let long = "x".repeat(70_000);
+    let mut out = Vec::new();
+    assert_eq!(
+        begin_response_with(&mut out, 1, Status::Ok, &[("k", long.as_str())]),
+        Err(AgentError::TooLong)
+    );
+    assert!(out.is_empty());
+}
+
+#[test]
+fn response_attachments_bad_input() {
+    let frame = |kind: u8, status: u8, body: &[u8]| {
+        let mut h = vec![0xDA, 0xBB, 1, kind, status, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        h.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        h.extend_from_slice(body);
+        h
+    };
+    let malformed = |b: &[u8]| matches!(decode(b), Err(AgentError::Malformed(_)));
+    // The flag on any other kind, or with ONE_WAY, is unknown.
+    for kind in [0x41, 0x42, 0x44, 0x45, 0xC3, 0xC2] {
+        assert!(malformed(&frame(kind, 0, &[])), "kind byte {kind:#x}");
+    }
+    // The flag with no room for the count; a count larger than the pairs present; a
+    // key or value cut short.
+    assert!(malformed(&frame(0x43, 0, &[])));
+    assert!(malformed(&frame(0x43, 0, &[0])));
+    assert!(malformed(&frame(0x43, 0, &[0, 2, 0, 1, b'k', 0, 0])));
+    assert!(malformed(&frame(0x43, 0, &[0, 1, 0, 5, b'k'])));
+    assert!(malformed(&frame(0x43, 0, &[0, 1, 0, 1, b'k', 0, 9, b'v'])));
+    // Not UTF-8: a key, a value, the error message after the list.
+    let bad = Err(AgentError::InvalidUtf8);
+    assert_eq!(decode(&frame(0x43, 0, &[0, 1, 0, 1, 0xFF, 0, 0])), bad);
+    assert_eq!(decode(&frame(0x43, 0, &[0, 1, 0, 0, 0, 1, 0xC3])), bad);
+    assert_eq!(decode(&frame(0x43, 1, &[0, 0, 0xFF])), bad);
+    // An empty list is allowed; the payload is what follows it.
+    let empty = frame(0x43, 1, &[0, 0, b'e']);
+    let Ok(Decoded::Complete {
+        msg: Frame::Response(r),
+        ..
+    }) = decode(&empty)
+    else {
+        panic!()
+    };
+    assert_eq!((r.attachments.count(), r.message()), (0, Some("e")));
+    // Every prefix of a frame with attachments is Incomplete, never an error.
+    let whole = frame(0x43, 0, &[0, 1, 0, 1, b'k', 0, 1, b'v', 0x91]);
+    for cut in 0..whole.len() {
+        assert_eq!(decode(&whole[..cut]), Ok(Decoded::Incomplete), "cut {cut}");
     }
 }

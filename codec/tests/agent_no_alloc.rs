@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use codec::agent::{self, begin_request, finish, Frame, RequestHead};
+use codec::agent::{self, begin_request, begin_response_with, finish, Frame, RequestHead, Status};
 use codec::form::race_call_in;
 use codec::http::{write_response_int, RequestDecoder};
 use codec::Decoded;
@@ -95,4 +95,34 @@ fn agent_encode_decode_allocate_nothing() {
     });
     assert!(ok);
     assert_eq!(n, 0, "allocations on the agent hot path");
+}
+
+#[test]
+fn agent_responses_allocate_nothing_with_or_without_attachments() {
+    let mut out = Vec::with_capacity(4096);
+    let (n, ok) = allocations(|| {
+        for id in 0..10u64 {
+            let att: &[(&str, &str)] = if id % 2 == 0 { &[] } else { &[("k", "v")] };
+            let Ok(mark) = begin_response_with(&mut out, id, Status::Ok, att) else {
+                return false;
+            };
+            out.push(0x91);
+            if finish(&mut out, mark).is_err() {
+                return false;
+            }
+        }
+        let (mut at, mut seen) = (0, 0);
+        while let Ok(Decoded::Complete {
+            msg: Frame::Response(r),
+            consumed,
+        }) = agent::decode(&out[at..])
+        {
+            seen += r.attachments.filter(|&(k, v)| k == "k" && v == "v").count();
+            seen += usize::from(r.payload == [0x91]);
+            at += consumed;
+        }
+        seen == 15 && at == out.len()
+    });
+    assert!(ok);
+    assert_eq!(n, 0, "allocations on the agent response path");
 }

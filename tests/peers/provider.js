@@ -9,10 +9,21 @@ const Response = require('dubbo-remoting/lib/protocol/response');
 
 // dubbo-remoting 2.1.4 drops the result flag when the value is falsy (0, false, '', null):
 // Java writes `91 90` for 0 where it writes `90`. Mend it as Java does: a flag first.
+// It also never writes response attachments (flags 3..5); a result made by
+// `withAttachments` below is written with them, as Java 2.7 writes them: flag, value
+// (none for null), then the attachment map.
 const { getSerializationByName } = require('dubbo-remoting/lib/serialize');
 const originalEncode = Response.prototype.encode;
+const replyAttachments = new WeakMap();
+const NULL_RESULT = Symbol('null result');
+function withAttachments(value, attachments) {
+  const result = value === null ? { $class: 'java.lang.Object', $: null, [NULL_RESULT]: true } : value;
+  replyAttachments.set(result, attachments);
+  return result;
+}
 Response.prototype.encode = function encode(options = {}) {
-  if (this.isHeartbeat || this.status !== Response.OK || this.data) {
+  const attachments = this.data && typeof this.data === 'object' ? replyAttachments.get(this.data) : undefined;
+  if (this.isHeartbeat || this.status !== Response.OK || (this.data && !attachments)) {
     return originalEncode.call(this, options);
   }
   const output = getSerializationByName(options.codecType || 'hessian2').serialize();
@@ -23,7 +34,16 @@ Response.prototype.encode = function encode(options = {}) {
   bytes.put(this.status);
   bytes.putLong(this.id);
   bytes.skip(4);
-  if (this.data === null || this.data === undefined) {
+  if (attachments) {
+    if (this.data[NULL_RESULT]) {
+      output.writeByte(5); // RESPONSE_NULL_VALUE_WITH_ATTACHMENTS
+    } else {
+      // RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS or RESPONSE_VALUE_WITH_ATTACHMENTS
+      output.writeByte(this.data.$class.includes('Exception') ? 3 : 4);
+      output.writeObject(this.data, options.classMap);
+    }
+    output.writeObject(attachments);
+  } else if (this.data === null || this.data === undefined) {
     output.writeByte(2); // RESPONSE_NULL_VALUE
   } else {
     output.writeByte(1); // RESPONSE_VALUE
@@ -138,6 +158,19 @@ const shapes = {
   async attachment(key) {
     const value = this.req.data.requestProps[key];
     return value === undefined ? null : value;
+  },
+  // Response attachments (flags 3..5, see withAttachments): the string upper-cased (or
+  // null), a thrown exception object for "reject", with attachments the mesh must pass
+  // back as headers and some it must drop (not header-safe, or Dubbo's own `dubbo`).
+  async tagged(s) {
+    const attachments = {
+      echo: String(s), 'X-Trace': 't-9', 'bad key': 'dropped', crlf: 'a\r\nb', dubbo: '2.0.2',
+    };
+    if (s === null || s === undefined) return withAttachments(null, attachments);
+    if (s === 'reject') {
+      return withAttachments({ $class: 'com.example.ShapeException', $: { detailMessage: 'tagged' } }, attachments);
+    }
+    return withAttachments({ $class: 'java.lang.String', $: s.toUpperCase() }, attachments);
   },
   // A thrown error: sofa-rpc-node answers status 80 with its message.
   async fail(msg) {

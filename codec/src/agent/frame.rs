@@ -11,6 +11,8 @@ const KIND_PING: u8 = 4;
 const KIND_PONG: u8 = 5;
 const KIND_MASK: u8 = 0x0F;
 const FLAG_ONE_WAY: u8 = 0x80;
+/// RESPONSE only: an attachment list (as in a REQUEST) precedes the payload.
+const FLAG_ATTACHMENTS: u8 = 0x40;
 
 /// Offset of the body length in the header.
 const LEN_AT: usize = 14;
@@ -130,6 +132,24 @@ pub fn encode_define(
     finish(out, mark)
 }
 
+/// The u16 count of an attachment list, once every key and value is known to fit.
+fn attachment_count(attachments: &[(&str, &str)]) -> Result<u16, AgentError> {
+    let count = u16::try_from(attachments.len()).map_err(|_| AgentError::TooLong)?;
+    for (k, v) in attachments {
+        fits_u16(k)?;
+        fits_u16(v)?;
+    }
+    Ok(count)
+}
+
+fn put_attachments(out: &mut Vec<u8>, count: u16, attachments: &[(&str, &str)]) {
+    out.extend_from_slice(&count.to_be_bytes());
+    for (k, v) in attachments {
+        put_str(out, k);
+        put_str(out, v);
+    }
+}
+
 /// Begin a REQUEST frame: write its header and fixed fields; the caller then appends the
 /// argument bytes straight into `out` and calls [`finish`].
 ///
@@ -138,11 +158,7 @@ pub fn encode_define(
 /// [`AgentError::TooLong`] for an attachment over 65535 bytes or over 65535 attachments
 /// (nothing is written).
 pub fn begin_request(out: &mut Vec<u8>, head: &RequestHead<'_>) -> Result<FrameMark, AgentError> {
-    let count = u16::try_from(head.attachments.len()).map_err(|_| AgentError::TooLong)?;
-    for (k, v) in head.attachments {
-        fits_u16(k)?;
-        fits_u16(v)?;
-    }
+    let count = attachment_count(head.attachments)?;
     let kind = if head.one_way {
         KIND_REQUEST | FLAG_ONE_WAY
     } else {
@@ -151,11 +167,7 @@ pub fn begin_request(out: &mut Vec<u8>, head: &RequestHead<'_>) -> Result<FrameM
     let mark = put_header(out, kind, 0, head.id);
     out.extend_from_slice(&head.call_id.to_be_bytes());
     out.extend_from_slice(&head.timeout_ms.to_be_bytes());
-    out.extend_from_slice(&count.to_be_bytes());
-    for (k, v) in head.attachments {
-        put_str(out, k);
-        put_str(out, v);
-    }
+    put_attachments(out, count, head.attachments);
     Ok(mark)
 }
 
@@ -188,6 +200,29 @@ pub fn encode_request(
 /// [`Status::Ok`], else a UTF-8 message) and calls [`finish`].
 pub fn begin_response(out: &mut Vec<u8>, id: u64, status: Status) -> FrameMark {
     put_header(out, KIND_RESPONSE, status as u8, id)
+}
+
+/// Like [`begin_response`], carrying the provider's response attachments. With none the
+/// frame is exactly [`begin_response`]'s; otherwise the kind byte has the ATTACHMENTS
+/// flag (0x40) and the attachment list precedes the payload.
+///
+/// # Errors
+///
+/// [`AgentError::TooLong`] for an attachment over 65535 bytes or over 65535 attachments
+/// (nothing is written).
+pub fn begin_response_with(
+    out: &mut Vec<u8>,
+    id: u64,
+    status: Status,
+    attachments: &[(&str, &str)],
+) -> Result<FrameMark, AgentError> {
+    if attachments.is_empty() {
+        return Ok(begin_response(out, id, status));
+    }
+    let count = attachment_count(attachments)?;
+    let mark = put_header(out, KIND_RESPONSE | FLAG_ATTACHMENTS, status as u8, id);
+    put_attachments(out, count, attachments);
+    Ok(mark)
 }
 
 /// Append a whole RESPONSE frame.
@@ -270,6 +305,8 @@ pub struct Response<'a> {
     pub id: u64,
     /// The outcome.
     pub status: Status,
+    /// The provider's response attachments (usually none; already validated).
+    pub attachments: Attachments<'a>,
     /// The result value for [`Status::Ok`], else a UTF-8 message.
     pub payload: &'a [u8],
 }
@@ -285,8 +322,9 @@ impl<'a> Response<'a> {
     }
 }
 
-/// The attachments of a request: an iterator over borrowed `(key, value)` pairs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The attachments of a request or response: an iterator over borrowed `(key, value)`
+/// pairs. `Copy`, so a frame's list can be walked more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Attachments<'a> {
     raw: &'a [u8],
     remaining: u16,
@@ -296,6 +334,11 @@ impl<'a> Attachments<'a> {
     /// Pairs not yet iterated.
     pub fn remaining(&self) -> usize {
         usize::from(self.remaining)
+    }
+
+    /// Whether no pair is left.
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
     }
 }
 
@@ -398,7 +441,10 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
     if !(KIND_DEFINE..=KIND_PONG).contains(&kind) {
         return Err(AgentError::UnknownKind(kind));
     }
-    if flags != 0 && !(kind == KIND_REQUEST && flags == FLAG_ONE_WAY) {
+    let flags_ok = flags == 0
+        || (kind == KIND_REQUEST && flags == FLAG_ONE_WAY)
+        || (kind == KIND_RESPONSE && flags == FLAG_ATTACHMENTS);
+    if !flags_ok {
         return Err(AgentError::Malformed("unknown flags"));
     }
     if status != 0 && kind != KIND_RESPONSE {
@@ -416,13 +462,20 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
         KIND_REQUEST => decode_request(id, flags == FLAG_ONE_WAY, body)?,
         KIND_RESPONSE => {
             let status = Status::from_u8(status).ok_or(AgentError::UnknownStatus(status))?;
-            if status != Status::Ok && std::str::from_utf8(body).is_err() {
+            let mut r = Reader { buf: body };
+            let attachments = if flags == FLAG_ATTACHMENTS {
+                read_attachments(&mut r)?
+            } else {
+                Attachments::default()
+            };
+            if status != Status::Ok && std::str::from_utf8(r.buf).is_err() {
                 return Err(AgentError::InvalidUtf8);
             }
             Frame::Response(Response {
                 id,
                 status,
-                payload: body,
+                attachments,
+                payload: r.buf,
             })
         }
         KIND_PING => Frame::Ping { id },
@@ -451,23 +504,28 @@ fn decode_request(id: u64, one_way: bool, body: &[u8]) -> Result<Frame<'_>, Agen
     let mut r = Reader { buf: body };
     let call_id = r.u32()?;
     let timeout_ms = r.u32()?;
-    let count = r.u16()?;
-    let attachments_start = r.buf;
-    for _ in 0..count {
-        r.str()?;
-        r.str()?;
-    }
-    let attachments_len = attachments_start.len() - r.buf.len();
-    let raw = attachments_start.get(..attachments_len).unwrap_or_default();
+    let attachments = read_attachments(&mut r)?;
     Ok(Frame::Request(Request {
         id,
         call_id,
         timeout_ms,
         one_way,
-        attachments: Attachments {
-            raw,
-            remaining: count,
-        },
+        attachments,
         args: r.buf,
     }))
+}
+
+/// Reads and validates an attachment list (count, then that many key/value strings).
+fn read_attachments<'a>(r: &mut Reader<'a>) -> Result<Attachments<'a>, AgentError> {
+    let count = r.u16()?;
+    let start = r.buf;
+    for _ in 0..count {
+        r.str()?;
+        r.str()?;
+    }
+    let len = start.len() - r.buf.len();
+    Ok(Attachments {
+        raw: start.get(..len).unwrap_or_default(),
+        remaining: count,
+    })
 }

@@ -18,6 +18,8 @@
 //!
 //!  kind byte: low nibble = kind (1 DEFINE, 2 REQUEST, 3 RESPONSE, 4 PING, 5 PONG)
 //!             bit 0x80   = ONE_WAY (REQUEST only: no response is sent)
+//!             bit 0x40   = ATTACHMENTS (RESPONSE only: an attachment list precedes
+//!                          the payload)
 //!  status:    RESPONSE only (see Status), 0 elsewhere
 //!
 //!  DEFINE body:   call id u32 | 5 x (len u16, UTF-8): service, method,
@@ -25,7 +27,9 @@
 //!  REQUEST body:  call id u32 | timeout ms u32 (0 = none) | attachment count u16 |
 //!                 count x (key len u16, key, value len u16, value) | arguments...
 //!                 (arguments: the rest of the body, opaque: hessian2 values)
-//!  RESPONSE body: OK: the result, opaque (a hessian2 value); else a UTF-8 message
+//!  RESPONSE body: [if ATTACHMENTS: attachment count u16 | count x (key, value) as in
+//!                 a REQUEST] | OK: the result, opaque (a hessian2 value); else a UTF-8
+//!                 message
 //!  PING / PONG:   empty body; the id is echoed back in the PONG
 //! ```
 //!
@@ -41,6 +45,11 @@
 //!   responses may come in any order. One-way requests get no response.
 //! - [`Status::Overloaded`] and [`Status::Unavailable`] promise the call did not start,
 //!   so the consumer-agent may retry on another provider ([`Status::is_retryable`]).
+//! - Response attachments (the provider's, e.g. Dubbo's flags 3..5) are an extension of
+//!   version 1: a RESPONSE without them is byte for byte what it always was, and the
+//!   ATTACHMENTS flag is set only when there are some. A consumer-agent older than the
+//!   flag closes the connection on such a frame (unknown flags), so upgrade
+//!   consumer-agents first when providers return attachments.
 //! - Versions are not negotiated: a peer speaking another version gets
 //!   [`AgentError::UnsupportedVersion`] and the connection is closed.
 //!
@@ -66,8 +75,9 @@ mod frame;
 
 pub use calls::{CallTable, Signature, SignatureRef, MAX_CALLS};
 pub use frame::{
-    begin_request, begin_response, decode, encode_define, encode_ping, encode_pong, encode_request,
-    encode_response, finish, Attachments, Frame, FrameMark, Request, RequestHead, Response,
+    begin_request, begin_response, begin_response_with, decode, encode_define, encode_ping,
+    encode_pong, encode_request, encode_response, finish, Attachments, Frame, FrameMark, Request,
+    RequestHead, Response,
 };
 
 use std::fmt;
