@@ -173,39 +173,75 @@ impl ConsumerLoop {
                     conn.done_reading = true;
                     let seq = conn.take_seq();
                     self.metrics.request();
-                    self.answer_http_error(cx, id, seq, &e);
+                    let render = if head_is_json(rest) {
+                        Render::Json
+                    } else {
+                        Render::Text
+                    };
+                    self.answer_http_error(cx, id, seq, &e, render);
                     return input.len();
                 }
             }
         }
     }
 
-    fn answer_http_error(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, seq: u64, e: &HttpError) {
+    /// Answers a request the HTTP decoder refused (413, 431, 400, ...); `render` is JSON
+    /// when the head could be read and names a JSON body.
+    fn answer_http_error(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        seq: u64,
+        e: &HttpError,
+        render: Render,
+    ) {
         let mut out = self.take_buf();
-        http::write_error(&mut out, e);
+        match render {
+            Render::Text => http::write_error(&mut out, e),
+            Render::Json => write_error_answer(
+                &mut out,
+                render,
+                e.status(),
+                e.reason(),
+                !e.closes_connection(),
+            ),
+        }
         self.metrics.answered(Outcome::BadRequest, 0);
         self.deliver(cx, id, seq, out, e.closes_connection());
     }
 
-    /// Answers `seq` on `id` with a plain-text status and message.
-    fn answer_text(
+    /// Answers `seq` on `id` with an error status and message (see [`write_error_answer`]).
+    #[allow(clippy::too_many_arguments)]
+    fn answer_error(
         &mut self,
         cx: &mut Ctx<'_, Self>,
         id: ConnId,
         seq: u64,
         keep_alive: bool,
+        render: Render,
         status: u16,
         text: &str,
     ) {
         let mut out = self.take_buf();
-        http::write_response(
-            &mut out,
-            status,
-            "text/plain; charset=utf-8",
-            text.as_bytes(),
-            keep_alive,
-        );
+        write_error_answer(&mut out, render, status, text, keep_alive);
         self.deliver(cx, id, seq, out, !keep_alive);
+    }
+
+    /// Completes a call with an error status and message, rendered for its request.
+    fn fail(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        outcome: Outcome,
+        status: u16,
+        text: &str,
+    ) {
+        let Some(render) = self.call_mut(call).map(|c| c.render) else {
+            return;
+        };
+        self.finish(cx, call, outcome, |out, ka| {
+            write_error_answer(out, render, status, text, ka)
+        });
     }
 
     fn on_request(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, seq: u64, req: &Request<'_>) {
@@ -222,6 +258,11 @@ impl ConsumerLoop {
         let mut args = self.take_buf();
         // Where escaped form fields are decoded; back to the pool once the call is stored.
         let mut scratch = self.take_buf();
+        let render = if !req.is_form() && is_json(req) {
+            Render::Json
+        } else {
+            Render::Text
+        };
         let prepared = if req.is_form() {
             prepare_form(req, &mut args, &mut scratch).map(|p| (p, Render::Text))
         } else if is_json(req) {
@@ -240,7 +281,7 @@ impl ConsumerLoop {
                 self.recycle(args);
                 self.recycle(scratch);
                 self.metrics.answered(Outcome::BadRequest, 0);
-                return self.answer_text(cx, id, seq, keep_alive, 400, &msg);
+                return self.answer_error(cx, id, seq, keep_alive, render, 400, &msg);
             }
         };
         let sig = SignatureRef {
@@ -255,7 +296,8 @@ impl ConsumerLoop {
             Err(e) => {
                 self.recycle(args);
                 self.metrics.answered(Outcome::BadRequest, 0);
-                return self.answer_text(cx, id, seq, keep_alive, 400, &format!("{e}"));
+                let msg = e.to_string();
+                return self.answer_error(cx, id, seq, keep_alive, render, 400, &msg);
             }
         };
         self.next_gen = self.next_gen.wrapping_add(1) & 0x7fff_ffff;
@@ -313,9 +355,7 @@ impl ConsumerLoop {
             } else {
                 format!("no provider for service {}", sig.service)
             };
-            return self.finish(cx, call, Outcome::Unavailable, |out, ka| {
-                http::write_response(out, 503, "text/plain; charset=utf-8", msg.as_bytes(), ka)
-            });
+            return self.fail(cx, call, Outcome::Unavailable, 503, &msg);
         };
         let Some(up) = self.upstreams.table.get_mut(up_key) else {
             return;
@@ -352,10 +392,8 @@ impl ConsumerLoop {
             };
         }
         if !ok {
-            return self.finish(cx, call, Outcome::BadRequest, |out, ka| {
-                let msg = b"request too large for the agent protocol";
-                http::write_response(out, 400, "text/plain", msg, ka)
-            });
+            let msg = "request too large for the agent protocol";
+            return self.fail(cx, call, Outcome::BadRequest, 400, msg);
         }
         if let Some(s) = self.upstreams.stats(&sig.service, up_key) {
             s.on_send();
@@ -531,18 +569,12 @@ impl ConsumerLoop {
             }
             Status::Overloaded | Status::Unavailable => {
                 let msg = format!("provider unavailable: {}", String::from_utf8_lossy(payload));
-                self.finish(cx, call, Outcome::Unavailable, |out, ka| {
-                    http::write_response(out, 503, "text/plain; charset=utf-8", msg.as_bytes(), ka)
-                })
+                self.fail(cx, call, Outcome::Unavailable, 503, &msg)
             }
-            Status::Timeout => self.finish(cx, call, Outcome::Timeout, |out, ka| {
-                http::write_response(out, 504, "text/plain", b"provider timed out", ka)
-            }),
+            Status::Timeout => self.fail(cx, call, Outcome::Timeout, 504, "provider timed out"),
             Status::BadRequest => {
-                let msg = String::from_utf8_lossy(payload).into_owned();
-                self.finish(cx, call, Outcome::BadRequest, |out, ka| {
-                    http::write_response(out, 400, "text/plain; charset=utf-8", msg.as_bytes(), ka)
-                })
+                let msg = String::from_utf8_lossy(payload);
+                self.fail(cx, call, Outcome::BadRequest, 400, &msg)
             }
             _ => {
                 let msg = String::from_utf8_lossy(payload);
@@ -552,8 +584,8 @@ impl ConsumerLoop {
     }
 
     /// Answers 502: plain text for the race's form calls, a JSON object for JSON
-    /// invocations (`{"error":"provider_error","class":...,"message":...}`, the class
-    /// only when the provider named one).
+    /// invocations (`{"error":"provider_error","class":...,"message":...,"status":502}`,
+    /// the class only when the provider named one).
     /// `headers` are the provider's response attachments, ready to write.
     fn provider_error(
         &mut self,
@@ -705,15 +737,8 @@ impl ConsumerLoop {
             .collect();
         for (call, call_id) in lost {
             self.lost_on(call_id, key);
-            self.finish(cx, call, Outcome::Unavailable, |out, ka| {
-                http::write_response(
-                    out,
-                    503,
-                    "text/plain",
-                    b"connection to provider-agent lost",
-                    ka,
-                )
-            });
+            let msg = "connection to provider-agent lost";
+            self.fail(cx, call, Outcome::Unavailable, 503, msg);
         }
     }
 
@@ -864,15 +889,8 @@ impl Handler for ConsumerLoop {
                     let call_id = c.call_id;
                     self.lost_on(call_id, up);
                 }
-                self.finish(cx, call, Outcome::Timeout, |out, ka| {
-                    http::write_response(
-                        out,
-                        504,
-                        "text/plain",
-                        b"timed out waiting for the provider",
-                        ka,
-                    )
-                });
+                let msg = "timed out waiting for the provider";
+                self.fail(cx, call, Outcome::Timeout, 504, msg);
             }
         }
     }
@@ -937,6 +955,7 @@ fn provider_error_json(text: &str) -> String {
         entries.push((s("class"), s(c)));
     }
     entries.push((s("message"), s(message)));
+    entries.push((s("status"), Value::Int(502)));
     Value::Map {
         type_name: None,
         entries,
@@ -971,6 +990,70 @@ fn is_header_token(s: &str) -> bool {
 /// A header value: no control characters but tab (so no CR or LF), no DEL.
 fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The machine-readable `error` of a JSON error body, by HTTP status.
+fn error_code(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        413 => "payload_too_large",
+        431 => "header_too_large",
+        502 => "provider_error",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => "error",
+    }
+}
+
+/// The JSON body of an error answer: `{"error":code,"message":text,"status":n}`, the
+/// same shape as a provider error's (which adds `class`).
+fn error_json(status: u16, text: &str) -> String {
+    let s = |v: &str| Value::String(v.to_owned());
+    Value::Map {
+        type_name: None,
+        entries: vec![
+            (s("error"), s(error_code(status))),
+            (s("message"), s(text)),
+            (s("status"), Value::Int(i32::from(status))),
+        ],
+    }
+    .to_json()
+    .to_string()
+}
+
+/// Appends an error answer: plain text for the race's form calls (what its clients
+/// expect), a JSON object ([`error_json`]) for JSON invocations.
+fn write_error_answer(out: &mut Vec<u8>, render: Render, status: u16, text: &str, ka: bool) {
+    match render {
+        Render::Text => http::write_response(
+            out,
+            status,
+            "text/plain; charset=utf-8",
+            text.as_bytes(),
+            ka,
+        ),
+        Render::Json => {
+            let body = error_json(status, text);
+            http::write_response(out, status, "application/json", body.as_bytes(), ka)
+        }
+    }
+}
+
+/// Whether a request head (as much as arrived) says its body is JSON: used to render
+/// the HTTP decoder's refusals (e.g. 413) as the request expects. Only on that error
+/// path, so parsing the head again costs nothing in the common case.
+fn head_is_json(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(buf).is_err() {
+        return false;
+    }
+    req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-type") && {
+            let mime = h.value.split(|&b| b == b';').next().unwrap_or_default();
+            mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
+        }
+    })
 }
 
 fn is_json(req: &Request<'_>) -> bool {
@@ -1088,7 +1171,40 @@ fn prepare_json<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared
 
 #[cfg(test)]
 mod tests {
-    use super::{is_header_token, is_header_value, provider_error_json};
+    use super::{error_json, head_is_json, is_header_token, is_header_value, provider_error_json};
+
+    #[test]
+    fn error_bodies_as_json() {
+        assert_eq!(
+            error_json(400, "missing field `method`"),
+            r#"{"error":"bad_request","message":"missing field `method`","status":400}"#
+        );
+        assert_eq!(
+            error_json(504, "provider timed out"),
+            r#"{"error":"timeout","message":"provider timed out","status":504}"#
+        );
+        assert_eq!(
+            error_json(503, "no \"x\"\n"),
+            r#"{"error":"unavailable","message":"no \"x\"\n","status":503}"#
+        );
+        assert!(error_json(413, "").starts_with(r#"{"error":"payload_too_large""#));
+    }
+
+    #[test]
+    fn json_heads() {
+        let head = |ct: &str| {
+            format!("POST / HTTP/1.1\r\nContent-Type: {ct}\r\nContent-Length: 9\r\n\r\n")
+        };
+        assert!(head_is_json(head("application/json").as_bytes()));
+        assert!(head_is_json(
+            head("Application/JSON; charset=utf-8").as_bytes()
+        ));
+        assert!(!head_is_json(
+            head("application/x-www-form-urlencoded").as_bytes()
+        ));
+        assert!(!head_is_json(b"garbage\r\n\r\n"));
+        assert!(!head_is_json(b""));
+    }
 
     #[test]
     fn header_safe_attachments() {
@@ -1112,19 +1228,19 @@ mod tests {
     fn provider_errors_as_json() {
         assert_eq!(
             provider_error_json("com.example.NoUser: no user 7: gone"),
-            r#"{"error":"provider_error","class":"com.example.NoUser","message":"no user 7: gone"}"#
+            r#"{"error":"provider_error","class":"com.example.NoUser","message":"no user 7: gone","status":502}"#
         );
         assert_eq!(
             provider_error_json("java.lang.IllegalStateException"),
-            r#"{"error":"provider_error","class":"java.lang.IllegalStateException","message":"java.lang.IllegalStateException"}"#
+            r#"{"error":"provider_error","class":"java.lang.IllegalStateException","message":"java.lang.IllegalStateException","status":502}"#
         );
         assert_eq!(
             provider_error_json("Can not find method: a.B:0.0.0#m() \"x\"\n"),
-            r#"{"error":"provider_error","message":"Can not find method: a.B:0.0.0#m() \"x\"\n"}"#
+            r#"{"error":"provider_error","message":"Can not find method: a.B:0.0.0#m() \"x\"\n","status":502}"#
         );
         assert_eq!(
             provider_error_json("Error: boom"),
-            r#"{"error":"provider_error","message":"Error: boom"}"#
+            r#"{"error":"provider_error","message":"Error: boom","status":502}"#
         );
     }
 }

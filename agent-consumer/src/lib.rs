@@ -5,7 +5,10 @@
 //! the agent protocol on a connection owned by the same event loop, and answers in HTTP:
 //! `200` with the result (an int in decimal, other values as JSON), `400` for a bad
 //! request, `502` with the provider's message, `503` when no provider can take the call,
-//! `504` on timeout. Every request gets exactly one answer.
+//! `504` on timeout. Every request gets exactly one answer. Errors of the race's form
+//! calls are plain text; errors of JSON invocations are JSON,
+//! `{"error":"<code>","message":"<text>","status":<status>}` (a provider exception adds
+//! `class`).
 //!
 //! # Examples
 //!

@@ -173,3 +173,98 @@ fn provider_error_is_502_with_its_message() {
     assert_eq!((answers[0].status, answers[0].body.as_str()), (502, "boom"));
     running.stop();
 }
+
+/// A JSON invocation of the race's service asking `hash(param)`, as raw HTTP.
+fn json_request(param: &str, extra: &str) -> Vec<u8> {
+    let body = format!(
+        r#"{{"interface":"com.alibaba.dubbo.performance.demo.provider.IHelloService","method":"hash","parameterTypes":["java.lang.String"],"arguments":["{param}"]{extra}}}"#
+    );
+    format!(
+        "POST /call HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Asserts a JSON error answer: `{"error":code,"message":...,"status":status}` with the
+/// message containing `needle`.
+fn assert_json_error(a: &Answer, status: u16, code: &str, needle: &str) {
+    assert_eq!(a.status, status, "{a:?}");
+    assert_eq!(a.content_type, "application/json", "{a:?}");
+    let prefix = format!(r#"{{"error":"{code}","message":""#);
+    let suffix = format!(r#"","status":{status}}}"#);
+    assert!(
+        a.body.starts_with(&prefix) && a.body.ends_with(&suffix),
+        "{a:?}"
+    );
+    assert!(a.body.contains(needle), "{a:?} lacks {needle:?}");
+}
+
+#[test]
+fn json_invocations_get_json_errors_and_form_calls_plain_text() {
+    // 400 (the consumer's own check and the provider-agent's), 413, 502, 503, 504.
+    let hash = fake_agent(Mode::Hash);
+    let running = consumer(&[hash.addr], &["--max-body", "4096"]);
+    wait_ready(&running);
+    let bad = b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"interface\":1}";
+    let a = exchange(running.http_addr, bad, 1);
+    assert_json_error(
+        &a[0],
+        400,
+        "bad_request",
+        "`interface` must be a non-empty string",
+    );
+    let huge = b"POST / HTTP/1.1\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 99999\r\n\r\n";
+    let a = exchange(running.http_addr, huge, 1);
+    assert_json_error(&a[0], 413, "payload_too_large", "request body too large");
+    // The race's form calls keep their plain text.
+    let huge_form = b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 99999\r\n\r\n";
+    let a = exchange(running.http_addr, huge_form, 1);
+    assert_eq!(a[0].status, 413);
+    assert!(a[0].content_type.starts_with("text/plain"), "{:?}", a[0]);
+    let a = exchange(running.http_addr, &json_request("ok", ""), 1);
+    assert_eq!(
+        (a[0].status, a[0].content_type.as_str()),
+        (200, "application/json")
+    );
+    running.stop();
+
+    let silent = fake_agent(Mode::Silent);
+    let running = consumer(&[silent.addr], &["--timeout-ms", "200"]);
+    wait_ready(&running);
+    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    assert_json_error(&a[0], 504, "timeout", "timed out waiting for the provider");
+    let a = exchange(running.http_addr, &race_request("x"), 1);
+    assert_eq!(a[0].status, 504);
+    assert_eq!(a[0].body, "timed out waiting for the provider");
+    assert!(a[0].content_type.starts_with("text/plain"), "{:?}", a[0]);
+    running.stop();
+
+    let full = fake_agent(Mode::Overloaded);
+    let running = consumer(&[full.addr], &[]);
+    wait_ready(&running);
+    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    assert_json_error(&a[0], 503, "unavailable", "provider unavailable: full");
+    running.stop();
+
+    let failing = fake_agent(Mode::Fail);
+    let running = consumer(&[failing.addr], &[]);
+    wait_ready(&running);
+    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    assert_eq!(a[0].content_type, "application/json", "{:?}", a[0]);
+    assert_eq!(
+        (a[0].status, a[0].body.as_str()),
+        (
+            502,
+            r#"{"error":"provider_error","message":"boom","status":502}"#
+        )
+    );
+    running.stop();
+
+    // No provider for the service at all: 503 naming it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = consumer_with(&format!("file://{}", dir.path().display()), &[]);
+    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    assert_json_error(&a[0], 503, "unavailable", "IHelloService");
+    running.stop();
+}

@@ -326,7 +326,7 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
     assert!(r.content_type.starts_with("application/json"), "{r:?}");
     assert_json_eq(
         &r.body,
-        r#"{"error":"provider_error","message":"no such user"}"#,
+        r#"{"error":"provider_error","message":"no such user","status":502}"#,
         "thrown error (status 80)",
     );
     let r = mesh.call("reject", &["java.lang.String"], r#""bad shape""#);
@@ -334,7 +334,7 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
     assert!(r.content_type.starts_with("application/json"), "{r:?}");
     assert_json_eq(
         &r.body,
-        r#"{"error":"provider_error","class":"com.example.ShapeException","message":"bad shape"}"#,
+        r#"{"error":"provider_error","class":"com.example.ShapeException","message":"bad shape","status":502}"#,
         "exception object (flag 0)",
     );
     let r = mesh.call("noSuchMethod", &[], "");
@@ -393,7 +393,13 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
     for (body, names) in bad {
         let r = post(mesh.running.http_addr, "application/json", body);
         assert_eq!(r.status, 400, "{body}: {}", r.body);
-        assert!(r.body.contains(names), "{body}: {} lacks {names:?}", r.body);
+        // A JSON error body: {"error":"bad_request","message":...,"status":400}.
+        assert_eq!(r.content_type, "application/json", "{body}: {r:?}");
+        let answer = json(&r.body).arguments.remove(0);
+        assert_eq!(answer["error"], "bad_request", "{body}: {r:?}");
+        assert_eq!(answer["status"], 400, "{body}: {r:?}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{body}: {message} lacks {names:?}");
     }
     assert_eq!(
         mesh.provider_calls(),

@@ -182,10 +182,11 @@ pub fn race_request(param: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// One HTTP response: status and body.
+/// One HTTP response: status, content type and body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
+    pub content_type: String,
     pub body: String,
 }
 
@@ -219,8 +220,15 @@ pub fn read_answers(stream: &mut TcpStream, count: usize, deadline: Duration) ->
             if buf.len() < head + len {
                 break;
             }
+            let content_type = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .unwrap_or_default();
             answers.push(Answer {
                 status: resp.code.expect("code"),
+                content_type,
                 body: String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
             });
             buf.drain(..head + len);
