@@ -63,6 +63,11 @@ pub struct Config {
     /// every provider-agent of a service is at it, calls are answered 503 at once.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_upstream_inflight: u32,
+    /// Deepest nesting of a JSON invocation's arguments (a value is 1 level, each array
+    /// or object around it one more; 64 is hessian2's own limit); deeper is 400 and
+    /// nothing is sent. At most 126: the JSON parser refuses deeper bodies anyway.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=126))]
+    pub max_json_depth: u32,
     /// Close an HTTP connection idle this long, in seconds (0: never).
     #[arg(long, default_value_t = 300)]
     pub idle_timeout_secs: u64,

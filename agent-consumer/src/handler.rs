@@ -266,7 +266,7 @@ impl ConsumerLoop {
         let prepared = if req.is_form() {
             prepare_form(req, &mut args, &mut scratch).map(|p| (p, Render::Text))
         } else if is_json(req) {
-            prepare_json(req, &mut args).map(|p| {
+            prepare_json(req, &mut args, self.config.max_json_depth as usize).map(|p| {
                 if let Some(ms) = p.timeout_ms {
                     timeout = timeout.min(Duration::from_millis(ms));
                 }
@@ -1149,8 +1149,15 @@ fn header_attachments(
 }
 
 /// A JSON typed invocation: arguments encoded by their declared Java types.
-fn prepare_json<'a>(req: &'a Request<'_>, args: &mut Vec<u8>) -> Result<Prepared<'a>, String> {
+/// `max_depth` bounds the arguments' nesting (checked before anything is encoded).
+fn prepare_json<'a>(
+    req: &'a Request<'_>,
+    args: &mut Vec<u8>,
+    max_depth: usize,
+) -> Result<Prepared<'a>, String> {
     let inv = Invocation::from_json(&req.body).map_err(|e| format!("bad JSON invocation: {e}"))?;
+    inv.check_depth(max_depth)
+        .map_err(|e| format!("bad JSON invocation: {e} (consumer-agent --max-json-depth)"))?;
     let mut encoder = hessian2::Encoder::new();
     for (i, (t, a)) in inv.parameter_types.iter().zip(&inv.arguments).enumerate() {
         encoder

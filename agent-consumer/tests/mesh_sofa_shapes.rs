@@ -145,6 +145,11 @@ struct Mesh {
 
 impl Mesh {
     fn start() -> Mesh {
+        Mesh::start_with(&[])
+    }
+
+    /// A mesh whose consumer-agent gets `consumer_flags` too.
+    fn start_with(consumer_flags: &[&str]) -> Mesh {
         let port = free_port();
         let peer = start_peer(port);
         let registry = tempfile::tempdir().expect("tempdir");
@@ -167,7 +172,9 @@ impl Mesh {
             "2.0.2",
         ]))
         .expect("provider-agent");
-        let running = consumer_with(&url, &["--service", SERVICE]);
+        let mut flags = vec!["--service", SERVICE];
+        flags.extend_from_slice(consumer_flags);
+        let running = consumer_with(&url, &flags);
         wait_ready(&running);
         let mesh = Mesh {
             running,
@@ -520,5 +527,44 @@ fn attachments_from_headers_and_json_reach_sofa_rpc_node() {
         "a bad header reached the provider"
     );
 
+    mesh.stop();
+}
+
+/// A `java.util.Map` argument `levels` deep: maps inside maps around the int 7.
+fn nested_map(levels: usize) -> String {
+    (1..levels).fold("7".to_owned(), |inner, _| format!(r#"{{"k":{inner}}}"#))
+}
+
+/// Arguments up to --max-json-depth levels reach the provider intact (it measures their
+/// depth); one level more is a 400 naming the limit, and nothing reaches the provider.
+fn check_depth_limit(mesh: &Mesh, limit: usize) {
+    let r = mesh.call("depth", &["java.util.Map"], &nested_map(limit));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, limit.to_string().as_str()),
+        "{r:?}"
+    );
+    let before = mesh.provider_calls();
+    let r = mesh.call("depth", &["java.util.Map"], &nested_map(limit + 1));
+    assert_eq!(r.status, 400, "{r:?}");
+    let message = json(&r.body).arguments.remove(0)["message"].clone();
+    let message = message.as_str().unwrap_or_default();
+    let want = format!("`arguments[0]` is nested more than {limit} levels deep");
+    assert!(message.contains(&want), "{message}");
+    assert!(message.contains("--max-json-depth"), "{message}");
+    assert_eq!(
+        mesh.provider_calls(),
+        before + 1,
+        "a too deep call reached the provider"
+    );
+}
+
+#[test]
+fn json_nesting_is_bounded_by_max_json_depth() {
+    let mesh = Mesh::start();
+    check_depth_limit(&mesh, 64);
+    mesh.stop();
+    let mesh = Mesh::start_with(&["--max-json-depth", "5"]);
+    check_depth_limit(&mesh, 5);
     mesh.stop();
 }

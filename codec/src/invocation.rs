@@ -76,6 +76,13 @@ pub enum InvocationError {
         /// Number of arguments.
         arguments: usize,
     },
+    /// An argument is nested deeper than the limit (see [`Invocation::check_depth`]).
+    TooDeep {
+        /// Index of the first argument over the limit.
+        argument: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for InvocationError {
@@ -93,6 +100,10 @@ impl fmt::Display for InvocationError {
             InvocationError::Arity { types, arguments } => write!(
                 f,
                 "`parameterTypes` has {types} entries but `arguments` has {arguments}"
+            ),
+            InvocationError::TooDeep { argument, limit } => write!(
+                f,
+                "`arguments[{argument}]` is nested more than {limit} levels deep (the limit is {limit})"
             ),
         }
     }
@@ -195,6 +206,36 @@ impl Invocation {
             attachments,
             timeout_ms,
         })
+    }
+}
+
+impl Invocation {
+    /// Refuse arguments nested more than `limit` levels deep. A value counts as one
+    /// level, each array or object around it as one more: `7` and `[]` are 1 deep,
+    /// `[7]` 2, `{"a":[7]}` 3 — as hessian2 counts nesting ([`crate::hessian2::MAX_DEPTH`]
+    /// levels are what its decoder reads back). Walks without recursion and stops at the
+    /// first value past the limit.
+    ///
+    /// # Errors
+    ///
+    /// [`InvocationError::TooDeep`] naming the first argument over the limit.
+    pub fn check_depth(&self, limit: usize) -> Result<(), InvocationError> {
+        let mut stack: Vec<(&Value, usize)> = Vec::new();
+        for (argument, value) in self.arguments.iter().enumerate() {
+            stack.clear();
+            stack.push((value, 1));
+            while let Some((v, depth)) = stack.pop() {
+                if depth > limit {
+                    return Err(InvocationError::TooDeep { argument, limit });
+                }
+                match v {
+                    Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+                    Value::Object(fields) => stack.extend(fields.values().map(|i| (i, depth + 1))),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! JSON invocations: good bodies and every rejection with its message.
 
-use codec::invocation::Invocation;
+use codec::invocation::{Invocation, InvocationError};
 use serde_json::json;
 
 #[test]
@@ -114,4 +114,70 @@ fn rejections_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("invalid JSON: EOF while parsing"), "{e}");
+}
+
+/// An argument `levels` deep: `levels - 1` arrays (alternating with objects) around 7.
+fn nested(levels: usize) -> String {
+    let mut v = "7".to_owned();
+    for i in 1..levels {
+        v = if i % 2 == 0 {
+            format!("[{v}]")
+        } else {
+            format!(r#"{{"k":{v}}}"#)
+        };
+    }
+    v
+}
+
+fn with_argument(arg: &str) -> Invocation {
+    let body = format!(
+        r#"{{"interface":"I","method":"m","parameterTypes":["int","java.lang.Object"],"arguments":[1,{arg}]}}"#
+    );
+    Invocation::from_json(body.as_bytes()).unwrap()
+}
+
+#[test]
+fn nesting_depth_is_bounded() {
+    let inv = with_argument("[7]");
+    assert!(inv.check_depth(2).is_ok());
+    let err = inv.check_depth(1).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`arguments[1]` is nested more than 1 levels deep (the limit is 1)"
+    );
+    assert!(with_argument("[]").check_depth(1).is_ok());
+    assert!(with_argument("{}").check_depth(1).is_ok());
+    assert!(with_argument(r#"{"a":[7]}"#).check_depth(3).is_ok());
+    assert!(with_argument(r#"{"a":[7]}"#).check_depth(2).is_err());
+    // The deepest branch counts, wherever it is.
+    assert!(with_argument(r#"[1, [2, [3]], 4]"#).check_depth(3).is_err());
+    assert!(with_argument(r#"[1, [2, [3]], 4]"#).check_depth(4).is_ok());
+    // Exactly at the default limit, and one past it.
+    let limit = codec::hessian2::MAX_DEPTH;
+    assert!(with_argument(&nested(limit)).check_depth(limit).is_ok());
+    match with_argument(&nested(limit + 1)).check_depth(limit) {
+        Err(InvocationError::TooDeep {
+            argument: 1,
+            limit: l,
+        }) => assert_eq!(l, limit),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_json_parser_reads_arguments_126_levels_deep() {
+    // serde_json refuses nesting past 128 containers in the whole body (object and
+    // `arguments` array included): the consumer-agent's --max-json-depth stops at 126.
+    assert!(with_argument(&nested(126)).check_depth(126).is_ok());
+    for levels in [127, 200] {
+        let body = format!(
+            r#"{{"interface":"I","method":"m","parameterTypes":["x"],"arguments":[{}]}}"#,
+            nested(levels)
+        );
+        let err = Invocation::from_json(body.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("recursion limit"),
+            "{levels}: {err}"
+        );
+    }
 }

@@ -172,6 +172,12 @@ const shapes = {
     }
     return withAttachments({ $class: 'java.lang.String', $: s.toUpperCase() }, attachments);
   },
+  // How deep a value is nested: a value is 1 level, each map or list around it one more.
+  async depth(v) {
+    const depth = x => (x && typeof x === 'object'
+      ? 1 + Math.max(0, ...Object.values(x).map(depth)) : 1);
+    return { $class: 'int', $: depth(v) };
+  },
   // A thrown error: sofa-rpc-node answers status 80 with its message.
   async fail(msg) {
     throw new Error(msg);
