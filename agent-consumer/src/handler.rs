@@ -1156,8 +1156,9 @@ fn prepare_json<'a>(
     max_depth: usize,
 ) -> Result<Prepared<'a>, String> {
     let inv = Invocation::from_json(&req.body).map_err(|e| format!("bad JSON invocation: {e}"))?;
-    inv.check_depth(max_depth)
-        .map_err(|e| format!("bad JSON invocation: {e} (consumer-agent --max-json-depth)"))?;
+    inv.check_depth(max_depth).map_err(|e| {
+        format!("bad JSON invocation: {e} (the limit set by consumer-agent --max-json-depth)")
+    })?;
     let mut encoder = hessian2::Encoder::new();
     for (i, (t, a)) in inv.parameter_types.iter().zip(&inv.arguments).enumerate() {
         encoder

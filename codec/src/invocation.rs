@@ -103,7 +103,7 @@ impl fmt::Display for InvocationError {
             ),
             InvocationError::TooDeep { argument, limit } => write!(
                 f,
-                "`arguments[{argument}]` is nested more than {limit} levels deep (the limit is {limit})"
+                "`arguments[{argument}]` is nested more than {limit} levels deep"
             ),
         }
     }
