@@ -597,17 +597,20 @@ fn response_attachments_bad_input() {
     let bad = Err(AgentError::InvalidUtf8);
     assert_eq!(decode(&frame(0x43, 0, &[0, 1, 0, 1, 0xFF, 0, 0])), bad);
     assert_eq!(decode(&frame(0x43, 0, &[0, 1, 0, 0, 0, 1, 0xC3])), bad);
-    assert_eq!(decode(&frame(0x43, 1, &[0, 0, 0xFF])), bad);
-    // An empty list is allowed; the payload is what follows it.
-    let empty = frame(0x43, 1, &[0, 0, b'e']);
+    assert_eq!(decode(&frame(0x43, 1, &[0, 1, 0, 1, b'k', 0, 0, 0xFF])), bad);
+    // The flag with an empty list: no attachments are sent without it (one encoding).
+    assert!(malformed(&frame(0x43, 1, &[0, 0, b'e'])));
+    // The payload is what follows the list.
+    let one = frame(0x43, 1, &[0, 1, 0, 1, b'k', 0, 0, b'e']);
     let Ok(Decoded::Complete {
         msg: Frame::Response(r),
         ..
-    }) = decode(&empty)
+    }) = decode(&one)
     else {
         panic!()
     };
-    assert_eq!((r.attachments.count(), r.message()), (0, Some("e")));
+    assert_eq!(r.attachments.collect::<Vec<_>>(), [("k", "")]);
+    assert_eq!(r.message(), Some("e"));
     // Every prefix of a frame with attachments is Incomplete, never an error.
     let whole = frame(0x43, 0, &[0, 1, 0, 1, b'k', 0, 1, b'v', 0x91]);
     for cut in 0..whole.len() {

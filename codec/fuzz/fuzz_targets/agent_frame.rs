@@ -4,8 +4,8 @@
 #![no_main]
 
 use codec::agent::{
-    begin_request, decode, encode_define, encode_ping, encode_pong, encode_response, finish, Frame,
-    RequestHead, Status, HEADER_LEN, MAX_BODY,
+    begin_request, begin_response_with, decode, encode_define, encode_ping, encode_pong, finish,
+    Frame, RequestHead, Status, HEADER_LEN, MAX_BODY,
 };
 use codec::Decoded;
 use libfuzzer_sys::fuzz_target;
@@ -17,7 +17,7 @@ fn reencode(frame: &Frame<'_>) -> Vec<u8> {
             encode_define(&mut out, *call_id, *signature).expect("define re-encodes")
         }
         Frame::Request(req) => {
-            let atts: Vec<(&str, &str)> = req.attachments.clone().collect();
+            let atts: Vec<(&str, &str)> = req.attachments.collect();
             let head = RequestHead {
                 id: req.id,
                 call_id: req.call_id,
@@ -29,8 +29,13 @@ fn reencode(frame: &Frame<'_>) -> Vec<u8> {
             out.extend_from_slice(req.args);
             finish(&mut out, mark).expect("request re-encodes");
         }
-        Frame::Response(resp) => encode_response(&mut out, resp.id, resp.status, resp.payload)
-            .expect("response re-encodes"),
+        Frame::Response(resp) => {
+            let atts: Vec<(&str, &str)> = resp.attachments.collect();
+            let mark = begin_response_with(&mut out, resp.id, resp.status, &atts)
+                .expect("response head re-encodes");
+            out.extend_from_slice(resp.payload);
+            finish(&mut out, mark).expect("response re-encodes");
+        }
         Frame::Ping { id } => encode_ping(&mut out, *id),
         Frame::Pong { id } => encode_pong(&mut out, *id),
     }
@@ -49,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
                     Frame::Request(req) => {
                         let n = req.attachments.remaining();
                         assert_eq!(req.attachments.len(), n);
-                        let walked: Vec<_> = req.attachments.clone().collect();
+                        let walked: Vec<_> = req.attachments.collect();
                         assert_eq!(walked.len(), n, "validated attachments stop early");
                         let atts_len: usize =
                             walked.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
@@ -61,6 +66,11 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                     Frame::Response(resp) => {
+                        let walked: Vec<_> = resp.attachments.collect();
+                        assert_eq!(walked.len(), resp.attachments.remaining());
+                        let atts_len: usize = walked.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
+                        let list_len = if walked.is_empty() { 0 } else { 2 + atts_len };
+                        assert_eq!(HEADER_LEN + list_len + resp.payload.len(), consumed);
                         assert_eq!(resp.message().is_some(), resp.status != Status::Ok);
                         assert_eq!(Status::from_u8(resp.status as u8), Some(resp.status));
                         let _ = resp.status.is_retryable();

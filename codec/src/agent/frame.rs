@@ -464,7 +464,12 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
             let status = Status::from_u8(status).ok_or(AgentError::UnknownStatus(status))?;
             let mut r = Reader { buf: body };
             let attachments = if flags == FLAG_ATTACHMENTS {
-                read_attachments(&mut r)?
+                let list = read_attachments(&mut r)?;
+                if list.is_empty() {
+                    // One encoding per frame: no attachments means no flag.
+                    return Err(AgentError::Malformed("ATTACHMENTS flag with an empty list"));
+                }
+                list
             } else {
                 Attachments::default()
             };

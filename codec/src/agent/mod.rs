@@ -18,8 +18,8 @@
 //!
 //!  kind byte: low nibble = kind (1 DEFINE, 2 REQUEST, 3 RESPONSE, 4 PING, 5 PONG)
 //!             bit 0x80   = ONE_WAY (REQUEST only: no response is sent)
-//!             bit 0x40   = ATTACHMENTS (RESPONSE only: an attachment list precedes
-//!                          the payload)
+//!             bit 0x40   = ATTACHMENTS (RESPONSE only: a non-empty attachment list
+//!                          precedes the payload)
 //!  status:    RESPONSE only (see Status), 0 elsewhere
 //!
 //!  DEFINE body:   call id u32 | 5 x (len u16, UTF-8): service, method,
