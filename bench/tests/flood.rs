@@ -184,6 +184,12 @@ fn assert_no_busy_loop(p: &mut Proc) {
         "{}: {cpu:.2} CPU s and {retries} logged accept retries in {SATURATED:?} at the fd limit",
         p.name
     );
+    // The reactor retries every 50 ms but warns at most once a second.
+    assert!(
+        retries as u64 <= SATURATED.as_secs() + 1,
+        "{} logged {retries} accept warnings in {SATURATED:?}: not throttled",
+        p.name
+    );
     assert!(
         cpu <= MAX_SATURATED_CPU_SECS,
         "{} spent {cpu:.2} CPU s in {SATURATED:?} at the fd limit: a busy loop",

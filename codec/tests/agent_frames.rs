@@ -597,7 +597,10 @@ fn response_attachments_bad_input() {
     let bad = Err(AgentError::InvalidUtf8);
     assert_eq!(decode(&frame(0x43, 0, &[0, 1, 0, 1, 0xFF, 0, 0])), bad);
     assert_eq!(decode(&frame(0x43, 0, &[0, 1, 0, 0, 0, 1, 0xC3])), bad);
-    assert_eq!(decode(&frame(0x43, 1, &[0, 1, 0, 1, b'k', 0, 0, 0xFF])), bad);
+    assert_eq!(
+        decode(&frame(0x43, 1, &[0, 1, 0, 1, b'k', 0, 0, 0xFF])),
+        bad
+    );
     // The flag with an empty list: no attachments are sent without it (one encoding).
     assert!(malformed(&frame(0x43, 1, &[0, 0, b'e'])));
     // The payload is what follows the list.

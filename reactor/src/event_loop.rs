@@ -13,6 +13,7 @@ use crate::conn::{CloseReason, Conn, ConnId, Phase, WriteSide};
 use crate::context::{Core, Ctx};
 use crate::handle::Control;
 use crate::handler::{EndOfInput, Handler};
+use crate::throttle::Throttle;
 use crate::timer::TimerKind;
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -49,6 +50,9 @@ pub(crate) struct EventLoop<H: Handler> {
     /// walking them allocates nothing.
     spare: Vec<ConnId>,
     accept_paused: bool,
+    /// Warnings a connection flood repeats, logged at most once a second.
+    refused_log: Throttle,
+    accept_failed_log: Throttle,
     #[cfg(target_os = "linux")]
     timerfd: Option<crate::precise::TimerFd>,
 }
@@ -99,6 +103,8 @@ impl<H: Handler> EventLoop<H> {
             inbuf,
             spare: Vec::new(),
             accept_paused: false,
+            refused_log: Throttle::default(),
+            accept_failed_log: Throttle::default(),
             #[cfg(target_os = "linux")]
             timerfd,
         })
@@ -232,10 +238,13 @@ impl<H: Handler> EventLoop<H> {
             match listener.socket.accept() {
                 Ok((stream, _)) => {
                     if self.core.conns.len() >= self.core.config.max_connections {
-                        log::warn!(
-                            "loop {}: connection limit reached, refusing",
-                            self.core.loop_index
-                        );
+                        if let Some(more) = self.refused_log.hit(self.core.now) {
+                            log::warn!(
+                                "loop {}: connection limit reached, refusing \
+                                 ({more} more refused since the last warning)",
+                                self.core.loop_index
+                            );
+                        }
                         drop(stream);
                         continue;
                     }
@@ -261,10 +270,13 @@ impl<H: Handler> EventLoop<H> {
                     // Out of file descriptors (or similar): the pending connection stays
                     // in the backlog and edge-triggered readiness will not fire again, so
                     // retry on a timer rather than spin.
-                    log::warn!(
-                        "loop {}: accept failed: {e}; retrying in 50 ms",
-                        self.core.loop_index
-                    );
+                    if let Some(more) = self.accept_failed_log.hit(self.core.now) {
+                        log::warn!(
+                            "loop {}: accept failed: {e}; retrying every 50 ms \
+                             ({more} more failures since the last warning)",
+                            self.core.loop_index
+                        );
+                    }
                     self.accept_paused = true;
                     let at = self.core.now + ACCEPT_RETRY;
                     self.core.timers.insert(at, TimerKind::AcceptRetry);

@@ -75,6 +75,7 @@ mod handler;
 #[allow(unsafe_code)]
 mod precise;
 mod reactor;
+mod throttle;
 mod timer;
 
 pub use crate::backoff::Backoff;
