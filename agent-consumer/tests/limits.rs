@@ -4,7 +4,10 @@
 
 mod util;
 
-use std::io::{Read, Write};
+#[path = "../../tests/support/closed.rs"]
+mod closed;
+
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -26,25 +29,6 @@ fn served(s: &mut TcpStream, param: &str) -> bool {
     answers.first().is_some_and(|a| a.status == 200)
 }
 
-/// Whether the agent closes `s` (EOF or reset) within `limit`; a read timeout is not a
-/// close.
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(limit)).expect("timeout");
-    let mut chunk = [0u8; 1024];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) => {
-                return !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                )
-            }
-        }
-    }
-}
-
 #[test]
 fn connections_beyond_max_connections_are_closed() {
     let agent = fake_agent(Mode::Hash);
@@ -57,7 +41,7 @@ fn connections_beyond_max_connections_are_closed() {
     assert!(served(&mut first, "a") && served(&mut second, "b"));
     let mut third = connect(addr);
     assert!(
-        closed_within(&mut third, Duration::from_secs(3)),
+        closed::closed_within(&mut third, Duration::from_secs(3)),
         "the connection over the limit is closed"
     );
     assert!(served(&mut first, "c"), "the others are still served");
@@ -104,7 +88,7 @@ fn idle_connections_are_closed_after_the_timeout() {
     busy.write_all(&race_request("slow")).expect("write");
     let t = Instant::now();
     assert!(
-        closed_within(&mut idle, Duration::from_secs(4)),
+        closed::closed_within(&mut idle, Duration::from_secs(4)),
         "the idle connection is closed"
     );
     let took = t.elapsed();

@@ -4,6 +4,9 @@
 
 mod common;
 
+#[path = "../../tests/support/closed.rs"]
+mod closed;
+
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -36,25 +39,6 @@ fn served(c: &mut Client, id: u64) -> bool {
     std::io::Read::read_exact(&mut c.stream, &mut got).is_ok()
 }
 
-/// Whether the agent closes `c` (EOF or reset) within `limit`; a read timeout is not
-/// a close.
-fn closed_within(c: &mut Client, limit: Duration) -> bool {
-    c.stream.set_read_timeout(Some(limit)).unwrap();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match std::io::Read::read(&mut c.stream, &mut chunk) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) => {
-                return !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                )
-            }
-        }
-    }
-}
-
 #[test]
 fn connections_beyond_max_connections_are_closed() {
     // 3 per loop: the provider connection and two agent connections.
@@ -64,7 +48,7 @@ fn connections_beyond_max_connections_are_closed() {
     assert!(served(&mut first, 1) && served(&mut second, 2));
     let mut third = Client::connect(agent.local_addr());
     assert!(
-        closed_within(&mut third, Duration::from_secs(3)),
+        closed::closed_within(&mut third.stream, Duration::from_secs(3)),
         "the connection over the limit is closed"
     );
     assert!(served(&mut first, 3), "the others are still served");
@@ -93,7 +77,7 @@ fn frames_over_max_frame_are_refused_and_closed() {
     assert_eq!((r.id, r.status), (2, Status::BadRequest));
     assert!(r.text().contains("--max-frame 1024"), "{}", r.text());
     assert!(
-        closed_within(&mut c, Duration::from_secs(3)),
+        closed::closed_within(&mut c.stream, Duration::from_secs(3)),
         "then the connection is closed"
     );
     let mut other = Client::connect(agent.local_addr());
@@ -114,7 +98,7 @@ fn idle_agent_connections_are_closed_after_the_timeout() {
     busy.send_hash(1, "slow", 5000);
     let t = Instant::now();
     assert!(
-        closed_within(&mut idle, Duration::from_secs(4)),
+        closed::closed_within(&mut idle.stream, Duration::from_secs(4)),
         "the idle connection is closed"
     );
     let took = t.elapsed();
