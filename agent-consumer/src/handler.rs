@@ -563,6 +563,7 @@ impl ConsumerLoop {
             .collect();
         match status {
             Status::Ok => self.answer_value(cx, call, render, payload, &headers),
+            Status::Exception => self.answer_exception(cx, call, render, payload, &headers),
             s if s.is_retryable() && attempts <= self.config.retries && now < deadline => {
                 self.metrics.retried();
                 self.dispatch(cx, call, Some(sent_to));
@@ -583,9 +584,11 @@ impl ConsumerLoop {
         }
     }
 
-    /// Answers 502: plain text for the race's form calls, a JSON object for JSON
-    /// invocations (`{"error":"provider_error","class":...,"message":...,"status":502}`,
-    /// the class only when the provider named one).
+    /// Answers 502 for a provider's error text (not a thrown exception, see
+    /// [`answer_exception`](Self::answer_exception)): plain text for the race's form
+    /// calls, a JSON object for JSON invocations
+    /// (`{"error":"provider_error","message":...,"status":502}`, with a `class` when the
+    /// text is an older provider-agent's `class: message`).
     /// `headers` are the provider's response attachments, ready to write.
     fn provider_error(
         &mut self,
@@ -598,6 +601,33 @@ impl ConsumerLoop {
         let (content_type, body) = match render {
             Render::Text => ("text/plain; charset=utf-8", text.to_owned()),
             Render::Json => ("application/json", provider_error_json(text)),
+        };
+        self.finish(cx, call, Outcome::ProviderError, |out, ka| {
+            http::write_response_with(out, 502, content_type, headers, body.as_bytes(), ka)
+        })
+    }
+
+    /// Answers 502 for an exception the provider threw, from its summary (a hessian2
+    /// map of `class`, `message`, `cause`): `class: message` lines joined by Java's
+    /// `Caused by: ` for form calls, the summary's fields in the error object for JSON.
+    fn answer_exception(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        render: Render,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) {
+        let summary = match hessian2::decode(payload) {
+            Ok(Decoded::Complete { msg, .. }) => msg,
+            Ok(Decoded::Incomplete) | Err(_) => {
+                let msg = "undecodable exception from provider";
+                return self.provider_error(cx, call, render, msg, headers);
+            }
+        };
+        let (content_type, body) = match render {
+            Render::Text => ("text/plain; charset=utf-8", exception_text(&summary)),
+            Render::Json => ("application/json", exception_json(summary)),
         };
         self.finish(cx, call, Outcome::ProviderError, |out, ka| {
             http::write_response_with(out, 502, content_type, headers, body.as_bytes(), ka)
@@ -992,6 +1022,48 @@ fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// An exception summary as Java prints a chain: `class: message`, then one
+/// `Caused by: class: message` line per cause.
+fn exception_text(summary: &Value) -> String {
+    let mut text = String::new();
+    let mut level = Some(summary);
+    while let Some(l) = level {
+        if !text.is_empty() {
+            text.push_str("\nCaused by: ");
+        }
+        let class = l.get("class").and_then(Value::as_str);
+        let message = l.get("message").and_then(Value::as_str);
+        match (class, message) {
+            (Some(c), Some(m)) => text.push_str(&format!("{c}: {m}")),
+            (Some(c), None) => text.push_str(c),
+            (None, Some(m)) => text.push_str(m),
+            (None, None) => text.push_str("exception"),
+        }
+        level = l.get("cause").filter(|c| matches!(c, Value::Map { .. }));
+    }
+    text
+}
+
+/// The JSON body of a thrown exception: `error`, then the summary's `class`, `message`
+/// and `cause` (nested the same way), then `status`.
+fn exception_json(summary: Value) -> String {
+    let s = |v: &str| Value::String(v.to_owned());
+    let mut entries = vec![(s("error"), s("provider_error"))];
+    if let Value::Map {
+        entries: fields, ..
+    } = summary
+    {
+        entries.extend(fields);
+    }
+    entries.push((s("status"), Value::Int(502)));
+    Value::Map {
+        type_name: None,
+        entries,
+    }
+    .to_json()
+    .to_string()
+}
+
 /// The machine-readable `error` of a JSON error body, by HTTP status.
 fn error_code(status: u16) -> &'static str {
     match status {
@@ -1179,7 +1251,11 @@ fn prepare_json<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{error_json, head_is_json, is_header_token, is_header_value, provider_error_json};
+    use super::{
+        error_json, exception_json, exception_text, head_is_json, is_header_token, is_header_value,
+        provider_error_json,
+    };
+    use codec::hessian2::{exception_summary, Value};
 
     #[test]
     fn error_bodies_as_json() {
@@ -1230,6 +1306,40 @@ mod tests {
         for bad in ["a\r\nb", "a\nb", "a\rb", "a\u{0}b", "a\u{7f}b", "a\u{1b}b"] {
             assert!(!is_header_value(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn exceptions_with_their_causes() {
+        let object = |class: &str, message: Option<&str>, cause: Value| Value::Object {
+            class: class.into(),
+            fields: vec![
+                (
+                    "detailMessage".into(),
+                    message.map_or(Value::Null, |m| Value::String(m.into())),
+                ),
+                ("cause".into(), cause),
+            ],
+        };
+        let root = object("java.io.IOException", Some("disk gone"), Value::Ref(2));
+        let mid = object("java.lang.IllegalStateException", None, root);
+        let thrown = object("com.example.NoUser", Some("no user 7"), mid);
+        let summary = exception_summary(&thrown);
+        assert_eq!(
+            exception_text(&summary),
+            "com.example.NoUser: no user 7\n\
+             Caused by: java.lang.IllegalStateException\n\
+             Caused by: java.io.IOException: disk gone"
+        );
+        assert_eq!(
+            exception_json(summary),
+            concat!(
+                r#"{"error":"provider_error","class":"com.example.NoUser","message":"no user 7","#,
+                r#""cause":{"class":"java.lang.IllegalStateException","message":null,"#,
+                r#""cause":{"class":"java.io.IOException","message":"disk gone"}},"status":502}"#
+            )
+        );
+        let alone = exception_summary(&object("a.B", Some("m"), Value::Null));
+        assert_eq!(exception_text(&alone), "a.B: m");
     }
 
     #[test]

@@ -344,6 +344,16 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
         r#"{"error":"provider_error","class":"com.example.ShapeException","message":"bad shape","status":502}"#,
         "exception object (flag 0)",
     );
+    let r = mesh.call("rejectWithCause", &["java.lang.String"], r#""bad shape""#);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_json_eq(
+        &r.body,
+        r#"{"error":"provider_error","class":"com.example.ShapeException","message":"bad shape",
+            "cause":{"class":"java.io.IOException","message":"disk gone",
+                     "cause":{"class":"java.net.ConnectException","message":"refused"}},
+            "status":502}"#,
+        "exception with causes",
+    );
     let r = mesh.call("noSuchMethod", &[], "");
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(r.content_type.starts_with("application/json"), "{r:?}");
@@ -367,6 +377,22 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(r.content_type.starts_with("text/plain"), "{r:?}");
     assert_eq!(r.body, "plain boom");
+    let form = format!(
+        "interface={SERVICE}&method=rejectWithCause&parameterTypesString=\
+         Ljava%2Flang%2FString%3B&parameter=outer"
+    );
+    let r = post(
+        mesh.running.http_addr,
+        "application/x-www-form-urlencoded",
+        &form,
+    );
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(
+        r.body,
+        "com.example.ShapeException: outer\n\
+         Caused by: java.io.IOException: disk gone\n\
+         Caused by: java.net.ConnectException: refused"
+    );
 
     // 5. Malformed invocations: 400 naming the problem; nothing reaches the provider.
     let before = mesh.provider_calls();

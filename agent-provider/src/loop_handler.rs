@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use codec::agent::{self, CallTable, Frame, Status};
 use codec::dubbo::{self, Outcome, Serialization};
-use codec::hessian2::{Encoder, Value};
+use codec::hessian2::{exception_summary, Encoder, Value};
 use codec::Decoded;
 use crossbeam_channel::Sender;
 use reactor::{CloseReason, Conn, ConnId, Ctx, Handler};
@@ -332,23 +332,15 @@ impl ProviderLoop {
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
                 match resp.outcome {
-                    Outcome::Value(v) => self.finish_ok(cx, p, &v, &att),
-                    Outcome::Null => self.finish_ok(cx, p, &Value::Null, &att),
-                    Outcome::Exception { message, value } => {
-                        let text = exception_text(message.as_deref(), &value);
-                        if let Some(t) = p.timer {
-                            cx.cancel_timer(t);
-                        }
-                        respond_with(
-                            cx,
-                            p.inbound,
-                            p.agent_id,
-                            Status::ProviderError,
-                            &att,
-                            text.as_bytes(),
-                        );
-                        self.m().response(Status::ProviderError);
-                    }
+                    Outcome::Value(v) => self.finish_value(cx, p, Status::Ok, &v, &att),
+                    Outcome::Null => self.finish_value(cx, p, Status::Ok, &Value::Null, &att),
+                    Outcome::Exception { value, .. } => self.finish_value(
+                        cx,
+                        p,
+                        Status::Exception,
+                        &exception_summary(&value),
+                        &att,
+                    ),
                     Outcome::Error { status, message } => {
                         let text = if message.is_empty() {
                             format!("provider answered dubbo status {status}")
@@ -366,20 +358,28 @@ impl ProviderLoop {
         }
     }
 
-    /// Answers a call OK with one hessian2 value and the provider's attachments.
-    fn finish_ok(&mut self, cx: &mut Ctx<'_, Self>, p: Pending, v: &Value, att: &[(&str, &str)]) {
+    /// Answers a call with one hessian2 value (a result, or an exception's summary) and
+    /// the provider's attachments.
+    fn finish_value(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        p: Pending,
+        status: Status,
+        v: &Value,
+        att: &[(&str, &str)],
+    ) {
         let written = match cx.output(p.inbound) {
-            Some(out) => match agent::begin_response_with(out, p.agent_id, Status::Ok, att) {
+            Some(out) => match agent::begin_response_with(out, p.agent_id, status, att) {
                 Ok(mark) => {
                     Encoder::new().write_value(out, v);
                     agent::finish(out, mark).is_ok()
                 }
                 Err(_) => false,
             },
-            None => return self.m().response(Status::Ok), // the consumer is gone
+            None => return self.m().response(status), // the consumer is gone
         };
         if written {
-            self.m().response(Status::Ok);
+            self.m().response(status);
         } else {
             self.finish_call(
                 cx,
@@ -731,21 +731,6 @@ fn request_id_of(buf: &[u8]) -> Option<u64> {
     }
     let id: [u8; 8] = head.get(6..14)?.try_into().ok()?;
     Some(u64::from_be_bytes(id))
-}
-
-/// `class: message` of a Java exception (class when known).
-fn exception_text(message: Option<&str>, value: &Value) -> String {
-    let class = match value {
-        Value::Object { class, .. } => Some(class.as_str()),
-        Value::Map { .. } => value.get("@type").and_then(Value::as_str),
-        _ => None,
-    };
-    match (class, message) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c.to_owned(),
-        (None, Some(m)) => m.to_owned(),
-        (None, None) => "provider threw an exception".to_owned(),
-    }
 }
 
 impl Handler for ProviderLoop {

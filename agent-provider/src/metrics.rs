@@ -18,12 +18,13 @@ pub const LATENCY_BUCKETS_US: [u64; 14] = [
 ];
 
 /// Error kinds counted separately, in [`Status`] order after `Ok`.
-const ERROR_KINDS: [(Status, &str); 5] = [
+const ERROR_KINDS: [(Status, &str); 6] = [
     (Status::ProviderError, "provider_error"),
     (Status::Overloaded, "overloaded"),
     (Status::Unavailable, "unavailable"),
     (Status::Timeout, "timeout"),
     (Status::BadRequest, "bad_request"),
+    (Status::Exception, "exception"),
 ];
 
 /// The counters of one event loop.
@@ -32,7 +33,7 @@ pub struct LoopMetrics {
     /// Requests received (every REQUEST frame).
     pub requests: AtomicU64,
     /// Responses by status (index = status byte).
-    pub responses: [AtomicU64; 6],
+    pub responses: [AtomicU64; 7],
     /// Calls currently sent to the provider and not yet answered.
     pub inflight: AtomicI64,
     /// Provider connections currently open.

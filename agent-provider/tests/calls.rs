@@ -132,8 +132,11 @@ fn provider_errors_map_to_statuses() {
     assert!(r.text().contains("pool exhausted"), "{}", r.text());
     provider.set(Mode::Exception("boom".into()), Default::default());
     let r = c.call_hash(2, "a");
-    assert_eq!(r.status, codec::agent::Status::ProviderError);
-    assert_eq!(r.text(), "java.lang.RuntimeException: boom");
+    assert_eq!(r.status, codec::agent::Status::Exception);
+    assert_eq!(
+        r.value().to_json().to_string(),
+        r#"{"class":"java.lang.RuntimeException","message":"boom"}"#
+    );
     provider.set(
         Mode::Status(80, "no such method".into()),
         Default::default(),
@@ -148,14 +151,17 @@ fn provider_errors_map_to_statuses() {
 }
 
 #[test]
-fn fastjson_exception_is_provider_error() {
+fn fastjson_exception_is_described() {
     let (provider, agent) = start(Serialization::Fastjson, SerializationArg::Fastjson);
     let mut c = Client::connect(agent.local_addr());
     c.define_hash();
     provider.set(Mode::Exception("bad input".into()), Default::default());
     let r = c.call_hash(1, "a");
-    assert_eq!(r.status, codec::agent::Status::ProviderError);
-    assert_eq!(r.text(), "java.lang.RuntimeException: bad input");
+    assert_eq!(r.status, codec::agent::Status::Exception);
+    assert_eq!(
+        r.value().to_json().to_string(),
+        r#"{"class":"java.lang.RuntimeException","message":"bad input"}"#
+    );
     agent.stop();
     provider.kill();
 }

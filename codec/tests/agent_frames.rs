@@ -410,6 +410,7 @@ fn arb_frame() -> impl Strategy<Value = Owned> {
         Just(Status::Unavailable),
         Just(Status::Timeout),
         Just(Status::BadRequest),
+        Just(Status::Exception),
     ];
     prop_oneof![
         (
@@ -461,7 +462,7 @@ fn arb_frame() -> impl Strategy<Value = Owned> {
                 id,
                 status: s,
                 att,
-                payload: if s == Status::Ok {
+                payload: if s.carries_value() {
                     bytes
                 } else {
                     msg.into_bytes()

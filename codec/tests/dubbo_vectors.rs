@@ -160,10 +160,15 @@ fn java_reply_body_decodes() {
 fn java_exception_response_gives_message() {
     let body = hex(JAVA_EXCEPTION_BODY);
     let r = dubbo::decode_response_body(2, status::OK, &body).unwrap();
-    let Outcome::Exception { message, .. } = r.outcome else {
+    let Outcome::Exception { message, value } = r.outcome else {
         panic!()
     };
     assert_eq!(message.as_deref(), Some("boom"));
+    // Java's "no cause" is the exception itself: the chain ends there.
+    assert_eq!(
+        hessian2::exception_summary(&value).to_json().to_string(),
+        r#"{"class":"java.lang.RuntimeException","message":"boom"}"#
+    );
 }
 
 #[test]

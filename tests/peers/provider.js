@@ -186,6 +186,12 @@ const shapes = {
   async reject(msg) {
     return { $class: 'com.example.ShapeException', $: { detailMessage: msg } };
   },
+  // An exception with a cause that has a cause: the mesh names each in its 502 body.
+  async rejectWithCause(msg) {
+    const root = { $class: 'java.net.ConnectException', $: { detailMessage: 'refused' } };
+    const io = { $class: 'java.io.IOException', $: { detailMessage: 'disk gone', cause: root } };
+    return { $class: 'com.example.ShapeException', $: { detailMessage: msg, cause: io } };
+  },
 };
 for (const name of Object.keys(shapes)) {
   const body = shapes[name];

@@ -237,6 +237,13 @@ impl Resp {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
+    /// The payload as one whole hessian2 value (an OK result or an exception summary).
+    pub fn value(&self) -> Value {
+        match hessian2::decode(&self.payload).unwrap() {
+            Decoded::Complete { msg, consumed } if consumed == self.payload.len() => msg,
+            other => panic!("not one value: {other:?}"),
+        }
+    }
 }
 
 impl Client {

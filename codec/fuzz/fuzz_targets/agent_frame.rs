@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
                         let atts_len: usize = walked.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
                         let list_len = if walked.is_empty() { 0 } else { 2 + atts_len };
                         assert_eq!(HEADER_LEN + list_len + resp.payload.len(), consumed);
-                        assert_eq!(resp.message().is_some(), resp.status != Status::Ok);
+                        assert_eq!(resp.message().is_some(), !resp.status.carries_value());
                         assert_eq!(Status::from_u8(resp.status as u8), Some(resp.status));
                         let _ = resp.status.is_retryable();
                     }

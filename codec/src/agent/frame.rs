@@ -196,8 +196,8 @@ pub fn encode_request(
     finish(out, mark)
 }
 
-/// Begin a RESPONSE frame; the caller appends the payload (the result value for
-/// [`Status::Ok`], else a UTF-8 message) and calls [`finish`].
+/// Begin a RESPONSE frame; the caller appends the payload (a hessian2 value for
+/// [`Status::Ok`] and [`Status::Exception`], else a UTF-8 message) and calls [`finish`].
 pub fn begin_response(out: &mut Vec<u8>, id: u64, status: Status) -> FrameMark {
     put_header(out, KIND_RESPONSE, status as u8, id)
 }
@@ -307,14 +307,16 @@ pub struct Response<'a> {
     pub status: Status,
     /// The provider's response attachments (usually none; already validated).
     pub attachments: Attachments<'a>,
-    /// The result value for [`Status::Ok`], else a UTF-8 message.
+    /// A hessian2 value for [`Status::Ok`] (the result) and [`Status::Exception`] (the
+    /// exception's summary), else a UTF-8 message.
     pub payload: &'a [u8],
 }
 
 impl<'a> Response<'a> {
-    /// The error message of a non-OK response (validated UTF-8 when decoded).
+    /// The error message of a response whose payload is text (validated UTF-8 when
+    /// decoded); `None` for [`Status::Ok`] and [`Status::Exception`].
     pub fn message(&self) -> Option<&'a str> {
-        if self.status == Status::Ok {
+        if self.status.carries_value() {
             None
         } else {
             std::str::from_utf8(self.payload).ok()
@@ -473,7 +475,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
             } else {
                 Attachments::default()
             };
-            if status != Status::Ok && std::str::from_utf8(r.buf).is_err() {
+            if !status.carries_value() && std::str::from_utf8(r.buf).is_err() {
                 return Err(AgentError::InvalidUtf8);
             }
             Frame::Response(Response {

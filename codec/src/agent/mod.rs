@@ -28,8 +28,8 @@
 //!                 count x (key len u16, key, value len u16, value) | arguments...
 //!                 (arguments: the rest of the body, opaque: hessian2 values)
 //!  RESPONSE body: [if ATTACHMENTS: attachment count u16 | count x (key, value) as in
-//!                 a REQUEST] | OK: the result, opaque (a hessian2 value); else a UTF-8
-//!                 message
+//!                 a REQUEST] | OK: the result, opaque (a hessian2 value); EXCEPTION:
+//!                 a hessian2 map (class, message, cause); else a UTF-8 message
 //!  PING / PONG:   empty body; the id is echoed back in the PONG
 //! ```
 //!
@@ -50,6 +50,9 @@
 //!   ATTACHMENTS flag is set only when there are some. A consumer-agent older than the
 //!   flag closes the connection on such a frame (unknown flags), so upgrade
 //!   consumer-agents first when providers return attachments.
+//! - [`Status::Exception`] (a thrown exception described as a hessian2 map, its causes
+//!   included) is an extension of version 1 too: a consumer-agent older than it closes
+//!   the connection on that status, so upgrade consumer-agents first.
 //! - Versions are not negotiated: a peer speaking another version gets
 //!   [`AgentError::UnsupportedVersion`] and the connection is closed.
 //!
@@ -110,12 +113,23 @@ pub enum Status {
     Timeout = 4,
     /// The request was malformed (unknown call id, bad arguments).
     BadRequest = 5,
+    /// The provider threw; the payload is a hessian2 map describing the exception:
+    /// `class`, `message` and `cause` (the same shape), see
+    /// [`exception_summary`](crate::hessian2::exception_summary). Not retried: the call
+    /// ran.
+    Exception = 6,
 }
 
 impl Status {
     /// Whether the call certainly did not run, so it may be sent to another provider.
     pub fn is_retryable(self) -> bool {
         matches!(self, Status::Overloaded | Status::Unavailable)
+    }
+
+    /// Whether the payload is a hessian2 value ([`Status::Ok`], [`Status::Exception`])
+    /// rather than a UTF-8 message.
+    pub fn carries_value(self) -> bool {
+        matches!(self, Status::Ok | Status::Exception)
     }
 
     /// The status for a wire byte.
@@ -127,6 +141,7 @@ impl Status {
             3 => Status::Unavailable,
             4 => Status::Timeout,
             5 => Status::BadRequest,
+            6 => Status::Exception,
             _ => return None,
         })
     }

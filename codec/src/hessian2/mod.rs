@@ -52,7 +52,7 @@ pub use ser::{
     write_list_begin_variable, write_long, write_map_begin, write_null, write_string, write_value,
     Encoder,
 };
-pub use value::{exception_message, Value};
+pub use value::{exception_message, exception_summary, Value, MAX_CAUSES};
 
 use crate::Decoded;
 use std::fmt;

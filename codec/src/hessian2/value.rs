@@ -112,3 +112,122 @@ pub fn exception_message(v: &Value) -> Option<String> {
     }
     None
 }
+
+/// Causes an [`exception_summary`] follows at most; a deeper chain is cut there.
+pub const MAX_CAUSES: usize = 8;
+
+/// What an HTTP caller needs of a Java `Throwable`: a map of its `class` (absent when
+/// unknown), its own `message` (null when it has none) and its `cause` (the same shape;
+/// absent when there is none), outermost first.
+///
+/// The class is an object's class, or a fastjson map's `@type`. A `cause` that is the
+/// exception itself (how Java says "no cause"; decoded as a cycle marker) ends the chain,
+/// as does anything that is not an object or map, and the [`MAX_CAUSES`]th cause.
+///
+/// ```
+/// use codec::hessian2::{exception_summary, Value};
+///
+/// let object = |class: &str, message: &str, cause: Value| Value::Object {
+///     class: class.into(),
+///     fields: vec![
+///         ("detailMessage".into(), Value::String(message.into())),
+///         ("cause".into(), cause),
+///     ],
+/// };
+/// let thrown = object(
+///     "com.example.NoUser",
+///     "no user 7",
+///     object("java.io.IOException", "disk gone", Value::Ref(1)),
+/// );
+/// let summary = exception_summary(&thrown);
+/// assert_eq!(
+///     summary.to_json().to_string(),
+///     r#"{"class":"com.example.NoUser","message":"no user 7","cause":{"class":"java.io.IOException","message":"disk gone"}}"#
+/// );
+/// ```
+pub fn exception_summary(v: &Value) -> Value {
+    let mut chain = vec![v];
+    while let Some(next @ (Value::Object { .. } | Value::Map { .. })) = chain
+        .last()
+        .and_then(|last| last.get("cause"))
+        .filter(|_| chain.len() <= MAX_CAUSES)
+    {
+        chain.push(next);
+    }
+    let key = |k: &str| Value::String(k.to_owned());
+    chain.iter().rev().fold(Value::Null, |cause, level| {
+        let class = match level {
+            Value::Object { class, .. } => Some(class.as_str()),
+            _ => level.get("@type").and_then(Value::as_str),
+        };
+        let message = ["detailMessage", "message", "localizedMessage"]
+            .iter()
+            .find_map(|k| match level.get(k) {
+                Some(Value::String(s)) => Some(s.clone()),
+                _ => None,
+            });
+        let mut entries = Vec::with_capacity(3);
+        if let Some(c) = class {
+            entries.push((key("class"), key(c)));
+        }
+        entries.push((key("message"), message.map_or(Value::Null, Value::String)));
+        if cause != Value::Null {
+            entries.push((key("cause"), cause));
+        }
+        Value::Map {
+            type_name: None,
+            entries,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, Value)]) -> Value {
+        Value::Map {
+            type_name: None,
+            entries: entries
+                .iter()
+                .map(|(k, v)| (Value::String((*k).into()), v.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn fastjson_exception_maps_are_summarised() {
+        let cause = map(&[("message", Value::String("inner".into()))]);
+        let thrown = map(&[
+            ("@type", Value::String("com.example.Bad".into())),
+            ("message", Value::String("outer".into())),
+            ("cause", cause),
+        ]);
+        assert_eq!(
+            exception_summary(&thrown).to_json().to_string(),
+            r#"{"class":"com.example.Bad","message":"outer","cause":{"message":"inner"}}"#
+        );
+        assert_eq!(
+            exception_summary(&Value::String("x".into()))
+                .to_json()
+                .to_string(),
+            r#"{"message":null}"#
+        );
+    }
+
+    #[test]
+    fn a_long_cause_chain_is_cut() {
+        let mut v = map(&[("message", Value::String("root".into()))]);
+        for i in 0..100 {
+            v = map(&[("message", Value::String(i.to_string())), ("cause", v)]);
+        }
+        let mut levels = 0;
+        let summary = exception_summary(&v);
+        let mut cur = Some(&summary);
+        while let Some(l) = cur {
+            levels += 1;
+            cur = l.get("cause");
+        }
+        assert_eq!(levels, MAX_CAUSES + 1);
+    }
+}
