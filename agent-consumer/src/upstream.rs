@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use reactor::{Backoff, ConnId, TimerId};
-use registry::Instance;
+use registry::{Instance, Variant};
 use slab::Slab;
 
 use crate::lb::{Algorithm, Balancer, Stats};
@@ -72,12 +72,20 @@ impl std::borrow::BorrowMut<Stats> for Member {
 pub struct Member {
     /// Key into the loop's upstream table.
     pub upstream: usize,
-    /// Version it registered (empty: none); a call reaches it only naming the same.
-    pub version: String,
-    /// Group it registered (empty: none), matched like the version.
-    pub group: String,
+    /// The versions and groups it serves (empty strings: none; versions normalized); a
+    /// call reaches it only naming one of them.
+    pub variants: Vec<Variant>,
     /// In-flight count, learned limit, latency.
     pub stats: Stats,
+}
+
+impl Member {
+    /// Whether it serves `version` (normalized) in `group`.
+    pub fn serves(&self, version: &str, group: &str) -> bool {
+        self.variants
+            .iter()
+            .any(|v| v.version == version && v.group == group)
+    }
 }
 
 /// A service and its members.
@@ -162,8 +170,10 @@ impl Upstreams {
         // Members that joined, and weights, versions and groups that changed.
         for (addr, inst) in wanted {
             let weight = inst.weight;
-            let meta = |k: &str| inst.meta.get(k).map_or("", String::as_str);
-            let (version, group) = (normalize_version(meta("version")), meta("group"));
+            let mut variants = inst.variants();
+            for v in &mut variants {
+                v.version = normalize_version(&v.version).to_owned();
+            }
             let key = match self.by_addr.get(&addr) {
                 Some(&k) => k,
                 None => {
@@ -176,8 +186,7 @@ impl Upstreams {
             match svc.members.iter_mut().find(|m| m.upstream == key) {
                 Some(m) => {
                     m.stats.weight = weight.max(1);
-                    m.version = version.to_owned();
-                    m.group = group.to_owned();
+                    m.variants = variants;
                 }
                 None => {
                     if let Some(u) = self.table.get_mut(key) {
@@ -186,8 +195,7 @@ impl Upstreams {
                     }
                     svc.members.push(Member {
                         upstream: key,
-                        version: version.to_owned(),
-                        group: group.to_owned(),
+                        variants,
                         stats: Stats::new(weight),
                     });
                 }
@@ -235,8 +243,7 @@ impl Upstreams {
         // Reused scratch: a pick allocates nothing once warm.
         self.open_scratch.clear();
         self.open_scratch.extend(svc.members.iter().map(|m| {
-            m.version == version
-                && m.group == group
+            m.serves(version, group)
                 && m.stats.inflight < max_inflight
                 && table.get(m.upstream).is_some_and(|u| u.open)
         }));

@@ -50,3 +50,69 @@ fn race_requests_through_both_agents_reach_sofa_rpc_node() {
     running.stop();
     provider_agent.stop();
 }
+
+/// One provider-agent in front of one provider exporting `com.example.Greeter` in two
+/// versions, the second also in group `blue`: each call reaches the variant it names
+/// (JSON fields, or headers for the form request); an unserved one is a clear 503.
+#[test]
+fn one_provider_agent_fronts_several_versions_and_groups() {
+    let port = free_port();
+    let _peer = start_peer(port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let provider_addr = format!("127.0.0.1:{port}");
+    let provider_agent = agent_provider::run(agent_provider::Config::parse_from([
+        "provider-agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--provider",
+        &provider_addr,
+        "--registry",
+        &url,
+        "--service",
+        "com.example.Greeter:1.0.0",
+        "--service",
+        "com.example.Greeter:2.0.0",
+        "--service",
+        "blue/com.example.Greeter:2.0.0",
+    ]))
+    .expect("provider-agent");
+    let running = consumer_with(&url, &["--service", "com.example.Greeter"]);
+    wait_ready(&running);
+    let json = |version: &str, group: &str| {
+        let body = format!(
+            r#"{{"interface":"com.example.Greeter","method":"greet","parameterTypes":["java.lang.String"],"arguments":["ann"],"version":"{version}","group":"{group}"}}"#
+        );
+        let raw = format!(
+            "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = exchange(running.http_addr, raw.as_bytes(), 1).remove(0);
+        (answer.status, answer.body)
+    };
+    assert_eq!(json("1.0.0", ""), (200, r#""1.0.0/: hello ann""#.into()));
+    assert_eq!(json("2.0.0", ""), (200, r#""2.0.0/: hello ann""#.into()));
+    assert_eq!(
+        json("2.0.0", "blue"),
+        (200, r#""2.0.0/blue: hello ann""#.into())
+    );
+    let (status, body) = json("1.0.0", "blue");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("version 1.0.0 group blue"), "{body}");
+    let (status, body) = json("", "");
+    assert_eq!(status, 503, "no instance serves no version: {body}");
+
+    let body = "interface=com.example.Greeter&method=greet&parameterTypesString=Ljava%2Flang%2FString%3B&parameter=bo";
+    let form = format!(
+        "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         x-dubbo-version: 2.0.0\r\nx-dubbo-group: blue\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(running.http_addr, form.as_bytes(), 1).remove(0);
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "2.0.0/blue: hello bo")
+    );
+    running.stop();
+    provider_agent.stop();
+}

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use registry::Variant;
 
 /// How the provider encodes Dubbo bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,9 +45,10 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:20880")]
     pub provider: SocketAddr,
 
-    /// A service (Dubbo interface) this agent serves; repeat for several. Each is
-    /// registered while the provider is reachable.
-    #[arg(long = "service", value_name = "INTERFACE")]
+    /// A service this agent serves, in Dubbo's service-key form
+    /// `[GROUP/]INTERFACE[:VERSION]`; repeat for several services, or several versions
+    /// and groups of one. Each is registered while the provider is reachable.
+    #[arg(long = "service", value_name = "[GROUP/]INTERFACE[:VERSION]")]
     pub services: Vec<String>,
 
     /// Body serialization the provider speaks.
@@ -57,12 +59,12 @@ pub struct Config {
     #[arg(long)]
     pub registry: Option<String>,
 
-    /// Service version registered with the instance; consumers calling a version reach
+    /// Version of each `--service` that names none; consumers calling a version reach
     /// only instances registered with it (none: callers that name no version).
     #[arg(long = "service-version", value_name = "VERSION")]
     pub service_version: Option<String>,
 
-    /// Service group registered with the instance, matched like the version.
+    /// Group of each `--service` that names none, matched like the version.
     #[arg(long = "service-group", value_name = "GROUP")]
     pub service_group: Option<String>,
 
@@ -150,6 +152,41 @@ impl Config {
         }
     }
 
+    /// The services to register: each interface once, with every version and group
+    /// `--service` gives it (in the order given, duplicates dropped).
+    ///
+    /// # Errors
+    /// A `--service` with an empty interface, or a version or group holding `,` or `/`.
+    pub fn service_variants(&self) -> Result<Vec<(String, Vec<Variant>)>, String> {
+        let default = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut out: Vec<(String, Vec<Variant>)> = Vec::new();
+        for spec in &self.services {
+            let (group, rest) = match spec.split_once('/') {
+                Some((g, rest)) => (g.to_owned(), rest),
+                None => (default(&self.service_group), spec.as_str()),
+            };
+            let (interface, version) = match rest.split_once(':') {
+                Some((i, v)) => (i, v.to_owned()),
+                None => (rest, default(&self.service_version)),
+            };
+            if interface.is_empty() || interface.contains([':', '/']) {
+                return Err(format!(
+                    "--service {spec:?}: expected [GROUP/]INTERFACE[:VERSION]"
+                ));
+            }
+            let variant = Variant::new(version, group);
+            variant
+                .check()
+                .map_err(|e| format!("--service {spec:?}: {e}"))?;
+            match out.iter_mut().find(|(i, _)| i == interface) {
+                Some((_, vs)) if vs.contains(&variant) => {}
+                Some((_, vs)) => vs.push(variant),
+                None => out.push((interface.to_owned(), vec![variant])),
+            }
+        }
+        Ok(out)
+    }
+
     /// Heartbeat idle interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))
@@ -191,5 +228,35 @@ mod tests {
         c.loops = 3;
         let split: Vec<usize> = (0..3).map(|i| c.loop_max_inflight(i)).collect();
         assert_eq!(split, vec![67, 67, 66]);
+    }
+
+    #[test]
+    fn services_in_dubbo_key_form() {
+        let mut c = Config::new(
+            "127.0.0.1:20880".parse().unwrap(),
+            vec![
+                "a.B".into(),
+                "a.B:2.0".into(),
+                "blue/a.B:2.0".into(),
+                "c.D".into(),
+                "a.B:2.0".into(),
+            ],
+        );
+        c.service_version = Some("1.0".into());
+        let v = |version: &str, group: &str| Variant::new(version, group);
+        assert_eq!(
+            c.service_variants().unwrap(),
+            vec![
+                (
+                    "a.B".to_owned(),
+                    vec![v("1.0", ""), v("2.0", ""), v("2.0", "blue")]
+                ),
+                ("c.D".to_owned(), vec![v("1.0", "")]),
+            ]
+        );
+        for bad in ["", "g/", ":1.0", "a.B:1,0", "x/y/a.B"] {
+            c.services = vec![bad.into()];
+            assert!(c.service_variants().is_err(), "{bad:?}");
+        }
     }
 }

@@ -98,6 +98,9 @@ impl Drop for AgentHandle {
 /// # Errors
 /// The registry URL is invalid, or binding the listen or admin address failed.
 pub fn run(config: Config) -> io::Result<AgentHandle> {
+    let services = config
+        .service_variants()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let registry = registry::open(config.registry.as_deref()).map_err(io::Error::other)?;
     if config.services.is_empty() {
         log::warn!("no --service given: nothing will be registered");
@@ -151,23 +154,16 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
         "provider-agent listening on {local_addr} (advertised {advertised}), provider {}, {loops} loop(s)",
         config.provider
     );
-    let instances: Vec<Instance> = config
-        .services
+    let instances: Vec<Instance> = services
         .iter()
-        .map(|s| {
-            let mut i = Instance::new(s.clone(), advertised.clone())
+        .map(|(service, variants)| {
+            Instance::new(service.clone(), advertised.clone())
                 .with_weight(config.weight)
                 .with_meta(
                     "serialization",
                     format!("{:?}", config.serialization).to_lowercase(),
-                );
-            if let Some(v) = config.service_version.as_deref().filter(|v| !v.is_empty()) {
-                i = i.with_meta("version", v);
-            }
-            if let Some(g) = config.service_group.as_deref().filter(|g| !g.is_empty()) {
-                i = i.with_meta("group", g);
-            }
-            i
+                )
+                .with_variants(variants)
         })
         .collect();
     let control = Control {

@@ -72,8 +72,10 @@ use std::time::Duration;
 mod etcd;
 mod file;
 mod url;
+pub mod variant;
 
 pub use crate::url::DEFAULT_TTL;
+pub use crate::variant::Variant;
 
 /// Weight of an instance whose registration does not say otherwise.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -87,7 +89,7 @@ pub struct Instance {
     pub addr: String,
     /// Load-balancing weight (default [`DEFAULT_WEIGHT`]).
     pub weight: u32,
-    /// Free-form metadata, e.g. `version`, `group`, `serialization`.
+    /// Free-form metadata, e.g. `version`, `group` (see [`variant`]), `serialization`.
     pub meta: BTreeMap<String, String>,
 }
 

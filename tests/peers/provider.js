@@ -202,6 +202,18 @@ for (const name of Object.keys(shapes)) {
 }
 server.addService({ interfaceName: 'com.example.ShapeService', version: '0.0.0' }, shapes);
 
+// com.example.Greeter in two versions on one port, for one provider-agent fronting both
+// (agent-consumer/tests/mesh_sofa_peer.rs). sofa-rpc-node routes by interface and
+// version only; the group the mesh sends is echoed from the request's attachments.
+for (const version of ['1.0.0', '2.0.0']) {
+  server.addService({ interfaceName: 'com.example.Greeter', version }, {
+    async greet(name) {
+      const group = this.req.data.requestProps.group || '';
+      return `${version}/${group}: hello ${name}`;
+    },
+  });
+}
+
 server.start().then(() => {
   console.log(`listening ${port}`);
 });
