@@ -485,13 +485,20 @@ fn cases() -> Vec<Case> {
                     r#"[{"class":"java.math.BigInteger","value":"-99999999999999999999"},
                         {"class":"java.math.BigDecimal","value":1.25}]"#,
                 ),
+                (
+                    "java.util.List",
+                    r#"[{"class":"java.util.Date","value":1527854400123},
+                        {"class":"java.util.Date","value":"2018-06-01 20:00+08:00"}]"#,
+                ),
             ],
             "Date:1527854400123 | String:\"2018-06-01T12:00:00Z\" \
-             | java.util.ArrayList[BigInteger:-99999999999999999999, BigDecimal:1.25]",
+             | java.util.ArrayList[BigInteger:-99999999999999999999, BigDecimal:1.25] \
+             | java.util.ArrayList[Date:1527854400123, Date:1527854400000]",
             &[
                 r#""2018-06-01T12:00:00.123Z""#,
                 r#""2018-06-01T12:00:00Z""#,
                 "[-99999999999999999999,1.25]",
+                r#"["2018-06-01T12:00:00.123Z","2018-06-01T12:00:00.000Z"]"#,
             ],
             false,
         ),

@@ -31,7 +31,9 @@
 //! POJO with a `Date` field can be sent back as it came; an object
 //! `{"class": "java.math.BigDecimal", "value": "9.99"}` (or `BigInteger`, value
 //! a number or string) is that number, since a bare JSON number there is an int,
-//! long or double.
+//! long or double; and `{"class": "java.util.Date", "value": v}` is a date, `v`
+//! epoch milliseconds or any ISO 8601 text (a bare number there is a long, any
+//! other string a string).
 
 use super::big::{self, BIG_DECIMAL, BIG_INTEGER};
 use super::date::{is_rendered_iso8601, parse_iso8601};
@@ -307,7 +309,7 @@ pub fn value_from_mesh_json(j: &Json) -> Value {
             items: a.iter().map(value_from_mesh_json).collect(),
         },
         Json::Object(o) => match named_class(o) {
-            Some(class) => big_from_object(class, o).unwrap_or_else(|| Value::Object {
+            Some(class) => wrapped_value(class, o).unwrap_or_else(|| Value::Object {
                 class: class.to_owned(),
                 fields: object_fields(o)
                     .map(|(k, v)| (k.to_owned(), value_from_mesh_json(v)))
@@ -328,19 +330,29 @@ pub fn value_from_mesh_json(j: &Json) -> Value {
     }
 }
 
-/// `{"class": "java.math.BigDecimal" | "java.math.BigInteger", "value": n}` as
-/// that number's wire form, when `value` is its only other member and reads as one.
-fn big_from_object(class: &str, o: &JsonMap<String, Json>) -> Option<Value> {
+/// `{"class": C, "value": v}` where no type is declared, for the classes a bare JSON
+/// value cannot name: `java.math.BigDecimal` and `java.math.BigInteger` (`v` a number
+/// or string) as that number's wire form, `java.util.Date` (`v` epoch milliseconds or
+/// any ISO 8601 text [`parse_iso8601`] reads) as a date. `None` when `value` is not the
+/// only other member or does not read as one.
+fn wrapped_value(class: &str, o: &JsonMap<String, Json>) -> Option<Value> {
     if o.len() != 2 {
         return None;
     }
-    let text = number_text(o.get("value")?)?;
+    let value = o.get("value")?;
     match class {
-        BIG_DECIMAL => Some(big::big_decimal_value(&big::java_decimal_text(&text)?)),
+        BIG_DECIMAL => Some(big::big_decimal_value(&big::java_decimal_text(
+            &number_text(value)?,
+        )?)),
         BIG_INTEGER => {
-            let (signum, mag) = big::integer_words(&text)?;
+            let (signum, mag) = big::integer_words(&number_text(value)?)?;
             Some(big::big_integer_value(signum, &mag))
         }
+        "java.util.Date" => match value {
+            Json::Number(n) => n.as_i64().map(Value::Date),
+            Json::String(s) => parse_iso8601(s).map(Value::Date),
+            _ => None,
+        },
         _ => None,
     }
 }
