@@ -598,13 +598,11 @@ impl ConsumerLoop {
         text: &str,
         headers: &[(&str, &[u8])],
     ) {
-        let (content_type, body) = match render {
-            Render::Text => ("text/plain; charset=utf-8", text.to_owned()),
-            Render::Json => ("application/json", provider_error_json(text)),
+        let body = match render {
+            Render::Text => text.to_owned(),
+            Render::Json => provider_error_json(text),
         };
-        self.finish(cx, call, Outcome::ProviderError, |out, ka| {
-            http::write_response_with(out, 502, content_type, headers, body.as_bytes(), ka)
-        })
+        self.answer_502(cx, call, render, &body, headers)
     }
 
     /// Answers 502 for an exception the provider threw, from its summary (a hessian2
@@ -618,16 +616,29 @@ impl ConsumerLoop {
         payload: &[u8],
         headers: &[(&str, &[u8])],
     ) {
-        let summary = match hessian2::decode(payload) {
-            Ok(Decoded::Complete { msg, .. }) => msg,
-            Ok(Decoded::Incomplete) | Err(_) => {
-                let msg = "undecodable exception from provider";
-                return self.provider_error(cx, call, render, msg, headers);
-            }
+        let Some(summary) = decode_payload(payload) else {
+            let msg = "undecodable exception from provider";
+            return self.provider_error(cx, call, render, msg, headers);
         };
-        let (content_type, body) = match render {
-            Render::Text => ("text/plain; charset=utf-8", exception_text(&summary)),
-            Render::Json => ("application/json", exception_json(summary)),
+        let body = match render {
+            Render::Text => exception_text(&summary),
+            Render::Json => exception_json(summary),
+        };
+        self.answer_502(cx, call, render, &body, headers)
+    }
+
+    /// Writes a 502 whose body was rendered for `render`.
+    fn answer_502(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        render: Render,
+        body: &str,
+        headers: &[(&str, &[u8])],
+    ) {
+        let content_type = match render {
+            Render::Text => "text/plain; charset=utf-8",
+            Render::Json => "application/json",
         };
         self.finish(cx, call, Outcome::ProviderError, |out, ka| {
             http::write_response_with(out, 502, content_type, headers, body.as_bytes(), ka)
@@ -643,12 +654,9 @@ impl ConsumerLoop {
         payload: &[u8],
         headers: &[(&str, &[u8])],
     ) {
-        let value = match hessian2::decode(payload) {
-            Ok(Decoded::Complete { msg, .. }) => msg,
-            Ok(Decoded::Incomplete) | Err(_) => {
-                let msg = "undecodable result from provider";
-                return self.provider_error(cx, call, render, msg, headers);
-            }
+        let Some(value) = decode_payload(payload) else {
+            let msg = "undecodable result from provider";
+            return self.provider_error(cx, call, render, msg, headers);
         };
         match (render, &value) {
             (Render::Text, Value::Int(i)) if headers.is_empty() => {
@@ -1020,6 +1028,14 @@ fn is_header_token(s: &str) -> bool {
 /// A header value: no control characters but tab (so no CR or LF), no DEL.
 fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The one hessian2 value a RESPONSE payload holds (`None`: not a whole value).
+fn decode_payload(payload: &[u8]) -> Option<Value> {
+    match hessian2::decode(payload) {
+        Ok(Decoded::Complete { msg, .. }) => Some(msg),
+        Ok(Decoded::Incomplete) | Err(_) => None,
+    }
 }
 
 /// An exception summary as Java prints a chain: `class: message`, then one

@@ -12,30 +12,35 @@ use clap::Parser;
 use codec::java::string_hash_code;
 use util::*;
 
+/// A provider-agent in front of the peer on `port`, registering `services` in `registry`.
+fn provider_agent(port: u16, registry: &str, services: &[&str]) -> agent_provider::AgentHandle {
+    let provider = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "provider-agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--provider",
+        &provider,
+        "--registry",
+        registry,
+    ];
+    for s in services {
+        args.extend(["--service", s]);
+    }
+    agent_provider::run(agent_provider::Config::parse_from(args)).expect("provider-agent")
+}
+
 #[test]
 fn race_requests_through_both_agents_reach_sofa_rpc_node() {
     let port = free_port();
     let _peer = start_peer(port);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
-    let provider_port = port.to_string();
-    let provider_addr = format!("127.0.0.1:{provider_port}");
-    let agent_port = free_port().to_string();
-    let listen = format!("127.0.0.1:{agent_port}");
-    let provider_agent = agent_provider::run(agent_provider::Config::parse_from([
-        "provider-agent",
-        "--listen",
-        &listen,
-        "--provider",
-        &provider_addr,
-        "--registry",
+    let provider_agent = provider_agent(
+        port,
         &url,
-        "--service",
-        "com.alibaba.dubbo.performance.demo.provider.IHelloService",
-        "--dubbo-version",
-        "2.0.2",
-    ]))
-    .expect("provider-agent");
+        &["com.alibaba.dubbo.performance.demo.provider.IHelloService"],
+    );
     let running = consumer_with(&url, &[]);
     wait_ready(&running);
     let end = Instant::now() + Duration::from_secs(10);
@@ -60,23 +65,15 @@ fn one_provider_agent_fronts_several_versions_and_groups() {
     let _peer = start_peer(port);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
-    let provider_addr = format!("127.0.0.1:{port}");
-    let provider_agent = agent_provider::run(agent_provider::Config::parse_from([
-        "provider-agent",
-        "--listen",
-        "127.0.0.1:0",
-        "--provider",
-        &provider_addr,
-        "--registry",
+    let provider_agent = provider_agent(
+        port,
         &url,
-        "--service",
-        "com.example.Greeter:1.0.0",
-        "--service",
-        "com.example.Greeter:2.0.0",
-        "--service",
-        "blue/com.example.Greeter:2.0.0",
-    ]))
-    .expect("provider-agent");
+        &[
+            "com.example.Greeter:1.0.0",
+            "com.example.Greeter:2.0.0",
+            "blue/com.example.Greeter:2.0.0",
+        ],
+    );
     let running = consumer_with(&url, &["--service", "com.example.Greeter"]);
     wait_ready(&running);
     let json = |version: &str, group: &str| {
