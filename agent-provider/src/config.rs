@@ -72,8 +72,8 @@ pub struct Config {
     #[arg(long, default_value_t = registry::DEFAULT_WEIGHT)]
     pub weight: u32,
 
-    /// Most calls in flight to the provider at once (split across loops); beyond it calls
-    /// are answered OVERLOADED at once.
+    /// Most calls in flight to the provider at once, all loops together (the provider's
+    /// thread pool is one pool); beyond it calls are answered OVERLOADED at once.
     #[arg(long, default_value_t = 200)]
     pub max_inflight: usize,
 
@@ -201,15 +201,6 @@ impl Config {
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_secs)
     }
-
-    /// The in-flight limit of loop `index` (the total split evenly, remainder to the first
-    /// loops; at least 1 each).
-    pub fn loop_max_inflight(&self, index: usize) -> usize {
-        let loops = self.loops.max(1);
-        let base = self.max_inflight / loops;
-        let extra = usize::from(index < self.max_inflight % loops);
-        (base + extra).max(1)
-    }
 }
 
 #[cfg(test)]
@@ -217,17 +208,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_and_split() {
-        let mut c = Config::new("127.0.0.1:20880".parse().unwrap(), vec!["a.B".into()]);
+    fn defaults() {
+        let c = Config::new("127.0.0.1:20880".parse().unwrap(), vec!["a.B".into()]);
         assert_eq!(c.max_inflight, 200);
         assert_eq!(c.dubbo_version, "2.0.2");
         assert_eq!(
             c.advertised("0.0.0.0:30000".parse().unwrap()),
             "127.0.0.1:30000"
         );
-        c.loops = 3;
-        let split: Vec<usize> = (0..3).map(|i| c.loop_max_inflight(i)).collect();
-        assert_eq!(split, vec![67, 67, 66]);
     }
 
     #[test]

@@ -79,6 +79,7 @@ struct Inbound {
 pub(crate) struct ProviderLoop {
     index: usize,
     cfg: Arc<LoopConfig>,
+    /// `--max-inflight`: calls in flight to the provider, all loops together.
     max_inflight: usize,
     metrics: Metrics,
     events: Sender<Event>,
@@ -100,7 +101,7 @@ impl ProviderLoop {
         metrics: Metrics,
         events: Sender<Event>,
     ) -> Self {
-        let max_inflight = cfg.agent.loop_max_inflight(index);
+        let max_inflight = cfg.agent.max_inflight.max(1);
         let upstream = Upstream::new(cfg.provider_conns, Instant::now());
         ProviderLoop {
             index,
@@ -569,7 +570,11 @@ impl ProviderLoop {
                 "provider-agent is shutting down",
             );
         }
-        if self.upstream.inflight() >= self.max_inflight {
+        // The other loops' counts are as of their last iteration: a burst arriving on
+        // several loops at once may pass the limit by a few calls, which the provider's
+        // own pool answers (status 100, OVERLOADED), as it would without a limit.
+        let elsewhere = self.metrics.inflight_except(self.index);
+        if self.upstream.inflight() + elsewhere >= self.max_inflight {
             return self.reject_on(
                 cx,
                 conn,

@@ -99,6 +99,17 @@ impl Metrics {
         self.loops.iter().map(|l| l.inflight.load(Relaxed)).sum()
     }
 
+    /// Calls in flight to the provider on every loop but `index`, as each last
+    /// published them (at the end of its loop iteration).
+    pub fn inflight_except(&self, index: usize) -> usize {
+        self.loops
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, l)| usize::try_from(l.inflight.load(Relaxed)).unwrap_or(0))
+            .sum()
+    }
+
     /// Responses sent with `status`, all loops.
     pub fn responses(&self, status: Status) -> u64 {
         self.sum(|l| {

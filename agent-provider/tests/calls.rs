@@ -118,6 +118,41 @@ fn max_inflight_exceeded_is_overloaded() {
     provider.kill();
 }
 
+/// `--max-inflight` bounds the provider's one thread pool, so it is one budget for all
+/// loops: a connection whose loop carries every call may use all of it, and a call
+/// beyond it is refused on any loop.
+#[test]
+fn max_inflight_is_one_budget_for_all_loops() {
+    init_log();
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    provider.set(Mode::Hash, std::time::Duration::from_millis(200));
+    let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
+    cfg.loops = 2;
+    cfg.max_inflight = 4;
+    let agent = agent_provider::run(cfg).unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connections", || m.provider_up());
+    let mut first = Client::connect(agent.local_addr());
+    first.define_hash();
+    for i in 0..4 {
+        first.send_hash(i, "x", 5000);
+    }
+    wait_for(5, "four calls in flight", || m.inflight() == 4);
+    let mut second = Client::connect(agent.local_addr());
+    second.define_hash();
+    for c in [&mut first, &mut second] {
+        c.send_hash(9, "x", 5000);
+        let r = c.read();
+        assert_eq!((r.id, r.status), (9, codec::agent::Status::Overloaded));
+    }
+    for _ in 0..4 {
+        assert_eq!(first.read().int(), codec::java::string_hash_code("x"));
+    }
+    assert_eq!(provider.received.lock().unwrap().len(), 4);
+    agent.stop();
+    provider.kill();
+}
+
 #[test]
 fn provider_errors_map_to_statuses() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
