@@ -50,6 +50,20 @@ fn extra_text(s: &Step) -> String {
         .join(" ")
 }
 
+/// A step's numeric cells, formatted once for the text table and Markdown: QPS,
+/// ceiling, ratio (one decimal, so 98.6% is not shown as 99%), p50, p99, max.
+fn number_cells(s: &Step) -> [String; 6] {
+    [
+        format!("{:.0}", s.qps),
+        s.ceiling.map_or("-".into(), |c| format!("{c:.0}")),
+        s.ratio()
+            .map_or("-".into(), |x| format!("{:.1}%", x * 100.0)),
+        format!("{:.2}", s.p50_ms),
+        format!("{:.2}", s.p99_ms),
+        format!("{:.2}", s.max_ms),
+    ]
+}
+
 /// The report as a fixed-width table.
 pub fn table(r: &ScenarioReport) -> String {
     let mut t = String::new();
@@ -59,18 +73,12 @@ pub fn table(r: &ScenarioReport) -> String {
         "scenario", "step", "qps", "ceiling", "ratio", "p50 ms", "p99 ms", "max ms", "errors"
     );
     for s in &r.steps {
+        let [qps, ceiling, ratio, p50, p99, max] = number_cells(s);
         let _ = writeln!(
             t,
-            "{:<9} {:<15} {:>9.0} {:>9} {:>6} {:>8.2} {:>8.2} {:>8.2}  {:<24} {}",
+            "{:<9} {:<15} {qps:>9} {ceiling:>9} {ratio:>6} {p50:>8} {p99:>8} {max:>8}  {:<24} {}",
             s.scenario,
             s.label,
-            s.qps,
-            s.ceiling.map_or("-".into(), |c| format!("{c:.0}")),
-            s.ratio()
-                .map_or("-".into(), |x| format!("{:.0}%", x * 100.0)),
-            s.p50_ms,
-            s.p99_ms,
-            s.max_ms,
             errors_text(s),
             agents_text(s)
         );
@@ -121,18 +129,12 @@ pub fn markdown(r: &ScenarioReport) -> String {
     m.push_str("| scenario | step | QPS | ceiling | ratio | p50 ms | p99 ms | max ms | errors | agents (CPU s / peak RSS) | other |\n");
     m.push_str("|---|---|--:|--:|--:|--:|--:|--:|---|---|---|\n");
     for s in &r.steps {
+        let [qps, ceiling, ratio, p50, p99, max] = number_cells(s);
         let _ = writeln!(
             m,
-            "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {qps} | {ceiling} | {ratio} | {p50} | {p99} | {max} | {} | {} | {} |",
             s.scenario,
             s.label,
-            s.qps,
-            s.ceiling.map_or("-".into(), |c| format!("{c:.0}")),
-            s.ratio()
-                .map_or("-".into(), |x| format!("{:.0}%", x * 100.0)),
-            s.p50_ms,
-            s.p99_ms,
-            s.max_ms,
             errors_text(s),
             agents_text(s),
             extra_text(s)
