@@ -39,7 +39,8 @@ pub struct Config {
     /// connect failure).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
-    /// Admin HTTP address serving /metrics and /healthz (absent: no admin port).
+    /// Admin HTTP address serving /metrics, /healthz and /registry (absent: no admin
+    /// port).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
     /// Timeout for connecting to a provider-agent.

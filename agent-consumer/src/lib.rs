@@ -90,12 +90,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .start(move |_, _| ConsumerLoop::new(c.clone(), m.clone()))
         .map_err(StartError::Io)?;
     let http_addr = reactor.local_addrs()[0];
+    let discovered = Arc::new(admin::Discovered::default());
     let mut watches = Vec::new();
     for service in &config.services {
         let handles = reactor.handles().to_vec();
         let name = service.clone();
+        let seen = discovered.clone();
         let watch = registry
             .watch(service, move |list| {
+                seen.set(&name, &list);
                 for h in &handles {
                     let _ = h.send(Msg::Instances(name.clone(), list.clone()));
                 }
@@ -104,7 +107,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         watches.push(watch);
     }
     let admin_addr = match config.admin {
-        Some(a) => Some(admin::spawn(a, metrics.clone()).map_err(StartError::Io)?),
+        Some(a) => Some(admin::spawn(a, metrics.clone(), discovered).map_err(StartError::Io)?),
         None => None,
     };
     log::info!("consumer-agent listening on {http_addr}");

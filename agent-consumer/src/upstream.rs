@@ -80,11 +80,12 @@ pub struct Member {
 }
 
 impl Member {
-    /// Whether it serves `version` (normalized) in `group`.
+    /// Whether it serves `version` (normalized) in `group`; `*` for either matches any
+    /// (Dubbo's wildcard: the provider-agent then calls the first it serves).
     pub fn serves(&self, version: &str, group: &str) -> bool {
         self.variants
             .iter()
-            .any(|v| v.version == version && v.group == group)
+            .any(|v| (version == "*" || v.version == version) && (group == "*" || v.group == group))
     }
 }
 

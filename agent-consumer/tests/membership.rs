@@ -2,12 +2,13 @@
 
 mod util;
 
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use codec::java::string_hash_code;
-use registry::Instance;
+use registry::{Instance, Variant};
 use util::*;
 
 const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
@@ -160,5 +161,62 @@ fn calls_reach_only_instances_of_their_version_and_group() {
         [2, 5, 2, 3],
         "nothing sent for an unknown version"
     );
+    running.stop();
+}
+
+/// `GET path` on an admin port: status and body (the server closes the connection).
+fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole response");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok());
+    (status.expect("a status code"), body.to_owned())
+}
+
+/// `/registry` on the admin port shows what the registry last said of each watched
+/// service: each instance's address, weight, and the versions and groups it serves.
+#[test]
+fn admin_registry_lists_instances_with_their_variants() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let reg = registry::open(Some(&url)).expect("registry");
+    let agent = fake_agent(Mode::Hash);
+    let _r = reg
+        .register(
+            Instance::new(SERVICE, agent.addr.to_string())
+                .with_weight(7)
+                .with_variants(&[Variant::new("1.0", ""), Variant::new("2.0", "blue")]),
+        )
+        .expect("register");
+    let running = consumer_with(&url, &["--admin", "127.0.0.1:0"]);
+    let admin = running.admin_addr.expect("an admin port");
+    let end = Instant::now() + Duration::from_secs(5);
+    let listed = loop {
+        let (status, body) = admin_get(admin, "/registry");
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if json[SERVICE].as_array().is_some_and(|l| !l.is_empty()) {
+            break json;
+        }
+        assert!(Instant::now() < end, "the instance never appeared: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let instance = &listed[SERVICE][0];
+    assert_eq!(instance["addr"], agent.addr.to_string());
+    assert_eq!(instance["weight"], 7);
+    assert_eq!(
+        instance["variants"],
+        serde_json::json!([
+            {"version": "1.0", "group": ""},
+            {"version": "2.0", "group": "blue"}
+        ])
+    );
+    assert_eq!(instance["meta"]["variants"], "/1.0,blue/2.0");
+    let (status, _) = admin_get(admin, "/nothing");
+    assert_eq!(status, 404);
     running.stop();
 }

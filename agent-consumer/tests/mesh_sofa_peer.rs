@@ -93,6 +93,15 @@ fn one_provider_agent_fronts_several_versions_and_groups() {
         json("2.0.0", "blue"),
         (200, r#""2.0.0/blue: hello ann""#.into())
     );
+    // Dubbo's wildcard `*`: any served version (or group) that matches the rest.
+    assert_eq!(json("*", ""), (200, r#""1.0.0/: hello ann""#.into()));
+    assert_eq!(
+        json("*", "blue"),
+        (200, r#""2.0.0/blue: hello ann""#.into())
+    );
+    assert_eq!(json("2.0.0", "*"), (200, r#""2.0.0/: hello ann""#.into()));
+    let (status, body) = json("*", "green");
+    assert_eq!(status, 503, "{body}");
     let (status, body) = json("1.0.0", "blue");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("version 1.0.0 group blue"), "{body}");

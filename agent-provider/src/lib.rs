@@ -115,6 +115,7 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
         provider_conns: config.provider_conns.max(1),
         heartbeat: config.heartbeat(),
         drain: config.drain(),
+        services: services.clone(),
         agent: config.clone(),
     });
     let reactor_cfg = reactor::Config {

@@ -11,12 +11,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codec::agent::{self, CallTable, Frame, Status};
+use codec::agent::{self, CallTable, Frame, Signature, Status};
 use codec::dubbo::{self, Outcome, Serialization};
 use codec::hessian2::{exception_summary, Encoder, Value};
 use codec::Decoded;
 use crossbeam_channel::Sender;
 use reactor::{CloseReason, Conn, ConnId, Ctx, Handler};
+use registry::Variant;
 
 use crate::metrics::Metrics;
 use crate::upstream::{Pending, Upstream};
@@ -58,11 +59,36 @@ pub(crate) struct LoopConfig {
     pub(crate) provider: SocketAddr,
     pub(crate) serialization: Serialization,
     pub(crate) dubbo_version: String,
-    /// The agent's whole configuration (for the per-loop in-flight split).
+    /// The agent's whole configuration (limits, timeouts).
     pub(crate) agent: crate::config::Config,
+    /// The services served, each with its versions and groups (`--service`).
+    pub(crate) services: Vec<(String, Vec<Variant>)>,
     pub(crate) provider_conns: usize,
     pub(crate) heartbeat: Duration,
     pub(crate) drain: Duration,
+}
+
+impl LoopConfig {
+    /// Dubbo's wildcard: a call naming version `*` (or group `*`) takes any the agent
+    /// serves, so the provider is asked for the first served variant that matches the
+    /// rest. Left as is when none does (the provider then answers that it has no such
+    /// service).
+    fn resolve_wildcards(&self, sig: &mut Signature) {
+        if sig.version != "*" && sig.group != "*" {
+            return;
+        }
+        let served = self.services.iter().find(|(s, _)| *s == sig.service);
+        let matching = served.and_then(|(_, variants)| {
+            variants.iter().find(|v| {
+                (sig.version == "*" || v.version == sig.version)
+                    && (sig.group == "*" || v.group == sig.group)
+            })
+        });
+        if let Some(v) = matching {
+            sig.version.clone_from(&v.version);
+            sig.group.clone_from(&v.group);
+        }
+    }
 }
 
 /// State of one accepted agent connection.
@@ -513,10 +539,12 @@ impl ProviderLoop {
     fn agent_frame(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, frame: Frame<'_>) -> bool {
         match frame {
             Frame::Define { call_id, signature } => {
+                let mut signature = signature.to_owned();
+                self.cfg.resolve_wildcards(&mut signature);
                 let Some(inb) = self.inbound_mut(conn) else {
                     return false;
                 };
-                match inb.calls.define(call_id, signature.to_owned()) {
+                match inb.calls.define(call_id, signature) {
                     Ok(()) => true,
                     Err(e) => {
                         log::debug!("loop {}: bad DEFINE: {e}; closing", self.index);
