@@ -73,6 +73,11 @@ pub struct Config {
     pub socket: SocketOptions,
     /// Name prefix of the loop threads (default: "reactor").
     pub thread_name: String,
+    /// The most a connection closed with [`Ctx::close`](crate::Ctx::close) may take to
+    /// write its buffered output and see the peer's FIN after ours; also how long an
+    /// exiting loop keeps writing buffered output (default: 2 s). A peer that neither
+    /// reads nor closes cannot hold a connection longer.
+    pub close_linger: Duration,
 }
 
 impl Default for Config {
@@ -88,6 +93,7 @@ impl Default for Config {
             backlog: 1024,
             socket: SocketOptions::default(),
             thread_name: "reactor".into(),
+            close_linger: Duration::from_secs(2),
         }
     }
 }

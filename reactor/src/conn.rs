@@ -8,7 +8,8 @@ use crate::timer::TimerId;
 
 /// Names a connection of one loop. It carries a generation, so an id kept after its
 /// connection closed never reaches the connection that reuses the slot: every operation
-/// on a stale id is a harmless no-op.
+/// on a stale id is a harmless no-op. Ids are not scoped to a loop: use one only with
+/// the loop that gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
     pub(crate) index: u32,
@@ -79,7 +80,8 @@ pub(crate) enum Phase {
     /// Outbound, connect in progress; writes are buffered until it opens.
     Connecting,
     Open,
-    /// Closed by the application: flushing what is buffered, then closing. No reads.
+    /// Closing gracefully: writing what is buffered, then our FIN, then discarding
+    /// input until the peer's FIN (a lingering close) or the linger limit.
     Draining,
     /// Queued for close; every operation is a no-op from now on.
     Closing,
@@ -105,7 +107,14 @@ pub(crate) struct ConnState<T> {
     pub(crate) read_paused: bool,
     /// Data may be waiting in the socket (budget ran out, or reading was paused).
     pub(crate) read_pending: bool,
-    pub(crate) connect_timer: Option<TimerId>,
+    /// The reactor's own timer for this connection: the connect timeout while
+    /// connecting, the linger limit while draining.
+    pub(crate) timer: Option<TimerId>,
+    /// The application closed it while it was still connecting: drain it once open.
+    pub(crate) close_on_open: bool,
+    /// The application closed it, so the close is reported as `Local` whatever the peer
+    /// does meanwhile; otherwise a drain follows the peer's end of input.
+    pub(crate) local_close: bool,
     /// The peer finished sending (a read returned 0): nothing more is read.
     pub(crate) peer_closed: bool,
     /// Our sending side: open, shut once the output is written, or shut.
@@ -136,7 +145,9 @@ impl<T> ConnState<T> {
             congested: false,
             read_paused: false,
             read_pending: false,
-            connect_timer: None,
+            timer: None,
+            close_on_open: false,
+            local_close: false,
             peer_closed: false,
             write_side: WriteSide::Open,
         }
@@ -145,6 +156,15 @@ impl<T> ConnState<T> {
     /// Bytes buffered and not yet written.
     pub(crate) fn unwritten(&self) -> usize {
         self.output.len() - self.out_pos
+    }
+
+    /// How a finished drain is reported.
+    pub(crate) fn drain_reason(&self) -> CloseReason {
+        if self.local_close {
+            CloseReason::Local
+        } else {
+            CloseReason::PeerClosed
+        }
     }
 
     pub(crate) fn is_live(&self) -> bool {

@@ -104,6 +104,28 @@ impl<T: Copy, M> Core<T, M> {
         }
     }
 
+    /// Starts a graceful close: the buffered output is written, then our FIN; input is
+    /// discarded until the peer's FIN or the linger limit, when the connection closes.
+    pub(crate) fn begin_drain(&mut self, id: ConnId) {
+        let deadline = self.now + self.config.close_linger;
+        let Some(c) = self.get_mut(id) else {
+            return;
+        };
+        c.phase = Phase::Draining;
+        if c.write_side == WriteSide::Open {
+            c.write_side = WriteSide::ShutPending;
+        }
+        let old = c.timer.take();
+        let timer = self.timers.insert(deadline, TimerKind::Linger(id));
+        if let Some(c) = self.get_mut(id) {
+            c.timer = Some(timer);
+        }
+        if let Some(t) = old {
+            self.timers.cancel(t);
+        }
+        self.mark_dirty(id);
+    }
+
     /// Queues a close; the connection ignores everything from now on.
     pub(crate) fn schedule_close(&mut self, id: ConnId, reason: CloseReason) {
         if let Some(c) = self.get_mut(id) {
@@ -163,7 +185,8 @@ impl<H: Handler> Ctx<'_, H> {
         self.core.get(id).is_some_and(|c| c.is_live())
     }
 
-    /// Whether an outbound connection has completed its connect.
+    /// Whether the connection is open: connected (outbound ones), and neither closing
+    /// nor draining after [`Ctx::close`].
     pub fn is_open(&self, id: ConnId) -> bool {
         self.core.get(id).is_some_and(|c| c.phase == Phase::Open)
     }
@@ -218,27 +241,39 @@ impl<H: Handler> Ctx<'_, H> {
         }
     }
 
-    /// Resumes reading a paused connection, including data that arrived meanwhile.
+    /// Resumes reading a paused connection, including data that arrived meanwhile and
+    /// input the handler left unconsumed (offered again after the current callback, even
+    /// when this is called from the connection's own [`Handler::data`]).
     pub fn resume_reading(&mut self, id: ConnId) {
         if let Some(c) = self.core.get_mut(id) {
             if c.read_paused {
                 c.read_paused = false;
-                if c.read_pending || !c.input.is_empty() {
-                    self.core.read_again.push(id);
-                }
+                // Always re-offered: inside this connection's own `data` callback its
+                // leftover input is not in `c.input` yet. An empty entry costs nothing.
+                self.core.read_again.push(id);
             }
         }
     }
 
-    /// Closes a connection after flushing what it has buffered; nothing more is read.
+    /// Closes a connection gracefully: its buffered output is written, then our FIN, and
+    /// input is discarded until the peer's FIN, at most [`Config::close_linger`]; then
+    /// [`Handler::closed`] reports [`CloseReason::Local`]. Nothing more reaches
+    /// [`Handler::data`]. Lingering matters: closing a socket with unread input makes
+    /// the kernel send a reset, which can destroy our last reply (a 400, say) before the
+    /// peer reads it. A connection still connecting closes at once, or, with writes
+    /// buffered, drains the same way once open (it is not reported opened).
     pub fn close(&mut self, id: ConnId) {
         if let Some(c) = self.core.get_mut(id) {
             match c.phase {
-                Phase::Open if c.unwritten() > 0 => {
-                    c.phase = Phase::Draining;
-                    self.core.mark_dirty(id);
+                Phase::Open => {
+                    c.local_close = true;
+                    self.core.begin_drain(id);
                 }
-                Phase::Open | Phase::Connecting => self.core.schedule_close(id, CloseReason::Local),
+                Phase::Connecting if c.unwritten() > 0 => {
+                    c.local_close = true;
+                    c.close_on_open = true;
+                }
+                Phase::Connecting => self.core.schedule_close(id, CloseReason::Local),
                 Phase::Draining | Phase::Closing => {}
             }
         }
@@ -256,7 +291,8 @@ impl<H: Handler> Ctx<'_, H> {
         }
     }
 
-    /// Closes a connection now, discarding buffered output.
+    /// Closes a connection now, discarding buffered output (the kernel resets it if input
+    /// is unread).
     pub fn abort(&mut self, id: ConnId) {
         self.core.schedule_close(id, CloseReason::Local);
     }
@@ -281,7 +317,7 @@ impl<H: Handler> Ctx<'_, H> {
                 .timers
                 .insert(self.core.now + t, TimerKind::ConnectTimeout(id));
             if let Some(c) = self.core.get_mut(id) {
-                c.connect_timer = Some(timer);
+                c.timer = Some(timer);
             }
         }
         Ok(id)
@@ -322,7 +358,10 @@ impl<H: Handler> Ctx<'_, H> {
         self.core.stopping
     }
 
-    /// Ends the loop after this iteration's flush. Remaining connections are dropped.
+    /// Ends the loop after this iteration. It goes on writing buffered output for at
+    /// most [`Config::close_linger`], then closes every remaining connection, each
+    /// reported to [`Handler::closed`] as [`CloseReason::Shutdown`]; unread input is
+    /// lost.
     pub fn exit(&mut self) {
         self.core.exit = true;
     }

@@ -9,7 +9,7 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::conn::{CloseReason, Conn, ConnId, Phase, WriteSide};
+use crate::conn::{CloseReason, Conn, ConnId, ConnState, Phase, WriteSide};
 use crate::context::{Core, Ctx};
 use crate::handle::Control;
 use crate::handler::{EndOfInput, Handler};
@@ -146,16 +146,7 @@ impl<H: Handler> EventLoop<H> {
                     Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                         self.accept(LISTENER_BASE - t)
                     }
-                    token => {
-                        let id = ConnId::from_token(token);
-                        if event.is_writable() || event.is_error() {
-                            self.on_writable(id);
-                        }
-                        let to_end = event.is_read_closed() || event.is_error();
-                        if event.is_readable() || to_end {
-                            self.read(id, to_end);
-                        }
-                    }
+                    token => self.on_conn_event(ConnId::from_token(token), event),
                 }
                 self.process_closes();
             }
@@ -199,7 +190,9 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn drain_control(&mut self) {
-        self.wake_pending.store(false, Ordering::Release);
+        // A swap, not a store: reading the sender's `true` (acquire) makes the message it
+        // sent before visible to the `try_recv` below, whatever the channel's own fences.
+        self.wake_pending.swap(false, Ordering::AcqRel);
         while let Ok(c) = self.rx.try_recv() {
             match c {
                 Control::Msg(m) => {
@@ -286,6 +279,43 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
+    fn on_conn_event(&mut self, id: ConnId, event: &mio::event::Event) {
+        let Some(c) = self.core.get(id) else {
+            return;
+        };
+        let connecting = c.phase == Phase::Connecting;
+        let writable = event.is_writable() || event.is_error();
+        let to_end = event.is_read_closed() || event.is_error();
+        // A connect completes before its first read. Otherwise reading comes first: the
+        // bytes a peer sent before resetting are delivered before a failed write closes
+        // the connection.
+        if connecting && writable {
+            self.on_writable(id);
+        }
+        if event.is_readable() || to_end {
+            self.read(id, to_end);
+        }
+        if !connecting && writable {
+            self.on_writable(id);
+        }
+        if event.is_error() {
+            self.on_error(id);
+        }
+    }
+
+    /// A socket error that neither a read nor a write ran into (say, a reset on a
+    /// connection the peer half-closed, with no output queued): close on it.
+    fn on_error(&mut self, id: ConnId) {
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        if matches!(c.phase, Phase::Open | Phase::Draining) {
+            if let Ok(Some(e)) = c.stream.take_error() {
+                self.core.schedule_close(id, CloseReason::Io(e.kind()));
+            }
+        }
+    }
+
     fn on_writable(&mut self, id: ConnId) {
         let Some(c) = self.core.get_mut(id) else {
             return;
@@ -313,8 +343,13 @@ impl<H: Handler> EventLoop<H> {
             Ok(()) => {
                 c.phase = Phase::Open;
                 let tag = c.tag;
-                if let Some(t) = c.connect_timer.take() {
+                let close_on_open = c.close_on_open;
+                if let Some(t) = c.timer.take() {
                     self.core.timers.cancel(t);
+                }
+                if close_on_open {
+                    self.core.begin_drain(id);
+                    return;
                 }
                 let (h, mut cx) = self.cx();
                 h.opened(&mut cx, Conn { id, tag });
@@ -342,16 +377,22 @@ impl<H: Handler> EventLoop<H> {
                 Phase::Open => {}
                 Phase::Connecting => return,
                 Phase::Draining => {
-                    // Closed by us: discard what the peer still sends, until it closes.
+                    // Closing: discard what the peer still sends, until its FIN.
                     if c.peer_closed {
                         return;
                     }
                     match c.stream.read(&mut self.inbuf) {
-                        // The flush in progress finishes first, as in the open case.
-                        Ok(0) if c.unwritten() > 0 => c.peer_closed = true,
-                        Ok(0) => self.core.schedule_close(id, CloseReason::PeerClosed),
+                        Ok(0) => {
+                            c.peer_closed = true;
+                            c.read_pending = false;
+                            // Our FIN is out too: done. Otherwise the flush finishes it.
+                            if c.write_side == WriteSide::Shut {
+                                let reason = c.drain_reason();
+                                self.core.schedule_close(id, reason);
+                            }
+                        }
                         Ok(_) => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.read_pending = false,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => self.core.schedule_close(id, CloseReason::Io(e.kind())),
                     }
@@ -420,11 +461,10 @@ impl<H: Handler> EventLoop<H> {
         }
         match answer {
             EndOfInput::KeepOpen if c.write_side != WriteSide::Shut => {}
+            // What was written to the peer (often the reply to its last bytes) still
+            // goes out first.
             _ if c.unwritten() > 0 || c.write_side == WriteSide::ShutPending => {
-                // What was written to the peer (often the reply to its last bytes)
-                // still goes out first.
-                c.phase = Phase::Draining;
-                self.core.mark_dirty(id);
+                self.core.begin_drain(id)
             }
             _ => self.core.schedule_close(id, CloseReason::PeerClosed),
         }
@@ -469,8 +509,17 @@ impl<H: Handler> EventLoop<H> {
             let Some(c) = self.core.get_mut(id) else {
                 continue;
             };
-            if c.read_paused || c.phase != Phase::Open {
-                continue;
+            match c.phase {
+                // A closing connection's reads (discarding) ran out of budget.
+                Phase::Draining => {
+                    if c.read_pending {
+                        self.read(id, true);
+                        self.process_closes();
+                    }
+                    continue;
+                }
+                Phase::Open if !c.read_paused => {}
+                _ => continue,
             }
             if !c.input.is_empty() {
                 let input = std::mem::take(&mut c.input);
@@ -502,8 +551,17 @@ impl<H: Handler> EventLoop<H> {
                 TimerKind::ConnectTimeout(id) => {
                     if let Some(c) = self.core.get_mut(id) {
                         if c.phase == Phase::Connecting {
-                            c.connect_timer = None;
+                            c.timer = None;
                             self.core.schedule_close(id, CloseReason::ConnectTimeout);
+                        }
+                    }
+                }
+                TimerKind::Linger(id) => {
+                    if let Some(c) = self.core.get_mut(id) {
+                        if c.phase == Phase::Draining {
+                            c.timer = None;
+                            let reason = c.drain_reason();
+                            self.core.schedule_close(id, reason);
                         }
                     }
                 }
@@ -526,7 +584,7 @@ impl<H: Handler> EventLoop<H> {
             for id in dirty.drain(..) {
                 if let Some(c) = self.core.get_mut(id) {
                     c.dirty = false;
-                    if c.phase != Phase::Connecting {
+                    if matches!(c.phase, Phase::Open | Phase::Draining) {
                         self.flush(id);
                     }
                 }
@@ -580,25 +638,20 @@ impl<H: Handler> EventLoop<H> {
             c.output.drain(..c.out_pos);
             c.out_pos = 0;
         }
-        if c.write_side == WriteSide::ShutPending && c.unwritten() == 0 && c.phase == Phase::Open {
-            c.write_side = WriteSide::Shut;
-            if let Err(e) = c.stream.shutdown(std::net::Shutdown::Write) {
-                self.core.schedule_close(id, CloseReason::Io(e.kind()));
-                return;
-            }
+        if c.unwritten() == 0 && c.write_side != WriteSide::Open {
             if c.peer_closed {
-                self.core.schedule_close(id, CloseReason::PeerClosed);
+                // Both directions are finished: close (the FIN goes with it).
+                let reason = c.drain_reason();
+                self.core.schedule_close(id, reason);
                 return;
             }
-        }
-        if c.phase == Phase::Draining && c.unwritten() == 0 {
-            let reason = if c.peer_closed {
-                CloseReason::PeerClosed
-            } else {
-                CloseReason::Local
-            };
-            self.core.schedule_close(id, reason);
-            return;
+            if c.write_side == WriteSide::ShutPending {
+                c.write_side = WriteSide::Shut;
+                if let Err(e) = c.stream.shutdown(std::net::Shutdown::Write) {
+                    self.core.schedule_close(id, CloseReason::Io(e.kind()));
+                    return;
+                }
+            }
         }
         if c.congested && c.unwritten() <= low {
             c.congested = false;
@@ -616,7 +669,7 @@ impl<H: Handler> EventLoop<H> {
             }
             let mut c = self.core.conns.remove(id.index as usize);
             let _ = self.core.registry.deregister(&mut c.stream);
-            if let Some(t) = c.connect_timer.take() {
+            if let Some(t) = c.timer.take() {
                 self.core.timers.cancel(t);
             }
             let conn = Conn { id, tag: c.tag };
@@ -627,7 +680,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn shutdown(&mut self) {
-        self.flush_all();
+        self.write_out();
         let ids: Vec<ConnId> = self
             .core
             .conns
@@ -641,6 +694,46 @@ impl<H: Handler> EventLoop<H> {
             self.core.schedule_close(id, CloseReason::Shutdown);
         }
         self.process_closes();
+    }
+}
+
+impl<H: Handler> EventLoop<H> {
+    /// The loop is exiting: goes on writing buffered output, for at most the linger
+    /// time, so that replies the handler already wrote reach their peers.
+    fn write_out(&mut self) {
+        self.flush_all();
+        let deadline = Instant::now() + self.core.config.close_linger;
+        let mut events = Events::with_capacity(256);
+        loop {
+            let pending = self.core.conns.iter().any(|(_, c)| {
+                c.unwritten() > 0 && matches!(c.phase, Phase::Open | Phase::Draining)
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !pending || left.is_zero() {
+                return;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+            self.core.now = Instant::now();
+            for event in events.iter() {
+                let token = event.token().0;
+                if token >= LISTENER_BASE - self.listeners.len() {
+                    continue; // the waker, the timerfd, a listener
+                }
+                if event.is_writable() || event.is_error() {
+                    let id = ConnId::from_token(event.token());
+                    let open =
+                        |c: &ConnState<H::Tag>| matches!(c.phase, Phase::Open | Phase::Draining);
+                    if self.core.get(id).is_some_and(open) {
+                        self.flush(id);
+                    }
+                }
+            }
+            self.process_closes();
+        }
     }
 }
 

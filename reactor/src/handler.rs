@@ -44,8 +44,10 @@ pub trait Handler: Sized + 'static {
     }
 
     /// Bytes arrived. `input` starts with whatever the handler left unconsumed last time.
-    /// Returns how many bytes it consumed; the rest is kept for the next call (copied into
-    /// the connection's own buffer, which is freed again once empty).
+    /// Returns how many bytes it consumed; the rest is kept (in the connection's own
+    /// buffer, freed again once empty) and offered again in front of the next bytes that
+    /// arrive, or after [`Ctx::resume_reading`]. So a handler that stops short of what it
+    /// could parse, without pausing, waits for the peer's next bytes.
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>, input: &[u8]) -> usize;
 
     /// The peer finished sending (TCP FIN); everything it sent was delivered to

@@ -20,11 +20,16 @@
 //! - **Half-close**: a peer's end of input reaches [`Handler::end_of_input`], which may
 //!   keep the connection open for writing; [`Ctx::shutdown_write`] sends our FIN after
 //!   the buffered output, so a proxy can relay half-closes both ways.
+//! - **Lingering close**: [`Ctx::close`] writes the buffered output and our FIN, then
+//!   discards input until the peer's FIN (at most [`Config::close_linger`]), so a peer
+//!   still sending gets our last reply instead of a reset.
 //! - **Tokens carry a generation**: a stale [`ConnId`] never reaches a reused slot.
 //!
 //! # Examples
 //!
-//! An echo server on one loop:
+//! An echo server on one loop. A client that sends faster than it reads is pushed back
+//! on: once its output is congested, reading it pauses until it drains (without this,
+//! its output would grow without bound).
 //!
 //! ```
 //! use reactor::{Builder, Config, Conn, Ctx, Handler};
@@ -37,7 +42,13 @@
 //!     type Msg = ();
 //!     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
 //!         cx.write(conn.id, input);
+//!         if cx.is_congested(conn.id) {
+//!             cx.pause_reading(conn.id);
+//!         }
 //!         input.len()
+//!     }
+//!     fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
+//!         cx.resume_reading(conn.id);
 //!     }
 //! }
 //!

@@ -40,7 +40,8 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
     /// handler on that loop's own thread, from the loop index and its handle.
     ///
     /// # Errors
-    /// Binding a listener or creating a poller failed.
+    /// Binding a listener, creating a poller or spawning a thread failed; loops already
+    /// started are then asked to stop.
     pub fn start<H, F>(self, make: F) -> io::Result<Reactor<H::Msg>>
     where
         H: Handler<Tag = T>,
@@ -59,46 +60,25 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
             }
         }
         let make = Arc::new(make);
-        let mut handles = Vec::with_capacity(loops);
-        let mut threads = Vec::with_capacity(loops);
-        for (index, listeners) in per_loop.into_iter().enumerate() {
-            let poll = Poll::new()?;
-            let waker = Arc::new(mio::Waker::new(poll.registry(), crate::event_loop::WAKER)?);
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let wake_pending = Arc::new(AtomicBool::new(false));
-            let handle = LoopHandle::new(tx, waker, wake_pending.clone());
-            handles.push(handle.clone());
-            let registry = poll.registry().try_clone()?;
-            let config = self.config.clone();
-            let make = make.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("{}-{index}", self.config.thread_name))
-                .spawn(move || {
-                    let core = Core::new(registry, config, index, handle.clone());
-                    let handler = make(index, handle);
-                    let listeners = listeners
-                        .into_iter()
-                        .map(|(l, tag)| Listener {
-                            socket: mio::net::TcpListener::from_std(l),
-                            tag,
-                        })
-                        .collect();
-                    match EventLoop::new(handler, core, poll, listeners, rx, wake_pending) {
-                        Ok(event_loop) => event_loop.run(),
-                        Err(e) => log::error!("loop {index} failed to start: {e}"),
-                    }
-                })?;
-            threads.push(thread);
-        }
-        Ok(Reactor {
-            handles,
-            threads,
+        let mut reactor = Reactor {
+            handles: Vec::with_capacity(loops),
+            threads: Vec::with_capacity(loops),
             local_addrs,
-        })
+        };
+        for (index, listeners) in per_loop.into_iter().enumerate() {
+            if let Err(e) = reactor.spawn_loop(&self.config, index, listeners, make.clone()) {
+                reactor.stop();
+                return Err(e);
+            }
+        }
+        Ok(reactor)
     }
 }
 
 /// Running loops: their handles, the bound addresses, and a way to stop and join them.
+///
+/// Dropping it neither stops nor joins the loops: they run on, detached, until a handle
+/// stops them or their handlers exit.
 #[derive(Debug)]
 pub struct Reactor<M> {
     handles: Vec<LoopHandle<M>>,
@@ -107,6 +87,49 @@ pub struct Reactor<M> {
 }
 
 impl<M: Send + 'static> Reactor<M> {
+    /// Starts loop `index` on its own thread, with its listeners.
+    fn spawn_loop<H, F>(
+        &mut self,
+        config: &Config,
+        index: usize,
+        listeners: Vec<(std::net::TcpListener, H::Tag)>,
+        make: Arc<F>,
+    ) -> io::Result<()>
+    where
+        H: Handler<Msg = M>,
+        H::Tag: Send,
+        F: Fn(usize, LoopHandle<M>) -> H + Send + Sync + 'static,
+    {
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), crate::event_loop::WAKER)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let handle = LoopHandle::new(tx, waker, wake_pending.clone());
+        let for_reactor = handle.clone();
+        let registry = poll.registry().try_clone()?;
+        let config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-{index}", config.thread_name))
+            .spawn(move || {
+                let core = Core::new(registry, config, index, handle.clone());
+                let handler = make(index, handle);
+                let listeners = listeners
+                    .into_iter()
+                    .map(|(l, tag)| Listener {
+                        socket: mio::net::TcpListener::from_std(l),
+                        tag,
+                    })
+                    .collect();
+                match EventLoop::new(handler, core, poll, listeners, rx, wake_pending) {
+                    Ok(event_loop) => event_loop.run(),
+                    Err(e) => log::error!("loop {index} failed to start: {e}"),
+                }
+            })?;
+        self.handles.push(for_reactor);
+        self.threads.push(thread);
+        Ok(())
+    }
+
     /// One handle per loop, in loop order.
     pub fn handles(&self) -> &[LoopHandle<M>] {
         &self.handles

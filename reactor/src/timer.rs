@@ -27,6 +27,8 @@ pub(crate) enum TimerKind<C> {
     },
     /// The reactor's own timer for an outbound connect.
     ConnectTimeout(C),
+    /// The most a draining connection may take to finish its close.
+    Linger(C),
     /// Retry accepting after the process ran out of file descriptors.
     AcceptRetry,
 }
