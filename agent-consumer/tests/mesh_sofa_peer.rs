@@ -30,30 +30,56 @@ fn provider_agent(port: u16, registry: &str, services: &[&str]) -> agent_provide
     agent_provider::run(agent_provider::Config::parse_from(args)).expect("provider-agent")
 }
 
+/// The peer, a provider-agent in front of it and a consumer-agent, on one temporary
+/// file registry.
+struct PeerMesh {
+    running: agent_consumer::Running,
+    provider_agent: agent_provider::AgentHandle,
+    _registry: tempfile::TempDir,
+    _peer: Peer,
+}
+
+impl PeerMesh {
+    /// Starts the mesh, the provider-agent registering `services` and the consumer-agent
+    /// given `consumer_flags`; returns once the consumer-agent reaches the provider-agent.
+    fn start(services: &[&str], consumer_flags: &[&str]) -> PeerMesh {
+        let port = free_port();
+        let peer = start_peer(port);
+        let registry = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", registry.path().display());
+        let provider_agent = provider_agent(port, &url, services);
+        let running = consumer_with(&url, consumer_flags);
+        wait_ready(&running);
+        PeerMesh {
+            running,
+            provider_agent,
+            _registry: registry,
+            _peer: peer,
+        }
+    }
+
+    fn stop(self) {
+        self.running.stop();
+        self.provider_agent.stop();
+    }
+}
+
 #[test]
 fn race_requests_through_both_agents_reach_sofa_rpc_node() {
-    let port = free_port();
-    let _peer = start_peer(port);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
-    let provider_agent = provider_agent(
-        port,
-        &url,
+    let mesh = PeerMesh::start(
         &["com.alibaba.dubbo.performance.demo.provider.IHelloService"],
+        &[],
     );
-    let running = consumer_with(&url, &[]);
-    wait_ready(&running);
     let end = Instant::now() + Duration::from_secs(10);
     let mut params: Vec<String> = vec!["".into(), "hello".into(), "mesh 你好 😀 +&=%".into()];
     params.extend((0..50).map(|i| "abc123XYZ".repeat(i)));
     for p in &params {
-        let answers = exchange(running.http_addr, &race_request(p), 1);
+        let answers = exchange(mesh.running.http_addr, &race_request(p), 1);
         assert_eq!(answers[0].status, 200, "{p:?}: {}", answers[0].body);
         assert_eq!(answers[0].body, string_hash_code(p).to_string(), "{p:?}");
         assert!(Instant::now() < end, "took too long");
     }
-    running.stop();
-    provider_agent.stop();
+    mesh.stop();
 }
 
 /// One provider-agent in front of one provider exporting `com.example.Greeter` in two
@@ -61,21 +87,13 @@ fn race_requests_through_both_agents_reach_sofa_rpc_node() {
 /// (JSON fields, or headers for the form request); an unserved one is a clear 503.
 #[test]
 fn one_provider_agent_fronts_several_versions_and_groups() {
-    let port = free_port();
-    let _peer = start_peer(port);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
-    let provider_agent = provider_agent(
-        port,
-        &url,
-        &[
-            "com.example.Greeter:1.0.0",
-            "com.example.Greeter:2.0.0",
-            "blue/com.example.Greeter:2.0.0",
-        ],
-    );
-    let running = consumer_with(&url, &["--service", "com.example.Greeter"]);
-    wait_ready(&running);
+    let services = [
+        "com.example.Greeter:1.0.0",
+        "com.example.Greeter:2.0.0",
+        "blue/com.example.Greeter:2.0.0",
+    ];
+    let mesh = PeerMesh::start(&services, &["--service", "com.example.Greeter"]);
+    let addr = mesh.running.http_addr;
     let json = |version: &str, group: &str| {
         let body = format!(
             r#"{{"interface":"com.example.Greeter","method":"greet","parameterTypes":["java.lang.String"],"arguments":["ann"],"version":"{version}","group":"{group}"}}"#
@@ -84,7 +102,7 @@ fn one_provider_agent_fronts_several_versions_and_groups() {
             "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let answer = exchange(running.http_addr, raw.as_bytes(), 1).remove(0);
+        let answer = exchange(addr, raw.as_bytes(), 1).remove(0);
         (answer.status, answer.body)
     };
     assert_eq!(json("1.0.0", ""), (200, r#""1.0.0/: hello ann""#.into()));
@@ -114,11 +132,10 @@ fn one_provider_agent_fronts_several_versions_and_groups() {
          x-dubbo-version: 2.0.0\r\nx-dubbo-group: blue\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let answer = exchange(running.http_addr, form.as_bytes(), 1).remove(0);
+    let answer = exchange(addr, form.as_bytes(), 1).remove(0);
     assert_eq!(
         (answer.status, answer.body.as_str()),
         (200, "2.0.0/blue: hello bo")
     );
-    running.stop();
-    provider_agent.stop();
+    mesh.stop();
 }

@@ -9,7 +9,7 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,6 @@ fn post_with(addr: SocketAddr, content_type: &str, headers: &[(&str, &str)], bod
         .expect("timeout");
     let end = Instant::now() + Duration::from_secs(10);
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut headers);
@@ -98,15 +97,8 @@ fn post_with(addr: SocketAddr, content_type: &str, headers: &[(&str, &str)], bod
             }
         }
         assert!(Instant::now() < end, "no answer to {body}");
-        match s.read(&mut chunk) {
-            Ok(0) => panic!("connection closed before an answer to {body}"),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("read: {e}"),
+        if !read_into(&mut s, &mut buf) {
+            panic!("connection closed before an answer to {body}");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! connections beside each scenario's ceiling, and the latency distribution of every
 //! load step.
 
+use plotters::coord::ranged1d::AsRangedCoord;
 use plotters::prelude::*;
 
 use crate::scenario::{ScenarioReport, Step};
@@ -25,27 +26,54 @@ fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
-/// Draws the legend box at `pos`.
-fn finish<'a, 'b: 'a, CT: CoordTranslate>(
-    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
-    pos: SeriesLabelPosition,
+/// An SVG drawn by `draw`; if drawing fails, what was drawn so far and a warning about
+/// the `what` chart.
+fn svg(what: &str, draw: impl FnOnce(&mut String) -> DrawResult) -> String {
+    let mut out = String::new();
+    if let Err(e) = draw(&mut out) {
+        log::warn!("{what} chart: {e}");
+    }
+    out
+}
+
+/// A chart of [`SIZE`] on white into `out`: `caption` above axes over `x` and `y`, then
+/// `draw` (the mesh and the series), then the legend box at `legend`.
+fn plot<X: AsRangedCoord, Y: AsRangedCoord>(
+    out: &mut String,
+    caption: &str,
+    (x, y): (X, Y),
+    legend: SeriesLabelPosition,
+    draw: impl FnOnce(&mut Chart<'_, '_, X, Y>) -> DrawResult,
 ) -> DrawResult {
+    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)?;
+    draw(&mut chart)?;
     chart
         .configure_series_labels()
         .background_style(WHITE)
         .border_style(BLACK)
-        .position(pos)
+        .position(legend)
         .draw()?;
+    root.present()?;
     Ok(())
 }
 
+/// What [`plot`] hands its `draw`.
+type Chart<'a, 'b, X, Y> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<<X as AsRangedCoord>::CoordDescType, <Y as AsRangedCoord>::CoordDescType>,
+>;
+
 /// QPS against connections for the load scenarios, each ceiling dashed beside it.
 pub fn qps_svg(r: &ScenarioReport) -> String {
-    let mut out = String::new();
-    if let Err(e) = draw_qps(r, &mut out) {
-        log::warn!("QPS chart: {e}");
-    }
-    out
+    svg("QPS", |out| draw_qps(r, out))
 }
 
 fn draw_qps(r: &ScenarioReport, out: &mut String) -> DrawResult {
@@ -61,56 +89,43 @@ fn draw_qps(r: &ScenarioReport, out: &mut String) -> DrawResult {
         .map(|s| s.qps.max(s.ceiling.unwrap_or(0.0)))
         .fold(1000.0_f64, f64::max)
         * 1.1;
-    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "QPS against connections (dashed: ceiling)",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_x, 0f64..max_y)?;
-    chart
-        .configure_mesh()
-        .x_desc("connections")
-        .y_desc("QPS")
-        .draw()?;
-    for (i, name) in scenarios.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let pts: Vec<&Step> = steps
-            .iter()
-            .copied()
-            .filter(|s| s.scenario == *name)
-            .collect();
-        if pts.is_empty() {
-            continue;
-        }
-        let qps: Vec<(f64, f64)> = pts.iter().map(|s| (s.connections as f64, s.qps)).collect();
+    let title = "QPS against connections (dashed: ceiling)";
+    let axes = (0f64..max_x, 0f64..max_y);
+    plot(out, title, axes, SeriesLabelPosition::UpperLeft, |chart| {
         chart
-            .draw_series(LineSeries::new(qps.clone(), color.stroke_width(2)))?
-            .label(*name)
-            .legend(legend_line(color));
-        chart.draw_series(qps.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-        let ceiling: Vec<(f64, f64)> = pts
-            .iter()
-            .filter_map(|s| s.ceiling.map(|c| (s.connections as f64, c)))
-            .collect();
-        chart.draw_series(DashedLineSeries::new(ceiling, 6, 4, color.stroke_width(1)))?;
-    }
-    finish(&mut chart, SeriesLabelPosition::UpperLeft)?;
-    root.present()?;
-    Ok(())
+            .configure_mesh()
+            .x_desc("connections")
+            .y_desc("QPS")
+            .draw()?;
+        for (i, name) in scenarios.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts: Vec<&Step> = steps
+                .iter()
+                .copied()
+                .filter(|s| s.scenario == *name)
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            let qps: Vec<(f64, f64)> = pts.iter().map(|s| (s.connections as f64, s.qps)).collect();
+            chart
+                .draw_series(LineSeries::new(qps.clone(), color.stroke_width(2)))?
+                .label(*name)
+                .legend(legend_line(color));
+            chart.draw_series(qps.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            let ceiling: Vec<(f64, f64)> = pts
+                .iter()
+                .filter_map(|s| s.ceiling.map(|c| (s.connections as f64, c)))
+                .collect();
+            chart.draw_series(DashedLineSeries::new(ceiling, 6, 4, color.stroke_width(1)))?;
+        }
+        Ok(())
+    })
 }
 
 /// Latency of every load step at p50, p99 and max (log scale, milliseconds).
 pub fn latency_svg(r: &ScenarioReport) -> String {
-    let mut out = String::new();
-    if let Err(e) = draw_latency(r, &mut out) {
-        log::warn!("latency chart: {e}");
-    }
-    out
+    svg("latency", |out| draw_latency(r, out))
 }
 
 fn draw_latency(r: &ScenarioReport, out: &mut String) -> DrawResult {
@@ -123,42 +138,33 @@ fn draw_latency(r: &ScenarioReport, out: &mut String) -> DrawResult {
         .fold(max_y, f64::min)
         .max(0.01)
         / 1.5;
-    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Latency distribution per step (ms, log scale)",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..2.2f64, (min_y..max_y).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_labels(3)
-        .x_label_formatter(&|x| match x.round() as i64 {
-            0 => "p50".into(),
-            1 => "p99".into(),
-            _ => "max".into(),
-        })
-        .y_desc("ms")
-        .draw()?;
-    for (i, s) in steps.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let pts = vec![
-            (0.0, s.p50_ms.max(min_y)),
-            (1.0, s.p99_ms.max(min_y)),
-            (2.0, s.max_ms.max(min_y)),
-        ];
+    let title = "Latency distribution per step (ms, log scale)";
+    let axes = (0f64..2.2f64, (min_y..max_y).log_scale());
+    plot(out, title, axes, SeriesLabelPosition::UpperLeft, |chart| {
         chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-            .label(format!("{} {}", s.scenario, s.label))
-            .legend(legend_line(color));
-    }
-    finish(&mut chart, SeriesLabelPosition::UpperLeft)?;
-    root.present()?;
-    Ok(())
+            .configure_mesh()
+            .x_labels(3)
+            .x_label_formatter(&|x| match x.round() as i64 {
+                0 => "p50".into(),
+                1 => "p99".into(),
+                _ => "max".into(),
+            })
+            .y_desc("ms")
+            .draw()?;
+        for (i, s) in steps.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts = vec![
+                (0.0, s.p50_ms.max(min_y)),
+                (1.0, s.p99_ms.max(min_y)),
+                (2.0, s.max_ms.max(min_y)),
+            ];
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                .label(format!("{} {}", s.scenario, s.label))
+                .legend(legend_line(color));
+        }
+        Ok(())
+    })
 }
 
 /// A named line of a time chart: (seconds, value) points.
@@ -166,38 +172,27 @@ pub type TimeSeries = (String, Vec<(f64, f64)>);
 
 /// Values over time, one line per series (the soak's RSS and open fds of each process).
 pub fn time_svg(title: &str, y_desc: &str, series: &[TimeSeries]) -> String {
-    let mut out = String::new();
-    if let Err(e) = draw_time(title, y_desc, series, &mut out) {
-        log::warn!("{title} chart: {e}");
-    }
-    out
+    svg(title, |out| draw_time(title, y_desc, series, out))
 }
 
 fn draw_time(title: &str, y_desc: &str, series: &[TimeSeries], out: &mut String) -> DrawResult {
     let points = || series.iter().flat_map(|(_, p)| p.iter());
     let max_x = points().map(|p| p.0).fold(1.0_f64, f64::max);
     let max_y = points().map(|p| p.1).fold(1.0_f64, f64::max) * 1.15;
-    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_x, 0f64..max_y)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc(y_desc)
-        .draw()?;
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+    let axes = (0f64..max_x, 0f64..max_y);
+    plot(out, title, axes, SeriesLabelPosition::LowerRight, |chart| {
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(legend_line(color));
-    }
-    finish(&mut chart, SeriesLabelPosition::LowerRight)?;
-    root.present()?;
-    Ok(())
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc(y_desc)
+            .draw()?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(legend_line(color));
+        }
+        Ok(())
+    })
 }

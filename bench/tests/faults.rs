@@ -94,6 +94,64 @@ impl Mesh {
             .join(format!("{addr}.json"))
             .exists()
     }
+
+    /// The kill-under-load set-up: `bench provider` processes `provider-1` and
+    /// `provider-2` (10 ms each) with their addresses, `provider-agent-1` and `-2` in
+    /// front of them and a consumer-agent (2 s timeout, adaptive).
+    fn two_of_each(&self) -> ([(SocketAddr, Proc); 2], Agents) {
+        let (p1, p2) = (free_addr().unwrap(), free_addr().unwrap());
+        let prov1 = self.provider_proc("provider-1", p1, 10);
+        let prov2 = self.provider_proc("provider-2", p2, 10);
+        let first = ("provider-agent-1", p1);
+        let second = ("provider-agent-2", p2);
+        let agents = self.agents(first, second, 2000, "adaptive");
+        ([(p1, prov1), (p2, prov2)], agents)
+    }
+
+    /// Two provider-agents, each a name and the provider it stands in front of, and a
+    /// consumer-agent before them (`timeout_ms`, load balancer `lb`).
+    fn agents(
+        &self,
+        (name1, p1): (&str, SocketAddr),
+        (name2, p2): (&str, SocketAddr),
+        timeout_ms: u64,
+        lb: &str,
+    ) -> Agents {
+        let (a1, a2) = (agent_addrs(), agent_addrs());
+        let agent1 = self.provider_agent(name1, a1, p1);
+        let agent2 = self.provider_agent(name2, a2, p2);
+        let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+        let consumer = self.consumer(c, c_admin, timeout_ms, lb);
+        Agents {
+            a1,
+            a2,
+            agent1,
+            agent2,
+            c,
+            c_admin,
+            consumer,
+        }
+    }
+}
+
+/// The agents of a [`Mesh`]: two provider-agents and the consumer-agent (HTTP port `c`).
+struct Agents {
+    a1: AgentAddrs,
+    a2: AgentAddrs,
+    agent1: Proc,
+    agent2: Proc,
+    c: SocketAddr,
+    c_admin: SocketAddr,
+    consumer: Proc,
+}
+
+impl Agents {
+    /// The consumer-agent and both provider-agents live.
+    fn assert_alive(&mut self) {
+        self.consumer.assert_alive();
+        self.agent1.assert_alive();
+        self.agent2.assert_alive();
+    }
 }
 
 fn agent_addrs() -> AgentAddrs {
@@ -113,6 +171,25 @@ fn start_load(target: SocketAddr, connections: usize, secs: f64) -> JoinHandle<L
         progress: false,
     };
     std::thread::spawn(move || load::run(&opts).expect("load run"))
+}
+
+/// Starts the load on the consumer-agent (`conns` connections for `secs`) and asserts
+/// (`what`) that both provider-agents count `counter` within 5 s. Returns the run as
+/// [`end_of_run`] takes it.
+fn load_on_both(
+    ag: &Agents,
+    conns: usize,
+    secs: f64,
+    counter: &str,
+    what: &str,
+) -> (JoinHandle<LoadReport>, Instant, f64) {
+    let started = Instant::now();
+    let load = start_load(ag.c, conns, secs);
+    let both = wait_until(Duration::from_secs(5), || {
+        metric_or_zero(ag.a1.admin, counter) > 0.0 && metric_or_zero(ag.a2.admin, counter) > 0.0
+    });
+    assert!(both, "{what}");
+    (load, started, secs)
 }
 
 /// No wrong answers, errors only of the given kinds and at most `max_errors`, some right.
@@ -143,14 +220,13 @@ fn check_report(r: &LoadReport, allowed: &[&str], max_errors: u64) {
 
 /// Ends a fault run: the checks were made while the load ran (a run is its thread, its
 /// start and its length in seconds), it got errors only of the `allowed` kinds and at
-/// most one per connection, every process in `alive` lives and the consumer-agent at
-/// `c` still answers right.
+/// most one per connection, all the agents live and the consumer-agent still answers
+/// right.
 fn end_of_run(
     (load, started, load_secs): (JoinHandle<LoadReport>, Instant, f64),
     allowed: &[&str],
     conns: usize,
-    alive: &mut [&mut Proc],
-    c: SocketAddr,
+    ag: &mut Agents,
 ) {
     assert!(
         started.elapsed().as_secs_f64() < load_secs,
@@ -158,10 +234,8 @@ fn end_of_run(
     );
     let r = load.join().expect("load thread");
     check_report(&r, allowed, conns as u64);
-    for p in alive {
-        p.assert_alive();
-    }
-    assert_eq!(one_call(c, "still there").expect("answers"), (200, true));
+    ag.assert_alive();
+    assert_eq!(one_call(ag.c, "still there").expect("answers"), (200, true));
 }
 
 const GATEWAY_ERRORS: [&str; 3] = ["status_502", "status_503", "status_504"];
@@ -170,27 +244,20 @@ const GATEWAY_ERRORS: [&str; 3] = ["status_502", "status_503", "status_504"];
 fn provider_agent_killed_and_restarted_under_load() {
     let _serial = serial();
     let mesh = Mesh::new();
-    let (p1, p2) = (free_addr().unwrap(), free_addr().unwrap());
-    let _prov1 = mesh.provider_proc("provider-1", p1, 10);
-    let _prov2 = mesh.provider_proc("provider-2", p2, 10);
-    let (a1, a2) = (agent_addrs(), agent_addrs());
-    let mut agent1 = mesh.provider_agent("provider-agent-1", a1, p1);
-    let mut agent2 = mesh.provider_agent("provider-agent-2", a2, p2);
-    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
-    let mut consumer = mesh.consumer(c, c_admin, 2000, "adaptive");
+    let ([(p1, _prov1), (_, _prov2)], mut ag) = mesh.two_of_each();
+    let (a1, a2) = (ag.a1, ag.a2);
 
     let conns = 256;
-    let started = Instant::now();
-    let load_secs = 14.0;
-    let load = start_load(c, conns, load_secs);
-    let both = wait_until(Duration::from_secs(5), || {
-        metric_or_zero(a1.admin, "provider_agent_requests_total") > 0.0
-            && metric_or_zero(a2.admin, "provider_agent_requests_total") > 0.0
-    });
-    assert!(both, "both provider-agents get traffic before the kill");
+    let (load, started, load_secs) = load_on_both(
+        &ag,
+        conns,
+        14.0,
+        "provider_agent_requests_total",
+        "both provider-agents get traffic before the kill",
+    );
     std::thread::sleep(Duration::from_millis(500));
 
-    agent1.kill9();
+    ag.agent1.kill9();
     let killed = Instant::now();
     let base = metric_or_zero(a2.admin, "provider_agent_responses_ok_total");
     let moved = wait_until(Duration::from_secs(1), || {
@@ -206,7 +273,7 @@ fn provider_agent_killed_and_restarted_under_load() {
     std::thread::sleep(Duration::from_millis(500));
 
     // Restart on the same ports: traffic again within 2 s of being up.
-    let mut agent1 = mesh.provider_agent("provider-agent-1-restarted", a1, p1);
+    ag.agent1 = mesh.provider_agent("provider-agent-1-restarted", a1, p1);
     let up = Instant::now();
     let back = wait_until(Duration::from_secs(2), || {
         metric_or_zero(a1.admin, "provider_agent_responses_ok_total") > 0.0
@@ -215,7 +282,7 @@ fn provider_agent_killed_and_restarted_under_load() {
     assert!(
         back,
         "the restarted provider-agent gets traffic within 2 s:\n{}",
-        agent1.tail()
+        ag.agent1.tail()
     );
     eprintln!(
         "restarted agent answering {:?} after it was up",
@@ -230,14 +297,12 @@ fn provider_agent_killed_and_restarted_under_load() {
     let r = load.join().expect("load thread");
     // Only calls in flight on the killed agent may fail: at most one per connection.
     check_report(&r, &GATEWAY_ERRORS, conns as u64);
-    consumer.assert_alive();
-    agent1.assert_alive();
-    agent2.assert_alive();
+    ag.assert_alive();
     assert_eq!(
-        one_call(c, "still there").expect("consumer-agent answers"),
+        one_call(ag.c, "still there").expect("consumer-agent answers"),
         (200, true)
     );
-    drop((consumer, agent1, agent2, _prov1, _prov2));
+    drop((ag, _prov1, _prov2));
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
 
@@ -245,25 +310,18 @@ fn provider_agent_killed_and_restarted_under_load() {
 fn provider_killed_and_restarted_under_load() {
     let _serial = serial();
     let mesh = Mesh::new();
-    let (p1, p2) = (free_addr().unwrap(), free_addr().unwrap());
-    let mut prov1 = mesh.provider_proc("provider-1", p1, 10);
-    let _prov2 = mesh.provider_proc("provider-2", p2, 10);
-    let (a1, a2) = (agent_addrs(), agent_addrs());
-    let mut agent1 = mesh.provider_agent("provider-agent-1", a1, p1);
-    let mut agent2 = mesh.provider_agent("provider-agent-2", a2, p2);
-    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
-    let mut consumer = mesh.consumer(c, c_admin, 2000, "adaptive");
+    let ([(p1, mut prov1), (_, _prov2)], mut ag) = mesh.two_of_each();
+    let (a1, a2) = (ag.a1, ag.a2);
     assert!(mesh.registered(a1.listen) && mesh.registered(a2.listen));
 
     let conns = 256;
-    let started = Instant::now();
-    let load_secs = 14.0;
-    let load = start_load(c, conns, load_secs);
-    let both = wait_until(Duration::from_secs(5), || {
-        metric_or_zero(a1.admin, "provider_agent_responses_ok_total") > 0.0
-            && metric_or_zero(a2.admin, "provider_agent_responses_ok_total") > 0.0
-    });
-    assert!(both, "both providers get traffic before the kill");
+    let run = load_on_both(
+        &ag,
+        conns,
+        14.0,
+        "provider_agent_responses_ok_total",
+        "both providers get traffic before the kill",
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     prov1.kill9();
@@ -272,7 +330,7 @@ fn provider_killed_and_restarted_under_load() {
     assert!(
         gone,
         "the provider-agent deregisters when its provider dies:\n{}",
-        agent1.tail()
+        ag.agent1.tail()
     );
     // Calls in flight at the provider fail UNAVAILABLE at the agent.
     let unavailable = wait_until(Duration::from_secs(2), || {
@@ -289,7 +347,7 @@ fn provider_killed_and_restarted_under_load() {
     });
     assert!(moved, "traffic goes on through the other provider");
     std::thread::sleep(Duration::from_millis(500));
-    agent1.assert_alive();
+    ag.agent1.assert_alive();
 
     let before = metric_or_zero(a1.admin, "provider_agent_responses_ok_total");
     let _prov1 = mesh.provider_proc("provider-1-restarted", p1, 10);
@@ -300,22 +358,15 @@ fn provider_killed_and_restarted_under_load() {
     assert!(
         traffic,
         "the provider gets traffic within 2 s of its return:\n{}",
-        agent1.tail()
+        ag.agent1.tail()
     );
     eprintln!(
         "restarted provider answering {:?} after it was up",
         up.elapsed()
     );
     assert!(mesh.registered(a1.listen), "registered again");
-    let run = (load, started, load_secs);
-    end_of_run(
-        run,
-        &GATEWAY_ERRORS,
-        conns,
-        &mut [&mut consumer, &mut agent1, &mut agent2],
-        c,
-    );
-    drop((consumer, agent1, agent2, _prov1, _prov2, prov1));
+    end_of_run(run, &GATEWAY_ERRORS, conns, &mut ag);
+    drop((ag, _prov1, _prov2, prov1));
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
 
@@ -420,12 +471,11 @@ fn provider_that_never_answers_times_out_with_504() {
     let mesh = Mesh::new();
     let silent = FakeProvider::start(false);
     let good = good_provider();
-    let (a1, a2) = (agent_addrs(), agent_addrs());
-    let mut agent1 = mesh.provider_agent("provider-agent-silent", a1, silent.addr);
-    let mut agent2 = mesh.provider_agent("provider-agent-good", a2, good.local_addr());
-    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
     let timeout_ms = 500;
-    let mut consumer = mesh.consumer(c, c_admin, timeout_ms, "wrr");
+    let silent_agent = ("provider-agent-silent", silent.addr);
+    let good_agent = ("provider-agent-good", good.local_addr());
+    let mut ag = mesh.agents(silent_agent, good_agent, timeout_ms, "wrr");
+    let (a1, c) = (ag.a1, ag.c);
 
     // Calls one by one: each is right, or a 504 within the timeout (plus slack for a
     // debug build on busy cores).
@@ -469,11 +519,9 @@ fn provider_that_never_answers_times_out_with_504() {
         drained,
         "no call left in flight at the silent provider's agent"
     );
-    consumer.assert_alive();
-    agent1.assert_alive();
-    agent2.assert_alive();
+    ag.assert_alive();
     good.stop();
-    drop((consumer, agent1, agent2));
+    drop(ag);
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
 
@@ -483,11 +531,10 @@ fn provider_answering_garbage_is_cut_off() {
     let mesh = Mesh::new();
     let junk = FakeProvider::start(true);
     let good = good_provider();
-    let (a1, a2) = (agent_addrs(), agent_addrs());
-    let mut agent1 = mesh.provider_agent("provider-agent-garbage", a1, junk.addr);
-    let mut agent2 = mesh.provider_agent("provider-agent-good", a2, good.local_addr());
-    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
-    let mut consumer = mesh.consumer(c, c_admin, 2000, "wrr");
+    let junk_agent = ("provider-agent-garbage", junk.addr);
+    let good_agent = ("provider-agent-good", good.local_addr());
+    let mut ag = mesh.agents(junk_agent, good_agent, 2000, "wrr");
+    let (a1, c) = (ag.a1, ag.c);
 
     let r = start_load(c, 64, 4.0).join().expect("load thread");
     check_report(&r, &["status_502", "status_503"], u64::MAX);
@@ -495,11 +542,9 @@ fn provider_answering_garbage_is_cut_off() {
         junk.closed_by_peer.load(Ordering::Relaxed) > 0,
         "the provider-agent closed the connection that answered garbage ({} accepted):\n{}",
         junk.accepted.load(Ordering::Relaxed),
-        agent1.tail()
+        ag.agent1.tail()
     );
-    consumer.assert_alive();
-    agent1.assert_alive();
-    agent2.assert_alive();
+    ag.assert_alive();
     let sent = metric(a1.admin, "provider_agent_requests_total");
     assert!(
         sent.is_some_and(|n| n > 0.0),
@@ -510,7 +555,7 @@ fn provider_answering_garbage_is_cut_off() {
         .count();
     assert!(right > 0, "the good provider keeps answering");
     good.stop();
-    drop((consumer, agent1, agent2));
+    drop(ag);
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
 
@@ -545,11 +590,10 @@ fn etcd_stopped_and_restarted_under_load() {
     let has_key = |a: SocketAddr| harness::etcd_has_key(client, &key(a)).unwrap_or(false);
 
     let (prov1, prov2) = (good_provider(), good_provider());
-    let (a1, a2) = (agent_addrs(), agent_addrs());
-    let mut agent1 = mesh.provider_agent("provider-agent-1", a1, prov1.local_addr());
-    let mut agent2 = mesh.provider_agent("provider-agent-2", a2, prov2.local_addr());
-    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
-    let mut consumer = mesh.consumer(c, c_admin, 2000, "adaptive");
+    let first = ("provider-agent-1", prov1.local_addr());
+    let second = ("provider-agent-2", prov2.local_addr());
+    let mut ag = mesh.agents(first, second, 2000, "adaptive");
+    let (a1, a2, c, c_admin) = (ag.a1, ag.a2, ag.c, ag.c_admin);
     assert!(
         wait_until(Duration::from_secs(5), || has_key(a1.listen)
             && has_key(a2.listen)),
@@ -559,12 +603,12 @@ fn etcd_stopped_and_restarted_under_load() {
 
     // etcd down for 3 s, then back on the same data dir: no call may fail.
     let conns = 256;
-    let load_secs = 18.0;
-    let started = Instant::now();
-    let load = start_load(c, conns, load_secs);
-    assert!(
-        wait_until(Duration::from_secs(5), || ok(a1) > 0.0 && ok(a2) > 0.0),
-        "both provider-agents get traffic"
+    let (load, started, load_secs) = load_on_both(
+        &ag,
+        conns,
+        18.0,
+        "provider_agent_responses_ok_total",
+        "both provider-agents get traffic",
     );
     etcd.kill9();
     let etcd_killed = Instant::now();
@@ -574,9 +618,7 @@ fn etcd_stopped_and_restarted_under_load() {
         ok(a1) > b1 && ok(a2) > b2,
         "traffic continues on both known provider-agents while etcd is down"
     );
-    consumer.assert_alive();
-    agent1.assert_alive();
-    agent2.assert_alive();
+    ag.assert_alive();
     let mut etcd = harness::restart_etcd(&data, client, peer, mesh.logs(), "etcd-restarted")
         .expect("etcd restart");
     harness::wait_etcd(client, deadline, &mut etcd).expect("etcd healthy again");
@@ -590,7 +632,7 @@ fn etcd_stopped_and_restarted_under_load() {
     assert!(
         has_key(a1.listen) && has_key(a2.listen),
         "the registrations outlive two {ttl:?} leases after the restart:\n{}",
-        agent1.tail()
+        ag.agent1.tail()
     );
     let (b1, b2) = (ok(a1), ok(a2));
     assert!(
@@ -650,14 +692,8 @@ fn etcd_stopped_and_restarted_under_load() {
     );
     // Only the calls in flight on the killed agent may fail.
     let run = (load, started, load_secs);
-    end_of_run(
-        run,
-        &GATEWAY_ERRORS,
-        conns,
-        &mut [&mut consumer, &mut agent1, &mut agent2],
-        c,
-    );
-    drop((consumer, agent1, agent2, etcd));
+    end_of_run(run, &GATEWAY_ERRORS, conns, &mut ag);
+    drop((ag, etcd));
     prov1.stop();
     prov2.stop();
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");

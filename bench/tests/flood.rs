@@ -114,6 +114,29 @@ impl Mesh {
             _dir: dir,
         }
     }
+
+    /// Both agents live, and once the mesh is gone no child is left.
+    fn finish(mut self) {
+        self.consumer.assert_alive();
+        self.agent.assert_alive();
+        drop(self);
+        assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+    }
+}
+
+/// The descriptors `p` holds, once it is checked to run under the low limit.
+fn limited_base_fds(p: &Proc) -> u64 {
+    let pid = p.pid();
+    assert_eq!(nofile(pid), Some(NOFILE), "the limit applies to the agent");
+    open_fds(pid).expect("fds")
+}
+
+/// A client connection to `addr` (2 s to connect) whose reads time out after 5 s.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
 }
 
 /// The soft `RLIMIT_NOFILE` of a process, from `/proc/PID/limits`.
@@ -204,6 +227,20 @@ fn assert_no_busy_loop(p: &mut Proc) {
     p.assert_alive();
 }
 
+/// Floods `p` at `addr` past its limit ([`flood`]): it logs its failed accepts and does
+/// not busy-loop ([`assert_no_busy_loop`]). Returns the flood's connections.
+fn saturate(addr: SocketAddr, p: &mut Proc) -> Vec<TcpStream> {
+    let conns = flood(addr, p, 200);
+    assert!(
+        accept_failures(p) > 0,
+        "the {} logs its failed accepts:\n{}",
+        p.name,
+        p.tail()
+    );
+    assert_no_busy_loop(p);
+    conns
+}
+
 /// Closes the flood; new connections are `served` again and the agent's descriptors go
 /// back to about `base_fds`.
 fn recover(p: &mut Proc, conns: Vec<TcpStream>, base_fds: u64, served: impl FnMut() -> bool) {
@@ -231,22 +268,11 @@ fn consumer_agent_survives_a_flood_past_its_fd_limit() {
     let _serial = serial();
     let mut mesh = Mesh::start(Limited::Consumer);
     let addr = mesh.consumer_addr;
-    let pid = mesh.consumer.pid();
-    assert_eq!(nofile(pid), Some(NOFILE), "the limit applies to the agent");
-    let base_fds = open_fds(pid).expect("fds");
-    let mut before = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    before
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    let base_fds = limited_base_fds(&mesh.consumer);
+    let mut before = connect(addr);
     assert!(matches!(call_on(&mut before, addr, "before"), Ok(true)));
 
-    let conns = flood(addr, &mut mesh.consumer, 200);
-    assert!(
-        accept_failures(&mesh.consumer) > 0,
-        "the consumer-agent logs its failed accepts:\n{}",
-        mesh.consumer.tail()
-    );
-    assert_no_busy_loop(&mut mesh.consumer);
+    let conns = saturate(addr, &mut mesh.consumer);
     for i in 0..5 {
         let ok = call(&mut before, addr, &format!("during the flood {i}"));
         assert!(
@@ -258,10 +284,7 @@ fn consumer_agent_survives_a_flood_past_its_fd_limit() {
         matches!(harness::one_call(addr, "after the flood"), Ok((200, true)))
     });
     assert!(matches!(call_on(&mut before, addr, "after"), Ok(true)));
-    mesh.consumer.assert_alive();
-    mesh.agent.assert_alive();
-    drop(mesh);
-    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+    mesh.finish();
 }
 
 #[test]
@@ -269,30 +292,16 @@ fn provider_agent_survives_a_flood_past_its_fd_limit() {
     let _serial = serial();
     let mut mesh = Mesh::start(Limited::ProviderAgent);
     let addr = mesh.agent_addr;
-    let pid = mesh.agent.pid();
-    assert_eq!(nofile(pid), Some(NOFILE), "the limit applies to the agent");
-    let base_fds = open_fds(pid).expect("fds");
+    let base_fds = limited_base_fds(&mesh.agent);
     // Before the flood: an agent-protocol client, and a client of the consumer-agent
     // (whose connection to the provider-agent is already open).
-    let mut control = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    control
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    let mut control = connect(addr);
     harness::agent_ping(&mut control, 1).expect("PONG before the flood");
     let http = mesh.consumer_addr;
-    let mut client = TcpStream::connect_timeout(&http, Duration::from_secs(2)).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    let mut client = connect(http);
     assert!(matches!(call_on(&mut client, http, "before"), Ok(true)));
 
-    let conns = flood(addr, &mut mesh.agent, 200);
-    assert!(
-        accept_failures(&mesh.agent) > 0,
-        "the provider-agent logs its failed accepts:\n{}",
-        mesh.agent.tail()
-    );
-    assert_no_busy_loop(&mut mesh.agent);
+    let conns = saturate(addr, &mut mesh.agent);
     for i in 0..5 {
         harness::agent_ping(&mut control, 10 + i).expect("PONG during the flood");
         let ok = call(&mut client, http, &format!("during the flood {i}"));
@@ -310,12 +319,7 @@ fn provider_agent_survives_a_flood_past_its_fd_limit() {
             })
             .is_ok()
     });
-    let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(2)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    let mut s = connect(http);
     assert!(matches!(call_on(&mut s, http, "after"), Ok(true)));
-    mesh.consumer.assert_alive();
-    mesh.agent.assert_alive();
-    drop(mesh);
-    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+    mesh.finish();
 }

@@ -198,7 +198,6 @@ pub fn read_answers(stream: &mut TcpStream, count: usize, deadline: Duration) ->
     let end = Instant::now() + deadline;
     let mut buf = Vec::new();
     let mut answers = Vec::new();
-    let mut chunk = [0u8; 65536];
     while answers.len() < count {
         assert!(
             Instant::now() < end,
@@ -233,21 +232,28 @@ pub fn read_answers(stream: &mut TcpStream, count: usize, deadline: Duration) ->
             });
             buf.drain(..head + len);
         }
-        if answers.len() >= count {
+        if answers.len() >= count || !read_into(stream, &mut buf) {
             break;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("read: {e}"),
         }
     }
     answers
+}
+
+/// Appends what one read of `stream` gets to `buf`; false once the peer has closed. A
+/// read that times out adds nothing; any other error panics.
+pub fn read_into(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 65536];
+    match stream.read(&mut chunk) {
+        Ok(0) => return false,
+        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Err(e) => panic!("read: {e}"),
+    }
+    true
 }
 
 /// Sends raw bytes on a fresh connection and reads `count` answers.

@@ -313,62 +313,43 @@ pub fn decode_request_body(serialization: u8, body: &[u8]) -> Result<RequestBody
     match Serialization::from_id(serialization) {
         Some(Serialization::Hessian2) => {
             let mut vals = body_values(body);
-            let dubbo_version = string_field(vals.need("dubbo version")?, "dubbo version")?;
-            let path = string_field(vals.need("service path")?, "service path")?;
-            let version = opt_string_field(vals.need("service version")?, "service version")?;
-            let method = string_field(vals.need("method")?, "method")?;
-            let descriptor = string_field(vals.need("descriptor")?, "descriptor")?;
-            let n = descriptor_arity(&descriptor)?;
-            let mut args = Vec::with_capacity(n.min(64));
-            for _ in 0..n {
-                args.push(vals.need("argument")?);
-            }
-            let attachments = match vals.next_value()? {
-                Some(v) => attachments_of(v)?,
-                None => Vec::new(),
-            };
-            Ok(RequestBody {
-                dubbo_version,
-                path,
-                version,
-                method,
-                descriptor,
-                args,
-                attachments,
-            })
+            request_body(|_| vals.next_value())
         }
         Some(Serialization::Fastjson) => {
             let mut lines = json_lines(body);
-            let mut need = |what: &'static str| -> Result<Value, Error> {
-                match lines.next() {
-                    Some(l) => json_value(l, what),
-                    None => Err(Error::Truncated { what }),
-                }
-            };
-            let dubbo_version = string_field(need("dubbo version")?, "dubbo version")?;
-            let path = string_field(need("service path")?, "service path")?;
-            let version = opt_string_field(need("service version")?, "service version")?;
-            let method = string_field(need("method")?, "method")?;
-            let descriptor = string_field(need("descriptor")?, "descriptor")?;
-            let n = descriptor_arity(&descriptor)?;
-            let mut args = Vec::with_capacity(n.min(64));
-            for _ in 0..n {
-                args.push(need("argument")?);
-            }
-            let attachments = match lines.next() {
-                Some(l) => attachments_of(json_value(l, "attachments")?)?,
-                None => Vec::new(),
-            };
-            Ok(RequestBody {
-                dubbo_version,
-                path,
-                version,
-                method,
-                descriptor,
-                args,
-                attachments,
-            })
+            request_body(|what| lines.next().map(|l| json_value(l, what)).transpose())
         }
         None => Err(Error::UnsupportedSerialization(serialization)),
     }
+}
+
+/// The fields of a request body, whatever its serialization: `next` gives the body's
+/// next value (`None` at its end), `what` naming it for errors.
+fn request_body(
+    mut next: impl FnMut(&'static str) -> Result<Option<Value>, Error>,
+) -> Result<RequestBody, Error> {
+    let mut need = |what| -> Result<Value, Error> { next(what)?.ok_or(Error::Truncated { what }) };
+    let dubbo_version = string_field(need("dubbo version")?, "dubbo version")?;
+    let path = string_field(need("service path")?, "service path")?;
+    let version = opt_string_field(need("service version")?, "service version")?;
+    let method = string_field(need("method")?, "method")?;
+    let descriptor = string_field(need("descriptor")?, "descriptor")?;
+    let n = descriptor_arity(&descriptor)?;
+    let mut args = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        args.push(need("argument")?);
+    }
+    let attachments = match next("attachments")? {
+        Some(v) => attachments_of(v)?,
+        None => Vec::new(),
+    };
+    Ok(RequestBody {
+        dubbo_version,
+        path,
+        version,
+        method,
+        descriptor,
+        args,
+        attachments,
+    })
 }
