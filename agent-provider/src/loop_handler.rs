@@ -42,6 +42,22 @@ pub enum LoopMsg {
 
 /// Timeout used when a request carries none (0).
 const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
+/// The longest timeout a consumer-agent may ask for: a call that never comes back holds
+/// a slot of the in-flight budget until then.
+const MAX_CALL_TIMEOUT_MS: u32 = 10 * 60 * 1000;
+
+/// The agent status for a Dubbo error status: timeouts as TIMEOUT, a request the
+/// provider could not decode as BAD_REQUEST, a service it does not export as
+/// UNAVAILABLE (the call did not start: another provider may have it); the rest as
+/// PROVIDER_ERROR (it may have run).
+fn agent_status_of(dubbo_status: u8) -> Status {
+    match dubbo_status {
+        dubbo::status::CLIENT_TIMEOUT | dubbo::status::SERVER_TIMEOUT => Status::Timeout,
+        dubbo::status::BAD_REQUEST => Status::BadRequest,
+        dubbo::status::SERVICE_NOT_FOUND => Status::Unavailable,
+        _ => Status::ProviderError,
+    }
+}
 /// Bound on one provider connect attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -243,8 +259,15 @@ impl ProviderLoop {
         } else {
             log::debug!("loop {}: provider connect failed: {reason:?}", self.index);
         }
+        // These calls were written to the provider, which may have run them: not
+        // UNAVAILABLE (which promises the call did not start, and is retried elsewhere).
         for p in self.upstream.take_on_conn(slot) {
-            self.finish_call(cx, p, Status::Unavailable, b"provider connection lost");
+            self.finish_call(
+                cx,
+                p,
+                Status::ProviderError,
+                b"provider connection lost with the call in flight; it may have run",
+            );
         }
         self.schedule_reconnect(cx, slot);
         self.report();
@@ -374,7 +397,7 @@ impl ProviderLoop {
                         } else {
                             message
                         };
-                        self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
+                        self.finish_call(cx, p, agent_status_of(status), text.as_bytes());
                     }
                 }
             }
@@ -467,7 +490,10 @@ impl ProviderLoop {
                 cx.abort(id);
                 continue;
             }
-            let last = c.last_read.max(c.last_write);
+            // As Dubbo does: a heartbeat once either direction has been idle, so a
+            // provider busy on long calls (we write, it does not answer yet) still shows
+            // it is alive before the silence check above cuts it off.
+            let last = c.last_read.min(c.last_write);
             if now.saturating_duration_since(last) >= hb {
                 self.heartbeat_seq = (self.heartbeat_seq + 1) & 0x7fff_ffff;
                 if let Some(out) = cx.output(id) {
@@ -621,13 +647,23 @@ impl ProviderLoop {
                 "in-flight limit of this agent connection reached (--max-conn-inflight)",
             );
         }
-        let Some((slot, pconn)) = self.upstream.pick() else {
-            return self.reject_on(cx, conn, req, Status::Unavailable, "provider not connected");
+        let Some((slot, pconn)) = self.upstream.pick(|id| cx.is_congested(id)) else {
+            // Connected but not reading: the call did not start, another provider may
+            // take it (OVERLOADED is retried); its bytes would only pile up here.
+            let (status, msg) = if self.upstream.any_open() {
+                (
+                    Status::Overloaded,
+                    "the provider is not reading its requests",
+                )
+            } else {
+                (Status::Unavailable, "provider not connected")
+            };
+            return self.reject_on(cx, conn, req, status, msg);
         };
         let timeout_ms = if req.timeout_ms == 0 {
             DEFAULT_CALL_TIMEOUT_MS
         } else {
-            req.timeout_ms
+            req.timeout_ms.min(MAX_CALL_TIMEOUT_MS)
         };
         if self.timeout_text.0 != timeout_ms || self.timeout_text.1.is_empty() {
             self.timeout_text = (timeout_ms, timeout_ms.to_string());

@@ -130,13 +130,17 @@ impl Upstream {
         self.conns.iter().any(|c| c.open && !c.readonly)
     }
 
-    /// The next open connection, round robin: (slot, reactor id).
-    pub(crate) fn pick(&mut self) -> Option<(usize, ConnId)> {
+    /// The next open connection, round robin, that is not `congested` (the provider is
+    /// not reading what was written to it): (slot, reactor id).
+    pub(crate) fn pick(&mut self, congested: impl Fn(ConnId) -> bool) -> Option<(usize, ConnId)> {
         let n = self.conns.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
             if let Some(c) = self.conns.get(i) {
                 if let (true, false, Some(id)) = (c.open, c.readonly, c.id) {
+                    if congested(id) {
+                        continue;
+                    }
                     self.cursor = (i + 1) % n;
                     return Some((i, id));
                 }

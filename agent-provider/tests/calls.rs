@@ -179,6 +179,22 @@ fn provider_errors_map_to_statuses() {
     let r = c.call_hash(3, "a");
     assert_eq!(r.status, codec::agent::Status::ProviderError);
     assert_eq!(r.text(), "no such method");
+    // Dubbo's other error statuses, by what they say about the call.
+    for (dubbo_status, status) in [
+        (31, codec::agent::Status::Timeout),
+        (30, codec::agent::Status::Timeout),
+        (40, codec::agent::Status::BadRequest),
+        (60, codec::agent::Status::Unavailable),
+        (70, codec::agent::Status::ProviderError),
+    ] {
+        provider.set(
+            Mode::Status(dubbo_status, format!("status {dubbo_status}")),
+            Default::default(),
+        );
+        let r = c.call_hash(3, "a");
+        assert_eq!(r.status, status, "for Dubbo status {dubbo_status}");
+        assert_eq!(r.text(), format!("status {dubbo_status}"));
+    }
     provider.set(Mode::Hash, Default::default());
     assert_eq!(c.call_hash(4, "hello").int(), 99162322);
     agent.stop();
@@ -239,8 +255,16 @@ fn provider_killed_mid_call_then_recovers() {
     provider.kill();
     let a = c.read();
     let b = c.read();
-    assert_eq!(a.status, codec::agent::Status::Unavailable, "{}", a.text());
-    assert_eq!(b.status, codec::agent::Status::Unavailable);
+    // The provider had both calls and may have run them: not UNAVAILABLE, which the
+    // consumer-agent would retry on another provider.
+    assert_eq!(
+        a.status,
+        codec::agent::Status::ProviderError,
+        "{}",
+        a.text()
+    );
+    assert_eq!(b.status, codec::agent::Status::ProviderError);
+    assert!(a.text().contains("may have run"), "{}", a.text());
     // While it is down, calls are refused at once.
     let m = agent.metrics().clone();
     wait_for(5, "provider down", || !m.provider_up());
@@ -305,4 +329,33 @@ fn unknown_call_id_is_bad_request_and_ping_pongs() {
     assert_eq!(c.call_hash(6, "hello").int(), 99162322);
     agent.stop();
     provider.kill();
+}
+
+#[test]
+fn a_provider_that_stops_reading_gets_no_more_calls() {
+    init_log();
+    // A "provider" that accepts and never reads: what is written to it piles up in the
+    // kernel's buffers, then in the agent's output for that connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent = agent_provider::run(agent_config(
+        listener.local_addr().unwrap(),
+        SerializationArg::Hessian2,
+    ))
+    .unwrap();
+    let (_held, _) = listener.accept().unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    // 400 calls of 64 KiB: 25 MiB, past the kernel's buffers and the high watermark.
+    let big = "x".repeat(64 * 1024);
+    for id in 1..=400 {
+        c.send_hash(id, &big, 60_000);
+    }
+    // No call is answered by the provider; the first answer is the agent refusing one
+    // once the connection is congested, as OVERLOADED (retried elsewhere: not started).
+    let r = c.read();
+    assert_eq!(r.status, codec::agent::Status::Overloaded, "{}", r.text());
+    assert!(r.text().contains("not reading"), "{}", r.text());
+    agent.stop();
 }

@@ -221,3 +221,42 @@ fn readonly_event_stops_new_calls_on_that_connection() {
     });
     agent.stop();
 }
+
+#[test]
+fn a_provider_busy_on_long_calls_gets_heartbeats_and_stays_connected() {
+    init_log();
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    provider.set(Mode::Silent, Duration::ZERO);
+    let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
+    cfg.heartbeat_secs = 1;
+    let agent = agent_provider::run(cfg).unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    // Calls keep being written for 4.5 s, past the 3 s silence limit, and none is
+    // answered yet: reads are idle, so the agent heartbeats, and the provider's replies
+    // show it alive. (Heartbeating only when both directions idled cut it off.)
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_millis(4500) {
+        sent += 1;
+        c.send_hash(sent, "slow", 60_000);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        provider
+            .heartbeats
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
+        "no heartbeat while calls were being written"
+    );
+    assert!(m.provider_up(), "the busy provider was cut off");
+    assert_eq!(
+        m.inflight() as u64,
+        sent,
+        "calls were failed by a lost connection"
+    );
+    agent.stop();
+    provider.kill();
+}

@@ -332,16 +332,17 @@ fn provider_killed_and_restarted_under_load() {
         "the provider-agent deregisters when its provider dies:\n{}",
         ag.agent1.tail()
     );
-    // Calls in flight at the provider fail UNAVAILABLE at the agent.
-    let unavailable = wait_until(Duration::from_secs(2), || {
+    // Calls in flight at the provider fail at the agent as PROVIDER_ERROR: the provider
+    // may have run them, so they are not retried elsewhere (as UNAVAILABLE would be).
+    let failed = wait_until(Duration::from_secs(2), || {
         metric(
             a1.admin,
-            "provider_agent_errors_total{kind=\"unavailable\"}",
+            "provider_agent_errors_total{kind=\"provider_error\"}",
         )
         .unwrap_or(0.0)
             > 0.0
     });
-    assert!(unavailable, "calls in flight are answered UNAVAILABLE");
+    assert!(failed, "calls in flight are answered PROVIDER_ERROR");
     let moved = wait_until(Duration::from_secs(1), || {
         metric_or_zero(a2.admin, "provider_agent_responses_ok_total") > base
     });

@@ -142,6 +142,10 @@ impl CallTable {
             let old_hash = self.hasher.hash_one(old.as_ref());
             if let Some(ids) = self.index.get_mut(&old_hash) {
                 ids.retain(|&i| i != id);
+                // Redefining ids with ever new signatures must not grow the index.
+                if ids.is_empty() {
+                    self.index.remove(&old_hash);
+                }
             }
         }
         let hash = self.hasher.hash_one(sig.as_ref());
@@ -165,5 +169,29 @@ impl CallTable {
             }
         }
         self.index.entry(hash).or_default().push(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redefining_one_id_with_new_signatures_keeps_one_index_entry() {
+        let mut table = CallTable::new();
+        for i in 0..1_000 {
+            let service = format!("com.example.S{i}");
+            let sig = SignatureRef {
+                service: &service,
+                method: "m",
+                parameter_types: "",
+                version: "",
+                group: "",
+            };
+            table.define(0, sig.to_owned()).unwrap();
+        }
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.index.len(), 1, "stale index entries were kept");
+        assert_eq!(table.get(0).unwrap().service, "com.example.S999");
     }
 }
