@@ -46,6 +46,14 @@ const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
 /// a slot of the in-flight budget until then.
 const MAX_CALL_TIMEOUT_MS: u32 = 10 * 60 * 1000;
 
+/// A call's answer value: decoded (encoded as hessian2 on the way out), or hessian2
+/// bytes as the provider wrote them.
+#[derive(Debug, Clone, Copy)]
+enum Payload<'a> {
+    Value(&'a Value),
+    Encoded(&'a [u8]),
+}
+
 /// The agent status for a Dubbo error status: timeouts as TIMEOUT, a request the
 /// provider could not decode as BAD_REQUEST, a service it does not export as
 /// UNAVAILABLE (the call did not start: another provider may have it); the rest as
@@ -382,13 +390,21 @@ impl ProviderLoop {
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
                 match resp.outcome {
-                    Outcome::Value(v) => self.finish_value(cx, p, Status::Ok, &v, &att),
-                    Outcome::Null => self.finish_value(cx, p, Status::Ok, &Value::Null, &att),
+                    // A hessian2 result goes on as the provider wrote it (no encoding
+                    // again, and its back-references stay as numbered).
+                    Outcome::Value(v) => {
+                        let raw = resp.value_span.and_then(|r| frame.body.get(r));
+                        let payload = raw.map_or(Payload::Value(&v), Payload::Encoded);
+                        self.finish_value(cx, p, Status::Ok, payload, &att)
+                    }
+                    Outcome::Null => {
+                        self.finish_value(cx, p, Status::Ok, Payload::Value(&Value::Null), &att)
+                    }
                     Outcome::Exception { value, .. } => self.finish_value(
                         cx,
                         p,
                         Status::Exception,
-                        &exception_summary(&value),
+                        Payload::Value(&exception_summary(&value)),
                         &att,
                     ),
                     Outcome::Error { status, message } => {
@@ -415,13 +431,16 @@ impl ProviderLoop {
         cx: &mut Ctx<'_, Self>,
         p: Pending,
         status: Status,
-        v: &Value,
+        payload: Payload<'_>,
         att: &[(&str, &str)],
     ) {
         let written = match cx.output(p.inbound) {
             Some(out) => match agent::begin_response_with(out, p.agent_id, status, att) {
                 Ok(mark) => {
-                    Encoder::new().write_value(out, v);
+                    match payload {
+                        Payload::Value(v) => Encoder::new().write_value(out, v),
+                        Payload::Encoded(bytes) => out.extend_from_slice(bytes),
+                    }
                     agent::finish(out, mark).is_ok()
                 }
                 Err(_) => false,

@@ -359,3 +359,26 @@ fn a_provider_that_stops_reading_gets_no_more_calls() {
     assert!(r.text().contains("not reading"), "{}", r.text());
     agent.stop();
 }
+
+#[test]
+fn a_result_with_back_references_reaches_the_consumer_as_the_provider_wrote_it() {
+    let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
+    // [L, L, M] where L is an empty list (object #1), the second L a back-reference to
+    // it, and M (object #2) a map whose "self" refers to M itself. Decoding resolves the
+    // second L to a copy; encoding that again made the copy object #2, so M's "self"
+    // pointed at the list.
+    let value = vec![
+        0x7b, // fixed-length untyped list of 3 (#0)
+        0x78, // an empty list (#1)
+        0x51, 0x91, // back-reference to #1
+        b'H', 0x04, b's', b'e', b'l', b'f', 0x51, 0x92, b'Z', // map #2, "self" -> #2
+    ];
+    provider.set(Mode::RawValue(value.clone()), Default::default());
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    let r = c.call_hash(1, "a");
+    assert_eq!(r.status, codec::agent::Status::Ok, "{}", r.text());
+    assert_eq!(r.payload, value);
+    agent.stop();
+    provider.kill();
+}

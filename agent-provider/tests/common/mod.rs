@@ -26,6 +26,8 @@ pub enum Mode {
     Exception(String),
     /// Never answer.
     Silent,
+    /// A result value given as hessian2 bytes, written as they are (flag 1).
+    RawValue(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -180,6 +182,23 @@ fn serve(
                     Mode::Status(st, text) => {
                         dubbo::encode_response(&mut out, id, ser, st, &Reply::Error(&text), &[])
                             .unwrap();
+                    }
+                    Mode::RawValue(bytes) => {
+                        // Encode a null result, then put the value in place of its flag.
+                        dubbo::encode_response(
+                            &mut out,
+                            id,
+                            ser,
+                            dubbo::status::OK,
+                            &Reply::Null,
+                            &[],
+                        )
+                        .unwrap();
+                        out.truncate(16);
+                        out.push(0x91); // flag 1: a value
+                        out.extend_from_slice(&bytes);
+                        let len = (out.len() - 16) as u32;
+                        out[12..16].copy_from_slice(&len.to_be_bytes());
                     }
                     Mode::Exception(msg) => {
                         dubbo::encode_response(

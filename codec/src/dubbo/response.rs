@@ -167,6 +167,11 @@ pub struct Response {
     pub outcome: Outcome,
     /// Attachments (flags 3..5), in wire order; empty otherwise.
     pub attachments: Vec<(String, Value)>,
+    /// Where the result (or exception) value lies in a hessian2 body. Its bytes are a
+    /// whole hessian2 value on their own (the flag before it defines no class, type or
+    /// reference), so a proxy can forward them as they are: encoding the decoded value
+    /// again would renumber its back-references, which the decoder resolved to copies.
+    pub value_span: Option<std::ops::Range<usize>>,
 }
 
 fn outcome(flag: i64, payload: Option<Value>) -> Result<Outcome, Error> {
@@ -216,6 +221,7 @@ fn error_text(v: Value) -> String {
 pub fn decode_response_body(serialization: u8, status: u8, body: &[u8]) -> Result<Response, Error> {
     let ser = Serialization::from_id(serialization)
         .ok_or(Error::UnsupportedSerialization(serialization))?;
+    let mut value_span = None;
     let (flag, payload, attachments) = match ser {
         Serialization::Hessian2 => {
             let mut vals = body_values(body);
@@ -224,14 +230,19 @@ pub fn decode_response_body(serialization: u8, status: u8, body: &[u8]) -> Resul
                 return Ok(Response {
                     outcome: Outcome::Error { status, message },
                     attachments: Vec::new(),
+                    value_span: None,
                 });
             }
             let flag = flag_of(&vals.need("result flag")?)?;
+            let start = body.len() - vals.rest.len();
             let payload = if matches!(flag, 2 | 5) {
                 None
             } else {
                 vals.next_value()?
             };
+            value_span = payload
+                .is_some()
+                .then(|| start..body.len() - vals.rest.len());
             let att = if flag >= 3 { vals.next_value()? } else { None };
             (flag, payload, att)
         }
@@ -243,6 +254,7 @@ pub fn decode_response_body(serialization: u8, status: u8, body: &[u8]) -> Resul
                 return Ok(Response {
                     outcome: Outcome::Error { status, message },
                     attachments: Vec::new(),
+                    value_span: None,
                 });
             }
             let flag = flag_of(&next("result flag")?.ok_or(Error::Truncated {
@@ -267,5 +279,6 @@ pub fn decode_response_body(serialization: u8, status: u8, body: &[u8]) -> Resul
             Some(v) => attachments_of(v)?,
             None => Vec::new(),
         },
+        value_span,
     })
 }
