@@ -25,8 +25,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use registry::{Instance, Registration, Registry};
 
 pub use crate::config::Config;
@@ -169,8 +170,8 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
         .collect();
     let control = Control {
         registry,
+        registrations: instances.iter().map(|_| None).collect(),
         instances,
-        registrations: Vec::new(),
         up: vec![false; loops],
         events: rx,
         reactor: Some(reactor),
@@ -188,11 +189,15 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
     })
 }
 
+/// How often a registration that failed is tried again while the provider is up.
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+
 /// The control thread's state: it alone touches the registry.
 struct Control {
     registry: Registry,
     instances: Vec<Instance>,
-    registrations: Vec<Registration>,
+    /// One per instance, `None` while not registered.
+    registrations: Vec<Option<Registration>>,
     up: Vec<bool>,
     events: Receiver<Event>,
     reactor: Option<reactor::Reactor<LoopMsg>>,
@@ -201,13 +206,30 @@ struct Control {
 
 impl Control {
     fn run(mut self) {
-        while let Ok(ev) = self.events.recv() {
+        loop {
+            // While the provider is up and a registration failed, retry it now and then.
+            let retry = self.provider_up() && self.registrations.iter().any(Option::is_none);
+            let ev = if retry {
+                match self.events.recv_timeout(REGISTER_RETRY) {
+                    Ok(ev) => ev,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.register();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.events.recv() {
+                    Ok(ev) => ev,
+                    Err(_) => break,
+                }
+            };
             match ev {
                 Event::ProviderUp(i) | Event::ProviderDown(i) => {
                     if let Some(u) = self.up.get_mut(i) {
                         *u = ev == Event::ProviderUp(i);
                     }
-                    if self.up.iter().all(|&u| u) {
+                    if self.provider_up() {
                         self.register();
                     } else {
                         self.deregister();
@@ -228,23 +250,33 @@ impl Control {
         log::info!("stopped");
     }
 
+    /// Whether every loop reaches the provider.
+    fn provider_up(&self) -> bool {
+        self.up.iter().all(|&u| u)
+    }
+
+    /// Registers every instance not registered yet.
     fn register(&mut self) {
-        if !self.registrations.is_empty() {
-            return;
-        }
-        for inst in &self.instances {
+        for (inst, slot) in self.instances.iter().zip(&mut self.registrations) {
+            if slot.is_some() {
+                continue;
+            }
             match self.registry.register(inst.clone()) {
                 Ok(r) => {
                     log::info!("registered {} at {}", inst.service, inst.addr);
-                    self.registrations.push(r);
+                    *slot = Some(r);
                 }
-                Err(e) => log::error!("registering {} at {}: {e}", inst.service, inst.addr),
+                Err(e) => log::error!(
+                    "registering {} at {}: {e}; retrying every {REGISTER_RETRY:?}",
+                    inst.service,
+                    inst.addr
+                ),
             }
         }
     }
 
     fn deregister(&mut self) {
-        for r in self.registrations.drain(..) {
+        for r in self.registrations.iter_mut().filter_map(Option::take) {
             if let Err(e) = r.deregister() {
                 log::warn!("deregistering: {e}");
             }

@@ -76,6 +76,12 @@ const TOKEN_HEARTBEAT: u64 = TOKEN_OWN | 1 << 62;
 const TOKEN_DRAIN: u64 = TOKEN_OWN | 1 << 61;
 const TOKEN_RECONNECT: u64 = TOKEN_OWN; // | slot
 const TOKEN_IDLE: u64 = TOKEN_OWN | 1 << 60;
+const TOKEN_GRACE: u64 = TOKEN_OWN | 1 << 59;
+/// After a stop begins (and the registry entry is gone), a loop keeps answering for at
+/// least this long, new calls as UNAVAILABLE, which consumer-agents retry elsewhere:
+/// one that has not yet seen the deregistration (the file registry is polled every
+/// 50 ms, etcd pushes) gets an answer, not a connection closed under its request.
+const STOP_GRACE: Duration = Duration::from_millis(300);
 
 /// Settings every loop shares.
 #[derive(Debug)]
@@ -139,6 +145,8 @@ pub(crate) struct ProviderLoop {
     /// Provider state last reported to the control thread.
     reported_up: bool,
     draining: bool,
+    /// While stopping: the loop does not exit before this.
+    exit_not_before: Option<Instant>,
     heartbeat_seq: i64,
     /// The last timeout rendered as an attachment value (timeouts are nearly always equal).
     timeout_text: (u32, String),
@@ -163,6 +171,7 @@ impl ProviderLoop {
             inbound: Vec::new(),
             reported_up: false,
             draining: false,
+            exit_not_before: None,
             heartbeat_seq: 0,
             timeout_text: (0, String::new()),
         }
@@ -875,6 +884,8 @@ impl Handler for ProviderLoop {
             self.heartbeat(cx);
         } else if token == TOKEN_IDLE {
             self.close_idle(cx);
+        } else if token == TOKEN_GRACE {
+            // Nothing to do: `tick`, right after, exits if nothing is in flight.
         } else if token == TOKEN_DRAIN {
             for p in self.upstream.take_all() {
                 self.finish_call(
@@ -927,16 +938,17 @@ impl Handler for ProviderLoop {
     fn tick(&mut self, cx: &mut Ctx<'_, Self>) {
         let inflight = self.upstream.inflight();
         self.m().inflight.store(inflight as i64, Relaxed);
-        if self.draining && inflight == 0 {
+        let grace_over = self.exit_not_before.is_some_and(|t| cx.now() >= t);
+        if self.draining && inflight == 0 && grace_over {
             cx.exit();
         }
     }
 
     fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
         self.draining = true;
-        if self.upstream.inflight() == 0 {
-            cx.exit();
-        } else {
+        self.exit_not_before = Some(cx.now() + STOP_GRACE);
+        cx.set_timer(STOP_GRACE, TOKEN_GRACE);
+        if self.upstream.inflight() > 0 {
             log::info!(
                 "loop {}: draining {} calls",
                 self.index,

@@ -260,3 +260,66 @@ fn a_provider_busy_on_long_calls_gets_heartbeats_and_stays_connected() {
     agent.stop();
     provider.kill();
 }
+
+#[test]
+fn a_call_arriving_just_after_a_stop_is_answered_unavailable() {
+    init_log();
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    let agent =
+        agent_provider::run(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
+    let addr = agent.local_addr();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    let mut c = Client::connect(addr);
+    c.define_hash();
+    assert_eq!(c.call_hash(1, "hello").int(), 99162322);
+    // Nothing in flight: the stop deregisters and closes the listener at once, but the
+    // loop still answers for a moment, for a consumer-agent that has not yet seen the
+    // deregistration: with UNAVAILABLE, which it retries elsewhere.
+    let stopper = std::thread::spawn(move || agent.stop());
+    wait_for(5, "the listener closed", || {
+        std::net::TcpStream::connect(addr).is_err()
+    });
+    let r = c.call_hash(2, "late");
+    assert_eq!(r.status, codec::agent::Status::Unavailable, "{}", r.text());
+    assert!(r.text().contains("shutting down"), "{}", r.text());
+    stopper.join().unwrap();
+    provider.kill();
+}
+
+#[test]
+fn a_failed_registration_is_retried() {
+    init_log();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    // A file where the service's directory must go: registering fails.
+    let blocker = dir.path().join(SERVICE);
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
+    let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
+    cfg.registry = Some(url.clone());
+    let agent = agent_provider::run(cfg).unwrap();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    // Let the first attempt (on the provider coming up) fail, then clear the way.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(&blocker).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reg = registry::open(Some(&url)).unwrap();
+    let _watch = reg
+        .watch(SERVICE, move |list| {
+            let _ = tx.send(list);
+        })
+        .unwrap();
+    let advertised = agent.local_addr().to_string();
+    loop {
+        let list = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("registered after the failure");
+        if list.iter().any(|i| i.addr == advertised) {
+            break;
+        }
+    }
+    agent.stop();
+    provider.kill();
+}
