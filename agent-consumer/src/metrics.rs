@@ -154,22 +154,95 @@ impl Metrics {
         let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(s, "consumer_latency_seconds_sum {sum}");
         let _ = writeln!(s, "consumer_latency_seconds_count {cumulative}");
-        let _ = writeln!(s, "# TYPE consumer_upstream_up gauge");
+        // Per provider-agent gauges, each metric's lines together under its TYPE line,
+        // as the exposition format asks.
         if let Ok(all) = self.upstreams.lock() {
-            for (l, ups) in all.iter().enumerate() {
-                for u in ups {
-                    let labels = format!("loop=\"{l}\",upstream=\"{}\"", u.addr);
-                    let _ = writeln!(s, "consumer_upstream_up{{{labels}}} {}", u8::from(u.up));
-                    let _ = writeln!(s, "consumer_upstream_inflight{{{labels}}} {}", u.inflight);
-                    let _ = writeln!(s, "consumer_upstream_limit{{{labels}}} {:.1}", u.limit);
-                    let _ = writeln!(
-                        s,
-                        "consumer_upstream_latency_ewma_seconds{{{labels}}} {:.6}",
-                        u.ewma_us / 1e6
-                    );
+            type Field = fn(&UpstreamView) -> String;
+            let gauges: [(&str, Field); 4] = [
+                ("consumer_upstream_up", |u| u8::from(u.up).to_string()),
+                ("consumer_upstream_inflight", |u| u.inflight.to_string()),
+                ("consumer_upstream_limit", |u| format!("{:.1}", u.limit)),
+                ("consumer_upstream_latency_ewma_seconds", |u| {
+                    format!("{:.6}", u.ewma_us / 1e6)
+                }),
+            ];
+            for (name, value) in gauges {
+                let _ = writeln!(s, "# TYPE {name} gauge");
+                for (l, ups) in all.iter().enumerate() {
+                    for u in ups {
+                        let _ = writeln!(
+                            s,
+                            "{name}{{loop=\"{l}\",upstream=\"{}\"}} {}",
+                            u.addr,
+                            value(u)
+                        );
+                    }
                 }
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The family a sample line belongs to (a histogram's `_bucket`, `_sum` and `_count`
+    /// belong to the histogram).
+    fn family(sample: &str) -> &str {
+        let name = sample.split(['{', ' ']).next().unwrap_or("");
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| *base == "consumer_latency_seconds")
+            .unwrap_or(name)
+    }
+
+    #[test]
+    fn each_family_is_one_block_under_its_type_line() {
+        let m = Metrics::default();
+        m.request();
+        m.answered(Outcome::Ok, 700);
+        let up = |addr: &str| UpstreamView {
+            addr: addr.into(),
+            up: true,
+            inflight: 1,
+            limit: 8.0,
+            ewma_us: 900.0,
+        };
+        m.set_upstreams(0, vec![up("127.0.0.1:1"), up("127.0.0.1:2")]);
+        m.set_upstreams(1, vec![up("127.0.0.1:1")]);
+        let text = m.render();
+        let mut typed = Vec::new();
+        let mut current = None;
+        let mut finished = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!typed.contains(&name), "two TYPE lines for {name}");
+                typed.push(name);
+                continue;
+            }
+            let f = family(line);
+            assert!(
+                typed.contains(&f),
+                "{f} has no TYPE line before it:\n{text}"
+            );
+            if current != Some(f) {
+                assert!(
+                    !finished.contains(&f),
+                    "{f} is split in two blocks:\n{text}"
+                );
+                finished.extend(current);
+                current = Some(f);
+            }
+        }
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("consumer_upstream_limit{"))
+                .count(),
+            3
+        );
     }
 }
