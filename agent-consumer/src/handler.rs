@@ -15,7 +15,7 @@ use codec::hessian2::{self, Value};
 use codec::http::{self, HttpError, Limits, Request, RequestDecoder};
 use codec::invocation::Invocation;
 use codec::{form, Decoded};
-use reactor::{CloseReason, Conn, ConnId, Ctx, Handler, TimerId};
+use reactor::{CloseReason, Conn, ConnId, Ctx, EndOfInput, Handler, TimerId};
 use registry::Instance;
 use slab::Slab;
 
@@ -471,10 +471,26 @@ impl ConsumerLoop {
             conn.paused = false;
             cx.resume_reading(id);
         }
-        let idle_stop = self.stopping && conn.inflight() == 0;
-        if idle_stop {
+        // Stopping, or the client half-closed: nothing more will come, so once the
+        // last answer is out the connection closes.
+        let finished = (self.stopping || conn.input_ended) && conn.inflight() == 0;
+        if finished {
             cx.close(id);
         }
+    }
+
+    /// The client finished sending (it may only have half-closed, and still read): its
+    /// answers in flight go out first, then the connection closes (in `deliver`).
+    fn on_http_end(&mut self, id: ConnId) -> EndOfInput {
+        let Some(conn) = self.http.get_mut(id) else {
+            return EndOfInput::Close;
+        };
+        if conn.inflight() == 0 {
+            return EndOfInput::Close;
+        }
+        conn.done_reading = true;
+        conn.input_ended = true;
+        EndOfInput::KeepOpen
     }
 
     fn take_buf(&mut self) -> Vec<u8> {
@@ -886,6 +902,13 @@ impl Handler for ConsumerLoop {
         match conn.tag {
             Tag::Http => self.on_http_data(cx, conn.id, input),
             Tag::Agent(key) => self.on_agent_data(cx, conn.id, key, input),
+        }
+    }
+
+    fn end_of_input(&mut self, _cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) -> EndOfInput {
+        match conn.tag {
+            Tag::Http => self.on_http_end(conn.id),
+            Tag::Agent(_) => EndOfInput::Close,
         }
     }
 
