@@ -146,7 +146,9 @@ impl ConsumerLoop {
             if conn.done_reading {
                 return input.len();
             }
-            if conn.inflight() >= self.config.max_pipeline as u64 {
+            // Too many requests in flight, or answers piling up unread (a client that
+            // does not read): read no further until answers go out.
+            if conn.inflight() >= self.config.max_pipeline as u64 || cx.is_congested(id) {
                 conn.paused = true;
                 cx.pause_reading(id);
                 return pos;
@@ -467,7 +469,8 @@ impl ConsumerLoop {
             }
         }
         conn.last_active = cx.now();
-        if conn.paused && conn.inflight() < self.config.max_pipeline as u64 {
+        if conn.paused && conn.inflight() < self.config.max_pipeline as u64 && !cx.is_congested(id)
+        {
             conn.paused = false;
             cx.resume_reading(id);
         }
@@ -909,6 +912,17 @@ impl Handler for ConsumerLoop {
         match conn.tag {
             Tag::Http => self.on_http_end(conn.id),
             Tag::Agent(_) => EndOfInput::Close,
+        }
+    }
+
+    fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
+        // An HTTP client read its answers: take its requests again, unless it still has
+        // too many in flight (then `deliver` resumes it).
+        if let (Tag::Http, Some(c)) = (conn.tag, self.http.get_mut(conn.id)) {
+            if c.paused && c.inflight() < self.config.max_pipeline as u64 {
+                c.paused = false;
+                cx.resume_reading(conn.id);
+            }
         }
     }
 
