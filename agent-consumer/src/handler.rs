@@ -161,7 +161,17 @@ impl ConsumerLoop {
                     conn.last_active = cx.now();
                     let seq = conn.take_seq();
                     self.metrics.request();
+                    // Stopping forces keep-alive off too (see `on_request`).
+                    let last = !msg.keep_alive || self.stopping;
                     self.on_request(cx, id, seq, &msg);
+                    if last {
+                        // The connection closes after this answer: whatever the client
+                        // sent after it is discarded undecoded, never called.
+                        if let Some(conn) = self.http.get_mut(id) {
+                            conn.done_reading = true;
+                        }
+                        return input.len();
+                    }
                 }
                 Ok(Decoded::Incomplete) => {
                     if conn.decoder.take_continue() {

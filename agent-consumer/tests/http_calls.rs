@@ -343,3 +343,43 @@ fn a_half_closing_client_gets_its_answers() {
     assert!(read_to_close(&mut s, Duration::from_secs(5)).is_empty());
     running.stop();
 }
+
+/// A request that ends the connection (`Connection: close`, or HTTP/1.0 without
+/// keep-alive) is the last one taken: requests pipelined after it are neither called
+/// nor answered, and the connection closes after its answer.
+#[test]
+fn nothing_after_a_closing_request_is_called() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    let close = |req: Vec<u8>| {
+        let text = String::from_utf8(req).expect("utf8");
+        text.replacen("Host: x\r\n", "Host: x\r\nConnection: close\r\n", 1)
+            .into_bytes()
+    };
+    let http10 = |req: Vec<u8>| {
+        let text = String::from_utf8(req).expect("utf8");
+        text.replacen("HTTP/1.1", "HTTP/1.0", 1).into_bytes()
+    };
+    let cases: [(&str, Vec<u8>); 2] = [
+        ("Connection: close", close(race_request("first"))),
+        ("HTTP/1.0", http10(race_request("first"))),
+    ];
+    let calls = || agent.calls.load(std::sync::atomic::Ordering::SeqCst);
+    for (what, first) in cases {
+        let before = calls();
+        let mut raw = first;
+        raw.extend_from_slice(&race_request("second"));
+        raw.extend_from_slice(&race_request("third"));
+        let mut s = TcpStream::connect(running.http_addr).expect("connect");
+        s.write_all(&raw).expect("write");
+        let got = bodies(&read_to_close(&mut s, Duration::from_secs(10)));
+        assert_eq!(
+            got,
+            [(200, string_hash_code("first").to_string())],
+            "{what}: one answer, then EOF"
+        );
+        assert_eq!(calls() - before, 1, "{what}: one call made");
+    }
+    running.stop();
+}
