@@ -725,6 +725,11 @@ impl ConsumerLoop {
         let Some(up) = self.upstreams.table.get_mut(key) else {
             return;
         };
+        if up.retiring {
+            up.reconnect = None;
+            self.remove_if_retired(cx, key);
+            return;
+        }
         up.reconnect = None;
         up.open = false;
         up.defined.clear();
@@ -782,6 +787,13 @@ impl ConsumerLoop {
         up.conn = None;
         up.open = false;
         up.defined.clear();
+        if up.retiring {
+            // Left the registry: its calls fail, then it is dropped, not reconnected.
+            log::info!("retiring provider-agent {addr} connection closed: {reason:?}");
+            self.fail_inflight_on(cx, key);
+            self.remove_if_retired(cx, key);
+            return;
+        }
         let delay = up.backoff.next_delay();
         up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
         if was_open {
@@ -970,12 +982,17 @@ impl Handler for ConsumerLoop {
             call => {
                 let Some(c) = self.call_mut(call) else { return };
                 c.timer = None;
-                if let Some((up, _)) = c.sent.take() {
+                let sent_to = c.sent.take().map(|(up, _)| up);
+                if let Some(up) = sent_to {
                     let call_id = c.call_id;
                     self.lost_on(call_id, up);
                 }
                 let msg = "timed out waiting for the provider";
                 self.fail(cx, call, Outcome::Timeout, 504, msg);
+                // It may have been the last call a retiring provider-agent had.
+                if let Some(up) = sent_to {
+                    self.remove_if_retired(cx, up);
+                }
             }
         }
     }
