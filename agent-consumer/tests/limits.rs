@@ -71,6 +71,15 @@ fn heads_and_bodies_over_the_limits_are_refused() {
         body.len()
     );
     assert_eq!(exchange(addr, req.as_bytes(), 1)[0].status, 413);
+    // A chunk-size line that never ends (a 100 KB extension and counting): 400 at
+    // once, not buffered.
+    let mut chunked = b"POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n5;".to_vec();
+    chunked.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    let answer = exchange(addr, &chunked, 1).remove(0);
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (400, "chunk size line too long")
+    );
     // Under both limits: served.
     assert_eq!(exchange(addr, &race_request("small"), 1)[0].status, 200);
     running.stop();
