@@ -389,3 +389,46 @@ fn a_leaving_provider_agent_whose_connection_closes_is_not_reconnected() {
     assert_eq!(mute.accepted.load(Ordering::SeqCst), 1, "no reconnect");
     running.stop();
 }
+
+/// A client trickling its request to the admin port (a byte every 500 ms, each read
+/// within the old per-read timeout) neither holds up `/healthz` for others, nor keeps
+/// its connection past the admin port's deadline for a whole request.
+#[test]
+fn a_slow_admin_client_does_not_block_healthz() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &["--admin", "127.0.0.1:0"]);
+    let admin = running.admin_addr.expect("an admin port");
+    wait_ready(&running);
+    let mut slow = TcpStream::connect(admin).expect("connect admin");
+    let mut trickle = slow.try_clone().expect("clone");
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" {
+            if trickle.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(8) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, body) = admin_get(admin, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?} behind a slow client",
+            t.elapsed()
+        );
+    }
+    // The slow client is cut off at the deadline (2 s), though it is still sending.
+    slow.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the slow client was kept {took:?}"
+    );
+    running.stop();
+}
