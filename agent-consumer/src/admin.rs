@@ -1,13 +1,15 @@
 //! The admin port: `/metrics` (Prometheus text), `/healthz`, and `/registry` (what the
 //! registry last said of each watched service, as JSON).
 //!
-//! Off the request path, so a plain blocking thread: one short request per connection.
+//! Off the request path, so plain blocking threads: one short request per connection,
+//! a thread each, with a deadline for the whole request.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use registry::Instance;
 use serde_json::{json, Value as Json};
@@ -54,7 +56,24 @@ impl Discovered {
     }
 }
 
-/// Binds the admin port and serves it on a thread of its own.
+/// How long a client has to send its whole request, and we to answer it.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed at once (each is done within
+/// [`REQUEST_DEADLINE`] or so, so a legitimate client soon finds room).
+const MAX_CONCURRENT: usize = 32;
+
+/// Counts a connection being served for as long as it lives.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Binds the admin port and serves it: a thread accepting, and one per connection (at
+/// most [`MAX_CONCURRENT`]), each given [`REQUEST_DEADLINE`] for the whole request, so
+/// a slow client holds up no one else.
 ///
 /// # Errors
 /// The address could not be bound.
@@ -65,12 +84,29 @@ pub fn spawn(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &metrics, &discovered) {
-                    log::debug!("admin request: {e}");
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    log::debug!("admin: {MAX_CONCURRENT} connections busy; one refused");
+                    continue;
+                }
+                let guard = Active(active.clone());
+                let (metrics, discovered) = (metrics.clone(), discovered.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("admin-conn".into())
+                        .spawn(move || {
+                            let _guard = guard;
+                            if let Err(e) = serve(stream, &metrics, &discovered) {
+                                log::debug!("admin request: {e}");
+                            }
+                        });
+                if let Err(e) = spawned {
+                    log::warn!("admin: no thread for a connection: {e}");
                 }
             }
         })?;
@@ -78,10 +114,17 @@ pub fn spawn(
 }
 
 fn serve(mut stream: TcpStream, metrics: &Metrics, discovered: &Discovered) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
     let mut buf = [0u8; 2048];
     let mut len = 0;
     let path = loop {
+        // The whole request within the deadline, however it trickles in.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());

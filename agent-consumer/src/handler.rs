@@ -15,7 +15,7 @@ use codec::hessian2::{self, Value};
 use codec::http::{self, HttpError, Limits, Request, RequestDecoder};
 use codec::invocation::Invocation;
 use codec::{form, Decoded};
-use reactor::{CloseReason, Conn, ConnId, Ctx, Handler, TimerId};
+use reactor::{CloseReason, Conn, ConnId, Ctx, EndOfInput, Handler, TimerId};
 use registry::Instance;
 use slab::Slab;
 
@@ -146,7 +146,9 @@ impl ConsumerLoop {
             if conn.done_reading {
                 return input.len();
             }
-            if conn.inflight() >= self.config.max_pipeline as u64 {
+            // Too many requests in flight, or answers piling up unread (a client that
+            // does not read): read no further until answers go out.
+            if conn.inflight() >= self.config.max_pipeline as u64 || cx.is_congested(id) {
                 conn.paused = true;
                 cx.pause_reading(id);
                 return pos;
@@ -159,7 +161,17 @@ impl ConsumerLoop {
                     conn.last_active = cx.now();
                     let seq = conn.take_seq();
                     self.metrics.request();
+                    // Stopping forces keep-alive off too (see `on_request`).
+                    let last = !msg.keep_alive || self.stopping;
                     self.on_request(cx, id, seq, &msg);
+                    if last {
+                        // The connection closes after this answer: whatever the client
+                        // sent after it is discarded undecoded, never called.
+                        if let Some(conn) = self.http.get_mut(id) {
+                            conn.done_reading = true;
+                        }
+                        return input.len();
+                    }
                 }
                 Ok(Decoded::Incomplete) => {
                     if conn.decoder.take_continue() {
@@ -467,14 +479,31 @@ impl ConsumerLoop {
             }
         }
         conn.last_active = cx.now();
-        if conn.paused && conn.inflight() < self.config.max_pipeline as u64 {
+        if conn.paused && conn.inflight() < self.config.max_pipeline as u64 && !cx.is_congested(id)
+        {
             conn.paused = false;
             cx.resume_reading(id);
         }
-        let idle_stop = self.stopping && conn.inflight() == 0;
-        if idle_stop {
+        // Stopping, or the client half-closed: nothing more will come, so once the
+        // last answer is out the connection closes.
+        let finished = (self.stopping || conn.input_ended) && conn.inflight() == 0;
+        if finished {
             cx.close(id);
         }
+    }
+
+    /// The client finished sending (it may only have half-closed, and still read): its
+    /// answers in flight go out first, then the connection closes (in `deliver`).
+    fn on_http_end(&mut self, id: ConnId) -> EndOfInput {
+        let Some(conn) = self.http.get_mut(id) else {
+            return EndOfInput::Close;
+        };
+        if conn.inflight() == 0 {
+            return EndOfInput::Close;
+        }
+        conn.done_reading = true;
+        conn.input_ended = true;
+        EndOfInput::KeepOpen
     }
 
     fn take_buf(&mut self) -> Vec<u8> {
@@ -696,6 +725,11 @@ impl ConsumerLoop {
         let Some(up) = self.upstreams.table.get_mut(key) else {
             return;
         };
+        if up.retiring {
+            up.reconnect = None;
+            self.remove_if_retired(cx, key);
+            return;
+        }
         up.reconnect = None;
         up.open = false;
         up.defined.clear();
@@ -753,6 +787,13 @@ impl ConsumerLoop {
         up.conn = None;
         up.open = false;
         up.defined.clear();
+        if up.retiring {
+            // Left the registry: its calls fail, then it is dropped, not reconnected.
+            log::info!("retiring provider-agent {addr} connection closed: {reason:?}");
+            self.fail_inflight_on(cx, key);
+            self.remove_if_retired(cx, key);
+            return;
+        }
         let delay = up.backoff.next_delay();
         up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
         if was_open {
@@ -889,6 +930,24 @@ impl Handler for ConsumerLoop {
         }
     }
 
+    fn end_of_input(&mut self, _cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) -> EndOfInput {
+        match conn.tag {
+            Tag::Http => self.on_http_end(conn.id),
+            Tag::Agent(_) => EndOfInput::Close,
+        }
+    }
+
+    fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
+        // An HTTP client read its answers: take its requests again, unless it still has
+        // too many in flight (then `deliver` resumes it).
+        if let (Tag::Http, Some(c)) = (conn.tag, self.http.get_mut(conn.id)) {
+            if c.paused && c.inflight() < self.config.max_pipeline as u64 {
+                c.paused = false;
+                cx.resume_reading(conn.id);
+            }
+        }
+    }
+
     fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, reason: CloseReason) {
         match conn.tag {
             Tag::Http => {
@@ -923,12 +982,17 @@ impl Handler for ConsumerLoop {
             call => {
                 let Some(c) = self.call_mut(call) else { return };
                 c.timer = None;
-                if let Some((up, _)) = c.sent.take() {
+                let sent_to = c.sent.take().map(|(up, _)| up);
+                if let Some(up) = sent_to {
                     let call_id = c.call_id;
                     self.lost_on(call_id, up);
                 }
                 let msg = "timed out waiting for the provider";
                 self.fail(cx, call, Outcome::Timeout, 504, msg);
+                // It may have been the last call a retiring provider-agent had.
+                if let Some(up) = sent_to {
+                    self.remove_if_retired(cx, up);
+                }
             }
         }
     }

@@ -27,6 +27,9 @@ pub struct HttpConn {
     pub done_reading: bool,
     /// Reading paused because too many requests are in flight.
     pub paused: bool,
+    /// The client half-closed (its FIN arrived) with answers still due: the connection
+    /// closes once the last of them is written.
+    pub input_ended: bool,
     /// Last time a request arrived or an answer left (idle timeout).
     pub last_active: Instant,
 }
@@ -42,6 +45,7 @@ impl HttpConn {
             parked: Vec::new(),
             done_reading: false,
             paused: false,
+            input_ended: false,
             last_active: now,
         }
     }

@@ -268,3 +268,118 @@ fn json_invocations_get_json_errors_and_form_calls_plain_text() {
     assert_json_error(&a[0], 503, "unavailable", "IHelloService");
     running.stop();
 }
+
+/// Reads until the agent closes the connection (with a deadline): everything it sent.
+fn read_to_close(s: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let end = std::time::Instant::now() + deadline;
+    let mut buf = Vec::new();
+    while read_into(s, &mut buf) {
+        assert!(
+            std::time::Instant::now() < end,
+            "the connection was not closed; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    buf
+}
+
+/// The bodies of the whole HTTP responses in `raw`, in order.
+fn bodies(raw: &[u8]) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = resp.parse(rest) else {
+            break;
+        };
+        let len: usize = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+            .expect("content-length");
+        let Some(body) = rest.get(head..head + len) else {
+            break;
+        };
+        out.push((
+            resp.code.expect("code"),
+            String::from_utf8_lossy(body).into_owned(),
+        ));
+        rest = &rest[head + len..];
+    }
+    assert!(rest.is_empty(), "a partial response: {rest:?}");
+    out
+}
+
+/// A client that half-closes (`shutdown(SHUT_WR)`) after its requests still gets every
+/// answer, then the agent's FIN: one request, and a pipeline.
+#[test]
+fn a_half_closing_client_gets_its_answers() {
+    let agent = fake_agent(Mode::Delay(100));
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    for count in [1, 5] {
+        let params: Vec<String> = (0..count).map(|i| format!("half{count}-{i}")).collect();
+        let mut raw = Vec::new();
+        for p in &params {
+            raw.extend_from_slice(&race_request(p));
+        }
+        let mut s = TcpStream::connect(running.http_addr).expect("connect");
+        s.write_all(&raw).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let got = bodies(&read_to_close(&mut s, Duration::from_secs(10)));
+        let want: Vec<(u16, String)> = params
+            .iter()
+            .map(|p| (200, string_hash_code(p).to_string()))
+            .collect();
+        assert_eq!(got, want, "{count} request(s) then FIN");
+    }
+    // Half-closing with nothing in flight: closed at once, nothing sent.
+    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert!(read_to_close(&mut s, Duration::from_secs(5)).is_empty());
+    running.stop();
+}
+
+/// A request that ends the connection (`Connection: close`, or HTTP/1.0 without
+/// keep-alive) is the last one taken: requests pipelined after it are neither called
+/// nor answered, and the connection closes after its answer.
+#[test]
+fn nothing_after_a_closing_request_is_called() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    let close = |req: Vec<u8>| {
+        let text = String::from_utf8(req).expect("utf8");
+        text.replacen("Host: x\r\n", "Host: x\r\nConnection: close\r\n", 1)
+            .into_bytes()
+    };
+    let http10 = |req: Vec<u8>| {
+        let text = String::from_utf8(req).expect("utf8");
+        text.replacen("HTTP/1.1", "HTTP/1.0", 1).into_bytes()
+    };
+    let cases: [(&str, Vec<u8>); 2] = [
+        ("Connection: close", close(race_request("first"))),
+        ("HTTP/1.0", http10(race_request("first"))),
+    ];
+    let calls = || agent.calls.load(std::sync::atomic::Ordering::SeqCst);
+    for (what, first) in cases {
+        let before = calls();
+        let mut raw = first;
+        raw.extend_from_slice(&race_request("second"));
+        raw.extend_from_slice(&race_request("third"));
+        let mut s = TcpStream::connect(running.http_addr).expect("connect");
+        s.write_all(&raw).expect("write");
+        let got = bodies(&read_to_close(&mut s, Duration::from_secs(10)));
+        assert_eq!(
+            got,
+            [(200, string_hash_code("first").to_string())],
+            "{what}: one answer, then EOF"
+        );
+        assert_eq!(calls() - before, 1, "{what}: one call made");
+    }
+    running.stop();
+}

@@ -71,6 +71,15 @@ fn heads_and_bodies_over_the_limits_are_refused() {
         body.len()
     );
     assert_eq!(exchange(addr, req.as_bytes(), 1)[0].status, 413);
+    // A chunk-size line that never ends (a 100 KB extension and counting): 400 at
+    // once, not buffered.
+    let mut chunked = b"POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n5;".to_vec();
+    chunked.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    let answer = exchange(addr, &chunked, 1).remove(0);
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (400, "chunk size line too long")
+    );
     // Under both limits: served.
     assert_eq!(exchange(addr, &race_request("small"), 1)[0].status, 200);
     running.stop();
@@ -159,5 +168,63 @@ fn calls_beyond_max_upstream_inflight_are_answered_503() {
     );
     // Answers free the slots.
     assert!(served(&mut conns[0], "again"));
+    running.stop();
+}
+
+/// Waits until `read` gives the same value for `quiet` in a row (at most `limit`).
+fn settled(read: impl Fn() -> usize, quiet: Duration, limit: Duration) -> usize {
+    let end = Instant::now() + limit;
+    let mut last = read();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = read();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            return now;
+        }
+        assert!(
+            Instant::now() < end,
+            "still changing after {limit:?}: {now}"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_is_read_no_further() {
+    // 16 KiB answers: a few hundred fill the socket buffers and the agent's output
+    // past its high watermark; pipelining stays on (the default limit, 128).
+    const ANSWER: usize = 16 * 1024;
+    const REQUESTS: usize = 2000;
+    let agent = fake_agent(Mode::Big(ANSWER));
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    let mut hog = connect(running.http_addr);
+    let mut raw = Vec::new();
+    for i in 0..REQUESTS {
+        raw.extend_from_slice(&race_request(&format!("h{i}")));
+    }
+    hog.set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    // The requests (about 500 KB) may not all fit in the socket buffers once the agent
+    // stops reading: a write timing out is what is asked for.
+    let _ = hog.write_all(&raw);
+    let calls = || agent.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let taken = settled(calls, Duration::from_millis(500), Duration::from_secs(20));
+    // Unbounded, every request would be called and its answer buffered (32 MB).
+    assert!(
+        taken < REQUESTS / 2,
+        "{taken} of {REQUESTS} calls made for a client reading nothing"
+    );
+    // Another client is served meanwhile.
+    let mut other = connect(running.http_addr);
+    assert!(served(&mut other, "other"), "another client is served");
+    // Once the client reads, the rest is read and answered, in order.
+    let answers = read_answers(&mut hog, REQUESTS, Duration::from_secs(60));
+    assert_eq!(answers.len(), REQUESTS);
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 200 && a.body.len() == ANSWER));
     running.stop();
 }

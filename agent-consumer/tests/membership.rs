@@ -3,11 +3,14 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use codec::agent::{self, Frame};
 use codec::java::string_hash_code;
+use codec::Decoded;
 use registry::{Instance, Variant};
 use util::*;
 
@@ -218,5 +221,214 @@ fn admin_registry_lists_instances_with_their_variants() {
     assert_eq!(instance["meta"]["variants"], "/1.0,blue/2.0");
     let (status, _) = admin_get(admin, "/nothing");
     assert_eq!(status, 404);
+    running.stop();
+}
+
+/// A provider-agent that takes calls and never answers: it reports each call, counts
+/// the connections made to it and those the consumer-agent closed, and closes its own
+/// on request.
+struct Mute {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    calls: mpsc::Receiver<()>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+fn mute_agent() -> Mute {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let conns = Arc::new(Mutex::new(Vec::new()));
+    let (tx, calls) = mpsc::channel();
+    let (a, e, c) = (accepted.clone(), ended.clone(), conns.clone());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            a.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut all) = c.lock() {
+                all.push(stream.try_clone().expect("clone"));
+            }
+            let (tx, e) = (tx.clone(), e.clone());
+            std::thread::spawn(move || {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) => {
+                            e.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(_) => return,
+                    }
+                    let mut pos = 0;
+                    while let Ok(Decoded::Complete { msg, consumed }) = agent::decode(&buf[pos..]) {
+                        pos += consumed;
+                        if matches!(msg, Frame::Request(_)) {
+                            let _ = tx.send(());
+                        }
+                    }
+                    buf.drain(..pos);
+                }
+            });
+        }
+    });
+    Mute {
+        addr,
+        accepted,
+        ended,
+        calls,
+        conns,
+    }
+}
+
+/// Whether the metrics still list `addr` as an upstream of some loop.
+fn listed(running: &agent_consumer::Running, addr: SocketAddr) -> bool {
+    running
+        .metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("consumer_upstream_up{") && l.contains(&format!("\"{addr}\"")))
+}
+
+/// A race call with a short per-call timeout (`x-dubbo-timeout`), on a fresh connection.
+fn probe(running: &agent_consumer::Running) -> Answer {
+    let mut req = race_request("probe");
+    let at = req
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head end");
+    req.splice(at..at, b"\r\nx-dubbo-timeout: 100".iter().copied());
+    exchange(running.http_addr, &req, 1).remove(0)
+}
+
+/// Starts a consumer-agent on a file registry listing only `mute`, sends it one call
+/// (left in flight), then deregisters it and waits until the loop knows (calls are
+/// refused at once for want of a provider-agent). Returns the client of the call.
+fn in_flight_on_a_leaving_agent(
+    mute: &Mute,
+    extra: &[&str],
+) -> (agent_consumer::Running, TcpStream, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let reg = registry::open(Some(&url)).expect("registry");
+    let registration = reg
+        .register(Instance::new(SERVICE, mute.addr.to_string()))
+        .expect("register");
+    let running = consumer_with(&url, extra);
+    wait_ready(&running);
+    let mut client = TcpStream::connect(running.http_addr).expect("connect");
+    client.write_all(&race_request("inflight")).expect("write");
+    mute.calls
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the call reached the provider-agent");
+    registration.deregister().expect("deregister");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Before the loop learns of it, a probe goes to the mute agent and times out.
+        let a = probe(&running);
+        if a.status == 503 {
+            break;
+        }
+        assert_eq!(a.status, 504, "{a:?}");
+        assert!(
+            Instant::now() < end,
+            "the deregistration never reached the loop"
+        );
+    }
+    (running, client, dir)
+}
+
+/// Waits until `addr` is no upstream of the consumer-agent any more.
+fn wait_unlisted(running: &agent_consumer::Running, addr: SocketAddr) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while listed(running, addr) {
+        assert!(
+            Instant::now() < end,
+            "the retired provider-agent is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_leaving_provider_agent_whose_last_call_times_out_is_dropped() {
+    let mute = mute_agent();
+    let (running, mut client, _dir) =
+        in_flight_on_a_leaving_agent(&mute, &["--timeout-ms", "1500"]);
+    let a = read_answers(&mut client, 1, Duration::from_secs(5)).remove(0);
+    assert_eq!(a.status, 504, "{a:?}");
+    // Its last call over, the retired provider-agent is dropped and its connection closed.
+    wait_unlisted(&running, mute.addr);
+    let end = Instant::now() + Duration::from_secs(5);
+    while mute.ended.load(Ordering::SeqCst) < 1 {
+        assert!(
+            Instant::now() < end,
+            "the connection to it was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(mute.accepted.load(Ordering::SeqCst), 1, "no reconnect");
+    running.stop();
+}
+
+#[test]
+fn a_leaving_provider_agent_whose_connection_closes_is_not_reconnected() {
+    let mute = mute_agent();
+    let (running, mut client, _dir) =
+        in_flight_on_a_leaving_agent(&mute, &["--timeout-ms", "10000"]);
+    // The provider-agent goes away with the call in flight.
+    for s in mute.conns.lock().expect("lock").iter() {
+        s.shutdown(std::net::Shutdown::Both).expect("shutdown");
+    }
+    let a = read_answers(&mut client, 1, Duration::from_secs(5)).remove(0);
+    assert_eq!(a.status, 503, "{a:?}");
+    assert!(a.body.contains("lost"), "{a:?}");
+    wait_unlisted(&running, mute.addr);
+    // A reconnect would come within 100 ms (the first backoff), at most 1 s later.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(mute.accepted.load(Ordering::SeqCst), 1, "no reconnect");
+    running.stop();
+}
+
+/// A client trickling its request to the admin port (a byte every 500 ms, each read
+/// within the old per-read timeout) neither holds up `/healthz` for others, nor keeps
+/// its connection past the admin port's deadline for a whole request.
+#[test]
+fn a_slow_admin_client_does_not_block_healthz() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &["--admin", "127.0.0.1:0"]);
+    let admin = running.admin_addr.expect("an admin port");
+    wait_ready(&running);
+    let mut slow = TcpStream::connect(admin).expect("connect admin");
+    let mut trickle = slow.try_clone().expect("clone");
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" {
+            if trickle.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(8) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, body) = admin_get(admin, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?} behind a slow client",
+            t.elapsed()
+        );
+    }
+    // The slow client is cut off at the deadline (2 s), though it is still sending.
+    slow.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the slow client was kept {took:?}"
+    );
     running.stop();
 }

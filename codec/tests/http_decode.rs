@@ -377,3 +377,81 @@ fn default_limits() {
     let buf = vec![b'a'; 16 * 1024];
     assert_eq!(error(&buf, l), HttpError::HeadTooLarge);
 }
+
+/// Chunk-size lines (their extensions) and trailers are bounded, whether they arrive
+/// whole or never end: a client cannot make the decoder buffer and rescan them without
+/// limit.
+#[test]
+fn chunk_lines_and_trailers_are_bounded() {
+    let limits = Limits {
+        max_head: 1024,
+        max_body: 1024,
+    };
+    let chunked = |rest: &[u8]| {
+        let mut buf = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        buf.extend_from_slice(rest);
+        buf
+    };
+    let long_ext = format!("5;{}", "a".repeat(5000));
+    // A line that never ends, and one that does, both past the 4 KiB line limit.
+    for rest in [
+        long_ext.clone(),
+        format!("{long_ext}\r\nhello\r\n0\r\n\r\n"),
+    ] {
+        let e = error(&chunked(rest.as_bytes()), limits);
+        assert_eq!(e, HttpError::ChunkLineTooLong);
+        assert_eq!((e.status(), e.reason()), (400, "chunk size line too long"));
+    }
+    // Whitespace after the size counts too.
+    let spaces = format!("5{}", " ".repeat(5000));
+    assert_eq!(
+        error(&chunked(spaces.as_bytes()), limits),
+        HttpError::ChunkLineTooLong
+    );
+    // A 16 MB extension fed as it arrives is refused once it passes the line limit.
+    let mut dec = RequestDecoder::with_limits(limits);
+    let mut buf = chunked(b"5;");
+    let mut refused = None;
+    for _ in 0..256 {
+        buf.extend(std::iter::repeat_n(b'a', 64 * 1024));
+        match dec.decode(&buf) {
+            Ok(Decoded::Incomplete) => {}
+            Err(e) => {
+                refused = Some((e, buf.len()));
+                break;
+            }
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+    let (e, at) = refused.expect("the endless extension was refused");
+    assert_eq!(e, HttpError::ChunkLineTooLong);
+    assert!(at < 128 * 1024, "refused only after {at} bytes");
+    // Lines each under the limit whose extensions together pass max_head.
+    let mut many = Vec::new();
+    for _ in 0..20 {
+        many.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(100)).as_bytes());
+    }
+    assert_eq!(error(&chunked(&many), limits), HttpError::ChunkLineTooLong);
+    // Trailers past max_head: 431, complete or not.
+    let trailer = format!("0\r\nX-Trailer: {}\r\n", "t".repeat(2000));
+    for rest in [trailer.clone(), format!("{trailer}\r\n")] {
+        let e = error(&chunked(rest.as_bytes()), limits);
+        assert_eq!(e, HttpError::TrailersTooLarge);
+        assert_eq!((e.status(), e.reason()), (431, "trailer fields too large"));
+    }
+    // Under every limit: decoded.
+    let ok = chunked(
+        format!(
+            "5;name={}\r\nhello\r\n0\r\nX-Trailer: {}\r\n\r\n",
+            "v".repeat(300),
+            "t".repeat(300)
+        )
+        .as_bytes(),
+    );
+    match RequestDecoder::with_limits(limits).decode(&ok) {
+        Ok(Decoded::Complete { msg, consumed }) => {
+            assert_eq!((&msg.body[..], consumed), (&b"hello"[..], ok.len()));
+        }
+        other => panic!("{other:?}"),
+    }
+}

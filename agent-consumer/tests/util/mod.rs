@@ -28,6 +28,8 @@ pub enum Mode {
     Fail,
     /// hashCode, answered after this many milliseconds (concurrently).
     Delay(u64),
+    /// A String of this many `x`, whatever the call (a large answer).
+    Big(usize),
 }
 
 /// A fake provider-agent on a thread per connection.
@@ -110,6 +112,12 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                                 &mut payload,
                                 codec::java::string_hash_code(&arg),
                             );
+                            agent::encode_response(&mut out, r.id, Status::Ok, &payload)
+                                .expect("encode");
+                        }
+                        Mode::Big(n) => {
+                            let mut payload = Vec::new();
+                            hessian2::ser::write_string(&mut payload, &"x".repeat(n));
                             agent::encode_response(&mut out, r.id, Status::Ok, &payload)
                                 .expect("encode");
                         }

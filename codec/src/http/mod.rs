@@ -27,8 +27,9 @@
 //! # Errors
 //!
 //! [`HttpError`] maps every failure to the status to answer ([`HttpError::status`]):
-//! 400 bad syntax, 413 body too large, 417 unknown expectation, 431 head too large,
-//! 501 unsupported transfer-coding. After any error the connection cannot be re-framed:
+//! 400 bad syntax (a chunk-size line over 4 KiB, or chunk extensions together over the
+//! head limit, included), 413 body too large, 417 unknown expectation, 431 head (or
+//! chunked trailers) too large, 501 unsupported transfer-coding. After any error the connection cannot be re-framed:
 //! answer (if nothing was written yet) and close.
 //!
 //! # Panics
@@ -93,6 +94,11 @@ pub enum HttpError {
     LengthAndTransferEncoding,
     /// A chunk size line or chunk delimiter is malformed (400).
     InvalidChunk,
+    /// A chunk size line is longer than 4 KiB, or the chunk extensions of a body
+    /// together pass the head limit (400).
+    ChunkLineTooLong,
+    /// The trailer fields after the last chunk pass the head limit (431).
+    TrailersTooLarge,
     /// The head passed the head limit before it was complete (431).
     HeadTooLarge,
     /// More than [`MAX_HEADERS`] headers (431).
@@ -112,8 +118,11 @@ impl HttpError {
             HttpError::Syntax(_)
             | HttpError::InvalidContentLength
             | HttpError::LengthAndTransferEncoding
-            | HttpError::InvalidChunk => 400,
-            HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
+            | HttpError::InvalidChunk
+            | HttpError::ChunkLineTooLong => 400,
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders | HttpError::TrailersTooLarge => {
+                431
+            }
             HttpError::BodyTooLarge => 413,
             HttpError::UnsupportedTransferEncoding => 501,
             HttpError::ExpectationFailed => 417,
@@ -133,6 +142,8 @@ impl HttpError {
                 "both Content-Length and Transfer-Encoding present"
             }
             HttpError::InvalidChunk => "malformed chunked body",
+            HttpError::ChunkLineTooLong => "chunk size line too long",
+            HttpError::TrailersTooLarge => "trailer fields too large",
             HttpError::HeadTooLarge => "request head too large",
             HttpError::TooManyHeaders => "too many headers",
             HttpError::BodyTooLarge => "request body too large",
@@ -269,8 +280,9 @@ enum Progress {
     /// The head parsed and the whole request needs this many bytes: until the buffer
     /// holds them, answer `Incomplete` without re-parsing.
     Sized(usize),
-    /// A chunked body: validated up to `pos` holding `body` de-chunked bytes.
-    Chunked { pos: usize, body: usize },
+    /// A chunked body: validated up to `pos` holding `body` de-chunked bytes, with `ext`
+    /// bytes of chunk extensions so far.
+    Chunked { pos: usize, body: usize, ext: usize },
 }
 
 /// An incremental HTTP/1.x request decoder for one connection.
@@ -390,13 +402,13 @@ impl RequestDecoder {
         };
         let rest = buf.get(head_len..).unwrap_or_default();
         if head.chunked {
-            let (pos, body) = match self.progress {
-                Progress::Chunked { pos, body } => (pos, body),
-                _ => (0, 0),
+            let (pos, body, ext) = match self.progress {
+                Progress::Chunked { pos, body, ext } => (pos, body, ext),
+                _ => (0, 0, 0),
             };
-            match chunked::scan(rest, pos, body, self.limits.max_body)? {
-                chunked::Scan::Incomplete { pos, body } => {
-                    self.progress = Progress::Chunked { pos, body };
+            match chunked::scan(rest, pos, body, ext, self.limits)? {
+                chunked::Scan::Incomplete { pos, body, ext } => {
+                    self.progress = Progress::Chunked { pos, body, ext };
                     self.continue_due = head.expects_continue;
                     Ok(Decoded::Incomplete)
                 }
