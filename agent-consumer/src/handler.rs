@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codec::agent::{self, CallTable, Frame, RequestHead, SignatureRef, Status};
+use codec::agent::{self, AgentError, CallTable, Frame, RequestHead, SignatureRef, Status};
 use codec::hessian2::{self, Value};
 use codec::http::{self, HttpError, Limits, Request, RequestDecoder};
 use codec::invocation::Invocation;
@@ -98,6 +98,9 @@ pub struct ConsumerLoop {
     upstreams: Upstreams,
     /// Signatures by loop-wide call id (the same id on every upstream connection).
     signatures: CallTable,
+    /// Calls in flight per call id: an id with none may be given to a new signature
+    /// once the table is full, so clients naming ever new methods cannot fill it.
+    signature_uses: Vec<u32>,
     calls: Slab<Call>,
     next_gen: u32,
     pool: Vec<Vec<u8>>,
@@ -117,6 +120,7 @@ impl ConsumerLoop {
             metrics,
             http: HttpConns::default(),
             signatures: CallTable::new(),
+            signature_uses: Vec::new(),
             calls: Slab::new(),
             next_gen: 0,
             pool: Vec::new(),
@@ -303,8 +307,8 @@ impl ConsumerLoop {
             version: &prepared.version,
             group: &prepared.group,
         };
-        let call_id = match self.signatures.intern(sig) {
-            Ok((call_id, _)) => call_id,
+        let call_id = match self.intern(sig) {
+            Ok(call_id) => call_id,
             Err(e) => {
                 self.recycle(args);
                 self.metrics.answered(Outcome::BadRequest, 0);
@@ -312,6 +316,9 @@ impl ConsumerLoop {
                 return self.answer_error(cx, id, seq, keep_alive, render, 400, &msg);
             }
         };
+        if let Some(n) = self.signature_uses.get_mut(call_id as usize) {
+            *n += 1;
+        }
         self.next_gen = self.next_gen.wrapping_add(1) & 0x7fff_ffff;
         let key = self.calls.insert(Call {
             gen: self.next_gen,
@@ -335,6 +342,44 @@ impl ConsumerLoop {
             c.timer = Some(timer);
         }
         self.dispatch(cx, call, None);
+    }
+
+    /// The loop-wide call id of a signature. Once the table is full, an id no call in
+    /// flight uses is given to the new signature, and every provider-agent connection
+    /// gets its DEFINE again before its next use (a later DEFINE replaces an earlier).
+    fn intern(&mut self, sig: SignatureRef<'_>) -> Result<u32, AgentError> {
+        let too_long = [
+            sig.service,
+            sig.method,
+            sig.parameter_types,
+            sig.version,
+            sig.group,
+        ]
+        .iter()
+        .any(|f| f.len() > usize::from(u16::MAX));
+        if too_long {
+            return Err(AgentError::TooLong);
+        }
+        let id = match self.signatures.intern(sig) {
+            Ok((id, _)) => id,
+            Err(AgentError::CallTableFull) => {
+                let unused = (0..self.signatures.len() as u32)
+                    .find(|&i| self.signature_uses.get(i as usize).is_none_or(|&n| n == 0))
+                    .ok_or(AgentError::CallTableFull)?;
+                self.signatures.define(unused, sig.to_owned())?;
+                for (_, up) in self.upstreams.table.iter_mut() {
+                    if let Some(d) = up.defined.get_mut(unused as usize) {
+                        *d = false;
+                    }
+                }
+                unused
+            }
+            Err(e) => return Err(e),
+        };
+        if self.signature_uses.len() <= id as usize {
+            self.signature_uses.resize(id as usize + 1, 0);
+        }
+        Ok(id)
     }
 
     /// Sends a call to a provider, or answers it if none can take it.
@@ -425,6 +470,9 @@ impl ConsumerLoop {
             return;
         }
         let c = self.calls.remove(key);
+        if let Some(n) = self.signature_uses.get_mut(c.call_id as usize) {
+            *n = n.saturating_sub(1);
+        }
         if let Some(t) = c.timer {
             cx.cancel_timer(t);
         }

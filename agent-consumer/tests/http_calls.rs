@@ -383,3 +383,38 @@ fn nothing_after_a_closing_request_is_called() {
     }
     running.stop();
 }
+
+#[test]
+fn clients_naming_ever_new_methods_cannot_fill_the_call_table() {
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(&[agent.addr], &[]);
+    wait_ready(&running);
+    // More distinct signatures than the loop's call table holds (4,096): once it is
+    // full, ids no call in flight uses are given to the new ones.
+    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    for batch in 0..41 {
+        let mut raw = Vec::new();
+        for i in 0..100 {
+            let body = race_body("p").replace("method=hash", &format!("method=m{batch}x{i}"));
+            raw.extend_from_slice(
+                format!(
+                    "POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        s.write_all(&raw).expect("write");
+        for a in read_answers(&mut s, 100, Duration::from_secs(10)) {
+            assert_eq!(
+                (a.status, a.body.as_str()),
+                (200, string_hash_code("p").to_string().as_str()),
+                "batch {batch}"
+            );
+        }
+    }
+    // The race's own signature still gets an id.
+    let answers = exchange(running.http_addr, &race_request("hello"), 1);
+    assert_eq!(answers[0].body, string_hash_code("hello").to_string());
+    running.stop();
+}
