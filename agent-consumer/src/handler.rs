@@ -417,7 +417,12 @@ impl ConsumerLoop {
         let Some(up) = self.upstreams.table.get_mut(up_key) else {
             return;
         };
-        let Some(conn) = up.conn else { return };
+        // A connection closing (its provider-agent finished sending) takes no call:
+        // not open any more, and the call goes to another provider-agent or fails.
+        let Some(conn) = up.conn.filter(|&c| cx.is_open(c)) else {
+            up.open = false;
+            return self.dispatch(cx, call, Some(up_key));
+        };
         let new_define = up.define(call_id);
         let Some(c) = self.calls.get_mut((call & 0xffff_ffff) as usize) else {
             return;
@@ -981,7 +986,16 @@ impl Handler for ConsumerLoop {
     fn end_of_input(&mut self, _cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) -> EndOfInput {
         match conn.tag {
             Tag::Http => self.on_http_end(conn.id),
-            Tag::Agent(_) => EndOfInput::Close,
+            Tag::Agent(key) => {
+                // The provider-agent finished sending: it answers nothing more, so no
+                // new call goes to it (its calls in flight fail when it closes).
+                if let Some(up) = self.upstreams.table.get_mut(key) {
+                    if up.conn == Some(conn.id) {
+                        up.open = false;
+                    }
+                }
+                EndOfInput::Close
+            }
         }
     }
 

@@ -418,3 +418,28 @@ fn clients_naming_ever_new_methods_cannot_fill_the_call_table() {
     assert_eq!(answers[0].body, string_hash_code("hello").to_string());
     running.stop();
 }
+
+#[test]
+fn a_provider_agent_that_finished_sending_gets_no_new_calls() {
+    let agent = fake_agent(Mode::HashThenFinish);
+    let running = consumer(&[agent.addr], &["--timeout-ms", "4000"]);
+    wait_ready(&running);
+    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    s.write_all(&race_request("a")).expect("write");
+    let first = read_answers(&mut s, 1, Duration::from_secs(5));
+    assert_eq!(first[0].body, string_hash_code("a").to_string());
+    // The provider-agent has sent its FIN (it answers nothing more) but keeps the
+    // connection for two seconds: a call must not be written to it and wait for the
+    // timeout; with no other provider-agent it is refused at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    s.write_all(&race_request("b")).expect("write");
+    let second = read_answers(&mut s, 1, Duration::from_secs(10));
+    assert_ne!(second[0].status, 504, "{}", second[0].body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+    running.stop();
+}

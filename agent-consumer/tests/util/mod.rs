@@ -30,6 +30,10 @@ pub enum Mode {
     Delay(u64),
     /// A String of this many `x`, whatever the call (a large answer).
     Big(usize),
+    /// hashCode for the first call; then it half-closes (finishes sending), answers
+    /// nothing more, and holds the connection open for two seconds after the
+    /// consumer-agent's FIN.
+    HashThenFinish,
 }
 
 /// A fake provider-agent on a thread per connection.
@@ -57,8 +61,13 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
     let mut table = CallTable::new();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
+    let mut finished = false;
     loop {
         let n = match stream.read(&mut chunk) {
+            Ok(0) if finished => {
+                std::thread::sleep(Duration::from_secs(2));
+                return;
+            }
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -99,7 +108,8 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                                 }
                             });
                         }
-                        Mode::Hash => {
+                        Mode::HashThenFinish if finished => {}
+                        Mode::Hash | Mode::HashThenFinish => {
                             let arg = match hessian2::decode(r.args) {
                                 Ok(Decoded::Complete {
                                     msg: Value::String(s),
@@ -141,6 +151,10 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
             let Ok(mut w) = writer.lock() else { return };
             if w.write_all(&out).is_err() {
                 return;
+            }
+            if mode == Mode::HashThenFinish && !finished {
+                finished = true;
+                let _ = w.shutdown(std::net::Shutdown::Write);
             }
         }
     }
