@@ -21,7 +21,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::http_conn::{HttpConn, HttpConns};
-use crate::metrics::{Metrics, Outcome, UpstreamView};
+use crate::metrics::{LoopMetrics, Outcome, UpstreamView};
 use crate::upstream::Upstreams;
 
 /// What a connection of this loop is.
@@ -92,7 +92,7 @@ const POOL_MAX: usize = 4096;
 #[derive(Debug)]
 pub struct ConsumerLoop {
     config: Arc<Config>,
-    metrics: Arc<Metrics>,
+    metrics: LoopMetrics,
     limits: Limits,
     http: HttpConns,
     upstreams: Upstreams,
@@ -109,7 +109,7 @@ pub struct ConsumerLoop {
 
 impl ConsumerLoop {
     /// A loop's state.
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Arc<Config>, metrics: LoopMetrics) -> Self {
         ConsumerLoop {
             limits: Limits {
                 max_head: config.max_head,

@@ -76,7 +76,7 @@ impl std::error::Error for StartError {}
 /// A port could not be bound, or the registry could not be opened.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(config.loops));
     let registry = registry::open(config.registry.as_deref()).map_err(StartError::Registry)?;
     let reactor_config = reactor::Config {
         loops: config.loops.max(1),
@@ -87,7 +87,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let (c, m) = (config.clone(), metrics.clone());
     let reactor = reactor::Builder::new(reactor_config)
         .listen(config.listen, Tag::Http)
-        .start(move |_, _| ConsumerLoop::new(c.clone(), m.clone()))
+        .start(move |index, _| ConsumerLoop::new(c.clone(), m.for_loop(index)))
         .map_err(StartError::Io)?;
     let http_addr = reactor.local_addrs()[0];
     let discovered = Arc::new(admin::Discovered::default());

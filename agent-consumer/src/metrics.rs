@@ -1,11 +1,12 @@
-//! Counters shared by the loops and read by the admin port.
+//! Counters the loops update and the admin port reads.
 //!
-//! Each counter is an atomic updated with `Relaxed` ordering: no lock on the request
-//! path, and on one loop the cache line stays with that loop's core.
+//! Each loop has its own counters, on cache lines of their own, updated with `Relaxed`
+//! atomics: no lock on the request path, and no cache line bouncing between the cores
+//! of several loops. The admin port adds them up.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Upper bounds of the latency histogram buckets, in microseconds.
 pub const LATENCY_BUCKETS_US: [u64; 14] = [
@@ -51,9 +52,11 @@ pub struct UpstreamView {
     pub ewma_us: f64,
 }
 
-/// The consumer-agent's metrics.
+/// One loop's counters: only that loop writes them. Aligned so that two loops'
+/// counters never share a cache line.
 #[derive(Debug, Default)]
-pub struct Metrics {
+#[repr(align(128))]
+struct LoopCounters {
     requests: AtomicU64,
     outcomes: [AtomicU64; 5],
     retries: AtomicU64,
@@ -61,19 +64,70 @@ pub struct Metrics {
     connections: AtomicI64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
+}
+
+/// The consumer-agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    loops: Vec<LoopCounters>,
     /// Per loop, its upstreams (refreshed once a second, off the request path).
     upstreams: Mutex<Vec<Vec<UpstreamView>>>,
 }
 
-impl Metrics {
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(1)
+    }
+}
+
+/// One loop's window onto the metrics: its own counters, and the shared rest (through
+/// `Deref`).
+#[derive(Debug, Clone)]
+pub struct LoopMetrics {
+    shared: Arc<Metrics>,
+    index: usize,
+}
+
+impl std::ops::Deref for LoopMetrics {
+    type Target = Metrics;
+    fn deref(&self) -> &Metrics {
+        &self.shared
+    }
+}
+
+impl LoopMetrics {
+    fn own(&self) -> &LoopCounters {
+        &self.shared.loops[self.index]
+    }
+
     /// A request arrived.
     pub fn request(&self) {
-        self.requests.fetch_add(1, Relaxed);
-        self.inflight.fetch_add(1, Relaxed);
+        self.own().request();
     }
 
     /// A request was answered.
     pub fn answered(&self, outcome: Outcome, latency_us: u64) {
+        self.own().answered(outcome, latency_us);
+    }
+
+    /// A call was retried on another provider.
+    pub fn retried(&self) {
+        self.own().retries.fetch_add(1, Relaxed);
+    }
+
+    /// An HTTP connection opened (+1) or closed (-1).
+    pub fn connection(&self, delta: i64) {
+        self.own().connections.fetch_add(delta, Relaxed);
+    }
+}
+
+impl LoopCounters {
+    fn request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+        self.inflight.fetch_add(1, Relaxed);
+    }
+
+    fn answered(&self, outcome: Outcome, latency_us: u64) {
         self.inflight.fetch_sub(1, Relaxed);
         let slot = OUTCOMES
             .iter()
@@ -87,15 +141,28 @@ impl Metrics {
         self.latency_buckets[bucket].fetch_add(1, Relaxed);
         self.latency_sum_us.fetch_add(latency_us, Relaxed);
     }
+}
 
-    /// A call was retried on another provider.
-    pub fn retried(&self) {
-        self.retries.fetch_add(1, Relaxed);
+impl Metrics {
+    /// Counters for `loops` loops.
+    pub fn new(loops: usize) -> Self {
+        Metrics {
+            loops: (0..loops.max(1)).map(|_| LoopCounters::default()).collect(),
+            upstreams: Mutex::default(),
+        }
     }
 
-    /// An HTTP connection opened (+1) or closed (-1).
-    pub fn connection(&self, delta: i64) {
-        self.connections.fetch_add(delta, Relaxed);
+    /// Loop `index`'s window (the last loop's for an index beyond the count).
+    pub fn for_loop(self: &Arc<Self>, index: usize) -> LoopMetrics {
+        LoopMetrics {
+            shared: self.clone(),
+            index: index.min(self.loops.len() - 1),
+        }
+    }
+
+    /// The sum of one counter over the loops.
+    fn sum<T: Into<i128>>(&self, read: impl Fn(&LoopCounters) -> T) -> i128 {
+        self.loops.iter().map(|l| read(l).into()).sum()
     }
 
     /// Replaces loop `index`'s view of its upstreams.
@@ -120,38 +187,50 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
         let _ = writeln!(s, "# TYPE consumer_requests_total counter");
-        let _ = writeln!(s, "consumer_requests_total {}", self.requests.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "consumer_requests_total {}",
+            self.sum(|l| l.requests.load(Relaxed))
+        );
         let _ = writeln!(s, "# TYPE consumer_responses_total counter");
         for (i, (_, name)) in OUTCOMES.iter().enumerate() {
-            let n = self.outcomes[i].load(Relaxed);
+            let n = self.sum(|l| l.outcomes[i].load(Relaxed));
             let _ = writeln!(s, "consumer_responses_total{{outcome=\"{name}\"}} {n}");
         }
         let _ = writeln!(s, "# TYPE consumer_retries_total counter");
-        let _ = writeln!(s, "consumer_retries_total {}", self.retries.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "consumer_retries_total {}",
+            self.sum(|l| l.retries.load(Relaxed))
+        );
         let _ = writeln!(s, "# TYPE consumer_inflight gauge");
-        let _ = writeln!(s, "consumer_inflight {}", self.inflight.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "consumer_inflight {}",
+            self.sum(|l| l.inflight.load(Relaxed))
+        );
         let _ = writeln!(s, "# TYPE consumer_http_connections gauge");
         let _ = writeln!(
             s,
             "consumer_http_connections {}",
-            self.connections.load(Relaxed)
+            self.sum(|l| l.connections.load(Relaxed))
         );
         let _ = writeln!(s, "# TYPE consumer_latency_seconds histogram");
         let mut cumulative = 0;
         for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += self.latency_buckets[i].load(Relaxed);
+            cumulative += self.sum(|l| l.latency_buckets[i].load(Relaxed));
             let le = *b as f64 / 1e6;
             let _ = writeln!(
                 s,
                 "consumer_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
             );
         }
-        cumulative += self.latency_buckets[LATENCY_BUCKETS_US.len()].load(Relaxed);
+        cumulative += self.sum(|l| l.latency_buckets[LATENCY_BUCKETS_US.len()].load(Relaxed));
         let _ = writeln!(
             s,
             "consumer_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
         );
-        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
+        let sum = self.sum(|l| l.latency_sum_us.load(Relaxed)) as f64 / 1e6;
         let _ = writeln!(s, "consumer_latency_seconds_sum {sum}");
         let _ = writeln!(s, "consumer_latency_seconds_count {cumulative}");
         // Per provider-agent gauges, each metric's lines together under its TYPE line,
@@ -201,9 +280,10 @@ mod tests {
 
     #[test]
     fn each_family_is_one_block_under_its_type_line() {
-        let m = Metrics::default();
-        m.request();
-        m.answered(Outcome::Ok, 700);
+        let m = Arc::new(Metrics::new(2));
+        m.for_loop(0).request();
+        m.for_loop(1).request();
+        m.for_loop(1).answered(Outcome::Ok, 700);
         let up = |addr: &str| UpstreamView {
             addr: addr.into(),
             up: true,
