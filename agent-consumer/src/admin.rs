@@ -72,8 +72,8 @@ impl Drop for Active {
 }
 
 /// Binds the admin port and serves it: a thread accepting, and one per connection (at
-/// most [`MAX_CONCURRENT`]), each given [`REQUEST_DEADLINE`] for the whole request, so
-/// a slow client holds up no one else.
+/// most 32), each given 2 s for the whole request, so a slow client holds up no one
+/// else.
 ///
 /// # Errors
 /// The address could not be bound.
