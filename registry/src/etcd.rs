@@ -245,7 +245,10 @@ fn decode(prefix: &str, service: &str, kv: &KeyValue) -> Option<Instance> {
 async fn connect(endpoint: &str) -> Result<Client, String> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3));
+        .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
+        // A member cut off from the cluster's leader fails the watch instead of keeping
+        // it open without events.
+        .with_require_leader(true);
     timed(Client::connect([endpoint], Some(opts))).await
 }
 
@@ -313,9 +316,12 @@ async fn keep_registered(
     let mut last_warn: Option<Instant> = None;
     'outer: loop {
         let (ep, endpoint) = endpoints.current();
+        // A lease granted by an attempt a stop cuts short: revoked below, not orphaned.
+        let mut granted: Option<(Client, i64)> = None;
         let attempt = async {
             let mut c = connect(endpoint).await?;
             let lease = timed(c.lease_grant(ttl_secs, None)).await?.id();
+            granted = Some((c.clone(), lease));
             timed(c.put(
                 key.as_str(),
                 value.as_str(),
@@ -327,7 +333,12 @@ async fn keep_registered(
         };
         let res = tokio::select! {
             r = attempt => r,
-            _ = stop.changed() => break 'outer,
+            _ = stop.changed() => {
+                if let Some((mut c, lease)) = granted {
+                    let _ = tokio::time::timeout(REVOKE_TIMEOUT, c.lease_revoke(lease)).await;
+                }
+                break 'outer;
+            }
         };
         let (mut client, lease, mut keeper, mut stream) = match res {
             Ok(x) => x,
@@ -367,27 +378,33 @@ async fn keep_registered(
                 _ = stop.changed() => break 'outer,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = keeper.keep_alive().await {
-                log::warn!("etcd: keep-alive of {key} failed: {e}; re-registering");
-                break;
-            }
-            match tokio::time::timeout(RPC_TIMEOUT, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                Ok(Ok(Some(_))) => {
+            // One keep-alive round trip, cut short by a stop: a deregistration does not
+            // wait for it (and the caller's wait for the revoke is bounded).
+            let round = async {
+                keeper
+                    .keep_alive()
+                    .await
+                    .map_err(|e| format!("keep-alive of {key} failed: {e}"))?;
+                match tokio::time::timeout(RPC_TIMEOUT, stream.message()).await {
+                    Ok(Ok(Some(r))) => Ok(r.ttl() > 0),
+                    Ok(Ok(None)) => Err(format!("keep-alive stream of {key} closed")),
+                    Ok(Err(e)) => Err(format!("keep-alive of {key} failed: {e}")),
+                    Err(_) => Err(format!("keep-alive of {key} timed out")),
+                }
+            };
+            let alive = tokio::select! {
+                r = round => r,
+                _ = stop.changed() => break 'outer,
+            };
+            match alive {
+                Ok(true) => {}
+                Ok(false) => {
                     log::warn!("etcd: lease of {key} lost; re-registering");
                     current = None;
                     continue 'outer; // etcd is fine: at once, same endpoint
                 }
-                Ok(Ok(None)) => {
-                    log::warn!("etcd: keep-alive stream of {key} closed; re-registering");
-                    break;
-                }
-                Ok(Err(e)) => {
-                    log::warn!("etcd: keep-alive of {key} failed: {e}; re-registering");
-                    break;
-                }
-                Err(_) => {
-                    log::warn!("etcd: keep-alive of {key} timed out; re-registering");
+                Err(e) => {
+                    log::warn!("etcd: {e}; re-registering");
                     break;
                 }
             }
@@ -488,6 +505,18 @@ async fn watch_loop(
             };
             match msg {
                 Ok(Some(resp)) => {
+                    // etcd's revision went back: it lost its data (recreated without a
+                    // volume) or was restored from a snapshot. Events below our resume
+                    // point would never come, so read everything again.
+                    let now = resp.header().map_or(rev, |h| h.revision());
+                    if now < rev {
+                        log::warn!(
+                            "etcd: revision of {prefix} went back from {rev} to {now} \
+                             (etcd lost or restored its data); full read"
+                        );
+                        rev = 0;
+                        break None;
+                    }
                     if resp.compact_revision() > 0 {
                         log::warn!(
                             "etcd: revision {} of {prefix} compacted (now {}); full read",

@@ -182,6 +182,11 @@ impl FileRegistration {
     }
 }
 
+/// EMFILE or ENFILE: a passing shortage, not a bad file.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
 fn pid_alive(pid: u64) -> bool {
     if pid == u64::from(std::process::id()) {
         return true;
@@ -195,7 +200,9 @@ fn pid_alive(pid: u64) -> bool {
 }
 
 /// Reads one service directory, dropping (and deleting) dead or stale entries; `None`
-/// when the directory or a file in it cannot be read (other than being absent).
+/// (keep the last list) when the directory cannot be read or the process is out of
+/// file descriptors. Any other file that cannot be read (a directory named `x.json`, a
+/// file of another user's) is skipped: one bad file must not freeze the list.
 fn scan(sdir: &Path, service: &str) -> Option<Vec<Instance>> {
     let rd = match std::fs::read_dir(sdir) {
         Ok(rd) => rd,
@@ -217,9 +224,14 @@ fn scan(sdir: &Path, service: &str) -> Option<Vec<Instance>> {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // removed meanwhile
-            Err(e) => {
+            Err(e) if out_of_descriptors(&e) => {
                 log::warn!("registry scan {}: {e}", path.display());
                 return None;
+            }
+            Err(e) => {
+                // Polled every 50 ms: at debug level, or it would flood the log.
+                log::debug!("registry: skipping unreadable {}: {e}", path.display());
+                continue;
             }
         };
         let v: Value = match serde_json::from_str(&text) {

@@ -330,3 +330,31 @@ fn several_endpoints_one_of_them_dead() {
     a.deregister().unwrap();
     w.wait_for(Duration::from_secs(6), "empty", |l| l.is_empty());
 }
+
+#[test]
+fn watch_follows_an_etcd_that_lost_its_data() {
+    init_log();
+    let mut etcd = Etcd::start();
+    // Writes elsewhere first: the watch starts at a revision above 100.
+    etcd.with_client(|mut c| async move {
+        for i in 0..100 {
+            c.put(format!("/elsewhere/{i}"), "x", None).await.unwrap();
+        }
+    });
+    let url = etcd.url("?ttl=2");
+    let reg = registry::open(Some(&url)).unwrap();
+    let mut w = Collector::new(&reg, SVC);
+    let _a = reg.register(Instance::new(SVC, "127.0.0.1:30030")).unwrap();
+    w.wait_for(SOON, "a", |l| addrs(l) == ["127.0.0.1:30030"]);
+
+    // A new, empty etcd on the same port: its revisions start again from 1, below the
+    // watch's resume point, so resuming there would miss every event.
+    etcd.restart_empty();
+    let other = registry::open(Some(&url)).unwrap();
+    let _b = other
+        .register(Instance::new(SVC, "127.0.0.1:30031"))
+        .unwrap();
+    w.wait_for(Duration::from_secs(10), "a and b on the new etcd", |l| {
+        addrs(l) == ["127.0.0.1:30030", "127.0.0.1:30031"]
+    });
+}

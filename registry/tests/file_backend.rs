@@ -226,3 +226,17 @@ fn invalid_instances_are_rejected() {
         Err(Error::InvalidInstance(_))
     ));
 }
+
+#[test]
+fn an_unreadable_file_does_not_freeze_the_list() {
+    init_log();
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, _) = open(&dir);
+    // A directory where an entry's file would be: reading it fails, every scan.
+    std::fs::create_dir_all(dir.path().join(SVC).join("127.0.0.1:20009.json")).unwrap();
+    let mut w = Collector::new(&reg, SVC);
+    let _a = reg.register(Instance::new(SVC, "127.0.0.1:20001")).unwrap();
+    w.wait_for(SOON, "a, past the unreadable entry", |l| {
+        addrs(l) == ["127.0.0.1:20001"]
+    });
+}

@@ -147,6 +147,13 @@ impl Etcd {
         }
     }
 
+    /// Starts the server again on the same ports with no data: revisions start over.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.path().join("data"));
+        self.spawn();
+    }
+
     /// Starts the server again on the same ports and data dir.
     pub fn restart(&mut self) {
         self.kill();
