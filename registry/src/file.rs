@@ -4,8 +4,9 @@
 //! rename) with `{"addr","weight","meta","pid","token","heartbeat_ms"}`; the registration's
 //! thread refreshes `heartbeat_ms` every second. Watchers poll every 50 ms and drop (and
 //! delete) entries whose process is gone (`/proc/<pid>` on Linux) or whose heartbeat is
-//! older than 3 s. Registrants and watchers must share a PID namespace for the pid check;
-//! the heartbeat check works regardless.
+//! older than 3 s. The pid check applies only to entries written from the watcher's own
+//! PID namespace (each file names its writer's, `pid_ns`): from another container a pid
+//! means nothing here, and the heartbeat check alone decides.
 //!
 //! Out of file descriptors (a connection flood on the agent's own port), neither side
 //! forgets a live instance: a registrant that cannot write its file touches the file's
@@ -88,6 +89,7 @@ impl Entry {
             "weight": self.instance.weight,
             "meta": self.instance.meta,
             "pid": std::process::id(),
+            "pid_ns": own_pid_namespace(),
             "token": self.token,
             "heartbeat_ms": now_ms(),
         });
@@ -187,6 +189,16 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
+/// This process's PID namespace (`pid:[4026531836]` on Linux), `""` where unknown.
+fn own_pid_namespace() -> &'static str {
+    static NS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
+}
+
 fn pid_alive(pid: u64) -> bool {
     if pid == u64::from(std::process::id()) {
         return true;
@@ -253,7 +265,12 @@ fn scan(sdir: &Path, service: &str) -> Option<Vec<Instance>> {
             .and_then(Value::as_u64)
             .unwrap_or(0)
             .max(touched);
-        let dead = !pid_alive(pid);
+        // Files without `pid_ns` come from older writers, which assumed one namespace.
+        let same_namespace = v
+            .get("pid_ns")
+            .and_then(Value::as_str)
+            .is_none_or(|ns| ns == own_pid_namespace());
+        let dead = same_namespace && !pid_alive(pid);
         if dead || now.saturating_sub(hb) > STALE_AFTER_MS {
             log::info!(
                 "registry: dropping {} ({})",

@@ -240,3 +240,22 @@ fn an_unreadable_file_does_not_freeze_the_list() {
         addrs(l) == ["127.0.0.1:20001"]
     });
 }
+
+#[test]
+fn a_pid_from_another_pid_namespace_is_judged_by_its_heartbeat_alone() {
+    init_log();
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, _) = open(&dir);
+    let sdir = dir.path().join(SVC);
+    std::fs::create_dir_all(&sdir).unwrap();
+    // Written from another container: its pid does not exist here, its heartbeat is fresh.
+    let other_container = format!(
+        r#"{{"addr":"10.0.0.4:4","weight":100,"meta":{{}},"pid":4000000000,"pid_ns":"pid:[1]","heartbeat_ms":{}}}"#,
+        now_ms() + 60_000
+    );
+    std::fs::write(sdir.join("10.0.0.4:4.json"), other_container).unwrap();
+    let mut w = Collector::new(&reg, SVC);
+    let list = w.wait_for(SOON, "the other container's entry", |l| !l.is_empty());
+    assert_eq!(addrs(&list), ["10.0.0.4:4"]);
+    assert!(sdir.join("10.0.0.4:4.json").exists());
+}
