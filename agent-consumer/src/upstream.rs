@@ -1,6 +1,6 @@
 //! Provider-agents as one loop sees them: connections, call definitions, services.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -134,13 +134,15 @@ impl Upstreams {
         }
     }
 
-    /// Applies a service's whole new instance list.
+    /// Applies a service's whole new instance list: linear in its length (hash lookups,
+    /// no scan per instance), so a list of thousands stays cheap on every update.
     pub fn update(&mut self, service: &str, instances: &[Instance]) -> Changes {
         let mut changes = Changes::default();
-        let mut wanted: Vec<(SocketAddr, &Instance)> = Vec::new();
+        let mut wanted: Vec<(SocketAddr, &Instance)> = Vec::with_capacity(instances.len());
+        let mut listed: HashSet<SocketAddr> = HashSet::with_capacity(instances.len());
         for inst in instances {
             match inst.addr.parse::<SocketAddr>() {
-                Ok(a) if !wanted.iter().any(|(w, _)| *w == a) => wanted.push((a, inst)),
+                Ok(a) if listed.insert(a) => wanted.push((a, inst)),
                 Ok(_) => {}
                 Err(_) => log::warn!("registry: {service}: unusable address {:?}", inst.addr),
             }
@@ -157,7 +159,7 @@ impl Upstreams {
         let mut kept = Vec::with_capacity(svc.members.len());
         for m in svc.members.drain(..) {
             let addr = self.table.get(m.upstream).map(|u| u.addr);
-            if addr.is_some_and(|a| wanted.iter().any(|(w, _)| *w == a)) {
+            if addr.is_some_and(|a| listed.contains(&a)) {
                 kept.push(m);
             } else if let Some(u) = self.table.get_mut(m.upstream) {
                 u.services -= 1;
@@ -168,6 +170,12 @@ impl Upstreams {
             }
         }
         svc.members = kept;
+        let position: HashMap<usize, usize> = svc
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.upstream, i))
+            .collect();
         // Members that joined, and weights, versions and groups that changed.
         for (addr, inst) in wanted {
             let weight = inst.weight;
@@ -184,7 +192,7 @@ impl Upstreams {
                     k
                 }
             };
-            match svc.members.iter_mut().find(|m| m.upstream == key) {
+            match position.get(&key).and_then(|&i| svc.members.get_mut(i)) {
                 Some(m) => {
                     m.stats.weight = weight.max(1);
                     m.variants = variants;
@@ -284,5 +292,41 @@ pub fn normalize_version(v: &str) -> &str {
         ""
     } else {
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(range: std::ops::Range<u16>) -> Vec<Instance> {
+        range
+            .map(|p| Instance::new("S", format!("127.0.0.1:{p}")).with_weight(u32::from(p % 7) + 1))
+            .collect()
+    }
+
+    #[test]
+    fn large_lists_join_change_and_leave() {
+        let mut ups = Upstreams::new(Algorithm::Adaptive);
+        let first = ups.update("S", &list(10_000..20_000));
+        assert_eq!(first.connect.len(), 10_000);
+        // Half leave, half stay (with new weights), 5,000 join; a duplicate is ignored.
+        let mut next = list(15_000..25_000);
+        next.push(Instance::new("S", "127.0.0.1:15000"));
+        for i in &mut next {
+            i.weight += 1;
+        }
+        let second = ups.update("S", &next);
+        assert_eq!(second.connect.len(), 5_000);
+        assert_eq!(second.retired.len(), 5_000);
+        let svc = &ups.services["S"];
+        assert_eq!(svc.members.len(), 10_000);
+        let port: u16 = 15_003;
+        let kept = svc
+            .members
+            .iter()
+            .find(|m| ups.table[m.upstream].addr.port() == port)
+            .expect("a kept member");
+        assert_eq!(kept.stats.weight, u32::from(port % 7) + 2);
     }
 }
