@@ -285,30 +285,12 @@ fn read_to_close(s: &mut TcpStream, deadline: Duration) -> Vec<u8> {
     buf
 }
 
-/// The bodies of the whole HTTP responses in `raw`, in order.
+/// The statuses and bodies of the whole HTTP responses in `raw`, in order.
 fn bodies(raw: &[u8]) -> Vec<(u16, String)> {
+    let mut rest = raw.to_vec();
     let mut out = Vec::new();
-    let mut rest = raw;
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        let Ok(httparse::Status::Complete(head)) = resp.parse(rest) else {
-            break;
-        };
-        let len: usize = resp
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-            .expect("content-length");
-        let Some(body) = rest.get(head..head + len) else {
-            break;
-        };
-        out.push((
-            resp.code.expect("code"),
-            String::from_utf8_lossy(body).into_owned(),
-        ));
-        rest = &rest[head + len..];
+    while let Some(a) = take_answer(&mut rest) {
+        out.push((a.status, a.body));
     }
     assert!(rest.is_empty(), "a partial response: {rest:?}");
     out

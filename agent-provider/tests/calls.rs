@@ -336,13 +336,7 @@ fn a_provider_that_stops_reading_gets_no_more_calls() {
     init_log();
     // A "provider" that accepts and never reads: what is written to it piles up in the
     // kernel's buffers, then in the agent's output for that connection.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let agent = agent_provider::run(agent_config(
-        listener.local_addr().unwrap(),
-        SerializationArg::Hessian2,
-    ))
-    .unwrap();
-    let (_held, _) = listener.accept().unwrap();
+    let (agent, _held) = agent_with_bare_provider();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     let mut c = Client::connect(agent.local_addr());

@@ -145,13 +145,7 @@ fn heartbeats_both_ways() {
     provider.kill();
 
     // The provider's side: its heartbeat request is answered.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let agent = agent_provider::run(agent_config(
-        listener.local_addr().unwrap(),
-        SerializationArg::Hessian2,
-    ))
-    .unwrap();
-    let (mut s, _) = listener.accept().unwrap();
+    let (agent, mut s) = agent_with_bare_provider();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = Vec::new();
     codec::dubbo::encode_heartbeat_request(&mut out, 0x1234);
@@ -200,13 +194,7 @@ fn several_loops_and_provider_connections() {
 #[test]
 fn readonly_event_stops_new_calls_on_that_connection() {
     init_log();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let agent = agent_provider::run(agent_config(
-        listener.local_addr().unwrap(),
-        SerializationArg::Hessian2,
-    ))
-    .unwrap();
-    let (mut s, _) = listener.accept().unwrap();
+    let (agent, mut s) = agent_with_bare_provider();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     // Dubbo's read-only event: request, one-way, event, hessian2 string "R".

@@ -212,6 +212,32 @@ pub struct Answer {
     pub body: String,
 }
 
+/// The whole response at the front of `buf`, taken out of it; `None` while incomplete.
+pub fn take_answer(buf: &mut Vec<u8>) -> Option<Answer> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head)) = resp.parse(buf) else {
+        return None;
+    };
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("content-length");
+    let body = buf.get(head..head + len)?;
+    let answer = Answer {
+        status: resp.code.expect("code"),
+        content_type: header("content-type").unwrap_or_default(),
+        body: String::from_utf8_lossy(body).into_owned(),
+    };
+    buf.drain(..head + len);
+    Some(answer)
+}
+
 /// Reads `count` responses from `stream`, with a deadline.
 pub fn read_answers(stream: &mut TcpStream, count: usize, deadline: Duration) -> Vec<Answer> {
     stream
@@ -226,33 +252,8 @@ pub fn read_answers(stream: &mut TcpStream, count: usize, deadline: Duration) ->
             "timed out after {} of {count} answers",
             answers.len()
         );
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut resp = httparse::Response::new(&mut headers);
-            let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) else {
-                break;
-            };
-            let len: usize = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                .expect("content-length");
-            if buf.len() < head + len {
-                break;
-            }
-            let content_type = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-type"))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                .unwrap_or_default();
-            answers.push(Answer {
-                status: resp.code.expect("code"),
-                content_type,
-                body: String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
-            });
-            buf.drain(..head + len);
+        while let Some(a) = take_answer(&mut buf) {
+            answers.push(a);
         }
         if answers.len() >= count || !read_into(stream, &mut buf) {
             break;

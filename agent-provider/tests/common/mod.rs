@@ -348,6 +348,19 @@ pub fn hash_request(id: u64, s: &str, timeout_ms: u32) -> Vec<u8> {
 }
 
 /// An agent on port 0 in front of `provider`.
+/// A provider-agent whose "provider" is a bare listener: the agent, and the connection
+/// it opened to the listener, to play the provider's side by hand.
+pub fn agent_with_bare_provider() -> (agent_provider::AgentHandle, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent = agent_provider::run(agent_config(
+        listener.local_addr().unwrap(),
+        agent_provider::config::SerializationArg::Hessian2,
+    ))
+    .unwrap();
+    let (s, _) = listener.accept().unwrap();
+    (agent, s)
+}
+
 pub fn agent_config(
     provider: SocketAddr,
     ser: agent_provider::config::SerializationArg,
