@@ -373,11 +373,16 @@ async fn keep_registered(
         last_warn = None;
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = stop.changed() => break 'outer,
                 _ = tick.tick() => {}
             }
+            // Once a TTL, also check the key itself: deleted under a live lease (by an
+            // operator, or another registrant of the address), it is put back.
+            let check_key = ticks % 3 == 2;
+            ticks += 1;
             // One keep-alive round trip, cut short by a stop: a deregistration does not
             // wait for it (and the caller's wait for the revoke is bounded).
             let round = async {
@@ -385,12 +390,25 @@ async fn keep_registered(
                     .keep_alive()
                     .await
                     .map_err(|e| format!("keep-alive of {key} failed: {e}"))?;
-                match tokio::time::timeout(RPC_TIMEOUT, stream.message()).await {
-                    Ok(Ok(Some(r))) => Ok(r.ttl() > 0),
-                    Ok(Ok(None)) => Err(format!("keep-alive stream of {key} closed")),
-                    Ok(Err(e)) => Err(format!("keep-alive of {key} failed: {e}")),
-                    Err(_) => Err(format!("keep-alive of {key} timed out")),
+                let alive = match tokio::time::timeout(RPC_TIMEOUT, stream.message()).await {
+                    Ok(Ok(Some(r))) => r.ttl() > 0,
+                    Ok(Ok(None)) => return Err(format!("keep-alive stream of {key} closed")),
+                    Ok(Err(e)) => return Err(format!("keep-alive of {key} failed: {e}")),
+                    Err(_) => return Err(format!("keep-alive of {key} timed out")),
+                };
+                if alive && check_key {
+                    let count_only = GetOptions::new().with_count_only();
+                    if timed(client.get(key.as_str(), Some(count_only)))
+                        .await?
+                        .count()
+                        == 0
+                    {
+                        log::warn!("etcd: {key} was deleted under its live lease; putting it back");
+                        let on_lease = PutOptions::new().with_lease(lease);
+                        timed(client.put(key.as_str(), value.as_str(), Some(on_lease))).await?;
+                    }
                 }
+                Ok(alive)
             };
             let alive = tokio::select! {
                 r = round => r,

@@ -358,3 +358,22 @@ fn watch_follows_an_etcd_that_lost_its_data() {
         addrs(l) == ["127.0.0.1:30030", "127.0.0.1:30031"]
     });
 }
+
+#[test]
+fn a_key_deleted_under_a_live_lease_is_put_back() {
+    init_log();
+    let etcd = Etcd::start();
+    let reg = registry::open(Some(&etcd.url("?ttl=2"))).unwrap();
+    let mut w = Collector::new(&reg, SVC);
+    let _a = reg.register(Instance::new(SVC, "127.0.0.1:30050")).unwrap();
+    w.wait_for(SOON, "a", |l| l.len() == 1);
+    // An operator deletes the key; the lease lives on, so keep-alives alone never notice.
+    etcd.with_client(|mut c| async move {
+        c.delete(key("127.0.0.1:30050"), None).await.unwrap();
+    });
+    w.wait_for(SOON, "a gone", |l| l.is_empty());
+    w.wait_for(Duration::from_secs(6), "a back", |l| {
+        addrs(l) == ["127.0.0.1:30050"]
+    });
+    assert_eq!(etcd.keys(PREFIX), [key("127.0.0.1:30050")]);
+}
