@@ -27,6 +27,10 @@ const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const STALE_WARN_EVERY: Duration = Duration::from_secs(10);
+/// A watcher delivers at most one list per this much time: a storm of n registrations
+/// (every provider re-registering after an etcd restart) costs a few O(n) deliveries,
+/// not n of them. The file registry polls at the same pace.
+const DELIVER_EVERY: Duration = Duration::from_millis(50);
 
 /// The cluster's endpoints; one is used at a time, and a failure moves every task of the
 /// registry to the next one (tonic's balanced channel would keep sending requests to a
@@ -516,9 +520,20 @@ async fn watch_loop(
             stale_warned = None;
         }
         backoff.reset();
+        // Changes applied but not yet delivered, and when the last list went out.
+        let mut pending = false;
+        let mut delivered_at = tokio::time::Instant::now() - DELIVER_EVERY;
         let err = loop {
+            // `message` keeps its state in the stream, so losing the race to the
+            // delivery timer loses nothing.
             let msg = tokio::select! {
                 m = stream.message() => m,
+                _ = tokio::time::sleep_until(delivered_at + DELIVER_EVERY), if pending => {
+                    deliver_if_changed(&map, &mut delivered, &sink);
+                    pending = false;
+                    delivered_at = tokio::time::Instant::now();
+                    continue;
+                }
                 _ = stop.changed() => return,
             };
             match msg {
@@ -567,13 +582,23 @@ async fn watch_loop(
                         }
                     }
                     if !resp.events().is_empty() {
-                        deliver_if_changed(&map, &mut delivered, &sink);
+                        let now = tokio::time::Instant::now();
+                        if now >= delivered_at + DELIVER_EVERY {
+                            deliver_if_changed(&map, &mut delivered, &sink);
+                            pending = false;
+                            delivered_at = now;
+                        } else {
+                            pending = true;
+                        }
                     }
                 }
                 Ok(None) => break Some("watch stream closed".to_owned()),
                 Err(e) => break Some(e.to_string()),
             }
         };
+        if pending {
+            deliver_if_changed(&map, &mut delivered, &sink);
+        }
         if let Some(e) = err {
             endpoints.failed(ep);
             note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
