@@ -333,14 +333,19 @@ impl ProviderLoop {
         frame: &dubbo::Frame<'_>,
     ) {
         if frame.is_event() {
-            if frame.is_request() && frame.is_two_way() {
+            // Java sends its read-only event one-way; a two-way one gets the reply an
+            // event request asks for, and is acted on all the same.
+            let readonly = matches!(frame.body, b"\x01R" | b"\"R\"\n" | b"\"R\"");
+            let answered = frame.is_request() && frame.is_two_way();
+            if answered {
                 if let Some(out) = cx.output(id) {
                     dubbo::encode_heartbeat_reply(out, frame.id());
                 }
                 if let Some(c) = self.upstream.conns.get_mut(slot) {
                     c.last_write = cx.now();
                 }
-            } else if matches!(frame.body, b"\x01R" | b"\"R\"\n" | b"\"R\"") {
+            }
+            if readonly {
                 log::info!(
                     "loop {}: provider connection {slot} is read-only (provider shutting down)",
                     self.index
@@ -349,7 +354,7 @@ impl ProviderLoop {
                     c.readonly = true;
                 }
                 self.report();
-            } else if !frame.is_heartbeat() {
+            } else if !answered && !frame.is_heartbeat() {
                 log::info!(
                     "loop {}: provider event {:?}",
                     self.index,

@@ -211,6 +211,34 @@ fn readonly_event_stops_new_calls_on_that_connection() {
 }
 
 #[test]
+fn a_two_way_readonly_event_is_answered_and_acted_on() {
+    init_log();
+    let (agent, mut s) = agent_with_bare_provider();
+    let m = agent.metrics().clone();
+    wait_for(5, "provider connection", || m.provider_up());
+    // The same event sent two-way (0x40): it wants a reply, and still means read-only.
+    let mut out = Vec::new();
+    codec::dubbo::write_header(&mut out, 0xe2, 0, 7, 2);
+    out.extend_from_slice(&[0x01, b'R']);
+    s.write_all(&out).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = [0u8; 17];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        &reply[..4],
+        [0xda, 0xbb, 0x22, 0x14],
+        "an event response, status OK"
+    );
+    assert_eq!(&reply[4..12], 7u64.to_be_bytes(), "to event 7");
+    let mut c = Client::connect(agent.local_addr());
+    c.define_hash();
+    wait_for(5, "read-only noticed", || {
+        c.call_hash(1, "x").status == codec::agent::Status::Unavailable
+    });
+    agent.stop();
+}
+
+#[test]
 fn a_provider_busy_on_long_calls_gets_heartbeats_and_stays_connected() {
     init_log();
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
