@@ -281,6 +281,15 @@ impl WarnDue for Option<Instant> {
     }
 }
 
+/// `d` scaled by a random factor in [0.5, 1): after an etcd restart every provider's
+/// registration retries, and without jitter they would all retry in the same instant.
+fn jittered(d: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    // RandomState seeds each instance differently: random enough to spread retries.
+    let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    d.mul_f64(0.5 + (r % 1024) as f64 / 2048.0)
+}
+
 struct Backoff(Duration);
 
 impl Backoff {
@@ -290,9 +299,9 @@ impl Backoff {
     fn reset(&mut self) {
         self.0 = BACKOFF_MIN;
     }
-    /// Sleeps the current delay (doubling it); `false` if stopped meanwhile.
+    /// Sleeps the current delay, jittered (doubling it); `false` if stopped meanwhile.
     async fn sleep(&mut self, stop: &mut watch::Receiver<()>) -> bool {
-        let d = self.0;
+        let d = jittered(self.0);
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
@@ -628,5 +637,23 @@ fn note_stale(
             ),
             None => log::warn!("etcd unreachable for {prefix} ({err}); no list yet"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_delays_stay_within_half_to_whole_and_vary() {
+        let d = Duration::from_millis(1000);
+        let all: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
+        assert!(all.iter().all(|j| *j >= d / 2 && *j < d), "{all:?}");
+        let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+        assert!(
+            distinct.len() > 50,
+            "only {} distinct delays",
+            distinct.len()
+        );
     }
 }
