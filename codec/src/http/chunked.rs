@@ -10,6 +10,11 @@ const MAX_TRAILERS: usize = 16;
 /// every read) without limit.
 pub(super) const MAX_CHUNK_LINE: usize = 4096;
 
+/// At most `limit + 1` bytes of `bytes`.
+fn bounded(bytes: &[u8], limit: usize) -> &[u8] {
+    &bytes[..bytes.len().min(limit.saturating_add(1))]
+}
+
 /// How far a chunked body got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Scan {
@@ -32,7 +37,10 @@ pub(super) fn scan(
     limits: super::Limits,
 ) -> Result<Scan, HttpError> {
     loop {
-        let line = buf.get(pos..).unwrap_or_default();
+        // Parsers look at no more than the limit allows (plus one byte, to tell "too
+        // long" from "not yet"): the verdict then depends on those bytes alone, never
+        // on how much more a read happened to bring.
+        let line = bounded(buf.get(pos..).unwrap_or_default(), MAX_CHUNK_LINE);
         let (size_len, size) = match httparse::parse_chunk_size(line) {
             Ok(httparse::Status::Complete(v)) => v,
             Ok(httparse::Status::Partial) if line.len() > MAX_CHUNK_LINE => {
@@ -58,7 +66,7 @@ pub(super) fn scan(
         let data = pos + size_len;
         if size == 0 {
             let mut trailers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-            let rest = buf.get(data..).unwrap_or_default();
+            let rest = bounded(buf.get(data..).unwrap_or_default(), limits.max_head);
             return match httparse::parse_headers(rest, &mut trailers) {
                 Ok(httparse::Status::Complete((n, _))) if n > limits.max_head => {
                     Err(HttpError::TrailersTooLarge)
