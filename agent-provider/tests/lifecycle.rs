@@ -198,16 +198,26 @@ fn readonly_event_stops_new_calls_on_that_connection() {
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     // Dubbo's read-only event: request, one-way, event, hessian2 string "R".
+    s.write_all(&readonly_event(0xa2, 1)).unwrap();
+    wait_until_calls_are_refused(&agent);
+    agent.stop();
+}
+
+/// Dubbo's read-only event (hessian2 string "R") with these header flags and id.
+fn readonly_event(flags: u8, id: i64) -> Vec<u8> {
     let mut out = Vec::new();
-    codec::dubbo::write_header(&mut out, 0xa2, 0, 1, 2);
+    codec::dubbo::write_header(&mut out, flags, 0, id, 2);
     out.extend_from_slice(&[0x01, b'R']);
-    s.write_all(&out).unwrap();
+    out
+}
+
+/// Waits until the agent refuses calls (its only provider connection is read-only).
+fn wait_until_calls_are_refused(agent: &agent_provider::AgentHandle) {
     let mut c = Client::connect(agent.local_addr());
     c.define_hash();
     wait_for(5, "read-only noticed", || {
         c.call_hash(1, "x").status == codec::agent::Status::Unavailable
     });
-    agent.stop();
 }
 
 #[test]
@@ -217,10 +227,7 @@ fn a_two_way_readonly_event_is_answered_and_acted_on() {
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     // The same event sent two-way (0x40): it wants a reply, and still means read-only.
-    let mut out = Vec::new();
-    codec::dubbo::write_header(&mut out, 0xe2, 0, 7, 2);
-    out.extend_from_slice(&[0x01, b'R']);
-    s.write_all(&out).unwrap();
+    s.write_all(&readonly_event(0xe2, 7)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reply = [0u8; 17];
     s.read_exact(&mut reply).unwrap();
@@ -230,11 +237,7 @@ fn a_two_way_readonly_event_is_answered_and_acted_on() {
         "an event response, status OK"
     );
     assert_eq!(&reply[4..12], 7u64.to_be_bytes(), "to event 7");
-    let mut c = Client::connect(agent.local_addr());
-    c.define_hash();
-    wait_for(5, "read-only noticed", || {
-        c.call_hash(1, "x").status == codec::agent::Status::Unavailable
-    });
+    wait_until_calls_are_refused(&agent);
     agent.stop();
 }
 
