@@ -32,6 +32,10 @@
 //! * **file**: one JSON file per instance, written atomically (temp + rename) and refreshed
 //!   every second; watchers poll every 50 ms and drop (and delete) entries whose process is
 //!   gone (`/proc/<pid>`) or whose heartbeat is older than 3 s. Deregistering deletes the file.
+//!   The directory must be private to the user (created 0700; a symbolic link, another
+//!   user's directory or a group- or world-writable one is refused with
+//!   [`Error::Insecure`]), and only regular files of at most 64 KiB are read as entries,
+//!   links not followed; other files are skipped and logged once.
 //! * **static**: every watch gets the list once, for whatever service; `register` fails with
 //!   [`Error::Unsupported`].
 //!
@@ -129,6 +133,10 @@ pub enum Error {
     Unsupported(&'static str),
     /// A filesystem error of the file backend.
     Io(std::io::Error),
+    /// The file registry's directory (or a service directory in it) is not private to this
+    /// user: a symbolic link, owned by another user, or writable by group or others. The
+    /// message names the path, what is wrong and what to do.
+    Insecure(String),
     /// An error talking to etcd.
     Etcd(String),
     /// The registry's background thread is gone.
@@ -142,6 +150,7 @@ impl fmt::Display for Error {
             Error::InvalidInstance(m) => write!(f, "invalid instance: {m}"),
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
             Error::Io(e) => write!(f, "registry I/O error: {e}"),
+            Error::Insecure(m) => write!(f, "{m}"),
             Error::Etcd(m) => write!(f, "etcd error: {m}"),
             Error::Shutdown => write!(f, "registry background thread has stopped"),
         }
@@ -235,6 +244,13 @@ impl Builder {
 
     /// Opens the registry. Never connects synchronously: an unreachable etcd is retried in
     /// the background.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a URL that cannot be understood. For the file registry,
+    /// [`Error::Insecure`] if its directory is a symbolic link, owned by another user, or
+    /// writable by group or others, and [`Error::Io`] if it cannot be created (it is
+    /// created with mode 0700 when missing).
     pub fn build(self) -> Result<Registry, Error> {
         let parsed = url::parse(self.url.as_deref())?;
         let backend = match parsed {
@@ -242,7 +258,7 @@ impl Builder {
                 let ttl = ttl.or(self.ttl).unwrap_or(DEFAULT_TTL);
                 Backend::Etcd(etcd::EtcdBackend::new(endpoints, ttl)?)
             }
-            url::Parsed::File(dir) => Backend::File(file::FileBackend::new(dir)),
+            url::Parsed::File(dir) => Backend::File(file::FileBackend::new(dir)?),
             url::Parsed::Static(list) => Backend::Static(list),
         };
         Ok(Registry {

@@ -36,6 +36,12 @@ impl Variant {
         }
     }
 
+    /// Whether a call naming `version` and `group` reaches this variant: each equal, or
+    /// `*` (Dubbo's wildcard: any). An empty string names "none", not "any".
+    pub fn matches(&self, version: &str, group: &str) -> bool {
+        (version == "*" || self.version == version) && (group == "*" || self.group == group)
+    }
+
     /// Why this variant cannot be listed in metadata: a `,` or `/` in its version or
     /// group would be read back as a separator.
     pub fn check(&self) -> Result<(), String> {

@@ -331,16 +331,22 @@ pub fn addrs(list: &[Instance]) -> Vec<&str> {
 // ---------------------------------------------------------------- child registrant
 
 /// The `registrant` example (built by `cargo test` with the other examples; built here
-/// if a narrower `cargo test` left it out).
+/// if a narrower `cargo test` left it out, or left one older than this test binary).
 fn registrant_exe() -> std::path::PathBuf {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(build_registrant).clone()
+}
+
+fn build_registrant() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     // target/<profile>/deps/<test binary> -> target/<profile>/examples/registrant
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("test binary in target/<profile>/deps");
     let path = profile_dir.join("examples").join("registrant");
-    if !path.exists() {
+    if modified(&path).is_none_or(|built| Some(built) < modified(&exe)) {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "registry", "--example", "registrant"]);
         if profile_dir.ends_with("release") {
@@ -396,4 +402,150 @@ impl Drop for ChildRegistrant {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs the `registrant` example with `envs` set and waits (15 s at most) until it
+/// registers (`Ok`, then it is killed) or exits (`Err` with its stderr).
+pub fn registrant_outcome(
+    url: &str,
+    service: &str,
+    addr: &str,
+    envs: &[(&str, &std::path::Path)],
+) -> Result<(), String> {
+    let mut cmd = Command::new(registrant_exe());
+    cmd.args([url, service, addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn child registrant");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("REGISTERED") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if rx.try_recv().is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(err.join().unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child registrant neither registered nor exited within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- hostile files
+
+/// Makes a FIFO at `path` (with `mkfifo`).
+pub fn mkfifo(path: &std::path::Path) {
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// A `/proc/self/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// Samples this process's resident memory every 2 ms from a thread, so a short spike
+/// (a large file read and freed within one poll) is seen too. Past `abort_kib` of growth
+/// it aborts the whole test binary: a watcher reading an endless file would otherwise
+/// take the host's memory with it.
+pub struct RssSampler {
+    base_kib: u64,
+    base_hwm_kib: u64,
+    max_kib: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    pub fn start(abort_kib: u64) -> RssSampler {
+        let base_kib = status_kib("VmRSS");
+        let max_kib = Arc::new(std::sync::atomic::AtomicU64::new(base_kib));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max_kib.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let now = status_kib("VmRSS");
+                m.fetch_max(now, Ordering::Relaxed);
+                if now.saturating_sub(base_kib) > abort_kib {
+                    eprintln!(
+                        "resident memory grew from {base_kib} KiB to {now} KiB: something reads \
+                         without bound; aborting before it takes the host's memory"
+                    );
+                    std::process::abort();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        RssSampler {
+            base_kib,
+            base_hwm_kib: status_kib("VmHWM"),
+            max_kib,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; the largest growth seen (KiB), sampled or by the peak (`VmHWM`).
+    pub fn growth_kib(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let sampled = self
+            .max_kib
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.base_kib);
+        let peak = status_kib("VmHWM").saturating_sub(self.base_hwm_kib);
+        sampled.max(peak)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A fresh, live entry for `addr` as a registrant of this process would write it.
+pub fn entry_json(addr: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        r#"{{"addr":"{addr}","weight":100,"meta":{{}},"pid":{},"heartbeat_ms":{}}}"#,
+        std::process::id(),
+        now + 60_000
+    )
 }
