@@ -14,8 +14,9 @@ pub const RACE_SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHel
 #[derive(Debug, Clone, Parser)]
 #[command(name = "consumer-agent", version, about)]
 pub struct Config {
-    /// Address to accept HTTP on.
-    #[arg(long, default_value = "0.0.0.0:20000")]
+    /// Address to accept HTTP on. A sidecar serves the application beside it, so only
+    /// this host by default; give `0.0.0.0:20000` to take calls from other hosts.
+    #[arg(long, default_value = "127.0.0.1:20000")]
     pub listen: SocketAddr,
     /// Registry: etcd://h1:2379,h2:2379 | file:///dir | static://host:port?weight=N,...
     /// (absent: the embedded registry shared by all agents of this host).

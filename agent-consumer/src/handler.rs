@@ -10,7 +10,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codec::agent::{self, AgentError, CallTable, Frame, RequestHead, SignatureRef, Status};
+use codec::agent::{
+    self, AgentError, CallTable, Frame, RequestHead, Signature, SignatureRef, Status,
+};
 use codec::hessian2::{self, Value};
 use codec::http::{self, HttpError, Limits, Request, RequestDecoder};
 use codec::invocation::Invocation;
@@ -21,6 +23,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::http_conn::{HttpConn, HttpConns};
+use crate::lb::Answer;
 use crate::metrics::{LoopMetrics, Outcome, UpstreamView};
 use crate::upstream::Upstreams;
 
@@ -44,6 +47,12 @@ pub enum Msg {
 const TIMER_SWEEP: u64 = 1 << 63;
 const TIMER_DRAIN: u64 = (1 << 63) | 1;
 const TIMER_RECONNECT: u64 = (1 << 63) | (1 << 62);
+
+/// A provider-agent connection silent this long gets a PING (provider-agents close
+/// agent connections idle for `--idle-timeout-secs`, 60 by default).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// An open provider-agent connection whose PING is unanswered this long is dead.
+const KEEPALIVE_DEAD: Duration = Duration::from_secs(30);
 
 /// Header carrying a per-call timeout in milliseconds.
 const TIMEOUT_HEADER: &str = "x-dubbo-timeout";
@@ -83,6 +92,17 @@ struct Call {
     /// Upstream key it is in flight on, and when it was sent there.
     sent: Option<(usize, Instant)>,
     attempts: u32,
+}
+
+/// How an answer's status counts for the balancer: the provider's own result or
+/// exception, and a request it refused as malformed, are work done; a refusal for
+/// capacity teaches the limit; anything else is the provider failing.
+fn balancer_answer(status: Status) -> Answer {
+    match status {
+        Status::Ok | Status::Exception | Status::BadRequest => Answer::Done,
+        Status::Overloaded => Answer::Overloaded,
+        _ => Answer::Failed,
+    }
 }
 
 /// Buffers kept for reuse so a call allocates nothing in the steady state.
@@ -307,7 +327,7 @@ impl ConsumerLoop {
             version: &prepared.version,
             group: &prepared.group,
         };
-        let call_id = match self.intern(sig) {
+        let call_id = match self.intern(cx, sig) {
             Ok(call_id) => call_id,
             Err(e) => {
                 self.recycle(args);
@@ -344,35 +364,40 @@ impl ConsumerLoop {
         self.dispatch(cx, call, None);
     }
 
-    /// The loop-wide call id of a signature. Once the table is full, an id no call in
-    /// flight uses is given to the new signature, and every provider-agent connection
-    /// gets its DEFINE again before its next use (a later DEFINE replaces an earlier).
-    fn intern(&mut self, sig: SignatureRef<'_>) -> Result<u32, AgentError> {
-        let too_long = [
-            sig.service,
-            sig.method,
-            sig.parameter_types,
-            sig.version,
-            sig.group,
-        ]
-        .iter()
-        .any(|f| f.len() > usize::from(u16::MAX));
-        if too_long {
-            return Err(AgentError::TooLong);
-        }
+    /// The loop-wide call id of a signature. Once the table is full (in count or in
+    /// bytes), ids no call in flight uses make room: one is given to the new signature,
+    /// others are emptied if its bytes need it, and each redefinition goes at once to
+    /// every provider-agent connection that had the id, so the provider-agent keeps
+    /// exactly the table this loop keeps (and its bound holds there too).
+    fn intern(&mut self, cx: &mut Ctx<'_, Self>, sig: SignatureRef<'_>) -> Result<u32, AgentError> {
         let id = match self.signatures.intern(sig) {
             Ok((id, _)) => id,
             Err(AgentError::CallTableFull) => {
-                let unused = (0..self.signatures.len() as u32)
-                    .find(|&i| self.signature_uses.get(i as usize).is_none_or(|&n| n == 0))
+                let slots = self.signatures.len() as u32;
+                let unused = |uses: &[u32], i: u32| uses.get(i as usize).is_none_or(|&n| n == 0);
+                let target = (0..slots)
+                    .find(|&i| unused(&self.signature_uses, i))
                     .ok_or(AgentError::CallTableFull)?;
-                self.signatures.define(unused, sig.to_owned())?;
-                for (_, up) in self.upstreams.table.iter_mut() {
-                    if let Some(d) = up.defined.get_mut(unused as usize) {
-                        *d = false;
+                let fits = |t: &CallTable| {
+                    t.bytes() - t.charge_of(target) + sig.charge() <= agent::MAX_TABLE_BYTES
+                };
+                let empty = Signature::default();
+                for i in 0..slots {
+                    if fits(&self.signatures) {
+                        break;
+                    }
+                    if i != target
+                        && unused(&self.signature_uses, i)
+                        && self.signatures.charge_of(i) > empty.as_ref().charge()
+                    {
+                        self.redefine(cx, i, empty.clone())?;
                     }
                 }
-                unused
+                if !fits(&self.signatures) {
+                    return Err(AgentError::CallTableFull);
+                }
+                self.redefine(cx, target, sig.to_owned())?;
+                target
             }
             Err(e) => return Err(e),
         };
@@ -380,6 +405,31 @@ impl ConsumerLoop {
             self.signature_uses.resize(id as usize + 1, 0);
         }
         Ok(id)
+    }
+
+    /// Binds call id `id` to `sig` in the loop's table and on every provider-agent
+    /// connection where `id` was defined.
+    fn redefine(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: u32,
+        sig: Signature,
+    ) -> Result<(), AgentError> {
+        self.signatures.define(id, sig)?;
+        let Some(sig) = self.signatures.get(id) else {
+            return Ok(());
+        };
+        for (_, up) in self.upstreams.table.iter_mut() {
+            let Some(defined) = up.defined.get_mut(id as usize).filter(|d| **d) else {
+                continue;
+            };
+            let written = match up.conn.and_then(|c| cx.output(c)) {
+                Some(out) => agent::encode_define(out, id, sig.as_ref()).is_ok(),
+                None => false,
+            };
+            *defined = written;
+        }
+        Ok(())
     }
 
     /// Sends a call to a provider, or answers it if none can take it.
@@ -576,6 +626,10 @@ impl ConsumerLoop {
         up: usize,
         input: &[u8],
     ) -> usize {
+        let now = cx.now();
+        if let Some(u) = self.upstreams.table.get_mut(up) {
+            u.last_read = now;
+        }
         let mut pos = 0;
         while let Some(rest) = input.get(pos..) {
             match agent::decode(rest) {
@@ -588,7 +642,7 @@ impl ConsumerLoop {
                                 agent::encode_pong(out, ping);
                             }
                         }
-                        Frame::Pong { .. } => {}
+                        Frame::Pong { .. } => self.on_pong(cx, up),
                         Frame::Define { .. } | Frame::Request(_) => {
                             log::warn!("provider-agent sent a request frame; closing");
                             cx.abort(id);
@@ -605,6 +659,24 @@ impl ConsumerLoop {
             }
         }
         pos
+    }
+
+    /// A PONG: the first on a connection proves the peer a provider-agent, and the
+    /// connection starts taking calls; later ones answer keep-alive PINGs.
+    fn on_pong(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        up.ping_sent = None;
+        if !up.open && up.conn.is_some() {
+            up.open = true;
+            up.backoff.reset();
+            log::info!(
+                "loop {}: connected to provider-agent {}",
+                cx.loop_index(),
+                up.addr
+            );
+        }
     }
 
     fn on_answer(&mut self, cx: &mut Ctx<'_, Self>, up: usize, r: &agent::Response<'_>) {
@@ -634,7 +706,7 @@ impl ConsumerLoop {
         let latency = now.saturating_duration_since(sent_at).as_micros() as u64;
         if let Some(sig) = self.signatures.get(call_id) {
             if let Some(s) = self.upstreams.stats(&sig.service, sent_to) {
-                s.on_answer(latency, status == Status::Overloaded);
+                s.on_answer(latency, balancer_answer(status));
             }
         }
         // Empty (no allocation) unless the provider returned attachments.
@@ -919,6 +991,12 @@ impl ConsumerLoop {
                 cx.close(id);
             }
         }
+        self.keep_alive_upstreams(cx);
+        for svc in self.upstreams.services.values_mut() {
+            for m in &mut svc.members {
+                m.stats.recover();
+            }
+        }
         let view: Vec<UpstreamView> = self
             .upstreams
             .table
@@ -945,6 +1023,41 @@ impl ConsumerLoop {
     }
 }
 
+impl ConsumerLoop {
+    /// Every sweep: a PING on each provider-agent connection silent for
+    /// [`KEEPALIVE_IDLE`] (so an idle link is kept, and a dead one found), and an abort
+    /// of any whose PING went unanswered: for the connect timeout while it is being
+    /// verified, for [`KEEPALIVE_DEAD`] once it is open.
+    fn keep_alive_upstreams(&mut self, cx: &mut Ctx<'_, Self>) {
+        let now = cx.now();
+        let verify = Duration::from_millis(self.config.connect_timeout_ms);
+        for (_, up) in self.upstreams.table.iter_mut() {
+            let Some(conn) = up.conn.filter(|&c| cx.is_open(c)) else {
+                continue;
+            };
+            match up.ping_sent {
+                Some(sent) => {
+                    let limit = if up.open { KEEPALIVE_DEAD } else { verify };
+                    if now.saturating_duration_since(sent) > limit {
+                        log::warn!(
+                            "provider-agent {} did not answer a PING in {limit:?}; closing",
+                            up.addr
+                        );
+                        cx.abort(conn);
+                    }
+                }
+                None if now.saturating_duration_since(up.last_read) >= KEEPALIVE_IDLE => {
+                    if let Some(out) = cx.output(conn) {
+                        agent::encode_ping(out, 0);
+                        up.ping_sent = Some(now);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
 impl Handler for ConsumerLoop {
     type Tag = Tag;
     type Msg = Msg;
@@ -961,15 +1074,15 @@ impl Handler for ConsumerLoop {
                 self.http.insert(HttpConn::new(conn.id, decoder, cx.now()));
             }
             Tag::Agent(key) => {
+                // Calls go to it once it answers a PING (see `on_pong`).
+                let now = cx.now();
                 if let Some(up) = self.upstreams.table.get_mut(key) {
                     if up.conn == Some(conn.id) {
-                        up.open = true;
-                        up.backoff.reset();
-                        log::info!(
-                            "loop {}: connected to provider-agent {}",
-                            cx.loop_index(),
-                            up.addr
-                        );
+                        up.last_read = now;
+                        up.ping_sent = Some(now);
+                        if let Some(out) = cx.output(conn.id) {
+                            agent::encode_ping(out, 0);
+                        }
                     }
                 }
             }
@@ -1359,7 +1472,31 @@ fn header_attachments(
             attachments.push((key.to_owned(), value.trim().to_owned()));
         }
     }
+    check_reserved(&attachments)?;
     Ok(attachments)
+}
+
+/// Refuses attachments that would route the call (see
+/// [`codec::dubbo::RESERVED_ATTACHMENTS`]): the agents set those from the call itself,
+/// and the error says where the caller names them instead.
+fn check_reserved(attachments: &[(String, String)]) -> Result<(), String> {
+    let Some((key, _)) = attachments
+        .iter()
+        .find(|(k, _)| codec::dubbo::is_reserved_attachment(k))
+    else {
+        return Ok(());
+    };
+    let instead = match key.to_ascii_lowercase().as_str() {
+        "version" => "the \"version\" field of a JSON invocation or the x-dubbo-version header",
+        "group" => "the \"group\" field of a JSON invocation or the x-dubbo-group header",
+        "timeout" => "the \"timeout\" field of a JSON invocation or the x-dubbo-timeout header",
+        "dubbo" => "nothing: the provider-agent writes the Dubbo version",
+        _ => "the interface of the call",
+    };
+    Err(format!(
+        "attachment {key:?} is reserved (one of {}): use {instead}",
+        codec::dubbo::RESERVED_ATTACHMENTS.join(", ")
+    ))
 }
 
 /// A JSON typed invocation: arguments encoded by their declared Java types.

@@ -10,6 +10,12 @@
 //! at the limit raises it again by a little (additive increase). A provider that is
 //! faster finishes calls sooner, so it holds fewer in flight and is picked more often:
 //! the split follows real capacity, never exceeding what a provider can take.
+//!
+//! Errors are not capacity: a provider that fails fast would otherwise hold the fewest
+//! calls and be picked most. Every algorithm but wrr divides its measure by the
+//! provider's health ([`Stats::health`]: 1, shrinking by a quarter with each failure),
+//! so a failing provider gets little traffic; health doubles back every second
+//! ([`Stats::recover`]), so it gets a few probing calls and returns once it answers well.
 
 use std::borrow::BorrowMut;
 
@@ -33,6 +39,27 @@ pub enum Algorithm {
 const INITIAL_LIMIT: f64 = 10_000.0;
 /// Lowest learned limit.
 const MIN_LIMIT: f64 = 1.0;
+/// What one failure keeps of a provider's health.
+const HEALTH_KEPT_ON_FAILURE: f64 = 0.75;
+/// Share of the missing health one good answer restores.
+const HEALTH_RESTORED_BY_SUCCESS: f64 = 0.25;
+/// Health never counts for less than this (a division by zero otherwise).
+const MIN_HEALTH: f64 = 1e-6;
+/// What a second without news multiplies the health by: a failing provider's health
+/// doubles each second, so it gets a few probing calls a second, and one that heals
+/// is back at full share within seconds of its first good answers.
+const HEALTH_GAINED_PER_SECOND: f64 = 2.0;
+
+/// How an answer counts for the balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The provider did the call (a result, or the service's own exception).
+    Done,
+    /// Refused for lack of capacity: teaches the adaptive limit.
+    Overloaded,
+    /// The provider (or its agent) failed the call: counts against its health.
+    Failed,
+}
 
 /// What the balancer knows of one provider-agent.
 #[derive(Debug, Clone)]
@@ -45,6 +72,8 @@ pub struct Stats {
     pub limit: f64,
     /// Smoothed latency in microseconds (p2c); 0 until the first answer.
     pub ewma_us: f64,
+    /// 1 for a provider that answers well, shrinking geometrically with each failure.
+    pub health: f64,
     /// Smooth-wrr running weight.
     current: i64,
 }
@@ -57,6 +86,7 @@ impl Stats {
             inflight: 0,
             limit: INITIAL_LIMIT,
             ewma_us: 0.0,
+            health: 1.0,
             current: 0,
         }
     }
@@ -66,14 +96,19 @@ impl Stats {
         self.inflight += 1;
     }
 
-    /// A call was answered (or given up on) after `latency_us`; `overloaded` if the
-    /// provider refused it for lack of capacity.
-    pub fn on_answer(&mut self, latency_us: u64, overloaded: bool) {
+    /// A call was answered after `latency_us`. Only calls the provider did count as
+    /// capacity (latency, a higher limit); a refusal lowers the limit; a failure lowers
+    /// the health.
+    pub fn on_answer(&mut self, latency_us: u64, answer: Answer) {
         let inflight_at_answer = self.inflight;
         self.inflight = self.inflight.saturating_sub(1);
-        if overloaded {
-            self.limit = (f64::from(inflight_at_answer) - 1.0).clamp(MIN_LIMIT, self.limit);
-            return;
+        match answer {
+            Answer::Failed => return self.on_failure(),
+            Answer::Overloaded => {
+                self.limit = (f64::from(inflight_at_answer) - 1.0).clamp(MIN_LIMIT, self.limit);
+                return;
+            }
+            Answer::Done => self.health += (1.0 - self.health) * HEALTH_RESTORED_BY_SUCCESS,
         }
         let sample = latency_us as f64;
         self.ewma_us = if self.ewma_us == 0.0 {
@@ -87,9 +122,20 @@ impl Stats {
         }
     }
 
-    /// The call was lost without an answer (connection dropped, timeout).
+    fn on_failure(&mut self) {
+        self.health = (self.health * HEALTH_KEPT_ON_FAILURE).max(MIN_HEALTH);
+    }
+
+    /// Called once a second: failures fade, so a provider that failed gets probing
+    /// calls again (and keeps them if they succeed).
+    pub fn recover(&mut self) {
+        self.health = (self.health * HEALTH_GAINED_PER_SECOND).min(1.0);
+    }
+
+    /// The call was lost without an answer (connection dropped, timeout): a failure.
     pub fn on_lost(&mut self) {
         self.inflight = self.inflight.saturating_sub(1);
+        self.on_failure();
     }
 }
 
@@ -158,14 +204,15 @@ impl Balancer {
                 // Least loaded relative to learned capacity; providers at their limit
                 // only when every provider is.
                 order.min_by(|&a, &b| {
-                    let load = |s: &Stats| (f64::from(s.inflight) + 1.0) / s.limit;
+                    let load = |s: &Stats| (f64::from(s.inflight) + 1.0) / (s.limit * s.health);
                     let (sa, sb) = (stats[a].borrow(), stats[b].borrow());
                     let full = |s: &Stats| f64::from(s.inflight) + 1.0 > s.limit;
                     full(sa).cmp(&full(sb)).then(load(sa).total_cmp(&load(sb)))
                 })
             }
             Algorithm::LeastActive => order.min_by(|&a, &b| {
-                let load = |s: &Stats| f64::from(s.inflight) / f64::from(s.weight);
+                let load =
+                    |s: &Stats| (f64::from(s.inflight) + 1.0) / (f64::from(s.weight) * s.health);
                 load(stats[a].borrow()).total_cmp(&load(stats[b].borrow()))
             }),
             Algorithm::Wrr => {
@@ -188,7 +235,8 @@ impl Balancer {
                 let rb = (ra + 1 + self.next_random() % (k - 1)) % k; // distinct from ra
                 let a = order.clone().nth(ra)?;
                 let b = order.clone().nth(rb)?;
-                let cost = |s: &Stats| s.ewma_us.max(1.0) * (f64::from(s.inflight) + 1.0);
+                let cost =
+                    |s: &Stats| s.ewma_us.max(1.0) * (f64::from(s.inflight) + 1.0) / s.health;
                 Some(if cost(stats[a].borrow()) <= cost(stats[b].borrow()) {
                     a
                 } else {
@@ -247,7 +295,7 @@ mod tests {
         for _ in 0..20 {
             stats[0].on_send();
         }
-        stats[0].on_answer(1000, true); // refused at 20 in flight: limit 19
+        stats[0].on_answer(1000, Answer::Overloaded); // refused at 20 in flight: limit 19
         assert_eq!(stats[0].limit, 19.0);
         // 19 in flight on 0 (at its limit): everything goes to 1 until it is fuller.
         for _ in 0..50 {
@@ -288,5 +336,46 @@ mod tests {
             .filter(|_| b.pick(&mut stats, |_| true, None) == Some(1))
             .count();
         assert_eq!(fast, 100);
+    }
+
+    #[test]
+    fn a_provider_failing_fast_gets_little_traffic_and_comes_back() {
+        for alg in [Algorithm::Adaptive, Algorithm::LeastActive, Algorithm::P2c] {
+            // 0 answers in 10 ms, 1 fails at once: simulate 10,000 calls at 20 in flight.
+            let mut stats = vec![Stats::new(100), Stats::new(100)];
+            let mut b = Balancer::new(alg);
+            let mut sent = [0usize; 2];
+            let mut slow: std::collections::VecDeque<()> = Default::default();
+            for _ in 0..10_000 {
+                let i = b.pick(&mut stats, |_| true, None).expect("a pick");
+                sent[i] += 1;
+                stats[i].on_send();
+                if i == 1 {
+                    stats[1].on_answer(50, Answer::Failed);
+                } else {
+                    slow.push_back(());
+                    if slow.len() > 20 {
+                        slow.pop_front();
+                        stats[0].on_answer(10_000, Answer::Done);
+                    }
+                }
+            }
+            assert!(sent[1] < 100, "{alg:?}: the failing provider took {sent:?}");
+            // Healed: after a few seconds' fading it takes calls again, and keeps them.
+            for _ in 0..30 {
+                stats[1].recover();
+            }
+            let mut back = 0;
+            for _ in 0..1_000 {
+                let i = b.pick(&mut stats, |_| true, None).expect("a pick");
+                stats[i].on_send();
+                stats[i].on_answer(50, Answer::Done);
+                back += usize::from(i == 1);
+            }
+            assert!(
+                back > 100,
+                "{alg:?}: the healed provider took {back} of 1,000"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reactor::{Backoff, ConnId, TimerId};
 use registry::{Instance, Variant};
@@ -17,8 +17,14 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// The loop's connection to it, open or connecting; `None` while waiting to reconnect.
     pub conn: Option<ConnId>,
-    /// The connection completed its connect.
+    /// The connection answered a PING properly: it speaks the agent protocol and takes
+    /// calls. A peer that connects but fails the protocol (another service on a stale
+    /// registry entry) never becomes open, and its reconnects back off.
     pub open: bool,
+    /// When the current connection last delivered anything.
+    pub last_read: Instant,
+    /// When the PING still unanswered on the current connection was sent.
+    pub ping_sent: Option<Instant>,
     /// Which call ids were already defined on the current connection.
     pub defined: Vec<bool>,
     /// Reconnect delays.
@@ -37,6 +43,8 @@ impl Upstream {
             addr,
             conn: None,
             open: false,
+            last_read: Instant::now(),
+            ping_sent: None,
             defined: Vec::new(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             reconnect: None,
@@ -83,9 +91,7 @@ impl Member {
     /// Whether it serves `version` (normalized) in `group`; `*` for either matches any
     /// (Dubbo's wildcard: the provider-agent then calls the first it serves).
     pub fn serves(&self, version: &str, group: &str) -> bool {
-        self.variants
-            .iter()
-            .any(|v| (version == "*" || v.version == version) && (group == "*" || v.group == group))
+        self.variants.iter().any(|v| v.matches(version, group))
     }
 }
 

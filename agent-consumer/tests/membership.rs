@@ -261,13 +261,20 @@ fn mute_agent() -> Mute {
                         Err(_) => return,
                     }
                     let mut pos = 0;
+                    let mut pongs = Vec::new();
                     while let Ok(Decoded::Complete { msg, consumed }) = agent::decode(&buf[pos..]) {
                         pos += consumed;
-                        if matches!(msg, Frame::Request(_)) {
-                            let _ = tx.send(());
+                        match msg {
+                            Frame::Request(_) => {
+                                let _ = tx.send(());
+                            }
+                            // Mute to calls, but a provider-agent: it answers PINGs.
+                            Frame::Ping { id } => agent::encode_pong(&mut pongs, id),
+                            _ => {}
                         }
                     }
                     buf.drain(..pos);
+                    let _ = stream.write_all(&pongs);
                 }
             });
         }

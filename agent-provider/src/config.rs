@@ -94,9 +94,9 @@ pub struct Config {
     pub max_frame: u64,
 
     /// Close an agent connection that has sent nothing and has no call in flight for
-    /// this long, in seconds (0: never). Consumer-agents keep one idle connection per
-    /// loop and reconnect when it is closed, so the default keeps them.
-    #[arg(long, default_value_t = 0)]
+    /// this long, in seconds (0: never). Consumer-agents PING a connection idle for 15 s,
+    /// so live links stay open and only abandoned ones are closed.
+    #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
     /// Address registered for consumers to reach this agent (default: the listen address,

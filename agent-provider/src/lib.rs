@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod admission;
 pub mod config;
 pub mod loop_handler;
 pub mod metrics;
@@ -116,6 +117,7 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
         provider_conns: config.provider_conns.max(1),
         heartbeat: config.heartbeat(),
         drain: config.drain(),
+        contenders: admission::Contenders::new(loops),
         services: services.clone(),
         agent: config.clone(),
     });

@@ -16,9 +16,10 @@ use codec::dubbo::{self, Outcome, Serialization};
 use codec::hessian2::{exception_summary, Encoder, Value};
 use codec::Decoded;
 use crossbeam_channel::Sender;
-use reactor::{CloseReason, Conn, ConnId, Ctx, Handler};
+use reactor::{CloseReason, Conn, ConnId, Ctx, EndOfInput, Handler};
 use registry::Variant;
 
+use crate::admission::{self, Contenders, LoopAdmission, Refusal};
 use crate::metrics::Metrics;
 use crate::upstream::{Pending, Upstream};
 use crate::Event;
@@ -96,28 +97,21 @@ pub(crate) struct LoopConfig {
     pub(crate) provider_conns: usize,
     pub(crate) heartbeat: Duration,
     pub(crate) drain: Duration,
+    /// Each loop's connections competing for `--max-inflight`.
+    pub(crate) contenders: Arc<Contenders>,
 }
 
 impl LoopConfig {
-    /// Dubbo's wildcard: a call naming version `*` (or group `*`) takes any the agent
-    /// serves, so the provider is asked for the first served variant that matches the
-    /// rest. Left as is when none does (the provider then answers that it has no such
-    /// service).
-    fn resolve_wildcards(&self, sig: &mut Signature) {
-        if sig.version != "*" && sig.group != "*" {
-            return;
-        }
-        let served = self.services.iter().find(|(s, _)| *s == sig.service);
-        let matching = served.and_then(|(_, variants)| {
-            variants.iter().find(|v| {
-                (sig.version == "*" || v.version == sig.version)
-                    && (sig.group == "*" || v.group == sig.group)
-            })
-        });
-        if let Some(v) = matching {
-            sig.version.clone_from(&v.version);
-            sig.group.clone_from(&v.group);
-        }
+    /// The version and group the provider is asked for, or `None` if this agent does
+    /// not serve the call's service, version and group (its `--service` list): nothing
+    /// else reaches the provider. Dubbo's wildcard `*` takes the first served variant
+    /// that matches the rest. Resolved per call (a short scan of a list of a few), so
+    /// the call table keeps what the consumer sent and counts the bytes it counts.
+    fn served<'a>(&'a self, sig: &Signature) -> Option<&'a Variant> {
+        let (_, variants) = self.services.iter().find(|(s, _)| *s == sig.service)?;
+        variants
+            .iter()
+            .find(|v| v.matches(&sig.version, &sig.group))
     }
 }
 
@@ -128,6 +122,10 @@ struct Inbound {
     calls: CallTable,
     /// When it last sent anything (for `--idle-timeout-secs`).
     last_active: Instant,
+    /// The consumer finished sending (half-close): close once its calls are answered.
+    input_ended: bool,
+    /// The admission window it was last refused in (see [`LoopAdmission::refused`]).
+    refused_window: u64,
 }
 
 /// One loop's handler.
@@ -137,6 +135,8 @@ pub(crate) struct ProviderLoop {
     cfg: Arc<LoopConfig>,
     /// `--max-inflight`: calls in flight to the provider, all loops together.
     max_inflight: usize,
+    /// Fair shares of `max_inflight` between connections.
+    admission: LoopAdmission,
     metrics: Metrics,
     events: Sender<Event>,
     upstream: Upstream,
@@ -160,8 +160,10 @@ impl ProviderLoop {
         events: Sender<Event>,
     ) -> Self {
         let max_inflight = cfg.agent.max_inflight.max(1);
-        let upstream = Upstream::new(cfg.provider_conns, Instant::now());
+        let now = Instant::now();
+        let upstream = Upstream::new(cfg.provider_conns, now);
         ProviderLoop {
+            admission: LoopAdmission::new(index, cfg.contenders.clone(), now),
             index,
             cfg,
             max_inflight,
@@ -463,6 +465,7 @@ impl ProviderLoop {
         };
         if written {
             self.m().response(status);
+            self.close_if_done(cx, p.inbound);
         } else {
             self.finish_call(
                 cx,
@@ -480,6 +483,15 @@ impl ProviderLoop {
         }
         respond(cx, p.inbound, p.agent_id, status, payload);
         self.m().response(status);
+        self.close_if_done(cx, p.inbound);
+    }
+
+    /// A consumer that half-closed gets its last answer, then our FIN.
+    fn close_if_done(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId) {
+        let ended = self.inbound_mut(conn).is_some_and(|i| i.input_ended);
+        if ended && self.upstream.inflight_on(conn) == 0 {
+            cx.shutdown_write(conn);
+        }
     }
 
     /// Closes agent connections silent for `--idle-timeout-secs` with nothing in flight.
@@ -598,15 +610,16 @@ impl ProviderLoop {
     fn agent_frame(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, frame: Frame<'_>) -> bool {
         match frame {
             Frame::Define { call_id, signature } => {
-                let mut signature = signature.to_owned();
-                self.cfg.resolve_wildcards(&mut signature);
                 let Some(inb) = self.inbound_mut(conn) else {
                     return false;
                 };
-                match inb.calls.define(call_id, signature) {
+                // Checked before anything is kept: a name over its limit, or a table
+                // over its bytes, closes the connection (a consumer-agent never sends
+                // either; see codec::agent's rules).
+                match inb.calls.define(call_id, signature.to_owned()) {
                     Ok(()) => true,
                     Err(e) => {
-                        log::debug!("loop {}: bad DEFINE: {e}; closing", self.index);
+                        log::warn!("loop {}: DEFINE refused: {e}; closing", self.index);
                         false
                     }
                 }
@@ -657,18 +670,35 @@ impl ProviderLoop {
                 "provider-agent is shutting down",
             );
         }
+        let Some(variant) = self.cfg.served(sig) else {
+            // UNAVAILABLE: the call did not start, and a provider-agent that serves it
+            // may take it (this one's registry entry may be stale).
+            let msg = format!(
+                "this provider-agent does not serve {} version {:?} group {:?}",
+                sig.service, sig.version, sig.group
+            );
+            return self.reject_on(cx, conn, req, Status::Unavailable, &msg);
+        };
         // The other loops' counts are as of their last iteration: a burst arriving on
         // several loops at once may pass the limit by a few calls, which the provider's
         // own pool answers (status 100, OVERLOADED), as it would without a limit.
-        let elsewhere = self.metrics.inflight_except(self.index);
-        if self.upstream.inflight() + elsewhere >= self.max_inflight {
-            return self.reject_on(
-                cx,
-                conn,
-                req,
-                Status::Overloaded,
-                "provider-agent in-flight limit reached",
-            );
+        let total = self.upstream.inflight() + self.metrics.inflight_except(self.index);
+        let mine = self.upstream.inflight_on(conn);
+        // This connection competes too, whether or not it is busy already.
+        let busy = self.upstream.busy_inbound() + usize::from(mine == 0);
+        let contenders = self.admission.contenders(now, busy);
+        if let Err(refusal) = admission::admit(self.max_inflight, total, mine, contenders) {
+            let inb = self.inbound.get_mut(conn.index()).and_then(Option::as_mut);
+            if let Some(inb) = inb.filter(|i| i.id == conn) {
+                self.admission.refused(now, &mut inb.refused_window);
+            }
+            let msg = match refusal {
+                Refusal::Full => "provider-agent in-flight limit reached".to_owned(),
+                Refusal::OverShare { share, contenders } => format!(
+                    "provider-agent in-flight limit nearly reached, and this connection holds its share ({share} calls; {contenders} connections compete)"
+                ),
+            };
+            return self.reject_on(cx, conn, req, Status::Overloaded, &msg);
         }
         let per_conn = self.cfg.agent.max_conn_inflight;
         if per_conn > 0 && self.upstream.inflight_on(conn) >= per_conn {
@@ -701,17 +731,21 @@ impl ProviderLoop {
         if self.timeout_text.0 != timeout_ms || self.timeout_text.1.is_empty() {
             self.timeout_text = (timeout_ms, timeout_ms.to_string());
         }
-        // The common case (no attachments from the consumer) needs no allocation.
+        // The common case (no attachments from the consumer) needs no allocation. The
+        // routing keys (path, version, group, timeout, ...) are this agent's to set: a
+        // caller's own are dropped.
         let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
         let mut owned: Vec<(&str, Option<&str>)> = Vec::new();
         let attachments: &[(&str, Option<&str>)] = if req.attachments.remaining() == 0 {
             &timeout_only
         } else {
             owned.reserve(req.attachments.len() + 1);
-            owned.extend(req.attachments.map(|(k, v)| (k, Some(v))));
-            if !owned.iter().any(|(k, _)| *k == "timeout") {
-                owned.extend_from_slice(&timeout_only);
-            }
+            owned.extend(
+                req.attachments
+                    .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
+                    .map(|(k, v)| (k, Some(v))),
+            );
+            owned.extend_from_slice(&timeout_only);
             &owned
         };
         let dubbo_id = if req.one_way {
@@ -725,12 +759,12 @@ impl ProviderLoop {
             two_way: !req.one_way,
             dubbo_version: &self.cfg.dubbo_version,
             path: &sig.service,
-            version: Some(if sig.version.is_empty() {
+            version: Some(if variant.version.is_empty() {
                 "0.0.0"
             } else {
-                &sig.version
+                &variant.version
             }),
-            group: (!sig.group.is_empty()).then_some(sig.group.as_str()),
+            group: (!variant.group.is_empty()).then_some(variant.group.as_str()),
             method: &sig.method,
             descriptor: &sig.parameter_types,
             args: req.args,
@@ -851,6 +885,8 @@ impl Handler for ProviderLoop {
                         id: conn.id,
                         calls: CallTable::new(),
                         last_active: cx.now(),
+                        input_ended: false,
+                        refused_window: 0,
                     });
                 }
             }
@@ -863,6 +899,18 @@ impl Handler for ProviderLoop {
             Tag::Agent => self.agent_data(cx, conn.id, input),
             Tag::Provider(slot) => self.provider_data(cx, slot, conn.id, input),
         }
+    }
+
+    fn end_of_input(&mut self, _cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) -> EndOfInput {
+        // A consumer that sends its calls and then FIN still gets every answer: the
+        // connection stays open for writing until the last one is out.
+        if conn.tag == Tag::Agent && self.upstream.inflight_on(conn.id) > 0 {
+            if let Some(inb) = self.inbound_mut(conn.id) {
+                inb.input_ended = true;
+                return EndOfInput::KeepOpen;
+            }
+        }
+        EndOfInput::Close
     }
 
     fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
@@ -943,6 +991,8 @@ impl Handler for ProviderLoop {
     fn tick(&mut self, cx: &mut Ctx<'_, Self>) {
         let inflight = self.upstream.inflight();
         self.m().inflight.store(inflight as i64, Relaxed);
+        let busy = self.upstream.busy_inbound();
+        self.admission.publish(cx.now(), busy);
         let grace_over = self.exit_not_before.is_some_and(|t| cx.now() >= t);
         if self.draining && inflight == 0 && grace_over {
             cx.exit();

@@ -389,7 +389,7 @@ fn call_table_interning() {
     assert_eq!(e, AgentError::CallTableFull);
     assert_eq!(
         e.to_string(),
-        "call table full (4096 signatures on this connection)"
+        "call table full (4096 signatures or 1048576 bytes of them on this connection)"
     );
     assert_eq!(
         sender.intern(hash.as_ref()),

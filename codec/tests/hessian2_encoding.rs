@@ -683,3 +683,21 @@ fn untyped_positions_read_dates_and_big_numbers() {
         r#"["2018-06-01T12:00:00.123Z","2018-06-01T12:00:00Z",9.99,12,{"class":"java.math.BigInteger","value":"x"}]"#
     );
 }
+
+#[test]
+fn numbers_past_every_java_type_are_called_out_of_range() {
+    let huge: serde_json::Value = serde_json::from_str("1e999999").unwrap();
+    for t in ["double", "Double", "int", "long", "float"] {
+        let e = arg(t, huge.clone()).unwrap_err().to_string();
+        assert!(e.ends_with("got a number out of range"), "{t}: {e}");
+    }
+    let e = arg("double", huge).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "argument of type double needs a number in double range, got a number out of range"
+    );
+    assert_eq!(
+        arg("double", serde_json::json!(1.5)).unwrap(),
+        Value::Double(1.5)
+    );
+}

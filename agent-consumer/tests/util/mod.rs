@@ -62,6 +62,7 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     let mut finished = false;
+    let mut answered = false;
     loop {
         let n = match stream.read(&mut chunk) {
             Ok(0) if finished => {
@@ -124,6 +125,7 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                             );
                             agent::encode_response(&mut out, r.id, Status::Ok, &payload)
                                 .expect("encode");
+                            answered = true;
                         }
                         Mode::Big(n) => {
                             let mut payload = Vec::new();
@@ -152,7 +154,8 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
             if w.write_all(&out).is_err() {
                 return;
             }
-            if mode == Mode::HashThenFinish && !finished {
+            // Finishes after its first answer to a call (not after a PONG).
+            if mode == Mode::HashThenFinish && !finished && answered {
                 finished = true;
                 let _ = w.shutdown(std::net::Shutdown::Write);
             }

@@ -9,6 +9,24 @@ use super::AgentError;
 /// Most signatures one connection may define (call ids are `0..MAX_CALLS`).
 pub const MAX_CALLS: usize = 4096;
 
+/// Longest interface, method, version or group name, in bytes. The JVM allows names of
+/// up to 64 KiB, but real Java class and method names are well under 200 bytes (and
+/// versions and groups a few): 1 KiB leaves room for any real name while a peer naming
+/// ever new 64 KiB strings could otherwise make this side keep a gigabyte.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Longest parameter-types descriptor, in bytes: 4 KiB is some forty parameters of
+/// 100-byte class names.
+pub const MAX_TYPES_LEN: usize = 4096;
+
+/// Bytes the signatures of one table may hold, as [`SignatureRef::charge`] counts them:
+/// every one of [`MAX_CALLS`] signatures of typical size (a few hundred bytes) fits.
+pub const MAX_TABLE_BYTES: usize = 1 << 20;
+
+/// What a stored signature costs beyond its strings: five `String` headers, the
+/// table's slot and index entry, and the allocator's rounding.
+const SIGNATURE_OVERHEAD: usize = 160;
+
 /// What a call invokes, borrowed: the key a DEFINE frame binds to a call id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SignatureRef<'a> {
@@ -25,6 +43,31 @@ pub struct SignatureRef<'a> {
 }
 
 impl SignatureRef<'_> {
+    /// Whether every field is within [`MAX_NAME_LEN`] / [`MAX_TYPES_LEN`].
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::SignatureTooLong`] otherwise.
+    pub fn check(&self) -> Result<(), AgentError> {
+        let names = [self.service, self.method, self.version, self.group];
+        if names.iter().any(|n| n.len() > MAX_NAME_LEN)
+            || self.parameter_types.len() > MAX_TYPES_LEN
+        {
+            return Err(AgentError::SignatureTooLong);
+        }
+        Ok(())
+    }
+
+    /// The bytes this signature counts for in a [`CallTable`].
+    pub fn charge(&self) -> usize {
+        SIGNATURE_OVERHEAD
+            + self.service.len()
+            + self.method.len()
+            + self.parameter_types.len()
+            + self.version.len()
+            + self.group.len()
+    }
+
     /// An owned copy.
     pub fn to_owned(&self) -> Signature {
         Signature {
@@ -70,7 +113,9 @@ impl Signature {
 /// The sending side calls [`intern`](Self::intern) per request (a hash lookup; allocation
 /// only for a new signature) and sends a DEFINE frame when it reports a new id. The
 /// receiving side calls [`define`](Self::define) for each DEFINE frame and
-/// [`get`](Self::get) per request. Bounded by [`MAX_CALLS`].
+/// [`get`](Self::get) per request. Bounded by [`MAX_CALLS`] signatures and
+/// [`MAX_TABLE_BYTES`] bytes, each signature by [`SignatureRef::check`]; dropping the
+/// table frees them all.
 #[derive(Debug, Clone, Default)]
 pub struct CallTable {
     sigs: Vec<Option<Signature>>,
@@ -79,6 +124,8 @@ pub struct CallTable {
     hasher: RandomState,
     next: u32,
     defined: usize,
+    /// The signatures' [`SignatureRef::charge`], summed.
+    bytes: usize,
 }
 
 impl CallTable {
@@ -97,12 +144,25 @@ impl CallTable {
         self.defined == 0
     }
 
+    /// The bytes the signatures count for (at most [`MAX_TABLE_BYTES`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// What the signature bound to `id` counts for (0 if none).
+    pub fn charge_of(&self, id: u32) -> usize {
+        self.get(id).map_or(0, |s| s.as_ref().charge())
+    }
+
     /// Sender side: the id for `sig`, and whether it is new (send a DEFINE frame first).
     ///
     /// # Errors
     ///
-    /// [`AgentError::CallTableFull`] once [`MAX_CALLS`] ids are taken.
+    /// [`AgentError::SignatureTooLong`] for a field over its limit;
+    /// [`AgentError::CallTableFull`] once [`MAX_CALLS`] ids are taken or the new
+    /// signature would pass [`MAX_TABLE_BYTES`].
     pub fn intern(&mut self, sig: SignatureRef<'_>) -> Result<(u32, bool), AgentError> {
+        sig.check()?;
         let hash = self.hasher.hash_one(sig);
         if let Some(ids) = self.index.get(&hash) {
             for &id in ids {
@@ -120,7 +180,7 @@ impl CallTable {
             self.next += 1;
         }
         let id = self.next;
-        if id as usize >= MAX_CALLS {
+        if id as usize >= MAX_CALLS || self.bytes + sig.charge() > MAX_TABLE_BYTES {
             return Err(AgentError::CallTableFull);
         }
         self.put(id, sig.to_owned(), hash);
@@ -133,10 +193,17 @@ impl CallTable {
     ///
     /// # Errors
     ///
-    /// [`AgentError::CallIdOutOfRange`] if `id >= MAX_CALLS`.
+    /// [`AgentError::CallIdOutOfRange`] if `id >= MAX_CALLS`,
+    /// [`AgentError::SignatureTooLong`] for a field over its limit,
+    /// [`AgentError::CallTableFull`] if the table would pass [`MAX_TABLE_BYTES`]; the
+    /// table is unchanged then.
     pub fn define(&mut self, id: u32, sig: Signature) -> Result<(), AgentError> {
         if id as usize >= MAX_CALLS {
             return Err(AgentError::CallIdOutOfRange(id));
+        }
+        sig.as_ref().check()?;
+        if self.bytes - self.charge_of(id) + sig.as_ref().charge() > MAX_TABLE_BYTES {
+            return Err(AgentError::CallTableFull);
         }
         if let Some(old) = self.get(id) {
             let old_hash = self.hasher.hash_one(old.as_ref());
@@ -163,9 +230,11 @@ impl CallTable {
         if self.sigs.len() <= i {
             self.sigs.resize(i + 1, None);
         }
+        self.bytes += sig.as_ref().charge();
         if let Some(slot) = self.sigs.get_mut(i) {
-            if slot.replace(sig).is_none() {
-                self.defined += 1;
+            match slot.replace(sig) {
+                Some(old) => self.bytes -= old.as_ref().charge(),
+                None => self.defined += 1,
             }
         }
         self.index.entry(hash).or_default().push(id);
@@ -193,5 +262,68 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert_eq!(table.index.len(), 1, "stale index entries were kept");
         assert_eq!(table.get(0).unwrap().service, "com.example.S999");
+        assert_eq!(table.bytes(), table.get(0).unwrap().as_ref().charge());
+    }
+
+    fn named(service: &str) -> Signature {
+        Signature {
+            service: service.to_owned(),
+            method: "m".to_owned(),
+            ..Signature::default()
+        }
+    }
+
+    #[test]
+    fn names_over_the_limit_are_refused_both_ways() {
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let mut table = CallTable::new();
+        assert_eq!(
+            table.define(0, named(&long)),
+            Err(AgentError::SignatureTooLong)
+        );
+        assert_eq!(
+            table.intern(named(&long).as_ref()),
+            Err(AgentError::SignatureTooLong)
+        );
+        let types = Signature {
+            parameter_types: "L".repeat(MAX_TYPES_LEN + 1),
+            ..named("s")
+        };
+        assert_eq!(table.define(0, types), Err(AgentError::SignatureTooLong));
+        assert!(table.is_empty());
+        assert_eq!(table.bytes(), 0);
+        // At the limit is fine.
+        table.define(0, named(&"y".repeat(MAX_NAME_LEN))).unwrap();
+    }
+
+    #[test]
+    fn the_bytes_of_a_table_are_bounded() {
+        let big = |i: usize| named(&format!("{i:04}{}", "x".repeat(MAX_NAME_LEN - 4)));
+        let mut receiver = CallTable::new();
+        let mut id = 0;
+        let refused = loop {
+            match receiver.define(id, big(id as usize)) {
+                Ok(()) => id += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(refused, AgentError::CallTableFull);
+        assert!(receiver.bytes() <= MAX_TABLE_BYTES);
+        assert!(receiver.bytes() + big(0).as_ref().charge() > MAX_TABLE_BYTES);
+        // Redefining an id with a smaller signature frees its bytes.
+        let before = receiver.bytes();
+        receiver.define(0, Signature::default()).unwrap();
+        assert_eq!(
+            receiver.bytes(),
+            before - big(0).as_ref().charge() + Signature::default().as_ref().charge()
+        );
+        receiver.define(id, big(id as usize)).unwrap();
+        // The sender side refuses the same way.
+        let mut sender = CallTable::new();
+        let refused = (0..MAX_CALLS)
+            .map(|i| sender.intern(big(i).as_ref()))
+            .find_map(Result::err);
+        assert_eq!(refused, Some(AgentError::CallTableFull));
+        assert!(sender.bytes() <= MAX_TABLE_BYTES);
     }
 }

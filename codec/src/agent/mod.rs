@@ -40,7 +40,15 @@
 //!
 //! - A DEFINE for a call id is sent before the first request naming it, on the same
 //!   connection (the sender's [`CallTable::intern`] says when). Ids are per connection
-//!   and per direction, dense from 0, below [`MAX_CALLS`].
+//!   and per direction, dense from 0, below [`MAX_CALLS`]. A later DEFINE of an id
+//!   replaces the earlier one.
+//! - What a peer may make the other side keep is bounded: a name (interface, method,
+//!   version, group) is at most [`MAX_NAME_LEN`] bytes, a parameter-types descriptor
+//!   [`MAX_TYPES_LEN`], and the signatures of one connection at most [`MAX_TABLE_BYTES`]
+//!   ([`CallTable`] counts them). A receiver closes a connection whose DEFINE breaks a
+//!   bound; a sender that needs room redefines ids no call in flight uses, on every
+//!   connection where they were defined, before it reuses the bytes. A DEFINE of the
+//!   empty signature frees an id's bytes (older receivers simply store it).
 //! - Request ids are chosen by the sender and unique among its outstanding requests;
 //!   responses may come in any order. One-way requests get no response.
 //! - [`Status::Overloaded`] and [`Status::Unavailable`] promise the call did not start,
@@ -76,7 +84,9 @@
 mod calls;
 mod frame;
 
-pub use calls::{CallTable, Signature, SignatureRef, MAX_CALLS};
+pub use calls::{
+    CallTable, Signature, SignatureRef, MAX_CALLS, MAX_NAME_LEN, MAX_TABLE_BYTES, MAX_TYPES_LEN,
+};
 pub use frame::{
     begin_request, begin_response, begin_response_with, decode, encode_define, encode_ping,
     encode_pong, encode_request, encode_response, finish, Attachments, Frame, FrameMark, Request,
@@ -167,8 +177,12 @@ pub enum AgentError {
     /// A string is longer than a u16 length prefix allows, or there are more than 65535
     /// attachments.
     TooLong,
-    /// The call table holds [`MAX_CALLS`] signatures already.
+    /// The call table holds [`MAX_CALLS`] signatures, or [`MAX_TABLE_BYTES`] bytes of
+    /// them, already.
     CallTableFull,
+    /// A signature's name is over [`MAX_NAME_LEN`] bytes, or its parameter types over
+    /// [`MAX_TYPES_LEN`].
+    SignatureTooLong,
     /// A DEFINE names a call id at or past [`MAX_CALLS`].
     CallIdOutOfRange(u32),
 }
@@ -197,9 +211,13 @@ impl fmt::Display for AgentError {
             AgentError::CallTableFull => {
                 write!(
                     f,
-                    "call table full ({MAX_CALLS} signatures on this connection)"
+                    "call table full ({MAX_CALLS} signatures or {MAX_TABLE_BYTES} bytes of them on this connection)"
                 )
             }
+            AgentError::SignatureTooLong => write!(
+                f,
+                "interface, method, version or group over {MAX_NAME_LEN} bytes, or parameter types over {MAX_TYPES_LEN}"
+            ),
             AgentError::CallIdOutOfRange(id) => {
                 write!(f, "call id {id} is out of range (max {MAX_CALLS})")
             }

@@ -10,11 +10,25 @@ use crate::Decoded;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attachments<'a> {
     /// What Java sends: `path`, `interface`, then `version` and `group` when
-    /// the request sets them, then these extra pairs (keys already written
-    /// are skipped). A `None` value is written as null.
+    /// the request sets them, then these extra pairs. Those four keys come from the
+    /// request's own fields only: an extra pair naming one of them (in any case) is
+    /// skipped, so a caller's attachments cannot redirect the call, except a null
+    /// `version` or `group` the request leaves unset. A `None` value is written as null.
     Standard(&'a [(&'a str, Option<&'a str>)]),
     /// Exactly these pairs, in this order (e.g. the race's `{"path": ...}`).
     Exactly(&'a [(&'a str, Option<&'a str>)]),
+}
+
+/// Attachment keys that say where a call goes or how long it may take: whoever routes
+/// the call sets them, never the caller's own attachments (compared ignoring ASCII case).
+pub const RESERVED_ATTACHMENTS: [&str; 6] =
+    ["path", "interface", "version", "group", "timeout", "dubbo"];
+
+/// Whether `key` is one of [`RESERVED_ATTACHMENTS`].
+pub fn is_reserved_attachment(key: &str) -> bool {
+    RESERVED_ATTACHMENTS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(key))
 }
 
 /// One invocation to encode.
@@ -89,10 +103,17 @@ fn for_each_attachment<'a>(req: &Request<'a>, mut f: impl FnMut(&'a str, Option<
                 f("group", Some(g));
             }
             for &(k, v) in extra {
-                let written = matches!(k, "path" | "interface")
-                    || (k == "version" && req.version.is_some())
-                    || (k == "group" && req.group.is_some());
-                if !written {
+                let routing = ["path", "interface", "version", "group"]
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(k));
+                // Only a null may stand for a field the request leaves unset (Python's
+                // client writes `group: null`).
+                let unset = match k.to_ascii_lowercase().as_str() {
+                    "version" => req.version.is_none(),
+                    "group" => req.group.is_none(),
+                    _ => false,
+                };
+                if !routing || (unset && v.is_none()) {
                     f(k, v);
                 }
             }

@@ -370,7 +370,9 @@ fn kind(j: &Json) -> &'static str {
     match j {
         Json::Null => "null",
         Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
+        // Kept as written (arbitrary precision): 1e999999 is a number no Java type holds.
+        Json::Number(n) if n.as_f64().is_some_and(f64::is_finite) => "a number",
+        Json::Number(_) => "a number out of range",
         Json::String(_) => "a string",
         Json::Array(_) => "an array",
         Json::Object(_) => "an object",
@@ -573,8 +575,8 @@ impl Encoder {
                 _ => return Err(mismatch(t, "true or false", arg)),
             },
             "double" | "Double" => match arg.as_f64() {
-                Some(d) if arg.is_number() => ser::write_double(out, d),
-                _ => return Err(mismatch(t, "a number", arg)),
+                Some(d) if arg.is_number() && d.is_finite() => ser::write_double(out, d),
+                _ => return Err(mismatch(t, "a number in double range", arg)),
             },
             "float" | "Float" => match arg.as_f64() {
                 Some(d) if arg.is_number() && (d as f32).is_finite() => {
