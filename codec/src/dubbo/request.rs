@@ -108,11 +108,8 @@ fn for_each_attachment<'a>(req: &Request<'a>, mut f: impl FnMut(&'a str, Option<
                     .any(|r| r.eq_ignore_ascii_case(k));
                 // Only a null may stand for a field the request leaves unset (Python's
                 // client writes `group: null`).
-                let unset = match k.to_ascii_lowercase().as_str() {
-                    "version" => req.version.is_none(),
-                    "group" => req.group.is_none(),
-                    _ => false,
-                };
+                let unset = (k.eq_ignore_ascii_case("version") && req.version.is_none())
+                    || (k.eq_ignore_ascii_case("group") && req.group.is_none());
                 if !routing || (unset && v.is_none()) {
                     f(k, v);
                 }
