@@ -46,6 +46,7 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// The metrics the loops update.
     pub metrics: Arc<Metrics>,
+    admin: Option<reactor_admin::Server>,
     _watches: Vec<registry::Watch>,
     _registry: registry::Registry,
 }
@@ -106,16 +107,18 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             .map_err(StartError::Registry)?;
         watches.push(watch);
     }
-    let admin_addr = match config.admin {
+    let admin = match config.admin {
         Some(a) => Some(admin::spawn(a, metrics.clone(), discovered).map_err(StartError::Io)?),
         None => None,
     };
+    let admin_addr = admin.as_ref().map(reactor_admin::Server::local_addr);
     log::info!("consumer-agent listening on {http_addr}");
     Ok(Running {
         reactor,
         http_addr,
         admin_addr,
         metrics,
+        admin,
         _watches: watches,
         _registry: registry,
     })
@@ -126,5 +129,8 @@ impl Running {
     pub fn stop(self) {
         self.reactor.stop();
         self.reactor.join();
+        if let Some(admin) = self.admin {
+            admin.stop();
+        }
     }
 }

@@ -2,17 +2,17 @@
 //!
 //! Each loop has its own counters, on cache lines of their own, updated with `Relaxed`
 //! atomics: no lock on the request path, and no cache line bouncing between the cores
-//! of several loops. The admin port adds them up.
+//! of several loops. The admin port adds them up and renders them with
+//! [`codec::prometheus`], in the latency bucket layout both agents share.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-/// Upper bounds of the latency histogram buckets, in microseconds.
-pub const LATENCY_BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 60_000, 75_000, 100_000, 250_000, 500_000,
-    1_000_000, 3_000_000,
-];
+use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
+
+/// Upper bounds of the latency histogram buckets, in microseconds (the layout both
+/// agents share).
+pub use codec::prometheus::LATENCY_BUCKETS_US;
 
 /// How a request ended, for the error counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ struct LoopCounters {
     retries: AtomicU64,
     inflight: AtomicI64,
     connections: AtomicI64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    latency_buckets: [AtomicU64; LATENCY_SLOTS],
     latency_sum_us: AtomicU64,
 }
 
@@ -134,11 +134,9 @@ impl LoopCounters {
             .position(|(o, _)| *o == outcome)
             .unwrap_or(0);
         self.outcomes[slot].fetch_add(1, Relaxed);
-        let bucket = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| latency_us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.latency_buckets[bucket].fetch_add(1, Relaxed);
+        if let Some(c) = self.latency_buckets.get(bucket_index(latency_us)) {
+            c.fetch_add(1, Relaxed);
+        }
         self.latency_sum_us.fetch_add(latency_us, Relaxed);
     }
 }
@@ -183,83 +181,99 @@ impl Metrics {
             .unwrap_or(false)
     }
 
+    /// The latency histogram, all loops.
+    fn latency(&self) -> Histogram {
+        let mut h = Histogram::new();
+        for l in &self.loops {
+            for (sum, c) in h.counts.iter_mut().zip(&l.latency_buckets) {
+                *sum += c.load(Relaxed);
+            }
+            h.sum_us = h.sum_us.saturating_add(l.latency_sum_us.load(Relaxed));
+        }
+        h
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut s = String::with_capacity(4096);
-        let _ = writeln!(s, "# TYPE consumer_requests_total counter");
-        let _ = writeln!(
-            s,
-            "consumer_requests_total {}",
-            self.sum(|l| l.requests.load(Relaxed))
+        let mut w = Writer::with_capacity(4096);
+        // Counters sum to a u64, gauges to an i64 (clamped, never wrapped).
+        let count = |read: fn(&LoopCounters) -> i128| -> u64 {
+            u64::try_from(self.sum(read).max(0)).unwrap_or(u64::MAX)
+        };
+        let level = |read: fn(&LoopCounters) -> i128| -> i64 {
+            i64::try_from(self.sum(read)).unwrap_or(i64::MAX)
+        };
+        w.counter(
+            "consumer_requests_total",
+            "HTTP requests received.",
+            count(|l| l.requests.load(Relaxed).into()),
         );
-        let _ = writeln!(s, "# TYPE consumer_responses_total counter");
+        let mut f = w.family(
+            "consumer_responses_total",
+            "HTTP requests answered, by outcome.",
+            Kind::Counter,
+        );
         for (i, (_, name)) in OUTCOMES.iter().enumerate() {
             let n = self.sum(|l| l.outcomes[i].load(Relaxed));
-            let _ = writeln!(s, "consumer_responses_total{{outcome=\"{name}\"}} {n}");
+            f.sample(&[("outcome", name)], u64::try_from(n).unwrap_or(u64::MAX));
         }
-        let _ = writeln!(s, "# TYPE consumer_retries_total counter");
-        let _ = writeln!(
-            s,
-            "consumer_retries_total {}",
-            self.sum(|l| l.retries.load(Relaxed))
+        w.counter(
+            "consumer_retries_total",
+            "Calls retried on another provider-agent.",
+            count(|l| l.retries.load(Relaxed).into()),
         );
-        let _ = writeln!(s, "# TYPE consumer_inflight gauge");
-        let _ = writeln!(
-            s,
-            "consumer_inflight {}",
-            self.sum(|l| l.inflight.load(Relaxed))
+        w.gauge(
+            "consumer_inflight",
+            "Requests received and not yet answered.",
+            level(|l| l.inflight.load(Relaxed).into()),
         );
-        let _ = writeln!(s, "# TYPE consumer_http_connections gauge");
-        let _ = writeln!(
-            s,
-            "consumer_http_connections {}",
-            self.sum(|l| l.connections.load(Relaxed))
+        w.gauge(
+            "consumer_http_connections",
+            "HTTP connections open.",
+            level(|l| l.connections.load(Relaxed).into()),
         );
-        let _ = writeln!(s, "# TYPE consumer_latency_seconds histogram");
-        let mut cumulative = 0;
-        for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += self.sum(|l| l.latency_buckets[i].load(Relaxed));
-            let le = *b as f64 / 1e6;
-            let _ = writeln!(
-                s,
-                "consumer_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        cumulative += self.sum(|l| l.latency_buckets[LATENCY_BUCKETS_US.len()].load(Relaxed));
-        let _ = writeln!(
-            s,
-            "consumer_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        w.histogram(
+            "consumer_latency_seconds",
+            "Time from a request's arrival to its answer.",
+            &self.latency(),
         );
-        let sum = self.sum(|l| l.latency_sum_us.load(Relaxed)) as f64 / 1e6;
-        let _ = writeln!(s, "consumer_latency_seconds_sum {sum}");
-        let _ = writeln!(s, "consumer_latency_seconds_count {cumulative}");
-        // Per provider-agent gauges, each metric's lines together under its TYPE line,
-        // as the exposition format asks.
+        // Per provider-agent gauges, each family's samples together under its HELP and
+        // TYPE lines, as the exposition format asks.
         if let Ok(all) = self.upstreams.lock() {
-            type Field = fn(&UpstreamView) -> String;
-            let gauges: [(&str, Field); 4] = [
-                ("consumer_upstream_up", |u| u8::from(u.up).to_string()),
-                ("consumer_upstream_inflight", |u| u.inflight.to_string()),
-                ("consumer_upstream_limit", |u| format!("{:.1}", u.limit)),
-                ("consumer_upstream_latency_ewma_seconds", |u| {
-                    format!("{:.6}", u.ewma_us / 1e6)
-                }),
+            type Field = fn(&UpstreamView) -> f64;
+            let gauges: [(&str, &str, Field); 4] = [
+                (
+                    "consumer_upstream_up",
+                    "1 while the loop's connection to the provider-agent is open.",
+                    |u| f64::from(u8::from(u.up)),
+                ),
+                (
+                    "consumer_upstream_inflight",
+                    "Calls in flight from the loop to the provider-agent.",
+                    |u| f64::from(u.inflight),
+                ),
+                (
+                    "consumer_upstream_limit",
+                    "Concurrency limit the loop learned for the provider-agent.",
+                    |u| u.limit,
+                ),
+                (
+                    "consumer_upstream_latency_ewma_seconds",
+                    "Smoothed latency of the provider-agent, as the loop sees it.",
+                    |u| u.ewma_us / 1e6,
+                ),
             ];
-            for (name, value) in gauges {
-                let _ = writeln!(s, "# TYPE {name} gauge");
+            for (name, help, value) in gauges {
+                let mut f = w.family(name, help, Kind::Gauge);
                 for (l, ups) in all.iter().enumerate() {
+                    let l = l.to_string();
                     for u in ups {
-                        let _ = writeln!(
-                            s,
-                            "{name}{{loop=\"{l}\",upstream=\"{}\"}} {}",
-                            u.addr,
-                            value(u)
-                        );
+                        f.sample(&[("loop", &l), ("upstream", &u.addr)], value(u));
                     }
                 }
             }
         }
-        s
+        w.finish()
     }
 }
 
@@ -295,11 +309,17 @@ mod tests {
         m.set_upstreams(1, vec![up("127.0.0.1:1")]);
         let text = m.render();
         let mut typed = Vec::new();
+        let mut helped = Vec::new();
         let mut current = None;
         let mut finished = Vec::new();
         for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.push(rest.split(' ').next().unwrap());
+                continue;
+            }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let name = rest.split(' ').next().unwrap();
+                assert_eq!(helped.last(), Some(&name), "no HELP line for {name}");
                 assert!(!typed.contains(&name), "two TYPE lines for {name}");
                 typed.push(name);
                 continue;
@@ -324,5 +344,9 @@ mod tests {
                 .count(),
             3
         );
+        assert!(text.contains("consumer_latency_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(text.contains("consumer_latency_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("consumer_latency_seconds_count 1\n"));
+        assert!(text.contains("consumer_upstream_up{loop=\"1\",upstream=\"127.0.0.1:1\"} 1\n"));
     }
 }

@@ -2,20 +2,19 @@
 //!
 //! Each loop owns one [`LoopMetrics`] and is its only writer, so every update is a plain
 //! `Relaxed` atomic add: no lock and no contended cache line on the request path. The
-//! admin thread sums the loops when it is scraped.
+//! admin thread sums the loops when it is scraped and renders them with
+//! [`codec::prometheus`], in the latency bucket layout both agents share.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use codec::agent::Status;
+use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
 
-/// Upper bounds of the latency histogram buckets, in microseconds (plus `+Inf`).
-pub const LATENCY_BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 75_000, 100_000, 250_000, 500_000, 1_000_000,
-    5_000_000, 30_000_000,
-];
+/// Upper bounds of the latency histogram buckets, in microseconds (plus `+Inf`): the
+/// layout both agents share.
+pub use codec::prometheus::LATENCY_BUCKETS_US;
 
 /// Error kinds counted separately, in [`Status`] order after `Ok`.
 const ERROR_KINDS: [(Status, &str); 6] = [
@@ -41,7 +40,7 @@ pub struct LoopMetrics {
     /// Provider (re)connections made.
     pub provider_connects: AtomicU64,
     /// Latency histogram of answered provider calls: counts per bucket (last = +Inf).
-    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    pub latency_buckets: [AtomicU64; LATENCY_SLOTS],
     /// Sum of latencies, microseconds.
     pub latency_sum_us: AtomicU64,
 }
@@ -57,11 +56,7 @@ impl LoopMetrics {
     /// Records the latency of a call the provider answered.
     pub fn latency(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        if let Some(c) = self.latency_buckets.get(i) {
+        if let Some(c) = self.latency_buckets.get(bucket_index(us)) {
             c.fetch_add(1, Relaxed);
         }
         self.latency_sum_us.fetch_add(us, Relaxed);
@@ -128,105 +123,70 @@ impl Metrics {
         self.loops.iter().map(f).sum()
     }
 
+    /// The latency histogram, all loops.
+    fn latency(&self) -> Histogram {
+        let mut h = Histogram::new();
+        for l in self.loops.iter() {
+            for (sum, c) in h.counts.iter_mut().zip(&l.latency_buckets) {
+                *sum += c.load(Relaxed);
+            }
+            h.sum_us = h.sum_us.saturating_add(l.latency_sum_us.load(Relaxed));
+        }
+        h
+    }
+
     /// Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let mut s = String::with_capacity(2048);
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_requests_total Agent requests received."
+        let mut w = Writer::with_capacity(2048);
+        w.counter(
+            "provider_agent_requests_total",
+            "Agent requests received.",
+            self.requests(),
         );
-        let _ = writeln!(s, "# TYPE provider_agent_requests_total counter");
-        let _ = writeln!(s, "provider_agent_requests_total {}", self.requests());
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_responses_ok_total Calls answered OK."
+        w.counter(
+            "provider_agent_responses_ok_total",
+            "Calls answered OK.",
+            self.responses(Status::Ok),
         );
-        let _ = writeln!(s, "# TYPE provider_agent_responses_ok_total counter");
-        let _ = writeln!(
-            s,
-            "provider_agent_responses_ok_total {}",
-            self.responses(Status::Ok)
+        let mut f = w.family(
+            "provider_agent_errors_total",
+            "Calls answered with an error, by kind.",
+            Kind::Counter,
         );
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_errors_total Calls answered with an error, by kind."
-        );
-        let _ = writeln!(s, "# TYPE provider_agent_errors_total counter");
         for (status, name) in ERROR_KINDS {
-            let _ = writeln!(
-                s,
-                "provider_agent_errors_total{{kind=\"{name}\"}} {}",
-                self.responses(status)
-            );
+            f.sample(&[("kind", name)], self.responses(status));
         }
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_inflight Calls in flight to the provider."
+        w.gauge(
+            "provider_agent_inflight",
+            "Calls in flight to the provider.",
+            self.inflight(),
         );
-        let _ = writeln!(s, "# TYPE provider_agent_inflight gauge");
-        let _ = writeln!(s, "provider_agent_inflight {}", self.inflight());
         let up: i64 = self
             .loops
             .iter()
             .map(|l| l.provider_conns_up.load(Relaxed))
             .sum();
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_provider_connections Provider connections open."
+        w.gauge(
+            "provider_agent_provider_connections",
+            "Provider connections open.",
+            up,
         );
-        let _ = writeln!(s, "# TYPE provider_agent_provider_connections gauge");
-        let _ = writeln!(s, "provider_agent_provider_connections {up}");
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_provider_up 1 when every loop has a provider connection."
+        w.gauge(
+            "provider_agent_provider_up",
+            "1 when every loop has a provider connection.",
+            self.provider_up(),
         );
-        let _ = writeln!(s, "# TYPE provider_agent_provider_up gauge");
-        let _ = writeln!(
-            s,
-            "provider_agent_provider_up {}",
-            u8::from(self.provider_up())
+        w.counter(
+            "provider_agent_provider_connects_total",
+            "Provider connections opened.",
+            self.sum(|l| l.provider_connects.load(Relaxed)),
         );
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_provider_connects_total Provider connections opened."
+        w.histogram(
+            "provider_agent_latency_seconds",
+            "Provider call latency.",
+            &self.latency(),
         );
-        let _ = writeln!(s, "# TYPE provider_agent_provider_connects_total counter");
-        let _ = writeln!(
-            s,
-            "provider_agent_provider_connects_total {}",
-            self.sum(|l| l.provider_connects.load(Relaxed))
-        );
-        let _ = writeln!(
-            s,
-            "# HELP provider_agent_latency_seconds Provider call latency."
-        );
-        let _ = writeln!(s, "# TYPE provider_agent_latency_seconds histogram");
-        let mut cumulative = 0u64;
-        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += self.sum(|l| l.latency_buckets.get(i).map_or(0, |c| c.load(Relaxed)));
-            let _ = writeln!(
-                s,
-                "provider_agent_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        cumulative += self.sum(|l| {
-            l.latency_buckets
-                .get(LATENCY_BUCKETS_US.len())
-                .map_or(0, |c| c.load(Relaxed))
-        });
-        let _ = writeln!(
-            s,
-            "provider_agent_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-        );
-        let sum_us = self.sum(|l| l.latency_sum_us.load(Relaxed));
-        let _ = writeln!(
-            s,
-            "provider_agent_latency_seconds_sum {}",
-            sum_us as f64 / 1e6
-        );
-        let _ = writeln!(s, "provider_agent_latency_seconds_count {cumulative}");
-        s
+        w.finish()
     }
 }
 
@@ -246,7 +206,19 @@ mod tests {
         assert!(text.contains("provider_agent_errors_total{kind=\"overloaded\"} 1\n"));
         assert!(text.contains("provider_agent_latency_seconds_bucket{le=\"0.05\"} 0\n"));
         assert!(text.contains("provider_agent_latency_seconds_bucket{le=\"0.075\"} 1\n"));
+        assert!(text.contains("provider_agent_latency_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("provider_agent_latency_seconds_sum 0.06\n"));
         assert!(text.contains("provider_agent_latency_seconds_count 1\n"));
+        assert!(text.contains("provider_agent_provider_up 0\n"));
+        // Every family: HELP, then TYPE, then its samples.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                let help = format!("# HELP {name} ");
+                assert!(i > 0 && lines[i - 1].starts_with(&help), "{name}:\n{text}");
+            }
+        }
         assert!(!m.provider_up());
     }
 }

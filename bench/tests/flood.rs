@@ -5,11 +5,17 @@
 //! saturation stays small and it logs a bounded number of retries), must keep serving a
 //! client connected before the flood, and must serve new connections again once the
 //! flood is gone.
+//!
+//! And the admin ports, which Kubernetes probes: idle clients and a client sending a
+//! byte every 1.5 s, held against an agent's admin port, must not keep `/healthz` from
+//! answering.
 
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bench::harness::{self, call_on, wait_until, AgentAddrs, Bins};
@@ -47,8 +53,10 @@ fn limited(program: &Path, args: &[String]) -> Vec<String> {
 struct Mesh {
     consumer: Proc,
     consumer_addr: SocketAddr,
+    consumer_admin: SocketAddr,
     agent: Proc,
     agent_addr: SocketAddr,
+    agent_admin: SocketAddr,
     _provider: RunningProvider,
     _dir: tempfile::TempDir,
 }
@@ -57,6 +65,7 @@ struct Mesh {
 enum Limited {
     Consumer,
     ProviderAgent,
+    Neither,
 }
 
 impl Mesh {
@@ -108,8 +117,10 @@ impl Mesh {
         Mesh {
             consumer,
             consumer_addr: c.listen,
+            consumer_admin: c.admin,
             agent,
             agent_addr: a.listen,
+            agent_admin: a.admin,
             _provider: provider,
             _dir: dir,
         }
@@ -321,5 +332,149 @@ fn provider_agent_survives_a_flood_past_its_fd_limit() {
     });
     let mut s = connect(http);
     assert!(matches!(call_on(&mut s, http, "after"), Ok(true)));
+    mesh.finish();
+}
+
+/// Idle connections held against an admin port while `/healthz` is probed.
+const IDLE_ADMIN_CLIENTS: usize = 64;
+/// How often the slow admin client sends a byte of its request.
+const SLOW_BYTE_EVERY: Duration = Duration::from_millis(1500);
+/// Probes of `/healthz` under that pressure, each to be answered 200 within a second.
+const PROBES: usize = 8;
+
+/// Idle clients and one slow client held against an admin port for as long as this
+/// lives; whichever the agent closes is opened again at once, so the pressure never
+/// lets up.
+struct AdminPressure {
+    stop: Arc<AtomicBool>,
+    idle_open: Arc<AtomicUsize>,
+    slow_bytes: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl AdminPressure {
+    fn start(admin: SocketAddr) -> AdminPressure {
+        let stop = Arc::new(AtomicBool::new(false));
+        let idle_open = Arc::new(AtomicUsize::new(0));
+        let slow_bytes = Arc::new(AtomicUsize::new(0));
+        let (s, open) = (stop.clone(), idle_open.clone());
+        let idle = std::thread::spawn(move || {
+            let mut conns: Vec<Option<TcpStream>> = (0..IDLE_ADMIN_CLIENTS).map(|_| None).collect();
+            let mut buf = [0u8; 1024];
+            while !s.load(Ordering::SeqCst) {
+                for slot in conns.iter_mut() {
+                    let gone = match slot {
+                        Some(c) => match c.read(&mut buf) {
+                            Ok(_) => true,
+                            Err(e) => e.kind() != ErrorKind::WouldBlock,
+                        },
+                        None => true,
+                    };
+                    if gone {
+                        *slot = TcpStream::connect_timeout(&admin, Duration::from_millis(200))
+                            .ok()
+                            .filter(|c| c.set_nonblocking(true).is_ok());
+                    }
+                }
+                open.store(conns.iter().flatten().count(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (s, sent) = (stop.clone(), slow_bytes.clone());
+        let slow = std::thread::spawn(move || {
+            let request = b"GET /healthz HTTP/1.1\r\nHost: slow\r\n\r\n";
+            'connect: while !s.load(Ordering::SeqCst) {
+                let Ok(mut c) = TcpStream::connect_timeout(&admin, Duration::from_millis(200))
+                else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                for b in request {
+                    if c.write_all(&[*b]).is_err() {
+                        continue 'connect;
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    let until = Instant::now() + SLOW_BYTE_EVERY;
+                    while Instant::now() < until {
+                        if s.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        });
+        AdminPressure {
+            stop,
+            idle_open,
+            slow_bytes,
+            threads: vec![idle, slow],
+        }
+    }
+}
+
+impl Drop for AdminPressure {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// With [`IDLE_ADMIN_CLIENTS`] idle clients and a slow one on `p`'s admin port, every
+/// one of [`PROBES`] probes of `/healthz` is answered 200 within a second.
+fn assert_healthz_under_pressure(admin: SocketAddr, p: &mut Proc) {
+    let pressure = AdminPressure::start(admin);
+    let end = Instant::now() + Duration::from_secs(10);
+    while pressure.idle_open.load(Ordering::SeqCst) < IDLE_ADMIN_CLIENTS
+        || pressure.slow_bytes.load(Ordering::SeqCst) == 0
+    {
+        assert!(
+            Instant::now() < end,
+            "{}: the idle and slow clients could not connect to its admin port",
+            p.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut failed = Vec::new();
+    for i in 0..PROBES {
+        let t = Instant::now();
+        let status = procs::http_get_status(admin, "/healthz");
+        let took = t.elapsed();
+        if !matches!(status, Ok(200)) || took >= Duration::from_secs(1) {
+            failed.push(format!("probe {i}: {status:?} after {took:?}"));
+        }
+        // Spread over a few seconds: across the slow client's bytes and the deadlines
+        // of the idle ones.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(pressure);
+    assert!(
+        failed.is_empty(),
+        "{}: {} of {PROBES} /healthz probes failed under slow and idle admin clients: \
+         {failed:?}\n{}",
+        p.name,
+        failed.len(),
+        p.tail()
+    );
+    p.assert_alive();
+}
+
+#[test]
+fn provider_agent_admin_answers_healthz_under_slow_and_idle_clients() {
+    let _serial = serial();
+    let mut mesh = Mesh::start(Limited::Neither);
+    let admin = mesh.agent_admin;
+    assert_healthz_under_pressure(admin, &mut mesh.agent);
+    mesh.finish();
+}
+
+#[test]
+fn consumer_agent_admin_answers_healthz_under_slow_and_idle_clients() {
+    let _serial = serial();
+    let mut mesh = Mesh::start(Limited::Neither);
+    let admin = mesh.consumer_admin;
+    assert_healthz_under_pressure(admin, &mut mesh.consumer);
     mesh.finish();
 }

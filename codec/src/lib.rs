@@ -11,6 +11,7 @@ pub mod hessian2;
 pub mod http;
 pub mod invocation;
 pub mod java;
+pub mod prometheus;
 
 /// The outcome of an incremental decode step.
 ///
