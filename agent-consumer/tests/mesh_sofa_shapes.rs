@@ -470,11 +470,36 @@ fn attachments_from_headers_and_json_reach_sofa_rpc_node() {
 
     // Routing keys are reserved: the call names them, never its attachments.
     for (headers, attachments, key, instead) in [
-        (&[("x-dubbo-attachment-group", "evilgroup")][..], "", "group", "x-dubbo-group"),
-        (&[("X-Dubbo-Attachment-Timeout", "999999")][..], "", "Timeout", "x-dubbo-timeout"),
-        (&[][..], r#","attachments":{"version":"6.6.6"}"#, "version", "x-dubbo-version"),
-        (&[][..], r#","attachments":{"dubbo":"9.9.9"}"#, "dubbo", "Dubbo version"),
-        (&[][..], r#","attachments":{"path":"com.evil.Admin"}"#, "path", "interface"),
+        (
+            &[("x-dubbo-attachment-group", "evilgroup")][..],
+            "",
+            "group",
+            "x-dubbo-group",
+        ),
+        (
+            &[("X-Dubbo-Attachment-Timeout", "999999")][..],
+            "",
+            "Timeout",
+            "x-dubbo-timeout",
+        ),
+        (
+            &[][..],
+            r#","attachments":{"version":"6.6.6"}"#,
+            "version",
+            "x-dubbo-version",
+        ),
+        (
+            &[][..],
+            r#","attachments":{"dubbo":"9.9.9"}"#,
+            "dubbo",
+            "Dubbo version",
+        ),
+        (
+            &[][..],
+            r#","attachments":{"path":"com.evil.Admin"}"#,
+            "path",
+            "interface",
+        ),
     ] {
         let r = post_with(addr, "application/json", headers, &ask(key, attachments));
         assert_eq!(r.status, 400, "{key}: {r:?}");

@@ -18,7 +18,8 @@ use agent_provider::config::SerializationArg;
 fn start() -> (MockProvider, agent_provider::AgentHandle) {
     init_log();
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
-    let agent = agent_provider::run(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
+    let agent =
+        agent_provider::run(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     (provider, agent)
@@ -61,7 +62,8 @@ fn received(provider: &MockProvider) -> Vec<dubbo::RequestBody> {
     frames
         .iter()
         .map(|f| {
-            dubbo::decode_request_body(f[2] & dubbo::SERIALIZATION_MASK, &f[dubbo::HEADER_LEN..]).expect("a request")
+            dubbo::decode_request_body(f[2] & dubbo::SERIALIZATION_MASK, &f[dubbo::HEADER_LEN..])
+                .expect("a request")
         })
         .collect()
 }
@@ -120,7 +122,11 @@ fn services_versions_and_groups_not_served_never_reach_the_provider() {
     assert_eq!(request(&mut c, 10, 1, &[], 4000).status, Status::Ok);
     assert_eq!(request(&mut c, 11, 5, &[], 4000).status, Status::Ok);
     let paths: Vec<String> = received(&provider).into_iter().map(|b| b.path).collect();
-    assert_eq!(paths, [SERVICE, SERVICE], "only served calls reached the provider");
+    assert_eq!(
+        paths,
+        [SERVICE, SERVICE],
+        "only served calls reached the provider"
+    );
     agent.stop();
 }
 
@@ -176,7 +182,10 @@ fn signatures_a_connection_defines_are_bounded_and_refused_past_the_bound() {
     // Other connections are served all along.
     let mut ok = Client::connect(agent.local_addr());
     ok.define_hash();
-    assert_eq!(ok.call_hash(1, "a").int(), codec::java::string_hash_code("a"));
+    assert_eq!(
+        ok.call_hash(1, "a").int(),
+        codec::java::string_hash_code("a")
+    );
     agent.stop();
 }
 
