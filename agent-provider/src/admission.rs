@@ -2,159 +2,178 @@
 //!
 //! `--max-inflight` is one budget for all loops (the provider's thread pool is one
 //! pool). Taken first come first served, one consumer's burst could hold all of it and
-//! starve every other consumer. So the budget is shared in two zones:
+//! starve every other consumer. So each connection's recent demand is remembered (the
+//! most calls it had in flight, or asked for when refused, this second and the last),
+//! and a call is admitted while the budget is not full and either
 //!
-//! - below 7/8 of it, any call is admitted: one consumer alone can use the provider;
-//! - above, only calls of connections holding less than their fair share, the budget
-//!   divided by the connections competing for it, all loops together. A connection
-//!   competes while it has calls in flight, or for a second or two after a call of
-//!   its was refused (so one refused while the budget is full still counts).
+//! - its connection holds less than its fair share: the budget divided by the
+//!   connections with recent demand, all loops together; or
+//! - its connection, with this call, still leaves the other connections' recent
+//!   demand free.
 //!
-//! A connection over its share is refused OVERLOADED (the consumer-agent retries
-//! elsewhere); the others get the room its finished calls leave.
+//! So a connection alone may use the whole budget; a burst beside steady consumers
+//! takes what they leave; and a newcomer refused while the budget is full raises its
+//! demand with each refusal until the others leave it room. A refused call is answered
+//! OVERLOADED (the consumer-agent retries elsewhere).
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Why a call was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// The whole budget is in flight.
     Full,
-    /// The budget is contended and this connection holds its fair share already.
+    /// This connection holds its share, and more would take what others need.
     OverShare {
-        /// The share: the budget divided by the competing connections.
+        /// The share: the budget divided by the connections with recent demand.
         share: usize,
-        /// Connections competing, all loops.
+        /// Connections with recent demand, all loops.
         contenders: usize,
     },
 }
 
 /// The decision: `total` calls in flight of `budget`, `mine` of them from the asking
-/// connection, `contenders` connections competing (the asking one included).
-pub(crate) fn admit(
+/// connection, `contenders` connections with recent demand (the asking one included),
+/// `reserved` the recent demand of all the others.
+pub(crate) fn decide(
     budget: usize,
     total: usize,
     mine: usize,
     contenders: usize,
+    reserved: usize,
 ) -> Result<(), Refusal> {
     if total >= budget {
         return Err(Refusal::Full);
     }
-    let free = budget - budget / 8;
-    if total < free {
-        return Ok(());
-    }
     let contenders = contenders.max(1);
     let share = (budget / contenders).max(1);
-    if mine < share {
+    if mine < share || mine + reserved < budget {
         Ok(())
     } else {
         Err(Refusal::OverShare { share, contenders })
     }
 }
 
-/// What each loop publishes: its competing connections. A cache line each, since
-/// every loop writes its own every iteration.
+/// One connection's demand: the most calls it had in flight, or asked for when
+/// refused, in this window and the one before.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Demand {
+    now: usize,
+    before: usize,
+}
+
+impl Demand {
+    fn recent(self) -> usize {
+        self.now.max(self.before)
+    }
+}
+
+/// What each loop publishes: the sum of its connections' recent demand, and how many
+/// have some. A cache line each, since every loop writes its own every iteration.
 #[derive(Debug)]
-pub(crate) struct Contenders {
+pub(crate) struct Published {
     loops: Box<[Padded]>,
 }
 
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Padded(AtomicUsize);
+struct Padded {
+    demand: AtomicUsize,
+    demanders: AtomicUsize,
+}
 
-impl Contenders {
+impl Published {
     pub(crate) fn new(loops: usize) -> Arc<Self> {
-        Arc::new(Contenders {
+        Arc::new(Published {
             loops: (0..loops.max(1)).map(|_| Padded::default()).collect(),
         })
     }
 
-    fn publish(&self, index: usize, n: usize) {
-        if let Some(l) = self.loops.get(index) {
-            l.0.store(n, Relaxed);
-        }
-    }
-
-    fn others(&self, index: usize) -> usize {
+    fn others(&self, index: usize) -> (usize, usize) {
         self.loops
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != index)
-            .map(|(_, l)| l.0.load(Relaxed))
-            .sum()
+            .fold((0, 0), |(d, n), (_, l)| {
+                (d + l.demand.load(Relaxed), n + l.demanders.load(Relaxed))
+            })
     }
 }
 
-/// How long a refused connection keeps competing: this window and the next.
-const REFUSED_WINDOW: Duration = Duration::from_secs(1);
-
-/// One loop's side: the connections of this loop refused lately.
+/// One loop's side: its connections' demand, summed.
 #[derive(Debug)]
 pub(crate) struct LoopAdmission {
     index: usize,
-    shared: Arc<Contenders>,
-    window: u64,
-    window_start: Instant,
-    refused_now: usize,
-    refused_before: usize,
+    shared: Arc<Published>,
+    demand: usize,
+    demanders: usize,
 }
 
 impl LoopAdmission {
-    pub(crate) fn new(index: usize, shared: Arc<Contenders>, now: Instant) -> Self {
+    pub(crate) fn new(index: usize, shared: Arc<Published>) -> Self {
         LoopAdmission {
             index,
             shared,
-            window: 1,
-            window_start: now,
-            refused_now: 0,
-            refused_before: 0,
+            demand: 0,
+            demanders: 0,
         }
     }
 
-    /// Competing connections, all loops, given this loop's `busy` ones (with calls in
-    /// flight).
-    pub(crate) fn contenders(&mut self, now: Instant, busy: usize) -> usize {
-        self.roll(now);
-        self.local(busy) + self.shared.others(self.index)
+    /// Whether a call of a connection holding `mine` calls (of `total`, all loops) may
+    /// start; either way it counts as demand of `mine + 1`.
+    pub(crate) fn admit(
+        &mut self,
+        budget: usize,
+        total: usize,
+        mine: usize,
+        conn: &mut Demand,
+    ) -> Result<(), Refusal> {
+        let (other_demand, other_demanders) = self.shared.others(self.index);
+        let own = conn.recent();
+        let contenders = self.demanders + other_demanders + usize::from(own == 0);
+        let reserved = self.demand + other_demand - own;
+        let decision = decide(budget, total, mine, contenders, reserved);
+        self.raise(conn, mine + 1);
+        decision
     }
 
-    /// A connection was refused; `last_window` is its own record of the window it was
-    /// last counted in (0: never), so it counts once per window.
-    pub(crate) fn refused(&mut self, now: Instant, last_window: &mut u64) {
-        self.roll(now);
-        if *last_window != self.window {
-            *last_window = self.window;
-            self.refused_now += 1;
+    fn raise(&mut self, conn: &mut Demand, to: usize) {
+        let old = conn.recent();
+        conn.now = conn.now.max(to);
+        let new = conn.recent();
+        self.demand += new - old;
+        if old == 0 && new > 0 {
+            self.demanders += 1;
         }
     }
 
-    /// Publishes this loop's count for the others (once per loop iteration).
-    pub(crate) fn publish(&mut self, now: Instant, busy: usize) {
-        self.roll(now);
-        self.shared.publish(self.index, self.local(busy));
-    }
-
-    fn local(&self, busy: usize) -> usize {
-        busy + self.refused_now.max(self.refused_before)
-    }
-
-    fn roll(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed < REFUSED_WINDOW {
-            return;
+    /// A new window (once a second): each connection's demand, with the calls it has
+    /// in flight now, starts the window.
+    pub(crate) fn roll<'a>(&mut self, conns: impl Iterator<Item = (&'a mut Demand, usize)>) {
+        (self.demand, self.demanders) = (0, 0);
+        for (d, inflight) in conns {
+            d.before = d.now;
+            d.now = inflight;
+            self.demand += d.recent();
+            self.demanders += usize::from(d.recent() > 0);
         }
-        self.refused_before = if elapsed < 2 * REFUSED_WINDOW {
-            self.refused_now
-        } else {
-            0
-        };
-        self.refused_now = 0;
-        self.window += 1;
-        self.window_start = now;
+    }
+
+    /// A connection closed: its demand goes with it.
+    pub(crate) fn forget(&mut self, conn: Demand) {
+        self.demand -= conn.recent().min(self.demand);
+        if conn.recent() > 0 {
+            self.demanders = self.demanders.saturating_sub(1);
+        }
+    }
+
+    /// Publishes this loop's sums for the others (once per loop iteration).
+    pub(crate) fn publish(&self) {
+        if let Some(l) = self.shared.loops.get(self.index) {
+            l.demand.store(self.demand, Relaxed);
+            l.demanders.store(self.demanders, Relaxed);
+        }
     }
 }
 
@@ -164,57 +183,74 @@ mod tests {
 
     #[test]
     fn alone_a_connection_may_use_the_whole_budget() {
-        for total in 0..200 {
-            assert_eq!(admit(200, total, total, 1), Ok(()));
+        let mut a = LoopAdmission::new(0, Published::new(1));
+        let mut conn = Demand::default();
+        for mine in 0..200 {
+            assert_eq!(a.admit(200, mine, mine, &mut conn), Ok(()));
         }
-        assert_eq!(admit(200, 200, 200, 1), Err(Refusal::Full));
+        assert_eq!(a.admit(200, 200, 200, &mut conn), Err(Refusal::Full));
     }
 
     #[test]
-    fn contended_budget_goes_to_connections_under_their_share() {
-        // A burst holds 175 of 200; a second connection competes.
+    fn a_burst_leaves_steady_consumers_their_demand() {
+        let mut a = LoopAdmission::new(0, Published::new(1));
+        let (mut steady, mut burst) = (Demand::default(), Demand::default());
+        for mine in 0..32 {
+            a.admit(200, mine, mine, &mut steady).unwrap();
+        }
+        // The steady consumer's calls come back, then the burst arrives.
+        a.roll([(&mut steady, 0), (&mut burst, 0)].into_iter());
+        let mut taken = 0;
+        while a.admit(200, taken, taken, &mut burst).is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 200 - 32, "the burst leaves the steady demand free");
+        for mine in 0..32 {
+            assert_eq!(a.admit(200, taken + mine, mine, &mut steady), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_refused_newcomer_gets_room() {
+        let mut a = LoopAdmission::new(0, Published::new(1));
+        let (mut burst, mut newcomer) = (Demand::default(), Demand::default());
+        for mine in 0..200 {
+            a.admit(200, mine, mine, &mut burst).unwrap();
+        }
+        assert_eq!(a.admit(200, 200, 0, &mut newcomer), Err(Refusal::Full));
+        // A call of the burst's returns: the burst may not take the room back, the
+        // newcomer (under its share) may.
         assert_eq!(
-            admit(200, 175, 175, 2),
+            a.admit(200, 199, 199, &mut burst),
             Err(Refusal::OverShare {
                 share: 100,
                 contenders: 2
             })
         );
-        assert_eq!(admit(200, 175, 0, 2), Ok(()));
-        assert_eq!(admit(200, 199, 99, 2), Ok(()));
-        // Below the contended zone, first come first served.
-        assert_eq!(admit(200, 174, 174, 2), Ok(()));
-        // Tiny budgets: the share is at least one call.
-        assert_eq!(admit(1, 0, 0, 5), Ok(()));
-        assert_eq!(admit(4, 3, 3, 10), Ok(()), "under 8, all first come");
-        assert_eq!(admit(16, 15, 0, 20), Ok(()));
-        assert_eq!(
-            admit(16, 15, 1, 20),
-            Err(Refusal::OverShare {
-                share: 1,
-                contenders: 20
-            })
-        );
+        assert_eq!(a.admit(200, 199, 0, &mut newcomer), Ok(()));
     }
 
     #[test]
-    fn a_refused_connection_competes_for_a_window_or_two() {
-        let t0 = Instant::now();
-        let shared = Contenders::new(2);
-        let mut a = LoopAdmission::new(0, shared.clone(), t0);
-        let mut b = LoopAdmission::new(1, shared, t0);
-        let mut conn_window = 0;
-        a.refused(t0, &mut conn_window);
-        a.refused(t0, &mut conn_window); // once per window
-        assert_eq!(a.contenders(t0, 3), 4);
-        a.publish(t0, 3);
-        assert_eq!(b.contenders(t0, 1), 5);
-        let later = t0 + REFUSED_WINDOW;
-        assert_eq!(
-            a.contenders(later, 0),
-            1,
-            "still counted in the next window"
-        );
-        assert_eq!(a.contenders(later + REFUSED_WINDOW, 0), 0);
+    fn demand_fades_after_two_windows_and_other_loops_count() {
+        let shared = Published::new(2);
+        let mut a = LoopAdmission::new(0, shared.clone());
+        let mut b = LoopAdmission::new(1, shared);
+        let mut conn = Demand::default();
+        for mine in 0..50 {
+            a.admit(200, mine, mine, &mut conn).unwrap();
+        }
+        a.publish();
+        let mut other = Demand::default();
+        let mut taken = 0;
+        while b.admit(200, 50 + taken, taken, &mut other).is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 150, "loop 1 leaves loop 0's demand");
+        a.roll([(&mut conn, 0)].into_iter());
+        assert_eq!(a.demand, 50, "kept for a window");
+        a.roll([(&mut conn, 0)].into_iter());
+        assert_eq!((a.demand, a.demanders), (0, 0));
+        a.forget(conn);
+        assert_eq!(a.demand, 0);
     }
 }

@@ -117,7 +117,7 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
         provider_conns: config.provider_conns.max(1),
         heartbeat: config.heartbeat(),
         drain: config.drain(),
-        contenders: admission::Contenders::new(loops),
+        admission: admission::Published::new(loops),
         services: services.clone(),
         agent: config.clone(),
     });

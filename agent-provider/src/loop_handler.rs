@@ -19,7 +19,7 @@ use crossbeam_channel::Sender;
 use reactor::{CloseReason, Conn, ConnId, Ctx, EndOfInput, Handler};
 use registry::Variant;
 
-use crate::admission::{self, Contenders, LoopAdmission, Refusal};
+use crate::admission::{Demand, LoopAdmission, Published, Refusal};
 use crate::metrics::Metrics;
 use crate::upstream::{Pending, Upstream};
 use crate::Event;
@@ -78,6 +78,10 @@ const TOKEN_DRAIN: u64 = TOKEN_OWN | 1 << 61;
 const TOKEN_RECONNECT: u64 = TOKEN_OWN; // | slot
 const TOKEN_IDLE: u64 = TOKEN_OWN | 1 << 60;
 const TOKEN_GRACE: u64 = TOKEN_OWN | 1 << 59;
+const TOKEN_ADMISSION: u64 = TOKEN_OWN | 1 << 58;
+/// How long a connection's demand for the budget is remembered: this window and the
+/// next (see [`crate::admission`]).
+const ADMISSION_WINDOW: Duration = Duration::from_secs(1);
 /// After a stop begins (and the registry entry is gone), a loop keeps answering for at
 /// least this long, new calls as UNAVAILABLE, which consumer-agents retry elsewhere:
 /// one that has not yet seen the deregistration (the file registry is polled every
@@ -98,7 +102,7 @@ pub(crate) struct LoopConfig {
     pub(crate) heartbeat: Duration,
     pub(crate) drain: Duration,
     /// Each loop's connections competing for `--max-inflight`.
-    pub(crate) contenders: Arc<Contenders>,
+    pub(crate) admission: Arc<Published>,
 }
 
 impl LoopConfig {
@@ -124,8 +128,6 @@ struct Inbound {
     last_active: Instant,
     /// The consumer finished sending (half-close): close once its calls are answered.
     input_ended: bool,
-    /// The admission window it was last refused in (see [`LoopAdmission::refused`]).
-    refused_window: u64,
 }
 
 /// One loop's handler.
@@ -142,6 +144,8 @@ pub(crate) struct ProviderLoop {
     upstream: Upstream,
     /// Agent connections by slot index.
     inbound: Vec<Option<Inbound>>,
+    /// Each agent connection's recent demand for the budget, by slot index.
+    demand: Vec<Demand>,
     /// Provider state last reported to the control thread.
     reported_up: bool,
     draining: bool,
@@ -163,7 +167,7 @@ impl ProviderLoop {
         let now = Instant::now();
         let upstream = Upstream::new(cfg.provider_conns, now);
         ProviderLoop {
-            admission: LoopAdmission::new(index, cfg.contenders.clone(), now),
+            admission: LoopAdmission::new(index, cfg.admission.clone()),
             index,
             cfg,
             max_inflight,
@@ -171,6 +175,7 @@ impl ProviderLoop {
             events,
             upstream,
             inbound: Vec::new(),
+            demand: Vec::new(),
             reported_up: false,
             draining: false,
             exit_not_before: None,
@@ -684,18 +689,14 @@ impl ProviderLoop {
         // own pool answers (status 100, OVERLOADED), as it would without a limit.
         let total = self.upstream.inflight() + self.metrics.inflight_except(self.index);
         let mine = self.upstream.inflight_on(conn);
-        // This connection competes too, whether or not it is busy already.
-        let busy = self.upstream.busy_inbound() + usize::from(mine == 0);
-        let contenders = self.admission.contenders(now, busy);
-        if let Err(refusal) = admission::admit(self.max_inflight, total, mine, contenders) {
-            let inb = self.inbound.get_mut(conn.index()).and_then(Option::as_mut);
-            if let Some(inb) = inb.filter(|i| i.id == conn) {
-                self.admission.refused(now, &mut inb.refused_window);
-            }
+        let Some(demand) = self.demand.get_mut(conn.index()) else {
+            return;
+        };
+        if let Err(refusal) = self.admission.admit(self.max_inflight, total, mine, demand) {
             let msg = match refusal {
                 Refusal::Full => "provider-agent in-flight limit reached".to_owned(),
                 Refusal::OverShare { share, contenders } => format!(
-                    "provider-agent in-flight limit nearly reached, and this connection holds its share ({share} calls; {contenders} connections compete)"
+                    "provider-agent in-flight limit nearly reached: this connection holds its share ({share} calls; {contenders} connections compete) and the rest is others' recent demand"
                 ),
             };
             return self.reject_on(cx, conn, req, Status::Overloaded, &msg);
@@ -879,6 +880,7 @@ impl Handler for ProviderLoop {
                 let i = conn.id.index();
                 if self.inbound.len() <= i {
                     self.inbound.resize_with(i + 1, || None);
+                    self.demand.resize(i + 1, Demand::default());
                 }
                 if let Some(slot) = self.inbound.get_mut(i) {
                     *slot = Some(Inbound {
@@ -886,7 +888,6 @@ impl Handler for ProviderLoop {
                         calls: CallTable::new(),
                         last_active: cx.now(),
                         input_ended: false,
-                        refused_window: 0,
                     });
                 }
             }
@@ -925,6 +926,9 @@ impl Handler for ProviderLoop {
                 if let Some(slot) = self.inbound.get_mut(conn.id.index()) {
                     if slot.as_ref().is_some_and(|i| i.id == conn.id) {
                         *slot = None;
+                        if let Some(d) = self.demand.get_mut(conn.id.index()) {
+                            self.admission.forget(std::mem::take(d));
+                        }
                     }
                 }
             }
@@ -935,6 +939,13 @@ impl Handler for ProviderLoop {
     fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: reactor::TimerId, token: u64) {
         if token == TOKEN_HEARTBEAT {
             self.heartbeat(cx);
+        } else if token == TOKEN_ADMISSION {
+            let upstream = &self.upstream;
+            let open = self.inbound.iter().zip(self.demand.iter_mut());
+            self.admission.roll(open.filter_map(|(inb, d)| {
+                let inb = inb.as_ref()?;
+                Some((d, upstream.inflight_on(inb.id)))
+            }));
         } else if token == TOKEN_IDLE {
             self.close_idle(cx);
         } else if token == TOKEN_GRACE {
@@ -979,6 +990,7 @@ impl Handler for ProviderLoop {
                 }
                 let every = (self.cfg.heartbeat / 3).max(Duration::from_millis(100));
                 cx.set_periodic(every, TOKEN_HEARTBEAT);
+                cx.set_periodic(ADMISSION_WINDOW, TOKEN_ADMISSION);
                 if let Some(idle) = self.cfg.agent.idle_timeout() {
                     let every =
                         (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -991,8 +1003,7 @@ impl Handler for ProviderLoop {
     fn tick(&mut self, cx: &mut Ctx<'_, Self>) {
         let inflight = self.upstream.inflight();
         self.m().inflight.store(inflight as i64, Relaxed);
-        let busy = self.upstream.busy_inbound();
-        self.admission.publish(cx.now(), busy);
+        self.admission.publish();
         let grace_over = self.exit_not_before.is_some_and(|t| cx.now() >= t);
         if self.draining && inflight == 0 && grace_over {
             cx.exit();

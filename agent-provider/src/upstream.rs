@@ -78,8 +78,6 @@ pub(crate) struct Upstream {
     /// Calls in flight per agent connection, by its slot index (with the id owning the
     /// count, so a reused slot starts from zero).
     per_inbound: Vec<Option<(ConnId, usize)>>,
-    /// Agent connections with at least one call in flight.
-    busy_inbound: usize,
 }
 
 impl Upstream {
@@ -90,7 +88,6 @@ impl Upstream {
             next_gen: 0,
             cursor: 0,
             per_inbound: Vec::new(),
-            busy_inbound: 0,
         }
     }
 
@@ -107,11 +104,6 @@ impl Upstream {
         }
     }
 
-    /// Agent connections with at least one call in flight.
-    pub(crate) fn busy_inbound(&self) -> usize {
-        self.busy_inbound
-    }
-
     fn count_in(&mut self, inbound: ConnId) {
         let i = inbound.index();
         if self.per_inbound.len() <= i {
@@ -119,29 +111,16 @@ impl Upstream {
         }
         if let Some(slot) = self.per_inbound.get_mut(i) {
             match slot {
-                Some((id, n)) if *id == inbound => {
-                    if *n == 0 {
-                        self.busy_inbound += 1;
-                    }
-                    *n += 1;
-                }
-                // A closed connection's slot, taken over: it stops counting as busy.
-                Some((_, n)) if *n > 0 => *slot = Some((inbound, 1)),
-                _ => {
-                    *slot = Some((inbound, 1));
-                    self.busy_inbound += 1;
-                }
+                Some((id, n)) if *id == inbound => *n += 1,
+                _ => *slot = Some((inbound, 1)),
             }
         }
     }
 
     fn count_out(&mut self, inbound: ConnId) {
         if let Some(Some((id, n))) = self.per_inbound.get_mut(inbound.index()) {
-            if *id == inbound && *n > 0 {
-                *n -= 1;
-                if *n == 0 {
-                    self.busy_inbound = self.busy_inbound.saturating_sub(1);
-                }
+            if *id == inbound {
+                *n = n.saturating_sub(1);
             }
         }
     }

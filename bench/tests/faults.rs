@@ -18,6 +18,7 @@ use bench::harness::{self, metric, metric_or_zero, one_call, wait_until, AgentAd
 use bench::load::{self, LoadOpts, LoadReport, Params};
 use bench::procs::{self, free_addr, live_children, Proc};
 use bench::provider::{self, ProviderOpts, SERVICE};
+use codec::dubbo;
 
 /// The tests share two busy cores: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -371,8 +372,19 @@ fn provider_killed_and_restarted_under_load() {
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
 
-/// A fake provider on its own threads: accepts, then either discards everything
-/// (`garbage == false`) or answers each read with bytes that are not Dubbo.
+/// How a [`FakeProvider`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fake {
+    /// Reads and discards everything.
+    Silent,
+    /// Answers each read with bytes that are not Dubbo.
+    Garbage,
+    /// Answers each request at once with Dubbo status SERVER_ERROR (and heartbeats as
+    /// Dubbo does): a provider failing fast.
+    Failing,
+}
+
+/// A fake provider on its own threads: accepts, then answers as its [`Fake`] says.
 struct FakeProvider {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -382,7 +394,7 @@ struct FakeProvider {
 }
 
 impl FakeProvider {
-    fn start(garbage: bool) -> FakeProvider {
+    fn start(fake: Fake) -> FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -397,7 +409,7 @@ impl FakeProvider {
                     Ok((conn, _)) => {
                         a.fetch_add(1, Ordering::Relaxed);
                         let (s, c) = (s.clone(), c.clone());
-                        workers.push(std::thread::spawn(move || serve(conn, garbage, &s, &c)));
+                        workers.push(std::thread::spawn(move || serve(conn, fake, &s, &c)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -425,21 +437,27 @@ impl Drop for FakeProvider {
     }
 }
 
-fn serve(mut conn: TcpStream, garbage: bool, stop: &AtomicBool, closed: &AtomicU64) {
+fn serve(mut conn: TcpStream, fake: Fake, stop: &AtomicBool, closed: &AtomicU64) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = [0u8; 4096];
+    let mut input = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match conn.read(&mut buf) {
             Ok(0) => {
                 closed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Ok(_) => {
-                if garbage {
+            Ok(n) => match fake {
+                Fake::Silent => {}
+                Fake::Garbage => {
                     let _ = conn.write_all(b"garbage, not dubbo: \x00\x01\x02\xff\xfe\r\n");
                 }
-            }
+                Fake::Failing => {
+                    input.extend_from_slice(&buf[..n]);
+                    let _ = conn.write_all(&fail_all(&mut input));
+                }
+            },
             Err(e)
                 if matches!(
                     e.kind(),
@@ -453,6 +471,32 @@ fn serve(mut conn: TcpStream, garbage: bool, stop: &AtomicBool, closed: &AtomicU
             }
         }
     }
+}
+
+/// Answers every whole Dubbo request in `input` with SERVER_ERROR (heartbeats with
+/// their reply), consuming them.
+fn fail_all(input: &mut Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Ok(codec::Decoded::Complete { msg, consumed }) = dubbo::decode_frame(&input[pos..]) {
+        pos += consumed;
+        if msg.is_event() {
+            dubbo::encode_heartbeat_reply(&mut out, msg.id());
+        } else if msg.is_two_way() {
+            let reply = dubbo::Reply::Error("java.lang.IllegalStateException: broken");
+            dubbo::encode_response(
+                &mut out,
+                msg.id(),
+                dubbo::Serialization::Hessian2,
+                dubbo::status::SERVER_ERROR,
+                &reply,
+                &[],
+            )
+            .expect("encode");
+        }
+    }
+    input.drain(..pos);
+    out
 }
 
 /// A quick in-process mock provider beside a faulty one.
@@ -470,7 +514,7 @@ fn good_provider() -> provider::RunningProvider {
 fn provider_that_never_answers_times_out_with_504() {
     let _serial = serial();
     let mesh = Mesh::new();
-    let silent = FakeProvider::start(false);
+    let silent = FakeProvider::start(Fake::Silent);
     let good = good_provider();
     let timeout_ms = 500;
     let silent_agent = ("provider-agent-silent", silent.addr);
@@ -530,7 +574,7 @@ fn provider_that_never_answers_times_out_with_504() {
 fn provider_answering_garbage_is_cut_off() {
     let _serial = serial();
     let mesh = Mesh::new();
-    let junk = FakeProvider::start(true);
+    let junk = FakeProvider::start(Fake::Garbage);
     let good = good_provider();
     let junk_agent = ("provider-agent-garbage", junk.addr);
     let good_agent = ("provider-agent-good", good.local_addr());
@@ -557,6 +601,225 @@ fn provider_answering_garbage_is_cut_off() {
     assert!(right > 0, "the good provider keeps answering");
     good.stop();
     drop(ag);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+/// Adaptive balancing beside a provider that fails every call at once: errors are not
+/// capacity, so the failing one gets a few probing calls, not the most (it took 56-62%
+/// of the calls when fast errors counted as fast answers).
+#[test]
+fn a_provider_failing_fast_gets_little_traffic() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let failing = FakeProvider::start(Fake::Failing);
+    let good = provider::spawn(ProviderOpts {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        latency: Duration::from_millis(10),
+        threads: 400,
+        ..ProviderOpts::default()
+    })
+    .expect("mock provider");
+    let failing_agent = ("provider-agent-failing", failing.addr);
+    let good_agent = ("provider-agent-good", good.local_addr());
+    let mut ag = mesh.agents(failing_agent, good_agent, 2000, "adaptive");
+    let r = start_load(ag.c, 64, 4.0).join().expect("load thread");
+    check_report(&r, &["status_502"], u64::MAX);
+    let failed = metric_or_zero(ag.a1.admin, "provider_agent_requests_total");
+    let served = metric_or_zero(ag.a2.admin, "provider_agent_requests_total");
+    eprintln!("failing provider: {failed} calls, good provider: {served}");
+    assert!(failed > 0.0, "the failing provider is probed now and then");
+    assert!(
+        failed / (failed + served) < 0.02,
+        "the failing provider took {failed} of {} calls",
+        failed + served
+    );
+    ag.assert_alive();
+    good.stop();
+    drop(ag);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+/// A listener that answers anything with an HTTP 400 and closes: what a consumer-agent
+/// finds at a registry entry that names some other service's port. Counts connections.
+struct Impostor {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Impostor {
+    fn start() -> Impostor {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::Relaxed);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = conn.read(&mut [0u8; 1024]);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Impostor { addr, accepted }
+    }
+}
+
+/// Registry entries naming ports that are not provider-agents (the consumer-agent's
+/// own HTTP port, another service's): they take no call, and their reconnects back off
+/// (they were retried ten times a second, and 2.6% of calls failed with 503).
+#[test]
+fn registered_ports_that_are_not_provider_agents_take_no_calls() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let good = good_provider();
+    let a = agent_addrs();
+    let mut agent = mesh.provider_agent("provider-agent", a, good.local_addr());
+    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let mut consumer = mesh.consumer(c, c_admin, 2000, "adaptive");
+    let impostor = Impostor::start();
+    let registry = registry::open(Some(&mesh.registry)).expect("registry");
+    let _impostor_entry = registry
+        .register(registry::Instance::new(SERVICE, impostor.addr.to_string()))
+        .expect("register");
+    let _own_port_entry = registry
+        .register(registry::Instance::new(SERVICE, c.to_string()))
+        .expect("register");
+    let found = wait_until(Duration::from_secs(5), || {
+        impostor.accepted.load(Ordering::Relaxed) > 0
+    });
+    assert!(found, "the consumer-agent tries the impostor");
+    let before = impostor.accepted.load(Ordering::Relaxed);
+    let r = start_load(c, 64, 4.0).join().expect("load thread");
+    check_report(&r, &[], 0);
+    let reconnects = impostor.accepted.load(Ordering::Relaxed) - before;
+    // Backing off from 100 ms doubling, 4 s hold at most 6 attempts; ten a second
+    // would be 40.
+    assert!(
+        reconnects <= 8,
+        "{reconnects} connects to the impostor in 4 s"
+    );
+    consumer.assert_alive();
+    agent.assert_alive();
+    assert_eq!(one_call(c, "still there").expect("answers"), (200, true));
+    good.stop();
+    drop((consumer, agent));
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+/// A raw agent-protocol client that sends `first` calls at once, then `per_burst`
+/// every `every` for `secs`, and counts the statuses of the answers: (OK, OVERLOADED,
+/// other).
+fn burst_client(
+    addr: SocketAddr,
+    (first, per_burst): (u64, u64),
+    every: Duration,
+    secs: f64,
+) -> JoinHandle<(u64, u64, u64)> {
+    use codec::agent::{self, Frame, SignatureRef, Status};
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let mut reader = s.try_clone().expect("clone");
+        let _ = reader.set_read_timeout(Some(Duration::from_secs(5)));
+        let sig = SignatureRef {
+            service: SERVICE,
+            method: "hash",
+            parameter_types: "Ljava/lang/String;",
+            version: "",
+            group: "",
+        };
+        let mut out = Vec::new();
+        agent::encode_define(&mut out, 0, sig).expect("define");
+        let mut args = Vec::new();
+        codec::hessian2::write_string(&mut args, "burst");
+        let sent = Arc::new(AtomicU64::new(0));
+        let writer_sent = sent.clone();
+        let writer = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut id = 0;
+            while started.elapsed().as_secs_f64() < secs {
+                let calls = if id == 0 { first } else { per_burst };
+                for _ in 0..calls {
+                    id += 1;
+                    agent::encode_request(&mut out, id, 0, 5_000, &[], &args).expect("request");
+                }
+                if s.write_all(&out).is_err() {
+                    break;
+                }
+                out.clear();
+                writer_sent.store(id, Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        });
+        let (mut ok, mut overloaded, mut other) = (0, 0, 0);
+        let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 65536]);
+        loop {
+            let done = writer.is_finished();
+            let answered = ok + overloaded + other;
+            if done && answered >= sent.load(Ordering::Relaxed) {
+                break;
+            }
+            match reader.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            let mut pos = 0;
+            while let Ok(codec::Decoded::Complete { msg, consumed }) = agent::decode(&buf[pos..]) {
+                pos += consumed;
+                if let Frame::Response(r) = msg {
+                    match r.status {
+                        Status::Ok => ok += 1,
+                        Status::Overloaded => overloaded += 1,
+                        _ => other += 1,
+                    }
+                }
+            }
+            buf.drain(..pos);
+        }
+        let _ = writer.join();
+        (ok, overloaded, other)
+    })
+}
+
+/// One consumer's burst on a provider-agent must not starve the other consumers of its
+/// `--max-inflight` budget (first come first served, a burst of 10,000 calls made
+/// 12,606 background calls fail with 503 in one second).
+#[test]
+fn one_consumers_burst_does_not_starve_the_others() {
+    let _serial = serial();
+    let mesh = Mesh::new();
+    let good = provider::spawn(ProviderOpts {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        latency: Duration::from_millis(20),
+        threads: 400,
+        ..ProviderOpts::default()
+    })
+    .expect("mock provider");
+    let a = agent_addrs();
+    let mut args =
+        harness::provider_agent_args(a.listen, a.admin, good.local_addr(), &mesh.registry);
+    args.extend(["--max-inflight".into(), "200".into()]);
+    let mut agent =
+        Proc::start("provider-agent", &mesh.bins.provider, &args, mesh.logs()).expect("start");
+    procs::wait_healthy(a.admin, Duration::from_secs(20), &mut agent).expect("healthy");
+    let (c, c_admin) = (free_addr().unwrap(), free_addr().unwrap());
+    let mut consumer = mesh.consumer(c, c_admin, 3000, "adaptive");
+    // The background runs first, then the burst: 10,000 calls at once, then 1,000 every
+    // 100 ms, on one connection.
+    let background = start_load(c, 32, 4.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let burst = burst_client(a.listen, (10_000, 1_000), Duration::from_millis(100), 3.0);
+    let r = background.join().expect("load thread");
+    let (ok, overloaded, other) = burst.join().expect("burst thread");
+    eprintln!("burst: {ok} OK, {overloaded} OVERLOADED, {other} other");
+    check_report(&r, &[], 0);
+    assert!(ok > 0, "the burst gets its share");
+    assert!(overloaded > 0, "the burst is refused past its share");
+    consumer.assert_alive();
+    agent.assert_alive();
+    good.stop();
+    drop((consumer, agent));
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
 
