@@ -271,8 +271,8 @@ impl Topology {
         let deadline = Duration::from_secs(20);
         let registry = match opts.registry {
             RegistryKind::Embedded => {
+                // Not created here: the registry makes its directory private (0700).
                 let dir = topo._tmp.path().join("registry");
-                std::fs::create_dir_all(&dir)?;
                 format!("file://{}", dir.display())
             }
             RegistryKind::Etcd => {

@@ -42,7 +42,6 @@ impl Mesh {
             .tempdir()
             .expect("tempdir");
         let reg_dir = dir.path().join("registry");
-        std::fs::create_dir_all(&reg_dir).expect("registry dir");
         let registry = format!("file://{}", reg_dir.display());
         Mesh {
             bins: Bins::for_test(env!("CARGO_BIN_EXE_bench")),

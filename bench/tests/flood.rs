@@ -75,7 +75,6 @@ impl Mesh {
             .tempdir()
             .expect("tempdir");
         let reg = dir.path().join("registry");
-        std::fs::create_dir_all(&reg).expect("registry dir");
         let registry = format!("file://{}", reg.display());
         let bins = Bins::for_test(env!("CARGO_BIN_EXE_bench"));
         let provider = provider::spawn(ProviderOpts {
