@@ -621,3 +621,24 @@ fn response_attachments_bad_input() {
         assert_eq!(decode(&whole[..cut]), Ok(Decoded::Incomplete), "cut {cut}");
     }
 }
+
+#[test]
+fn a_head_is_read_before_its_body() {
+    let mut out = Vec::new();
+    encode_request(&mut out, 0x0102_0304_0506_0708, 3, 100, &[], b"args").unwrap();
+    let head = codec::agent::peek_head(&out[..HEADER_LEN]).expect("a head");
+    assert_eq!(head.id, 0x0102_0304_0506_0708);
+    assert!(head.is_request);
+    assert_eq!(head.body_len as usize, out.len() - HEADER_LEN);
+    assert_eq!(codec::agent::peek_head(&out[..HEADER_LEN - 1]), None);
+    let mut ping = Vec::new();
+    encode_ping(&mut ping, 9);
+    let head = codec::agent::peek_head(&ping).expect("a head");
+    assert!(!head.is_request);
+    assert_eq!((head.id, head.body_len), (9, 0));
+    let mut bad = ping.clone();
+    bad[2] = 9; // another version
+    assert_eq!(codec::agent::peek_head(&bad), None);
+    bad[0] = b'G';
+    assert_eq!(codec::agent::peek_head(&bad), None);
+}

@@ -345,3 +345,29 @@ fn frame_limits() {
         Err(dubbo::Error::UnsupportedSerialization(3))
     ));
 }
+
+#[test]
+fn read_only_and_heartbeat_events_are_told_apart() {
+    let event = |flags: u8, body: &[u8]| {
+        let mut out = Vec::new();
+        dubbo::write_header(&mut out, flags, 20, 7, body.len() as u32);
+        out.extend_from_slice(body);
+        out
+    };
+    let hessian = dubbo::FLAG_EVENT | dubbo::SERIALIZATION_HESSIAN2;
+    let fastjson = dubbo::FLAG_EVENT | dubbo::SERIALIZATION_FASTJSON;
+    for (bytes, readonly, heartbeat) in [
+        (event(hessian, b"\x01R"), true, false),
+        (event(fastjson, b"\"R\"\n"), true, false),
+        (event(hessian, b"N"), false, true),
+        (event(hessian | dubbo::FLAG_REQUEST, b"N"), false, true),
+        // Not events: the same bytes as a body say nothing.
+        (event(dubbo::SERIALIZATION_HESSIAN2, b"\x01R"), false, false),
+    ] {
+        let Decoded::Complete { msg, .. } = dubbo::decode_frame(&bytes).unwrap() else {
+            panic!("a whole frame");
+        };
+        assert_eq!(msg.is_readonly_event(), readonly, "{bytes:?}");
+        assert_eq!(msg.is_heartbeat(), heartbeat, "{bytes:?}");
+    }
+}

@@ -409,6 +409,34 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What a frame's header says, readable before its body arrives: enough to apply a
+/// size limit early, and to answer a request whose body cannot be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The frame's id (a request's, to echo in its response).
+    pub id: u64,
+    /// Whether it is a REQUEST frame.
+    pub is_request: bool,
+    /// The body length the header declares (not checked against [`MAX_BODY`]).
+    pub body_len: u32,
+}
+
+/// Reads the header at the start of `buf`: `None` until [`HEADER_LEN`] bytes are there,
+/// or if they do not start with [`MAGIC`] and [`VERSION`].
+pub fn peek_head(buf: &[u8]) -> Option<Head> {
+    let head = buf.get(..HEADER_LEN)?;
+    if head.get(..2)? != MAGIC || *head.get(2)? != VERSION {
+        return None;
+    }
+    let mut r = Reader { buf: head };
+    let [_, _, _, kind, _, _] = r.array::<6>().ok()?;
+    Some(Head {
+        id: u64::from_be_bytes(r.array().ok()?),
+        is_request: kind & KIND_MASK == KIND_REQUEST,
+        body_len: r.u32().ok()?,
+    })
+}
+
 /// Decode the frame at the start of `buf`.
 ///
 /// Magic and version are checked as soon as their bytes arrive, the body length as soon

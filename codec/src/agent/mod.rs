@@ -89,8 +89,8 @@ pub use calls::{
 };
 pub use frame::{
     begin_request, begin_response, begin_response_with, decode, encode_define, encode_ping,
-    encode_pong, encode_request, encode_response, finish, Attachments, Frame, FrameMark, Request,
-    RequestHead, Response,
+    encode_pong, encode_request, encode_response, finish, peek_head, Attachments, Frame, FrameMark,
+    Head, Request, RequestHead, Response,
 };
 
 use std::fmt;

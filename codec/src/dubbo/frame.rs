@@ -161,6 +161,11 @@ impl Frame<'_> {
     pub fn is_heartbeat(&self) -> bool {
         self.is_event() && matches!(self.body, b"N" | b"null\n" | b"null")
     }
+    /// Dubbo's read-only event: a provider shutting down asks its consumers to send
+    /// it nothing new (the string `R`, hessian2 or fastjson).
+    pub fn is_readonly_event(&self) -> bool {
+        self.is_event() && matches!(self.body, b"\x01R" | b"\"R\"\n" | b"\"R\"")
+    }
     /// The serialization id.
     pub fn serialization_id(&self) -> u8 {
         self.header.serialization_id()

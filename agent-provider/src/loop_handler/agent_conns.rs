@@ -1,0 +1,148 @@
+//! The loop's agent side: accepted consumer-agent connections, their frames (DEFINE,
+//! REQUEST, PING), limits on frame size, half-close, and idle connections.
+
+use codec::agent::{self, Frame, Status};
+use codec::Decoded;
+use reactor::{ConnId, Ctx};
+
+use super::translate::respond;
+use super::{Inbound, ProviderLoop};
+
+impl ProviderLoop {
+    pub(super) fn inbound_mut(&mut self, id: ConnId) -> Option<&mut Inbound> {
+        self.inbound
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|i| i.id == id)
+    }
+
+    pub(super) fn agent_data(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        input: &[u8],
+    ) -> usize {
+        let now = cx.now();
+        if let Some(inb) = self.inbound_mut(conn) {
+            inb.last_active = now;
+        }
+        let max_frame = self.cfg.agent.max_frame;
+        let mut pos = 0;
+        while let Some(rest) = input.get(pos..) {
+            let head = agent::peek_head(rest);
+            if let Some(len) = head
+                .map(|h| h.body_len)
+                .filter(|&n| u64::from(n) > max_frame)
+            {
+                log::debug!("loop {}: agent frame of {len} bytes; closing", self.index);
+                if let Some(id) = head.filter(|h| h.is_request).map(|h| h.id) {
+                    let msg = format!("frame body of {len} bytes is over --max-frame {max_frame}");
+                    respond(cx, conn, id, Status::BadRequest, msg.as_bytes());
+                    self.m().response(Status::BadRequest);
+                }
+                cx.close(conn);
+                return input.len();
+            }
+            match agent::decode(rest) {
+                Ok(Decoded::Incomplete) => break,
+                Ok(Decoded::Complete { msg, consumed }) => {
+                    pos += consumed;
+                    if !self.agent_frame(cx, conn, msg) {
+                        cx.close(conn);
+                        return input.len();
+                    }
+                    if cx.is_congested(conn) {
+                        // The consumer is not reading its answers: stop reading its
+                        // requests until it does (see `drained`).
+                        cx.pause_reading(conn);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("loop {}: bad agent frame: {e}; closing", self.index);
+                    if let Some(id) = head.filter(|h| h.is_request).map(|h| h.id) {
+                        respond(cx, conn, id, Status::BadRequest, e.to_string().as_bytes());
+                        self.m().response(Status::BadRequest);
+                    }
+                    cx.close(conn);
+                    return input.len();
+                }
+            }
+        }
+        pos
+    }
+
+    /// Handles one frame; false means the connection must close.
+    pub(super) fn agent_frame(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        frame: Frame<'_>,
+    ) -> bool {
+        match frame {
+            Frame::Define { call_id, signature } => {
+                let Some(inb) = self.inbound_mut(conn) else {
+                    return false;
+                };
+                // Checked before anything is kept: a name over its limit, or a table
+                // over its bytes, closes the connection (a consumer-agent never sends
+                // either; see codec::agent's rules).
+                match inb.calls.define(call_id, signature.to_owned()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!("loop {}: DEFINE refused: {e}; closing", self.index);
+                        false
+                    }
+                }
+            }
+            Frame::Request(req) => {
+                self.call(cx, conn, &req);
+                true
+            }
+            Frame::Ping { id } => {
+                if let Some(out) = cx.output(conn) {
+                    agent::encode_pong(out, id);
+                }
+                true
+            }
+            Frame::Pong { .. } => true,
+            Frame::Response(_) => {
+                log::debug!(
+                    "loop {}: a RESPONSE frame from a consumer; closing",
+                    self.index
+                );
+                false
+            }
+        }
+    }
+
+    /// A consumer that half-closed gets its last answer, then our FIN.
+    pub(super) fn close_if_done(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId) {
+        let ended = self.inbound_mut(conn).is_some_and(|i| i.input_ended);
+        if ended && self.upstream.inflight_on(conn) == 0 {
+            cx.shutdown_write(conn);
+        }
+    }
+
+    /// Closes agent connections silent for `--idle-timeout-secs` with nothing in flight.
+    pub(super) fn close_idle(&mut self, cx: &mut Ctx<'_, Self>) {
+        let Some(idle) = self.cfg.agent.idle_timeout() else {
+            return;
+        };
+        let now = cx.now();
+        let stale: Vec<ConnId> = self
+            .inbound
+            .iter()
+            .flatten()
+            .filter(|i| {
+                now.saturating_duration_since(i.last_active) > idle
+                    && self.upstream.inflight_on(i.id) == 0
+            })
+            .map(|i| i.id)
+            .collect();
+        for id in stale {
+            log::debug!("loop {}: closing an idle agent connection", self.index);
+            cx.close(id);
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Translation both ways: an agent REQUEST becomes a Dubbo request on a provider
+//! connection (after the served-services check and admission), and the provider's
+//! Dubbo response becomes the agent RESPONSE (a value byte for byte, an exception's
+//! summary, or an error status).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use codec::agent::{self, Status};
+use codec::dubbo::{self, Outcome};
+use codec::hessian2::{exception_summary, Encoder, Value};
+use reactor::{ConnId, Ctx, Handler};
+
+use super::ProviderLoop;
+use crate::admission::Refusal;
+use crate::upstream::Pending;
+
+/// Timeout used when a request carries none (0).
+pub(super) const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
+
+/// The longest timeout a consumer-agent may ask for: a call that never comes back holds
+/// a slot of the in-flight budget until then.
+pub(super) const MAX_CALL_TIMEOUT_MS: u32 = 10 * 60 * 1000;
+
+/// A call's answer value: decoded (encoded as hessian2 on the way out), or hessian2
+/// bytes as the provider wrote them.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Payload<'a> {
+    Value(&'a Value),
+    Encoded(&'a [u8]),
+}
+
+/// The agent status for a Dubbo error status: timeouts as TIMEOUT, a request the
+/// provider could not decode as BAD_REQUEST, a service it does not export as
+/// UNAVAILABLE (the call did not start: another provider may have it); the rest as
+/// PROVIDER_ERROR (it may have run).
+pub(super) fn agent_status_of(dubbo_status: u8) -> Status {
+    match dubbo_status {
+        dubbo::status::CLIENT_TIMEOUT | dubbo::status::SERVER_TIMEOUT => Status::Timeout,
+        dubbo::status::BAD_REQUEST => Status::BadRequest,
+        dubbo::status::SERVICE_NOT_FOUND => Status::Unavailable,
+        _ => Status::ProviderError,
+    }
+}
+
+/// Writes a RESPONSE frame; a payload too large is replaced by a short message.
+pub(super) fn respond<H: Handler>(
+    cx: &mut Ctx<'_, H>,
+    conn: ConnId,
+    id: u64,
+    status: Status,
+    payload: &[u8],
+) {
+    respond_with(cx, conn, id, status, &[], payload);
+}
+
+/// [`respond`] carrying response attachments.
+pub(super) fn respond_with<H: Handler>(
+    cx: &mut Ctx<'_, H>,
+    conn: ConnId,
+    id: u64,
+    status: Status,
+    attachments: &[(&str, &str)],
+    payload: &[u8],
+) {
+    if let Some(out) = cx.output(conn) {
+        let written = agent::begin_response_with(out, id, status, attachments).and_then(|mark| {
+            out.extend_from_slice(payload);
+            agent::finish(out, mark)
+        });
+        if written.is_err() {
+            let _ = agent::encode_response(out, id, Status::ProviderError, b"response too large");
+        }
+    }
+}
+
+/// The provider's response attachments as strings for the agent protocol. Null values
+/// are dropped, other non-strings rendered as text; so is `dubbo`, the protocol version
+/// Java 2.7 adds to every response (it describes the Dubbo hop, not the call).
+pub(super) fn response_attachments(attachments: Vec<(String, Value)>) -> Vec<(String, String)> {
+    attachments
+        .into_iter()
+        .filter(|(k, v)| k != "dubbo" && *v != Value::Null)
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_text()),
+        })
+        .collect()
+}
+
+impl ProviderLoop {
+    pub(super) fn provider_frame(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        slot: usize,
+        id: ConnId,
+        frame: &dubbo::Frame<'_>,
+    ) {
+        if frame.is_event() {
+            // Java sends its read-only event one-way; a two-way one gets the reply an
+            // event request asks for, and is acted on all the same.
+            let readonly = frame.is_readonly_event();
+            let answered = frame.is_request() && frame.is_two_way();
+            if answered {
+                if let Some(out) = cx.output(id) {
+                    dubbo::encode_heartbeat_reply(out, frame.id());
+                }
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.last_write = cx.now();
+                }
+            }
+            if readonly {
+                log::info!(
+                    "loop {}: provider connection {slot} is read-only (provider shutting down)",
+                    self.index
+                );
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.readonly = true;
+                }
+                self.report();
+            } else if !answered && !frame.is_heartbeat() {
+                log::info!(
+                    "loop {}: provider event {:?}",
+                    self.index,
+                    String::from_utf8_lossy(frame.body)
+                );
+            }
+            return;
+        }
+        if frame.is_request() {
+            log::debug!("loop {}: ignoring a request from the provider", self.index);
+            return;
+        }
+        let dubbo_id = frame.id() as u64;
+        let Some(p) = self.upstream.take(dubbo_id) else {
+            log::debug!(
+                "loop {}: dropping response to unknown dubbo id {dubbo_id:#x}",
+                self.index
+            );
+            return;
+        };
+        if let Some(t) = p.timer {
+            cx.cancel_timer(t);
+        }
+        self.m()
+            .latency(cx.now().saturating_duration_since(p.started));
+        if frame.status() == dubbo::status::SERVER_THREADPOOL_EXHAUSTED {
+            let text = match dubbo::decode_response_body(
+                frame.serialization_id(),
+                frame.status(),
+                frame.body,
+            ) {
+                Ok(dubbo::Response {
+                    outcome: Outcome::Error { message, .. },
+                    ..
+                }) if !message.is_empty() => message,
+                _ => "provider thread pool exhausted".to_owned(),
+            };
+            self.finish_call(cx, p, Status::Overloaded, text.as_bytes());
+            return;
+        }
+        match dubbo::decode_response_body(frame.serialization_id(), frame.status(), frame.body) {
+            Ok(resp) => {
+                // Empty in the common case: then nothing is allocated here.
+                let owned = response_attachments(resp.attachments);
+                let att: Vec<(&str, &str)> = owned
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                match resp.outcome {
+                    // A hessian2 result goes on as the provider wrote it (no encoding
+                    // again, and its back-references stay as numbered).
+                    Outcome::Value(v) => {
+                        let raw = resp.value_span.and_then(|r| frame.body.get(r));
+                        let payload = raw.map_or(Payload::Value(&v), Payload::Encoded);
+                        self.finish_value(cx, p, Status::Ok, payload, &att)
+                    }
+                    Outcome::Null => {
+                        self.finish_value(cx, p, Status::Ok, Payload::Value(&Value::Null), &att)
+                    }
+                    Outcome::Exception { value, .. } => self.finish_value(
+                        cx,
+                        p,
+                        Status::Exception,
+                        Payload::Value(&exception_summary(&value)),
+                        &att,
+                    ),
+                    Outcome::Error { status, message } => {
+                        let text = if message.is_empty() {
+                            format!("provider answered dubbo status {status}")
+                        } else {
+                            message
+                        };
+                        self.finish_call(cx, p, agent_status_of(status), text.as_bytes());
+                    }
+                }
+            }
+            Err(e) => {
+                let text = format!("undecodable provider response: {e}");
+                self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
+            }
+        }
+    }
+
+    /// Answers a call with one hessian2 value (a result, or an exception's summary) and
+    /// the provider's attachments.
+    pub(super) fn finish_value(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        p: Pending,
+        status: Status,
+        payload: Payload<'_>,
+        att: &[(&str, &str)],
+    ) {
+        let written = match cx.output(p.inbound) {
+            Some(out) => match agent::begin_response_with(out, p.agent_id, status, att) {
+                Ok(mark) => {
+                    match payload {
+                        Payload::Value(v) => Encoder::new().write_value(out, v),
+                        Payload::Encoded(bytes) => out.extend_from_slice(bytes),
+                    }
+                    agent::finish(out, mark).is_ok()
+                }
+                Err(_) => false,
+            },
+            None => return self.m().response(status), // the consumer is gone
+        };
+        if written {
+            self.m().response(status);
+            self.close_if_done(cx, p.inbound);
+        } else {
+            self.finish_call(
+                cx,
+                p,
+                Status::ProviderError,
+                b"result or attachments too large for an agent frame",
+            );
+        }
+    }
+
+    /// Answers a call with a non-OK status (or OK with raw bytes).
+    pub(super) fn finish_call(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        p: Pending,
+        status: Status,
+        payload: &[u8],
+    ) {
+        if let Some(t) = p.timer {
+            cx.cancel_timer(t);
+        }
+        respond(cx, p.inbound, p.agent_id, status, payload);
+        self.m().response(status);
+        self.close_if_done(cx, p.inbound);
+    }
+
+    /// Turns one agent REQUEST into a Dubbo request.
+    pub(super) fn call(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, req: &agent::Request<'_>) {
+        self.m().requests.fetch_add(1, Relaxed);
+        let now = cx.now();
+        let Some(inb) = self
+            .inbound
+            .get(conn.index())
+            .and_then(Option::as_ref)
+            .filter(|i| i.id == conn)
+        else {
+            return;
+        };
+        let Some(sig) = inb.calls.get(req.call_id) else {
+            let msg = format!("unknown call id {}", req.call_id);
+            return self.reject_on(cx, conn, req, Status::BadRequest, &msg);
+        };
+        if self.draining {
+            return self.reject_on(
+                cx,
+                conn,
+                req,
+                Status::Unavailable,
+                "provider-agent is shutting down",
+            );
+        }
+        let Some(variant) = self.cfg.served(sig) else {
+            // UNAVAILABLE: the call did not start, and a provider-agent that serves it
+            // may take it (this one's registry entry may be stale).
+            let msg = format!(
+                "this provider-agent does not serve {} version {:?} group {:?}",
+                sig.service, sig.version, sig.group
+            );
+            return self.reject_on(cx, conn, req, Status::Unavailable, &msg);
+        };
+        // The other loops' counts are as of their last iteration: a burst arriving on
+        // several loops at once may pass the limit by a few calls, which the provider's
+        // own pool answers (status 100, OVERLOADED), as it would without a limit.
+        let total = self.upstream.inflight() + self.metrics.inflight_except(self.index);
+        let mine = self.upstream.inflight_on(conn);
+        let Some(demand) = self.demand.get_mut(conn.index()) else {
+            return;
+        };
+        if let Err(refusal) = self.admission.admit(self.max_inflight, total, mine, demand) {
+            let msg = match refusal {
+                Refusal::Full => "provider-agent in-flight limit reached".to_owned(),
+                Refusal::OverShare { share, contenders } => format!(
+                    "provider-agent in-flight limit nearly reached: this connection holds its share ({share} calls; {contenders} connections compete) and the rest is others' recent demand"
+                ),
+            };
+            return self.reject_on(cx, conn, req, Status::Overloaded, &msg);
+        }
+        let per_conn = self.cfg.agent.max_conn_inflight;
+        if per_conn > 0 && self.upstream.inflight_on(conn) >= per_conn {
+            return self.reject_on(
+                cx,
+                conn,
+                req,
+                Status::Overloaded,
+                "in-flight limit of this agent connection reached (--max-conn-inflight)",
+            );
+        }
+        let Some((slot, pconn)) = self.upstream.pick(|id| cx.is_congested(id)) else {
+            // Connected but not reading: the call did not start, another provider may
+            // take it (OVERLOADED is retried); its bytes would only pile up here.
+            let (status, msg) = if self.upstream.any_open() {
+                (
+                    Status::Overloaded,
+                    "the provider is not reading its requests",
+                )
+            } else {
+                (Status::Unavailable, "provider not connected")
+            };
+            return self.reject_on(cx, conn, req, status, msg);
+        };
+        let timeout_ms = if req.timeout_ms == 0 {
+            DEFAULT_CALL_TIMEOUT_MS
+        } else {
+            req.timeout_ms.min(MAX_CALL_TIMEOUT_MS)
+        };
+        if self.timeout_text.0 != timeout_ms || self.timeout_text.1.is_empty() {
+            self.timeout_text = (timeout_ms, timeout_ms.to_string());
+        }
+        // The common case (no attachments from the consumer) needs no allocation. The
+        // routing keys (path, version, group, timeout, ...) are this agent's to set: a
+        // caller's own are dropped.
+        let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
+        let mut owned: Vec<(&str, Option<&str>)> = Vec::new();
+        let attachments: &[(&str, Option<&str>)] = if req.attachments.remaining() == 0 {
+            &timeout_only
+        } else {
+            owned.reserve(req.attachments.len() + 1);
+            owned.extend(
+                req.attachments
+                    .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
+                    .map(|(k, v)| (k, Some(v))),
+            );
+            owned.extend_from_slice(&timeout_only);
+            &owned
+        };
+        let dubbo_id = if req.one_way {
+            0
+        } else {
+            self.upstream.insert(conn, req.id, slot, now)
+        };
+        let request = dubbo::Request {
+            id: dubbo_id as i64,
+            serialization: self.cfg.serialization,
+            two_way: !req.one_way,
+            dubbo_version: &self.cfg.dubbo_version,
+            path: &sig.service,
+            version: Some(if variant.version.is_empty() {
+                "0.0.0"
+            } else {
+                &variant.version
+            }),
+            group: (!variant.group.is_empty()).then_some(variant.group.as_str()),
+            method: &sig.method,
+            descriptor: &sig.parameter_types,
+            args: req.args,
+            attachments: dubbo::Attachments::Standard(attachments),
+        };
+        let result = match cx.output(pconn) {
+            Some(out) => dubbo::encode_request(out, &request)
+                .map_err(|e| (Status::BadRequest, e.to_string())),
+            None => Err((Status::Unavailable, "provider not connected".to_owned())),
+        };
+        match result {
+            Ok(()) => {
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.last_write = now;
+                }
+                if !req.one_way {
+                    let t = cx.set_timer(Duration::from_millis(u64::from(timeout_ms)), dubbo_id);
+                    self.upstream.set_timer(dubbo_id, t);
+                }
+            }
+            Err((status, msg)) => {
+                if !req.one_way {
+                    self.upstream.take(dubbo_id);
+                }
+                self.reject_on(cx, conn, req, status, &msg);
+            }
+        }
+    }
+
+    pub(super) fn reject_on(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        req: &agent::Request<'_>,
+        status: Status,
+        msg: &str,
+    ) {
+        if !req.one_way {
+            respond(cx, conn, req.id, status, msg.as_bytes());
+        }
+        self.m().response(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dubbo_statuses_map_to_what_the_consumer_may_do() {
+        // Did not start: retried elsewhere.
+        assert_eq!(
+            agent_status_of(dubbo::status::SERVICE_NOT_FOUND),
+            Status::Unavailable
+        );
+        assert_eq!(
+            agent_status_of(dubbo::status::BAD_REQUEST),
+            Status::BadRequest
+        );
+        for timeout in [dubbo::status::CLIENT_TIMEOUT, dubbo::status::SERVER_TIMEOUT] {
+            assert_eq!(agent_status_of(timeout), Status::Timeout);
+        }
+        // May have run: never retried.
+        for s in [
+            dubbo::status::SERVICE_ERROR,
+            dubbo::status::SERVER_ERROR,
+            dubbo::status::BAD_RESPONSE,
+        ] {
+            assert_eq!(agent_status_of(s), Status::ProviderError);
+            assert!(!agent_status_of(s).is_retryable());
+        }
+    }
+
+    #[test]
+    fn response_attachments_become_strings_without_nulls_or_the_dubbo_version() {
+        let got = response_attachments(vec![
+            ("dubbo".into(), Value::String("2.0.2".into())),
+            ("trace".into(), Value::String("t-1".into())),
+            ("gone".into(), Value::Null),
+            ("count".into(), Value::Int(3)),
+        ]);
+        assert_eq!(
+            got,
+            [
+                ("trace".to_owned(), "t-1".to_owned()),
+                ("count".to_owned(), "3".to_owned())
+            ]
+        );
+    }
+}
