@@ -101,9 +101,4 @@ impl HttpConns {
     pub fn iter(&self) -> impl Iterator<Item = &HttpConn> {
         self.slots.iter().flatten()
     }
-
-    /// Whether no connection is left.
-    pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(Option::is_none)
-    }
 }

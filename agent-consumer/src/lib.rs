@@ -21,31 +21,29 @@
 
 #![deny(missing_docs)]
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod handler;
-pub mod http_conn;
-pub mod lb;
-pub mod metrics;
-pub mod upstream;
+mod http_conn;
+mod lb;
+mod loop_handler;
+mod metrics;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use crate::config::Config;
-use crate::handler::{ConsumerLoop, Msg, Tag};
-use crate::metrics::Metrics;
+pub use crate::lb::Algorithm;
+use crate::loop_handler::{ConsumerLoop, LoopMsg, Tag};
+pub use crate::metrics::Metrics;
 
 /// A running consumer-agent.
 #[derive(Debug)]
 pub struct Running {
-    reactor: reactor::Reactor<Msg>,
-    /// Where HTTP is accepted.
-    pub http_addr: SocketAddr,
-    /// Where the admin port listens, if configured.
-    pub admin_addr: Option<SocketAddr>,
-    /// The metrics the loops update.
-    pub metrics: Arc<Metrics>,
+    reactor: reactor::Reactor<LoopMsg>,
+    http_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     admin: Option<reactor_admin::Server>,
     _watches: Vec<registry::Watch>,
     _registry: registry::Registry,
@@ -101,7 +99,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             .watch(service, move |list| {
                 seen.set(&name, &list);
                 for h in &handles {
-                    let _ = h.send(Msg::Instances(name.clone(), list.clone()));
+                    let _ = h.send(LoopMsg::Instances(name.clone(), list.clone()));
                 }
             })
             .map_err(StartError::Registry)?;
@@ -125,6 +123,21 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Where HTTP is accepted (the real port when 0 was asked).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The admin server's address, if one runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The agent's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Stops gracefully (no new connections, in-flight calls finish) and waits.
     pub fn stop(self) {
         self.reactor.stop();

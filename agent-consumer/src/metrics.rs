@@ -12,7 +12,6 @@ use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
 
 /// Upper bounds of the latency histogram buckets, in microseconds (the layout both
 /// agents share).
-pub use codec::prometheus::LATENCY_BUCKETS_US;
 
 /// How a request ended, for the error counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

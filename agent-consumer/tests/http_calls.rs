@@ -15,7 +15,7 @@ fn race_request_is_answered_with_java_hash_code() {
     let running = consumer(&[agent.addr], &[]);
     wait_ready(&running);
     for param in ["", "hello", "abcXYZ0123456789", "你好, wörld +%&=😀"] {
-        let answers = exchange(running.http_addr, &race_request(param), 1);
+        let answers = exchange(running.http_addr(), &race_request(param), 1);
         assert_eq!(answers[0].status, 200, "{param:?}: {}", answers[0].body);
         assert_eq!(
             answers[0].body,
@@ -36,7 +36,7 @@ fn pipelined_requests_are_answered_in_order() {
     for p in &params {
         raw.extend_from_slice(&race_request(p));
     }
-    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    let mut s = TcpStream::connect(running.http_addr()).expect("connect");
     // Split the pipeline at an awkward place to exercise partial requests.
     let (a, b) = raw.split_at(raw.len() / 3 + 1);
     s.write_all(a).expect("write");
@@ -76,7 +76,7 @@ fn bad_requests_get_clear_errors() {
         ),
     ];
     for (raw, status, needle) in cases {
-        let answers = exchange(running.http_addr, raw, 1);
+        let answers = exchange(running.http_addr(), raw, 1);
         assert_eq!(
             answers[0].status,
             status,
@@ -92,9 +92,9 @@ fn bad_requests_get_clear_errors() {
     let mut huge_head = b"GET / HTTP/1.1\r\nX: ".to_vec();
     huge_head.extend(std::iter::repeat_n(b'a', 20_000));
     huge_head.extend_from_slice(b"\r\n\r\n");
-    assert_eq!(exchange(running.http_addr, &huge_head, 1)[0].status, 431);
+    assert_eq!(exchange(running.http_addr(), &huge_head, 1)[0].status, 431);
     // The agent still serves well-behaved clients.
-    let ok = exchange(running.http_addr, &race_request("ok"), 1);
+    let ok = exchange(running.http_addr(), &race_request("ok"), 1);
     assert_eq!(ok[0].body, string_hash_code("ok").to_string());
     running.stop();
 }
@@ -109,7 +109,7 @@ fn json_invocation_is_answered_as_json() {
         "POST /call HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let answers = exchange(running.http_addr, raw.as_bytes(), 1);
+    let answers = exchange(running.http_addr(), raw.as_bytes(), 1);
     assert_eq!(
         (answers[0].status, answers[0].body.as_str()),
         (200, "99162322")
@@ -121,14 +121,14 @@ fn json_invocation_is_answered_as_json() {
 fn no_provider_is_503_and_unknown_service_names_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let running = consumer_with(&format!("file://{}", dir.path().display()), &[]);
-    let answers = exchange(running.http_addr, &race_request("x"), 1);
+    let answers = exchange(running.http_addr(), &race_request("x"), 1);
     assert_eq!(answers[0].status, 503);
     let body = "interface=nope&method=m";
     let raw = format!(
         "POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let answers = exchange(running.http_addr, raw.as_bytes(), 1);
+    let answers = exchange(running.http_addr(), raw.as_bytes(), 1);
     assert_eq!(answers[0].status, 503);
     assert!(answers[0].body.contains("nope"), "{}", answers[0].body);
     running.stop();
@@ -139,7 +139,7 @@ fn silent_provider_times_out_with_504() {
     let agent = fake_agent(Mode::Silent);
     let running = consumer(&[agent.addr], &["--timeout-ms", "300"]);
     wait_ready(&running);
-    let answers = exchange(running.http_addr, &race_request("x"), 1);
+    let answers = exchange(running.http_addr(), &race_request("x"), 1);
     assert_eq!(answers[0].status, 504);
     running.stop();
 }
@@ -153,7 +153,7 @@ fn overloaded_provider_is_retried_elsewhere() {
     std::thread::sleep(Duration::from_millis(300)); // both connections up
     for i in 0..20 {
         let p = format!("p{i}");
-        let answers = exchange(running.http_addr, &race_request(&p), 1);
+        let answers = exchange(running.http_addr(), &race_request(&p), 1);
         assert_eq!(answers[0].status, 200, "{}", answers[0].body);
         assert_eq!(answers[0].body, string_hash_code(&p).to_string());
     }
@@ -169,7 +169,7 @@ fn provider_error_is_502_with_its_message() {
     let agent = fake_agent(Mode::Fail);
     let running = consumer(&[agent.addr], &[]);
     wait_ready(&running);
-    let answers = exchange(running.http_addr, &race_request("x"), 1);
+    let answers = exchange(running.http_addr(), &race_request("x"), 1);
     assert_eq!((answers[0].status, answers[0].body.as_str()), (502, "boom"));
     running.stop();
 }
@@ -207,7 +207,7 @@ fn json_invocations_get_json_errors_and_form_calls_plain_text() {
     let running = consumer(&[hash.addr], &["--max-body", "4096"]);
     wait_ready(&running);
     let bad = b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"interface\":1}";
-    let a = exchange(running.http_addr, bad, 1);
+    let a = exchange(running.http_addr(), bad, 1);
     assert_json_error(
         &a[0],
         400,
@@ -215,14 +215,14 @@ fn json_invocations_get_json_errors_and_form_calls_plain_text() {
         "`interface` must be a non-empty string",
     );
     let huge = b"POST / HTTP/1.1\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 99999\r\n\r\n";
-    let a = exchange(running.http_addr, huge, 1);
+    let a = exchange(running.http_addr(), huge, 1);
     assert_json_error(&a[0], 413, "payload_too_large", "request body too large");
     // The race's form calls keep their plain text.
     let huge_form = b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 99999\r\n\r\n";
-    let a = exchange(running.http_addr, huge_form, 1);
+    let a = exchange(running.http_addr(), huge_form, 1);
     assert_eq!(a[0].status, 413);
     assert!(a[0].content_type.starts_with("text/plain"), "{:?}", a[0]);
-    let a = exchange(running.http_addr, &json_request("ok", ""), 1);
+    let a = exchange(running.http_addr(), &json_request("ok", ""), 1);
     assert_eq!(
         (a[0].status, a[0].content_type.as_str()),
         (200, "application/json")
@@ -232,9 +232,9 @@ fn json_invocations_get_json_errors_and_form_calls_plain_text() {
     let silent = fake_agent(Mode::Silent);
     let running = consumer(&[silent.addr], &["--timeout-ms", "200"]);
     wait_ready(&running);
-    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    let a = exchange(running.http_addr(), &json_request("x", ""), 1);
     assert_json_error(&a[0], 504, "timeout", "timed out waiting for the provider");
-    let a = exchange(running.http_addr, &race_request("x"), 1);
+    let a = exchange(running.http_addr(), &race_request("x"), 1);
     assert_eq!(a[0].status, 504);
     assert_eq!(a[0].body, "timed out waiting for the provider");
     assert!(a[0].content_type.starts_with("text/plain"), "{:?}", a[0]);
@@ -243,14 +243,14 @@ fn json_invocations_get_json_errors_and_form_calls_plain_text() {
     let full = fake_agent(Mode::Overloaded);
     let running = consumer(&[full.addr], &[]);
     wait_ready(&running);
-    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    let a = exchange(running.http_addr(), &json_request("x", ""), 1);
     assert_json_error(&a[0], 503, "unavailable", "provider unavailable: full");
     running.stop();
 
     let failing = fake_agent(Mode::Fail);
     let running = consumer(&[failing.addr], &[]);
     wait_ready(&running);
-    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    let a = exchange(running.http_addr(), &json_request("x", ""), 1);
     assert_eq!(a[0].content_type, "application/json", "{:?}", a[0]);
     assert_eq!(
         (a[0].status, a[0].body.as_str()),
@@ -264,7 +264,7 @@ fn json_invocations_get_json_errors_and_form_calls_plain_text() {
     // No provider for the service at all: 503 naming it.
     let dir = tempfile::tempdir().expect("tempdir");
     let running = consumer_with(&format!("file://{}", dir.path().display()), &[]);
-    let a = exchange(running.http_addr, &json_request("x", ""), 1);
+    let a = exchange(running.http_addr(), &json_request("x", ""), 1);
     assert_json_error(&a[0], 503, "unavailable", "IHelloService");
     running.stop();
 }
@@ -309,7 +309,7 @@ fn a_half_closing_client_gets_its_answers() {
         for p in &params {
             raw.extend_from_slice(&race_request(p));
         }
-        let mut s = TcpStream::connect(running.http_addr).expect("connect");
+        let mut s = TcpStream::connect(running.http_addr()).expect("connect");
         s.write_all(&raw).expect("write");
         s.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let got = bodies(&read_to_close(&mut s, Duration::from_secs(10)));
@@ -320,7 +320,7 @@ fn a_half_closing_client_gets_its_answers() {
         assert_eq!(got, want, "{count} request(s) then FIN");
     }
     // Half-closing with nothing in flight: closed at once, nothing sent.
-    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    let mut s = TcpStream::connect(running.http_addr()).expect("connect");
     s.shutdown(std::net::Shutdown::Write).expect("shutdown");
     assert!(read_to_close(&mut s, Duration::from_secs(5)).is_empty());
     running.stop();
@@ -353,7 +353,7 @@ fn nothing_after_a_closing_request_is_called() {
         let mut raw = first;
         raw.extend_from_slice(&race_request("second"));
         raw.extend_from_slice(&race_request("third"));
-        let mut s = TcpStream::connect(running.http_addr).expect("connect");
+        let mut s = TcpStream::connect(running.http_addr()).expect("connect");
         s.write_all(&raw).expect("write");
         let got = bodies(&read_to_close(&mut s, Duration::from_secs(10)));
         assert_eq!(
@@ -373,7 +373,7 @@ fn clients_naming_ever_new_methods_cannot_fill_the_call_table() {
     wait_ready(&running);
     // More distinct signatures than the loop's call table holds (4,096): once it is
     // full, ids no call in flight uses are given to the new ones.
-    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    let mut s = TcpStream::connect(running.http_addr()).expect("connect");
     for batch in 0..41 {
         let mut raw = Vec::new();
         for i in 0..100 {
@@ -396,7 +396,7 @@ fn clients_naming_ever_new_methods_cannot_fill_the_call_table() {
         }
     }
     // The race's own signature still gets an id.
-    let answers = exchange(running.http_addr, &race_request("hello"), 1);
+    let answers = exchange(running.http_addr(), &race_request("hello"), 1);
     assert_eq!(answers[0].body, string_hash_code("hello").to_string());
     running.stop();
 }
@@ -406,7 +406,7 @@ fn a_provider_agent_that_finished_sending_gets_no_new_calls() {
     let agent = fake_agent(Mode::HashThenFinish);
     let running = consumer(&[agent.addr], &["--timeout-ms", "4000"]);
     wait_ready(&running);
-    let mut s = TcpStream::connect(running.http_addr).expect("connect");
+    let mut s = TcpStream::connect(running.http_addr()).expect("connect");
     s.write_all(&race_request("a")).expect("write");
     let first = read_answers(&mut s, 1, Duration::from_secs(5));
     assert_eq!(first[0].body, string_hash_code("a").to_string());

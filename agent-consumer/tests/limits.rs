@@ -35,7 +35,7 @@ fn connections_beyond_max_connections_are_closed() {
     // 3 per loop: the provider-agent connection and two HTTP connections.
     let running = consumer(&[agent.addr], &["--max-connections", "3"]);
     wait_ready(&running);
-    let addr = running.http_addr;
+    let addr = running.http_addr();
     let mut first = connect(addr);
     let mut second = connect(addr);
     assert!(served(&mut first, "a") && served(&mut second, "b"));
@@ -59,7 +59,7 @@ fn heads_and_bodies_over_the_limits_are_refused() {
     let agent = fake_agent(Mode::Hash);
     let running = consumer(&[agent.addr], &["--max-head", "1024", "--max-body", "1024"]);
     wait_ready(&running);
-    let addr = running.http_addr;
+    let addr = running.http_addr();
     let head = format!(
         "POST /invoke HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(2000)
@@ -90,7 +90,7 @@ fn idle_connections_are_closed_after_the_timeout() {
     let agent = fake_agent(Mode::Delay(2500));
     let running = consumer(&[agent.addr], &["--idle-timeout-secs", "1"]);
     wait_ready(&running);
-    let addr = running.http_addr;
+    let addr = running.http_addr();
     let mut idle = connect(addr);
     // A request in flight longer than the timeout keeps its connection open.
     let mut busy = connect(addr);
@@ -115,7 +115,7 @@ fn pipelined_requests_beyond_max_pipeline_wait() {
     let agent = fake_agent(Mode::Delay(300));
     let running = consumer(&[agent.addr], &["--max-pipeline", "2"]);
     wait_ready(&running);
-    let mut s = connect(running.http_addr);
+    let mut s = connect(running.http_addr());
     let mut raw = Vec::new();
     for i in 0..6 {
         raw.extend_from_slice(&race_request(&format!("p{i}")));
@@ -142,7 +142,7 @@ fn calls_beyond_max_upstream_inflight_are_answered_503() {
     let agent = fake_agent(Mode::Delay(500));
     let running = consumer(&[agent.addr], &["--max-upstream-inflight", "2"]);
     wait_ready(&running);
-    let addr = running.http_addr;
+    let addr = running.http_addr();
     let mut conns: Vec<TcpStream> = (0..5).map(|_| connect(addr)).collect();
     for (i, s) in conns.iter_mut().enumerate() {
         s.write_all(&race_request(&format!("c{i}"))).expect("write");
@@ -200,7 +200,7 @@ fn a_client_that_never_reads_is_read_no_further() {
     let agent = fake_agent(Mode::Big(ANSWER));
     let running = consumer(&[agent.addr], &[]);
     wait_ready(&running);
-    let mut hog = connect(running.http_addr);
+    let mut hog = connect(running.http_addr());
     let mut raw = Vec::new();
     for i in 0..REQUESTS {
         raw.extend_from_slice(&race_request(&format!("h{i}")));
@@ -218,7 +218,7 @@ fn a_client_that_never_reads_is_read_no_further() {
         "{taken} of {REQUESTS} calls made for a client reading nothing"
     );
     // Another client is served meanwhile.
-    let mut other = connect(running.http_addr);
+    let mut other = connect(running.http_addr());
     assert!(served(&mut other, "other"), "another client is served");
     // Once the client reads, the rest is read and answered, in order.
     let answers = read_answers(&mut hog, REQUESTS, Duration::from_secs(60));

@@ -34,13 +34,13 @@ fn a_leaving_provider_agent_finishes_its_calls_and_gets_no_new_ones() {
     // Both connected: wait until b has been picked once and a once.
     let end = Instant::now() + Duration::from_secs(5);
     while running
-        .metrics
+        .metrics()
         .render()
         .matches("consumer_upstream_up{")
         .count()
         < 2
         || !running
-            .metrics
+            .metrics()
             .render()
             .lines()
             .filter(|l| l.starts_with("consumer_upstream_up{"))
@@ -53,7 +53,7 @@ fn a_leaving_provider_agent_finishes_its_calls_and_gets_no_new_ones() {
     let mut clients: Vec<(TcpStream, String)> = (0..8)
         .map(|i| {
             let p = format!("inflight{i}");
-            let mut s = TcpStream::connect(running.http_addr).expect("connect");
+            let mut s = TcpStream::connect(running.http_addr()).expect("connect");
             std::io::Write::write_all(&mut s, &race_request(&p)).expect("write");
             (s, p)
         })
@@ -72,7 +72,7 @@ fn a_leaving_provider_agent_finishes_its_calls_and_gets_no_new_ones() {
     let before = a.calls.load(Ordering::SeqCst);
     for i in 0..10 {
         let p = format!("after{i}");
-        let answers = exchange(running.http_addr, &race_request(&p), 1);
+        let answers = exchange(running.http_addr(), &race_request(&p), 1);
         assert_eq!(answers[0].body, string_hash_code(&p).to_string());
     }
     assert_eq!(
@@ -107,7 +107,7 @@ fn calls_reach_only_instances_of_their_version_and_group() {
     wait_ready(&running);
     let end = Instant::now() + Duration::from_secs(5);
     while running
-        .metrics
+        .metrics()
         .render()
         .lines()
         .filter(|l| l.starts_with("consumer_upstream_up{") && l.ends_with(" 1"))
@@ -125,7 +125,7 @@ fn calls_reach_only_instances_of_their_version_and_group() {
             "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        exchange(running.http_addr, raw.as_bytes(), 1).remove(0)
+        exchange(running.http_addr(), raw.as_bytes(), 1).remove(0)
     };
     let counts = || [&v1, &v2, &none, &v2_blue].map(|a| a.calls.load(Ordering::SeqCst));
     for _ in 0..5 {
@@ -144,11 +144,11 @@ fn calls_reach_only_instances_of_their_version_and_group() {
         .expect("head end");
     form.splice(at..at, b"\r\nx-dubbo-version: 1.0".iter().copied());
     for _ in 0..2 {
-        assert_eq!(exchange(running.http_addr, &form, 1)[0].status, 200);
+        assert_eq!(exchange(running.http_addr(), &form, 1)[0].status, 200);
     }
     assert_eq!(json("0.0.0", "").status, 200);
     assert_eq!(
-        exchange(running.http_addr, &race_request("v"), 1)[0].status,
+        exchange(running.http_addr(), &race_request("v"), 1)[0].status,
         200
     );
     assert_eq!(
@@ -196,7 +196,7 @@ fn admin_registry_lists_instances_with_their_variants() {
         )
         .expect("register");
     let running = consumer_with(&url, &["--admin", "127.0.0.1:0"]);
-    let admin = running.admin_addr.expect("an admin port");
+    let admin = running.admin_addr().expect("an admin port");
     let end = Instant::now() + Duration::from_secs(5);
     let listed = loop {
         let (status, body) = admin_get(admin, "/registry");
@@ -291,7 +291,7 @@ fn mute_agent() -> Mute {
 /// Whether the metrics still list `addr` as an upstream of some loop.
 fn listed(running: &agent_consumer::Running, addr: SocketAddr) -> bool {
     running
-        .metrics
+        .metrics()
         .render()
         .lines()
         .any(|l| l.starts_with("consumer_upstream_up{") && l.contains(&format!("\"{addr}\"")))
@@ -305,7 +305,7 @@ fn probe(running: &agent_consumer::Running) -> Answer {
         .position(|w| w == b"\r\n\r\n")
         .expect("head end");
     req.splice(at..at, b"\r\nx-dubbo-timeout: 100".iter().copied());
-    exchange(running.http_addr, &req, 1).remove(0)
+    exchange(running.http_addr(), &req, 1).remove(0)
 }
 
 /// Starts a consumer-agent on a file registry listing only `mute`, sends it one call
@@ -323,7 +323,7 @@ fn in_flight_on_a_leaving_agent(
         .expect("register");
     let running = consumer_with(&url, extra);
     wait_ready(&running);
-    let mut client = TcpStream::connect(running.http_addr).expect("connect");
+    let mut client = TcpStream::connect(running.http_addr()).expect("connect");
     client.write_all(&race_request("inflight")).expect("write");
     mute.calls
         .recv_timeout(Duration::from_secs(5))
@@ -404,7 +404,7 @@ fn a_leaving_provider_agent_whose_connection_closes_is_not_reconnected() {
 fn a_slow_admin_client_does_not_block_healthz() {
     let agent = fake_agent(Mode::Hash);
     let running = consumer(&[agent.addr], &["--admin", "127.0.0.1:0"]);
-    let admin = running.admin_addr.expect("an admin port");
+    let admin = running.admin_addr().expect("an admin port");
     wait_ready(&running);
     let mut slow = TcpStream::connect(admin).expect("connect admin");
     let mut trickle = slow.try_clone().expect("clone");

@@ -13,7 +13,7 @@ use codec::java::string_hash_code;
 use util::*;
 
 /// A provider-agent in front of the peer on `port`, registering `services` in `registry`.
-fn provider_agent(port: u16, registry: &str, services: &[&str]) -> agent_provider::AgentHandle {
+fn provider_agent(port: u16, registry: &str, services: &[&str]) -> agent_provider::Running {
     let provider = format!("127.0.0.1:{port}");
     let mut args = vec![
         "provider-agent",
@@ -27,14 +27,14 @@ fn provider_agent(port: u16, registry: &str, services: &[&str]) -> agent_provide
     for s in services {
         args.extend(["--service", s]);
     }
-    agent_provider::run(agent_provider::Config::parse_from(args)).expect("provider-agent")
+    agent_provider::start(agent_provider::Config::parse_from(args)).expect("provider-agent")
 }
 
 /// The peer, a provider-agent in front of it and a consumer-agent, on one temporary
 /// file registry.
 struct PeerMesh {
     running: agent_consumer::Running,
-    provider_agent: agent_provider::AgentHandle,
+    provider_agent: agent_provider::Running,
     _registry: tempfile::TempDir,
     _peer: Peer,
 }
@@ -74,7 +74,7 @@ fn race_requests_through_both_agents_reach_sofa_rpc_node() {
     let mut params: Vec<String> = vec!["".into(), "hello".into(), "mesh 你好 😀 +&=%".into()];
     params.extend((0..50).map(|i| "abc123XYZ".repeat(i)));
     for p in &params {
-        let answers = exchange(mesh.running.http_addr, &race_request(p), 1);
+        let answers = exchange(mesh.running.http_addr(), &race_request(p), 1);
         assert_eq!(answers[0].status, 200, "{p:?}: {}", answers[0].body);
         assert_eq!(answers[0].body, string_hash_code(p).to_string(), "{p:?}");
         assert!(Instant::now() < end, "took too long");
@@ -93,7 +93,7 @@ fn one_provider_agent_fronts_several_versions_and_groups() {
         "blue/com.example.Greeter:2.0.0",
     ];
     let mesh = PeerMesh::start(&services, &["--service", "com.example.Greeter"]);
-    let addr = mesh.running.http_addr;
+    let addr = mesh.running.http_addr();
     let json = |version: &str, group: &str| {
         let body = format!(
             r#"{{"interface":"com.example.Greeter","method":"greet","parameterTypes":["java.lang.String"],"arguments":["ann"],"version":"{version}","group":"{group}"}}"#

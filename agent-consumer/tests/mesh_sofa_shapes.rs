@@ -130,7 +130,7 @@ fn assert_json_eq(got: &str, want: &str, what: &str) {
 
 struct Mesh {
     running: agent_consumer::Running,
-    provider_agent: agent_provider::AgentHandle,
+    provider_agent: agent_provider::Running,
     _peer: Peer,
     _registry: tempfile::TempDir,
 }
@@ -148,7 +148,7 @@ impl Mesh {
         let url = format!("file://{}", registry.path().display());
         let provider_addr = format!("127.0.0.1:{port}");
         let listen = format!("127.0.0.1:{}", free_port());
-        let provider_agent = agent_provider::run(agent_provider::Config::parse_from([
+        let provider_agent = agent_provider::start(agent_provider::Config::parse_from([
             "provider-agent",
             "--listen",
             &listen,
@@ -191,7 +191,7 @@ impl Mesh {
 
     fn call(&self, method: &str, types: &[&str], args: &str) -> Reply {
         post(
-            self.running.http_addr,
+            self.running.http_addr(),
             "application/json",
             &invocation(method, types, args),
         )
@@ -362,7 +362,7 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
         "interface={SERVICE}&method=fail&parameterTypesString=Ljava%2Flang%2FString%3B&parameter=plain%20boom"
     );
     let r = post(
-        mesh.running.http_addr,
+        mesh.running.http_addr(),
         "application/x-www-form-urlencoded",
         &form,
     );
@@ -374,7 +374,7 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
          Ljava%2Flang%2FString%3B&parameter=outer"
     );
     let r = post(
-        mesh.running.http_addr,
+        mesh.running.http_addr(),
         "application/x-www-form-urlencoded",
         &form,
     );
@@ -416,7 +416,7 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
         (r#"{"interface": "#, "JSON"),
     ];
     for (body, names) in bad {
-        let r = post(mesh.running.http_addr, "application/json", body);
+        let r = post(mesh.running.http_addr(), "application/json", body);
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         // A JSON error body: {"error":"bad_request","message":...,"status":400}.
         assert_eq!(r.content_type, "application/json", "{body}: {r:?}");
@@ -438,7 +438,7 @@ fn real_service_shapes_through_both_agents_against_sofa_rpc_node() {
 #[test]
 fn attachments_from_headers_and_json_reach_sofa_rpc_node() {
     let mesh = Mesh::start();
-    let addr = mesh.running.http_addr;
+    let addr = mesh.running.http_addr();
     let ask = |key: &str, attachments: &str| {
         format!(
             r#"{{"interface":"{SERVICE}","method":"attachment","parameterTypes":["java.lang.String"],"arguments":["{key}"]{attachments}}}"#

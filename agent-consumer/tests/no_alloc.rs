@@ -46,7 +46,7 @@ fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
     let agent = fake_agent(Mode::Hash);
     let running = consumer(&[agent.addr], &["--loops", "1"]);
     wait_ready(&running);
-    let mut s = TcpStream::connect(running.http_addr).unwrap();
+    let mut s = TcpStream::connect(running.http_addr()).unwrap();
     s.set_nodelay(true).unwrap();
     let request = race_request("hello, world");
     let mut buf = [0u8; 4096];

@@ -6,11 +6,11 @@
 //!
 //! Every event loop accepts agent connections and owns its own few persistent
 //! connections to the provider, so a call never leaves the loop it arrived on (see
-//! [`loop_handler`]). A control thread owns the registry registrations: loops report
+//! `loop_handler`). A control thread owns the registry registrations: loops report
 //! their provider connection going up or down through a channel, and the control thread
 //! registers each service only while every loop can reach the provider.
 //!
-//! [`run`] starts everything and returns an [`AgentHandle`]; the binary adds flags and
+//! [`start`] starts everything and returns a [`Running`] agent; the binary adds flags and
 //! signal handling, tests call it in-process.
 
 #![deny(missing_docs)]
@@ -18,8 +18,8 @@
 mod admin;
 mod admission;
 pub mod config;
-pub mod loop_handler;
-pub mod metrics;
+mod loop_handler;
+mod metrics;
 mod upstream;
 
 use std::io;
@@ -48,18 +48,41 @@ pub(crate) enum Event {
 
 /// A running provider-agent.
 #[derive(Debug)]
-pub struct AgentHandle {
-    local_addr: SocketAddr,
+pub struct Running {
+    agent_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     metrics: Metrics,
     events: Sender<Event>,
     control: Option<JoinHandle<()>>,
 }
 
-impl AgentHandle {
+/// Why the agent could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A flag's value is invalid (`--service`).
+    Config(String),
+    /// Binding or starting the loops or the admin port failed.
+    Io(io::Error),
+    /// The registry could not be opened.
+    Registry(registry::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+            StartError::Registry(e) => write!(f, "registry: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Running {
     /// The address agent connections are accepted on (the real port when 0 was asked).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent_addr
     }
 
     /// The admin server's address, if one runs.
@@ -88,7 +111,7 @@ impl AgentHandle {
     }
 }
 
-impl Drop for AgentHandle {
+impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown();
     }
@@ -98,12 +121,11 @@ impl Drop for AgentHandle {
 /// control thread that keeps the registry in step with the provider's reachability.
 ///
 /// # Errors
-/// The registry URL is invalid, or binding the listen or admin address failed.
-pub fn run(config: Config) -> io::Result<AgentHandle> {
-    let services = config
-        .service_variants()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let registry = registry::open(config.registry.as_deref()).map_err(io::Error::other)?;
+/// A `--service` is invalid, the registry cannot be opened, or binding the listen or
+/// admin address failed.
+pub fn start(config: Config) -> Result<Running, StartError> {
+    let services = config.service_variants().map_err(StartError::Config)?;
+    let registry = registry::open(config.registry.as_deref()).map_err(StartError::Registry)?;
     if config.services.is_empty() {
         log::warn!("no --service given: nothing will be registered");
     }
@@ -132,30 +154,31 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
     let (m, events) = (metrics.clone(), tx.clone());
     let reactor = reactor::Builder::new(reactor_cfg)
         .listen(config.listen, Tag::Agent)
-        .start(move |i, _| ProviderLoop::new(i, loop_cfg.clone(), m.clone(), events.clone()))?;
+        .start(move |i, _| ProviderLoop::new(i, loop_cfg.clone(), m.clone(), events.clone()))
+        .map_err(StartError::Io)?;
     for h in reactor.handles() {
         let _ = h.send(LoopMsg::Start);
     }
-    let local_addr = reactor
+    let agent_addr = reactor
         .local_addrs()
         .first()
         .copied()
-        .ok_or_else(|| io::Error::other("no listener bound"))?;
+        .ok_or_else(|| StartError::Io(io::Error::other("no listener bound")))?;
     let admin = match config.admin {
         Some(a) => match admin::Admin::spawn(a, metrics.clone()) {
             Ok(admin) => Some(admin),
             Err(e) => {
                 reactor.stop();
                 reactor.join();
-                return Err(e);
+                return Err(StartError::Io(e));
             }
         },
         None => None,
     };
     let admin_addr = admin.as_ref().map(admin::Admin::addr);
-    let advertised = config.advertised(local_addr);
+    let advertised = config.advertised(agent_addr);
     log::info!(
-        "provider-agent listening on {local_addr} (advertised {advertised}), provider {}, {loops} loop(s)",
+        "provider-agent listening on {agent_addr} (advertised {advertised}), provider {}, {loops} loop(s)",
         config.provider
     );
     let instances: Vec<Instance> = services
@@ -181,9 +204,10 @@ pub fn run(config: Config) -> io::Result<AgentHandle> {
     };
     let control = std::thread::Builder::new()
         .name("provider-agent-control".into())
-        .spawn(move || control.run())?;
-    Ok(AgentHandle {
-        local_addr,
+        .spawn(move || control.run())
+        .map_err(StartError::Io)?;
+    Ok(Running {
+        agent_addr,
         admin_addr,
         metrics,
         events: tx,

@@ -1,4 +1,4 @@
-//! `provider-agent`: flags, logging and signals around [`agent_provider::run`].
+//! `provider-agent`: flags, logging and signals around [`agent_provider::start`].
 
 use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -15,7 +15,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let agent = match agent_provider::run(config) {
+    let agent = match agent_provider::start(config) {
         Ok(a) => a,
         Err(e) => {
             log::error!("starting provider-agent: {e}");

@@ -14,7 +14,6 @@ use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
 
 /// Upper bounds of the latency histogram buckets, in microseconds (plus `+Inf`): the
 /// layout both agents share.
-pub use codec::prometheus::LATENCY_BUCKETS_US;
 
 /// Error kinds counted separately, in [`Status`] order after `Ok`.
 const ERROR_KINDS: [(Status, &str); 6] = [

@@ -6,10 +6,10 @@ use agent_provider::config::SerializationArg;
 use codec::dubbo::Serialization;
 use common::*;
 
-fn start(ser: Serialization, arg: SerializationArg) -> (MockProvider, agent_provider::AgentHandle) {
+fn start(ser: Serialization, arg: SerializationArg) -> (MockProvider, agent_provider::Running) {
     init_log();
     let provider = MockProvider::start("127.0.0.1:0", ser);
-    let agent = agent_provider::run(agent_config(provider.addr, arg)).unwrap();
+    let agent = agent_provider::start(agent_config(provider.addr, arg)).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     (provider, agent)
@@ -18,7 +18,7 @@ fn start(ser: Serialization, arg: SerializationArg) -> (MockProvider, agent_prov
 #[test]
 fn hessian2_call_ok() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     let r = c.call_hash(7, "hello");
     assert_eq!(r.id, 7);
@@ -32,7 +32,7 @@ fn hessian2_call_ok() {
 #[test]
 fn fastjson_call_ok_and_wire_layout() {
     let (provider, agent) = start(Serialization::Fastjson, SerializationArg::Fastjson);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     let r = c.call_hash(1, "hello \"world\"\n");
     assert_eq!(r.int(), codec::java::string_hash_code("hello \"world\"\n"));
@@ -65,7 +65,7 @@ fn fastjson_call_ok_and_wire_layout() {
 #[test]
 fn pipelined_calls_matched_by_id() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     let mut batch = Vec::new();
     for i in 0..150u64 {
@@ -91,10 +91,10 @@ fn max_inflight_exceeded_is_overloaded() {
     provider.set(Mode::Hash, std::time::Duration::from_millis(300));
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     cfg.max_inflight = 2;
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     for i in 0..5 {
         c.send_hash(i, "x", 5000);
@@ -129,16 +129,16 @@ fn max_inflight_is_one_budget_for_all_loops() {
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     cfg.loops = 2;
     cfg.max_inflight = 4;
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connections", || m.provider_up());
-    let mut first = Client::connect(agent.local_addr());
+    let mut first = Client::connect(agent.agent_addr());
     first.define_hash();
     for i in 0..4 {
         first.send_hash(i, "x", 5000);
     }
     wait_for(5, "four calls in flight", || m.inflight() == 4);
-    let mut second = Client::connect(agent.local_addr());
+    let mut second = Client::connect(agent.agent_addr());
     second.define_hash();
     for c in [&mut first, &mut second] {
         c.send_hash(9, "x", 5000);
@@ -156,7 +156,7 @@ fn max_inflight_is_one_budget_for_all_loops() {
 #[test]
 fn provider_errors_map_to_statuses() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     provider.set(
         Mode::Status(100, "pool exhausted".into()),
@@ -204,7 +204,7 @@ fn provider_errors_map_to_statuses() {
 #[test]
 fn fastjson_exception_is_described() {
     let (provider, agent) = start(Serialization::Fastjson, SerializationArg::Fastjson);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     provider.set(Mode::Exception("bad input".into()), Default::default());
     let r = c.call_hash(1, "a");
@@ -220,7 +220,7 @@ fn fastjson_exception_is_described() {
 #[test]
 fn silent_provider_times_out() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     provider.set(Mode::Silent, Default::default());
     let t0 = std::time::Instant::now();
@@ -244,7 +244,7 @@ fn silent_provider_times_out() {
 fn provider_killed_mid_call_then_recovers() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
     let addr = provider.addr;
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     provider.set(Mode::Silent, Default::default());
     c.send_hash(1, "a", 10_000);
@@ -283,17 +283,17 @@ fn provider_killed_mid_call_then_recovers() {
 #[test]
 fn garbage_closes_only_that_connection() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
-    let mut good = Client::connect(agent.local_addr());
+    let mut good = Client::connect(agent.agent_addr());
     good.define_hash();
     assert_eq!(good.call_hash(1, "hello").int(), 99162322);
-    let mut bad = Client::connect(agent.local_addr());
+    let mut bad = Client::connect(agent.agent_addr());
     use std::io::Write;
     bad.stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert!(bad.is_closed());
     // A frame with a good header but a truncated REQUEST body: BAD_REQUEST, then closed.
-    let mut bad2 = Client::connect(agent.local_addr());
+    let mut bad2 = Client::connect(agent.agent_addr());
     let mut frame = hash_request(77, "x", 0);
     frame[14..18].copy_from_slice(&4u32.to_be_bytes());
     frame.truncate(18 + 4);
@@ -309,7 +309,7 @@ fn garbage_closes_only_that_connection() {
 #[test]
 fn unknown_call_id_is_bad_request_and_ping_pongs() {
     let (provider, agent) = start(Serialization::Hessian2, SerializationArg::Hessian2);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     let r = c.call_hash(5, "x"); // call id 1 never defined
     assert_eq!((r.id, r.status), (5, codec::agent::Status::BadRequest));
     let mut out = Vec::new();
@@ -339,7 +339,7 @@ fn a_provider_that_stops_reading_gets_no_more_calls() {
     let (agent, _held) = agent_with_bare_provider();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     // 400 calls of 64 KiB: 25 MiB, past the kernel's buffers and the high watermark.
     let big = "x".repeat(64 * 1024);
@@ -368,7 +368,7 @@ fn a_result_with_back_references_reaches_the_consumer_as_the_provider_wrote_it()
         b'H', 0x04, b's', b'e', b'l', b'f', 0x51, 0x92, b'Z', // map #2, "self" -> #2
     ];
     provider.set(Mode::RawValue(value.clone()), Default::default());
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     let r = c.call_hash(1, "a");
     assert_eq!(r.status, codec::agent::Status::Ok, "{}", r.text());

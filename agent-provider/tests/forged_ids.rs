@@ -116,7 +116,7 @@ fn next_frame(c: &mut Client, buf: &mut Vec<u8>, pong_id: u64) -> Option<(u64, S
 fn forged_and_repeated_response_ids_never_answer_another_call() {
     init_log();
     let provider = forging_provider();
-    let agent = agent_provider::run(agent_config(
+    let agent = agent_provider::start(agent_config(
         provider,
         agent_provider::config::SerializationArg::Hessian2,
     ))
@@ -124,7 +124,7 @@ fn forged_and_repeated_response_ids_never_answer_another_call() {
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
 
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     let mut buf = Vec::new();
     // One at a time: each call reuses the slot the last one freed.

@@ -15,11 +15,11 @@ use common::*;
 
 use agent_provider::config::SerializationArg;
 
-fn start() -> (MockProvider, agent_provider::AgentHandle) {
+fn start() -> (MockProvider, agent_provider::Running) {
     init_log();
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
     let agent =
-        agent_provider::run(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
+        agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     (provider, agent)
@@ -71,7 +71,7 @@ fn received(provider: &MockProvider) -> Vec<dubbo::RequestBody> {
 #[test]
 fn routing_attachments_of_the_caller_never_reach_the_provider() {
     let (provider, agent) = start();
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     define(&mut c, 1, hash_sig(SERVICE, "", ""));
     let evil = [
         ("group", "evilgroup"),
@@ -106,7 +106,7 @@ fn routing_attachments_of_the_caller_never_reach_the_provider() {
 #[test]
 fn services_versions_and_groups_not_served_never_reach_the_provider() {
     let (provider, agent) = start();
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     define(&mut c, 1, hash_sig(SERVICE, "", ""));
     define(&mut c, 2, hash_sig("com.evil.AdminService", "", ""));
     define(&mut c, 3, hash_sig(SERVICE, "2.0.0", ""));
@@ -145,14 +145,14 @@ fn rss_kb() -> u64 {
 fn signatures_a_connection_defines_are_bounded_and_refused_past_the_bound() {
     let (_provider, agent) = start();
     // A name over the limit: refused, connection closed, nothing kept.
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     let long = "x".repeat(MAX_NAME_LEN + 1);
     define(&mut c, 0, hash_sig(&long, "", ""));
     assert!(c.is_closed(), "a DEFINE over the name limit closes");
 
     // Names within the limit, until the connection's bytes are spent: closed then.
     let before = rss_kb();
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     let name = |i: u32| format!("{i:06}{}", "n".repeat(MAX_NAME_LEN - 6));
     let mut defined = 0;
     for i in 0..1_500u32 {
@@ -180,7 +180,7 @@ fn signatures_a_connection_defines_are_bounded_and_refused_past_the_bound() {
     let grown = rss_kb().saturating_sub(before);
     assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
     // Other connections are served all along.
-    let mut ok = Client::connect(agent.local_addr());
+    let mut ok = Client::connect(agent.agent_addr());
     ok.define_hash();
     assert_eq!(
         ok.call_hash(1, "a").int(),
@@ -193,7 +193,7 @@ fn signatures_a_connection_defines_are_bounded_and_refused_past_the_bound() {
 fn a_consumer_that_half_closes_gets_its_answers() {
     let (provider, agent) = start();
     provider.set(Mode::Hash, Duration::from_millis(100));
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     for id in 1..=3 {
         c.send_hash(id, "half", 4000);
@@ -218,9 +218,9 @@ fn idle_agent_connections_are_closed_and_pings_keep_live_ones() {
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
     let mut config = agent_config(provider.addr, SerializationArg::Hessian2);
     config.idle_timeout_secs = 1;
-    let agent = agent_provider::run(config).unwrap();
-    let mut idle = Client::connect(agent.local_addr());
-    let mut live = Client::connect(agent.local_addr());
+    let agent = agent_provider::start(config).unwrap();
+    let mut idle = Client::connect(agent.agent_addr());
+    let mut live = Client::connect(agent.agent_addr());
     let start = Instant::now();
     let mut id = 0;
     while start.elapsed() < Duration::from_millis(2_500) {

@@ -38,9 +38,9 @@ fn registration_follows_the_provider() {
     cfg.registry = Some(url.clone());
     cfg.weight = 150;
     cfg.admin = Some("127.0.0.1:0".parse().unwrap());
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     let admin = agent.admin_addr().unwrap();
-    let advertised = agent.local_addr().to_string();
+    let advertised = agent.agent_addr().to_string();
 
     let (tx, rx) = mpsc::channel();
     let reg = registry::open(Some(&url)).unwrap();
@@ -68,7 +68,7 @@ fn registration_follows_the_provider() {
     assert_eq!(list[0].weight, 150);
     assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".into()));
 
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     assert_eq!(c.call_hash(1, "hello").int(), 99162322);
     let (code, metrics) = http_get(admin, "/metrics");
@@ -106,16 +106,16 @@ fn graceful_stop_drains_calls_in_flight() {
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
     provider.set(Mode::Hash, Duration::from_millis(300));
     let agent =
-        agent_provider::run(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
+        agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     c.send_hash(1, "hello", 5000);
     wait_for(5, "call at the provider", || {
         provider.received.lock().unwrap().len() == 1
     });
-    let addr = agent.local_addr();
+    let addr = agent.agent_addr();
     let stopper = std::thread::spawn(move || agent.stop());
     let r = c.read();
     assert_eq!(r.int(), 99162322, "the call in flight was answered");
@@ -134,7 +134,7 @@ fn heartbeats_both_ways() {
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     cfg.heartbeat_secs = 1;
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     wait_for(5, "a heartbeat", || {
         provider
             .heartbeats
@@ -166,10 +166,10 @@ fn several_loops_and_provider_connections() {
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     cfg.loops = 2;
     cfg.provider_conns = 2;
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connections", || m.provider_up());
-    let addr = agent.local_addr();
+    let addr = agent.agent_addr();
     let clients: Vec<_> = (0..6)
         .map(|k| {
             std::thread::spawn(move || {
@@ -212,8 +212,8 @@ fn readonly_event(flags: u8, id: i64) -> Vec<u8> {
 }
 
 /// Waits until the agent refuses calls (its only provider connection is read-only).
-fn wait_until_calls_are_refused(agent: &agent_provider::AgentHandle) {
-    let mut c = Client::connect(agent.local_addr());
+fn wait_until_calls_are_refused(agent: &agent_provider::Running) {
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     wait_for(5, "read-only noticed", || {
         c.call_hash(1, "x").status == codec::agent::Status::Unavailable
@@ -248,10 +248,10 @@ fn a_provider_busy_on_long_calls_gets_heartbeats_and_stays_connected() {
     provider.set(Mode::Silent, Duration::ZERO);
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     cfg.heartbeat_secs = 1;
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     // Calls keep being written for 4.5 s, past the 3 s silence limit, and none is
     // answered yet: reads are idle, so the agent heartbeats, and the provider's replies
@@ -285,8 +285,8 @@ fn a_call_arriving_just_after_a_stop_is_answered_unavailable() {
     init_log();
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
     let agent =
-        agent_provider::run(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
-    let addr = agent.local_addr();
+        agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
+    let addr = agent.agent_addr();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     let mut c = Client::connect(addr);
@@ -317,7 +317,7 @@ fn a_failed_registration_is_retried() {
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     cfg.registry = Some(url.clone());
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     // Let the first attempt (on the provider coming up) fail, then clear the way.
@@ -330,7 +330,7 @@ fn a_failed_registration_is_retried() {
             let _ = tx.send(list);
         })
         .unwrap();
-    let advertised = agent.local_addr().to_string();
+    let advertised = agent.agent_addr().to_string();
     loop {
         let list = rx
             .recv_timeout(Duration::from_secs(10))

@@ -17,12 +17,12 @@ use common::*;
 
 fn start(
     tune: impl FnOnce(&mut agent_provider::Config),
-) -> (MockProvider, agent_provider::AgentHandle) {
+) -> (MockProvider, agent_provider::Running) {
     init_log();
     let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     tune(&mut cfg);
-    let agent = agent_provider::run(cfg).unwrap();
+    let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
     (provider, agent)
@@ -43,10 +43,10 @@ fn served(c: &mut Client, id: u64) -> bool {
 fn connections_beyond_max_connections_are_closed() {
     // 3 per loop: the provider connection and two agent connections.
     let (provider, agent) = start(|c| c.max_connections = 3);
-    let mut first = Client::connect(agent.local_addr());
-    let mut second = Client::connect(agent.local_addr());
+    let mut first = Client::connect(agent.agent_addr());
+    let mut second = Client::connect(agent.agent_addr());
     assert!(served(&mut first, 1) && served(&mut second, 2));
-    let mut third = Client::connect(agent.local_addr());
+    let mut third = Client::connect(agent.agent_addr());
     assert!(
         closed::closed_within(&mut third.stream, Duration::from_secs(3)),
         "the connection over the limit is closed"
@@ -55,7 +55,7 @@ fn connections_beyond_max_connections_are_closed() {
     drop(first);
     // A slot freed: a new connection is served again.
     wait_for(5, "a new connection served", || {
-        let mut c = Client::connect(agent.local_addr());
+        let mut c = Client::connect(agent.agent_addr());
         c.stream
             .set_read_timeout(Some(Duration::from_secs(1)))
             .unwrap();
@@ -68,7 +68,7 @@ fn connections_beyond_max_connections_are_closed() {
 #[test]
 fn frames_over_max_frame_are_refused_and_closed() {
     let (provider, agent) = start(|c| c.max_frame = 1024);
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     let r = c.call_hash(1, &"a".repeat(900));
     assert_eq!(r.status, Status::Ok, "a frame under the limit is served");
@@ -80,7 +80,7 @@ fn frames_over_max_frame_are_refused_and_closed() {
         closed::closed_within(&mut c.stream, Duration::from_secs(3)),
         "then the connection is closed"
     );
-    let mut other = Client::connect(agent.local_addr());
+    let mut other = Client::connect(agent.agent_addr());
     other.define_hash();
     assert_eq!(other.call_hash(3, "x").status, Status::Ok);
     agent.stop();
@@ -90,8 +90,8 @@ fn frames_over_max_frame_are_refused_and_closed() {
 #[test]
 fn idle_agent_connections_are_closed_after_the_timeout() {
     let (provider, agent) = start(|c| c.idle_timeout_secs = 1);
-    let mut idle = Client::connect(agent.local_addr());
-    let mut busy = Client::connect(agent.local_addr());
+    let mut idle = Client::connect(agent.agent_addr());
+    let mut busy = Client::connect(agent.agent_addr());
     busy.define_hash();
     // A call in flight longer than the timeout keeps its connection open.
     provider.set(Mode::Hash, Duration::from_millis(2500));
@@ -120,12 +120,12 @@ fn idle_agent_connections_are_closed_after_the_timeout() {
 fn calls_over_max_conn_inflight_are_overloaded_on_that_connection_only() {
     let (provider, agent) = start(|c| c.max_conn_inflight = 2);
     provider.set(Mode::Hash, Duration::from_millis(300));
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     for i in 0..5 {
         c.send_hash(i, "x", 5000);
     }
-    let mut other = Client::connect(agent.local_addr());
+    let mut other = Client::connect(agent.agent_addr());
     other.define_hash();
     other.send_hash(100, "y", 5000);
     let statuses: Vec<(u64, Status)> = (0..5)

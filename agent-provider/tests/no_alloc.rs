@@ -21,10 +21,10 @@ fn calls_on_a_warm_connection_allocate_nothing_on_the_loop() {
         agent_provider::config::SerializationArg::Hessian2,
     );
     config.loops = 1;
-    let agent = agent_provider::run(config).unwrap();
+    let agent = agent_provider::start(config).unwrap();
     let m = agent.metrics().clone();
     wait_for(5, "provider connection", || m.provider_up());
-    let mut c = Client::connect(agent.local_addr());
+    let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     // Warm: buffers, tables and the timer heap (cancelled timeouts are swept at about
     // 1,024 entries) at their working size.

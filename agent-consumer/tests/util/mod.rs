@@ -293,7 +293,7 @@ pub fn exchange(addr: SocketAddr, raw: &[u8], count: usize) -> Vec<Answer> {
 /// the registry's first list).
 pub fn wait_ready(running: &agent_consumer::Running) {
     let end = Instant::now() + Duration::from_secs(10);
-    while !running.metrics.has_upstream() {
+    while !running.metrics().has_upstream() {
         assert!(
             Instant::now() < end,
             "consumer-agent never connected to a provider-agent"

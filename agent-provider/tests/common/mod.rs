@@ -350,9 +350,9 @@ pub fn hash_request(id: u64, s: &str, timeout_ms: u32) -> Vec<u8> {
 /// An agent on port 0 in front of `provider`.
 /// A provider-agent whose "provider" is a bare listener: the agent, and the connection
 /// it opened to the listener, to play the provider's side by hand.
-pub fn agent_with_bare_provider() -> (agent_provider::AgentHandle, TcpStream) {
+pub fn agent_with_bare_provider() -> (agent_provider::Running, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let agent = agent_provider::run(agent_config(
+    let agent = agent_provider::start(agent_config(
         listener.local_addr().unwrap(),
         agent_provider::config::SerializationArg::Hessian2,
     ))

@@ -38,7 +38,7 @@ pub enum Tag {
 
 /// What other threads tell a loop.
 #[derive(Debug)]
-pub enum Msg {
+pub enum LoopMsg {
     /// The registry's whole current list for a service.
     Instances(String, Vec<Instance>),
 }
@@ -1060,7 +1060,7 @@ impl ConsumerLoop {
 
 impl Handler for ConsumerLoop {
     type Tag = Tag;
-    type Msg = Msg;
+    type Msg = LoopMsg;
 
     fn started(&mut self, cx: &mut Ctx<'_, Self>) {
         cx.set_periodic(Duration::from_secs(1), TIMER_SWEEP);
@@ -1172,9 +1172,9 @@ impl Handler for ConsumerLoop {
         }
     }
 
-    fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: Msg) {
+    fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: LoopMsg) {
         match msg {
-            Msg::Instances(service, list) => self.on_instances(cx, &service, &list),
+            LoopMsg::Instances(service, list) => self.on_instances(cx, &service, &list),
         }
     }
 
