@@ -10,9 +10,6 @@ use std::sync::{Arc, Mutex};
 
 use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
 
-/// Upper bounds of the latency histogram buckets, in microseconds (the layout both
-/// agents share).
-
 /// How a request ended, for the error counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -12,9 +12,6 @@ use std::time::Duration;
 use codec::agent::Status;
 use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
 
-/// Upper bounds of the latency histogram buckets, in microseconds (plus `+Inf`): the
-/// layout both agents share.
-
 /// Error kinds counted separately, in [`Status`] order after `Ok`.
 const ERROR_KINDS: [(Status, &str); 6] = [
     (Status::ProviderError, "provider_error"),

@@ -1,0 +1,291 @@
+//! The call core, the same for every front-end: the loop's call ids (signatures), the
+//! choice of a provider-agent, the REQUEST frame, retries on safe statuses, and the
+//! completion of a call by its answer, its timeout or the loss of its connection.
+
+use codec::agent::{self, AgentError, CallTable, RequestHead, Signature, SignatureRef, Status};
+use reactor::Ctx;
+
+use super::http_front::{attachment_header_names, write_error_answer};
+use super::ConsumerLoop;
+use crate::lb::Answer;
+use crate::metrics::Outcome;
+
+/// How an answer's status counts for the balancer: the provider's own result or
+/// exception, and a request it refused as malformed, are work done; a refusal for
+/// capacity teaches the limit; anything else is the provider failing.
+pub(super) fn balancer_answer(status: Status) -> Answer {
+    match status {
+        Status::Ok | Status::Exception | Status::BadRequest => Answer::Done,
+        Status::Overloaded => Answer::Overloaded,
+        _ => Answer::Failed,
+    }
+}
+
+impl ConsumerLoop {
+    /// The loop-wide call id of a signature. Once the table is full (in count or in
+    /// bytes), ids no call in flight uses make room: one is given to the new signature,
+    /// others are emptied if its bytes need it, and each redefinition goes at once to
+    /// every provider-agent connection that had the id, so the provider-agent keeps
+    /// exactly the table this loop keeps (and its bound holds there too).
+    pub(super) fn intern(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        sig: SignatureRef<'_>,
+    ) -> Result<u32, AgentError> {
+        let id = match self.signatures.intern(sig) {
+            Ok((id, _)) => id,
+            Err(AgentError::CallTableFull) => {
+                let slots = self.signatures.len() as u32;
+                let unused = |uses: &[u32], i: u32| uses.get(i as usize).is_none_or(|&n| n == 0);
+                let target = (0..slots)
+                    .find(|&i| unused(&self.signature_uses, i))
+                    .ok_or(AgentError::CallTableFull)?;
+                let fits = |t: &CallTable| {
+                    t.bytes() - t.charge_of(target) + sig.charge() <= agent::MAX_TABLE_BYTES
+                };
+                let empty = Signature::default();
+                for i in 0..slots {
+                    if fits(&self.signatures) {
+                        break;
+                    }
+                    if i != target
+                        && unused(&self.signature_uses, i)
+                        && self.signatures.charge_of(i) > empty.as_ref().charge()
+                    {
+                        self.redefine(cx, i, empty.clone())?;
+                    }
+                }
+                if !fits(&self.signatures) {
+                    return Err(AgentError::CallTableFull);
+                }
+                self.redefine(cx, target, sig.to_owned())?;
+                target
+            }
+            Err(e) => return Err(e),
+        };
+        if self.signature_uses.len() <= id as usize {
+            self.signature_uses.resize(id as usize + 1, 0);
+        }
+        Ok(id)
+    }
+
+    /// Binds call id `id` to `sig` in the loop's table and on every provider-agent
+    /// connection where `id` was defined.
+    pub(super) fn redefine(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: u32,
+        sig: Signature,
+    ) -> Result<(), AgentError> {
+        self.signatures.define(id, sig)?;
+        let Some(sig) = self.signatures.get(id) else {
+            return Ok(());
+        };
+        for (_, up) in self.upstreams.table.iter_mut() {
+            let Some(defined) = up.defined.get_mut(id as usize).filter(|d| **d) else {
+                continue;
+            };
+            let written = match up.conn.and_then(|c| cx.output(c)) {
+                Some(out) => agent::encode_define(out, id, sig.as_ref()).is_ok(),
+                None => false,
+            };
+            *defined = written;
+        }
+        Ok(())
+    }
+
+    /// Sends a call to a provider, or answers it if none can take it.
+    pub(super) fn dispatch(&mut self, cx: &mut Ctx<'_, Self>, call: u64, exclude: Option<usize>) {
+        let now = cx.now();
+        let Some(c) = self.call_mut(call) else { return };
+        let call_id = c.call_id;
+        let Some(sig) = self.signatures.get(call_id) else {
+            return;
+        };
+        let picked = self
+            .upstreams
+            .pick(&sig.service, &sig.version, &sig.group, exclude);
+        let Some((_, up_key)) = picked else {
+            let msg = if self.upstreams.saturated(&sig.service) {
+                format!(
+                    "every provider-agent of {} is at its in-flight limit (--max-upstream-inflight)",
+                    sig.service
+                )
+            } else if self.upstreams.services.contains_key(&sig.service) {
+                let mut m = format!("no provider-agent of {}", sig.service);
+                if !sig.version.is_empty() {
+                    m.push_str(&format!(" version {}", sig.version));
+                }
+                if !sig.group.is_empty() {
+                    m.push_str(&format!(" group {}", sig.group));
+                }
+                m.push_str(" is reachable");
+                m
+            } else {
+                format!("no provider for service {}", sig.service)
+            };
+            return self.fail(cx, call, Outcome::Unavailable, 503, &msg);
+        };
+        let Some(up) = self.upstreams.table.get_mut(up_key) else {
+            return;
+        };
+        // A connection closing (its provider-agent finished sending) takes no call:
+        // not open any more, and the call goes to another provider-agent or fails.
+        let Some(conn) = up.conn.filter(|&c| cx.is_open(c)) else {
+            up.open = false;
+            return self.dispatch(cx, call, Some(up_key));
+        };
+        let new_define = up.define(call_id);
+        let Some(c) = self.calls.get_mut((call & 0xffff_ffff) as usize) else {
+            return;
+        };
+        let remaining = c.deadline.saturating_duration_since(now);
+        c.attempts += 1;
+        c.sent = Some((up_key, now));
+        let attachments: Vec<(&str, &str)> = c
+            .attachments
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let head = RequestHead {
+            id: call,
+            call_id,
+            timeout_ms: remaining.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+            one_way: false,
+            attachments: &attachments,
+        };
+        let Some(out) = cx.output(conn) else { return };
+        let mut ok = !new_define || agent::encode_define(out, call_id, sig.as_ref()).is_ok();
+        if ok {
+            ok = match agent::begin_request(out, &head) {
+                Ok(mark) => {
+                    out.extend_from_slice(&c.args);
+                    agent::finish(out, mark).is_ok()
+                }
+                Err(_) => false,
+            };
+        }
+        if !ok {
+            let msg = "request too large for the agent protocol";
+            return self.fail(cx, call, Outcome::BadRequest, 400, msg);
+        }
+        if let Some(s) = self.upstreams.stats(&sig.service, up_key) {
+            s.on_send();
+        }
+    }
+
+    /// Completes a call: its HTTP answer (written by `write`) goes out in order.
+    pub(super) fn finish(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        outcome: Outcome,
+        write: impl FnOnce(&mut Vec<u8>, bool),
+    ) {
+        let key = (call & 0xffff_ffff) as usize;
+        if self.call_mut(call).is_none() {
+            return;
+        }
+        let c = self.calls.remove(key);
+        if let Some(n) = self.signature_uses.get_mut(c.call_id as usize) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(t) = c.timer {
+            cx.cancel_timer(t);
+        }
+        let latency = cx.now().saturating_duration_since(c.started).as_micros() as u64;
+        self.metrics.answered(outcome, latency);
+        self.recycle(c.args);
+        let mut out = self.take_buf();
+        write(&mut out, c.keep_alive);
+        self.deliver(cx, c.http, c.seq, out, !c.keep_alive);
+        if self.stopping && self.calls.is_empty() {
+            cx.exit();
+        }
+    }
+
+    /// Completes a call with an error status and message, rendered for its request.
+    pub(super) fn fail(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        outcome: Outcome,
+        status: u16,
+        text: &str,
+    ) {
+        let Some(render) = self.call_mut(call).map(|c| c.render) else {
+            return;
+        };
+        self.finish(cx, call, outcome, |out, ka| {
+            write_error_answer(out, render, status, text, ka)
+        });
+    }
+
+    pub(super) fn on_answer(&mut self, cx: &mut Ctx<'_, Self>, up: usize, r: &agent::Response<'_>) {
+        let (call, status, payload) = (r.id, r.status, r.payload);
+        let now = cx.now();
+        let Some(c) = self.call_mut(call) else {
+            log::debug!("answer for unknown or expired call {call:#x}");
+            return;
+        };
+        // An answer must come from where the call was sent: a forged or repeated id
+        // from another provider-agent does not complete someone else's call.
+        let Some((sent_to, sent_at)) = c.sent.filter(|(u, _)| *u == up) else {
+            log::debug!("answer for call {call:#x} from an upstream it was not sent to");
+            return;
+        };
+        c.sent = None;
+        if self
+            .upstreams
+            .table
+            .get(sent_to)
+            .is_some_and(|u| u.retiring)
+        {
+            self.remove_if_retired(cx, sent_to);
+        }
+        let Some(c) = self.call_mut(call) else { return };
+        let (attempts, deadline, render, call_id) = (c.attempts, c.deadline, c.render, c.call_id);
+        let latency = now.saturating_duration_since(sent_at).as_micros() as u64;
+        if let Some(sig) = self.signatures.get(call_id) {
+            if let Some(s) = self.upstreams.stats(&sig.service, sent_to) {
+                s.on_answer(latency, balancer_answer(status));
+            }
+        }
+        // Empty (no allocation) unless the provider returned attachments.
+        let names = attachment_header_names(r.attachments);
+        let headers: Vec<(&str, &[u8])> = names
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        match status {
+            Status::Ok => self.answer_value(cx, call, render, payload, &headers),
+            Status::Exception => self.answer_exception(cx, call, render, payload, &headers),
+            s if s.is_retryable() && attempts <= self.config.retries && now < deadline => {
+                self.metrics.retried();
+                self.dispatch(cx, call, Some(sent_to));
+            }
+            Status::Overloaded | Status::Unavailable => {
+                let msg = format!("provider unavailable: {}", String::from_utf8_lossy(payload));
+                self.fail(cx, call, Outcome::Unavailable, 503, &msg)
+            }
+            Status::Timeout => self.fail(cx, call, Outcome::Timeout, 504, "provider timed out"),
+            Status::BadRequest => {
+                let msg = String::from_utf8_lossy(payload);
+                self.fail(cx, call, Outcome::BadRequest, 400, &msg)
+            }
+            _ => {
+                let msg = String::from_utf8_lossy(payload);
+                self.provider_error(cx, call, render, &msg, &headers)
+            }
+        }
+    }
+
+    /// A call sent to `upstream` will get no answer: free its slot in the balancer.
+    pub(super) fn lost_on(&mut self, call_id: u32, upstream: usize) {
+        if let Some(sig) = self.signatures.get(call_id) {
+            if let Some(s) = self.upstreams.stats(&sig.service, upstream) {
+                s.on_lost();
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The consumer-agent's loop: HTTP in, agent protocol out, on one thread.
+//!
+//! A request's life: the HTTP connection's bytes are decoded in place; the call's
+//! arguments are encoded as hessian2 into a pooled buffer (kept for a retry); a provider
+//! is picked; a REQUEST frame goes into the loop's own connection to it (DEFINE first if
+//! the signature is new there); a timer bounds the call. The answer frame finds the call
+//! by id, cancels the timer and writes the HTTP response in request order.
+//!
+//! A call's way through the modules: [`http_front`] reads and prepares it; [`call_core`]
+//! names its signature, picks a provider-agent (`crate::lb`, `crate::upstream`) and
+//! writes the REQUEST; [`upstream_conns`] reads the answer, which [`call_core`]
+//! completes and [`http_front`] renders.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codec::agent::{self, CallTable};
+use codec::http::{Limits, RequestDecoder};
+use reactor::{CloseReason, Conn, ConnId, Ctx, EndOfInput, Handler, TimerId};
+use registry::Instance;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::http_conn::{HttpConn, HttpConns};
+use crate::metrics::{LoopMetrics, Outcome};
+use crate::upstream::Upstreams;
+
+mod call_core;
+mod http_front;
+mod upstream_conns;
+
+use http_front::Render;
+
+/// What a connection of this loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// An HTTP client (the consumer).
+    Http,
+    /// Our connection to a provider-agent (key into the upstream table).
+    Agent(usize),
+}
+
+/// What other threads tell a loop.
+#[derive(Debug)]
+pub enum LoopMsg {
+    /// The registry's whole current list for a service.
+    Instances(String, Vec<Instance>),
+}
+
+/// Timer tokens: a call's own id, or one of these (top bit set).
+const TIMER_SWEEP: u64 = 1 << 63;
+const TIMER_DRAIN: u64 = (1 << 63) | 1;
+const TIMER_RECONNECT: u64 = (1 << 63) | (1 << 62);
+
+/// One call in flight.
+#[derive(Debug)]
+struct Call {
+    gen: u32,
+    http: ConnId,
+    seq: u64,
+    keep_alive: bool,
+    render: Render,
+    /// Loop-wide call id: names the signature (service included) in `signatures`.
+    call_id: u32,
+    args: Vec<u8>,
+    attachments: Vec<(String, String)>,
+    started: Instant,
+    deadline: Instant,
+    timer: Option<TimerId>,
+    /// Upstream key it is in flight on, and when it was sent there.
+    sent: Option<(usize, Instant)>,
+    attempts: u32,
+}
+
+/// Buffers kept for reuse so a call allocates nothing in the steady state.
+const POOL_MAX: usize = 4096;
+
+/// The per-loop state.
+#[derive(Debug)]
+pub struct ConsumerLoop {
+    config: Arc<Config>,
+    metrics: LoopMetrics,
+    limits: Limits,
+    http: HttpConns,
+    upstreams: Upstreams,
+    /// Signatures by loop-wide call id (the same id on every upstream connection).
+    signatures: CallTable,
+    /// Calls in flight per call id: an id with none may be given to a new signature
+    /// once the table is full, so clients naming ever new methods cannot fill it.
+    signature_uses: Vec<u32>,
+    calls: Slab<Call>,
+    next_gen: u32,
+    pool: Vec<Vec<u8>>,
+    stopping: bool,
+}
+
+impl ConsumerLoop {
+    /// A loop's state.
+    pub fn new(config: Arc<Config>, metrics: LoopMetrics) -> Self {
+        ConsumerLoop {
+            limits: Limits {
+                max_head: config.max_head,
+                max_body: config.max_body,
+            },
+            upstreams: Upstreams::new(config.lb).with_max_inflight(config.max_upstream_inflight),
+            config,
+            metrics,
+            http: HttpConns::default(),
+            signatures: CallTable::new(),
+            signature_uses: Vec::new(),
+            calls: Slab::new(),
+            next_gen: 0,
+            pool: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    fn call_id(key: usize, gen: u32) -> u64 {
+        (u64::from(gen) << 32) | key as u64
+    }
+
+    fn call_mut(&mut self, id: u64) -> Option<&mut Call> {
+        let gen = (id >> 32) as u32;
+        self.calls
+            .get_mut((id & 0xffff_ffff) as usize)
+            .filter(|c| c.gen == gen)
+    }
+
+    fn take_buf(&mut self) -> Vec<u8> {
+        self.pool.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        recycle_into(&mut self.pool, buf);
+    }
+}
+
+impl Handler for ConsumerLoop {
+    type Tag = Tag;
+    type Msg = LoopMsg;
+
+    fn started(&mut self, cx: &mut Ctx<'_, Self>) {
+        cx.set_periodic(Duration::from_secs(1), TIMER_SWEEP);
+    }
+
+    fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
+        match conn.tag {
+            Tag::Http => {
+                self.metrics.connection(1);
+                let decoder = RequestDecoder::with_limits(self.limits);
+                self.http.insert(HttpConn::new(conn.id, decoder, cx.now()));
+            }
+            Tag::Agent(key) => {
+                // Calls go to it once it answers a PING (see `on_pong`).
+                let now = cx.now();
+                if let Some(up) = self.upstreams.table.get_mut(key) {
+                    if up.conn == Some(conn.id) {
+                        up.last_read = now;
+                        up.ping_sent = Some(now);
+                        if let Some(out) = cx.output(conn.id) {
+                            agent::encode_ping(out, 0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, input: &[u8]) -> usize {
+        match conn.tag {
+            Tag::Http => self.on_http_data(cx, conn.id, input),
+            Tag::Agent(key) => self.on_agent_data(cx, conn.id, key, input),
+        }
+    }
+
+    fn end_of_input(&mut self, _cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) -> EndOfInput {
+        match conn.tag {
+            Tag::Http => self.on_http_end(conn.id),
+            Tag::Agent(key) => {
+                // The provider-agent finished sending: it answers nothing more, so no
+                // new call goes to it (its calls in flight fail when it closes).
+                if let Some(up) = self.upstreams.table.get_mut(key) {
+                    if up.conn == Some(conn.id) {
+                        up.open = false;
+                    }
+                }
+                EndOfInput::Close
+            }
+        }
+    }
+
+    fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
+        // An HTTP client read its answers: take its requests again, unless it still has
+        // too many in flight (then `deliver` resumes it).
+        if let (Tag::Http, Some(c)) = (conn.tag, self.http.get_mut(conn.id)) {
+            if c.paused && c.inflight() < self.config.max_pipeline as u64 {
+                c.paused = false;
+                cx.resume_reading(conn.id);
+            }
+        }
+    }
+
+    fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, reason: CloseReason) {
+        match conn.tag {
+            Tag::Http => {
+                if let Some(mut c) = self.http.remove(conn.id) {
+                    self.metrics.connection(-1);
+                    for (_, b, _) in c.parked.drain(..) {
+                        self.recycle(b);
+                    }
+                }
+                // Calls of a closed client still complete (their answers are dropped).
+            }
+            Tag::Agent(key) => self.on_agent_closed(cx, conn.id, key, &reason),
+        }
+        if self.stopping && self.calls.is_empty() {
+            cx.exit();
+        }
+    }
+
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, token: u64) {
+        match token {
+            TIMER_SWEEP => self.sweep(cx),
+            TIMER_DRAIN => {
+                log::warn!(
+                    "drain deadline passed with {} call(s) in flight",
+                    self.calls.len()
+                );
+                cx.exit();
+            }
+            t if t & TIMER_RECONNECT == TIMER_RECONNECT => {
+                self.connect(cx, (t & !TIMER_RECONNECT) as usize)
+            }
+            call => {
+                let Some(c) = self.call_mut(call) else { return };
+                c.timer = None;
+                let sent_to = c.sent.take().map(|(up, _)| up);
+                if let Some(up) = sent_to {
+                    let call_id = c.call_id;
+                    self.lost_on(call_id, up);
+                }
+                let msg = "timed out waiting for the provider";
+                self.fail(cx, call, Outcome::Timeout, 504, msg);
+                // It may have been the last call a retiring provider-agent had.
+                if let Some(up) = sent_to {
+                    self.remove_if_retired(cx, up);
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: LoopMsg) {
+        match msg {
+            LoopMsg::Instances(service, list) => self.on_instances(cx, &service, &list),
+        }
+    }
+
+    fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
+        self.stopping = true;
+        let idle: Vec<ConnId> = self
+            .http
+            .iter()
+            .filter(|c| c.inflight() == 0)
+            .map(|c| c.id)
+            .collect();
+        for id in idle {
+            cx.close(id);
+        }
+        if self.calls.is_empty() {
+            cx.exit();
+        } else {
+            cx.set_timer(Duration::from_millis(self.config.drain_ms), TIMER_DRAIN);
+        }
+    }
+}
+
+/// Returns a buffer to the pool (bounded, and not the rare huge ones).
+fn recycle_into(pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
+    if pool.len() < POOL_MAX && buf.capacity() <= 64 * 1024 {
+        buf.clear();
+        pool.push(buf);
+    }
+}

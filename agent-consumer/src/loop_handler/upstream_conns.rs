@@ -1,0 +1,288 @@
+//! Provider-agent connections: connecting (and proving the peer one with a PING),
+//! reading their frames, keep-alive PINGs, reconnecting with backoff, retiring those
+//! that left the registry, and the registry's lists themselves.
+
+use std::time::Duration;
+
+use codec::agent::{self, Frame};
+use codec::Decoded;
+use reactor::{CloseReason, ConnId, Ctx};
+use registry::Instance;
+
+use super::{ConsumerLoop, Tag, TIMER_RECONNECT};
+use crate::metrics::{Outcome, UpstreamView};
+
+/// A provider-agent connection silent this long gets a PING (provider-agents close
+/// agent connections idle for `--idle-timeout-secs`, 60 by default).
+pub(super) const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// An open provider-agent connection whose PING is unanswered this long is dead.
+pub(super) const KEEPALIVE_DEAD: Duration = Duration::from_secs(30);
+
+impl ConsumerLoop {
+    pub(super) fn on_agent_data(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        up: usize,
+        input: &[u8],
+    ) -> usize {
+        let now = cx.now();
+        if let Some(u) = self.upstreams.table.get_mut(up) {
+            u.last_read = now;
+        }
+        let mut pos = 0;
+        while let Some(rest) = input.get(pos..) {
+            match agent::decode(rest) {
+                Ok(Decoded::Complete { msg, consumed }) => {
+                    pos += consumed;
+                    match msg {
+                        Frame::Response(r) => self.on_answer(cx, up, &r),
+                        Frame::Ping { id: ping } => {
+                            if let Some(out) = cx.output(id) {
+                                agent::encode_pong(out, ping);
+                            }
+                        }
+                        Frame::Pong { .. } => self.on_pong(cx, up),
+                        Frame::Define { .. } | Frame::Request(_) => {
+                            log::warn!("provider-agent sent a request frame; closing");
+                            cx.abort(id);
+                            return input.len();
+                        }
+                    }
+                }
+                Ok(Decoded::Incomplete) => break,
+                Err(e) => {
+                    log::warn!("bad frame from provider-agent: {e}; closing");
+                    cx.abort(id);
+                    return input.len();
+                }
+            }
+        }
+        pos
+    }
+
+    /// A PONG: the first on a connection proves the peer a provider-agent, and the
+    /// connection starts taking calls; later ones answer keep-alive PINGs.
+    pub(super) fn on_pong(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        up.ping_sent = None;
+        if !up.open && up.conn.is_some() {
+            up.open = true;
+            up.backoff.reset();
+            log::info!(
+                "loop {}: connected to provider-agent {}",
+                cx.loop_index(),
+                up.addr
+            );
+        }
+    }
+
+    pub(super) fn connect(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        if up.retiring {
+            up.reconnect = None;
+            self.remove_if_retired(cx, key);
+            return;
+        }
+        up.reconnect = None;
+        up.open = false;
+        up.defined.clear();
+        match cx.connect(up.addr, Tag::Agent(key), Some(timeout)) {
+            Ok(conn) => up.conn = Some(conn),
+            Err(e) => {
+                log::warn!("connect to provider-agent {}: {e}", up.addr);
+                up.conn = None;
+                let delay = up.backoff.next_delay();
+                up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
+            }
+        }
+    }
+
+    /// Drops a retiring upstream once no call is in flight on it.
+    pub(super) fn remove_if_retired(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let retiring = self.upstreams.table.get(key).is_some_and(|u| u.retiring);
+        let busy = self
+            .calls
+            .iter()
+            .any(|(_, c)| c.sent.is_some_and(|(u, _)| u == key));
+        if !retiring || busy {
+            return;
+        }
+        if let Some(up) = self.upstreams.remove(key) {
+            log::info!(
+                "loop {}: provider-agent {} retired",
+                cx.loop_index(),
+                up.addr
+            );
+            if let Some(t) = up.reconnect {
+                cx.cancel_timer(t);
+            }
+            if let Some(conn) = up.conn {
+                cx.close(conn);
+            }
+        }
+    }
+
+    pub(super) fn on_agent_closed(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        key: usize,
+        reason: &CloseReason,
+    ) {
+        if self.upstreams.by_conn(key, id).is_none() {
+            return; // an upstream already dropped from the registry
+        }
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        let addr = up.addr;
+        let was_open = up.open;
+        up.conn = None;
+        up.open = false;
+        up.defined.clear();
+        if up.retiring {
+            // Left the registry: its calls fail, then it is dropped, not reconnected.
+            log::info!("retiring provider-agent {addr} connection closed: {reason:?}");
+            self.fail_inflight_on(cx, key);
+            self.remove_if_retired(cx, key);
+            return;
+        }
+        let delay = up.backoff.next_delay();
+        up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
+        if was_open {
+            log::warn!(
+                "provider-agent {addr} connection closed: {reason:?}; reconnecting in {delay:?}"
+            );
+        } else {
+            log::debug!("provider-agent {addr} connect failed: {reason:?}; retrying in {delay:?}");
+        }
+        self.fail_inflight_on(cx, key);
+    }
+
+    /// Calls in flight on a lost upstream fail: they may have run, so no retry.
+    pub(super) fn fail_inflight_on(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let lost: Vec<(u64, u32)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.sent.is_some_and(|(u, _)| u == key))
+            .map(|(k, c)| (Self::call_id(k, c.gen), c.call_id))
+            .collect();
+        for (call, call_id) in lost {
+            self.lost_on(call_id, key);
+            let msg = "connection to provider-agent lost";
+            self.fail(cx, call, Outcome::Unavailable, 503, msg);
+        }
+    }
+
+    pub(super) fn on_instances(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        service: &str,
+        list: &[Instance],
+    ) {
+        let changes = self.upstreams.update(service, list);
+        log::info!(
+            "loop {}: {service}: {} provider-agent(s)",
+            cx.loop_index(),
+            self.upstreams
+                .services
+                .get(service)
+                .map_or(0, |s| s.members.len())
+        );
+        // A provider-agent leaving the registry (e.g. shutting down) still answers the
+        // calls it has: its connection closes once they are answered, not before.
+        for key in changes.retired {
+            self.remove_if_retired(cx, key);
+        }
+        for key in changes.connect {
+            self.connect(cx, key);
+        }
+    }
+
+    pub(super) fn sweep(&mut self, cx: &mut Ctx<'_, Self>) {
+        let idle = Duration::from_secs(self.config.idle_timeout_secs);
+        if !idle.is_zero() {
+            let now = cx.now();
+            let stale: Vec<ConnId> = self
+                .http
+                .iter()
+                .filter(|c| {
+                    c.inflight() == 0 && now.saturating_duration_since(c.last_active) > idle
+                })
+                .map(|c| c.id)
+                .collect();
+            for id in stale {
+                cx.close(id);
+            }
+        }
+        self.keep_alive_upstreams(cx);
+        for svc in self.upstreams.services.values_mut() {
+            for m in &mut svc.members {
+                m.stats.recover();
+            }
+        }
+        let view: Vec<UpstreamView> = self
+            .upstreams
+            .table
+            .iter()
+            .map(|(key, u)| {
+                let (mut inflight, mut limit, mut ewma) = (0, 0.0, 0.0);
+                for svc in self.upstreams.services.values() {
+                    if let Some(m) = svc.members.iter().find(|m| m.upstream == key) {
+                        inflight += m.stats.inflight;
+                        limit = m.stats.limit;
+                        ewma = m.stats.ewma_us;
+                    }
+                }
+                UpstreamView {
+                    addr: u.addr.to_string(),
+                    up: u.open,
+                    inflight,
+                    limit,
+                    ewma_us: ewma,
+                }
+            })
+            .collect();
+        self.metrics.set_upstreams(cx.loop_index(), view);
+    }
+
+    /// Every sweep: a PING on each provider-agent connection silent for
+    /// [`KEEPALIVE_IDLE`] (so an idle link is kept, and a dead one found), and an abort
+    /// of any whose PING went unanswered: for the connect timeout while it is being
+    /// verified, for [`KEEPALIVE_DEAD`] once it is open.
+    pub(super) fn keep_alive_upstreams(&mut self, cx: &mut Ctx<'_, Self>) {
+        let now = cx.now();
+        let verify = Duration::from_millis(self.config.connect_timeout_ms);
+        for (_, up) in self.upstreams.table.iter_mut() {
+            let Some(conn) = up.conn.filter(|&c| cx.is_open(c)) else {
+                continue;
+            };
+            match up.ping_sent {
+                Some(sent) => {
+                    let limit = if up.open { KEEPALIVE_DEAD } else { verify };
+                    if now.saturating_duration_since(sent) > limit {
+                        log::warn!(
+                            "provider-agent {} did not answer a PING in {limit:?}; closing",
+                            up.addr
+                        );
+                        cx.abort(conn);
+                    }
+                }
+                None if now.saturating_duration_since(up.last_read) >= KEEPALIVE_IDLE => {
+                    if let Some(out) = cx.output(conn) {
+                        agent::encode_ping(out, 0);
+                        up.ping_sent = Some(now);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
