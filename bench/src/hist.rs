@@ -132,6 +132,32 @@ impl Histogram {
         }
         self.max
     }
+
+    /// HdrHistogram's percentile distribution: `(p, value)` at p = 1 - 10^(-k /
+    /// `per_decade`) for k = 0, 1, ... while 1 / (1 - p) stays within the count (finer
+    /// percentiles say nothing more), then the max at p = 1 - 1 / count (unless the last point
+    /// is already that). Empty when nothing was recorded.
+    pub fn percentile_distribution(&self, per_decade: u32) -> Vec<(f64, u64)> {
+        if self.total == 0 {
+            return Vec::new();
+        }
+        let n = self.total as f64;
+        let per_decade = f64::from(per_decade.max(1));
+        let mut out = Vec::new();
+        for k in 0u32.. {
+            let tail = 10f64.powf(-f64::from(k) / per_decade);
+            if tail * n < 1.0 - 1e-9 {
+                break;
+            }
+            let p = 1.0 - tail;
+            out.push((p, self.quantile(p)));
+        }
+        let top = (1.0 - 1.0 / n, self.max);
+        if out.last() != Some(&top) {
+            out.push(top);
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +194,26 @@ mod tests {
         h.merge(&g);
         assert_eq!(h.max(), 50_000);
         assert_eq!(h.count(), 10_001);
+    }
+
+    #[test]
+    fn percentile_distribution_stops_at_the_count() {
+        assert!(Histogram::new().percentile_distribution(8).is_empty());
+        let mut h = Histogram::new();
+        for v in 1..=1000 {
+            h.record(v);
+        }
+        let d = h.percentile_distribution(8);
+        // k = 0..=24 (1 / (1 - p) up to 1000), then the max.
+        assert_eq!(d.len(), 26, "{d:?}");
+        assert_eq!(d[0], (0.0, 1));
+        assert!((d[8].0 - 0.9).abs() < 1e-12 && (899..=905).contains(&d[8].1));
+        assert!((d[24].0 - 0.999).abs() < 1e-12, "{:?}", d[24]);
+        let (p, max) = *d.last().unwrap();
+        assert!((p - 0.999).abs() < 1e-12 && max == 1000, "{p} {max}");
+        assert!(d.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        let mut one = Histogram::new();
+        one.record(70);
+        assert_eq!(one.percentile_distribution(8), vec![(0.0, 70)]);
     }
 }

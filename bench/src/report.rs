@@ -1,5 +1,5 @@
-//! Scenario reports: a text table, JSON, Markdown, and an SVG chart of QPS against
-//! connections beside the ceiling.
+//! Scenario reports: a text table, JSON, Markdown, and SVG charts: QPS against
+//! connections beside the ceiling, and each load step's latency against percentile.
 
 use std::fmt::Write as _;
 use std::io;
@@ -147,11 +147,12 @@ pub fn markdown(r: &ScenarioReport) -> String {
         }
     }
     m.push_str("\n![QPS against connections](qps.svg)\n");
-    m.push_str("\n![Latency distribution](latency.svg)\n");
+    m.push_str("\n![Latency by percentile per step](latency.svg)\n");
     m
 }
 
-/// Writes `report.json`, `report.md`, `qps.svg` and `latency.svg` into `dir`.
+/// Writes `report.json`, `report.md`, `qps.svg` and `latency.svg` (latency against
+/// percentile, one line per step that measured any) into `dir`.
 ///
 /// # Errors
 /// Creating the directory or a file failed.
@@ -163,4 +164,72 @@ pub fn write_all(r: &ScenarioReport, dir: &Path) -> io::Result<()> {
     std::fs::write(dir.join("qps.svg"), crate::chart::qps_svg(r))?;
     std::fs::write(dir.join("latency.svg"), crate::chart::latency_svg(r))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(scenario: &str, label: &str, connections: usize, ms: [f64; 3]) -> Step {
+        Step {
+            latency: Vec::new(),
+            scenario: scenario.into(),
+            label: label.into(),
+            connections,
+            qps: if ms[0] > 0.0 {
+                1000.0 * connections as f64
+            } else {
+                0.0
+            },
+            ceiling: Some(1100.0 * connections as f64),
+            p50_ms: ms[0],
+            p99_ms: ms[1],
+            max_ms: ms[2],
+            requests: 50_000,
+            errors: Default::default(),
+            agents: Vec::new(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn writes_the_files_the_markdown_links() {
+        let mut idle = step("idle", "2000 idle conns", 0, [0.0; 3]);
+        idle.ceiling = None;
+        let r = ScenarioReport {
+            steps: vec![
+                step("classic", "64 conns", 64, [1.25, 5.0, 12.0]),
+                step("classic", "512 conns", 512, [9.5, 30.0, 80.0]),
+                idle,
+            ],
+            failures: Vec::new(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_all(&r, dir.path()).expect("write");
+        let md = std::fs::read_to_string(dir.path().join("report.md")).expect("report.md");
+        for f in ["report.json", "report.md", "qps.svg", "latency.svg"] {
+            assert!(dir.path().join(f).is_file(), "{f}");
+        }
+        assert!(
+            md.contains("](qps.svg)") && md.contains("](latency.svg)"),
+            "{md}"
+        );
+        let latency = std::fs::read_to_string(dir.path().join("latency.svg")).expect("svg");
+        assert!(latency.starts_with("<svg"), "{latency}");
+        assert!(latency.contains("classic 512 conns"), "{latency}");
+        assert!(
+            !latency.contains("idle"),
+            "the idle step measured no latency"
+        );
+        for tick in [">\n50%\n<", ">\n99%\n<", ">\n99.9%\n<", ">\n99.99%\n<"] {
+            assert!(latency.contains(tick), "{tick:?} in {latency}");
+        }
+        assert!(!latency.contains(".0\n<"), "no label ends in .0: {latency}");
+        let qps = std::fs::read_to_string(dir.path().join("qps.svg")).expect("svg");
+        assert!(
+            qps.contains(">\n512\n<") || qps.contains(">\n500\n<"),
+            "{qps}"
+        );
+        assert!(!qps.contains(".0\n<"), "no label ends in .0: {qps}");
+    }
 }

@@ -127,6 +127,9 @@ pub struct Step {
     pub p99_ms: f64,
     /// Max, ms.
     pub max_ms: f64,
+    /// The latency distribution, (percentile, ms), for the percentile chart; empty
+    /// when nothing was measured.
+    pub latency: Vec<(f64, f64)>,
     /// Requests finished in the window.
     pub requests: u64,
     /// Errors by kind.
@@ -447,6 +450,7 @@ fn run_step(
         qps: report.qps(),
         ceiling,
         p50_ms: h.quantile(0.5) as f64 / 1000.0,
+        latency: crate::chart::histogram_curve(h),
         p99_ms: h.quantile(0.99) as f64 / 1000.0,
         max_ms: h.max() as f64 / 1000.0,
         requests: report.requests,
@@ -610,6 +614,7 @@ fn idle(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
         qps: 0.0,
         ceiling: None,
         p50_ms: 0.0,
+        latency: Vec::new(),
         p99_ms: 0.0,
         max_ms: 0.0,
         requests: ok + errors.values().sum::<u64>(),
