@@ -4,6 +4,8 @@
 //! and the bytes it consumed, [`Decoded::Incomplete`], or a typed error. None panics on
 //! any input.
 
+#![deny(missing_docs)]
+
 pub mod agent;
 pub mod dubbo;
 pub mod form;

@@ -39,6 +39,12 @@
 //! * **static**: every watch gets the list once, for whatever service; `register` fails with
 //!   [`Error::Unsupported`].
 //!
+//! # Cargo features
+//!
+//! * **`etcd`** (default): the etcd backend, which brings in `etcd-client` (its build needs
+//!   `protoc`) and tokio. Without it the crate has only the file and static backends and
+//!   [`open`] refuses an `etcd://` URL with [`Error::Unsupported`], saying so.
+//!
 //! ```
 //! use std::sync::mpsc;
 //! use std::time::Duration;
@@ -67,12 +73,15 @@
 //! drop(watch);
 //! ```
 
+#![deny(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "etcd")]
 mod etcd;
 mod file;
 mod url;
@@ -129,7 +138,8 @@ pub enum Error {
     InvalidUrl(String),
     /// The service name or instance is not acceptable (empty, contains `/`, bad `host:port`...).
     InvalidInstance(String),
-    /// The operation does not exist for this backend (e.g. `register` on a static list).
+    /// The operation does not exist for this backend (e.g. `register` on a static list), or
+    /// the backend is not in this build (an `etcd://` URL without the `etcd` feature).
     Unsupported(&'static str),
     /// A filesystem error of the file backend.
     Io(std::io::Error),
@@ -137,7 +147,7 @@ pub enum Error {
     /// user: a symbolic link, owned by another user, or writable by group or others. The
     /// message names the path, what is wrong and what to do.
     Insecure(String),
-    /// An error talking to etcd.
+    /// An error talking to etcd. Never returned by a build without the `etcd` feature.
     Etcd(String),
     /// The registry's background thread is gone.
     Shutdown,
@@ -236,7 +246,8 @@ impl Builder {
         }
     }
 
-    /// Lease TTL of the etcd backend (whole seconds, at least 1). A `?ttl=N` in the URL wins.
+    /// Lease TTL of the etcd backend (whole seconds, at least 1). A `?ttl=N` in the URL wins;
+    /// the other backends ignore it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -254,10 +265,13 @@ impl Builder {
     pub fn build(self) -> Result<Registry, Error> {
         let parsed = url::parse(self.url.as_deref())?;
         let backend = match parsed {
+            #[cfg(feature = "etcd")]
             url::Parsed::Etcd { endpoints, ttl } => {
                 let ttl = ttl.or(self.ttl).unwrap_or(DEFAULT_TTL);
                 Backend::Etcd(etcd::EtcdBackend::new(endpoints, ttl)?)
             }
+            #[cfg(not(feature = "etcd"))]
+            url::Parsed::Etcd { .. } => return Err(Error::Unsupported(NO_ETCD)),
             url::Parsed::File(dir) => Backend::File(file::FileBackend::new(dir)?),
             url::Parsed::Static(list) => Backend::Static(list),
         };
@@ -267,6 +281,11 @@ impl Builder {
     }
 }
 
+/// Why an `etcd://` URL is refused by a build without the `etcd` feature.
+#[cfg(not(feature = "etcd"))]
+const NO_ETCD: &str = "this build of the registry has no etcd support, so etcd:// URLs \
+     cannot be opened; rebuild the `registry` crate with its `etcd` feature (on by default)";
+
 /// Opens a registry from a URL (see the crate docs); `None` is the embedded file registry.
 pub fn open(url: Option<&str>) -> Result<Registry, Error> {
     Builder::new(url).build()
@@ -274,6 +293,7 @@ pub fn open(url: Option<&str>) -> Result<Registry, Error> {
 
 #[derive(Debug)]
 enum Backend {
+    #[cfg(feature = "etcd")]
     Etcd(etcd::EtcdBackend),
     File(file::FileBackend),
     Static(Vec<url::StaticEntry>),
@@ -295,6 +315,7 @@ impl Registry {
         validate_service(&instance.service)?;
         url::validate_addr(&instance.addr).map_err(Error::InvalidInstance)?;
         let inner = match &*self.backend {
+            #[cfg(feature = "etcd")]
             Backend::Etcd(b) => RegInner::Etcd(b.register(instance)?),
             Backend::File(b) => RegInner::File(b.register(instance)?),
             Backend::Static(_) => {
@@ -316,6 +337,7 @@ impl Registry {
         validate_service(service)?;
         let (sink, stopped) = Sink::new(Box::new(callback));
         let guard: Option<Box<dyn Send + Sync>> = match &*self.backend {
+            #[cfg(feature = "etcd")]
             Backend::Etcd(b) => Some(Box::new(b.watch(service, sink)?)),
             Backend::File(b) => {
                 b.watch(service, sink)?;
@@ -347,6 +369,7 @@ fn validate_service(service: &str) -> Result<(), Error> {
 }
 
 enum RegInner {
+    #[cfg(feature = "etcd")]
     Etcd(etcd::EtcdRegistration),
     File(file::FileRegistration),
 }
@@ -367,6 +390,7 @@ impl Registration {
     /// entry is removed). For graceful shutdown.
     pub fn deregister(mut self) -> Result<(), Error> {
         match self.inner.take() {
+            #[cfg(feature = "etcd")]
             Some(RegInner::Etcd(r)) => r.stop(),
             Some(RegInner::File(r)) => r.stop(),
             None => Ok(()),
@@ -377,6 +401,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let r = match self.inner.take() {
+            #[cfg(feature = "etcd")]
             Some(RegInner::Etcd(r)) => r.stop(),
             Some(RegInner::File(r)) => r.stop(),
             None => Ok(()),

@@ -30,6 +30,8 @@ impl StaticEntry {
 
 #[derive(Debug)]
 pub(crate) enum Parsed {
+    /// Parsed (and so checked) even without the `etcd` feature, which then refuses it.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     Etcd {
         endpoints: Vec<String>,
         ttl: Option<Duration>,

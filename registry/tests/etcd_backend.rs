@@ -1,4 +1,7 @@
 //! etcd backend against a real etcd server (`/usr/bin/etcd`, or `$ETCD_BIN`).
+//!
+//! Only with the `etcd` feature (on by default).
+#![cfg(feature = "etcd")]
 
 mod util;
 

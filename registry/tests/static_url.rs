@@ -46,14 +46,17 @@ fn static_cannot_register() {
     }
 }
 
+const GOOD_ETCD_URLS: [&str; 3] = [
+    "etcd://127.0.0.1:2379",
+    "etcd://h1:2379,h2:2379/",
+    "etcd://h1:2379?ttl=3",
+];
+
 #[test]
 fn good_urls() {
     for u in [
         "static://[::1]:8080",
         "static://a:1, b:2?weight=0",
-        "etcd://127.0.0.1:2379",
-        "etcd://h1:2379,h2:2379/",
-        "etcd://h1:2379?ttl=3",
         "file:///tmp/x",
         "file://",
         "",
@@ -61,10 +64,35 @@ fn good_urls() {
         registry::open(Some(u)).unwrap_or_else(|e| panic!("{u:?}: {e}"));
     }
     registry::open(None).unwrap();
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn good_etcd_urls() {
+    for u in GOOD_ETCD_URLS {
+        registry::open(Some(u)).unwrap_or_else(|e| panic!("{u:?}: {e}"));
+    }
     registry::Builder::new(Some("etcd://h:1"))
         .ttl(Duration::from_secs(4))
         .build()
         .unwrap();
+}
+
+/// Without the `etcd` feature a well-formed etcd URL is refused with an error that says
+/// why and what to do (malformed ones still get [`Error::InvalidUrl`], below).
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn etcd_urls_need_the_etcd_feature() {
+    for u in GOOD_ETCD_URLS {
+        match registry::open(Some(u)) {
+            Err(e @ Error::Unsupported(_)) => {
+                let s = e.to_string();
+                assert!(s.contains("no etcd support"), "{u:?}: {s:?}");
+                assert!(s.contains("`etcd` feature"), "{u:?}: {s:?}");
+            }
+            other => panic!("{u:?}: expected Unsupported, got {other:?}"),
+        }
+    }
 }
 
 #[test]

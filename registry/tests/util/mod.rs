@@ -161,6 +161,7 @@ impl Etcd {
     }
 
     /// A direct etcd client call on a throwaway runtime.
+    #[cfg(feature = "etcd")]
     pub fn with_client<T, F, Fut>(&self, f: F) -> T
     where
         F: FnOnce(etcd_client::Client) -> Fut,
@@ -180,6 +181,7 @@ impl Etcd {
     }
 
     /// Keys under a prefix (sorted).
+    #[cfg(feature = "etcd")]
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let prefix = prefix.to_owned();
         self.with_client(|mut c| async move {
