@@ -423,35 +423,16 @@ pub fn agent_ping(s: &mut TcpStream, id: u64) -> io::Result<()> {
     }
 }
 
-/// Standard base64 with padding (etcd's JSON gateway carries keys so).
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Whether etcd at `client` holds `key`, asked over its JSON gateway (`/v3/kv/range`),
 /// not through the registry code under test.
 ///
 /// # Errors
 /// etcd did not answer, or not with JSON.
 pub fn etcd_has_key(client: SocketAddr, key: &str) -> io::Result<bool> {
-    let body = format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()));
+    let body = format!(
+        r#"{{"key":"{}"}}"#,
+        codec::hessian2::base64_encode(key.as_bytes())
+    );
     let mut s = TcpStream::connect_timeout(&client, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     write!(
@@ -465,22 +446,4 @@ pub fn etcd_has_key(client: SocketAddr, key: &str) -> io::Result<bool> {
     Ok(v.get("kvs")
         .and_then(serde_json::Value::as_array)
         .is_some_and(|kvs| !kvs.is_empty()))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_as_rfc_4648() {
-        for (plain, coded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(super::base64(plain.as_bytes()), coded);
-        }
-    }
 }

@@ -17,3 +17,22 @@ pub fn string_hash_code(s: &str) -> i32 {
         h.wrapping_mul(31).wrapping_add(i32::from(unit))
     })
 }
+
+/// Whether `s` reads as a qualified Java class name (`com.example.FooException`): two or
+/// more dot-separated identifiers. Where JSON or an error text may name a class, this
+/// tells a class name from other text.
+pub fn is_class_name(s: &str) -> bool {
+    let mut parts = 0;
+    for part in s.split('.') {
+        let mut chars = part.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$')
+            && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+        if !ok {
+            return false;
+        }
+        parts += 1;
+    }
+    parts >= 2
+}

@@ -701,3 +701,19 @@ fn numbers_past_every_java_type_are_called_out_of_range() {
         Value::Double(1.5)
     );
 }
+
+#[test]
+fn base64_as_rfc_4648() {
+    for (plain, coded) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        assert_eq!(hessian2::base64_encode(plain.as_bytes()), coded);
+        assert_eq!(hessian2::base64_decode(coded).unwrap(), plain.as_bytes());
+    }
+}

@@ -38,25 +38,13 @@ pub(super) enum Render {
     Json,
 }
 
-/// Whether `s` reads as a qualified Java class name (`com.example.FooException`).
-pub(super) fn is_class_name(s: &str) -> bool {
-    s.split('.').count() >= 2
-        && s.split('.').all(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$')
-                && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
-        })
-}
-
 /// The JSON body of a provider error. The provider-agent reports a thrown exception
 /// object as `class: message` (Java's `Throwable.toString`), or `class` alone; any other
 /// text (e.g. a provider's status-80 error string) is the message.
 pub(super) fn provider_error_json(text: &str) -> String {
     let (class, message) = match text.split_once(": ") {
-        Some((c, m)) if is_class_name(c) => (Some(c), m),
-        _ if is_class_name(text) => (Some(text), text),
+        Some((c, m)) if codec::java::is_class_name(c) => (Some(c), m),
+        _ if codec::java::is_class_name(text) => (Some(text), text),
         _ => (None, text),
     };
     let s = |v: &str| Value::String(v.to_owned());

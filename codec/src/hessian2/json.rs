@@ -255,29 +255,11 @@ pub fn value_from_json(j: &Json) -> Value {
     }
 }
 
-/// Whether `s` reads as a qualified Java class name: identifiers joined by dots, at
-/// least two (`com.example.User`, `a.B$Inner`).
-fn is_class_name(s: &str) -> bool {
-    let mut parts = 0;
-    for part in s.split('.') {
-        let mut chars = part.chars();
-        let ok = chars
-            .next()
-            .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$')
-            && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$');
-        if !ok {
-            return false;
-        }
-        parts += 1;
-    }
-    parts >= 2
-}
-
 /// The class a JSON object names in its `"class"` member, as [`Value::to_json`]
 /// renders objects, when that member is a string reading as a Java class name.
 fn named_class(o: &JsonMap<String, Json>) -> Option<&str> {
     match o.get("class") {
-        Some(Json::String(c)) if is_class_name(c) => Some(c),
+        Some(Json::String(c)) if crate::java::is_class_name(c) => Some(c),
         _ => None,
     }
 }
