@@ -22,9 +22,15 @@ pub struct Config {
     /// (absent: the embedded registry shared by all agents of this host).
     #[arg(long)]
     pub registry: Option<String>,
-    /// Service (Dubbo interface) to watch in the registry; repeatable.
+    /// Service (Dubbo interface) to watch in the registry from the start; repeatable.
+    /// Any other service is watched from its first call (which waits for the
+    /// registry's first list, within its timeout): this only warms the agent up.
     #[arg(long = "service", default_value = RACE_SERVICE)]
     pub services: Vec<String>,
+    /// Services watched at most, `--service` included; a call naming one more is
+    /// answered 503 (so callers naming ever new interfaces cannot grow the watches).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_services: u32,
     /// Event-loop threads.
     #[arg(long, default_value_t = 1)]
     pub loops: usize,

@@ -23,6 +23,7 @@
 
 mod admin;
 pub mod config;
+mod discovery;
 mod http_conn;
 mod lb;
 mod loop_handler;
@@ -31,8 +32,10 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 pub use crate::config::Config;
+use crate::discovery::Discovery;
 pub use crate::lb::Algorithm;
 use crate::loop_handler::{ConsumerLoop, LoopMsg, Tag};
 pub use crate::metrics::Metrics;
@@ -45,13 +48,14 @@ pub struct Running {
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     admin: Option<reactor_admin::Server>,
-    _watches: Vec<registry::Watch>,
-    _registry: registry::Registry,
+    discovery: Option<(Arc<Discovery>, JoinHandle<()>)>,
 }
 
 /// Why the agent could not start.
 #[derive(Debug)]
 pub enum StartError {
+    /// A flag's value is invalid.
+    Config(String),
     /// Binding or starting the loops failed.
     Io(std::io::Error),
     /// The registry could not be opened or watched.
@@ -61,6 +65,7 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            StartError::Config(e) => write!(f, "{e}"),
             StartError::Io(e) => write!(f, "{e}"),
             StartError::Registry(e) => write!(f, "registry: {e}"),
         }
@@ -69,42 +74,42 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Starts the loops, the registry watches and the admin port.
+/// Starts the loops, the registry watches (of `--service`; others from their first
+/// call) and the admin port.
 ///
 /// # Errors
-/// A port could not be bound, or the registry could not be opened.
+/// A port could not be bound, the registry could not be opened, or a `--service` is
+/// not a service name.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new(config.loops));
     let registry = registry::open(config.registry.as_deref()).map_err(StartError::Registry)?;
+    let (discovery, requests) = Discovery::new(config.max_services as usize);
+    for service in &config.services {
+        discovery
+            .subscribe(service)
+            .map_err(|e| StartError::Config(format!("--service {service}: {e}")))?;
+    }
     let reactor_config = reactor::Config {
         loops: config.loops.max(1),
         max_connections: config.max_connections,
         thread_name: "consumer".into(),
         ..reactor::Config::default()
     };
-    let (c, m) = (config.clone(), metrics.clone());
+    let (c, m, d) = (config.clone(), metrics.clone(), discovery.clone());
     let reactor = reactor::Builder::new(reactor_config)
         .listen(config.listen, Tag::Http)
-        .start(move |index, _| ConsumerLoop::new(c.clone(), m.for_loop(index)))
+        .start(move |index, _| ConsumerLoop::new(c.clone(), m.for_loop(index), d.clone()))
         .map_err(StartError::Io)?;
     let http_addr = reactor.local_addrs()[0];
     let discovered = Arc::new(admin::Discovered::default());
-    let mut watches = Vec::new();
-    for service in &config.services {
-        let handles = reactor.handles().to_vec();
-        let name = service.clone();
-        let seen = discovered.clone();
-        let watch = registry
-            .watch(service, move |list| {
-                seen.set(&name, &list);
-                for h in &handles {
-                    let _ = h.send(LoopMsg::Instances(name.clone(), list.clone()));
-                }
-            })
-            .map_err(StartError::Registry)?;
-        watches.push(watch);
-    }
+    let watcher = discovery::spawn(
+        registry,
+        requests,
+        reactor.handles().to_vec(),
+        discovered.clone(),
+    )
+    .map_err(StartError::Io)?;
     let admin = match config.admin {
         Some(a) => Some(admin::spawn(a, metrics.clone(), discovered).map_err(StartError::Io)?),
         None => None,
@@ -117,8 +122,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         metrics,
         admin,
-        _watches: watches,
-        _registry: registry,
+        discovery: Some((discovery, watcher)),
     })
 }
 
@@ -139,11 +143,16 @@ impl Running {
     }
 
     /// Stops gracefully (no new connections, in-flight calls finish) and waits.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.reactor.stop();
         self.reactor.join();
-        if let Some(admin) = self.admin {
+        if let Some(admin) = self.admin.take() {
             admin.stop();
+        }
+        // The loops are gone with their handles on it: the last one ends the watcher.
+        if let Some((discovery, watcher)) = self.discovery.take() {
+            drop(discovery);
+            let _ = watcher.join();
         }
     }
 }

@@ -225,6 +225,15 @@ impl Upstreams {
         self
     }
 
+    /// Whether `service` has a member whose connection is open (verified).
+    pub fn has_open(&self, service: &str) -> bool {
+        self.services.get(service).is_some_and(|svc| {
+            svc.members
+                .iter()
+                .any(|m| self.table.get(m.upstream).is_some_and(|u| u.open))
+        })
+    }
+
     /// Whether `service` has open members and every one is at the in-flight cap (so a
     /// failed pick means "busy", not "unreachable").
     pub fn saturated(&self, service: &str) -> bool {

@@ -439,3 +439,58 @@ fn a_slow_admin_client_does_not_block_healthz() {
     );
     running.stop();
 }
+
+/// Zero-config: a service the consumer-agent was never told about is watched from its
+/// first call, which waits for the registry's list and the provider-agent's connection
+/// instead of failing. A service nobody serves is answered 503 at once (the registry's
+/// empty list), and the services watched are bounded.
+#[test]
+fn a_service_never_named_is_discovered_on_its_first_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let reg = registry::open(Some(&url)).expect("registry");
+    let agent = fake_agent(Mode::Hash);
+    let _registered = reg
+        .register(Instance::new(SERVICE, agent.addr.to_string()))
+        .expect("register");
+    let running = consumer_with(
+        &url,
+        &["--service", "com.example.Warm", "--max-services", "3"],
+    );
+    // The first call of the race's service, never named to the consumer-agent.
+    let started = Instant::now();
+    let first = exchange(running.http_addr(), &race_request("first"), 1).remove(0);
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body, string_hash_code("first").to_string());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A service nobody serves: 503 naming it, well before the 3 s timeout.
+    let json = |service: &str| {
+        let body = format!(r#"{{"interface":"{service}","method":"m","arguments":[]}}"#);
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let started = Instant::now();
+    let none = exchange(running.http_addr(), &json("com.example.Nobody"), 1).remove(0);
+    assert_eq!(none.status, 503, "{none:?}");
+    assert!(none.body.contains("com.example.Nobody"), "{none:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Warm, the race's service and Nobody are watched: a fourth is refused.
+    let fourth = exchange(running.http_addr(), &json("com.example.Fourth"), 1).remove(0);
+    assert_eq!(fourth.status, 503, "{fourth:?}");
+    assert!(fourth.body.contains("--max-services"), "{fourth:?}");
+    // Known services still answer.
+    let again = exchange(running.http_addr(), &race_request("again"), 1).remove(0);
+    assert_eq!(again.body, string_hash_code("again").to_string());
+    running.stop();
+}

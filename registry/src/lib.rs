@@ -359,7 +359,11 @@ impl Registry {
     }
 }
 
-fn validate_service(service: &str) -> Result<(), Error> {
+/// Whether `service` is a name every backend can store (a file name, an etcd key part).
+///
+/// # Errors
+/// [`Error::InvalidInstance`] for an empty name, one with `/`, or one starting with `.`.
+pub fn validate_service(service: &str) -> Result<(), Error> {
     if service.is_empty() || service.contains('/') || service.starts_with('.') {
         return Err(Error::InvalidInstance(format!(
             "bad service name {service:?} (must be non-empty, without '/', not starting with '.')"

@@ -105,6 +105,12 @@ impl ConsumerLoop {
         let picked = self
             .upstreams
             .pick(&sig.service, &sig.version, &sig.group, exclude);
+        let discovering = !self.upstreams.services.contains_key(&sig.service)
+            || self.held.contains_key(&sig.service);
+        if picked.is_none() && discovering {
+            let service = sig.service.clone();
+            return self.hold(cx, call, service);
+        }
         let Some((_, up_key)) = picked else {
             let msg = if self.upstreams.saturated(&sig.service) {
                 format!(
@@ -201,6 +207,42 @@ impl ConsumerLoop {
         self.deliver(cx, c.http, c.seq, out, !c.keep_alive);
         if self.stopping && self.calls.is_empty() {
             cx.exit();
+        }
+    }
+
+    /// Holds a call of a service no provider-agent of which is open yet because it is
+    /// being discovered: watched from this first call on, until a provider-agent of it
+    /// opens (see [`release_held`](Self::release_held)), the registry says it has none,
+    /// or the call's timeout.
+    pub(super) fn hold(&mut self, cx: &mut Ctx<'_, Self>, call: u64, service: String) {
+        if !self.held.contains_key(&service) {
+            if let Err(e) = self.discovery.subscribe(&service) {
+                let msg = format!("cannot discover {service}: {e}");
+                return self.fail(cx, call, Outcome::Unavailable, 503, &msg);
+            }
+        }
+        self.held.entry(service).or_default().calls.push(call);
+    }
+
+    /// Sends the held calls of every service that has an open provider-agent now, or
+    /// (`all`) of every service: those then take the ordinary way (a provider-agent, or
+    /// 503).
+    pub(super) fn release_held(&mut self, cx: &mut Ctx<'_, Self>, all: bool) {
+        let ready: Vec<String> = self
+            .held
+            .keys()
+            .filter(|s| all || self.upstreams.has_open(s))
+            .cloned()
+            .collect();
+        for service in ready {
+            let Some(held) = self.held.remove(&service) else {
+                continue;
+            };
+            for call in held.calls {
+                if self.call_mut(call).is_some() {
+                    self.dispatch(cx, call, None);
+                }
+            }
         }
     }
 

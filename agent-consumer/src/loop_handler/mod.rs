@@ -11,6 +11,7 @@
 //! writes the REQUEST; [`upstream_conns`] reads the answer, which [`call_core`]
 //! completes and [`http_front`] renders.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use registry::Instance;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::http_conn::{HttpConn, HttpConns};
 use crate::metrics::{LoopMetrics, Outcome};
 use crate::upstream::Upstreams;
@@ -92,11 +94,25 @@ pub struct ConsumerLoop {
     next_gen: u32,
     pool: Vec<Vec<u8>>,
     stopping: bool,
+    /// Watches services from their first call.
+    discovery: Arc<Discovery>,
+    /// Calls of services being discovered, held until a provider-agent of theirs is
+    /// open (see `call_core::hold`).
+    held: HashMap<String, Held>,
+}
+
+/// The calls held for one service being discovered.
+#[derive(Debug, Default)]
+struct Held {
+    /// Their ids (some may have completed meanwhile, by timeout or disconnect).
+    calls: Vec<u64>,
+    /// When the registry's first list for the service arrived.
+    listed_at: Option<Instant>,
 }
 
 impl ConsumerLoop {
     /// A loop's state.
-    pub fn new(config: Arc<Config>, metrics: LoopMetrics) -> Self {
+    pub fn new(config: Arc<Config>, metrics: LoopMetrics, discovery: Arc<Discovery>) -> Self {
         ConsumerLoop {
             limits: Limits {
                 max_head: config.max_head,
@@ -112,6 +128,8 @@ impl ConsumerLoop {
             next_gen: 0,
             pool: Vec::new(),
             stopping: false,
+            discovery,
+            held: HashMap::new(),
         }
     }
 
@@ -234,10 +252,18 @@ impl Handler for ConsumerLoop {
             call => {
                 let Some(c) = self.call_mut(call) else { return };
                 c.timer = None;
+                let (never_sent, call_id) = (c.attempts == 0, c.call_id);
                 let sent_to = c.sent.take().map(|(up, _)| up);
                 if let Some(up) = sent_to {
-                    let call_id = c.call_id;
                     self.lost_on(call_id, up);
+                }
+                if never_sent {
+                    // Held while its service was being discovered.
+                    let service = self.signatures.get(call_id).map_or("", |s| &s.service);
+                    let msg = format!(
+                        "no provider-agent of {service} was reachable within the call's timeout"
+                    );
+                    return self.fail(cx, call, Outcome::Unavailable, 503, &msg);
                 }
                 let msg = "timed out waiting for the provider";
                 self.fail(cx, call, Outcome::Timeout, 504, msg);

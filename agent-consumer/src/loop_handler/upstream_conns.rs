@@ -77,6 +77,7 @@ impl ConsumerLoop {
                 cx.loop_index(),
                 up.addr
             );
+            self.release_held(cx, false);
         }
     }
 
@@ -188,6 +189,9 @@ impl ConsumerLoop {
         list: &[Instance],
     ) {
         let changes = self.upstreams.update(service, list);
+        if let Some(held) = self.held.get_mut(service) {
+            held.listed_at.get_or_insert(cx.now());
+        }
         log::info!(
             "loop {}: {service}: {} provider-agent(s)",
             cx.loop_index(),
@@ -203,6 +207,17 @@ impl ConsumerLoop {
         }
         for key in changes.connect {
             self.connect(cx, key);
+        }
+        if list.is_empty() {
+            // Nothing to wait for: held calls get their 503 now.
+            if let Some(held) = self.held.remove(service) {
+                let msg = format!("no provider for service {service}");
+                for call in held.calls {
+                    self.fail(cx, call, Outcome::Unavailable, 503, &msg);
+                }
+            }
+        } else {
+            self.release_held(cx, false);
         }
     }
 
@@ -223,6 +238,7 @@ impl ConsumerLoop {
             }
         }
         self.keep_alive_upstreams(cx);
+        self.expire_held(cx);
         for svc in self.upstreams.services.values_mut() {
             for m in &mut svc.members {
                 m.stats.recover();
@@ -282,6 +298,45 @@ impl ConsumerLoop {
                     }
                 }
                 None => {}
+            }
+        }
+    }
+
+    /// Every sweep: forgets held calls that completed meanwhile, and stops holding for
+    /// a service listed a connect timeout ago whose provider-agents still do not open
+    /// (its calls then get the ordinary 503 at once).
+    pub(super) fn expire_held(&mut self, cx: &mut Ctx<'_, Self>) {
+        let now = cx.now();
+        let patience = Duration::from_millis(self.config.connect_timeout_ms);
+        let calls = &self.calls;
+        let alive = |id: &u64| {
+            calls
+                .get((id & 0xffff_ffff) as usize)
+                .is_some_and(|c| c.gen == (id >> 32) as u32)
+        };
+        let mut expired = false;
+        for held in self.held.values_mut() {
+            held.calls.retain(alive);
+            expired |= held
+                .listed_at
+                .is_some_and(|t| now.saturating_duration_since(t) > patience);
+        }
+        if expired {
+            let stale: Vec<String> = self
+                .held
+                .iter()
+                .filter(|(_, h)| {
+                    h.listed_at
+                        .is_some_and(|t| now.saturating_duration_since(t) > patience)
+                })
+                .map(|(s, _)| s.clone())
+                .collect();
+            for service in stale {
+                if let Some(held) = self.held.remove(&service) {
+                    for call in held.calls {
+                        self.dispatch(cx, call, None);
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,131 @@
+//! Zero-config discovery: a service is watched in the registry from the first call
+//! that names it, on any loop.
+//!
+//! The loops ask [`Discovery::subscribe`] (once per service and loop: a short lock, on
+//! a loop's first call of a service only); a thread of its own opens the registry
+//! watch, and every list the registry delivers goes to every loop as
+//! [`LoopMsg::Instances`] (and to the admin port's `/registry`). The number of services
+//! watched is bounded (`--max-services`), so callers naming ever new interfaces cannot
+//! make the agent watch without end.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use reactor::LoopHandle;
+
+use crate::admin::Discovered;
+use crate::loop_handler::LoopMsg;
+
+/// Why a service cannot be watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `--max-services` services are watched already.
+    TooMany(usize),
+    /// Not a name the registry takes.
+    BadName(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::TooMany(n) => write!(
+                f,
+                "{n} services are watched already (consumer-agent --max-services)"
+            ),
+            Refused::BadName(e) => write!(f, "not a service name the registry takes: {e}"),
+        }
+    }
+}
+
+/// The services watched, shared by the loops; the watches live on a thread of their own.
+#[derive(Debug)]
+pub(crate) struct Discovery {
+    watched: Mutex<HashSet<String>>,
+    max: usize,
+    requests: Sender<String>,
+}
+
+impl Discovery {
+    /// The shared side, for the loops, and the receiving end of its requests, for
+    /// [`spawn`] once the loops run.
+    pub(crate) fn new(max: usize) -> (Arc<Discovery>, Receiver<String>) {
+        let (requests, rx) = mpsc::channel();
+        let discovery = Arc::new(Discovery {
+            watched: Mutex::new(HashSet::new()),
+            max,
+            requests,
+        });
+        (discovery, rx)
+    }
+
+    /// Watches `service` from now on, if it is not watched already.
+    ///
+    /// # Errors
+    /// [`Refused`] for a name the registry does not take, or past `--max-services`.
+    pub(crate) fn subscribe(&self, service: &str) -> Result<(), Refused> {
+        registry::validate_service(service).map_err(|e| Refused::BadName(e.to_string()))?;
+        let mut watched = self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watched.contains(service) {
+            return Ok(());
+        }
+        if watched.len() >= self.max {
+            return Err(Refused::TooMany(watched.len()));
+        }
+        watched.insert(service.to_owned());
+        let _ = self.requests.send(service.to_owned());
+        Ok(())
+    }
+}
+
+/// Starts the watching thread: it opens a watch for each requested service and sends
+/// every list to `loops`; it ends (dropping the watches) once every [`Discovery`] is
+/// dropped.
+pub(crate) fn spawn(
+    registry: registry::Registry,
+    requests: Receiver<String>,
+    loops: Vec<LoopHandle<LoopMsg>>,
+    discovered: Arc<Discovered>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("consumer-discovery".into())
+        .spawn(move || watch_requested(&registry, &requests, &loops, &discovered))
+}
+
+/// The watching thread: one registry watch per requested service, kept until the
+/// request channel closes.
+fn watch_requested(
+    registry: &registry::Registry,
+    requests: &Receiver<String>,
+    loops: &[LoopHandle<LoopMsg>],
+    discovered: &Arc<Discovered>,
+) {
+    let mut watches = Vec::new();
+    for service in requests {
+        let (handles, seen, name) = (loops.to_vec(), discovered.clone(), service.clone());
+        let watch = registry.watch(&service, move |list| {
+            seen.set(&name, &list);
+            for h in &handles {
+                let _ = h.send(LoopMsg::Instances(name.clone(), list.clone()));
+            }
+        });
+        match watch {
+            Ok(w) => {
+                log::info!("watching {service} in the registry");
+                watches.push(w);
+            }
+            Err(e) => {
+                // The loops hold the calls until their timeouts; an empty list now
+                // answers them at once.
+                log::warn!("cannot watch {service}: {e}");
+                for h in loops {
+                    let _ = h.send(LoopMsg::Instances(service.clone(), Vec::new()));
+                }
+            }
+        }
+    }
+}
