@@ -371,3 +371,35 @@ fn read_only_and_heartbeat_events_are_told_apart() {
         assert_eq!(msg.is_heartbeat(), heartbeat, "{bytes:?}");
     }
 }
+
+#[test]
+fn a_python_clients_request_is_read_for_routing_with_its_arguments_as_written() {
+    let frame = hex(PYTHON_REQUEST);
+    let Decoded::Complete { msg, .. } = dubbo::decode_frame(&frame).unwrap() else {
+        panic!("a whole frame");
+    };
+    let r = dubbo::decode_routed_request(msg.body).unwrap();
+    assert_eq!(
+        (r.dubbo_version.as_str(), r.path.as_str(), r.version.as_str()),
+        ("2.0.2", SERVICE, "0.0.0")
+    );
+    assert_eq!((r.method.as_str(), r.descriptor.as_str()), ("hash", "Ljava/lang/String;"));
+    let mut hello = Vec::new();
+    hessian2::write_string(&mut hello, "hello");
+    assert_eq!(r.args, &hello[..], "the argument's own bytes");
+    // `group` is null there: only string attachments are kept.
+    let keys: Vec<&str> = r.attachments.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["path", "interface", "version"]);
+    assert_eq!(r.attachment("interface"), Some(SERVICE));
+    // Cut anywhere, the body is refused, never misread; except right after the
+    // arguments, where a body without attachments (which Dubbo allows) ends.
+    let args_end = msg.body.len() - (msg.body.len() - 1 - 100);
+    for cut in 0..msg.body.len() {
+        let r = dubbo::decode_routed_request(&msg.body[..cut]);
+        if cut == args_end {
+            assert!(r.unwrap().attachments.is_empty());
+        } else {
+            assert!(r.is_err(), "cut at {cut}");
+        }
+    }
+}

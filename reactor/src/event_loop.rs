@@ -461,6 +461,8 @@ impl<H: Handler> EventLoop<H> {
         }
         match answer {
             EndOfInput::KeepOpen if c.write_side != WriteSide::Shut => {}
+            // At once, unwritten output dropped, yet reported as the peer's doing.
+            EndOfInput::Abort => self.core.schedule_close(id, CloseReason::PeerClosed),
             // What was written to the peer (often the reply to its last bytes) still
             // goes out first.
             _ if c.unwritten() > 0 || c.write_side == WriteSide::ShutPending => {

@@ -14,6 +14,18 @@ pub enum EndOfInput {
     /// Keep it open for writing: the peer only half-closed (e.g. `shutdown(SHUT_WR)`
     /// after its last request) and still reads.
     KeepOpen,
+    /// Close it at once, as [`Ctx::abort`] does: output not yet written is discarded.
+    /// (What the kernel already holds still goes out, then our FIN; as with `abort`, the
+    /// kernel sends a reset instead only if input is left unread in the socket, which
+    /// after the peer's end of input there normally is not.) Unlike a call to `abort`,
+    /// [`Handler::closed`] still reports [`CloseReason::PeerClosed`]: the peer ended the
+    /// connection, we only declined to finish writing to it. For connections whose
+    /// peer's FIN means there is nothing left worth sending, such as a pooled upstream
+    /// connection that must be replaced at once.
+    ///
+    /// If the callback already closed or aborted the connection itself, that stands
+    /// (and is reported as [`CloseReason::Local`]).
+    Abort,
 }
 
 /// What a loop calls. One handler instance per loop, created on the loop's own thread,
@@ -55,7 +67,9 @@ pub trait Handler: Sized + 'static {
     /// once its buffered output is written. A proxy that relays half-closes returns
     /// [`EndOfInput::KeepOpen`]: the connection stays open for writing until the handler
     /// calls [`Ctx::shutdown_write`] (it then closes once the FIN is sent) or
-    /// [`Ctx::close`].
+    /// [`Ctx::close`]. [`EndOfInput::Abort`] closes it at once, dropping unwritten
+    /// output. Either way [`Handler::closed`] reports [`CloseReason::PeerClosed`], unless
+    /// the handler closed the connection itself ([`CloseReason::Local`]) or it failed.
     fn end_of_input(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>) -> EndOfInput {
         let _ = (cx, conn);
         EndOfInput::Close

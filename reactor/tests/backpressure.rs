@@ -1,6 +1,7 @@
 //! Backpressure: output to a peer that does not read makes the connection congested;
 //! once the peer reads, `drained` fires. Paused reading delivers nothing until resumed,
-//! then everything that arrived meanwhile, end of stream included.
+//! then everything that arrived meanwhile, end of stream included; `is_reading_paused`
+//! tells which state a connection is in.
 
 mod util;
 
@@ -141,7 +142,12 @@ fn congested_until_the_peer_reads_then_drained() {
 
 #[derive(Debug, PartialEq)]
 enum Paused {
-    Resumed { seen: usize },
+    /// What `is_reading_paused` said before the resume (paused since `opened`), after
+    /// pausing once more, and after the resume.
+    Flags([bool; 3]),
+    Resumed {
+        seen: usize,
+    },
     Data(Vec<u8>),
     Closed(CloseReason),
 }
@@ -159,14 +165,21 @@ impl Handler for Pauser {
     type Msg = ();
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
+        assert!(!cx.is_reading_paused(conn.id));
         cx.pause_reading(conn.id);
         self.conn = Some(conn.id);
         cx.set_timer(Duration::from_millis(100), 0);
     }
 
     fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: reactor::TimerId, _: u64) {
+        let id = self.conn.unwrap();
+        let before = cx.is_reading_paused(id);
+        cx.pause_reading(id); // pausing twice is pausing
+        let still = cx.is_reading_paused(id);
+        cx.resume_reading(id);
+        let after = cx.is_reading_paused(id);
+        self.tx.send(Paused::Flags([before, still, after])).unwrap();
         self.tx.send(Paused::Resumed { seen: self.seen }).unwrap();
-        cx.resume_reading(self.conn.unwrap());
     }
 
     fn data(&mut self, _: &mut Ctx<'_, Self>, _: Conn<()>, input: &[u8]) -> usize {
@@ -196,6 +209,7 @@ fn paused_reading_delivers_after_resume_including_eof() {
     let mut c = client(r.addr());
     c.write_all(b"while paused").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(recv(&rx, "flags"), Paused::Flags([true, true, false]));
     assert_eq!(recv(&rx, "resume"), Paused::Resumed { seen: 0 });
     assert_eq!(recv(&rx, "data"), Paused::Data(b"while paused".to_vec()));
     assert_eq!(recv(&rx, "close"), Paused::Closed(CloseReason::PeerClosed));

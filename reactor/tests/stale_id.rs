@@ -17,6 +17,7 @@ struct Report {
     unwritten: usize,
     congested: bool,
     output: bool,
+    paused: bool,
 }
 
 #[derive(Debug)]
@@ -28,10 +29,12 @@ struct Server {
 
 fn probe(cx: &mut Ctx<'_, Server>, id: ConnId) -> Report {
     cx.pause_reading(id);
+    let paused = cx.is_reading_paused(id);
     cx.resume_reading(id);
     cx.close(id);
     cx.abort(id);
     Report {
+        paused,
         write: cx.write(id, b"stale"),
         live: cx.is_live(id),
         tag: cx.tag(id),
@@ -98,6 +101,7 @@ fn stale_id_is_a_no_op_even_after_slot_reuse() {
             unwritten: 0,
             congested: false,
             output: false,
+            paused: false,
         }
     );
     let mut got = Vec::new();

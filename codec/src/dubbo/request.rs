@@ -341,6 +341,76 @@ pub fn decode_request_body(serialization: u8, body: &[u8]) -> Result<RequestBody
     }
 }
 
+/// What a proxy needs of a hessian2 request body to route it: the leading strings and
+/// the attachments, with the arguments left as the bytes the caller wrote (they go on
+/// to the provider as they are: no re-encoding, so nothing of them can change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedRequest<'a> {
+    /// Dubbo protocol version the caller speaks.
+    pub dubbo_version: String,
+    /// Service path (the interface).
+    pub path: String,
+    /// Service version (`""` when null).
+    pub version: String,
+    /// Method name.
+    pub method: String,
+    /// JVM parameter descriptor.
+    pub descriptor: String,
+    /// The arguments, as written: a hessian2 stream of one value per descriptor entry.
+    pub args: &'a [u8],
+    /// The attachments whose key and value are strings, in wire order (others are
+    /// dropped: a proxy passes on only what it can carry).
+    pub attachments: Vec<(String, String)>,
+}
+
+impl RoutedRequest<'_> {
+    /// The attachment `key`, if present.
+    pub fn attachment(&self, key: &str) -> Option<&str> {
+        self.attachments
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a hessian2 request body for routing ([`RoutedRequest`]). The arguments are
+/// walked to find where they end (the attachments follow them) but kept as bytes.
+///
+/// # Errors
+/// Malformed values, a field of the wrong kind, or a body that ends early.
+pub fn decode_routed_request(body: &[u8]) -> Result<RoutedRequest<'_>, Error> {
+    let mut vals = body_values(body);
+    let dubbo_version = string_field(vals.need("dubbo version")?, "dubbo version")?;
+    let path = string_field(vals.need("service path")?, "service path")?;
+    let version = opt_string_field(vals.need("service version")?, "service version")?;
+    let method = string_field(vals.need("method")?, "method")?;
+    let descriptor = string_field(vals.need("descriptor")?, "descriptor")?;
+    let start = body.len() - vals.rest.len();
+    for _ in 0..descriptor_arity(&descriptor)? {
+        vals.need("argument")?;
+    }
+    let end = body.len() - vals.rest.len();
+    let attachments = match vals.next_value()? {
+        Some(v) => attachments_of(v)?
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(RoutedRequest {
+        dubbo_version,
+        path,
+        version: version.unwrap_or_default(),
+        method,
+        descriptor,
+        args: body.get(start..end).unwrap_or_default(),
+        attachments,
+    })
+}
+
 /// The fields of a request body, whatever its serialization: `next` gives the body's
 /// next value (`None` at its end), `what` naming it for errors.
 fn request_body(
