@@ -59,12 +59,13 @@ pub(crate) struct Pending {
     pub(crate) conn: usize,
     pub(crate) started: Instant,
     pub(crate) timer: Option<TimerId>,
+    /// The consumer-agent asked for the provider's Dubbo answer as it is.
+    pub(crate) raw: bool,
     /// Generation, the high half of the Dubbo id.
     generation: u32,
 }
 
-/// Ids have bit 63 clear so they stay positive as Dubbo's `i64` and leave timer tokens
-/// a tag bit.
+/// Ids have bit 63 clear so they stay positive as Dubbo's `i64`.
 const GEN_MASK: u32 = 0x7fff_ffff;
 
 /// The provider connections and pending calls of one loop.
@@ -156,6 +157,7 @@ impl Upstream {
         agent_id: u64,
         conn: usize,
         now: Instant,
+        raw: bool,
     ) -> u64 {
         self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
         if self.next_gen == 0 {
@@ -169,6 +171,7 @@ impl Upstream {
             conn,
             started: now,
             timer: None,
+            raw,
             generation,
         });
         (u64::from(generation) << 32) | slot as u64
@@ -244,6 +247,7 @@ mod tests {
         impl reactor::Handler for H {
             type Tag = ();
             type Msg = ();
+            type Timer = ();
             fn opened(&mut self, _: &mut reactor::Ctx<'_, Self>, conn: reactor::Conn<()>) {
                 let _ = self.0.send(conn.id);
             }
@@ -274,12 +278,12 @@ mod tests {
         let c = conn_id();
         let now = Instant::now();
         let mut u = Upstream::new(1, now);
-        let a = u.insert(c, 1, 0, now);
+        let a = u.insert(c, 1, 0, now, false);
         assert!(a < (1 << 63));
         let taken = u.take(a).unwrap();
         assert_eq!(taken.agent_id, 1);
         assert!(u.take(a).is_none(), "a late duplicate is dropped");
-        let b = u.insert(c, 2, 0, now);
+        let b = u.insert(c, 2, 0, now, false);
         assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "slot reused");
         assert!(
             u.take(a).is_none(),

@@ -98,6 +98,7 @@ impl Echo {
 impl Handler for Echo {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         let mut used = 0;

@@ -285,8 +285,14 @@ enum Msg {
     Start { warm_end: Instant, end: Instant },
 }
 
-const TICK: u64 = 0;
-const RECONNECT: u64 = 1;
+/// What a loop's timers are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoadTimer {
+    /// Periodic: time out calls waiting too long.
+    Tick,
+    /// Open a connection again after a failed one.
+    Reconnect,
+}
 
 #[derive(Debug)]
 struct Load {
@@ -321,7 +327,7 @@ impl Load {
             log::debug!("connect: {e}");
             let now = cx.now();
             self.error(now, "connect");
-            cx.set_timer(Duration::from_millis(100), RECONNECT);
+            cx.set_timer(Duration::from_millis(100), LoadTimer::Reconnect);
         }
     }
 
@@ -423,6 +429,7 @@ impl Load {
 impl Handler for Load {
     type Tag = ();
     type Msg = Msg;
+    type Timer = LoadTimer;
 
     fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: Msg) {
         let Msg::Start { warm_end, end } = msg;
@@ -430,7 +437,7 @@ impl Handler for Load {
         self.end = end;
         let every =
             (self.opts.timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        cx.set_periodic(every, TICK);
+        cx.set_periodic(every, LoadTimer::Tick);
         for _ in 0..self.want {
             self.connect(cx);
         }
@@ -472,7 +479,7 @@ impl Handler for Load {
         if reason.is_connect_failure() {
             self.error(now, "connect");
             if !self.done {
-                cx.set_timer(Duration::from_millis(100), RECONNECT);
+                cx.set_timer(Duration::from_millis(100), LoadTimer::Reconnect);
             }
             return;
         }
@@ -489,8 +496,8 @@ impl Handler for Load {
         }
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, token: u64) {
-        if token == RECONNECT {
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, timer: LoadTimer) {
+        if timer == LoadTimer::Reconnect {
             if !self.done {
                 self.connect(cx);
             }

@@ -346,7 +346,7 @@ impl Provider {
             self.finish(cx, p);
         } else {
             let key = self.pending.insert(p);
-            cx.set_timer(at - now, key as u64);
+            cx.set_timer(at - now, key);
         }
         true
     }
@@ -361,6 +361,8 @@ impl Provider {
 impl Handler for Provider {
     type Tag = ();
     type Msg = ();
+    /// A delayed answer's key in `pending`.
+    type Timer = usize;
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         let mut used = 0;
@@ -384,8 +386,8 @@ impl Handler for Provider {
         }
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: reactor::TimerId, token: u64) {
-        if let Some(p) = self.pending.try_remove(token as usize) {
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: reactor::TimerId, key: usize) {
+        if let Some(p) = self.pending.try_remove(key) {
             self.finish(cx, p);
         }
     }

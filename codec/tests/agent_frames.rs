@@ -79,6 +79,7 @@ fn encode(out: &mut Vec<u8>, f: &Owned) {
                     call_id: *call_id,
                     timeout_ms: *timeout_ms,
                     one_way: *one_way,
+                    raw_result: false,
                     attachments: &att,
                 };
                 let mark = begin_request(out, &head).unwrap();
@@ -641,4 +642,63 @@ fn a_head_is_read_before_its_body() {
     assert_eq!(codec::agent::peek_head(&bad), None);
     bad[0] = b'G';
     assert_eq!(codec::agent::peek_head(&bad), None);
+}
+
+#[test]
+fn raw_dubbo_answers_travel_byte_for_byte() {
+    use codec::agent::{begin_raw_response, RawDubbo};
+    // A request asking for the raw answer, one-way or not.
+    for one_way in [false, true] {
+        let head = RequestHead {
+            one_way,
+            raw_result: true,
+            ..RequestHead::new(7, 1)
+        };
+        let mut out = Vec::new();
+        let mark = begin_request(&mut out, &head).unwrap();
+        out.extend_from_slice(b"\x05hello");
+        finish(&mut out, mark).unwrap();
+        let Decoded::Complete {
+            msg: Frame::Request(r),
+            ..
+        } = decode(&out).unwrap()
+        else {
+            panic!("a request");
+        };
+        assert!(r.raw_result);
+        assert_eq!(r.one_way, one_way);
+        assert_eq!(r.args, b"\x05hello");
+    }
+    // The provider's Dubbo body, whatever it holds (here a non-UTF-8 exception flag).
+    let body = [0x90, b'C', 0xff, 0x00];
+    let mut out = Vec::new();
+    let mark = begin_raw_response(&mut out, 7, Status::Ok, 20, 2);
+    out.extend_from_slice(&body);
+    finish(&mut out, mark).unwrap();
+    let Decoded::Complete {
+        msg: Frame::Response(r),
+        consumed,
+    } = decode(&out).unwrap()
+    else {
+        panic!("a response");
+    };
+    assert_eq!(consumed, out.len());
+    assert_eq!(
+        r.raw,
+        Some(RawDubbo {
+            status: 20,
+            serialization: 2
+        })
+    );
+    assert_eq!(r.payload, body);
+    assert_eq!(r.message(), None);
+    // RAW and ATTACHMENTS never together; RAW needs its two header bytes.
+    let mut both = out.clone();
+    both[3] |= 0x40;
+    assert!(decode(&both).is_err());
+    let mut short = Vec::new();
+    let mark = begin_raw_response(&mut short, 7, Status::Ok, 20, 2);
+    short.truncate(short.len() - 1);
+    finish(&mut short, mark).unwrap();
+    assert!(decode(&short).is_err());
 }

@@ -38,6 +38,7 @@ struct Forward {
 impl Handler for Forward {
     type Tag = Side;
     type Msg = ();
+    type Timer = ();
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Side>) {
         if conn.tag == Side::Outbound {

@@ -194,8 +194,8 @@ impl Pool {
         }
     }
 
-    /// Schedules slot `i`'s next connect after its backoff delay (the timer's token is
-    /// the slot).
+    /// Schedules slot `i`'s next connect after its backoff delay (the timer carries the
+    /// slot).
     fn retry_later(&mut self, cx: &mut Ctx<'_, Self>, i: usize) {
         if cx.is_stopping() {
             return;
@@ -206,7 +206,7 @@ impl Pool {
             slot.retry_delays.push(delay);
         }
         log::debug!("upstream {}: reconnecting in {delay:?}", slot.addr);
-        cx.set_timer(delay, i as u64);
+        cx.set_timer(delay, i);
     }
 
     /// The next open, uncongested upstream connection, round-robin.
@@ -361,6 +361,7 @@ fn answer(
 impl Handler for Pool {
     type Tag = Side;
     type Msg = Msg;
+    type Timer = usize;
 
     fn started(&mut self, cx: &mut Ctx<'_, Self>) {
         for i in 0..self.slots.len() {
@@ -425,8 +426,8 @@ impl Handler for Pool {
         }
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: TimerId, slot: u64) {
-        self.connect(cx, slot as usize);
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: TimerId, slot: usize) {
+        self.connect(cx, slot);
     }
 
     fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: Msg) {

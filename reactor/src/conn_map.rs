@@ -45,6 +45,7 @@ use crate::conn::ConnId;
 /// impl Handler for Counter {
 ///     type Tag = ();
 ///     type Msg = ();
+///     type Timer = ();
 ///     fn opened(&mut self, _: &mut Ctx<'_, Self>, conn: Conn<()>) {
 ///         self.seen.insert(conn.id, 0);
 ///     }

@@ -13,12 +13,13 @@ use crate::handle::LoopHandle;
 use crate::handler::Handler;
 use crate::timer::{TimerId, TimerKind, Timers};
 
-/// The loop's state that callbacks reach through [`Ctx`].
+/// The loop's state that callbacks reach through [`Ctx`]: `T` is the handler's
+/// connection tag, `M` its message type, `U` its timer payload.
 #[derive(Debug)]
-pub(crate) struct Core<T, M> {
+pub(crate) struct Core<T, M, U> {
     pub(crate) registry: Registry,
     pub(crate) conns: Slab<ConnState<T>>,
-    pub(crate) timers: Timers<ConnId>,
+    pub(crate) timers: Timers<ConnId, U>,
     pub(crate) config: Config,
     pub(crate) now: Instant,
     pub(crate) loop_index: usize,
@@ -37,7 +38,7 @@ pub(crate) struct Core<T, M> {
     pub(crate) exit: bool,
 }
 
-impl<T: Copy, M> Core<T, M> {
+impl<T: Copy, M, U: Copy> Core<T, M, U> {
     pub(crate) fn new(
         registry: Registry,
         config: Config,
@@ -152,7 +153,7 @@ impl<T: Copy, M> Core<T, M> {
 /// Timers ([`Ctx::set_timer`], [`Ctx::set_periodic`]) and connect timeouts count from
 /// it and fire against it. Their precision is described at [`Ctx::set_timer`].
 pub struct Ctx<'a, H: Handler> {
-    pub(crate) core: &'a mut Core<H::Tag, H::Msg>,
+    pub(crate) core: &'a mut Core<H::Tag, H::Msg, H::Timer>,
 }
 
 impl<H: Handler> std::fmt::Debug for Ctx<'_, H> {
@@ -380,7 +381,9 @@ impl<H: Handler> Ctx<'_, H> {
         Ok(id)
     }
 
-    /// A one-shot timer: [`Handler::timer`] gets `token` once `after` has passed.
+    /// A one-shot timer: [`Handler::timer`] gets `timer` (the handler's own
+    /// [`Handler::Timer`] value, e.g. an enum naming what timed out) once `after` has
+    /// passed. The returned [`TimerId`] cancels it ([`Ctx::cancel_timer`]).
     ///
     /// # Time base and precision
     ///
@@ -399,31 +402,31 @@ impl<H: Handler> Ctx<'_, H> {
     /// systems (kqueue through mio) the wait is rounded up to whole milliseconds, so a
     /// timer fires up to about 1 ms late. On top of that come the OS scheduler's wake-up
     /// delay and, on a busy loop, the rest of the iteration's callbacks.
-    pub fn set_timer(&mut self, after: Duration, token: u64) -> TimerId {
+    pub fn set_timer(&mut self, after: Duration, timer: H::Timer) -> TimerId {
         let deadline = self.core.now + after;
         self.core.timers.insert(
             deadline,
             TimerKind::User {
-                token,
+                timer,
                 period: None,
             },
         )
     }
 
-    /// A periodic timer: [`Handler::timer`] gets `token` every `every` until cancelled.
+    /// A periodic timer: [`Handler::timer`] gets `timer` every `every` until cancelled.
     ///
     /// The first beat is due at [`Ctx::now`] + `every`, each next one `every` after the
     /// previous beat's deadline (not after it actually fired), so lateness does not
     /// accumulate. A loop stalled past a beat fires it once and skips the missed ones:
     /// no catch-up burst. Periods below 1 ms are raised to 1 ms. The precision is that
     /// of [`Ctx::set_timer`].
-    pub fn set_periodic(&mut self, every: Duration, token: u64) -> TimerId {
+    pub fn set_periodic(&mut self, every: Duration, timer: H::Timer) -> TimerId {
         let every = every.max(Duration::from_millis(1));
         let deadline = self.core.now + every;
         self.core.timers.insert(
             deadline,
             TimerKind::User {
-                token,
+                timer,
                 period: Some(every),
             },
         )

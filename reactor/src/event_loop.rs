@@ -39,7 +39,7 @@ pub(crate) struct Listener<T> {
 
 pub(crate) struct EventLoop<H: Handler> {
     handler: H,
-    core: Core<H::Tag, H::Msg>,
+    core: Core<H::Tag, H::Msg, H::Timer>,
     poll: Poll,
     listeners: Vec<Option<Listener<H::Tag>>>,
     rx: Receiver<Control<H::Msg>>,
@@ -60,7 +60,7 @@ pub(crate) struct EventLoop<H: Handler> {
 impl<H: Handler> EventLoop<H> {
     pub(crate) fn new(
         handler: H,
-        core: Core<H::Tag, H::Msg>,
+        core: Core<H::Tag, H::Msg, H::Timer>,
         poll: Poll,
         listeners: Vec<Listener<H::Tag>>,
         rx: Receiver<Control<H::Msg>>,
@@ -544,11 +544,11 @@ impl<H: Handler> EventLoop<H> {
         // Only timers set before this round: one set from a callback below, even with
         // zero delay, fires next iteration, after I/O and messages had their turn.
         let last_seq = self.core.timers.last_seq();
-        while let Some((timer, kind)) = self.core.timers.pop_due_until(self.core.now, last_seq) {
+        while let Some((timer_id, kind)) = self.core.timers.pop_due_until(self.core.now, last_seq) {
             match kind {
-                TimerKind::User { token, .. } => {
+                TimerKind::User { timer, .. } => {
                     let (h, mut cx) = self.cx();
-                    h.timer(&mut cx, timer, token);
+                    h.timer(&mut cx, timer_id, timer);
                 }
                 TimerKind::ConnectTimeout(id) => {
                     if let Some(c) = self.core.get_mut(id) {
@@ -742,8 +742,8 @@ impl<H: Handler> EventLoop<H> {
 /// Returns a connection's own input buffer after the handler consumed `consumed` bytes
 /// of it: the rest stays (no copy of a partial message on every read), an empty buffer
 /// is freed.
-fn put_back_input<T: Copy, M>(
-    core: &mut Core<T, M>,
+fn put_back_input<T: Copy, M, U: Copy>(
+    core: &mut Core<T, M, U>,
     id: ConnId,
     mut input: Vec<u8>,
     consumed: usize,
@@ -767,7 +767,7 @@ fn put_back_input<T: Copy, M>(
 }
 
 /// Keeps the bytes a handler left unconsumed in the connection's own buffer.
-fn keep_input<T: Copy, M>(core: &mut Core<T, M>, id: ConnId, rest: &[u8]) {
+fn keep_input<T: Copy, M, U: Copy>(core: &mut Core<T, M, U>, id: ConnId, rest: &[u8]) {
     let max = core.config.max_input;
     let Some(c) = core.get_mut(id) else {
         return;

@@ -34,16 +34,82 @@ pub enum EndOfInput {
 /// Connections carry a [`Handler::Tag`] chosen by the application (the listener's tag for
 /// accepted ones, the one given to [`Ctx::connect`] for outbound ones); a handler
 /// dispatches on it, which is how one loop serves e.g. inbound HTTP and outbound agent
-/// connections together.
+/// connections together. Timers likewise carry a [`Handler::Timer`] value saying what
+/// they are for, handed back to [`Handler::timer`] when they fire.
 ///
 /// Every callback gets a [`Ctx`] through which it may write to, close or open any
 /// connection of the loop, and set timers. Writes are buffered and flushed once per loop
 /// iteration, so many messages written in one iteration leave in one syscall.
+///
+/// # Timers
+///
+/// A handler with more than one kind of timer names them in its [`Handler::Timer`] type
+/// and matches on it in [`Handler::timer`]: no packing of kinds into the bits of an
+/// integer. Here an idle deadline per connection, pushed back by its traffic, beside a
+/// periodic housekeeping beat:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use reactor::{CloseReason, Conn, ConnId, ConnMap, Ctx, Handler, TimerId};
+///
+/// const IDLE: Duration = Duration::from_secs(30);
+///
+/// #[derive(Debug, Clone, Copy)]
+/// enum Timer {
+///     /// A connection was idle for [`IDLE`].
+///     Idle(ConnId),
+///     /// Once a second.
+///     Sweep,
+/// }
+///
+/// struct Server {
+///     idle: ConnMap<TimerId>,
+/// }
+///
+/// impl Handler for Server {
+///     type Tag = ();
+///     type Msg = ();
+///     type Timer = Timer;
+///
+///     fn started(&mut self, cx: &mut Ctx<'_, Self>) {
+///         cx.set_periodic(Duration::from_secs(1), Timer::Sweep);
+///     }
+///     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
+///         let deadline = cx.set_timer(IDLE, Timer::Idle(conn.id));
+///         self.idle.insert(conn.id, deadline);
+///     }
+///     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
+///         if let Some(deadline) = self.idle.get_mut(conn.id) {
+///             cx.cancel_timer(*deadline);
+///             *deadline = cx.set_timer(IDLE, Timer::Idle(conn.id));
+///         }
+///         input.len()
+///     }
+///     fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, _: CloseReason) {
+///         if let Some(deadline) = self.idle.remove(conn.id) {
+///             cx.cancel_timer(deadline);
+///         }
+///     }
+///     fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: TimerId, timer: Timer) {
+///         match timer {
+///             Timer::Idle(id) => cx.close(id),
+///             Timer::Sweep => { /* housekeeping */ }
+///         }
+///     }
+/// }
+/// ```
 pub trait Handler: Sized + 'static {
     /// Which kind of connection this is (e.g. `enum Tag { HttpIn, AgentOut }`).
     type Tag: Copy + fmt::Debug + 'static;
     /// Messages other threads send the loop through its [`LoopHandle`](crate::LoopHandle).
     type Msg: Send + 'static;
+    /// What a timer is for, given to [`Ctx::set_timer`] or [`Ctx::set_periodic`] and
+    /// handed back to [`Handler::timer`] (e.g. `enum Timer { Call(u64), Sweep,
+    /// Reconnect(usize) }`, or `()` for a handler with one kind of timer). It is stored
+    /// inline in the loop's timer table, so keep it small: a timer costs no allocation
+    /// of its own.
+    type Timer: Copy + fmt::Debug + 'static;
 
     /// The loop started, before its first poll: set up timers and outbound connections.
     fn started(&mut self, cx: &mut Ctx<'_, Self>) {
@@ -85,9 +151,11 @@ pub trait Handler: Sized + 'static {
         let _ = (cx, conn, reason);
     }
 
-    /// A timer set with [`Ctx::set_timer`] or [`Ctx::set_periodic`] fired.
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, timer: TimerId, token: u64) {
-        let _ = (cx, timer, token);
+    /// A timer set with [`Ctx::set_timer`] or [`Ctx::set_periodic`] fired: `id` is what
+    /// setting it returned, `timer` the value it was set with (a periodic timer's on
+    /// every beat).
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, id: TimerId, timer: Self::Timer) {
+        let _ = (cx, id, timer);
     }
 
     /// A message from another thread arrived.

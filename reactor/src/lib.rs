@@ -16,7 +16,9 @@
 //!   paused and resumed ([`Ctx::is_reading_paused`] says which state it is in).
 //! - **Timers**: one-shot and periodic, cheap to create and cancel by the hundred thousand,
 //!   on the loop's monotonic clock read once per iteration ([`Ctx::now`]); on Linux they
-//!   wake the loop within tens of microseconds (see [`Ctx::set_timer`]).
+//!   wake the loop within tens of microseconds (see [`Ctx::set_timer`]). Each carries a
+//!   value of the handler's [`Handler::Timer`] type (an enum of what can time out),
+//!   handed back when it fires.
 //! - **Cross-thread**: a [`LoopHandle`] per loop sends it messages and wakes it; it also
 //!   asks for a graceful stop.
 //! - **Half-close**: a peer's end of input reaches [`Handler::end_of_input`], which may
@@ -48,6 +50,7 @@
 //! impl Handler for Echo {
 //!     type Tag = ();
 //!     type Msg = ();
+//!     type Timer = ();
 //!     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
 //!         cx.write(conn.id, input);
 //!         if cx.is_congested(conn.id) {

@@ -2,7 +2,10 @@
 //!
 //! Creating a timer is one heap push; cancelling is one slab removal (the heap entry is
 //! left behind and skipped when it surfaces), so request timeouts by the hundred thousand
-//! cost almost nothing, and no timer ever needs a syscall of its own.
+//! cost almost nothing, and no timer ever needs a syscall of its own. A handler timer's
+//! payload (its [`Handler::Timer`](crate::Handler::Timer) value) is `Copy` and stored
+//! inline in the slab entry: setting a timer allocates nothing once the slab and heap
+//! have grown to the working size.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -17,14 +20,12 @@ pub struct TimerId {
     gen: u32,
 }
 
-/// What a timer does when it fires.
+/// What a timer does when it fires. `C` names a connection, `U` is the handler's timer
+/// payload ([`Handler::Timer`](crate::Handler::Timer)).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum TimerKind<C> {
-    /// A handler timer carrying the handler's token, and its period if periodic.
-    User {
-        token: u64,
-        period: Option<Duration>,
-    },
+pub(crate) enum TimerKind<C, U> {
+    /// A handler timer carrying the handler's value, and its period if periodic.
+    User { timer: U, period: Option<Duration> },
     /// The reactor's own timer for an outbound connect.
     ConnectTimeout(C),
     /// The most a draining connection may take to finish its close.
@@ -34,22 +35,22 @@ pub(crate) enum TimerKind<C> {
 }
 
 #[derive(Debug)]
-struct Entry<C> {
+struct Entry<C, U> {
     gen: u32,
-    kind: TimerKind<C>,
+    kind: TimerKind<C, U>,
 }
 
 /// The timers of one loop.
 #[derive(Debug)]
-pub(crate) struct Timers<C> {
-    entries: Slab<Entry<C>>,
+pub(crate) struct Timers<C, U> {
+    entries: Slab<Entry<C, U>>,
     /// (deadline, sequence for FIFO among equal deadlines, index, generation)
     heap: BinaryHeap<Reverse<(Instant, u64, u32, u32)>>,
     seq: u64,
     next_gen: u32,
 }
 
-impl<C: Copy> Timers<C> {
+impl<C: Copy, U: Copy> Timers<C, U> {
     pub(crate) fn new() -> Self {
         Timers {
             entries: Slab::new(),
@@ -59,7 +60,7 @@ impl<C: Copy> Timers<C> {
         }
     }
 
-    pub(crate) fn insert(&mut self, deadline: Instant, kind: TimerKind<C>) -> TimerId {
+    pub(crate) fn insert(&mut self, deadline: Instant, kind: TimerKind<C, U>) -> TimerId {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let index = self.entries.insert(Entry { gen, kind }) as u32;
@@ -118,7 +119,7 @@ impl<C: Copy> Timers<C> {
 
     /// Pops one timer due at `now`, re-arming periodic ones.
     #[cfg(test)]
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, TimerKind<C>)> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, TimerKind<C, U>)> {
         self.pop_due_until(now, u64::MAX)
     }
 
@@ -129,7 +130,7 @@ impl<C: Copy> Timers<C> {
         &mut self,
         now: Instant,
         last_seq: u64,
-    ) -> Option<(TimerId, TimerKind<C>)> {
+    ) -> Option<(TimerId, TimerKind<C, U>)> {
         loop {
             let Reverse((deadline, seq, index, gen)) = *self.heap.peek()?;
             if deadline > now || seq > last_seq {
@@ -172,16 +173,16 @@ impl<C: Copy> Timers<C> {
 mod tests {
     use super::*;
 
-    fn user(token: u64) -> TimerKind<()> {
+    fn user(token: u64) -> TimerKind<(), u64> {
         TimerKind::User {
-            token,
+            timer: token,
             period: None,
         }
     }
 
-    fn token(kind: TimerKind<()>) -> u64 {
+    fn token(kind: TimerKind<(), u64>) -> u64 {
         match kind {
-            TimerKind::User { token, .. } => token,
+            TimerKind::User { timer, .. } => timer,
             _ => u64::MAX,
         }
     }
@@ -206,7 +207,7 @@ mod tests {
 
     #[test]
     fn cancelled_timers_do_not_accumulate() {
-        let mut t: Timers<()> = Timers::new();
+        let mut t: Timers<(), u64> = Timers::new();
         let far = Instant::now() + Duration::from_secs(30);
         for i in 0..100_000 {
             let id = t.insert(far, user(i));
@@ -221,13 +222,61 @@ mod tests {
     }
 
     #[test]
+    fn carries_the_handlers_own_payload() {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Payload {
+            Call(u64),
+            Sweep,
+            Reconnect(usize),
+        }
+        let mut t: Timers<(), Payload> = Timers::new();
+        let now = Instant::now();
+        t.insert(
+            now + Duration::from_millis(3),
+            TimerKind::User {
+                timer: Payload::Reconnect(7),
+                period: None,
+            },
+        );
+        t.insert(
+            now + Duration::from_millis(1),
+            TimerKind::User {
+                timer: Payload::Call(u64::MAX),
+                period: None,
+            },
+        );
+        t.insert(
+            now + Duration::from_millis(2),
+            TimerKind::User {
+                timer: Payload::Sweep,
+                period: Some(Duration::from_millis(10)),
+            },
+        );
+        let fired: Vec<Payload> = std::iter::from_fn(|| t.pop_due(now + Duration::from_millis(5)))
+            .filter_map(|(_, k)| match k {
+                TimerKind::User { timer, .. } => Some(timer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            fired,
+            [
+                Payload::Call(u64::MAX),
+                Payload::Sweep,
+                Payload::Reconnect(7)
+            ]
+        );
+        assert_eq!(t.len(), 1, "the periodic one stays");
+    }
+
+    #[test]
     fn periodic_rearms_without_catch_up_burst() {
-        let mut t: Timers<()> = Timers::new();
+        let mut t: Timers<(), u64> = Timers::new();
         let now = Instant::now();
         let id = t.insert(
             now + Duration::from_millis(10),
             TimerKind::User {
-                token: 7,
+                timer: 7,
                 period: Some(Duration::from_millis(10)),
             },
         );

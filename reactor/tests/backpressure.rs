@@ -33,13 +33,14 @@ struct Producer {
 impl Handler for Producer {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
         self.conn = Some(conn.id);
-        cx.set_periodic(Duration::from_millis(1), 0);
+        cx.set_periodic(Duration::from_millis(1), ());
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, timer: reactor::TimerId, _: u64) {
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, timer: reactor::TimerId, _: ()) {
         let Some(id) = self.conn else { return };
         if cx.is_congested(id) {
             self.stopped = true;
@@ -163,15 +164,16 @@ struct Pauser {
 impl Handler for Pauser {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
         assert!(!cx.is_reading_paused(conn.id));
         cx.pause_reading(conn.id);
         self.conn = Some(conn.id);
-        cx.set_timer(Duration::from_millis(100), 0);
+        cx.set_timer(Duration::from_millis(100), ());
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: reactor::TimerId, _: u64) {
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: reactor::TimerId, _: ()) {
         let id = self.conn.unwrap();
         let before = cx.is_reading_paused(id);
         cx.pause_reading(id); // pausing twice is pausing

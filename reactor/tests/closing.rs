@@ -37,6 +37,7 @@ struct Scripted {
 impl Handler for Scripted {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         if cx.is_open(conn.id) {
@@ -176,6 +177,7 @@ struct FireAndForget {
 impl Handler for FireAndForget {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn started(&mut self, cx: &mut Ctx<'_, Self>) {
         let id = cx
@@ -228,6 +230,7 @@ struct OneLineAtATime;
 impl Handler for OneLineAtATime {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         let Some(end) = input.iter().position(|&b| b == b'\n') else {

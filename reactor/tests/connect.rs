@@ -28,6 +28,7 @@ struct Dialer(Sender<Seen>);
 impl Handler for Dialer {
     type Tag = ();
     type Msg = Dial;
+    type Timer = ();
 
     fn message(&mut self, cx: &mut Ctx<'_, Self>, (addr, timeout): Self::Msg) {
         match cx.connect(addr, (), timeout) {

@@ -40,6 +40,7 @@ enum Event {
 impl Handler for Server {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         if self.reply > 0 {

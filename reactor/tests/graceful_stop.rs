@@ -31,6 +31,7 @@ impl Worker {
 impl Handler for Worker {
     type Tag = ();
     type Msg = ();
+    type Timer = u64;
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         let whole = input.len() / 8 * 8;

@@ -25,6 +25,7 @@ struct CountToEnd {
 impl Handler for CountToEnd {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, _: &mut Ctx<'_, Self>, _: Conn<()>, input: &[u8]) -> usize {
         self.seen += input.len();
@@ -80,6 +81,7 @@ struct GreetAndListen {
 impl Handler for GreetAndListen {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
         cx.write(conn.id, b"hello, then FIN");

@@ -21,6 +21,7 @@ struct Counter {
 impl Handler for Counter {
     type Tag = ();
     type Msg = usize;
+    type Timer = ();
 
     fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: usize) {
         self.counts[msg] += 1;

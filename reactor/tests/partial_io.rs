@@ -113,6 +113,7 @@ struct ReplyThenClose;
 impl reactor::Handler for ReplyThenClose {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(
         &mut self,

@@ -34,6 +34,7 @@ impl Server {
 impl Handler for Server {
     type Tag = Tag;
     type Msg = ();
+    type Timer = ();
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
         if conn.tag == Tag::Flood {

@@ -29,6 +29,7 @@ struct Frames {
 impl Handler for Frames {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         let left = self.left.get(&conn.id).copied().unwrap_or(0);

@@ -32,6 +32,7 @@ struct Named {
 impl Handler for Named {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         let mut consumed = 0;

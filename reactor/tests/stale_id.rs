@@ -47,6 +47,7 @@ fn probe(cx: &mut Ctx<'_, Server>, id: ConnId) -> Report {
 impl Handler for Server {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
         if let Some(old) = self.old {

@@ -29,6 +29,7 @@ struct Timed {
 impl Handler for Timed {
     type Tag = ();
     type Msg = Cmd;
+    type Timer = u64;
 
     fn message(&mut self, cx: &mut Ctx<'_, Self>, cmd: Cmd) {
         self.started = cx.now();
@@ -176,18 +177,19 @@ struct Spinner {
 impl Handler for Spinner {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn message(&mut self, cx: &mut Ctx<'_, Self>, _: ()) {
         if !self.started {
             self.started = true;
-            cx.set_timer(Duration::ZERO, 0);
+            cx.set_timer(Duration::ZERO, ());
         }
         self.tx.send(self.fired).unwrap();
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: TimerId, _: u64) {
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _: TimerId, _: ()) {
         self.fired += 1;
-        cx.set_timer(Duration::ZERO, 0);
+        cx.set_timer(Duration::ZERO, ());
     }
 
     fn data(&mut self, _: &mut Ctx<'_, Self>, _: Conn<()>, input: &[u8]) -> usize {

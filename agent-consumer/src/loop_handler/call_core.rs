@@ -158,6 +158,7 @@ impl ConsumerLoop {
             call_id,
             timeout_ms: remaining.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
             one_way: false,
+            raw_result: false,
             attachments: &attachments,
         };
         let Some(out) = cx.output(conn) else { return };

@@ -546,7 +546,7 @@ impl ConsumerLoop {
         });
         self.recycle(scratch);
         let call = Self::call_id(key, self.next_gen);
-        let timer = cx.set_timer(timeout, call);
+        let timer = cx.set_timer(timeout, super::LoopTimer::Call(call));
         if let Some(c) = self.calls.get_mut(key) {
             c.timer = Some(timer);
         }

@@ -49,10 +49,18 @@ pub enum LoopMsg {
     Instances(String, Vec<Instance>),
 }
 
-/// Timer tokens: a call's own id, or one of these (top bit set).
-const TIMER_SWEEP: u64 = 1 << 63;
-const TIMER_DRAIN: u64 = (1 << 63) | 1;
-const TIMER_RECONNECT: u64 = (1 << 63) | (1 << 62);
+/// What a loop's timers are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopTimer {
+    /// A call's timeout, by the call's own id.
+    Call(u64),
+    /// Periodic, once a second: the loop's housekeeping (`sweep`).
+    Sweep,
+    /// A stop's drain limit: the loop exits with whatever is still in flight.
+    Drain,
+    /// Reconnect the provider-agent connection with this upstream key.
+    Reconnect(usize),
+}
 
 /// One call in flight.
 #[derive(Debug)]
@@ -156,9 +164,10 @@ impl ConsumerLoop {
 impl Handler for ConsumerLoop {
     type Tag = Tag;
     type Msg = LoopMsg;
+    type Timer = LoopTimer;
 
     fn started(&mut self, cx: &mut Ctx<'_, Self>) {
-        cx.set_periodic(Duration::from_secs(1), TIMER_SWEEP);
+        cx.set_periodic(Duration::from_secs(1), LoopTimer::Sweep);
     }
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
@@ -236,20 +245,18 @@ impl Handler for ConsumerLoop {
         }
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, token: u64) {
-        match token {
-            TIMER_SWEEP => self.sweep(cx),
-            TIMER_DRAIN => {
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, timer: LoopTimer) {
+        match timer {
+            LoopTimer::Sweep => self.sweep(cx),
+            LoopTimer::Drain => {
                 log::warn!(
                     "drain deadline passed with {} call(s) in flight",
                     self.calls.len()
                 );
                 cx.exit();
             }
-            t if t & TIMER_RECONNECT == TIMER_RECONNECT => {
-                self.connect(cx, (t & !TIMER_RECONNECT) as usize)
-            }
-            call => {
+            LoopTimer::Reconnect(key) => self.connect(cx, key),
+            LoopTimer::Call(call) => {
                 let Some(c) = self.call_mut(call) else { return };
                 c.timer = None;
                 let (never_sent, call_id) = (c.attempts == 0, c.call_id);
@@ -295,7 +302,10 @@ impl Handler for ConsumerLoop {
         if self.calls.is_empty() {
             cx.exit();
         } else {
-            cx.set_timer(Duration::from_millis(self.config.drain_ms), TIMER_DRAIN);
+            cx.set_timer(
+                Duration::from_millis(self.config.drain_ms),
+                LoopTimer::Drain,
+            );
         }
     }
 }

@@ -9,7 +9,7 @@ use codec::Decoded;
 use reactor::{CloseReason, ConnId, Ctx};
 use registry::Instance;
 
-use super::{ConsumerLoop, Tag, TIMER_RECONNECT};
+use super::{ConsumerLoop, LoopTimer, Tag};
 use crate::metrics::{Outcome, UpstreamView};
 
 /// A provider-agent connection silent this long gets a PING (provider-agents close
@@ -100,7 +100,7 @@ impl ConsumerLoop {
                 log::warn!("connect to provider-agent {}: {e}", up.addr);
                 up.conn = None;
                 let delay = up.backoff.next_delay();
-                up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
+                up.reconnect = Some(cx.set_timer(delay, LoopTimer::Reconnect(key)));
             }
         }
     }
@@ -156,7 +156,7 @@ impl ConsumerLoop {
             return;
         }
         let delay = up.backoff.next_delay();
-        up.reconnect = Some(cx.set_timer(delay, TIMER_RECONNECT | key as u64));
+        up.reconnect = Some(cx.set_timer(delay, LoopTimer::Reconnect(key)));
         if was_open {
             log::warn!(
                 "provider-agent {addr} connection closed: {reason:?}; reconnecting in {delay:?}"

@@ -48,15 +48,25 @@ pub enum LoopMsg {
     Start,
 }
 
-/// Timer tokens: call timeouts use the call's Dubbo id (bit 63 clear); the loop's own
-/// timers set bit 63.
-const TOKEN_OWN: u64 = 1 << 63;
-const TOKEN_HEARTBEAT: u64 = TOKEN_OWN | 1 << 62;
-const TOKEN_DRAIN: u64 = TOKEN_OWN | 1 << 61;
-const TOKEN_RECONNECT: u64 = TOKEN_OWN; // | slot
-const TOKEN_IDLE: u64 = TOKEN_OWN | 1 << 60;
-const TOKEN_GRACE: u64 = TOKEN_OWN | 1 << 59;
-const TOKEN_ADMISSION: u64 = TOKEN_OWN | 1 << 58;
+/// What a loop's timers are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopTimer {
+    /// A call's timeout, by the call's Dubbo id.
+    Call(u64),
+    /// Periodic: heartbeat the provider connections.
+    Heartbeat,
+    /// A stop's drain limit: calls still in flight then time out and the loop exits.
+    Drain,
+    /// Reconnect the provider connection in this slot.
+    Reconnect(usize),
+    /// Periodic: close consumer connections idle too long.
+    Idle,
+    /// The end of a stop's grace period (see [`STOP_GRACE`]).
+    Grace,
+    /// Periodic: the admission window rolls over.
+    Admission,
+}
+
 /// How long a connection's demand for the budget is remembered: this window and the
 /// next (see [`crate::admission`]).
 const ADMISSION_WINDOW: Duration = Duration::from_secs(1);
@@ -170,6 +180,7 @@ impl ProviderLoop {
 impl Handler for ProviderLoop {
     type Tag = Tag;
     type Msg = LoopMsg;
+    type Timer = LoopTimer;
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
         match conn.tag {
@@ -233,42 +244,47 @@ impl Handler for ProviderLoop {
         }
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: reactor::TimerId, token: u64) {
-        if token == TOKEN_HEARTBEAT {
-            self.heartbeat(cx);
-        } else if token == TOKEN_ADMISSION {
-            let upstream = &self.upstream;
-            let open = self.inbound.iter().zip(self.demand.iter_mut());
-            self.admission.roll(open.filter_map(|(inb, d)| {
-                let inb = inb.as_ref()?;
-                Some((d, upstream.inflight_on(inb.id)))
-            }));
-        } else if token == TOKEN_IDLE {
-            self.close_idle(cx);
-        } else if token == TOKEN_GRACE {
-            // Nothing to do: `tick`, right after, exits if nothing is in flight.
-        } else if token == TOKEN_DRAIN {
-            for p in self.upstream.take_all() {
-                self.finish_call(
-                    cx,
-                    p,
-                    Status::Timeout,
-                    b"provider-agent stopped before the provider answered",
-                );
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: reactor::TimerId, timer: LoopTimer) {
+        match timer {
+            LoopTimer::Heartbeat => self.heartbeat(cx),
+            LoopTimer::Admission => {
+                let upstream = &self.upstream;
+                let open = self.inbound.iter().zip(self.demand.iter_mut());
+                self.admission.roll(open.filter_map(|(inb, d)| {
+                    let inb = inb.as_ref()?;
+                    Some((d, upstream.inflight_on(inb.id)))
+                }));
             }
-            cx.exit();
-        } else if token & TOKEN_OWN != 0 {
-            let slot = (token & 0xffff) as usize;
-            if let Some(c) = self.upstream.conns.get_mut(slot) {
-                c.reconnect = None;
-                if c.id.is_none() {
-                    self.connect(cx, slot);
+            LoopTimer::Idle => self.close_idle(cx),
+            LoopTimer::Grace => {
+                // Nothing to do: `tick`, right after, exits if nothing is in flight.
+            }
+            LoopTimer::Drain => {
+                for p in self.upstream.take_all() {
+                    self.finish_call(
+                        cx,
+                        p,
+                        Status::Timeout,
+                        b"provider-agent stopped before the provider answered",
+                    );
+                }
+                cx.exit();
+            }
+            LoopTimer::Reconnect(slot) => {
+                if let Some(c) = self.upstream.conns.get_mut(slot) {
+                    c.reconnect = None;
+                    if c.id.is_none() {
+                        self.connect(cx, slot);
+                    }
                 }
             }
-        } else if let Some(mut p) = self.upstream.take(token) {
-            p.timer = None; // fired
-            let msg = format!("provider did not answer in time (dubbo id {token:#x})");
-            self.finish_call(cx, p, Status::Timeout, msg.as_bytes());
+            LoopTimer::Call(dubbo_id) => {
+                if let Some(mut p) = self.upstream.take(dubbo_id) {
+                    p.timer = None; // fired
+                    let msg = format!("provider did not answer in time (dubbo id {dubbo_id:#x})");
+                    self.finish_call(cx, p, Status::Timeout, msg.as_bytes());
+                }
+            }
         }
     }
 
@@ -286,12 +302,12 @@ impl Handler for ProviderLoop {
                     }
                 }
                 let every = (self.cfg.heartbeat / 3).max(Duration::from_millis(100));
-                cx.set_periodic(every, TOKEN_HEARTBEAT);
-                cx.set_periodic(ADMISSION_WINDOW, TOKEN_ADMISSION);
+                cx.set_periodic(every, LoopTimer::Heartbeat);
+                cx.set_periodic(ADMISSION_WINDOW, LoopTimer::Admission);
                 if let Some(idle) = self.cfg.agent.idle_timeout() {
                     let every =
                         (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                    cx.set_periodic(every, TOKEN_IDLE);
+                    cx.set_periodic(every, LoopTimer::Idle);
                 }
             }
         }
@@ -310,14 +326,14 @@ impl Handler for ProviderLoop {
     fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
         self.draining = true;
         self.exit_not_before = Some(cx.now() + STOP_GRACE);
-        cx.set_timer(STOP_GRACE, TOKEN_GRACE);
+        cx.set_timer(STOP_GRACE, LoopTimer::Grace);
         if self.upstream.inflight() > 0 {
             log::info!(
                 "loop {}: draining {} calls",
                 self.index,
                 self.upstream.inflight()
             );
-            cx.set_timer(self.cfg.drain, TOKEN_DRAIN);
+            cx.set_timer(self.cfg.drain, LoopTimer::Drain);
         }
     }
 }

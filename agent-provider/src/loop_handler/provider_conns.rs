@@ -10,7 +10,7 @@ use codec::dubbo;
 use codec::Decoded;
 use reactor::{CloseReason, ConnId, Ctx};
 
-use super::{ProviderLoop, Tag, TOKEN_RECONNECT};
+use super::{LoopTimer, ProviderLoop, Tag};
 use crate::Event;
 
 /// Bound on one provider connect attempt.
@@ -42,7 +42,7 @@ impl ProviderLoop {
         if let Some(c) = self.upstream.conns.get_mut(slot) {
             if c.reconnect.is_none() {
                 let delay = c.backoff.next_delay();
-                c.reconnect = Some(cx.set_timer(delay, TOKEN_RECONNECT | slot as u64));
+                c.reconnect = Some(cx.set_timer(delay, LoopTimer::Reconnect(slot)));
             }
         }
     }

@@ -11,7 +11,7 @@ use codec::dubbo::{self, Outcome};
 use codec::hessian2::{exception_summary, Encoder, Value};
 use reactor::{ConnId, Ctx, Handler};
 
-use super::ProviderLoop;
+use super::{LoopTimer, ProviderLoop};
 use crate::admission::Refusal;
 use crate::upstream::Pending;
 
@@ -144,6 +144,9 @@ impl ProviderLoop {
         }
         self.m()
             .latency(cx.now().saturating_duration_since(p.started));
+        if p.raw {
+            return self.finish_raw(cx, p, frame);
+        }
         if frame.status() == dubbo::status::SERVER_THREADPOOL_EXHAUSTED {
             let text = match dubbo::decode_response_body(
                 frame.serialization_id(),
@@ -235,6 +238,43 @@ impl ProviderLoop {
                 Status::ProviderError,
                 b"result or attachments too large for an agent frame",
             );
+        }
+    }
+
+    /// Answers a call with the provider's Dubbo response as it wrote it (the caller
+    /// speaks Dubbo: its value, exception and attachments reach it byte for byte),
+    /// under the agent status a consumer-agent retries or counts by.
+    fn finish_raw(&mut self, cx: &mut Ctx<'_, Self>, p: Pending, frame: &dubbo::Frame<'_>) {
+        let status = match frame.status() {
+            // The result flag is the body's first value, a compact int (0x90 + flag):
+            // 0 and 3 are an exception.
+            dubbo::status::OK => match frame.body.first() {
+                Some(0x90 | 0x93) => Status::Exception,
+                _ => Status::Ok,
+            },
+            dubbo::status::SERVER_THREADPOOL_EXHAUSTED => Status::Overloaded,
+            other => agent_status_of(other),
+        };
+        let written = match cx.output(p.inbound) {
+            Some(out) => {
+                let mark = agent::begin_raw_response(
+                    out,
+                    p.agent_id,
+                    status,
+                    frame.status(),
+                    frame.serialization_id(),
+                );
+                out.extend_from_slice(frame.body);
+                agent::finish(out, mark).is_ok()
+            }
+            None => return self.m().response(status), // the consumer is gone
+        };
+        if written {
+            self.m().response(status);
+            self.close_if_done(cx, p.inbound);
+        } else {
+            let msg = b"the provider's answer is too large for an agent frame";
+            self.finish_call(cx, p, Status::ProviderError, msg);
         }
     }
 
@@ -356,7 +396,10 @@ impl ProviderLoop {
         let dubbo_id = if req.one_way {
             0
         } else {
-            self.upstream.insert(conn, req.id, slot, now)
+            // Raw answers are relayed only as hessian2, the serialization callers that
+            // ask for them speak.
+            let raw = req.raw_result && self.cfg.serialization == dubbo::Serialization::Hessian2;
+            self.upstream.insert(conn, req.id, slot, now, raw)
         };
         let request = dubbo::Request {
             id: dubbo_id as i64,
@@ -386,7 +429,10 @@ impl ProviderLoop {
                     c.last_write = now;
                 }
                 if !req.one_way {
-                    let t = cx.set_timer(Duration::from_millis(u64::from(timeout_ms)), dubbo_id);
+                    let t = cx.set_timer(
+                        Duration::from_millis(u64::from(timeout_ms)),
+                        LoopTimer::Call(dubbo_id),
+                    );
                     self.upstream.set_timer(dubbo_id, t);
                 }
             }

@@ -13,6 +13,9 @@ const KIND_MASK: u8 = 0x0F;
 const FLAG_ONE_WAY: u8 = 0x80;
 /// RESPONSE only: an attachment list (as in a REQUEST) precedes the payload.
 const FLAG_ATTACHMENTS: u8 = 0x40;
+/// REQUEST: answer with the provider's Dubbo response body as it wrote it. RESPONSE:
+/// the payload is such a body, after its Dubbo status and serialization id.
+const FLAG_RAW: u8 = 0x20;
 
 /// Offset of the body length in the header.
 const LEN_AT: usize = 14;
@@ -39,6 +42,9 @@ pub struct RequestHead<'h> {
     pub timeout_ms: u32,
     /// No response is wanted.
     pub one_way: bool,
+    /// Ask for the provider's Dubbo response body as it wrote it (a RESPONSE with
+    /// [`Response::raw`]), for a caller that speaks Dubbo itself.
+    pub raw_result: bool,
     /// String attachments (usually none).
     pub attachments: &'h [(&'h str, &'h str)],
 }
@@ -51,6 +57,7 @@ impl RequestHead<'static> {
             call_id,
             timeout_ms: 0,
             one_way: false,
+            raw_result: false,
             attachments: &[],
         }
     }
@@ -159,11 +166,13 @@ fn put_attachments(out: &mut Vec<u8>, count: u16, attachments: &[(&str, &str)]) 
 /// (nothing is written).
 pub fn begin_request(out: &mut Vec<u8>, head: &RequestHead<'_>) -> Result<FrameMark, AgentError> {
     let count = attachment_count(head.attachments)?;
-    let kind = if head.one_way {
-        KIND_REQUEST | FLAG_ONE_WAY
-    } else {
-        KIND_REQUEST
-    };
+    let mut kind = KIND_REQUEST;
+    if head.one_way {
+        kind |= FLAG_ONE_WAY;
+    }
+    if head.raw_result {
+        kind |= FLAG_RAW;
+    }
     let mark = put_header(out, kind, 0, head.id);
     out.extend_from_slice(&head.call_id.to_be_bytes());
     out.extend_from_slice(&head.timeout_ms.to_be_bytes());
@@ -189,6 +198,7 @@ pub fn encode_request(
         call_id,
         timeout_ms,
         one_way: false,
+        raw_result: false,
         attachments,
     };
     let mark = begin_request(out, &head)?;
@@ -223,6 +233,22 @@ pub fn begin_response_with(
     let mark = put_header(out, KIND_RESPONSE | FLAG_ATTACHMENTS, status as u8, id);
     put_attachments(out, count, attachments);
     Ok(mark)
+}
+
+/// Begin a RESPONSE carrying a provider's Dubbo response as it wrote it: the caller
+/// appends the Dubbo body and calls [`finish`]. `status` is the agent's reading of it
+/// (what a consumer-agent retries or counts), `dubbo_status` and `serialization` the
+/// Dubbo header's.
+pub fn begin_raw_response(
+    out: &mut Vec<u8>,
+    id: u64,
+    status: Status,
+    dubbo_status: u8,
+    serialization: u8,
+) -> FrameMark {
+    let mark = put_header(out, KIND_RESPONSE | FLAG_RAW, status as u8, id);
+    out.extend_from_slice(&[dubbo_status, serialization]);
+    mark
 }
 
 /// Append a whole RESPONSE frame.
@@ -292,10 +318,21 @@ pub struct Request<'a> {
     pub timeout_ms: u32,
     /// No response is wanted.
     pub one_way: bool,
+    /// The caller wants the provider's Dubbo response as it wrote it.
+    pub raw_result: bool,
     /// The attachments (already validated; iterating cannot fail).
     pub attachments: Attachments<'a>,
     /// The arguments, opaque (hessian2 values).
     pub args: &'a [u8],
+}
+
+/// The Dubbo header fields of a raw RESPONSE (its payload is the Dubbo body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawDubbo {
+    /// The Dubbo response status (20 for OK).
+    pub status: u8,
+    /// The body's serialization id (2 for hessian2).
+    pub serialization: u8,
 }
 
 /// A decoded RESPONSE frame.
@@ -307,8 +344,11 @@ pub struct Response<'a> {
     pub status: Status,
     /// The provider's response attachments (usually none; already validated).
     pub attachments: Attachments<'a>,
+    /// Set when the payload is the provider's Dubbo response body as it wrote it
+    /// (asked for with [`RequestHead::raw_result`]); its attachments are in it then.
+    pub raw: Option<RawDubbo>,
     /// A hessian2 value for [`Status::Ok`] (the result) and [`Status::Exception`] (the
-    /// exception's summary), else a UTF-8 message.
+    /// exception's summary), the Dubbo body when `raw`, else a UTF-8 message.
     pub payload: &'a [u8],
 }
 
@@ -316,7 +356,7 @@ impl<'a> Response<'a> {
     /// The error message of a response whose payload is text (validated UTF-8 when
     /// decoded); `None` for [`Status::Ok`] and [`Status::Exception`].
     pub fn message(&self) -> Option<&'a str> {
-        if self.status.carries_value() {
+        if self.status.carries_value() || self.raw.is_some() {
             None
         } else {
             std::str::from_utf8(self.payload).ok()
@@ -472,8 +512,8 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
         return Err(AgentError::UnknownKind(kind));
     }
     let flags_ok = flags == 0
-        || (kind == KIND_REQUEST && flags == FLAG_ONE_WAY)
-        || (kind == KIND_RESPONSE && flags == FLAG_ATTACHMENTS);
+        || (kind == KIND_REQUEST && flags & !(FLAG_ONE_WAY | FLAG_RAW) == 0)
+        || (kind == KIND_RESPONSE && (flags == FLAG_ATTACHMENTS || flags == FLAG_RAW));
     if !flags_ok {
         return Err(AgentError::Malformed("unknown flags"));
     }
@@ -489,7 +529,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
     };
     let msg = match kind {
         KIND_DEFINE => decode_define(body)?,
-        KIND_REQUEST => decode_request(id, flags == FLAG_ONE_WAY, body)?,
+        KIND_REQUEST => decode_request(id, flags, body)?,
         KIND_RESPONSE => {
             let status = Status::from_u8(status).ok_or(AgentError::UnknownStatus(status))?;
             let mut r = Reader { buf: body };
@@ -503,13 +543,23 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
             } else {
                 Attachments::default()
             };
-            if !status.carries_value() && std::str::from_utf8(r.buf).is_err() {
+            let raw = if flags == FLAG_RAW {
+                let [status, serialization] = r.array::<2>()?;
+                Some(RawDubbo {
+                    status,
+                    serialization,
+                })
+            } else {
+                None
+            };
+            if raw.is_none() && !status.carries_value() && std::str::from_utf8(r.buf).is_err() {
                 return Err(AgentError::InvalidUtf8);
             }
             Frame::Response(Response {
                 id,
                 status,
                 attachments,
+                raw,
                 payload: r.buf,
             })
         }
@@ -535,7 +585,7 @@ fn decode_define(body: &[u8]) -> Result<Frame<'_>, AgentError> {
     Ok(Frame::Define { call_id, signature })
 }
 
-fn decode_request(id: u64, one_way: bool, body: &[u8]) -> Result<Frame<'_>, AgentError> {
+fn decode_request(id: u64, flags: u8, body: &[u8]) -> Result<Frame<'_>, AgentError> {
     let mut r = Reader { buf: body };
     let call_id = r.u32()?;
     let timeout_ms = r.u32()?;
@@ -544,7 +594,8 @@ fn decode_request(id: u64, one_way: bool, body: &[u8]) -> Result<Frame<'_>, Agen
         id,
         call_id,
         timeout_ms,
-        one_way,
+        one_way: flags & FLAG_ONE_WAY != 0,
+        raw_result: flags & FLAG_RAW != 0,
         attachments,
         args: r.buf,
     }))

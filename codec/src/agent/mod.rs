@@ -20,6 +20,8 @@
 //!             bit 0x80   = ONE_WAY (REQUEST only: no response is sent)
 //!             bit 0x40   = ATTACHMENTS (RESPONSE only: a non-empty attachment list
 //!                          precedes the payload)
+//!             bit 0x20   = RAW (REQUEST: answer with the provider's Dubbo response as
+//!                          it wrote it; RESPONSE: the payload is that, see below)
 //!  status:    RESPONSE only (see Status), 0 elsewhere
 //!
 //!  DEFINE body:   call id u32 | 5 x (len u16, UTF-8): service, method,
@@ -29,7 +31,11 @@
 //!                 (arguments: the rest of the body, opaque: hessian2 values)
 //!  RESPONSE body: [if ATTACHMENTS: attachment count u16 | count x (key, value) as in
 //!                 a REQUEST] | OK: the result, opaque (a hessian2 value); EXCEPTION:
-//!                 a hessian2 map (class, message, cause); else a UTF-8 message
+//!                 a hessian2 map (class, message, cause); else a UTF-8 message.
+//!                 With RAW (never with ATTACHMENTS): Dubbo status u8 | serialization
+//!                 id u8 | the provider's Dubbo response body, byte for byte (its value,
+//!                 exception or error text, and its attachments); the frame's status is
+//!                 the agent's reading of it (OK, OVERLOADED, TIMEOUT, ...)
 //!  PING / PONG:   empty body; the id is echoed back in the PONG
 //! ```
 //!
@@ -61,6 +67,11 @@
 //! - [`Status::Exception`] (a thrown exception described as a hessian2 map, its causes
 //!   included) is an extension of version 1 too: a consumer-agent older than it closes
 //!   the connection on that status, so upgrade consumer-agents first.
+//! - RAW is an extension of version 1 for consumer-agents that take Dubbo themselves:
+//!   a provider-agent older than the flag closes the connection on a REQUEST with it
+//!   (unknown flags), so upgrade provider-agents before consumer-agents take Dubbo
+//!   (`--dubbo-listen`); HTTP calls never set it. A provider-agent whose provider speaks
+//!   another serialization than hessian2 ignores it and answers as without it.
 //! - Versions are not negotiated: a peer speaking another version gets
 //!   [`AgentError::UnsupportedVersion`] and the connection is closed.
 //!
@@ -88,9 +99,9 @@ pub use calls::{
     CallTable, Signature, SignatureRef, MAX_CALLS, MAX_NAME_LEN, MAX_TABLE_BYTES, MAX_TYPES_LEN,
 };
 pub use frame::{
-    begin_request, begin_response, begin_response_with, decode, encode_define, encode_ping,
-    encode_pong, encode_request, encode_response, finish, peek_head, Attachments, Frame, FrameMark,
-    Head, Request, RequestHead, Response,
+    begin_raw_response, begin_request, begin_response, begin_response_with, decode,
+    encode_define, encode_ping, encode_pong, encode_request, encode_response, finish, peek_head,
+    Attachments, Frame, FrameMark, Head, RawDubbo, Request, RequestHead, Response,
 };
 
 use std::fmt;

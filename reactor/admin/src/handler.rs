@@ -154,6 +154,7 @@ fn answer(
 impl Handler for AdminLoop {
     type Tag = ();
     type Msg = ();
+    type Timer = u64;
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>) {
         let seq = self.next_seq;
@@ -227,8 +228,9 @@ impl Handler for AdminLoop {
         used
     }
 
-    fn timer(&mut self, cx: &mut Ctx<'_, Self>, timer: TimerId, token: u64) {
-        let Some(&id) = self.by_age.get(&token) else {
+    /// A connection's deadline: the timer carries the connection's sequence number.
+    fn timer(&mut self, cx: &mut Ctx<'_, Self>, timer: TimerId, seq: u64) {
+        let Some(&id) = self.by_age.get(&seq) else {
             return;
         };
         let Some(e) = self.conns.get_mut(&id) else {

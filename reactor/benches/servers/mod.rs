@@ -22,6 +22,7 @@ struct Echo;
 impl Handler for Echo {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<()>, input: &[u8]) -> usize {
         let whole = input.len() / MSG * MSG;

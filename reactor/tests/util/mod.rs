@@ -151,6 +151,7 @@ pub struct Echo(pub Arc<EchoStats>);
 impl Handler for Echo {
     type Tag = ();
     type Msg = ();
+    type Timer = ();
 
     fn opened(&mut self, _: &mut Ctx<'_, Self>, _: Conn<()>) {
         self.0.opened.fetch_add(1, Ordering::SeqCst);
