@@ -4,13 +4,11 @@
 
 mod util;
 
-#[path = "../../tests/support/closed.rs"]
-mod closed;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use test_support::net::closed_within;
 use util::*;
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -41,7 +39,7 @@ fn connections_beyond_max_connections_are_closed() {
     assert!(served(&mut first, "a") && served(&mut second, "b"));
     let mut third = connect(addr);
     assert!(
-        closed::closed_within(&mut third, Duration::from_secs(3)),
+        closed_within(&mut third, Duration::from_secs(3)),
         "the connection over the limit is closed"
     );
     assert!(served(&mut first, "c"), "the others are still served");
@@ -97,7 +95,7 @@ fn idle_connections_are_closed_after_the_timeout() {
     busy.write_all(&race_request("slow")).expect("write");
     let t = Instant::now();
     assert!(
-        closed::closed_within(&mut idle, Duration::from_secs(4)),
+        closed_within(&mut idle, Duration::from_secs(4)),
         "the idle connection is closed"
     );
     let took = t.elapsed();

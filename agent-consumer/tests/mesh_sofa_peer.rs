@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use codec::java::string_hash_code;
+use test_support::net::free_port;
 use util::*;
 
 /// A provider-agent in front of the peer on `port`, registering `services` in `registry`.
@@ -43,7 +44,7 @@ impl PeerMesh {
     /// Starts the mesh, the provider-agent registering `services` and the consumer-agent
     /// given `consumer_flags`; returns once the consumer-agent reaches the provider-agent.
     fn start(services: &[&str], consumer_flags: &[&str]) -> PeerMesh {
-        let port = free_port();
+        let port = free_port().expect("a free port");
         let peer = start_peer(port);
         let registry = tempfile::tempdir().expect("tempdir");
         let url = format!("file://{}", registry.path().display());

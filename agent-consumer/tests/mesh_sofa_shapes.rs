@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use codec::invocation::Invocation;
+use test_support::net::free_port;
 use util::*;
 
 const SERVICE: &str = "com.example.ShapeService";
@@ -142,12 +143,12 @@ impl Mesh {
 
     /// A mesh whose consumer-agent gets `consumer_flags` too.
     fn start_with(consumer_flags: &[&str]) -> Mesh {
-        let port = free_port();
+        let port = free_port().expect("a free port");
         let peer = start_peer(port);
         let registry = tempfile::tempdir().expect("tempdir");
         let url = format!("file://{}", registry.path().display());
         let provider_addr = format!("127.0.0.1:{port}");
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{}", free_port().expect("a free port"));
         let provider_agent = agent_provider::start(agent_provider::Config::parse_from([
             "provider-agent",
             "--listen",

@@ -7,13 +7,12 @@ mod util;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+use test_support::alloc::Counting;
 use util::*;
 
-#[path = "../../tests/support/loop_allocs.rs"]
-mod loop_allocs;
-
+/// Counts the consumer-agent's threads (its loops are `consumer-N`), not the test's.
 #[global_allocator]
-static GLOBAL: loop_allocs::Counting = loop_allocs::Counting;
+static GLOBAL: Counting = Counting::threads_named("consumer-");
 
 /// Sends the race's request and reads one whole answer (Content-Length framed).
 fn call(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
@@ -42,7 +41,6 @@ fn call(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
 
 #[test]
 fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
-    loop_allocs::count_threads("consumer-");
     let agent = fake_agent(Mode::Hash);
     let running = consumer(&[agent.addr], &["--loops", "1"]);
     wait_ready(&running);
@@ -55,7 +53,7 @@ fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
     for _ in 0..2000 {
         call(&mut s, &request, &mut buf);
     }
-    let before = loop_allocs::allocations();
+    let before = GLOBAL.allocations();
     assert!(
         before > 0,
         "no allocation counted while warming: wrong thread name?"
@@ -63,7 +61,7 @@ fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
     for _ in 0..1000 {
         call(&mut s, &request, &mut buf);
     }
-    let during = loop_allocs::allocations() - before;
+    let during = GLOBAL.allocations() - before;
     assert_eq!(during, 0, "loop allocations during 1,000 race requests");
     running.stop();
 }

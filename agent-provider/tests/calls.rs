@@ -2,16 +2,19 @@
 
 mod common;
 
+use std::time::Duration;
+
 use agent_provider::config::SerializationArg;
 use codec::dubbo::Serialization;
 use common::*;
+use test_support::wait::assert_eventually;
 
 fn start(ser: Serialization, arg: SerializationArg) -> (MockProvider, agent_provider::Running) {
     init_log();
     let provider = MockProvider::start("127.0.0.1:0", ser);
     let agent = agent_provider::start(agent_config(provider.addr, arg)).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     (provider, agent)
 }
 
@@ -93,7 +96,7 @@ fn max_inflight_exceeded_is_overloaded() {
     cfg.max_inflight = 2;
     let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     for i in 0..5 {
@@ -131,13 +134,13 @@ fn max_inflight_is_one_budget_for_all_loops() {
     cfg.max_inflight = 4;
     let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connections", || m.provider_up());
+    assert_eventually("provider connections", SOON, || m.provider_up());
     let mut first = Client::connect(agent.agent_addr());
     first.define_hash();
     for i in 0..4 {
         first.send_hash(i, "x", 5000);
     }
-    wait_for(5, "four calls in flight", || m.inflight() == 4);
+    assert_eventually("four calls in flight", SOON, || m.inflight() == 4);
     let mut second = Client::connect(agent.agent_addr());
     second.define_hash();
     for c in [&mut first, &mut second] {
@@ -249,7 +252,7 @@ fn provider_killed_mid_call_then_recovers() {
     provider.set(Mode::Silent, Default::default());
     c.send_hash(1, "a", 10_000);
     c.send_hash(2, "b", 10_000);
-    wait_for(5, "calls at the provider", || {
+    assert_eventually("calls at the provider", SOON, || {
         provider.received.lock().unwrap().len() == 2
     });
     provider.kill();
@@ -267,14 +270,14 @@ fn provider_killed_mid_call_then_recovers() {
     assert!(a.text().contains("may have run"), "{}", a.text());
     // While it is down, calls are refused at once.
     let m = agent.metrics().clone();
-    wait_for(5, "provider down", || !m.provider_up());
+    assert_eventually("provider down", SOON, || !m.provider_up());
     assert_eq!(
         c.call_hash(3, "c").status,
         codec::agent::Status::Unavailable
     );
     // Back on the same port: the agent reconnects and calls succeed again.
     let provider = MockProvider::start(&addr.to_string(), Serialization::Hessian2);
-    wait_for(10, "reconnect", || m.provider_up());
+    assert_eventually("reconnect", Duration::from_secs(10), || m.provider_up());
     assert_eq!(c.call_hash(4, "hello").int(), 99162322);
     agent.stop();
     provider.kill();
@@ -338,7 +341,7 @@ fn a_provider_that_stops_reading_gets_no_more_calls() {
     // kernel's buffers, then in the agent's output for that connection.
     let (agent, _held) = agent_with_bare_provider();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     // 400 calls of 64 KiB: 25 MiB, past the kernel's buffers and the high watermark.

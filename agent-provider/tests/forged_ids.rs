@@ -19,6 +19,7 @@ use codec::hessian2::Value;
 use codec::java::string_hash_code;
 use codec::Decoded;
 use common::*;
+use test_support::wait::assert_eventually;
 
 /// Serves one connection at a time, forging and repeating response ids.
 fn forging_provider() -> SocketAddr {
@@ -122,7 +123,7 @@ fn forged_and_repeated_response_ids_never_answer_another_call() {
     ))
     .unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
 
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();

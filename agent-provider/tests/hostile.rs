@@ -12,6 +12,7 @@ use codec::agent::{self, SignatureRef, Status, MAX_NAME_LEN, MAX_TABLE_BYTES};
 use codec::dubbo::{self, Serialization};
 use codec::hessian2;
 use common::*;
+use test_support::wait::assert_eventually;
 
 use agent_provider::config::SerializationArg;
 
@@ -21,7 +22,7 @@ fn start() -> (MockProvider, agent_provider::Running) {
     let agent =
         agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     (provider, agent)
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use agent_provider::config::SerializationArg;
 use codec::dubbo::Serialization;
 use common::*;
+use test_support::wait::assert_eventually;
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -27,13 +28,8 @@ fn registration_follows_the_provider() {
     init_log();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
-    // Reserve a port for the provider, but do not start it yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let provider_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // A free port for the provider, not started yet.
+    let provider_addr = test_support::net::free_addr().unwrap();
     let mut cfg = agent_config(provider_addr, SerializationArg::Hessian2);
     cfg.registry = Some(url.clone());
     cfg.weight = 150;
@@ -108,11 +104,11 @@ fn graceful_stop_drains_calls_in_flight() {
     let agent =
         agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     c.send_hash(1, "hello", 5000);
-    wait_for(5, "call at the provider", || {
+    assert_eventually("call at the provider", SOON, || {
         provider.received.lock().unwrap().len() == 1
     });
     let addr = agent.agent_addr();
@@ -135,7 +131,7 @@ fn heartbeats_both_ways() {
     let mut cfg = agent_config(provider.addr, SerializationArg::Hessian2);
     cfg.heartbeat_secs = 1;
     let agent = agent_provider::start(cfg).unwrap();
-    wait_for(5, "a heartbeat", || {
+    assert_eventually("a heartbeat", SOON, || {
         provider
             .heartbeats
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -168,7 +164,7 @@ fn several_loops_and_provider_connections() {
     cfg.provider_conns = 2;
     let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connections", || m.provider_up());
+    assert_eventually("provider connections", SOON, || m.provider_up());
     let addr = agent.agent_addr();
     let clients: Vec<_> = (0..6)
         .map(|k| {
@@ -196,7 +192,7 @@ fn readonly_event_stops_new_calls_on_that_connection() {
     init_log();
     let (agent, mut s) = agent_with_bare_provider();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     // Dubbo's read-only event: request, one-way, event, hessian2 string "R".
     s.write_all(&readonly_event(0xa2, 1)).unwrap();
     wait_until_calls_are_refused(&agent);
@@ -215,7 +211,7 @@ fn readonly_event(flags: u8, id: i64) -> Vec<u8> {
 fn wait_until_calls_are_refused(agent: &agent_provider::Running) {
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
-    wait_for(5, "read-only noticed", || {
+    assert_eventually("read-only noticed", SOON, || {
         c.call_hash(1, "x").status == codec::agent::Status::Unavailable
     });
 }
@@ -225,7 +221,7 @@ fn a_two_way_readonly_event_is_answered_and_acted_on() {
     init_log();
     let (agent, mut s) = agent_with_bare_provider();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     // The same event sent two-way (0x40): it wants a reply, and still means read-only.
     s.write_all(&readonly_event(0xe2, 7)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -250,7 +246,7 @@ fn a_provider_busy_on_long_calls_gets_heartbeats_and_stays_connected() {
     cfg.heartbeat_secs = 1;
     let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     // Calls keep being written for 4.5 s, past the 3 s silence limit, and none is
@@ -288,7 +284,7 @@ fn a_call_arriving_just_after_a_stop_is_answered_unavailable() {
         agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
     let addr = agent.agent_addr();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     let mut c = Client::connect(addr);
     c.define_hash();
     assert_eq!(c.call_hash(1, "hello").int(), 99162322);
@@ -296,7 +292,7 @@ fn a_call_arriving_just_after_a_stop_is_answered_unavailable() {
     // loop still answers for a moment, for a consumer-agent that has not yet seen the
     // deregistration: with UNAVAILABLE, which it retries elsewhere.
     let stopper = std::thread::spawn(move || agent.stop());
-    wait_for(5, "the listener closed", || {
+    assert_eventually("the listener closed", SOON, || {
         std::net::TcpStream::connect(addr).is_err()
     });
     let r = c.call_hash(2, "late");
@@ -319,7 +315,7 @@ fn a_failed_registration_is_retried() {
     cfg.registry = Some(url.clone());
     let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     // Let the first attempt (on the provider coming up) fail, then clear the way.
     std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_file(&blocker).unwrap();

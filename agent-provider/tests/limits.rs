@@ -4,9 +4,6 @@
 
 mod common;
 
-#[path = "../../tests/support/closed.rs"]
-mod closed;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -14,6 +11,8 @@ use agent_provider::config::SerializationArg;
 use codec::agent::Status;
 use codec::dubbo::Serialization;
 use common::*;
+use test_support::net::closed_within;
+use test_support::wait::assert_eventually;
 
 fn start(
     tune: impl FnOnce(&mut agent_provider::Config),
@@ -24,7 +23,7 @@ fn start(
     tune(&mut cfg);
     let agent = agent_provider::start(cfg).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     (provider, agent)
 }
 
@@ -48,13 +47,13 @@ fn connections_beyond_max_connections_are_closed() {
     assert!(served(&mut first, 1) && served(&mut second, 2));
     let mut third = Client::connect(agent.agent_addr());
     assert!(
-        closed::closed_within(&mut third.stream, Duration::from_secs(3)),
+        closed_within(&mut third.stream, Duration::from_secs(3)),
         "the connection over the limit is closed"
     );
     assert!(served(&mut first, 3), "the others are still served");
     drop(first);
     // A slot freed: a new connection is served again.
-    wait_for(5, "a new connection served", || {
+    assert_eventually("a new connection served", SOON, || {
         let mut c = Client::connect(agent.agent_addr());
         c.stream
             .set_read_timeout(Some(Duration::from_secs(1)))
@@ -77,7 +76,7 @@ fn frames_over_max_frame_are_refused_and_closed() {
     assert_eq!((r.id, r.status), (2, Status::BadRequest));
     assert!(r.text().contains("--max-frame 1024"), "{}", r.text());
     assert!(
-        closed::closed_within(&mut c.stream, Duration::from_secs(3)),
+        closed_within(&mut c.stream, Duration::from_secs(3)),
         "then the connection is closed"
     );
     let mut other = Client::connect(agent.agent_addr());
@@ -98,7 +97,7 @@ fn idle_agent_connections_are_closed_after_the_timeout() {
     busy.send_hash(1, "slow", 5000);
     let t = Instant::now();
     assert!(
-        closed::closed_within(&mut idle.stream, Duration::from_secs(4)),
+        closed_within(&mut idle.stream, Duration::from_secs(4)),
         "the idle connection is closed"
     );
     let took = t.elapsed();

@@ -5,16 +5,15 @@
 mod common;
 
 use common::*;
+use test_support::alloc::Counting;
+use test_support::wait::assert_eventually;
 
-#[path = "../../tests/support/loop_allocs.rs"]
-mod loop_allocs;
-
+/// Counts the provider-agent's threads (its loops are `provider-agent-N`), not the test's.
 #[global_allocator]
-static GLOBAL: loop_allocs::Counting = loop_allocs::Counting;
+static GLOBAL: Counting = Counting::threads_named("provider-agent");
 
 #[test]
 fn calls_on_a_warm_connection_allocate_nothing_on_the_loop() {
-    loop_allocs::count_threads("provider-agent");
     let provider = MockProvider::start("127.0.0.1:0", codec::dubbo::Serialization::Hessian2);
     let mut config = agent_config(
         provider.addr,
@@ -23,7 +22,7 @@ fn calls_on_a_warm_connection_allocate_nothing_on_the_loop() {
     config.loops = 1;
     let agent = agent_provider::start(config).unwrap();
     let m = agent.metrics().clone();
-    wait_for(5, "provider connection", || m.provider_up());
+    assert_eventually("provider connection", SOON, || m.provider_up());
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     // Warm: buffers, tables and the timer heap (cancelled timeouts are swept at about
@@ -31,7 +30,7 @@ fn calls_on_a_warm_connection_allocate_nothing_on_the_loop() {
     for id in 0..2000 {
         assert_eq!(c.call_hash(id, "hello").int(), 99162322);
     }
-    let before = loop_allocs::allocations();
+    let before = GLOBAL.allocations();
     assert!(
         before > 0,
         "no allocation counted while warming: wrong thread name?"
@@ -39,7 +38,7 @@ fn calls_on_a_warm_connection_allocate_nothing_on_the_loop() {
     for id in 2000..3000 {
         assert_eq!(c.call_hash(id, "hello").int(), 99162322);
     }
-    let during = loop_allocs::allocations() - before;
+    let during = GLOBAL.allocations() - before;
     assert_eq!(during, 0, "loop allocations during 1,000 calls");
     agent.stop();
     provider.kill();

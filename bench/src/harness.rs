@@ -8,22 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::load;
-use crate::procs::{self, free_addr, Proc};
+use crate::procs::Proc;
 use crate::provider::SERVICE;
-
-/// Polls `f` every 25 ms until it holds or `limit` has passed; whether it held.
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use test_support::net::free_addr;
 
 /// Where the agent binaries and `bench` are.
 #[derive(Debug, Clone)]
@@ -208,73 +195,6 @@ impl AgentAddrs {
             admin: free_addr()?,
         })
     }
-}
-
-/// A local etcd on free loopback ports with its data in `data`, healthy (it has a
-/// leader) when this returns; its client address.
-///
-/// # Errors
-/// It could not be started or was not healthy within `deadline`.
-pub fn start_etcd(data: &Path, logs: &Path, deadline: Duration) -> io::Result<(Proc, SocketAddr)> {
-    let client = free_addr()?;
-    let peer = free_addr()?;
-    let mut p = restart_etcd(data, client, peer, logs, "etcd")?;
-    wait_etcd(client, deadline, &mut p)?;
-    Ok((p, client))
-}
-
-/// Starts etcd (`/usr/bin/etcd`, else `etcd` on PATH) on `client`/`peer` with its data
-/// in `data`, as log `name`; not yet waited on (see [`wait_etcd`]).
-///
-/// # Errors
-/// It could not be started.
-pub fn restart_etcd(
-    data: &Path,
-    client: SocketAddr,
-    peer: SocketAddr,
-    logs: &Path,
-    name: &str,
-) -> io::Result<Proc> {
-    let args = strings(&[
-        "--name",
-        "bench",
-        "--data-dir",
-        &data.display().to_string(),
-        "--listen-client-urls",
-        &format!("http://{client}"),
-        "--advertise-client-urls",
-        &format!("http://{client}"),
-        "--listen-peer-urls",
-        &format!("http://{peer}"),
-        "--initial-advertise-peer-urls",
-        &format!("http://{peer}"),
-        "--initial-cluster",
-        &format!("bench=http://{peer}"),
-    ]);
-    let etcd = Path::new("/usr/bin/etcd");
-    let program = if etcd.exists() {
-        etcd
-    } else {
-        Path::new("etcd")
-    };
-    Proc::start(name, program, &args, logs)
-}
-
-/// Waits until etcd on `client` answers `/health` 200 (it has a leader).
-///
-/// # Errors
-/// Not within `deadline`, or it died.
-pub fn wait_etcd(client: SocketAddr, deadline: Duration, p: &mut Proc) -> io::Result<()> {
-    procs::wait_port(client, deadline, p)?;
-    let end = Instant::now() + deadline;
-    while procs::http_get_status(client, "/health").ok() != Some(200) {
-        p.check_alive()?;
-        if Instant::now() > end {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "etcd not healthy"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// The sum of a metric's samples (all label sets; `name` may include a label set) on

@@ -1,7 +1,7 @@
 //! Child processes of a scenario: started, watched (/proc), and always stopped.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,16 +47,6 @@ pub fn usage(pid: u32) -> Option<Usage> {
 pub fn open_fds(pid: u32) -> Option<u64> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     Some(dir.count() as u64)
-}
-
-/// A free loopback port (bound, then released: good enough on a quiet host).
-pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A loopback address on a free port.
-pub fn free_addr() -> io::Result<SocketAddr> {
-    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
 
 /// A started child process, stopped (SIGTERM, then SIGKILL after a grace period) when

@@ -17,7 +17,9 @@ use codec::dubbo::Serialization;
 use crate::direct;
 use crate::harness::{self, Bins};
 use crate::load::{self, LoadOpts, Params};
-use crate::procs::{self, free_addr, Proc, Usage};
+use crate::procs::{self, Proc, Usage};
+use test_support::etcd::Etcd;
+use test_support::net::free_addr;
 
 /// Which scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,7 +41,7 @@ pub enum Which {
 pub enum RegistryKind {
     /// The file registry in a fresh temp dir (`file:///dir`).
     Embedded,
-    /// A local etcd (`/usr/bin/etcd`) on free loopback ports.
+    /// A local etcd (`$ETCD_BIN`, `/usr/bin/etcd` or on `PATH`) on free loopback ports.
     Etcd,
 }
 
@@ -209,10 +211,12 @@ pub(crate) fn find_bins(opts: &ScenarioOpts) -> io::Result<Bins> {
     Bins::find(opts.bin_dir.as_deref(), opts.bench_exe.as_deref())
 }
 
-/// A running mesh. Dropping it stops everything, newest first.
+/// A running mesh. Dropping it stops everything, newest first (etcd last).
 #[derive(Debug)]
 pub(crate) struct Topology {
     pub(crate) procs: Vec<Proc>,
+    /// The local etcd of `--registry etcd`, stopped after `procs`.
+    etcd: Option<Etcd>,
     /// Indices in `procs` of the agents (consumer first).
     agents: Vec<usize>,
     consumer: usize,
@@ -226,6 +230,9 @@ impl Drop for Topology {
     fn drop(&mut self) {
         while let Some(mut p) = self.procs.pop() {
             p.stop(Duration::from_secs(3));
+        }
+        if let Some(mut etcd) = self.etcd.take() {
+            etcd.stop(Duration::from_secs(3));
         }
     }
 }
@@ -269,6 +276,7 @@ impl Topology {
             consumer: 0,
             consumer_addr: free_addr()?,
             provider_addrs: Vec::new(),
+            etcd: None,
             _tmp: tmp,
         };
         let deadline = Duration::from_secs(20);
@@ -280,9 +288,10 @@ impl Topology {
             }
             RegistryKind::Etcd => {
                 let data = topo._tmp.path().join("etcd");
-                let (p, client) = harness::start_etcd(&data, &logs, deadline)?;
-                topo.procs.push(p);
-                format!("etcd://{client}")
+                let etcd = Etcd::start(&data, &logs.join("etcd.log"))?;
+                let url = format!("etcd://{}", etcd.client_addr());
+                topo.etcd = Some(etcd);
+                url
             }
         };
         let mut provider_addrs = Vec::new();
@@ -393,6 +402,9 @@ impl Topology {
     pub(crate) fn check_alive(&mut self) -> io::Result<()> {
         for p in &mut self.procs {
             p.check_alive()?;
+        }
+        if let Some(etcd) = self.etcd.as_mut() {
+            etcd.check_alive()?;
         }
         Ok(())
     }

@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bench::harness::{self, call_on, is_right, metric, read_answer, wait_until, Bins};
+use bench::harness::{self, call_on, is_right, metric, read_answer, Bins};
 use bench::load::{self, LoadOpts, Params};
-use bench::procs::{self, free_addr, live_children, Proc};
+use bench::procs::{self, live_children, Proc};
 use bench::provider::{self, ProviderOpts, RunningProvider, SERVICE};
 use codec::agent;
+use test_support::net::free_addr;
+use test_support::wait::wait_until;
 
 /// The tests share two busy cores: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

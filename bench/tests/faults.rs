@@ -14,11 +14,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bench::harness::{self, metric, metric_or_zero, one_call, wait_until, AgentAddrs, Bins};
+use bench::harness::{self, metric, metric_or_zero, one_call, AgentAddrs, Bins};
 use bench::load::{self, LoadOpts, LoadReport, Params};
-use bench::procs::{self, free_addr, live_children, Proc};
+use bench::procs::{self, live_children, Proc};
 use bench::provider::{self, ProviderOpts, SERVICE};
 use codec::dubbo;
+use test_support::etcd::Etcd;
+use test_support::net::free_addr;
+use test_support::wait::wait_until;
 
 /// The tests share two busy cores: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -840,11 +843,9 @@ fn etcd_stopped_and_restarted_under_load() {
     let _serial = serial();
     let mut mesh = Mesh::new();
     let data = mesh.logs().join("etcd-data");
-    let (client, peer) = (free_addr().unwrap(), free_addr().unwrap());
-    let deadline = Duration::from_secs(20);
-    let mut etcd = harness::restart_etcd(&data, client, peer, mesh.logs(), "etcd")
-        .expect("etcd (etcd-server, installed by .ci/setup)");
-    harness::wait_etcd(client, deadline, &mut etcd).expect("etcd healthy");
+    let mut etcd = Etcd::start(&data, &mesh.logs().join("etcd.log"))
+        .expect("etcd (etcd-server, installed by .ci/setup), healthy");
+    let client = etcd.client_addr();
     // A short lease, so that keys surviving two TTLs after the restart prove the agents
     // keep them alive on the restarted etcd.
     let ttl = Duration::from_secs(2);
@@ -873,7 +874,7 @@ fn etcd_stopped_and_restarted_under_load() {
         "provider_agent_responses_ok_total",
         "both provider-agents get traffic",
     );
-    etcd.kill9();
+    etcd.kill();
     let etcd_killed = Instant::now();
     let (b1, b2) = (ok(a1), ok(a2));
     std::thread::sleep(Duration::from_secs(3));
@@ -882,9 +883,8 @@ fn etcd_stopped_and_restarted_under_load() {
         "traffic continues on both known provider-agents while etcd is down"
     );
     ag.assert_alive();
-    let mut etcd = harness::restart_etcd(&data, client, peer, mesh.logs(), "etcd-restarted")
-        .expect("etcd restart");
-    harness::wait_etcd(client, deadline, &mut etcd).expect("etcd healthy again");
+    etcd.restart()
+        .expect("etcd restarted on its data, healthy again");
     let back = Instant::now();
     assert!(
         wait_until(Duration::from_secs(5), || has_key(a1.listen)

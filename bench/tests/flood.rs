@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bench::harness::{self, call_on, wait_until, AgentAddrs, Bins};
+use bench::harness::{self, call_on, AgentAddrs, Bins};
 use bench::procs::{self, live_children, open_fds, usage, Proc};
 use bench::provider::{self, ProviderOpts, RunningProvider};
+use test_support::wait::wait_until;
 
 /// The tests share two busy cores: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

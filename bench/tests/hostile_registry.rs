@@ -6,9 +6,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use bench::harness::{self, wait_until, AgentAddrs, Bins};
-use bench::procs::{self, free_addr, Proc};
+use bench::harness::{self, AgentAddrs, Bins};
+use bench::procs::{self, Proc};
 use bench::provider::SERVICE;
+use test_support::net::free_addr;
+use test_support::wait::wait_until;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 

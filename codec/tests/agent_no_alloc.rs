@@ -1,42 +1,15 @@
 //! Steady-state hot paths allocate nothing: HTTP decode + form fields, agent encode into
 //! a buffer with capacity, agent decode (attachments included), response writing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use codec::agent::{self, begin_request, begin_response_with, finish, Frame, RequestHead, Status};
 use codec::form::race_call_in;
 use codec::http::{write_response_int, RequestDecoder};
 use codec::Decoded;
+use test_support::alloc::{allocations_during, Counting};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
+/// Counts per thread: tests run side by side, each counts its own.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
-    let before = ALLOCS.with(Cell::get);
-    let r = f();
-    (ALLOCS.with(Cell::get) - before, r)
-}
+static GLOBAL: Counting = Counting::per_thread();
 
 #[test]
 fn http_and_form_decode_allocate_nothing() {
@@ -51,7 +24,7 @@ fn http_and_form_decode_allocate_nothing() {
     let mut dec = RequestDecoder::new();
     let mut out = Vec::with_capacity(1024);
     let mut scratch = Vec::with_capacity(1024);
-    let (n, len) = allocations(|| {
+    let (n, len) = allocations_during(|| {
         let Ok(Decoded::Complete { msg, .. }) = dec.decode(req.as_bytes()) else {
             return None;
         };
@@ -67,7 +40,7 @@ fn http_and_form_decode_allocate_nothing() {
 fn agent_encode_decode_allocate_nothing() {
     let mut out = Vec::with_capacity(4096);
     let att = [("k", "v")];
-    let (n, ok) = allocations(|| {
+    let (n, ok) = allocations_during(|| {
         for id in 0..10 {
             let head = RequestHead {
                 attachments: &att,
@@ -100,7 +73,7 @@ fn agent_encode_decode_allocate_nothing() {
 #[test]
 fn agent_responses_allocate_nothing_with_or_without_attachments() {
     let mut out = Vec::with_capacity(4096);
-    let (n, ok) = allocations(|| {
+    let (n, ok) = allocations_during(|| {
         for id in 0..10u64 {
             let att: &[(&str, &str)] = if id % 2 == 0 { &[] } else { &[("k", "v")] };
             let Ok(mark) = begin_response_with(&mut out, id, Status::Ok, att) else {

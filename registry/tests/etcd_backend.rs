@@ -105,7 +105,7 @@ fn etcd_restart_under_live_watch_and_registration() {
     etcd.kill();
     // etcd down: the watcher keeps its last list, no empty delivery
     w.assert_quiet(Duration::from_millis(1500), "etcd down: keep the last list");
-    etcd.restart();
+    etcd.restart().expect("etcd restart");
 
     // the watcher is live again: it sees a new instance
     let other = registry::open(Some(&url)).unwrap();
@@ -145,7 +145,7 @@ fn watch_started_while_etcd_is_down() {
     let mut w = Collector::new(&reg, SVC);
     // nothing known yet: no list at all (not an empty one) while etcd is down
     w.assert_quiet(Duration::from_millis(800), "etcd down from the start");
-    etcd.restart();
+    etcd.restart().expect("etcd restart");
     w.wait_for(Duration::from_secs(8), "the list once etcd is up", |l| {
         l.is_empty()
     });
@@ -264,7 +264,7 @@ fn dropped_registry_handle_keeps_registration_and_watch() {
 fn compacted_revision_falls_back_to_a_full_read() {
     init_log();
     let etcd = Etcd::start();
-    let proxy = Proxy::start(etcd.client_port);
+    let proxy = Proxy::start(etcd.client_addr().port());
     // the watcher reaches etcd through the proxy; the registrations directly
     let watcher_reg = registry::open(Some(&proxy.url(""))).unwrap();
     let direct = registry::open(Some(&etcd.url("?ttl=2"))).unwrap();
@@ -307,7 +307,7 @@ fn compacted_revision_falls_back_to_a_full_read() {
 fn broken_stream_resumes_from_the_last_revision() {
     init_log();
     let etcd = Etcd::start();
-    let proxy = Proxy::start(etcd.client_port);
+    let proxy = Proxy::start(etcd.client_addr().port());
     let watcher_reg = registry::open(Some(&proxy.url(""))).unwrap();
     let direct = registry::open(Some(&etcd.url("?ttl=2"))).unwrap();
     let mut w = Collector::new(&watcher_reg, SVC);
@@ -332,14 +332,10 @@ fn broken_stream_resumes_from_the_last_revision() {
 fn several_endpoints_one_of_them_dead() {
     init_log();
     let etcd = Etcd::start();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = test_support::net::free_port().unwrap();
     let url = format!(
         "etcd://127.0.0.1:{dead},127.0.0.1:{}?ttl=2",
-        etcd.client_port
+        etcd.client_addr().port()
     );
     let reg = registry::open(Some(&url)).unwrap();
     let mut w = Collector::new(&reg, SVC);
@@ -371,7 +367,7 @@ fn watch_follows_an_etcd_that_lost_its_data() {
 
     // A new, empty etcd on the same port: its revisions start again from 1, below the
     // watch's resume point, so resuming there would miss every event.
-    etcd.restart_empty();
+    etcd.restart_empty().expect("etcd restart, empty");
     let other = registry::open(Some(&url)).unwrap();
     let _b = other
         .register(Instance::new(SVC, "127.0.0.1:30031"))

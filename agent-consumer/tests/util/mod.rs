@@ -312,12 +312,6 @@ impl Drop for Peer {
     }
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// Starts the peer on `port`; fails (never skips) if node or the peer is missing.
 pub fn start_peer(port: u16) -> Peer {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers");

@@ -15,6 +15,9 @@ use codec::Decoded;
 
 pub const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
 
+/// How long a test waits for what should happen soon (a connection, a call seen).
+pub const SOON: Duration = Duration::from_secs(5);
+
 /// How the mock provider answers.
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -370,15 +373,6 @@ pub fn agent_config(
     c.serialization = ser;
     c.drain_secs = 2;
     c
-}
-
-/// Waits until `f` holds, up to `secs` seconds.
-pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub fn init_log() {

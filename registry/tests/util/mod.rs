@@ -1,7 +1,7 @@
 //! Test helpers: a real etcd server, a watch collector, and a child-process registrant.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -18,146 +18,42 @@ pub fn init_log() {
 
 // ---------------------------------------------------------------- etcd server
 
-/// A real etcd server on free loopback ports, killed on drop.
+/// A real etcd server ([`test_support::etcd::Etcd`]: free loopback ports, killed on
+/// drop) with its data and log in a temporary directory; it derefs to that server for
+/// its address, `kill`, `restart` and `restart_empty`.
 pub struct Etcd {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    pub client_port: u16,
-    peer_port: u16,
-    child: Option<Child>,
+    server: test_support::etcd::Etcd,
+    _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+impl std::ops::Deref for Etcd {
+    type Target = test_support::etcd::Etcd;
+
+    fn deref(&self) -> &Self::Target {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for Etcd {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.server
+    }
 }
 
 impl Etcd {
-    /// Starts etcd (`$ETCD_BIN` or `/usr/bin/etcd`) and waits until it answers.
-    /// Panics (fails the test) if the binary is missing.
+    /// Starts etcd and waits until it is healthy. Panics (fails the test) if the binary
+    /// is missing (see [`test_support::etcd::Etcd::binary`]).
     pub fn start() -> Etcd {
-        let bin =
-            PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into()));
-        assert!(
-            bin.is_file(),
-            "etcd binary not found at {} — install it (Debian: apt-get install etcd-server) or set ETCD_BIN; \
-             the etcd tests cannot run without a real etcd",
-            bin.display()
-        );
-        let mut e = Etcd {
-            bin,
-            dir: tempfile::tempdir().expect("tempdir"),
-            client_port: free_port(),
-            peer_port: free_port(),
-            child: None,
-        };
-        e.spawn();
-        e
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server =
+            test_support::etcd::Etcd::start(&dir.path().join("data"), &dir.path().join("etcd.log"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        Etcd { server, _dir: dir }
     }
 
     /// Registry URL for this server.
     pub fn url(&self, query: &str) -> String {
-        format!("etcd://127.0.0.1:{}{query}", self.client_port)
-    }
-
-    fn spawn(&mut self) {
-        let c = format!("http://127.0.0.1:{}", self.client_port);
-        let p = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("etcd.log"))
-            .expect("etcd log file");
-        let child = Command::new(&self.bin)
-            .arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .arg("--listen-client-urls")
-            .arg(&c)
-            .arg("--advertise-client-urls")
-            .arg(&c)
-            .arg("--listen-peer-urls")
-            .arg(&p)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&p)
-            .arg("--initial-cluster")
-            .arg(format!("default={p}"))
-            .env_remove("ETCD_UNSUPPORTED_ARCH")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
-        self.wait_healthy();
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        let start = s.len().saturating_sub(3000);
-        s[start..].to_owned()
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("etcd exited early ({status}); log:\n{}", self.log_tail());
-            }
-            if self.healthy() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "etcd did not become healthy within 20 s; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.contains("\"health\":\"true\"")
-    }
-
-    /// SIGKILLs the server (data dir kept).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the server again on the same ports with no data: revisions start over.
-    pub fn restart_empty(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(self.dir.path().join("data"));
-        self.spawn();
-    }
-
-    /// Starts the server again on the same ports and data dir.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+        format!("etcd://{}{query}", self.client_addr())
     }
 
     /// A direct etcd client call on a throwaway runtime.
@@ -197,12 +93,6 @@ impl Etcd {
             v.sort();
             v
         })
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
