@@ -18,6 +18,10 @@ pub struct Config {
     /// this host by default; give `0.0.0.0:20000` to take calls from other hosts.
     #[arg(long, default_value = "127.0.0.1:20000")]
     pub listen: SocketAddr,
+    /// Address to accept Dubbo on, from unmodified Dubbo consumers (hessian2), beside
+    /// HTTP and on the same loops (absent: none; 127.0.0.1:20881 suits a sidecar).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dubbo_listen: Option<SocketAddr>,
     /// Registry: etcd://h1:2379,h2:2379 | file:///dir | static://host:port?weight=N,...
     /// (absent: the embedded registry shared by all agents of this host).
     #[arg(long)]

@@ -45,6 +45,7 @@ pub use crate::metrics::Metrics;
 pub struct Running {
     reactor: reactor::Reactor<LoopMsg>,
     http_addr: SocketAddr,
+    dubbo_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     admin: Option<reactor_admin::Server>,
@@ -97,11 +98,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         ..reactor::Config::default()
     };
     let (c, m, d) = (config.clone(), metrics.clone(), discovery.clone());
-    let reactor = reactor::Builder::new(reactor_config)
-        .listen(config.listen, Tag::Http)
+    let mut builder = reactor::Builder::new(reactor_config).listen(config.listen, Tag::Http);
+    if let Some(addr) = config.dubbo_listen {
+        builder = builder.listen(addr, Tag::Dubbo);
+    }
+    let reactor = builder
         .start(move |index, _| ConsumerLoop::new(c.clone(), m.for_loop(index), d.clone()))
         .map_err(StartError::Io)?;
     let http_addr = reactor.local_addrs()[0];
+    let dubbo_addr = reactor.local_addrs().get(1).copied();
     let discovered = Arc::new(admin::Discovered::default());
     let watcher = discovery::spawn(
         registry,
@@ -115,10 +120,14 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let admin_addr = admin.as_ref().map(reactor_admin::Server::local_addr);
-    log::info!("consumer-agent listening on {http_addr}");
+    match dubbo_addr {
+        Some(d) => log::info!("consumer-agent listening on {http_addr} (HTTP) and {d} (Dubbo)"),
+        None => log::info!("consumer-agent listening on {http_addr}"),
+    }
     Ok(Running {
         reactor,
         http_addr,
+        dubbo_addr,
         admin_addr,
         metrics,
         admin,
@@ -130,6 +139,11 @@ impl Running {
     /// Where HTTP is accepted (the real port when 0 was asked).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where Dubbo is accepted, with `--dubbo-listen`.
+    pub fn dubbo_addr(&self) -> Option<SocketAddr> {
+        self.dubbo_addr
     }
 
     /// The admin server's address, if one runs.

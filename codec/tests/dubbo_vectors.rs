@@ -380,10 +380,17 @@ fn a_python_clients_request_is_read_for_routing_with_its_arguments_as_written() 
     };
     let r = dubbo::decode_routed_request(msg.body).unwrap();
     assert_eq!(
-        (r.dubbo_version.as_str(), r.path.as_str(), r.version.as_str()),
+        (
+            r.dubbo_version.as_str(),
+            r.path.as_str(),
+            r.version.as_str()
+        ),
         ("2.0.2", SERVICE, "0.0.0")
     );
-    assert_eq!((r.method.as_str(), r.descriptor.as_str()), ("hash", "Ljava/lang/String;"));
+    assert_eq!(
+        (r.method.as_str(), r.descriptor.as_str()),
+        ("hash", "Ljava/lang/String;")
+    );
     let mut hello = Vec::new();
     hessian2::write_string(&mut hello, "hello");
     assert_eq!(r.args, &hello[..], "the argument's own bytes");

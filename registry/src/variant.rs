@@ -37,9 +37,18 @@ impl Variant {
     }
 
     /// Whether a call naming `version` and `group` reaches this variant: each equal, or
-    /// `*` (Dubbo's wildcard: any). An empty string names "none", not "any".
+    /// `*` (Dubbo's wildcard: any). An empty string names "none", not "any"; so does
+    /// version `0.0.0`, which Java sends for none.
     pub fn matches(&self, version: &str, group: &str) -> bool {
-        (version == "*" || self.version == version) && (group == "*" || self.group == group)
+        fn none(v: &str) -> &str {
+            if v == "0.0.0" {
+                ""
+            } else {
+                v
+            }
+        }
+        (version == "*" || none(&self.version) == none(version))
+            && (group == "*" || self.group == group)
     }
 
     /// Why this variant cannot be listed in metadata: a `,` or `/` in its version or

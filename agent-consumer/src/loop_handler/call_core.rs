@@ -6,7 +6,7 @@ use codec::agent::{self, AgentError, CallTable, RequestHead, Signature, Signatur
 use reactor::Ctx;
 
 use super::http_front::{attachment_header_names, write_error_answer};
-use super::ConsumerLoop;
+use super::{Call, ConsumerLoop, Origin};
 use crate::lb::Answer;
 use crate::metrics::Outcome;
 
@@ -158,7 +158,8 @@ impl ConsumerLoop {
             call_id,
             timeout_ms: remaining.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
             one_way: false,
-            raw_result: false,
+            // A Dubbo caller gets the provider's answer as the provider wrote it.
+            raw_result: matches!(c.origin, Origin::Dubbo { .. }),
             attachments: &attachments,
         };
         let Some(out) = cx.output(conn) else { return };
@@ -181,7 +182,7 @@ impl ConsumerLoop {
         }
     }
 
-    /// Completes a call: its HTTP answer (written by `write`) goes out in order.
+    /// Completes an HTTP call: its answer (written by `write`) goes out in order.
     pub(super) fn finish(
         &mut self,
         cx: &mut Ctx<'_, Self>,
@@ -189,26 +190,47 @@ impl ConsumerLoop {
         outcome: Outcome,
         write: impl FnOnce(&mut Vec<u8>, bool),
     ) {
-        let key = (call & 0xffff_ffff) as usize;
-        if self.call_mut(call).is_none() {
+        let Some(c) = self.take_call(cx, call, outcome) else {
             return;
-        }
-        let c = self.calls.remove(key);
+        };
+        let Origin::Http {
+            conn,
+            seq,
+            keep_alive,
+            ..
+        } = c.origin
+        else {
+            return;
+        };
+        let mut out = self.take_buf();
+        write(&mut out, keep_alive);
+        self.deliver(cx, conn, seq, out, !keep_alive);
+    }
+
+    /// Takes a call out of the loop for its front-end to answer: its signature use,
+    /// its timer and its argument buffer are released, its outcome counted.
+    pub(super) fn take_call(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        outcome: Outcome,
+    ) -> Option<Call> {
+        let key = (call & 0xffff_ffff) as usize;
+        self.call_mut(call)?;
+        let mut c = self.calls.remove(key);
         if let Some(n) = self.signature_uses.get_mut(c.call_id as usize) {
             *n = n.saturating_sub(1);
         }
-        if let Some(t) = c.timer {
+        if let Some(t) = c.timer.take() {
             cx.cancel_timer(t);
         }
         let latency = cx.now().saturating_duration_since(c.started).as_micros() as u64;
         self.metrics.answered(outcome, latency);
-        self.recycle(c.args);
-        let mut out = self.take_buf();
-        write(&mut out, c.keep_alive);
-        self.deliver(cx, c.http, c.seq, out, !c.keep_alive);
+        self.recycle(std::mem::take(&mut c.args));
         if self.stopping && self.calls.is_empty() {
             cx.exit();
         }
+        Some(c)
     }
 
     /// Holds a call of a service no provider-agent of which is open yet because it is
@@ -256,12 +278,15 @@ impl ConsumerLoop {
         status: u16,
         text: &str,
     ) {
-        let Some(render) = self.call_mut(call).map(|c| c.render) else {
-            return;
-        };
-        self.finish(cx, call, outcome, |out, ka| {
-            write_error_answer(out, render, status, text, ka)
-        });
+        match self.call_mut(call).map(|c| c.origin) {
+            Some(Origin::Http { render, .. }) => {
+                self.finish(cx, call, outcome, |out, ka| {
+                    write_error_answer(out, render, status, text, ka)
+                });
+            }
+            Some(Origin::Dubbo { .. }) => self.fail_dubbo(cx, call, outcome, status, text),
+            None => {}
+        }
     }
 
     pub(super) fn on_answer(&mut self, cx: &mut Ctx<'_, Self>, up: usize, r: &agent::Response<'_>) {
@@ -287,13 +312,21 @@ impl ConsumerLoop {
             self.remove_if_retired(cx, sent_to);
         }
         let Some(c) = self.call_mut(call) else { return };
-        let (attempts, deadline, render, call_id) = (c.attempts, c.deadline, c.render, c.call_id);
+        let (attempts, deadline, origin, call_id) = (c.attempts, c.deadline, c.origin, c.call_id);
         let latency = now.saturating_duration_since(sent_at).as_micros() as u64;
         if let Some(sig) = self.signatures.get(call_id) {
             if let Some(s) = self.upstreams.stats(&sig.service, sent_to) {
                 s.on_answer(latency, balancer_answer(status));
             }
         }
+        let retry = status.is_retryable() && attempts <= self.config.retries && now < deadline;
+        if retry {
+            self.metrics.retried();
+            return self.dispatch(cx, call, Some(sent_to));
+        }
+        let Origin::Http { render, .. } = origin else {
+            return self.answer_dubbo(cx, call, r);
+        };
         // Empty (no allocation) unless the provider returned attachments.
         let names = attachment_header_names(r.attachments);
         let headers: Vec<(&str, &[u8])> = names
@@ -303,10 +336,6 @@ impl ConsumerLoop {
         match status {
             Status::Ok => self.answer_value(cx, call, render, payload, &headers),
             Status::Exception => self.answer_exception(cx, call, render, payload, &headers),
-            s if s.is_retryable() && attempts <= self.config.retries && now < deadline => {
-                self.metrics.retried();
-                self.dispatch(cx, call, Some(sent_to));
-            }
             Status::Overloaded | Status::Unavailable => {
                 let msg = format!("provider unavailable: {}", String::from_utf8_lossy(payload));
                 self.fail(cx, call, Outcome::Unavailable, 503, &msg)

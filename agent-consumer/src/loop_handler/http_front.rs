@@ -12,7 +12,7 @@ use codec::invocation::Invocation;
 use codec::{form, Decoded};
 use reactor::{ConnId, Ctx, EndOfInput};
 
-use super::{recycle_into, Call, ConsumerLoop};
+use super::{recycle_into, Call, ConsumerLoop, Origin};
 use crate::metrics::Outcome;
 
 /// Header carrying a per-call timeout in milliseconds.
@@ -531,10 +531,12 @@ impl ConsumerLoop {
         self.next_gen = self.next_gen.wrapping_add(1) & 0x7fff_ffff;
         let key = self.calls.insert(Call {
             gen: self.next_gen,
-            http: id,
-            seq,
-            keep_alive,
-            render,
+            origin: Origin::Http {
+                conn: id,
+                seq,
+                keep_alive,
+                render,
+            },
             call_id,
             args,
             attachments: prepared.attachments,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use codec::agent::{self, CallTable};
 use codec::http::{Limits, RequestDecoder};
-use reactor::{CloseReason, Conn, ConnId, Ctx, EndOfInput, Handler, TimerId};
+use reactor::{CloseReason, Conn, ConnId, ConnMap, Ctx, EndOfInput, Handler, TimerId};
 use registry::Instance;
 use slab::Slab;
 
@@ -28,8 +28,11 @@ use crate::metrics::{LoopMetrics, Outcome};
 use crate::upstream::Upstreams;
 
 mod call_core;
+mod dubbo_front;
 mod http_front;
 mod upstream_conns;
+
+use dubbo_front::DubboConn;
 
 use http_front::Render;
 
@@ -38,6 +41,8 @@ use http_front::Render;
 pub enum Tag {
     /// An HTTP client (the consumer).
     Http,
+    /// A Dubbo consumer (`--dubbo-listen`).
+    Dubbo,
     /// Our connection to a provider-agent (key into the upstream table).
     Agent(usize),
 }
@@ -62,14 +67,30 @@ pub enum LoopTimer {
     Reconnect(usize),
 }
 
+/// Where a call came from: its front-end, and what it needs to answer.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// An HTTP request: answered in its connection's request order.
+    Http {
+        conn: ConnId,
+        seq: u64,
+        keep_alive: bool,
+        render: Render,
+    },
+    /// A Dubbo request: answered by its id, in any order (none when one-way).
+    Dubbo {
+        conn: ConnId,
+        id: i64,
+        two_way: bool,
+    },
+}
+
 /// One call in flight.
 #[derive(Debug)]
 struct Call {
     gen: u32,
-    http: ConnId,
-    seq: u64,
-    keep_alive: bool,
-    render: Render,
+    /// Which front-end took the call, and where its answer goes.
+    origin: Origin,
     /// Loop-wide call id: names the signature (service included) in `signatures`.
     call_id: u32,
     args: Vec<u8>,
@@ -107,6 +128,8 @@ pub struct ConsumerLoop {
     /// Calls of services being discovered, held until a provider-agent of theirs is
     /// open (see `call_core::hold`).
     held: HashMap<String, Held>,
+    /// Dubbo consumers' connections.
+    dubbo: ConnMap<DubboConn>,
 }
 
 /// The calls held for one service being discovered.
@@ -138,6 +161,7 @@ impl ConsumerLoop {
             stopping: false,
             discovery,
             held: HashMap::new(),
+            dubbo: ConnMap::new(),
         }
     }
 
@@ -177,6 +201,10 @@ impl Handler for ConsumerLoop {
                 let decoder = RequestDecoder::with_limits(self.limits);
                 self.http.insert(HttpConn::new(conn.id, decoder, cx.now()));
             }
+            Tag::Dubbo => {
+                self.metrics.connection(1);
+                self.dubbo.insert(conn.id, DubboConn::default());
+            }
             Tag::Agent(key) => {
                 // Calls go to it once it answers a PING (see `on_pong`).
                 let now = cx.now();
@@ -196,6 +224,7 @@ impl Handler for ConsumerLoop {
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, input: &[u8]) -> usize {
         match conn.tag {
             Tag::Http => self.on_http_data(cx, conn.id, input),
+            Tag::Dubbo => self.on_dubbo_data(cx, conn.id, input),
             Tag::Agent(key) => self.on_agent_data(cx, conn.id, key, input),
         }
     }
@@ -203,6 +232,7 @@ impl Handler for ConsumerLoop {
     fn end_of_input(&mut self, _cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) -> EndOfInput {
         match conn.tag {
             Tag::Http => self.on_http_end(conn.id),
+            Tag::Dubbo => self.on_dubbo_end(conn.id),
             Tag::Agent(key) => {
                 // The provider-agent finished sending: it answers nothing more, so no
                 // new call goes to it (its calls in flight fail when it closes).
@@ -225,6 +255,9 @@ impl Handler for ConsumerLoop {
                 cx.resume_reading(conn.id);
             }
         }
+        if conn.tag == Tag::Dubbo {
+            self.on_dubbo_drained(cx, conn.id);
+        }
     }
 
     fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, reason: CloseReason) {
@@ -237,6 +270,11 @@ impl Handler for ConsumerLoop {
                     }
                 }
                 // Calls of a closed client still complete (their answers are dropped).
+            }
+            Tag::Dubbo => {
+                if self.dubbo.remove(conn.id).is_some() {
+                    self.metrics.connection(-1);
+                }
             }
             Tag::Agent(key) => self.on_agent_closed(cx, conn.id, key, &reason),
         }

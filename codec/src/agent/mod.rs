@@ -99,9 +99,9 @@ pub use calls::{
     CallTable, Signature, SignatureRef, MAX_CALLS, MAX_NAME_LEN, MAX_TABLE_BYTES, MAX_TYPES_LEN,
 };
 pub use frame::{
-    begin_raw_response, begin_request, begin_response, begin_response_with, decode,
-    encode_define, encode_ping, encode_pong, encode_request, encode_response, finish, peek_head,
-    Attachments, Frame, FrameMark, Head, RawDubbo, Request, RequestHead, Response,
+    begin_raw_response, begin_request, begin_response, begin_response_with, decode, encode_define,
+    encode_ping, encode_pong, encode_request, encode_response, finish, peek_head, Attachments,
+    Frame, FrameMark, Head, RawDubbo, Request, RequestHead, Response,
 };
 
 use std::fmt;
