@@ -31,6 +31,13 @@ impl Discovered {
         }
     }
 
+    /// Forgets `service` (no longer watched).
+    pub fn forget(&self, service: &str) {
+        if let Ok(mut lists) = self.lists.lock() {
+            lists.remove(service);
+        }
+    }
+
     /// `{"<service>": [{"addr", "weight", "variants": [{"version", "group"}], "meta"}]}`;
     /// a watched service the registry has not answered for yet is absent.
     pub fn to_json(&self) -> Json {

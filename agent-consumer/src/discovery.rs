@@ -4,11 +4,12 @@
 //! The loops ask [`Discovery::subscribe`] (once per service and loop: a short lock, on
 //! a loop's first call of a service only); a thread of its own opens the registry
 //! watch, and every list the registry delivers goes to every loop as
-//! [`LoopMsg::Instances`] (and to the admin port's `/registry`). The number of services
-//! watched is bounded (`--max-services`), so callers naming ever new interfaces cannot
-//! make the agent watch without end.
+//! [`LoopMsg::Instances`] (and to the admin port's `/registry`). A service the registry
+//! lists nobody for is forgotten again (unless named with `--service`), and the number
+//! watched at once is bounded (`--max-services`): callers naming ever new interfaces
+//! make the agent neither watch nor remember without end.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -43,21 +44,48 @@ impl std::fmt::Display for Refused {
 #[derive(Debug)]
 pub(crate) struct Discovery {
     watched: Mutex<HashSet<String>>,
+    /// `--service`: watched from the start, never forgotten.
+    kept: HashSet<String>,
     max: usize,
-    requests: Sender<String>,
+    requests: Sender<Request>,
+}
+
+/// What the loops ask of the watching thread.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Watch a service.
+    Watch(String),
+    /// Stop watching it.
+    Forget(String),
 }
 
 impl Discovery {
     /// The shared side, for the loops, and the receiving end of its requests, for
     /// [`spawn`] once the loops run.
-    pub(crate) fn new(max: usize) -> (Arc<Discovery>, Receiver<String>) {
+    pub(crate) fn new(max: usize, kept: &[String]) -> (Arc<Discovery>, Receiver<Request>) {
         let (requests, rx) = mpsc::channel();
         let discovery = Arc::new(Discovery {
             watched: Mutex::new(HashSet::new()),
+            kept: kept.iter().cloned().collect(),
             max,
             requests,
         });
         (discovery, rx)
+    }
+
+    /// Stops watching `service`, which the registry lists nobody for, unless it is one
+    /// of `--service`: the next call naming it watches it again.
+    pub(crate) fn forget(&self, service: &str) {
+        if self.kept.contains(service) {
+            return;
+        }
+        let mut watched = self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watched.remove(service) {
+            let _ = self.requests.send(Request::Forget(service.to_owned()));
+        }
     }
 
     /// Watches `service` from now on, if it is not watched already.
@@ -77,7 +105,7 @@ impl Discovery {
             return Err(Refused::TooMany(watched.len()));
         }
         watched.insert(service.to_owned());
-        let _ = self.requests.send(service.to_owned());
+        let _ = self.requests.send(Request::Watch(service.to_owned()));
         Ok(())
     }
 }
@@ -87,7 +115,7 @@ impl Discovery {
 /// dropped.
 pub(crate) fn spawn(
     registry: registry::Registry,
-    requests: Receiver<String>,
+    requests: Receiver<Request>,
     loops: Vec<LoopHandle<LoopMsg>>,
     discovered: Arc<Discovered>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -100,12 +128,20 @@ pub(crate) fn spawn(
 /// request channel closes.
 fn watch_requested(
     registry: &registry::Registry,
-    requests: &Receiver<String>,
+    requests: &Receiver<Request>,
     loops: &[LoopHandle<LoopMsg>],
     discovered: &Arc<Discovered>,
 ) {
-    let mut watches = Vec::new();
-    for service in requests {
+    let mut watches = HashMap::new();
+    for request in requests {
+        let service = match request {
+            Request::Watch(service) => service,
+            Request::Forget(service) => {
+                watches.remove(&service);
+                discovered.forget(&service);
+                continue;
+            }
+        };
         let (handles, seen, name) = (loops.to_vec(), discovered.clone(), service.clone());
         let watch = registry.watch(&service, move |list| {
             seen.set(&name, &list);
@@ -115,8 +151,8 @@ fn watch_requested(
         });
         match watch {
             Ok(w) => {
-                log::info!("watching {service} in the registry");
-                watches.push(w);
+                log::debug!("watching {service} in the registry");
+                watches.insert(service, w);
             }
             Err(e) => {
                 // The loops hold the calls until their timeouts; an empty list now

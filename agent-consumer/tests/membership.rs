@@ -443,7 +443,7 @@ fn a_slow_admin_client_does_not_block_healthz() {
 /// Zero-config: a service the consumer-agent was never told about is watched from its
 /// first call, which waits for the registry's list and the provider-agent's connection
 /// instead of failing. A service nobody serves is answered 503 at once (the registry's
-/// empty list), and the services watched are bounded.
+/// empty list) and forgotten again; the services watched at once are bounded.
 #[test]
 fn a_service_never_named_is_discovered_on_its_first_call() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -455,8 +455,9 @@ fn a_service_never_named_is_discovered_on_its_first_call() {
         .expect("register");
     let running = consumer_with(
         &url,
-        &["--service", "com.example.Warm", "--max-services", "3"],
+        &["--service", "com.example.Warm", "--admin", "127.0.0.1:0"],
     );
+    let admin = running.admin_addr().expect("an admin port");
     // The first call of the race's service, never named to the consumer-agent.
     let started = Instant::now();
     let first = exchange(running.http_addr(), &race_request("first"), 1).remove(0);
@@ -467,30 +468,54 @@ fn a_service_never_named_is_discovered_on_its_first_call() {
         "{:?}",
         started.elapsed()
     );
-    // A service nobody serves: 503 naming it, well before the 3 s timeout.
-    let json = |service: &str| {
-        let body = format!(r#"{{"interface":"{service}","method":"m","arguments":[]}}"#);
-        format!(
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    };
-    let started = Instant::now();
-    let none = exchange(running.http_addr(), &json("com.example.Nobody"), 1).remove(0);
-    assert_eq!(none.status, 503, "{none:?}");
-    assert!(none.body.contains("com.example.Nobody"), "{none:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
-    // Warm, the race's service and Nobody are watched: a fourth is refused.
-    let fourth = exchange(running.http_addr(), &json("com.example.Fourth"), 1).remove(0);
-    assert_eq!(fourth.status, 503, "{fourth:?}");
-    assert!(fourth.body.contains("--max-services"), "{fourth:?}");
-    // Known services still answer.
+    // Services nobody serves: 503 naming each, well before the 3 s timeout.
+    for i in 0..50 {
+        let service = format!("com.example.Nobody{i}");
+        let started = Instant::now();
+        let none = exchange(running.http_addr(), &json_call(&service), 1).remove(0);
+        assert_eq!(none.status, 503, "{none:?}");
+        assert!(none.body.contains(&service), "{none:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // ... and forgotten: only the served and the --service ones are still watched.
+    let forgotten = (0..100).any(|_| {
+        let (_, body) = admin_get(admin, "/registry");
+        let listed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let names: Vec<&String> = listed.as_object().expect("an object").keys().collect();
+        if names.len() == 2 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        false
+    });
+    assert!(forgotten, "{}", admin_get(admin, "/registry").1);
     let again = exchange(running.http_addr(), &race_request("again"), 1).remove(0);
     assert_eq!(again.body, string_hash_code("again").to_string());
     running.stop();
+
+    // Bounded: with room for two, a third service at once is refused, naming the flag.
+    let running = consumer_with(
+        &url,
+        &["--service", "com.example.Warm", "--max-services", "2"],
+    );
+    let first = exchange(running.http_addr(), &race_request("first"), 1).remove(0);
+    assert_eq!(first.status, 200, "{first:?}");
+    let third = exchange(running.http_addr(), &json_call("com.example.Third"), 1).remove(0);
+    assert_eq!(third.status, 503, "{third:?}");
+    assert!(third.body.contains("--max-services"), "{third:?}");
+    running.stop();
+}
+
+/// A JSON invocation of `service.m()`.
+fn json_call(service: &str) -> Vec<u8> {
+    let body = format!(r#"{{"interface":"{service}","method":"m","arguments":[]}}"#);
+    format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }

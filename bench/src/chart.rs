@@ -174,7 +174,7 @@ fn fmt_tick(v: &f64) -> String {
 }
 
 /// A latency curve, (percentile 0..=1, ms) points, from a histogram of microseconds:
-/// [`PER_DECADE`] points per decade of 1 / (1 - p) as far as its count reaches, then
+/// eight points per decade of 1 / (1 - p) as far as its count reaches, then
 /// its max.
 pub fn histogram_curve(h: &Histogram) -> Vec<(f64, f64)> {
     h.percentile_distribution(PER_DECADE)

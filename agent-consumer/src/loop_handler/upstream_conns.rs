@@ -209,12 +209,23 @@ impl ConsumerLoop {
             self.connect(cx, key);
         }
         if list.is_empty() {
-            // Nothing to wait for: held calls get their 503 now.
+            // Nothing to wait for: held calls get their 503 now. Nobody serves it:
+            // forgotten (watched again by its next call), so names nobody serves are
+            // neither watched nor remembered for long.
             if let Some(held) = self.held.remove(service) {
                 let msg = format!("no provider for service {service}");
                 for call in held.calls {
                     self.fail(cx, call, Outcome::Unavailable, 503, &msg);
                 }
+            }
+            let empty = self
+                .upstreams
+                .services
+                .get(service)
+                .is_some_and(|s| s.members.is_empty());
+            if empty && !self.config.services.iter().any(|s| s == service) {
+                self.upstreams.services.remove(service);
+                self.discovery.forget(service);
             }
         } else {
             self.release_held(cx, false);
