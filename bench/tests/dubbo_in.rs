@@ -37,6 +37,10 @@ struct Mesh {
 
 impl Mesh {
     fn start() -> Mesh {
+        Mesh::with_latency(Duration::from_millis(2))
+    }
+
+    fn with_latency(latency: Duration) -> Mesh {
         let dir = tempfile::Builder::new()
             .prefix("dubbo-mesh-dubbo-in")
             .tempdir()
@@ -44,7 +48,7 @@ impl Mesh {
         let registry = format!("file://{}", dir.path().join("registry").display());
         let provider = provider::spawn(ProviderOpts {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            latency: Duration::from_millis(2),
+            latency,
             threads: 400,
             ..ProviderOpts::default()
         })
@@ -93,6 +97,18 @@ impl Mesh {
 
 /// A whole Dubbo request frame for `service.hash(arg)` (hessian2, as Java writes it).
 fn request(id: i64, service: &str, arg: &str, two_way: bool, group: &[&str]) -> Vec<u8> {
+    request_with(id, service, arg, two_way, group, &[])
+}
+
+/// [`request`] with more attachments.
+fn request_with(
+    id: i64,
+    service: &str,
+    arg: &str,
+    two_way: bool,
+    group: &[&str],
+    extra: &[(&str, Option<&str>)],
+) -> Vec<u8> {
     let mut args = Vec::new();
     hessian2::write_string(&mut args, arg);
     let mut out = Vec::new();
@@ -109,7 +125,7 @@ fn request(id: i64, service: &str, arg: &str, two_way: bool, group: &[&str]) -> 
             method: "hash",
             descriptor: "Ljava/lang/String;",
             args: &args,
-            attachments: Attachments::Standard(&[]),
+            attachments: Attachments::Standard(extra),
         },
     )
     .expect("encode");
@@ -343,6 +359,40 @@ fn bad_dubbo_input_gets_an_error_or_a_close_and_harms_no_one() {
 
     mesh.consumer.assert_alive();
     mesh.agent.assert_alive();
+    drop(mesh);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+/// The `timeout` attachment bounds the call end to end: SERVER_TIMEOUT after it, not
+/// after the consumer-agent's own (longer) timeout; without it the call is answered.
+#[test]
+fn the_timeout_attachment_bounds_the_call() {
+    let _serial = serial();
+    let mesh = Mesh::with_latency(Duration::from_millis(400));
+    let mut s = mesh.connect();
+    let mut buf = Vec::new();
+    let started = std::time::Instant::now();
+    s.write_all(&request_with(
+        1,
+        SERVICE,
+        "slow",
+        true,
+        &[],
+        &[("timeout", Some("100"))],
+    ))
+    .unwrap();
+    let (id, st, _) = answer(&read_frame(&mut s, &mut buf).expect("an answer"));
+    assert_eq!((id, st), (1, status::SERVER_TIMEOUT));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(90) && took < Duration::from_millis(390),
+        "answered after {took:?}"
+    );
+    s.write_all(&request(2, SERVICE, "slow", true, &[]))
+        .unwrap();
+    let (id, st, out) = answer(&read_frame(&mut s, &mut buf).expect("an answer"));
+    assert_eq!((id, st), (2, status::OK));
+    assert_eq!(out, Outcome::Value(Value::Int(string_hash_code("slow"))));
     drop(mesh);
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
