@@ -1,7 +1,7 @@
 //! The hessian2 decoder under split, truncated, corrupted and hostile input,
 //! and round trips of generated values.
 
-use codec::hessian2::{self, Decoder, Encoder, Value, MAX_DEPTH};
+use codec::hessian2::{self, Decoder, Encoder, Skipper, Value, MAX_DEPTH};
 use codec::Decoded;
 use proptest::prelude::*;
 
@@ -333,5 +333,69 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..64)) {
         let _ = decode_stream(&b);
+        let _ = Skipper::new().skip(&b);
     }
+
+    #[test]
+    fn the_skipper_ends_values_where_the_decoder_does(vals in proptest::collection::vec(arb_value(), 1..4)) {
+        let mut enc = Encoder::new();
+        let mut b = Vec::new();
+        for v in &vals {
+            enc.write_value(&mut b, v);
+        }
+        prop_assert_eq!(skip_ends(&b), decode_ends(&b));
+        // Cut short, it asks for more, as the decoder does.
+        for cut in 0..b.len() {
+            let mut s = Skipper::new();
+            let mut rest = &b[..cut];
+            let mut incomplete = false;
+            while !rest.is_empty() {
+                match s.skip(rest).unwrap() {
+                    Decoded::Complete { consumed, .. } => rest = &rest[consumed..],
+                    Decoded::Incomplete => {
+                        incomplete = true;
+                        break;
+                    }
+                }
+            }
+            prop_assert!(incomplete || rest.is_empty(), "cut at {}", cut);
+        }
+    }
+
+    #[test]
+    fn on_any_bytes_the_skipper_never_ends_a_value_elsewhere(b in proptest::collection::vec(any::<u8>(), 0..96)) {
+        let (mut d, mut s) = (Decoder::new(), Skipper::new());
+        if let Ok(Decoded::Complete { consumed, .. }) = d.decode(&b) {
+            match s.skip(&b) {
+                Ok(Decoded::Complete { consumed: c, .. }) => prop_assert_eq!(c, consumed),
+                other => prop_assert!(false, "decoder took {} bytes, skipper {:?}", consumed, other),
+            }
+        }
+    }
+}
+
+/// Where each value of a stream ends, by the decoder.
+fn decode_ends(b: &[u8]) -> Vec<usize> {
+    let (mut d, mut at, mut ends) = (Decoder::new(), 0, Vec::new());
+    while at < b.len() {
+        match d.decode(&b[at..]).unwrap() {
+            Decoded::Complete { consumed, .. } => at += consumed,
+            Decoded::Incomplete => panic!("incomplete"),
+        }
+        ends.push(at);
+    }
+    ends
+}
+
+/// Where each value of a stream ends, by the skipper.
+fn skip_ends(b: &[u8]) -> Vec<usize> {
+    let (mut s, mut at, mut ends) = (Skipper::new(), 0, Vec::new());
+    while at < b.len() {
+        match s.skip(&b[at..]).unwrap() {
+            Decoded::Complete { consumed, .. } => at += consumed,
+            Decoded::Incomplete => panic!("incomplete"),
+        }
+        ends.push(at);
+    }
+    ends
 }

@@ -374,7 +374,7 @@ impl RoutedRequest<'_> {
 }
 
 /// Reads a hessian2 request body for routing ([`RoutedRequest`]). The arguments are
-/// walked to find where they end (the attachments follow them) but kept as bytes.
+/// only walked ([`hessian2::Skipper`]: where they end, nothing built) and kept as bytes.
 ///
 /// # Errors
 /// Malformed values, a field of the wrong kind, or a body that ends early.
@@ -386,10 +386,18 @@ pub fn decode_routed_request(body: &[u8]) -> Result<RoutedRequest<'_>, Error> {
     let method = string_field(vals.need("method")?, "method")?;
     let descriptor = string_field(vals.need("descriptor")?, "descriptor")?;
     let start = body.len() - vals.rest.len();
+    let mut skipper = hessian2::Skipper::new();
     for _ in 0..descriptor_arity(&descriptor)? {
-        vals.need("argument")?;
+        match skipper.skip(vals.rest)? {
+            Decoded::Complete { consumed, .. } => {
+                vals.rest = vals.rest.get(consumed..).unwrap_or_default();
+            }
+            Decoded::Incomplete => return Err(Error::Truncated { what: "argument" }),
+        }
     }
     let end = body.len() - vals.rest.len();
+    // The attachments are read on their own: a class or type the arguments defined is
+    // not known to this decoder, which Java's string map never refers to.
     let attachments = match vals.next_value()? {
         Some(v) => attachments_of(v)?
             .into_iter()

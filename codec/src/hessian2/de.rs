@@ -642,3 +642,306 @@ fn binary_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<Vec<u8>> {
         tag = r.u8()?;
     }
 }
+
+/// Walks hessian2 values without building them: where each value ends, for a proxy
+/// that forwards values as the bytes they came in. It keeps what later values may
+/// refer to (class definitions' field counts, the numbers of types and of referable
+/// values) and the decoder's limits on nesting and size, so where [`Decoder`] reads a
+/// whole value the skipper finds the same end (it is laxer only on the node budget,
+/// which the decoder also spends on copies of referenced values). It allocates only
+/// for class definitions.
+#[derive(Debug, Default, Clone)]
+pub struct Skipper {
+    /// Field count of each class definition met.
+    classes: Vec<usize>,
+    /// Types met (for type references).
+    types: usize,
+    /// Lists, maps and objects met (for value references).
+    refs: usize,
+    /// Values walked in the current call, bounded by [`MAX_NODES`].
+    nodes: usize,
+}
+
+impl Skipper {
+    /// A skipper with empty tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Walks the value at the start of `buf`: `Complete` with the bytes it takes.
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`] for the same bytes.
+    pub fn skip(&mut self, buf: &[u8]) -> Result<Decoded<()>, Error> {
+        let saved = (self.classes.len(), self.types, self.refs);
+        self.nodes = 0;
+        let mut r = Reader { buf, pos: 0 };
+        let res = self.value(&mut r, 0);
+        match res {
+            Ok(()) => Ok(Decoded::Complete {
+                msg: (),
+                consumed: r.pos,
+            }),
+            Err(stop) => {
+                self.classes.truncate(saved.0);
+                self.types = saved.1;
+                self.refs = saved.2;
+                match stop {
+                    Stop::Incomplete => Ok(Decoded::Incomplete),
+                    Stop::Fail(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    fn value(&mut self, r: &mut Reader<'_>, depth: usize) -> Step<()> {
+        if depth >= MAX_DEPTH {
+            return Err(Error::TooDeep { max: MAX_DEPTH }.into());
+        }
+        self.nodes = self.nodes.saturating_add(1);
+        if self.nodes > MAX_NODES {
+            return Err(Error::TooManyNodes { max: MAX_NODES }.into());
+        }
+        let mut at = r.pos;
+        let mut tag = r.u8()?;
+        while tag == b'C' {
+            skip_string(r)?;
+            let n = read_int(r)?;
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= MAX_FIELDS)
+                .ok_or(Error::TooLong {
+                    what: "class field count",
+                    len: i64::from(n),
+                    max: MAX_FIELDS,
+                })?;
+            for _ in 0..n {
+                skip_string(r)?;
+            }
+            self.classes.push(n);
+            at = r.pos;
+            tag = r.u8()?;
+        }
+        match tag {
+            b'N' | b'T' | b'F' => {}
+            0x80..=0xbf | 0xc0..=0xcf | 0xd0..=0xd7 | b'I' => {
+                int_body(tag, r)?;
+            }
+            0xd8..=0xef | 0xf0..=0xff | 0x38..=0x3f | 0x59 | b'L' => {
+                long_body(tag, r)?;
+            }
+            0x5b..=0x5f | b'D' => {
+                double_body(tag, r)?;
+            }
+            0x4a => {
+                r.array::<8>()?;
+            }
+            0x4b => {
+                r.array::<4>()?;
+            }
+            0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => skip_string_body(tag, at, r)?,
+            0x20..=0x2f | 0x34..=0x37 | b'B' | b'A' => skip_binary_body(tag, at, r)?,
+            b'U' => {
+                self.type_name(r)?;
+                self.items(r, depth, None)?;
+            }
+            b'V' => {
+                self.type_name(r)?;
+                let n = length(read_int(r)?, "list", r)?;
+                self.items(r, depth, Some(n))?;
+            }
+            b'W' => self.items(r, depth, None)?,
+            b'X' => {
+                let n = length(read_int(r)?, "list", r)?;
+                self.items(r, depth, Some(n))?;
+            }
+            0x70..=0x77 => {
+                self.type_name(r)?;
+                self.items(r, depth, Some(usize::from(tag - 0x70)))?;
+            }
+            0x78..=0x7f => self.items(r, depth, Some(usize::from(tag - 0x78)))?,
+            b'M' => {
+                self.type_name(r)?;
+                self.entries(r, depth)?;
+            }
+            b'H' => self.entries(r, depth)?,
+            b'O' => {
+                let idx = read_int(r)?;
+                self.fields(r, depth, i64::from(idx))?;
+            }
+            0x60..=0x6f => self.fields(r, depth, i64::from(tag - 0x60))?,
+            0x51 => {
+                let idx = read_int(r)?;
+                if usize::try_from(idx).map_or(true, |i| i >= self.refs) {
+                    return Err(Error::UnknownRef {
+                        index: i64::from(idx),
+                    }
+                    .into());
+                }
+            }
+            _ => {
+                return Err(Error::UnexpectedTag {
+                    tag,
+                    offset: at,
+                    expected: "a value",
+                }
+                .into())
+            }
+        }
+        Ok(())
+    }
+
+    fn type_name(&mut self, r: &mut Reader<'_>) -> Step<()> {
+        let at = r.pos;
+        let tag = r.u8()?;
+        match tag {
+            0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => {
+                skip_string_body(tag, at, r)?;
+                self.types += 1;
+                Ok(())
+            }
+            0x80..=0xbf | 0xc0..=0xcf | 0xd0..=0xd7 | b'I' => {
+                let i = int_body(tag, r)?;
+                match usize::try_from(i) {
+                    Ok(i) if i < self.types => Ok(()),
+                    _ => Err(Error::UnknownType {
+                        index: i64::from(i),
+                    }
+                    .into()),
+                }
+            }
+            _ => Err(Error::UnexpectedTag {
+                tag,
+                offset: at,
+                expected: "a type name",
+            }
+            .into()),
+        }
+    }
+
+    fn items(&mut self, r: &mut Reader<'_>, depth: usize, len: Option<usize>) -> Step<()> {
+        self.refs += 1;
+        match len {
+            Some(n) => {
+                for _ in 0..n {
+                    self.value(r, depth + 1)?;
+                }
+            }
+            None => {
+                let mut n = 0;
+                while r.peek()? != b'Z' {
+                    if n >= MAX_COLLECTION_LEN {
+                        return Err(too_long("list", n));
+                    }
+                    self.value(r, depth + 1)?;
+                    n += 1;
+                }
+                r.pos += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&mut self, r: &mut Reader<'_>, depth: usize) -> Step<()> {
+        self.refs += 1;
+        let mut n = 0;
+        while r.peek()? != b'Z' {
+            if n >= MAX_COLLECTION_LEN {
+                return Err(too_long("map", n));
+            }
+            self.value(r, depth + 1)?;
+            self.value(r, depth + 1)?;
+            n += 1;
+        }
+        r.pos += 1;
+        Ok(())
+    }
+
+    fn fields(&mut self, r: &mut Reader<'_>, depth: usize, idx: i64) -> Step<()> {
+        let n = usize::try_from(idx)
+            .ok()
+            .and_then(|i| self.classes.get(i))
+            .copied()
+            .ok_or(Error::UnknownClass { index: idx })?;
+        self.refs += 1;
+        for _ in 0..n {
+            self.value(r, depth + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// Skips a string where the grammar requires one.
+fn skip_string(r: &mut Reader<'_>) -> Step<()> {
+    let at = r.pos;
+    let tag = r.u8()?;
+    skip_string_body(tag, at, r)
+}
+
+/// Skips a string's chunks: each counts UTF-16 units, walked over its UTF-8 bytes as
+/// [`string_body`] reads them (a four-byte sequence is two units).
+fn skip_string_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
+    let (mut units, mut last) = string_chunk(tag, at, r)?;
+    loop {
+        if units > r.remaining() {
+            return Err(Stop::Incomplete);
+        }
+        while units > 0 {
+            let start = r.pos;
+            let b0 = r.u8()?;
+            let extra = match b0 {
+                0x00..=0x7f => 0,
+                0xc0..=0xdf => 1,
+                0xe0..=0xef => 2,
+                0xf0..=0xf7 => 3,
+                _ => return Err(Error::InvalidUtf8 { offset: start }.into()),
+            };
+            let mut cp = u32::from(b0) & (0x7f >> extra);
+            for _ in 0..extra {
+                let b = r.u8()?;
+                if b & 0xc0 != 0x80 {
+                    return Err(Error::InvalidUtf8 { offset: start }.into());
+                }
+                cp = (cp << 6) | u32::from(b & 0x3f);
+            }
+            let width = if extra == 3 { 2 } else { 1 };
+            if width > units || (extra == 3 && !(0x1_0000..=0x10_ffff).contains(&cp)) {
+                return Err(Error::InvalidUtf8 { offset: start }.into());
+            }
+            units -= width;
+        }
+        if last {
+            return Ok(());
+        }
+        let at = r.pos;
+        let tag = r.u8()?;
+        (units, last) = string_chunk(tag, at, r)?;
+    }
+}
+
+/// Skips a binary value's chunks.
+fn skip_binary_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
+    let (mut tag, mut at) = (tag, at);
+    loop {
+        let (len, last) = match tag {
+            0x20..=0x2f => (usize::from(tag - 0x20), true),
+            0x34..=0x37 => ((usize::from(tag - 0x34) << 8) | usize::from(r.u8()?), true),
+            b'B' => (r.u16()?, true),
+            b'A' => (r.u16()?, false),
+            _ => {
+                return Err(Error::UnexpectedTag {
+                    tag,
+                    offset: at,
+                    expected: "a binary chunk",
+                }
+                .into())
+            }
+        };
+        r.take(len)?;
+        if last {
+            return Ok(());
+        }
+        at = r.pos;
+        tag = r.u8()?;
+    }
+}

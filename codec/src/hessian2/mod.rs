@@ -43,7 +43,7 @@ mod value;
 
 pub use big::MAX_BIG_DIGITS;
 pub use date::{iso8601, parse_iso8601};
-pub use de::Decoder;
+pub use de::{Decoder, Skipper};
 pub use json::{
     base64_decode, base64_encode, encode_json_arg, value_from_json, value_from_mesh_json,
 };
