@@ -1,5 +1,6 @@
-//! `codec::dubbo::decode_request_body` and `decode_response_body` on a bare
-//! body, for serialization ids 2 (hessian2) and 6 (fastjson), with
+//! `codec::dubbo::decode_request_body`, `decode_routed_request` and
+//! `decode_response_body` on a bare body, for serialization ids 2 (hessian2) and 6
+//! (fastjson), with
 //! rendering of whatever decodes and a hessian2 round trip of result values.
 //!
 //! Input: byte 0 is the response status (0 stands for OK, 20), the rest the body.
@@ -8,7 +9,8 @@
 mod common;
 
 use codec::dubbo::{
-    decode_request_body, decode_response_body, encode_response, Outcome, Reply, Serialization,
+    decode_request_body, decode_response_body, decode_routed_request, encode_response, Outcome,
+    Reply, Serialization,
 };
 use codec::Decoded;
 use libfuzzer_sys::fuzz_target;
@@ -22,6 +24,18 @@ fuzz_target!(|data: &[u8]| {
     } else {
         status
     };
+    // What a proxy reads must agree with what a provider reads: the same leading
+    // strings, and arguments that are a whole prefix of the body.
+    let whole = decode_request_body(Serialization::Hessian2.id(), body);
+    if let (Ok(routed), Ok(full)) = (decode_routed_request(body), &whole) {
+        assert_eq!(routed.path, full.path);
+        assert_eq!(routed.method, full.method);
+        assert_eq!(routed.descriptor, full.descriptor);
+        assert_eq!(routed.version, full.version.clone().unwrap_or_default());
+    }
+    if whole.is_ok() {
+        assert!(decode_routed_request(body).is_ok(), "routing reads what a provider reads");
+    }
     for ser in [Serialization::Hessian2, Serialization::Fastjson] {
         match decode_request_body(ser.id(), body) {
             Ok(b) => common::check_request_body(&b),

@@ -397,17 +397,19 @@ pub fn decode_routed_request(body: &[u8]) -> Result<RoutedRequest<'_>, Error> {
     }
     let end = body.len() - vals.rest.len();
     // The attachments are read on their own: a class or type the arguments defined is
-    // not known to this decoder, which Java's string map never refers to.
-    let attachments = match vals.next_value()? {
-        Some(v) => attachments_of(v)?
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                Value::String(s) => Some((k, s)),
-                _ => None,
-            })
-            .collect(),
-        None => Vec::new(),
+    // not known to this decoder, which Java's string map never refers to. A body whose
+    // attachments do refer to one is read whole, as a provider reads it.
+    let attachments = match vals.next_value().and_then(|v| v.map(attachments_of).transpose()) {
+        Ok(list) => list.unwrap_or_default(),
+        Err(_) => decode_request_body(Serialization::Hessian2.id(), body)?.attachments,
     };
+    let attachments = attachments
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some((k, s)),
+            _ => None,
+        })
+        .collect();
     Ok(RoutedRequest {
         dubbo_version,
         path,
