@@ -133,6 +133,18 @@ mod tests {
     }
 
     #[test]
+    fn calls_match_by_version_and_group_with_wildcards_and_java_none() {
+        let v = Variant::new("1.0", "blue");
+        assert!(v.matches("1.0", "blue"));
+        assert!(v.matches("*", "blue") && v.matches("1.0", "*") && v.matches("*", "*"));
+        assert!(!v.matches("", "blue") && !v.matches("1.0", "") && !v.matches("2.0", "*"));
+        let none = Variant::new("", "");
+        assert!(none.matches("", "") && none.matches("0.0.0", ""));
+        assert!(Variant::new("0.0.0", "").matches("", ""));
+        assert!(!none.matches("1.0", ""));
+    }
+
+    #[test]
     fn separators_are_refused() {
         assert!(Variant::new("1,0", "").check().is_err());
         assert!(Variant::new("1.0", "a/b").check().is_err());
