@@ -20,6 +20,7 @@
 use std::borrow::BorrowMut;
 
 use clap::ValueEnum;
+use reactor::XorShift;
 
 /// The load-balancing algorithms `--lb` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -145,8 +146,8 @@ pub struct Balancer {
     algorithm: Algorithm,
     /// Rotates ties so equal providers take turns.
     cursor: usize,
-    /// xorshift state for p2c.
-    rng: u64,
+    /// Random numbers for p2c.
+    rng: XorShift,
 }
 
 impl Balancer {
@@ -155,7 +156,7 @@ impl Balancer {
         Balancer {
             algorithm,
             cursor: 0,
-            rng: 0x2545_f491_4f6c_dd1d,
+            rng: XorShift::new(0x2545_f491_4f6c_dd1d),
         }
     }
 
@@ -231,8 +232,8 @@ impl Balancer {
                 if k < 2 {
                     return order.clone().next();
                 }
-                let ra = self.next_random() % k;
-                let rb = (ra + 1 + self.next_random() % (k - 1)) % k; // distinct from ra
+                let ra = self.rng.below(k);
+                let rb = (ra + 1 + self.rng.below(k - 1)) % k; // distinct from ra
                 let a = order.clone().nth(ra)?;
                 let b = order.clone().nth(rb)?;
                 let cost =
@@ -244,13 +245,6 @@ impl Balancer {
                 })
             }
         }
-    }
-
-    fn next_random(&mut self) -> usize {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng as usize
     }
 }
 

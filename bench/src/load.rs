@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reactor::{Builder, CloseReason, Config, Conn, ConnId, Ctx, Handler, TimerId};
+use reactor::{Builder, CloseReason, Config, Conn, ConnId, Ctx, Handler, TimerId, XorShift};
 
 use crate::hist::Histogram;
 use crate::provider::SERVICE;
@@ -180,32 +180,6 @@ impl LoadReport {
     }
 }
 
-/// A tiny xorshift generator: enough for test data, no dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed (0 is replaced).
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.max(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    /// The next number.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A number below `n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-}
-
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const UTF8_CHARS: &[char] = &[
     'é', 'ü', 'ß', 'ñ', 'Ж', 'я', 'Ω', '中', '文', '字', '漢', 'の', '한', '😀', '🚀', '𝄞', ' ',
@@ -213,7 +187,7 @@ const UTF8_CHARS: &[char] = &[
 ];
 
 /// A random parameter string.
-pub fn random_param(rng: &mut Rng, params: Params) -> String {
+pub fn random_param(rng: &mut XorShift, params: Params) -> String {
     let len = rng.below(1024);
     match params {
         Params::Ascii => (0..len)
@@ -298,7 +272,7 @@ enum LoadTimer {
 struct Load {
     opts: LoadOpts,
     pool: Arc<Vec<Prepared>>,
-    rng: Rng,
+    rng: XorShift,
     slots: Vec<Option<Slot>>,
     want: usize,
     warm_end: Instant,
@@ -536,10 +510,7 @@ impl Handler for Load {
 /// Prepares `n` random requests for `target`.
 fn prepare(target: SocketAddr, params: Params, salt: Option<i64>, n: usize) -> Vec<Prepared> {
     let host = target.to_string();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    let mut rng = Rng::new(seed);
+    let mut rng = XorShift::from_time();
     (0..n)
         .map(|_| {
             let p = random_param(&mut rng, params);
@@ -571,7 +542,8 @@ pub fn run(opts: &LoadOpts) -> io::Result<LoadReport> {
         Load {
             opts: make_opts.clone(),
             pool: pool.clone(),
-            rng: Rng::new(index as u64 * 7919 + 17),
+            // Fixed per loop, so a run's request order repeats; mixed, so loops differ.
+            rng: XorShift::mixed(index as u64 * 7919 + 17),
             slots: Vec::new(),
             want: per_loop + usize::from(index < extra),
             warm_end: now,

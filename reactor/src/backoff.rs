@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::XorShift;
+
 /// Exponential backoff: `initial`, doubling up to `max`, each delay jittered to between
 /// half and all of its nominal value so reconnecting peers do not move in lockstep.
 #[derive(Debug, Clone)]
@@ -9,21 +11,17 @@ pub struct Backoff {
     initial: Duration,
     max: Duration,
     current: Duration,
-    seed: u64,
+    rng: XorShift,
 }
 
 impl Backoff {
     /// A backoff from `initial` up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            | 1;
         Backoff {
             initial,
             max,
             current: initial,
-            seed,
+            rng: XorShift::from_time(),
         }
     }
 
@@ -31,12 +29,8 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let nominal = self.current;
         self.current = (self.current * 2).min(self.max);
-        // xorshift: cheap jitter, no dependency.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
         let half = nominal / 2;
-        half + Duration::from_nanos(self.seed % (half.as_nanos() as u64 + 1))
+        half + Duration::from_nanos(self.rng.next_u64() % (half.as_nanos() as u64 + 1))
     }
 
     /// Back to `initial`, after a success.
@@ -59,5 +53,19 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn delays_vary_between_backoffs_made_together() {
+        // Peers that fail together must not retry together.
+        let d = Duration::from_millis(1000);
+        let firsts: Vec<Duration> = (0..200).map(|_| Backoff::new(d, d).next_delay()).collect();
+        assert!(firsts.iter().all(|j| *j >= d / 2 && *j <= d), "{firsts:?}");
+        let distinct: std::collections::BTreeSet<_> = firsts.iter().collect();
+        assert!(
+            distinct.len() > 190,
+            "only {} distinct delays",
+            distinct.len()
+        );
     }
 }

@@ -105,6 +105,7 @@ mod precise;
 mod reactor;
 mod throttle;
 mod timer;
+mod xorshift;
 
 pub use crate::backoff::Backoff;
 pub use crate::config::{Config, SocketOptions};
@@ -115,3 +116,4 @@ pub use crate::handle::{LoopGone, LoopHandle};
 pub use crate::handler::{EndOfInput, Handler};
 pub use crate::reactor::{Builder, Reactor};
 pub use crate::timer::TimerId;
+pub use crate::xorshift::XorShift;

@@ -3,40 +3,15 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use reactor::Config;
+use test_support::alloc::Counting;
 use util::*;
 
 /// Counts every allocation in the process (the loop thread's included).
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract for `alloc` is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract for `realloc` is passed on as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::every_thread();
 
 #[test]
 fn echoing_on_a_warm_connection_allocates_nothing() {
@@ -47,12 +22,12 @@ fn echoing_on_a_warm_connection_allocates_nothing() {
         ping(&mut c, &msg); // warm: buffers and lists reach their working size
     }
     let mut back = [0; 64];
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = GLOBAL.allocations();
     for _ in 0..1000 {
         c.write_all(&msg).unwrap();
         c.read_exact(&mut back).unwrap();
     }
-    let during = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let during = GLOBAL.allocations() - before;
     assert_eq!(during, 0, "allocations during 1,000 echoed messages");
     echo.shutdown();
 }

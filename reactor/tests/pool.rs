@@ -112,7 +112,7 @@ fn reconnects_with_growing_delays_and_traffic_flows_again() {
     let (b, _) = upstream("b", any_port(), false);
     let (a_addr, b_addr) = (a.addr(), b.addr());
     let p = start_pool(vec![a_addr, b_addr], 2);
-    wait_until("the pool's four connections open", LIMIT, || {
+    assert_eventually("the pool's four connections open", LIMIT, || {
         status(&p).iter().all(|s| s.open)
     });
 
@@ -124,7 +124,7 @@ fn reconnects_with_growing_delays_and_traffic_flows_again() {
     // Kill b: its two connections are retried, refused, retried later and later.
     b.shutdown();
     let retried = |s: &SlotStatus| s.addr != b_addr || s.retry_delays.len() >= 4;
-    wait_until("four retries of each of b's connections", LIMIT, || {
+    assert_eventually("four retries of each of b's connections", LIMIT, || {
         status(&p).iter().all(retried)
     });
     for s in status(&p) {
@@ -147,7 +147,7 @@ fn reconnects_with_growing_delays_and_traffic_flows_again() {
     // Restart b on its address: the pool reconnects, resets its delays, and b serves
     // again.
     let (b, _) = upstream("b", b_addr, false);
-    wait_until("b's connections open again", LIMIT, || {
+    assert_eventually("b's connections open again", LIMIT, || {
         status(&p).iter().all(|s| s.open)
     });
     assert!(status(&p).iter().all(|s| s.retry_delays.is_empty()));
@@ -188,7 +188,7 @@ fn requests_are_answered_when_no_upstream_is_open_or_theirs_closes() {
     // An upstream that never answers, then dies: the requests it held fail.
     let (silent, lines) = upstream("silent", any_port(), true);
     let p = start_pool(vec![silent.addr()], 1);
-    wait_until("the connection open", LIMIT, || status(&p)[0].open);
+    assert_eventually("the connection open", LIMIT, || status(&p)[0].open);
     let mut c = BufReader::new(client(p.addr()));
     c.get_mut().write_all(b"1\n2\n").unwrap();
     wait_count("the requests at the upstream", &lines, 2);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
 };
+use reactor::Backoff;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
@@ -281,32 +282,18 @@ impl WarnDue for Option<Instant> {
     }
 }
 
-/// `d` scaled by a random factor in [0.5, 1): after an etcd restart every provider's
-/// registration retries, and without jitter they would all retry in the same instant.
-fn jittered(d: Duration) -> Duration {
-    use std::hash::BuildHasher;
-    // RandomState seeds each instance differently: random enough to spread retries.
-    let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
-    d.mul_f64(0.5 + (r % 1024) as f64 / 2048.0)
+/// The retry delays: [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`], each jittered to
+/// between half and all of it; after an etcd restart every provider's registration
+/// retries, and without jitter they would all retry in the same instant.
+fn backoff() -> Backoff {
+    Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
 }
 
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(BACKOFF_MIN)
-    }
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
-    }
-    /// Sleeps the current delay, jittered (doubling it); `false` if stopped meanwhile.
-    async fn sleep(&mut self, stop: &mut watch::Receiver<()>) -> bool {
-        let d = jittered(self.0);
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = stop.changed() => false,
-        }
+/// Sleeps `backoff`'s next delay; `false` if stopped meanwhile.
+async fn back_off(backoff: &mut Backoff, stop: &mut watch::Receiver<()>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff.next_delay()) => true,
+        _ = stop.changed() => false,
     }
 }
 
@@ -323,7 +310,7 @@ async fn keep_registered(
     let ttl_secs = ttl.as_secs().max(1) as i64;
     let tick_every = (ttl / 3).max(Duration::from_millis(300));
     let mut first = Some(first);
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     // The lease our key is attached to, with a client to revoke it.
     let mut current: Option<(Client, i64)> = None;
     let mut last_warn: Option<Instant> = None;
@@ -367,7 +354,7 @@ async fn keep_registered(
                 if let Some(f) = first.take() {
                     let _ = f.send(Err(e));
                 }
-                if !backoff.sleep(&mut stop).await {
+                if !back_off(&mut backoff, &mut stop).await {
                     break 'outer;
                 }
                 continue;
@@ -441,7 +428,7 @@ async fn keep_registered(
             }
         }
         endpoints.failed(ep);
-        if !backoff.sleep(&mut stop).await {
+        if !back_off(&mut backoff, &mut stop).await {
             break 'outer;
         }
     }
@@ -478,7 +465,7 @@ async fn watch_loop(
     let mut map: BTreeMap<String, Instance> = BTreeMap::new();
     let mut rev: i64 = 0;
     let mut delivered: Option<Vec<Instance>> = None;
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     let mut stale_since: Option<Instant> = None;
     let mut stale_warned: Option<Instant> = None;
     loop {
@@ -515,7 +502,7 @@ async fn watch_loop(
             Err(e) => {
                 endpoints.failed(ep);
                 note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
-                if !backoff.sleep(&mut stop).await {
+                if !back_off(&mut backoff, &mut stop).await {
                     return;
                 }
                 continue;
@@ -611,7 +598,7 @@ async fn watch_loop(
         if let Some(e) = err {
             endpoints.failed(ep);
             note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
-            if !backoff.sleep(&mut stop).await {
+            if !back_off(&mut backoff, &mut stop).await {
                 return;
             }
         }
@@ -645,15 +632,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jittered_delays_stay_within_half_to_whole_and_vary() {
-        let d = Duration::from_millis(1000);
-        let all: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
-        assert!(all.iter().all(|j| *j >= d / 2 && *j < d), "{all:?}");
-        let distinct: std::collections::BTreeSet<_> = all.iter().collect();
-        assert!(
-            distinct.len() > 50,
-            "only {} distinct delays",
-            distinct.len()
-        );
+    fn delays_double_from_min_to_max_with_jitter() {
+        let mut b = backoff();
+        let nominal = [100u64, 200, 400, 800, 1600, 2000, 2000];
+        for (i, n) in nominal.iter().enumerate() {
+            let (n, d) = (Duration::from_millis(*n), b.next_delay());
+            assert!(d >= n / 2 && d <= n, "{i}: {d:?} vs {n:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use reactor_admin::Config;
+use test_support::wait::assert_eventually;
 use util::*;
 
 #[test]
@@ -16,10 +17,10 @@ fn healthz_answers_while_idle_and_slow_clients_hold_the_port() {
     let server = server(Config::default());
     let addr = server.local_addr();
     let pressure = Pressure::start(addr, 64, Duration::from_millis(1500));
-    wait_until("64 idle connections", LIMIT, || {
+    assert_eventually("64 idle connections", LIMIT, || {
         pressure.idle_open.load(Ordering::SeqCst) == 64
     });
-    wait_until("the slow client's first byte", LIMIT, || {
+    assert_eventually("the slow client's first byte", LIMIT, || {
         pressure.slow_bytes.load(Ordering::SeqCst) > 0
     });
     // Eight probes over about 5 s: across several of the idle clients' deadlines, their

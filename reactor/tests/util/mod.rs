@@ -9,9 +9,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reactor::{Builder, Config, Conn, Ctx, Handler, Reactor};
+pub use test_support::wait::assert_eventually;
 
 /// The longest any single wait in a test may take.
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -21,25 +22,10 @@ pub fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// Polls `cond` until it holds, failing the test (at the caller's line) after `limit`.
-#[track_caller]
-pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_micros(50);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
-    }
-}
-
 /// Waits for `counter` to reach `value` exactly (fails if it overshoots).
 #[track_caller]
 pub fn wait_count(what: &str, counter: &AtomicUsize, value: usize) {
-    wait_until(what, LIMIT, || {
+    assert_eventually(what, LIMIT, || {
         let now = counter.load(Ordering::SeqCst);
         assert!(now <= value, "{what}: {now} > {value}");
         now == value

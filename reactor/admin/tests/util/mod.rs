@@ -169,19 +169,6 @@ pub fn drain(s: &mut TcpStream, within: Duration) -> (usize, bool) {
     }
 }
 
-/// Polls `cond` until it holds, failing the test after `limit`.
-#[track_caller]
-pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Idle and slow clients held against a server for as long as this lives: `idle`
 /// connections that never send a byte, and one client sending a request a byte every
 /// `slow_every`. Whichever the server closes is opened again at once, so the pressure
