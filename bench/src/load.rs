@@ -1,7 +1,10 @@
-//! The checking HTTP load generator: a closed loop over keep-alive connections.
+//! The checking load generator: a closed loop over keep-alive connections, HTTP or
+//! Dubbo.
 //!
-//! Each connection sends the race's form request, waits for the answer, checks it
-//! (status 200, body = Java `hashCode` of the parameter plus salt) and sends the next.
+//! Each connection sends the race's call (HTTP: its form request; Dubbo: a hessian2
+//! request of `hash(String)` as a Java consumer writes it), waits for the answer,
+//! checks it (HTTP status 200 / Dubbo status OK, value = Java `hashCode` of the
+//! parameter plus salt) and sends the next.
 //! Latencies go into per-loop [`Histogram`]s merged once a second; errors are counted
 //! by kind (`status_502`, `wrong`, `closed`, `timeout`, `connect`, `bad_response`).
 
@@ -13,8 +16,23 @@ use std::time::{Duration, Instant};
 
 use reactor::{Builder, CloseReason, Config, Conn, ConnId, Ctx, Handler, TimerId, XorShift};
 
+use codec::dubbo;
+use codec::hessian2::Value;
+use codec::Decoded;
+
 use crate::hist::Histogram;
 use crate::provider::SERVICE;
+
+/// What the load speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Protocol {
+    /// The race's HTTP form call (to the consumer-agent's `--listen`).
+    #[default]
+    Http,
+    /// Dubbo 2, hessian2, as an unmodified Dubbo consumer (to `--dubbo-listen`, or a
+    /// provider).
+    Dubbo,
+}
 
 /// What the `parameter` strings are made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +65,8 @@ pub struct LoadOpts {
     pub timeout: Duration,
     /// Print a progress line every second to stderr.
     pub progress: bool,
+    /// HTTP or Dubbo.
+    pub protocol: Protocol,
 }
 
 impl Default for LoadOpts {
@@ -61,6 +81,7 @@ impl Default for LoadOpts {
             salt: None,
             timeout: Duration::from_secs(5),
             progress: true,
+            protocol: Protocol::Http,
         }
     }
 }
@@ -327,8 +348,84 @@ impl Load {
         self.local_interval = Stats::default();
     }
 
+    /// Records an answer to the request in flight on `id`: its latency, and whether it
+    /// was right (`answer`: the error kind, or the value). False when nothing was in
+    /// flight there (a protocol error).
+    fn record(&mut self, id: ConnId, answer: Result<i32, String>) -> bool {
+        let Some(slot) = self.slots.get_mut(id.index()).and_then(|s| s.as_mut()) else {
+            return false;
+        };
+        if !slot.busy {
+            return false;
+        }
+        slot.busy = false;
+        let (sent, req) = (slot.sent, slot.req);
+        let now = Instant::now();
+        let us = now.duration_since(sent).as_micros() as u64;
+        let in_window = self.in_window(now);
+        self.local_interval.hist.record(us);
+        if in_window {
+            self.local_total.hist.record(us);
+        }
+        let expected = self.pool.get(req).map(|p| p.expected);
+        match answer {
+            Ok(v) if Some(v) == expected => {
+                self.local_interval.ok += 1;
+                if in_window {
+                    self.local_total.ok += 1;
+                }
+            }
+            Ok(_) => self.error(now, "wrong"),
+            Err(kind) => self.error(now, &kind),
+        }
+        true
+    }
+
+    /// Parses Dubbo answers from `input`; returns bytes used, or `None` on a protocol
+    /// error.
+    fn dubbo_answers(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, input: &[u8]) -> Option<usize> {
+        let mut used = 0;
+        loop {
+            let rest = input.get(used..)?;
+            let frame = match dubbo::decode_frame(rest) {
+                Ok(Decoded::Complete { msg, consumed }) => {
+                    used += consumed;
+                    msg
+                }
+                Ok(Decoded::Incomplete) => return Some(used),
+                Err(_) => return None,
+            };
+            if frame.is_event() || frame.is_request() || frame.id() != DUBBO_ID {
+                return None;
+            }
+            let answer = match dubbo::decode_response_body(
+                frame.serialization_id(),
+                frame.status(),
+                frame.body,
+            ) {
+                Ok(dubbo::Response {
+                    outcome: dubbo::Outcome::Value(Value::Int(v)),
+                    ..
+                }) => Ok(v),
+                Ok(_) if frame.status() != dubbo::status::OK => {
+                    Err(format!("dubbo_status_{}", frame.status()))
+                }
+                _ => Err("wrong".to_owned()),
+            };
+            if !self.record(id, answer) {
+                return None;
+            }
+            if Instant::now() < self.end && !self.done {
+                self.send(cx, id);
+            }
+        }
+    }
+
     /// Parses answers from `input`; returns bytes used, or `None` on a protocol error.
     fn answers(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, input: &[u8]) -> Option<usize> {
+        if self.opts.protocol == Protocol::Dubbo {
+            return self.dubbo_answers(cx, id, input);
+        }
         let mut used = 0;
         loop {
             let rest = input.get(used..)?;
@@ -361,34 +458,18 @@ impl Load {
             };
             used += head + len;
             let code = resp.code.unwrap_or(0);
-            let slot = self.slots.get_mut(id.index()).and_then(|s| s.as_mut())?;
-            if !slot.busy {
+            let answer = if code != 200 {
+                Err(format!("status_{code}"))
+            } else {
+                std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|b| b.trim().parse::<i32>().ok())
+                    .ok_or_else(|| "wrong".to_owned())
+            };
+            if !self.record(id, answer) {
                 return None;
             }
-            slot.busy = false;
-            let (sent, req) = (slot.sent, slot.req);
             let now = Instant::now();
-            let us = now.duration_since(sent).as_micros() as u64;
-            let in_window = self.in_window(now);
-            self.local_interval.hist.record(us);
-            if in_window {
-                self.local_total.hist.record(us);
-            }
-            let expected = self.pool.get(req).map(|p| p.expected);
-            if code != 200 {
-                self.error(now, &format!("status_{code}"));
-            } else if std::str::from_utf8(body)
-                .ok()
-                .and_then(|b| b.trim().parse::<i32>().ok())
-                == expected
-            {
-                self.local_interval.ok += 1;
-                if in_window {
-                    self.local_total.ok += 1;
-                }
-            } else {
-                self.error(now, "wrong");
-            }
             if close {
                 cx.close(id);
                 return Some(input.len());
@@ -508,16 +589,51 @@ impl Handler for Load {
 }
 
 /// Prepares `n` random requests for `target`.
-fn prepare(target: SocketAddr, params: Params, salt: Option<i64>, n: usize) -> Vec<Prepared> {
-    let host = target.to_string();
+fn prepare(opts: &LoadOpts, n: usize) -> Vec<Prepared> {
+    let host = opts.target.to_string();
     let mut rng = XorShift::from_time();
     (0..n)
         .map(|_| {
-            let p = random_param(&mut rng, params);
-            let (bytes, expected) = race_request(&host, &p, salt);
+            let p = random_param(&mut rng, opts.params);
+            let (bytes, expected) = match opts.protocol {
+                Protocol::Http => race_request(&host, &p, opts.salt),
+                Protocol::Dubbo => race_dubbo_request(&p, opts.salt),
+            };
             Prepared { bytes, expected }
         })
         .collect()
+}
+
+/// The request id of every Dubbo request: a connection has one in flight at a time.
+const DUBBO_ID: i64 = 1;
+
+/// The race's call as a Dubbo consumer sends it (hessian2, two-way), and the answer
+/// expected.
+pub fn race_dubbo_request(param: &str, salt: Option<i64>) -> (Vec<u8>, i32) {
+    let hashed = match salt {
+        Some(s) => format!("{param}{s}"),
+        None => param.to_owned(),
+    };
+    let expected = codec::java::string_hash_code(&hashed);
+    let mut args = Vec::new();
+    codec::hessian2::write_string(&mut args, param);
+    let mut out = Vec::new();
+    let request = dubbo::Request {
+        id: DUBBO_ID,
+        serialization: dubbo::Serialization::Hessian2,
+        two_way: true,
+        dubbo_version: "2.0.2",
+        path: SERVICE,
+        version: Some("0.0.0"),
+        group: None,
+        method: "hash",
+        descriptor: "Ljava/lang/String;",
+        args: &args,
+        attachments: dubbo::Attachments::Standard(&[]),
+    };
+    // The race's parameters are at most 1,023 characters: far below any limit.
+    let _ = dubbo::encode_request(&mut out, &request);
+    (out, expected)
 }
 
 /// Runs the load: warm-up, then the measured window; returns what was measured.
@@ -526,7 +642,7 @@ fn prepare(target: SocketAddr, params: Params, salt: Option<i64>, n: usize) -> V
 /// Starting the event loops failed.
 pub fn run(opts: &LoadOpts) -> io::Result<LoadReport> {
     let loops = opts.loops.max(1).min(opts.connections.max(1));
-    let pool = Arc::new(prepare(opts.target, opts.params, opts.salt, 2048));
+    let pool = Arc::new(prepare(opts, 2048));
     let agg = Arc::new(Mutex::new(Agg::default()));
     let config = Config {
         loops,

@@ -29,7 +29,8 @@ struct Cli {
 enum Cmd {
     /// A mock Dubbo provider of IHelloService.hash(String).
     Provider(ProviderArgs),
-    /// A checking HTTP load generator (closed loop over keep-alive connections).
+    /// A checking load generator, HTTP or Dubbo (closed loop over keep-alive
+    /// connections).
     Load(LoadArgs),
     /// A trivial server of the race's HTTP call (to measure the load generator).
     #[command(hide = true)]
@@ -96,9 +97,12 @@ struct ScenarioArgs {
 
 #[derive(clap::Args, Debug)]
 struct LoadArgs {
-    /// The consumer-agent's address.
+    /// The consumer-agent's address (its `--dubbo-listen` one with `--protocol dubbo`).
     #[arg(long, default_value = "127.0.0.1:20000")]
     target: SocketAddr,
+    /// What to speak: the race's HTTP call, or Dubbo (hessian2) as a Dubbo consumer.
+    #[arg(long, value_enum, default_value_t = load::Protocol::Http)]
+    protocol: load::Protocol,
     /// Keep-alive connections (up to 10,000).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     connections: u64,
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
                 salt: a.salt,
                 timeout: Duration::from_millis(a.timeout_ms),
                 progress: true,
+                protocol: a.protocol,
             };
             let report = match load::run(&opts) {
                 Ok(r) => r,

@@ -16,7 +16,7 @@ use codec::dubbo::Serialization;
 
 use crate::direct;
 use crate::harness::{self, Bins};
-use crate::load::{self, LoadOpts, Params};
+use crate::load::{self, LoadOpts, Params, Protocol};
 use crate::procs::{self, Proc, Usage};
 use test_support::etcd::Etcd;
 use test_support::net::free_addr;
@@ -221,6 +221,8 @@ pub(crate) struct Topology {
     agents: Vec<usize>,
     consumer: usize,
     pub(crate) consumer_addr: SocketAddr,
+    /// The consumer-agent's `--dubbo-listen` address.
+    pub(crate) dubbo_addr: SocketAddr,
     /// The mock providers' Dubbo addresses, in the order of their specs.
     pub(crate) provider_addrs: Vec<SocketAddr>,
     _tmp: tempfile::TempDir,
@@ -275,6 +277,7 @@ impl Topology {
             agents: Vec::new(),
             consumer: 0,
             consumer_addr: free_addr()?,
+            dubbo_addr: free_addr()?,
             provider_addrs: Vec::new(),
             etcd: None,
             _tmp: tmp,
@@ -349,6 +352,8 @@ impl Topology {
                 &opts.agent_retries.to_string(),
                 "--loops",
                 &loops,
+                "--dubbo-listen",
+                &topo.dubbo_addr.to_string(),
             ]
             .map(String::from),
         );
@@ -414,13 +419,16 @@ impl Topology {
 fn run_step(
     opts: &ScenarioOpts,
     topo: &mut Topology,
-    scenario: &str,
+    (scenario, protocol): (&str, Protocol),
     label: &str,
     connections: usize,
     ceiling: Option<f64>,
 ) -> io::Result<Step> {
     let lopts = LoadOpts {
-        target: topo.consumer_addr,
+        target: match protocol {
+            Protocol::Http => topo.consumer_addr,
+            Protocol::Dubbo => topo.dubbo_addr,
+        },
         connections,
         loops: opts.load_loops,
         warmup: opts.warmup,
@@ -431,6 +439,7 @@ fn run_step(
             opts.agent_timeout_ms * u64::from(opts.agent_retries + 1) + 2_000,
         ),
         progress: false,
+        protocol,
     };
     eprintln!("{scenario}: {label} ...");
     let start = Instant::now();
@@ -490,16 +499,22 @@ fn step_conns(quick: bool) -> Vec<usize> {
 fn classic(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(50);
     let mut topo = Topology::start_retrying(opts, bins, &specs, "classic")?;
-    for c in step_conns(opts.quick) {
-        let s = run_step(
-            opts,
-            &mut topo,
-            "classic",
-            &format!("{c} conns"),
-            c,
-            Some(classic_ceiling(c, &specs)),
-        )?;
-        steps.push(s);
+    // The HTTP path, then the same calls from Dubbo consumers (`--dubbo-listen`).
+    for front in [
+        ("classic", Protocol::Http),
+        ("classic-dubbo", Protocol::Dubbo),
+    ] {
+        for c in step_conns(opts.quick) {
+            let s = run_step(
+                opts,
+                &mut topo,
+                front,
+                &format!("{c} conns"),
+                c,
+                Some(classic_ceiling(c, &specs)),
+            )?;
+            steps.push(s);
+        }
     }
     Ok(())
 }
@@ -513,7 +528,7 @@ fn uneven(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result
         let mut s = run_step(
             opts,
             &mut topo,
-            "uneven",
+            ("uneven", Protocol::Http),
             &format!("{c} conns"),
             c,
             Some(ceiling),
@@ -528,38 +543,48 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
     let specs = race_specs(0);
     let mut topo = Topology::start_retrying(opts, bins, &specs, "overhead")?;
     let saturating = if opts.quick { 64 } else { 256 };
-    for (label, c) in [("1 conn", 1), ("saturating", saturating)] {
-        let mut s = run_step(opts, &mut topo, "overhead", label, c, None)?;
-        let cpu = s.agent_cpu();
-        if cpu > 0.0 {
-            let ok = s.qps * opts.duration.as_secs_f64();
-            s.extra
-                .insert("requests_per_agent_cpu_sec".into(), ok / cpu);
-        }
-        if c == 1 {
-            s.extra.insert("mesh_p50_ms_one_conn".into(), s.p50_ms);
-            // The same single connection straight to a provider over Dubbo: what the
-            // two agents add is the difference.
-            if let Some(&provider) = topo.provider_addrs.first() {
-                eprintln!("overhead: 1 conn straight to a provider ...");
-                let direct = direct::ping_pong(
-                    provider,
-                    Serialization::Fastjson,
-                    opts.warmup,
-                    opts.duration,
-                )?;
-                let direct_p50_ms = direct.latency.quantile(0.5) as f64 / 1000.0;
-                s.extra.insert("direct_p50_ms".into(), direct_p50_ms);
-                s.extra.insert(
-                    "mesh_added_p50_us".into(),
-                    ((s.p50_ms - direct_p50_ms) * 1000.0).round(),
-                );
-                if direct.wrong > 0 {
-                    s.errors.insert("direct_wrong".into(), direct.wrong);
+    // The same single connection straight to a provider over Dubbo: what the two
+    // agents add is the difference.
+    let mut direct_p50_ms = None;
+    for front in [
+        ("overhead", Protocol::Http),
+        ("overhead-dubbo", Protocol::Dubbo),
+    ] {
+        for (label, c) in [("1 conn", 1), ("saturating", saturating)] {
+            let mut s = run_step(opts, &mut topo, front, label, c, None)?;
+            let cpu = s.agent_cpu();
+            if cpu > 0.0 {
+                let ok = s.qps * opts.duration.as_secs_f64();
+                s.extra
+                    .insert("requests_per_agent_cpu_sec".into(), ok / cpu);
+            }
+            if c == 1 {
+                s.extra.insert("mesh_p50_ms_one_conn".into(), s.p50_ms);
+                if direct_p50_ms.is_none() {
+                    if let Some(&provider) = topo.provider_addrs.first() {
+                        eprintln!("overhead: 1 conn straight to a provider ...");
+                        let direct = direct::ping_pong(
+                            provider,
+                            Serialization::Fastjson,
+                            opts.warmup,
+                            opts.duration,
+                        )?;
+                        direct_p50_ms = Some(direct.latency.quantile(0.5) as f64 / 1000.0);
+                        if direct.wrong > 0 {
+                            s.errors.insert("direct_wrong".into(), direct.wrong);
+                        }
+                    }
+                }
+                if let Some(direct) = direct_p50_ms {
+                    s.extra.insert("direct_p50_ms".into(), direct);
+                    s.extra.insert(
+                        "mesh_added_p50_us".into(),
+                        ((s.p50_ms - direct) * 1000.0).round(),
+                    );
                 }
             }
+            steps.push(s);
         }
-        steps.push(s);
     }
     Ok(())
 }

@@ -201,6 +201,7 @@ pub fn run(opts: &SoakOpts) -> io::Result<SoakReport> {
             opts.scenario.agent_timeout_ms * u64::from(opts.scenario.agent_retries + 1) + 2_000,
         ),
         progress: false,
+        protocol: load::Protocol::Http,
     };
     eprintln!(
         "soak: {} connections for {:?}, sampling every {:?}",

@@ -253,6 +253,7 @@ fn consumer_agent_http_port_withstands_bad_clients() {
         salt: None,
         timeout: Duration::from_secs(5),
         progress: false,
+        protocol: bench::load::Protocol::Http,
     })
     .expect("load");
     eprintln!("{}", r.summary());

@@ -172,6 +172,7 @@ fn start_load(target: SocketAddr, connections: usize, secs: f64) -> JoinHandle<L
         salt: None,
         timeout: Duration::from_secs(8),
         progress: false,
+        protocol: bench::load::Protocol::Http,
     };
     std::thread::spawn(move || load::run(&opts).expect("load run"))
 }

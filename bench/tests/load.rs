@@ -18,6 +18,7 @@ fn opts(target: std::net::SocketAddr) -> LoadOpts {
         salt: None,
         timeout: Duration::from_millis(500),
         progress: false,
+        protocol: bench::load::Protocol::Http,
     }
 }
 
@@ -143,4 +144,41 @@ fn timeouts_and_closes_are_counted() {
         "{}",
         r.summary()
     );
+}
+
+#[test]
+fn dubbo_answers_are_checked_as_http_ones() {
+    use bench::provider::{self, ProviderOpts};
+    let right = provider::spawn(ProviderOpts {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        latency: Duration::ZERO,
+        ..ProviderOpts::default()
+    })
+    .unwrap();
+    for params in [Params::Ascii, Params::Utf8] {
+        let r = load::run(&LoadOpts {
+            params,
+            protocol: load::Protocol::Dubbo,
+            ..opts(right.local_addr())
+        })
+        .unwrap();
+        assert!(r.stats.ok > 100, "{}", r.summary());
+        assert!(r.stats.errors.is_empty(), "{}", r.summary());
+        assert_eq!(r.requests, r.stats.ok + r.stats.error_count());
+    }
+    // A provider that salts its answers: every one is wrong.
+    let salted = provider::spawn(ProviderOpts {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        latency: Duration::ZERO,
+        salt: Some(7),
+        ..ProviderOpts::default()
+    })
+    .unwrap();
+    let r = load::run(&LoadOpts {
+        protocol: load::Protocol::Dubbo,
+        ..opts(salted.local_addr())
+    })
+    .unwrap();
+    assert_eq!(r.stats.ok, 0, "{}", r.summary());
+    assert_eq!(r.stats.errors.get("wrong"), Some(&r.requests));
 }

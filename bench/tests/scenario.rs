@@ -18,7 +18,15 @@ fn quick_scenarios_run_clean_and_stop_everything() {
     opts.duration = Duration::from_secs(1);
     let r = scenario::run(&opts).expect("scenario");
     assert!(r.failures.is_empty(), "{:?}", r.failures);
-    assert_eq!(r.steps.len(), 2);
+    // 128 and 512 connections, over HTTP and from Dubbo consumers.
+    assert_eq!(r.steps.len(), 4);
+    assert_eq!(
+        r.steps
+            .iter()
+            .filter(|s| s.scenario == "classic-dubbo")
+            .count(),
+        2
+    );
     for s in &r.steps {
         assert!(s.requests > 0 && s.qps > 0.0, "{s:?}");
         assert!(s.errors.is_empty(), "every request answered right: {s:?}");

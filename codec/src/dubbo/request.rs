@@ -399,7 +399,10 @@ pub fn decode_routed_request(body: &[u8]) -> Result<RoutedRequest<'_>, Error> {
     // The attachments are read on their own: a class or type the arguments defined is
     // not known to this decoder, which Java's string map never refers to. A body whose
     // attachments do refer to one is read whole, as a provider reads it.
-    let attachments = match vals.next_value().and_then(|v| v.map(attachments_of).transpose()) {
+    let attachments = match vals
+        .next_value()
+        .and_then(|v| v.map(attachments_of).transpose())
+    {
         Ok(list) => list.unwrap_or_default(),
         Err(_) => decode_request_body(Serialization::Hessian2.id(), body)?.attachments,
     };
