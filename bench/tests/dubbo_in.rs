@@ -396,3 +396,47 @@ fn the_timeout_attachment_bounds_the_call() {
     drop(mesh);
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
+
+/// Someone else's Dubbo client through the mesh: PyPI's `dubbo-ssl-python` (installed
+/// by .ci/setup), which reads result flags 0, 1 and 2 only and sends Dubbo version
+/// 2.4.10: the provider answers it so, since the caller's version reaches it.
+#[test]
+fn a_python_dubbo_client_calls_through_the_consumer_agent() {
+    let _serial = serial();
+    let mesh = Mesh::start();
+    let script = r#"
+import sys
+from dubbo_ssl.client import DubboClient
+host = sys.argv[1]
+c = DubboClient('com.alibaba.dubbo.performance.demo.provider.IHelloService', None, version='0.0.0', host=host)
+for s in ['hello', 'dubbo', '', 'ünïcödé 漢字']:
+    print('ok', c.call('hash', [s], timeout=5))
+try:
+    DubboClient('com.example.Nobody', None, version='0.0.0', host=host).call('hash', ['x'], timeout=5)
+    print('no error')
+except Exception as e:
+    print('error', str(e).strip().replace('\n', ' '))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &mesh.dubbo.to_string()])
+        .output()
+        .expect("python3 (installed by .ci/setup)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let want: Vec<String> = ["hello", "dubbo", "", "ünïcödé 漢字"]
+        .iter()
+        .map(|s| format!("ok {}", string_hash_code(s)))
+        .collect();
+    assert_eq!(&lines[..4], &want[..], "{stdout}");
+    assert!(
+        lines[4].starts_with("error") && lines[4].contains("com.example.Nobody"),
+        "{stdout}"
+    );
+    drop(mesh);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}

@@ -158,11 +158,15 @@ impl ConsumerLoop {
             timeout = timeout.min(Duration::from_millis(ms));
         }
         // The routing keys are the agents' to set from the call; the rest travel on.
-        let attachments: Vec<(String, String)> = routed
+        let mut attachments: Vec<(String, String)> = routed
             .attachments
             .into_iter()
             .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
             .collect();
+        // The provider shapes its answer by the caller's protocol version (result
+        // flags with attachments from 2.0.2 on): it travels as `dubbo` (see
+        // codec::agent's rules on RAW).
+        attachments.push(("dubbo".to_owned(), routed.dubbo_version));
         let mut args = self.take_buf();
         args.extend_from_slice(routed.args);
         let now = cx.now();

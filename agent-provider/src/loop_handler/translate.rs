@@ -405,7 +405,7 @@ impl ProviderLoop {
             id: dubbo_id as i64,
             serialization: self.cfg.serialization,
             two_way: !req.one_way,
-            dubbo_version: &self.cfg.dubbo_version,
+            dubbo_version: caller_version(req).unwrap_or(&self.cfg.dubbo_version),
             path: &sig.service,
             version: Some(if variant.version.is_empty() {
                 "0.0.0"
@@ -458,6 +458,18 @@ impl ProviderLoop {
         }
         self.m().response(status);
     }
+}
+
+/// The Dubbo protocol version a caller speaking Dubbo itself sent (a RAW request's
+/// `dubbo` attachment), when it reads as one: the provider shapes its answer by it.
+fn caller_version<'a>(req: &agent::Request<'a>) -> Option<&'a str> {
+    if !req.raw_result {
+        return None;
+    }
+    let (_, v) = req.attachments.into_iter().find(|(k, _)| *k == "dubbo")?;
+    let plausible =
+        !v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    plausible.then_some(v)
 }
 
 #[cfg(test)]

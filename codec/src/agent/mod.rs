@@ -71,7 +71,10 @@
 //!   a provider-agent older than the flag closes the connection on a REQUEST with it
 //!   (unknown flags), so upgrade provider-agents before consumer-agents take Dubbo
 //!   (`--dubbo-listen`); HTTP calls never set it. A provider-agent whose provider speaks
-//!   another serialization than hessian2 ignores it and answers as without it.
+//!   another serialization than hessian2 ignores it and answers as without it. A RAW
+//!   REQUEST may carry the caller's Dubbo protocol version as attachment `dubbo`: the
+//!   provider-agent writes it in the Dubbo request (a provider shapes its answer by
+//!   it: result flags with attachments only from 2.0.2 on) instead of its own.
 //! - Versions are not negotiated: a peer speaking another version gets
 //!   [`AgentError::UnsupportedVersion`] and the connection is closed.
 //!
