@@ -96,6 +96,7 @@ fn main() {
 }
 
 /// Median, min and max.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn spread(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
