@@ -4,8 +4,8 @@
 #![no_main]
 
 use codec::agent::{
-    begin_request, begin_response_with, decode, encode_define, encode_ping, encode_pong, finish,
-    Frame, RequestHead, Status, HEADER_LEN, MAX_BODY,
+    begin_raw_response, begin_request, begin_response_with, decode, encode_define, encode_ping,
+    encode_pong, finish, Frame, RequestHead, Status, HEADER_LEN, MAX_BODY,
 };
 use codec::Decoded;
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +23,7 @@ fn reencode(frame: &Frame<'_>) -> Vec<u8> {
                 call_id: req.call_id,
                 timeout_ms: req.timeout_ms,
                 one_way: req.one_way,
+                raw_result: req.raw_result,
                 attachments: &atts,
             };
             let mark = begin_request(&mut out, &head).expect("request head re-encodes");
@@ -31,8 +32,17 @@ fn reencode(frame: &Frame<'_>) -> Vec<u8> {
         }
         Frame::Response(resp) => {
             let atts: Vec<(&str, &str)> = resp.attachments.collect();
-            let mark = begin_response_with(&mut out, resp.id, resp.status, &atts)
-                .expect("response head re-encodes");
+            let mark = match resp.raw {
+                Some(raw) => begin_raw_response(
+                    &mut out,
+                    resp.id,
+                    resp.status,
+                    raw.status,
+                    raw.serialization,
+                ),
+                None => begin_response_with(&mut out, resp.id, resp.status, &atts)
+                    .expect("response head re-encodes"),
+            };
             out.extend_from_slice(resp.payload);
             finish(&mut out, mark).expect("response re-encodes");
         }
@@ -68,10 +78,19 @@ fuzz_target!(|data: &[u8]| {
                     Frame::Response(resp) => {
                         let walked: Vec<_> = resp.attachments.collect();
                         assert_eq!(walked.len(), resp.attachments.remaining());
-                        let atts_len: usize = walked.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
+                        let atts_len: usize =
+                            walked.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
                         let list_len = if walked.is_empty() { 0 } else { 2 + atts_len };
-                        assert_eq!(HEADER_LEN + list_len + resp.payload.len(), consumed);
-                        assert_eq!(resp.message().is_some(), !resp.status.carries_value());
+                        // A RAW answer's Dubbo status and serialization precede its body.
+                        let raw_len = if resp.raw.is_some() { 2 } else { 0 };
+                        assert_eq!(
+                            HEADER_LEN + list_len + raw_len + resp.payload.len(),
+                            consumed
+                        );
+                        assert_eq!(
+                            resp.message().is_some(),
+                            resp.raw.is_none() && !resp.status.carries_value()
+                        );
                         assert_eq!(Status::from_u8(resp.status as u8), Some(resp.status));
                         let _ = resp.status.is_retryable();
                     }
