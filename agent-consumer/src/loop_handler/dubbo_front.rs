@@ -21,6 +21,9 @@ use reactor::{ConnId, Ctx, EndOfInput};
 use super::{Call, ConsumerLoop, Origin};
 use crate::metrics::Outcome;
 
+/// What a call lost with its provider-agent connection is answered (call_core).
+pub(super) const LOST: &str = "connection to provider-agent lost";
+
 /// One Dubbo consumer's connection.
 #[derive(Debug, Default)]
 pub(super) struct DubboConn {
@@ -317,6 +320,8 @@ impl ConsumerLoop {
             (Outcome::Unavailable, _) if text.contains("in-flight limit") => {
                 status::SERVER_THREADPOOL_EXHAUSTED
             }
+            // Lost with its connection: it may have run, so not "not found".
+            (Outcome::Unavailable, _) if text == LOST => status::SERVER_ERROR,
             (Outcome::Unavailable, _) => status::SERVICE_NOT_FOUND,
             _ => status::SERVER_ERROR,
         };

@@ -177,7 +177,7 @@ impl ConsumerLoop {
             .collect();
         for (call, call_id) in lost {
             self.lost_on(call_id, key);
-            let msg = "connection to provider-agent lost";
+            let msg = super::dubbo_front::LOST;
             self.fail(cx, call, Outcome::Unavailable, 503, msg);
         }
     }
