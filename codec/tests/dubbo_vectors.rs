@@ -381,21 +381,27 @@ fn a_python_clients_request_is_read_for_routing_with_its_arguments_as_written() 
     let r = dubbo::decode_routed_request(msg.body).unwrap();
     assert_eq!(
         (
-            r.dubbo_version.as_str(),
-            r.path.as_str(),
-            r.version.as_str()
+            r.dubbo_version.as_ref(),
+            r.path.as_ref(),
+            r.version.as_ref()
         ),
         ("2.0.2", SERVICE, "0.0.0")
     );
     assert_eq!(
-        (r.method.as_str(), r.descriptor.as_str()),
+        (r.method.as_ref(), r.descriptor.as_ref()),
         ("hash", "Ljava/lang/String;")
     );
     let mut hello = Vec::new();
     hessian2::write_string(&mut hello, "hello");
     assert_eq!(r.args, &hello[..], "the argument's own bytes");
     // `group` is null there: only string attachments are kept.
-    let keys: Vec<&str> = r.attachments.iter().map(|(k, _)| k.as_str()).collect();
+    let keys: Vec<&str> = r.attachments.iter().map(|(k, _)| k.as_ref()).collect();
+    // All of it borrowed from the body: Java's short ASCII strings need no copy.
+    assert!(matches!(r.path, std::borrow::Cow::Borrowed(_)));
+    assert!(r.attachments.iter().all(|(k, v)| matches!(
+        (k, v),
+        (std::borrow::Cow::Borrowed(_), std::borrow::Cow::Borrowed(_))
+    )));
     assert_eq!(keys, ["path", "interface", "version"]);
     assert_eq!(r.attachment("interface"), Some(SERVICE));
     // Cut anywhere, the body is refused, never misread; except right after the
@@ -408,5 +414,60 @@ fn a_python_clients_request_is_read_for_routing_with_its_arguments_as_written() 
         } else {
             assert!(r.is_err(), "cut at {cut}");
         }
+    }
+}
+
+#[test]
+fn routed_requests_read_alike_borrowed_or_decoded() {
+    // Non-ASCII names, a chunked string and an attachment that is not a string take the
+    // decoder's way; the answer is the same shape.
+    let mut args = Vec::new();
+    hessian2::write_string(&mut args, "x");
+    let long = "v".repeat(40_000);
+    for (path, version, extra) in [
+        (SERVICE, "1.0", vec![("trace", Some("t-1"))]),
+        ("com.例子.Service", "1.0", vec![("trace", Some("ü"))]),
+        (
+            SERVICE,
+            long.as_str(),
+            vec![("trace", Some("t-1")), ("gone", None)],
+        ),
+    ] {
+        let mut out = Vec::new();
+        dubbo::encode_request(
+            &mut out,
+            &Request {
+                id: 1,
+                serialization: Serialization::Hessian2,
+                two_way: true,
+                dubbo_version: "2.0.2",
+                path,
+                version: Some(version),
+                group: Some("g"),
+                method: "hash",
+                descriptor: "Ljava/lang/String;",
+                args: &args,
+                attachments: Attachments::Standard(&extra),
+            },
+        )
+        .unwrap();
+        let body = &out[dubbo::HEADER_LEN..];
+        let r = dubbo::decode_routed_request(body).unwrap();
+        let full = dubbo::decode_request_body(2, body).unwrap();
+        assert_eq!(r.path, full.path);
+        assert_eq!(Some(r.version.as_ref()), full.version.as_deref());
+        assert_eq!(r.args, &args[..]);
+        assert_eq!(r.attachment("group"), Some("g"));
+        let want: Vec<(&str, &str)> = full
+            .attachments
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
+            .collect();
+        let got: Vec<(&str, &str)> = r
+            .attachments
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect();
+        assert_eq!(got, want, "{path}");
     }
 }

@@ -148,11 +148,26 @@ impl ConsumerLoop {
         let remaining = c.deadline.saturating_duration_since(now);
         c.attempts += 1;
         c.sent = Some((up_key, now));
-        let attachments: Vec<(&str, &str)> = c
-            .attachments
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        // Up to eight attachments (nearly always: usually none, or the caller's Dubbo
+        // version) are listed on the stack.
+        let pairs = c.attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let version = c.dubbo_version.as_ref().map(|v| ("dubbo", v.as_str()));
+        let mut all = pairs.chain(version);
+        let mut small = [("", ""); 8];
+        let mut listed = 0;
+        for (slot, pair) in small.iter_mut().zip(all.by_ref()) {
+            *slot = pair;
+            listed += 1;
+        }
+        let spilled: Vec<(&str, &str)> = match all.next() {
+            Some(more) => small.iter().copied().chain([more]).chain(all).collect(),
+            None => Vec::new(),
+        };
+        let attachments: &[(&str, &str)] = if spilled.is_empty() {
+            small.get(..listed).unwrap_or_default()
+        } else {
+            &spilled
+        };
         let head = RequestHead {
             id: call,
             call_id,
@@ -160,7 +175,7 @@ impl ConsumerLoop {
             one_way: false,
             // A Dubbo caller gets the provider's answer as the provider wrote it.
             raw_result: matches!(c.origin, Origin::Dubbo { .. }),
-            attachments: &attachments,
+            attachments,
         };
         let Some(out) = cx.output(conn) else { return };
         let mut ok = !new_define || agent::encode_define(out, call_id, sig.as_ref()).is_ok();

@@ -24,6 +24,34 @@ use crate::metrics::Outcome;
 /// What a call lost with its provider-agent connection is answered (call_core).
 pub(super) const LOST: &str = "connection to provider-agent lost";
 
+/// A Dubbo protocol version (`2.0.2`), kept inline: no allocation per call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Version {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Version {
+    /// `v` if it reads as a version (digits and dots, at most 16).
+    pub(super) fn new(v: &str) -> Option<Version> {
+        let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        let mut bytes = [0u8; 16];
+        bytes
+            .get_mut(..v.len())
+            .filter(|_| ok)?
+            .copy_from_slice(v.as_bytes());
+        Some(Version {
+            bytes,
+            len: v.len() as u8,
+        })
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        let b = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
+        std::str::from_utf8(b).unwrap_or_default()
+    }
+}
+
 /// One Dubbo consumer's connection.
 #[derive(Debug, Default)]
 pub(super) struct DubboConn {
@@ -161,15 +189,12 @@ impl ConsumerLoop {
             timeout = timeout.min(Duration::from_millis(ms));
         }
         // The routing keys are the agents' to set from the call; the rest travel on.
-        let mut attachments: Vec<(String, String)> = routed
+        let attachments: Vec<(String, String)> = routed
             .attachments
             .into_iter()
             .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        // The provider shapes its answer by the caller's protocol version (result
-        // flags with attachments from 2.0.2 on): it travels as `dubbo` (see
-        // codec::agent's rules on RAW).
-        attachments.push(("dubbo".to_owned(), routed.dubbo_version));
         let mut args = self.take_buf();
         args.extend_from_slice(routed.args);
         let now = cx.now();
@@ -184,6 +209,10 @@ impl ConsumerLoop {
             call_id,
             args,
             attachments,
+            // The provider shapes its answer by the caller's protocol version (result
+            // flags with attachments from 2.0.2 on): it travels as `dubbo` (see
+            // codec::agent's rules on RAW).
+            dubbo_version: Version::new(&routed.dubbo_version),
             started: now,
             deadline: now + timeout,
             timer: None,

@@ -540,6 +540,7 @@ impl ConsumerLoop {
             call_id,
             args,
             attachments: prepared.attachments,
+            dubbo_version: None,
             started: now,
             deadline: now + timeout,
             timer: None,

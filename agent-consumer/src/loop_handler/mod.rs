@@ -95,6 +95,8 @@ struct Call {
     call_id: u32,
     args: Vec<u8>,
     attachments: Vec<(String, String)>,
+    /// A Dubbo caller's protocol version (the provider shapes its answer by it).
+    dubbo_version: Option<dubbo_front::Version>,
     started: Instant,
     deadline: Instant,
     timer: Option<TimerId>,

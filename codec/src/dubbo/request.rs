@@ -1,6 +1,8 @@
 //! Dubbo requests: the encoder for the consumer hot path, the body decoder
 //! for mock providers, and JVM parameter descriptors.
 
+use std::borrow::Cow;
+
 use super::frame::{patch_len, write_header, FLAG_REQUEST, FLAG_TWO_WAY};
 use super::{body_values, json_lines, json_value, Error, Serialization};
 use crate::hessian2::{self, Decoder, Value};
@@ -343,24 +345,26 @@ pub fn decode_request_body(serialization: u8, body: &[u8]) -> Result<RequestBody
 
 /// What a proxy needs of a hessian2 request body to route it: the leading strings and
 /// the attachments, with the arguments left as the bytes the caller wrote (they go on
-/// to the provider as they are: no re-encoding, so nothing of them can change).
+/// to the provider as they are: no re-encoding, so nothing of them can change). The
+/// strings are borrowed from the body where it holds them as they are (short ASCII
+/// strings, as Java writes names and versions), so reading a request allocates little.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutedRequest<'a> {
     /// Dubbo protocol version the caller speaks.
-    pub dubbo_version: String,
+    pub dubbo_version: Cow<'a, str>,
     /// Service path (the interface).
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// Service version (`""` when null).
-    pub version: String,
+    pub version: Cow<'a, str>,
     /// Method name.
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// JVM parameter descriptor.
-    pub descriptor: String,
+    pub descriptor: Cow<'a, str>,
     /// The arguments, as written: a hessian2 stream of one value per descriptor entry.
     pub args: &'a [u8],
     /// The attachments whose key and value are strings, in wire order (others are
     /// dropped: a proxy passes on only what it can carry).
-    pub attachments: Vec<(String, String)>,
+    pub attachments: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 impl RoutedRequest<'_> {
@@ -369,7 +373,7 @@ impl RoutedRequest<'_> {
         self.attachments
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -379,6 +383,9 @@ impl RoutedRequest<'_> {
 /// # Errors
 /// Malformed values, a field of the wrong kind, or a body that ends early.
 pub fn decode_routed_request(body: &[u8]) -> Result<RoutedRequest<'_>, Error> {
+    if let Some(r) = routed_as_written(body) {
+        return Ok(r);
+    }
     let mut vals = body_values(body);
     let dubbo_version = string_field(vals.need("dubbo version")?, "dubbo version")?;
     let path = string_field(vals.need("service path")?, "service path")?;
@@ -386,15 +393,7 @@ pub fn decode_routed_request(body: &[u8]) -> Result<RoutedRequest<'_>, Error> {
     let method = string_field(vals.need("method")?, "method")?;
     let descriptor = string_field(vals.need("descriptor")?, "descriptor")?;
     let start = body.len() - vals.rest.len();
-    let mut skipper = hessian2::Skipper::new();
-    for _ in 0..descriptor_arity(&descriptor)? {
-        match skipper.skip(vals.rest)? {
-            Decoded::Complete { consumed, .. } => {
-                vals.rest = vals.rest.get(consumed..).unwrap_or_default();
-            }
-            Decoded::Incomplete => return Err(Error::Truncated { what: "argument" }),
-        }
-    }
+    vals.rest = skip_args(vals.rest, &descriptor)?;
     let end = body.len() - vals.rest.len();
     // The attachments are read on their own: a class or type the arguments defined is
     // not known to this decoder, which Java's string map never refers to. A body whose
@@ -409,19 +408,111 @@ pub fn decode_routed_request(body: &[u8]) -> Result<RoutedRequest<'_>, Error> {
     let attachments = attachments
         .into_iter()
         .filter_map(|(k, v)| match v {
-            Value::String(s) => Some((k, s)),
+            Value::String(s) => Some((Cow::Owned(k), Cow::Owned(s))),
             _ => None,
         })
         .collect();
     Ok(RoutedRequest {
-        dubbo_version,
-        path,
-        version: version.unwrap_or_default(),
-        method,
-        descriptor,
+        dubbo_version: Cow::Owned(dubbo_version),
+        path: Cow::Owned(path),
+        version: Cow::Owned(version.unwrap_or_default()),
+        method: Cow::Owned(method),
+        descriptor: Cow::Owned(descriptor),
         args: body.get(start..end).unwrap_or_default(),
         attachments,
     })
+}
+
+/// Walks the arguments `descriptor` names at the start of `rest`; what follows them.
+fn skip_args<'a>(mut rest: &'a [u8], descriptor: &str) -> Result<&'a [u8], Error> {
+    let mut skipper = hessian2::Skipper::new();
+    for _ in 0..descriptor_arity(descriptor)? {
+        match skipper.skip(rest)? {
+            Decoded::Complete { consumed, .. } => {
+                rest = rest.get(consumed..).unwrap_or_default();
+            }
+            Decoded::Incomplete => return Err(Error::Truncated { what: "argument" }),
+        }
+    }
+    Ok(rest)
+}
+
+/// The common case, borrowed: every leading string and attachment a one-chunk ASCII
+/// string (or a null version), the attachments an untyped map of strings. `None` for
+/// anything else, which [`decode_routed_request`] then reads with the decoder.
+fn routed_as_written(body: &[u8]) -> Option<RoutedRequest<'_>> {
+    let mut at = 0;
+    let string = |at: &mut usize| -> Option<&str> {
+        let (s, n) = ascii_string(body.get(*at..)?)?;
+        *at += n;
+        Some(s)
+    };
+    let dubbo_version = string(&mut at)?;
+    let path = string(&mut at)?;
+    let version = if body.get(at) == Some(&b'N') {
+        at += 1;
+        ""
+    } else {
+        string(&mut at)?
+    };
+    let method = string(&mut at)?;
+    let descriptor = string(&mut at)?;
+    let rest = skip_args(body.get(at..)?, descriptor).ok()?;
+    let end = body.len() - rest.len();
+    let args = body.get(at..end)?;
+    let mut attachments = Vec::new();
+    if !rest.is_empty() {
+        let mut at = end;
+        if body.get(at) != Some(&b'H') {
+            return None;
+        }
+        at += 1;
+        while body.get(at) != Some(&b'Z') {
+            let key = string(&mut at)?;
+            // Dubbo writes null for an unset group: dropped, as any non-string.
+            if body.get(at) == Some(&b'N') {
+                at += 1;
+                continue;
+            }
+            let value = string(&mut at)?;
+            attachments.push((Cow::Borrowed(key), Cow::Borrowed(value)));
+        }
+        if at + 1 != body.len() {
+            return None;
+        }
+    }
+    Some(RoutedRequest {
+        dubbo_version: Cow::Borrowed(dubbo_version),
+        path: Cow::Borrowed(path),
+        version: Cow::Borrowed(version),
+        method: Cow::Borrowed(method),
+        descriptor: Cow::Borrowed(descriptor),
+        args,
+        attachments,
+    })
+}
+
+/// A hessian2 string in one chunk whose characters are all ASCII (so its UTF-16 length
+/// is its byte length), borrowed, and the bytes it takes.
+fn ascii_string(buf: &[u8]) -> Option<(&str, usize)> {
+    let (&tag, rest) = buf.split_first()?;
+    let (len, head) = match tag {
+        0x00..=0x1f => (usize::from(tag), 1),
+        0x30..=0x33 => (
+            (usize::from(tag - 0x30) << 8) | usize::from(*rest.first()?),
+            2,
+        ),
+        b'S' => (
+            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            3,
+        ),
+        _ => return None,
+    };
+    let bytes = buf.get(head..head + len)?;
+    if !bytes.is_ascii() {
+        return None;
+    }
+    Some((std::str::from_utf8(bytes).ok()?, head + len))
 }
 
 /// The fields of a request body, whatever its serialization: `next` gives the body's
