@@ -10,12 +10,7 @@ use common::*;
 use test_support::wait::assert_eventually;
 
 fn start(ser: Serialization, arg: SerializationArg) -> (MockProvider, agent_provider::Running) {
-    init_log();
-    let provider = MockProvider::start("127.0.0.1:0", ser);
-    let agent = agent_provider::start(agent_config(provider.addr, arg)).unwrap();
-    let m = agent.metrics().clone();
-    assert_eventually("provider connection", SOON, || m.provider_up());
-    (provider, agent)
+    provider_and_agent(ser, arg)
 }
 
 #[test]

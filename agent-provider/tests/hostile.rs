@@ -12,18 +12,11 @@ use codec::agent::{self, SignatureRef, Status, MAX_NAME_LEN, MAX_TABLE_BYTES};
 use codec::dubbo::{self, Serialization};
 use codec::hessian2;
 use common::*;
-use test_support::wait::assert_eventually;
 
 use agent_provider::config::SerializationArg;
 
 fn start() -> (MockProvider, agent_provider::Running) {
-    init_log();
-    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
-    let agent =
-        agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
-    let m = agent.metrics().clone();
-    assert_eventually("provider connection", SOON, || m.provider_up());
-    (provider, agent)
+    provider_and_agent(Serialization::Hessian2, SerializationArg::Hessian2)
 }
 
 fn define(c: &mut Client, call_id: u32, sig: SignatureRef<'_>) {

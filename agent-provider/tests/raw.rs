@@ -12,7 +12,6 @@ use codec::dubbo::{self, Serialization};
 use codec::hessian2;
 use codec::Decoded;
 use common::*;
-use test_support::wait::assert_eventually;
 
 use agent_provider::config::SerializationArg;
 
@@ -49,12 +48,7 @@ fn raw_call(c: &mut Client, id: u64) -> (Status, Option<RawDubbo>, Vec<u8>) {
 
 #[test]
 fn a_providers_answer_is_relayed_byte_for_byte() {
-    init_log();
-    let provider = MockProvider::start("127.0.0.1:0", Serialization::Hessian2);
-    let agent =
-        agent_provider::start(agent_config(provider.addr, SerializationArg::Hessian2)).unwrap();
-    let m = agent.metrics().clone();
-    assert_eventually("provider connection", SOON, || m.provider_up());
+    let (provider, agent) = provider_and_agent(Serialization::Hessian2, SerializationArg::Hessian2);
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
 
@@ -121,12 +115,8 @@ fn a_providers_answer_is_relayed_byte_for_byte() {
 
 #[test]
 fn a_fastjson_provider_answers_as_without_raw() {
-    init_log();
-    let provider = MockProvider::start("127.0.0.1:0", Serialization::Fastjson);
-    let agent =
-        agent_provider::start(agent_config(provider.addr, SerializationArg::Fastjson)).unwrap();
-    let m = agent.metrics().clone();
-    assert_eventually("provider connection", SOON, || m.provider_up());
+    let (_provider, agent) =
+        provider_and_agent(Serialization::Fastjson, SerializationArg::Fastjson);
     let mut c = Client::connect(agent.agent_addr());
     c.define_hash();
     let (status, raw, body) = raw_call(&mut c, 1);

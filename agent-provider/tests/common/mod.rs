@@ -378,3 +378,17 @@ pub fn agent_config(
 pub fn init_log() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
+
+/// A mock provider speaking `ser` and a provider-agent in front of it (speaking
+/// `arg`), once the agent has its provider connection.
+pub fn provider_and_agent(
+    ser: Serialization,
+    arg: agent_provider::config::SerializationArg,
+) -> (MockProvider, agent_provider::Running) {
+    init_log();
+    let provider = MockProvider::start("127.0.0.1:0", ser);
+    let agent = agent_provider::start(agent_config(provider.addr, arg)).unwrap();
+    let m = agent.metrics().clone();
+    test_support::wait::assert_eventually("provider connection", SOON, || m.provider_up());
+    (provider, agent)
+}

@@ -615,25 +615,29 @@ fn string_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<String> {
     Ok(out)
 }
 
+/// The length and finality of a binary chunk.
+fn binary_chunk(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<(usize, bool)> {
+    Ok(match tag {
+        0x20..=0x2f => (usize::from(tag - 0x20), true),
+        0x34..=0x37 => ((usize::from(tag - 0x34) << 8) | usize::from(r.u8()?), true),
+        b'B' => (r.u16()?, true),
+        b'A' => (r.u16()?, false),
+        _ => {
+            return Err(Error::UnexpectedTag {
+                tag,
+                offset: at,
+                expected: "a binary chunk",
+            }
+            .into())
+        }
+    })
+}
+
 fn binary_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<Vec<u8>> {
     let mut out = Vec::new();
-    let mut tag = tag;
-    let mut at = at;
+    let (mut tag, mut at) = (tag, at);
     loop {
-        let (len, last) = match tag {
-            0x20..=0x2f => (usize::from(tag - 0x20), true),
-            0x34..=0x37 => ((usize::from(tag - 0x34) << 8) | usize::from(r.u8()?), true),
-            b'B' => (r.u16()?, true),
-            b'A' => (r.u16()?, false),
-            _ => {
-                return Err(Error::UnexpectedTag {
-                    tag,
-                    offset: at,
-                    expected: "a binary chunk",
-                }
-                .into())
-            }
-        };
+        let (len, last) = binary_chunk(tag, at, r)?;
         out.extend_from_slice(r.take(len)?);
         if last {
             return Ok(out);
@@ -923,20 +927,7 @@ fn skip_string_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
 fn skip_binary_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
     let (mut tag, mut at) = (tag, at);
     loop {
-        let (len, last) = match tag {
-            0x20..=0x2f => (usize::from(tag - 0x20), true),
-            0x34..=0x37 => ((usize::from(tag - 0x34) << 8) | usize::from(r.u8()?), true),
-            b'B' => (r.u16()?, true),
-            b'A' => (r.u16()?, false),
-            _ => {
-                return Err(Error::UnexpectedTag {
-                    tag,
-                    offset: at,
-                    expected: "a binary chunk",
-                }
-                .into())
-            }
-        };
+        let (len, last) = binary_chunk(tag, at, r)?;
         r.take(len)?;
         if last {
             return Ok(());
