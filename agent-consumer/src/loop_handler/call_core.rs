@@ -5,7 +5,6 @@
 use codec::agent::{self, AgentError, CallTable, RequestHead, Signature, SignatureRef, Status};
 use reactor::Ctx;
 
-use super::http_front::{attachment_header_names, write_error_answer};
 use super::{Call, ConsumerLoop, Origin};
 use crate::lb::Answer;
 use crate::metrics::Outcome;
@@ -197,31 +196,6 @@ impl ConsumerLoop {
         }
     }
 
-    /// Completes an HTTP call: its answer (written by `write`) goes out in order.
-    pub(super) fn finish(
-        &mut self,
-        cx: &mut Ctx<'_, Self>,
-        call: u64,
-        outcome: Outcome,
-        write: impl FnOnce(&mut Vec<u8>, bool),
-    ) {
-        let Some(c) = self.take_call(cx, call, outcome) else {
-            return;
-        };
-        let Origin::Http {
-            conn,
-            seq,
-            keep_alive,
-            ..
-        } = c.origin
-        else {
-            return;
-        };
-        let mut out = self.take_buf();
-        write(&mut out, keep_alive);
-        self.deliver(cx, conn, seq, out, !keep_alive);
-    }
-
     /// Takes a call out of the loop for its front-end to answer: its signature use,
     /// its timer and its argument buffer are released, its outcome counted.
     pub(super) fn take_call(
@@ -284,7 +258,8 @@ impl ConsumerLoop {
         }
     }
 
-    /// Completes a call with an error status and message, rendered for its request.
+    /// Fails a call for a reason of the mesh's own: `status` is the HTTP status the
+    /// reason is (a Dubbo front-end maps it to its own), `text` says why.
     pub(super) fn fail(
         &mut self,
         cx: &mut Ctx<'_, Self>,
@@ -295,9 +270,7 @@ impl ConsumerLoop {
     ) {
         match self.call_mut(call).map(|c| c.origin) {
             Some(Origin::Http { render, .. }) => {
-                self.finish(cx, call, outcome, |out, ka| {
-                    write_error_answer(out, render, status, text, ka)
-                });
+                self.fail_http(cx, call, render, outcome, status, text)
             }
             Some(Origin::Dubbo { .. }) => self.fail_dubbo(cx, call, outcome, status, text),
             None => {}
@@ -305,7 +278,7 @@ impl ConsumerLoop {
     }
 
     pub(super) fn on_answer(&mut self, cx: &mut Ctx<'_, Self>, up: usize, r: &agent::Response<'_>) {
-        let (call, status, payload) = (r.id, r.status, r.payload);
+        let (call, status) = (r.id, r.status);
         let now = cx.now();
         let Some(c) = self.call_mut(call) else {
             log::debug!("answer for unknown or expired call {call:#x}");
@@ -339,31 +312,10 @@ impl ConsumerLoop {
             self.metrics.retried();
             return self.dispatch(cx, call, Some(sent_to));
         }
-        let Origin::Http { render, .. } = origin else {
-            return self.answer_dubbo(cx, call, r);
-        };
-        // Empty (no allocation) unless the provider returned attachments.
-        let names = attachment_header_names(r.attachments);
-        let headers: Vec<(&str, &[u8])> = names
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
-        match status {
-            Status::Ok => self.answer_value(cx, call, render, payload, &headers),
-            Status::Exception => self.answer_exception(cx, call, render, payload, &headers),
-            Status::Overloaded | Status::Unavailable => {
-                let msg = format!("provider unavailable: {}", String::from_utf8_lossy(payload));
-                self.fail(cx, call, Outcome::Unavailable, 503, &msg)
-            }
-            Status::Timeout => self.fail(cx, call, Outcome::Timeout, 504, "provider timed out"),
-            Status::BadRequest => {
-                let msg = String::from_utf8_lossy(payload);
-                self.fail(cx, call, Outcome::BadRequest, 400, &msg)
-            }
-            _ => {
-                let msg = String::from_utf8_lossy(payload);
-                self.provider_error(cx, call, render, &msg, &headers)
-            }
+        // The answer goes back the way the call came.
+        match origin {
+            Origin::Http { render, .. } => self.answer_http(cx, call, render, r),
+            Origin::Dubbo { .. } => self.answer_dubbo(cx, call, r),
         }
     }
 

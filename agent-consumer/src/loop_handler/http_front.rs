@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use codec::agent::{self, SignatureRef};
+use codec::agent::{self, SignatureRef, Status};
 use codec::hessian2::{self, Value};
 use codec::http::{self, HttpError, Request};
 use codec::invocation::Invocation;
@@ -621,6 +621,84 @@ impl ConsumerLoop {
         conn.done_reading = true;
         conn.input_ended = true;
         EndOfInput::KeepOpen
+    }
+
+    /// Completes an HTTP call: its answer (written by `write`) goes out in order.
+    pub(super) fn finish(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        outcome: Outcome,
+        write: impl FnOnce(&mut Vec<u8>, bool),
+    ) {
+        let Some(c) = self.take_call(cx, call, outcome) else {
+            return;
+        };
+        let Origin::Http {
+            conn,
+            seq,
+            keep_alive,
+            ..
+        } = c.origin
+        else {
+            return;
+        };
+        let mut out = self.take_buf();
+        write(&mut out, keep_alive);
+        self.deliver(cx, conn, seq, out, !keep_alive);
+    }
+
+    /// Fails an HTTP call: the error rendered for its request (text or JSON).
+    pub(super) fn fail_http(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        render: Render,
+        outcome: Outcome,
+        status: u16,
+        text: &str,
+    ) {
+        self.finish(cx, call, outcome, |out, ka| {
+            write_error_answer(out, render, status, text, ka)
+        });
+    }
+
+    /// Answers an HTTP call from its agent RESPONSE: 200 with the value, 502 with the
+    /// provider's exception or error, 503/504/400 for the agent's statuses.
+    pub(super) fn answer_http(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        render: Render,
+        r: &agent::Response<'_>,
+    ) {
+        let payload = r.payload;
+        // Empty (no allocation) unless the provider returned attachments.
+        let names = attachment_header_names(r.attachments);
+        let headers: Vec<(&str, &[u8])> = names
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        let fail = |this: &mut Self, cx: &mut Ctx<'_, Self>, outcome, status, text: &str| {
+            this.fail_http(cx, call, render, outcome, status, text)
+        };
+        match r.status {
+            Status::Ok => self.answer_value(cx, call, render, payload, &headers),
+            Status::Exception => self.answer_exception(cx, call, render, payload, &headers),
+            Status::Overloaded | Status::Unavailable => {
+                let msg = format!("provider unavailable: {}", String::from_utf8_lossy(payload));
+                fail(self, cx, Outcome::Unavailable, 503, &msg)
+            }
+            Status::Timeout => fail(self, cx, Outcome::Timeout, 504, "provider timed out"),
+            Status::BadRequest => {
+                let msg = String::from_utf8_lossy(payload);
+                fail(self, cx, Outcome::BadRequest, 400, &msg)
+            }
+            Status::ProviderError => {
+                let msg = String::from_utf8_lossy(payload);
+                self.provider_error(cx, call, render, &msg, &headers)
+            }
+        }
     }
 
     /// Answers 502 for a provider's error text (not a thrown exception, see
