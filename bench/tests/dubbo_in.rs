@@ -440,3 +440,38 @@ except Exception as e:
     drop(mesh);
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
+
+/// A stopping consumer-agent tells its Dubbo consumers as Dubbo's own server does: the
+/// read-only event, then the connection closes (a call in flight is answered first).
+#[test]
+fn a_stopping_consumer_agent_sends_its_dubbo_consumers_the_read_only_event() {
+    let _serial = serial();
+    let mesh = Mesh::with_latency(Duration::from_millis(300));
+    let mut s = mesh.connect();
+    let mut buf = Vec::new();
+    s.write_all(&request(1, SERVICE, "warm", true, &[]))
+        .unwrap();
+    answer(&read_frame(&mut s, &mut buf).expect("an answer"));
+    // A call in flight, then the stop.
+    s.write_all(&request(2, SERVICE, "in flight", true, &[]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let pid = mesh.consumer.pid().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let mut want = Vec::new();
+    dubbo::encode_readonly_event(&mut want, 0);
+    assert_eq!(read_frame(&mut s, &mut buf).expect("the event"), want);
+    let (id, st, out) = answer(&read_frame(&mut s, &mut buf).expect("the answer"));
+    assert_eq!((id, st), (2, status::OK));
+    assert_eq!(
+        out,
+        Outcome::Value(Value::Int(string_hash_code("in flight")))
+    );
+    assert_eq!(read_frame(&mut s, &mut buf), None, "then closed");
+    drop(mesh);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}

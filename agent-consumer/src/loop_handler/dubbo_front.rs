@@ -59,9 +59,9 @@ pub(super) struct DubboConn {
     inflight: usize,
     /// The consumer finished sending: close once its calls are answered.
     input_ended: bool,
-    /// It sent something that is not Dubbo: read no more, close once its calls are
-    /// answered.
-    broken: bool,
+    /// Read no more, close once its calls are answered: it sent something that is not
+    /// Dubbo, or the agent is stopping.
+    closing: bool,
     /// Reading paused (too many calls in flight, or answers piling up unread).
     paused: bool,
 }
@@ -236,7 +236,7 @@ impl ConsumerLoop {
     fn break_off(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, consumed: usize) -> usize {
         match self.dubbo.get_mut(id) {
             Some(c) if c.inflight > 0 => {
-                c.broken = true;
+                c.closing = true;
                 cx.pause_reading(id);
             }
             _ => cx.close(id),
@@ -268,7 +268,7 @@ impl ConsumerLoop {
             return;
         };
         dc.inflight = dc.inflight.saturating_sub(1);
-        if dc.broken {
+        if dc.closing {
             if dc.inflight == 0 {
                 cx.close(conn);
             }
@@ -359,6 +359,23 @@ impl ConsumerLoop {
         });
     }
 
+    /// A stop: every Dubbo consumer gets the read-only event (as from a Dubbo server
+    /// shutting down: it sends this agent nothing new), is read no further, and its
+    /// connection closes once its calls in flight are answered.
+    pub(super) fn stop_dubbo_consumers(&mut self, cx: &mut Ctx<'_, Self>) {
+        for (id, conn) in self.dubbo.iter_mut() {
+            if let Some(out) = cx.output(id) {
+                dubbo::encode_readonly_event(out, 0);
+            }
+            if conn.inflight == 0 {
+                cx.close(id);
+            } else {
+                conn.closing = true;
+                cx.pause_reading(id);
+            }
+        }
+    }
+
     /// The consumer finished sending: answer what it asked, then close.
     pub(super) fn on_dubbo_end(&mut self, id: ConnId) -> EndOfInput {
         match self.dubbo.get_mut(id) {
@@ -373,7 +390,7 @@ impl ConsumerLoop {
     /// Answers piling up unread have drained: read again if reading was paused.
     pub(super) fn on_dubbo_drained(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId) {
         if let Some(c) = self.dubbo.get_mut(id) {
-            if c.paused && !c.broken && c.inflight < self.config.max_pipeline {
+            if c.paused && !c.closing && c.inflight < self.config.max_pipeline {
                 c.paused = false;
                 cx.resume_reading(id);
             }

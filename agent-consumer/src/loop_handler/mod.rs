@@ -339,6 +339,7 @@ impl Handler for ConsumerLoop {
         for id in idle {
             cx.close(id);
         }
+        self.stop_dubbo_consumers(cx);
         if self.calls.is_empty() {
             cx.exit();
         } else {

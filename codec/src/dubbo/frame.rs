@@ -213,6 +213,19 @@ pub fn decode_frame(buf: &[u8]) -> Result<Decoded<Frame<'_>>, Error> {
     }
 }
 
+/// Append Dubbo's read-only event, which a server shutting down sends its consumers
+/// so they send it nothing new: a one-way event request whose body is the string `R`.
+pub fn encode_readonly_event(out: &mut Vec<u8>, id: i64) {
+    write_header(
+        out,
+        FLAG_REQUEST | FLAG_EVENT | super::SERIALIZATION_HESSIAN2,
+        0,
+        id,
+        2,
+    );
+    out.extend_from_slice(b"\x01R");
+}
+
 /// Append a heartbeat request: `da bb e2 00 <id> 00 00 00 01 4e`.
 pub fn encode_heartbeat_request(out: &mut Vec<u8>, id: i64) {
     write_header(

@@ -51,9 +51,9 @@ mod request;
 mod response;
 
 pub use frame::{
-    decode_frame, encode_heartbeat_reply, encode_heartbeat_request, status, write_header, Frame,
-    Header, FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, HEADER_LEN, MAGIC, MAX_BODY_LEN,
-    SERIALIZATION_MASK,
+    decode_frame, encode_heartbeat_reply, encode_heartbeat_request, encode_readonly_event, status,
+    write_header, Frame, Header, FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, HEADER_LEN, MAGIC,
+    MAX_BODY_LEN, SERIALIZATION_MASK,
 };
 pub use request::{
     decode_request_body, decode_routed_request, descriptor_arity, encode_request,
