@@ -624,7 +624,7 @@ impl ConsumerLoop {
     }
 
     /// Completes an HTTP call: its answer (written by `write`) goes out in order.
-    pub(super) fn finish(
+    pub(super) fn finish_http(
         &mut self,
         cx: &mut Ctx<'_, Self>,
         call: u64,
@@ -658,7 +658,7 @@ impl ConsumerLoop {
         status: u16,
         text: &str,
     ) {
-        self.finish(cx, call, outcome, |out, ka| {
+        self.finish_http(cx, call, outcome, |out, ka| {
             write_error_answer(out, render, status, text, ka)
         });
     }
@@ -757,7 +757,7 @@ impl ConsumerLoop {
             Render::Text => "text/plain; charset=utf-8",
             Render::Json => "application/json",
         };
-        self.finish(cx, call, Outcome::ProviderError, |out, ka| {
+        self.finish_http(cx, call, Outcome::ProviderError, |out, ka| {
             http::write_response_with(out, 502, content_type, headers, body.as_bytes(), ka)
         })
     }
@@ -778,7 +778,7 @@ impl ConsumerLoop {
         match (render, &value) {
             (Render::Text, Value::Int(i)) if headers.is_empty() => {
                 let i = i64::from(*i);
-                self.finish(cx, call, Outcome::Ok, |out, ka| {
+                self.finish_http(cx, call, Outcome::Ok, |out, ka| {
                     http::write_response_int(out, 200, i, ka)
                 })
             }
@@ -788,13 +788,13 @@ impl ConsumerLoop {
                     Value::Int(_) => "text/plain",
                     _ => "text/plain; charset=utf-8",
                 };
-                self.finish(cx, call, Outcome::Ok, |out, ka| {
+                self.finish_http(cx, call, Outcome::Ok, |out, ka| {
                     http::write_response_with(out, 200, ct, headers, text.as_bytes(), ka)
                 })
             }
             (Render::Json, _) => {
                 let json = value.to_json().to_string();
-                self.finish(cx, call, Outcome::Ok, |out, ka| {
+                self.finish_http(cx, call, Outcome::Ok, |out, ka| {
                     http::write_response_with(
                         out,
                         200,
