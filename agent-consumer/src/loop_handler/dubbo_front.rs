@@ -24,6 +24,10 @@ use crate::metrics::Outcome;
 /// What a call lost with its provider-agent connection is answered (call_core).
 pub(super) const LOST: &str = "connection to provider-agent lost";
 
+/// The Dubbo version a provider-agent writes by default (`provider-agent
+/// --dubbo-version`): a caller speaking it need not say so.
+const DEFAULT_DUBBO_VERSION: &str = "2.0.2";
+
 /// A Dubbo protocol version (`2.0.2`), kept inline: no allocation per call.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Version {
@@ -211,8 +215,11 @@ impl ConsumerLoop {
             attachments,
             // The provider shapes its answer by the caller's protocol version (result
             // flags with attachments from 2.0.2 on): it travels as `dubbo` (see
-            // codec::agent's rules on RAW).
-            dubbo_version: Version::new(&routed.dubbo_version),
+            // codec::agent's rules on RAW), unless it is the version provider-agents
+            // write anyway (Java 2.7's), so most calls carry no attachment at all.
+            dubbo_version: Some(routed.dubbo_version.as_ref())
+                .filter(|v| *v != DEFAULT_DUBBO_VERSION)
+                .and_then(Version::new),
             started: now,
             deadline: now + timeout,
             timer: None,
