@@ -569,25 +569,13 @@ fn provider_agent_memory_stays_bounded_under_define_floods() {
             1 => base * 11 / 10 + tables_kb,
             _ => (base * 11 / 10 + tables_kb).min(previous + base / 10),
         };
-        let (back, after) = settles(pid, most);
-        eprintln!(
-            "{what}: provider-agent RSS baseline {:.1} MB, highest seen {:.1} MB, VmHWM {:.1} MB, after {:.1} MB (at most {:.1} MB)",
-            mb(base),
-            mb(peak),
-            mb(hwm),
-            mb(after),
-            mb(most)
-        );
-        assert!(hwm < RSS_LIMIT_KB, "{what}: VmHWM {:.1} MB", mb(hwm));
-        assert!(
-            back,
-            "{what}: RSS {:.1} MB once the connections closed, over {:.1} MB (baseline {:.1} MB, after the previous round {:.1} MB)",
-            mb(after),
-            mb(most),
-            mb(base),
-            mb(previous)
-        );
-        previous = after;
+        let rss = Rss {
+            base,
+            peak,
+            hwm,
+            previous,
+        };
+        previous = rss.check("provider-agent", what, pid, most);
         mesh.assert_serves(what);
     }
     drop(mesh);
@@ -710,29 +698,56 @@ fn consumer_agent_memory_stays_bounded_under_long_names() {
             1 => (base * 11 / 10 + bodies_kb).min(previous + base / 10),
             _ => base * 11 / 10 + bodies_kb + table_kb,
         };
+        let rss = Rss {
+            base,
+            peak,
+            hwm,
+            previous,
+        };
+        previous = rss.check("consumer-agent", what, pid, most);
+        mesh.assert_serves(what);
+    }
+    drop(mesh);
+    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
+}
+
+/// What an attack round left of an agent's memory, in KiB.
+struct Rss {
+    base: u64,
+    peak: u64,
+    hwm: u64,
+    previous: u64,
+}
+
+impl Rss {
+    /// Asserts the round stayed below [`RSS_LIMIT_KB`] and that the RSS of `who`
+    /// (`pid`) settles at `most` KiB at most once the attack's connections closed;
+    /// returns where it settled.
+    fn check(&self, who: &str, what: &str, pid: u32, most: u64) -> u64 {
         let (back, after) = settles(pid, most);
         eprintln!(
-            "{what}: consumer-agent RSS baseline {:.1} MB, highest seen {:.1} MB, VmHWM {:.1} MB, after {:.1} MB (at most {:.1} MB)",
-            mb(base),
-            mb(peak),
-            mb(hwm),
+            "{what}: {who} RSS baseline {:.1} MB, highest seen {:.1} MB, VmHWM {:.1} MB, after {:.1} MB (at most {:.1} MB)",
+            mb(self.base),
+            mb(self.peak),
+            mb(self.hwm),
             mb(after),
             mb(most)
         );
-        assert!(hwm < RSS_LIMIT_KB, "{what}: VmHWM {:.1} MB", mb(hwm));
+        assert!(
+            self.hwm < RSS_LIMIT_KB,
+            "{what}: VmHWM {:.1} MB",
+            mb(self.hwm)
+        );
         assert!(
             back,
             "{what}: RSS {:.1} MB once the connections closed, over {:.1} MB (baseline {:.1} MB, after the previous round {:.1} MB)",
             mb(after),
             mb(most),
-            mb(base),
-            mb(previous)
+            mb(self.base),
+            mb(self.previous)
         );
-        previous = after;
-        mesh.assert_serves(what);
+        after
     }
-    drop(mesh);
-    assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }
 
 /// Sends `sig` (a name for kill(1): "HUP", "TERM") to `pid`.
