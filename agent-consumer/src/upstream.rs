@@ -1,4 +1,5 @@
-//! Provider-agents as one loop sees them: connections, call definitions, services.
+//! Upstreams as one loop sees them: provider-agents and unmeshed Dubbo providers, their
+//! connections, call definitions and services.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -10,15 +11,47 @@ use slab::Slab;
 
 use crate::lb::{Algorithm, Balancer, Stats};
 
-/// One provider-agent this loop talks to, over one connection of its own.
+/// What an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A provider-agent: the agent protocol.
+    Agent,
+    /// An unmeshed Dubbo provider (found in a ZooKeeper registry in Dubbo's layout):
+    /// Dubbo 2 with hessian2, called directly.
+    Dubbo,
+}
+
+impl Protocol {
+    /// What logs call an upstream speaking it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Agent => "provider-agent",
+            Protocol::Dubbo => "Dubbo provider",
+        }
+    }
+
+    /// What a registry entry says it speaks: meta `protocol=dubbo` is a plain Dubbo
+    /// provider, anything else a provider-agent.
+    pub fn of(instance: &Instance) -> Protocol {
+        match instance.meta.get("protocol").map(String::as_str) {
+            Some("dubbo") => Protocol::Dubbo,
+            _ => Protocol::Agent,
+        }
+    }
+}
+
+/// One upstream (a provider-agent or an unmeshed Dubbo provider) this loop talks to,
+/// over one connection of its own.
 #[derive(Debug)]
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// What it speaks.
+    pub protocol: Protocol,
     /// The loop's connection to it, open or connecting; `None` while waiting to reconnect.
     pub conn: Option<ConnId>,
-    /// The connection answered a PING properly: it speaks the agent protocol and takes
-    /// calls. A peer that connects but fails the protocol (another service on a stale
+    /// The connection answered a PING (a Dubbo provider: a heartbeat) properly: it
+    /// speaks its protocol and takes calls. A peer that connects but fails the protocol (another service on a stale
     /// registry entry) never becomes open, and its reconnects back off.
     pub open: bool,
     /// When the current connection last delivered anything.
@@ -38,9 +71,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, protocol: Protocol) -> Self {
         Upstream {
             addr,
+            protocol,
             conn: None,
             open: false,
             last_read: Instant::now(),
@@ -192,7 +226,7 @@ impl Upstreams {
             let key = match self.by_addr.get(&addr) {
                 Some(&k) => k,
                 None => {
-                    let k = self.table.insert(Upstream::new(addr));
+                    let k = self.table.insert(Upstream::new(addr, Protocol::of(inst)));
                     self.by_addr.insert(addr, k);
                     changes.connect.push(k);
                     k
@@ -276,6 +310,27 @@ impl Upstreams {
         let exclude_member = exclude.and_then(|e| svc.members.iter().position(|m| m.upstream == e));
         let picked = svc.balancer.pick(&mut svc.members, usable, exclude_member);
         picked.map(|i| (i, svc.members[i].upstream))
+    }
+
+    /// The version and group a call naming `version` and `group` (wildcards allowed)
+    /// reaches on `upstream` as a member of `service`: what an unmeshed provider is
+    /// asked for (a provider-agent resolves it itself).
+    pub fn variant(
+        &self,
+        service: &str,
+        upstream: usize,
+        version: &str,
+        group: &str,
+    ) -> Option<&Variant> {
+        let version = normalize_version(version);
+        self.services
+            .get(service)?
+            .members
+            .iter()
+            .find(|m| m.upstream == upstream)?
+            .variants
+            .iter()
+            .find(|v| v.matches(version, group))
     }
 
     /// The balancer stats of `upstream` as a member of `service`.

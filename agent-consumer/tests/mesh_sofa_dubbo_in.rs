@@ -648,3 +648,93 @@ fn a_provider_agent_killed_mid_run_fails_only_the_calls_in_flight_on_it() {
     running.stop();
     b.stop();
 }
+
+/// A static registry entry for an unmeshed Dubbo provider on `port` (what the ZooKeeper
+/// registry lists for a plain `dubbo://` node).
+fn unmeshed(port: u16) -> String {
+    format!("127.0.0.1:{port}?protocol=dubbo")
+}
+
+#[test]
+fn an_unmeshed_provider_called_through_the_consumer_agent_answers_as_directly() {
+    let _serial = serial();
+    let direct_port = free_port().expect("a free port");
+    let _direct = start_peer(direct_port);
+    let out_port = free_port().expect("a free port");
+    let _out = start_peer(out_port);
+    let url = format!("static://{}", unmeshed(out_port));
+    let (running, dubbo) = dubbo_consumer(&url, &[RACE, SHAPES]);
+    wait_ready(&running);
+    wait_routed(&running, RACE, "", "");
+
+    // Every step but the versioned ones (a static entry lists one variant for all).
+    let all: Vec<Value> = steps()
+        .into_iter()
+        .filter(|s| s["service"] != json!(GREETER))
+        .collect();
+    let input = serde_json::to_string(&all).expect("steps");
+    let want = run_client(SocketAddr::from(([127, 0, 0, 1], direct_port)), &[], &input);
+    let got = run_client(dubbo, &[], &input);
+    assert_eq!(want.len(), all.len(), "one line per step: {want:#?}");
+    assert_eq!(got.len(), want.len(), "one line per step: {got:#?}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "through the mesh (left) vs directly (right)");
+    }
+    assert_eq!(got[0]["value"], json!(99162322));
+
+    // HTTP callers reach it too: a value, and the provider's exception.
+    let call = |method: &str, types: &str, args: &str| {
+        let body = format!(
+            r#"{{"interface":"{SHAPES}","method":"{method}","parameterTypes":[{types}],"arguments":[{args}]}}"#
+        );
+        http_json(running.http_addr(), &body)
+    };
+    let (status, body) = call("upper", r#""java.lang.String""#, r#""out of mesh""#);
+    assert_eq!((status, body.as_str()), (200, r#""OUT OF MESH""#));
+    let (status, body) = call("reject", r#""java.lang.String""#, r#""nope""#);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("com.example.ShapeException"), "{body}");
+    running.stop();
+}
+
+#[test]
+fn a_service_half_in_the_mesh_and_half_out_is_one_pool() {
+    let _serial = serial();
+    let meshed_port = free_port().expect("a free port");
+    let _meshed = start_peer(meshed_port);
+    let out_port = free_port().expect("a free port");
+    let _out = start_peer(out_port);
+    let agent_port = free_port().expect("a free port");
+    // The provider-agent registers in a registry of its own; the consumer-agent's
+    // static list names it and the unmeshed provider.
+    let registry = tempfile::tempdir().expect("tempdir");
+    let file = format!("file://{}", registry.path().display());
+    let mut args = provider_agent_args(meshed_port, &file, &[SHAPES]);
+    args[2] = format!("127.0.0.1:{agent_port}");
+    let agent =
+        agent_provider::start(agent_provider::Config::parse_from(args)).expect("provider-agent");
+    let url = format!("static://127.0.0.1:{agent_port},{}", unmeshed(out_port));
+    // Round-robin: one call at a time would all go to the faster one adaptively.
+    let running = consumer_with(&url, &["--service", SHAPES, "--lb", "wrr"]);
+    wait_ready(&running);
+    wait_routed(&running, SHAPES, "", "");
+
+    let body = format!(
+        r#"{{"interface":"{SHAPES}","method":"upper","parameterTypes":["java.lang.String"],"arguments":["pool"]}}"#
+    );
+    for _ in 0..60 {
+        let (status, text) = http_json(running.http_addr(), &body);
+        assert_eq!((status, text.as_str()), (200, r#""POOL""#));
+    }
+    // Each provider counted its own calls: both took some, 60 in all.
+    let calls = |port: u16| {
+        let input = Value::from(vec![shape("calls", json!([]))]).to_string();
+        let lines = run_client(SocketAddr::from(([127, 0, 0, 1], port)), &[], &input);
+        lines[0]["value"].as_i64().expect("calls() is a number")
+    };
+    let (meshed, out) = (calls(meshed_port), calls(out_port));
+    assert!(meshed > 0 && out > 0, "meshed {meshed}, unmeshed {out}");
+    assert_eq!(meshed + out, 60);
+    running.stop();
+    agent.stop();
+}

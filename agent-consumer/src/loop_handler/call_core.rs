@@ -1,6 +1,7 @@
 //! The call core, the same for every front-end: the loop's call ids (signatures), the
-//! choice of a provider-agent, the REQUEST frame, retries on safe statuses, and the
-//! completion of a call by its answer, its timeout or the loss of its connection.
+//! choice of an upstream, the REQUEST frame (or, to an unmeshed provider, the Dubbo
+//! request of `dubbo_out`), retries on safe statuses, and the completion of a call by
+//! its answer, its timeout or the loss of its connection.
 
 use codec::agent::{self, AgentError, CallTable, RequestHead, Signature, SignatureRef, Status};
 use reactor::Ctx;
@@ -8,6 +9,7 @@ use reactor::Ctx;
 use super::{Call, ConsumerLoop, Origin};
 use crate::lb::Answer;
 use crate::metrics::Outcome;
+use crate::upstream::Protocol;
 
 /// How an answer's status counts for the balancer: the provider's own result or
 /// exception, and a request it refused as malformed, are work done; a refusal for
@@ -140,6 +142,9 @@ impl ConsumerLoop {
             up.open = false;
             return self.dispatch(cx, call, Some(up_key));
         };
+        if up.protocol == Protocol::Dubbo {
+            return self.send_dubbo(cx, call, up_key, conn);
+        }
         let new_define = up.define(call_id);
         let Some(c) = self.calls.get_mut((call & 0xffff_ffff) as usize) else {
             return;

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codec::agent::{self, CallTable};
+use codec::agent::CallTable;
 use codec::http::{Limits, RequestDecoder};
 use reactor::{CloseReason, Conn, ConnId, ConnMap, Ctx, EndOfInput, Handler, TimerId};
 use registry::Instance;
@@ -29,6 +29,7 @@ use crate::upstream::Upstreams;
 
 mod call_core;
 mod dubbo_front;
+mod dubbo_out;
 mod http_front;
 mod upstream_conns;
 
@@ -43,8 +44,9 @@ pub enum Tag {
     Http,
     /// A Dubbo consumer (`--dubbo-listen`).
     Dubbo,
-    /// Our connection to a provider-agent (key into the upstream table).
-    Agent(usize),
+    /// Our connection to an upstream: a provider-agent, or an unmeshed Dubbo provider
+    /// (key into the upstream table).
+    Upstream(usize),
 }
 
 /// What other threads tell a loop.
@@ -132,6 +134,9 @@ pub struct ConsumerLoop {
     held: HashMap<String, Held>,
     /// Dubbo consumers' connections.
     dubbo: ConnMap<DubboConn>,
+    /// Where an unmeshed Dubbo provider's answer is turned into the agent RESPONSE a
+    /// provider-agent would have sent (reused).
+    translated: Vec<u8>,
 }
 
 /// The calls held for one service being discovered.
@@ -164,6 +169,7 @@ impl ConsumerLoop {
             discovery,
             held: HashMap::new(),
             dubbo: ConnMap::new(),
+            translated: Vec::new(),
         }
     }
 
@@ -207,19 +213,7 @@ impl Handler for ConsumerLoop {
                 self.metrics.connection(1);
                 self.dubbo.insert(conn.id, DubboConn::default());
             }
-            Tag::Agent(key) => {
-                // Calls go to it once it answers a PING (see `on_pong`).
-                let now = cx.now();
-                if let Some(up) = self.upstreams.table.get_mut(key) {
-                    if up.conn == Some(conn.id) {
-                        up.last_read = now;
-                        up.ping_sent = Some(now);
-                        if let Some(out) = cx.output(conn.id) {
-                            agent::encode_ping(out, 0);
-                        }
-                    }
-                }
-            }
+            Tag::Upstream(key) => self.on_upstream_opened(cx, conn.id, key),
         }
     }
 
@@ -227,7 +221,7 @@ impl Handler for ConsumerLoop {
         match conn.tag {
             Tag::Http => self.on_http_data(cx, conn.id, input),
             Tag::Dubbo => self.on_dubbo_data(cx, conn.id, input),
-            Tag::Agent(key) => self.on_agent_data(cx, conn.id, key, input),
+            Tag::Upstream(key) => self.on_upstream_data(cx, conn.id, key, input),
         }
     }
 
@@ -235,8 +229,8 @@ impl Handler for ConsumerLoop {
         match conn.tag {
             Tag::Http => self.on_http_end(conn.id),
             Tag::Dubbo => self.on_dubbo_end(conn.id),
-            Tag::Agent(key) => {
-                // The provider-agent finished sending: it answers nothing more, so no
+            Tag::Upstream(key) => {
+                // The upstream finished sending: it answers nothing more, so no
                 // new call goes to it (its calls in flight fail when it closes).
                 if let Some(up) = self.upstreams.table.get_mut(key) {
                     if up.conn == Some(conn.id) {
@@ -278,7 +272,7 @@ impl Handler for ConsumerLoop {
                     self.metrics.connection(-1);
                 }
             }
-            Tag::Agent(key) => self.on_agent_closed(cx, conn.id, key, &reason),
+            Tag::Upstream(key) => self.on_upstream_closed(cx, conn.id, key, &reason),
         }
         if self.stopping && self.calls.is_empty() {
             cx.exit();

@@ -1,16 +1,23 @@
-//! Provider-agent connections: connecting (and proving the peer one with a PING),
-//! reading their frames, keep-alive PINGs, reconnecting with backoff, retiring those
-//! that left the registry, and the registry's lists themselves.
+//! Upstream connections, to provider-agents and to unmeshed Dubbo providers:
+//! connecting (and proving the peer one with a PING, or a Dubbo heartbeat), reading
+//! their frames, keep-alives, reconnecting with backoff, retiring those that left the
+//! registry, and the registry's lists themselves.
+//!
+//! An unmeshed provider's Dubbo answer becomes the agent RESPONSE a provider-agent
+//! would have sent (`codec::agent::encode_dubbo_answer`), so a call completes the same
+//! way whoever served it.
 
 use std::time::Duration;
 
 use codec::agent::{self, Frame};
+use codec::dubbo;
 use codec::Decoded;
 use reactor::{CloseReason, ConnId, Ctx};
 use registry::Instance;
 
-use super::{ConsumerLoop, LoopTimer, Tag};
+use super::{ConsumerLoop, LoopTimer, Origin, Tag};
 use crate::metrics::{Outcome, UpstreamView};
+use crate::upstream::Protocol;
 
 /// A provider-agent connection silent this long gets a PING (provider-agents close
 /// agent connections idle for `--idle-timeout-secs`, 60 by default).
@@ -20,7 +27,24 @@ pub(super) const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 pub(super) const KEEPALIVE_DEAD: Duration = Duration::from_secs(30);
 
 impl ConsumerLoop {
-    pub(super) fn on_agent_data(
+    /// A new upstream connection: calls go to it once it answers a PING, or a Dubbo
+    /// heartbeat (see [`on_pong`](Self::on_pong)).
+    pub(super) fn on_upstream_opened(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, key: usize) {
+        let now = cx.now();
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        if up.conn != Some(conn) {
+            return;
+        }
+        up.last_read = now;
+        up.ping_sent = Some(now);
+        if let Some(out) = cx.output(conn) {
+            write_ping(out, up.protocol);
+        }
+    }
+
+    pub(super) fn on_upstream_data(
         &mut self,
         cx: &mut Ctx<'_, Self>,
         id: ConnId,
@@ -28,8 +52,12 @@ impl ConsumerLoop {
         input: &[u8],
     ) -> usize {
         let now = cx.now();
-        if let Some(u) = self.upstreams.table.get_mut(up) {
-            u.last_read = now;
+        let Some(u) = self.upstreams.table.get_mut(up) else {
+            return input.len();
+        };
+        u.last_read = now;
+        if u.protocol == Protocol::Dubbo {
+            return self.on_provider_data(cx, id, up, input);
         }
         let mut pos = 0;
         while let Some(rest) = input.get(pos..) {
@@ -62,8 +90,71 @@ impl ConsumerLoop {
         pos
     }
 
-    /// A PONG: the first on a connection proves the peer a provider-agent, and the
-    /// connection starts taking calls; later ones answer keep-alive PINGs.
+    /// Reads an unmeshed Dubbo provider's frames: answers, heartbeats, its read-only
+    /// event (it is shutting down: no new calls go to it).
+    fn on_provider_data(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        id: ConnId,
+        up: usize,
+        input: &[u8],
+    ) -> usize {
+        let mut pos = 0;
+        while let Some(rest) = input.get(pos..).filter(|r| !r.is_empty()) {
+            let frame = match dubbo::decode_frame(rest) {
+                Ok(Decoded::Complete { msg, consumed }) => {
+                    pos += consumed;
+                    msg
+                }
+                Ok(Decoded::Incomplete) => break,
+                Err(e) => {
+                    log::warn!("bad frame from Dubbo provider: {e}; closing");
+                    cx.abort(id);
+                    return input.len();
+                }
+            };
+            if frame.is_event() {
+                if frame.is_readonly_event() {
+                    if let Some(u) = self.upstreams.table.get_mut(up) {
+                        log::info!("Dubbo provider {} is shutting down (read-only)", u.addr);
+                        u.open = false;
+                    }
+                } else if frame.is_request() && frame.is_two_way() {
+                    if let Some(out) = cx.output(id) {
+                        dubbo::encode_heartbeat_reply(out, frame.id());
+                    }
+                } else if !frame.is_request() {
+                    self.on_pong(cx, up);
+                }
+                continue;
+            }
+            if frame.is_request() {
+                log::warn!("Dubbo provider sent a request; closing");
+                cx.abort(id);
+                return input.len();
+            }
+            let call = frame.id() as u64;
+            let raw = self
+                .call_mut(call)
+                .is_some_and(|c| matches!(c.origin, Origin::Dubbo { .. }));
+            let mut translated = std::mem::take(&mut self.translated);
+            translated.clear();
+            agent::encode_dubbo_answer(&mut translated, call, &frame, raw);
+            if let Ok(Decoded::Complete {
+                msg: Frame::Response(r),
+                ..
+            }) = agent::decode(&translated)
+            {
+                self.on_answer(cx, up, &r);
+            }
+            self.translated = translated;
+        }
+        pos
+    }
+
+    /// A PONG (or a Dubbo provider's heartbeat reply): the first on a connection proves
+    /// the peer one, and the connection starts taking calls; later ones answer
+    /// keep-alives.
     pub(super) fn on_pong(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
         let Some(up) = self.upstreams.table.get_mut(key) else {
             return;
@@ -73,8 +164,9 @@ impl ConsumerLoop {
             up.open = true;
             up.backoff.reset();
             log::info!(
-                "loop {}: connected to provider-agent {}",
+                "loop {}: connected to {} {}",
                 cx.loop_index(),
+                up.protocol.name(),
                 up.addr
             );
             self.release_held(cx, false);
@@ -94,7 +186,7 @@ impl ConsumerLoop {
         up.reconnect = None;
         up.open = false;
         up.defined.clear();
-        match cx.connect(up.addr, Tag::Agent(key), Some(timeout)) {
+        match cx.connect(up.addr, Tag::Upstream(key), Some(timeout)) {
             Ok(conn) => up.conn = Some(conn),
             Err(e) => {
                 log::warn!("connect to provider-agent {}: {e}", up.addr);
@@ -130,7 +222,7 @@ impl ConsumerLoop {
         }
     }
 
-    pub(super) fn on_agent_closed(
+    pub(super) fn on_upstream_closed(
         &mut self,
         cx: &mut Ctx<'_, Self>,
         id: ConnId,
@@ -304,7 +396,7 @@ impl ConsumerLoop {
                 }
                 None if now.saturating_duration_since(up.last_read) >= KEEPALIVE_IDLE => {
                     if let Some(out) = cx.output(conn) {
-                        agent::encode_ping(out, 0);
+                        write_ping(out, up.protocol);
                         up.ping_sent = Some(now);
                     }
                 }
@@ -350,5 +442,14 @@ impl ConsumerLoop {
                 }
             }
         }
+    }
+}
+
+/// A liveness probe in the upstream's protocol: a PING, or a Dubbo heartbeat (which
+/// every Dubbo server answers with the same id and the event flag).
+fn write_ping(out: &mut Vec<u8>, protocol: Protocol) {
+    match protocol {
+        Protocol::Agent => agent::encode_ping(out, 0),
+        Protocol::Dubbo => dubbo::encode_heartbeat_request(out, 0),
     }
 }

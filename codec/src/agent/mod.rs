@@ -97,6 +97,7 @@
 
 mod calls;
 mod frame;
+mod from_dubbo;
 
 pub use calls::{
     CallTable, Signature, SignatureRef, MAX_CALLS, MAX_NAME_LEN, MAX_TABLE_BYTES, MAX_TYPES_LEN,
@@ -106,6 +107,7 @@ pub use frame::{
     encode_ping, encode_pong, encode_request, encode_response, finish, peek_head, Attachments,
     Frame, FrameMark, Head, RawDubbo, Request, RequestHead, Response,
 };
+pub use from_dubbo::{encode_dubbo_answer, response_attachments, status_of_dubbo};
 
 use std::fmt;
 

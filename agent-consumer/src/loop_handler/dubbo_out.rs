@@ -1,0 +1,85 @@
+//! Calls to unmeshed Dubbo providers (found in ZooKeeper in Dubbo's layout): the loop
+//! writes the Dubbo request a provider-agent would have written, on its own connection
+//! to the provider, so a service half in the mesh and half out is one pool to callers.
+//!
+//! The request id is the call's own id; the answer comes back through
+//! `upstream_conns`, turned into the agent RESPONSE it stands for.
+
+use codec::dubbo::{self, Serialization};
+use reactor::{ConnId, Ctx};
+
+use super::ConsumerLoop;
+use crate::metrics::Outcome;
+
+/// The Dubbo version written when the caller named none (Java 2.7's): providers answer
+/// it with result flags that carry attachments.
+const DEFAULT_DUBBO_VERSION: &str = "2.0.2";
+
+impl ConsumerLoop {
+    /// Writes call `call` as a Dubbo request on `conn`, the connection to unmeshed
+    /// provider `up_key`, picked for it.
+    pub(super) fn send_dubbo(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        up_key: usize,
+        conn: ConnId,
+    ) {
+        let now = cx.now();
+        let Some(c) = self.calls.get_mut((call & 0xffff_ffff) as usize) else {
+            return;
+        };
+        let Some(sig) = self.signatures.get(c.call_id) else {
+            return;
+        };
+        // The provider is asked for the version and group of its own that the call's
+        // (perhaps wildcard) ones match, as a provider-agent would resolve them.
+        let (version, group) =
+            match self
+                .upstreams
+                .variant(&sig.service, up_key, &sig.version, &sig.group)
+            {
+                Some(v) => (v.version.as_str(), v.group.as_str()),
+                None => (sig.version.as_str(), sig.group.as_str()),
+            };
+        let remaining = c.deadline.saturating_duration_since(now).as_millis().max(1);
+        let timeout = remaining.min(u128::from(u32::MAX)).to_string();
+        let mut attachments: Vec<(&str, Option<&str>)> = c
+            .attachments
+            .iter()
+            .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
+            .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+            .collect();
+        attachments.push(("timeout", Some(&timeout)));
+        let request = dubbo::Request {
+            id: call as i64,
+            serialization: Serialization::Hessian2,
+            two_way: true,
+            dubbo_version: c
+                .dubbo_version
+                .as_ref()
+                .map_or(DEFAULT_DUBBO_VERSION, |v| v.as_str()),
+            path: &sig.service,
+            version: Some(if version.is_empty() { "0.0.0" } else { version }),
+            group: (!group.is_empty()).then_some(group),
+            method: &sig.method,
+            descriptor: &sig.parameter_types,
+            args: &c.args,
+            attachments: dubbo::Attachments::Standard(&attachments),
+        };
+        let written = match cx.output(conn) {
+            Some(out) => dubbo::encode_request(out, &request).is_ok(),
+            None => false,
+        };
+        c.attempts += 1;
+        c.sent = Some((up_key, now));
+        if !written {
+            c.sent = None;
+            let msg = "request too large for Dubbo";
+            return self.fail(cx, call, Outcome::BadRequest, 400, msg);
+        }
+        if let Some(s) = self.upstreams.stats(&sig.service, up_key) {
+            s.on_send();
+        }
+    }
+}

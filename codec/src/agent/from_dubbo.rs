@@ -1,0 +1,246 @@
+//! A Dubbo provider's answer as the agent RESPONSE that stands for it.
+//!
+//! Whoever talks Dubbo to a provider on behalf of an agent-protocol call writes the
+//! same frame: the provider-agent for its consumer-agents, and a consumer-agent that
+//! calls an unmeshed Dubbo provider itself (its calls then complete exactly as if a
+//! provider-agent had answered).
+
+use super::frame::{begin_raw_response, begin_response_with, encode_response, finish};
+use super::Status;
+use crate::dubbo::{self, Outcome};
+use crate::hessian2::{exception_summary, Encoder, Value};
+
+/// The agent status for a Dubbo error status: timeouts as TIMEOUT, a request the
+/// provider could not decode as BAD_REQUEST, a service it does not export as
+/// UNAVAILABLE (the call did not start: another provider may have it), a full thread
+/// pool as OVERLOADED; the rest as PROVIDER_ERROR (it may have run).
+pub fn status_of_dubbo(dubbo_status: u8) -> Status {
+    match dubbo_status {
+        dubbo::status::OK => Status::Ok,
+        dubbo::status::CLIENT_TIMEOUT | dubbo::status::SERVER_TIMEOUT => Status::Timeout,
+        dubbo::status::BAD_REQUEST => Status::BadRequest,
+        dubbo::status::SERVICE_NOT_FOUND => Status::Unavailable,
+        dubbo::status::SERVER_THREADPOOL_EXHAUSTED => Status::Overloaded,
+        _ => Status::ProviderError,
+    }
+}
+
+/// The provider's response attachments as strings for the agent protocol. Null values
+/// are dropped, other non-strings rendered as text; so is `dubbo`, the protocol version
+/// Java 2.7 adds to every response (it describes the Dubbo hop, not the call).
+pub fn response_attachments(attachments: Vec<(String, Value)>) -> Vec<(String, String)> {
+    attachments
+        .into_iter()
+        .filter(|(k, v)| k != "dubbo" && *v != Value::Null)
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_text()),
+        })
+        .collect()
+}
+
+/// Appends to `out` the RESPONSE frame answering request `id` with the Dubbo response
+/// `frame`, and returns its status.
+///
+/// With `raw` the payload is the provider's body byte for byte (the caller speaks
+/// Dubbo); without, a result goes on as the provider's hessian2 bytes, an exception as
+/// its summary, an error as its message. An answer too large for a frame becomes a
+/// PROVIDER_ERROR saying so.
+///
+/// ```
+/// use codec::agent::{self, Frame, Status};
+/// use codec::dubbo;
+/// use codec::Decoded;
+///
+/// // A provider's "null" result, hessian2 with Dubbo 2.0.2's flags.
+/// let mut wire = Vec::new();
+/// dubbo::write_header(&mut wire, 0x02, dubbo::status::OK, 9, 2);
+/// wire.extend_from_slice(&[0x92, b'N']);
+/// let Ok(Decoded::Complete { msg: frame, .. }) = dubbo::decode_frame(&wire) else { panic!() };
+///
+/// let mut out = Vec::new();
+/// assert_eq!(agent::encode_dubbo_answer(&mut out, 7, &frame, false), Status::Ok);
+/// let Ok(Decoded::Complete { msg: Frame::Response(r), .. }) = agent::decode(&out) else { panic!() };
+/// assert_eq!((r.id, r.status, r.payload), (7, Status::Ok, &b"N"[..]));
+/// ```
+pub fn encode_dubbo_answer(
+    out: &mut Vec<u8>,
+    id: u64,
+    frame: &dubbo::Frame<'_>,
+    raw: bool,
+) -> Status {
+    let start = out.len();
+    let written = if raw {
+        encode_raw(out, id, frame)
+    } else {
+        encode_decoded(out, id, frame)
+    };
+    written.unwrap_or_else(|()| {
+        out.truncate(start);
+        let msg = b"the provider's answer is too large for an agent frame";
+        let _ = encode_response(out, id, Status::ProviderError, msg);
+        Status::ProviderError
+    })
+}
+
+/// The body byte for byte, under the status the consumer-agent retries or counts by.
+fn encode_raw(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<Status, ()> {
+    let status = match frame.status() {
+        // The result flag is the body's first value, a compact int (0x90 + flag): 0 and
+        // 3 are an exception.
+        dubbo::status::OK => match frame.body.first() {
+            Some(0x90 | 0x93) => Status::Exception,
+            _ => Status::Ok,
+        },
+        other => status_of_dubbo(other),
+    };
+    let mark = begin_raw_response(out, id, status, frame.status(), frame.serialization_id());
+    out.extend_from_slice(frame.body);
+    finish(out, mark).map(|()| status).map_err(drop)
+}
+
+fn encode_decoded(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<Status, ()> {
+    let decoded = dubbo::decode_response_body(frame.serialization_id(), frame.status(), frame.body);
+    let resp = match decoded {
+        Ok(resp) => resp,
+        Err(e) => {
+            let text = format!("undecodable provider response: {e}");
+            return text_response(out, id, Status::ProviderError, &text);
+        }
+    };
+    // Empty in the common case: then nothing is allocated here.
+    let owned = response_attachments(resp.attachments);
+    let att: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (status, payload) = match resp.outcome {
+        // A hessian2 result goes on as the provider wrote it (not encoded again, so its
+        // back-references stay as numbered).
+        Outcome::Value(v) => match resp.value_span.and_then(|r| frame.body.get(r)) {
+            Some(bytes) => (Status::Ok, Payload::Encoded(bytes)),
+            None => (Status::Ok, Payload::Value(v)),
+        },
+        Outcome::Null => (Status::Ok, Payload::Value(Value::Null)),
+        Outcome::Exception { value, .. } => {
+            (Status::Exception, Payload::Value(exception_summary(&value)))
+        }
+        Outcome::Error { status, message } => {
+            let text = if !message.is_empty() {
+                message
+            } else if status == dubbo::status::SERVER_THREADPOOL_EXHAUSTED {
+                "provider thread pool exhausted".to_owned()
+            } else {
+                format!("provider answered dubbo status {status}")
+            };
+            return text_response(out, id, status_of_dubbo(status), &text);
+        }
+    };
+    let mark = begin_response_with(out, id, status, &att).map_err(drop)?;
+    match payload {
+        Payload::Value(v) => Encoder::new().write_value(out, &v),
+        Payload::Encoded(bytes) => out.extend_from_slice(bytes),
+    }
+    finish(out, mark).map(|()| status).map_err(drop)
+}
+
+/// A result value: decoded (encoded as hessian2 on the way out), or hessian2 bytes as
+/// the provider wrote them.
+enum Payload<'a> {
+    Value(Value),
+    Encoded(&'a [u8]),
+}
+
+fn text_response(out: &mut Vec<u8>, id: u64, status: Status, text: &str) -> Result<Status, ()> {
+    encode_response(out, id, status, text.as_bytes())
+        .map(|()| status)
+        .map_err(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{decode, Frame};
+    use crate::Decoded;
+
+    fn dubbo_frame(status: u8, body: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        dubbo::write_header(&mut wire, 0x02, status, 5, body.len() as u32);
+        wire.extend_from_slice(body);
+        wire
+    }
+
+    fn answer(wire: &[u8], raw: bool) -> (Status, Vec<u8>) {
+        let Ok(Decoded::Complete { msg: frame, .. }) = dubbo::decode_frame(wire) else {
+            panic!("bad test frame")
+        };
+        let mut out = Vec::new();
+        let status = encode_dubbo_answer(&mut out, 1, &frame, raw);
+        let Ok(Decoded::Complete {
+            msg: Frame::Response(r),
+            ..
+        }) = decode(&out)
+        else {
+            panic!("not a response")
+        };
+        assert_eq!(r.status, status);
+        (status, r.payload.to_vec())
+    }
+
+    #[test]
+    fn errors_keep_their_message_under_the_status_a_consumer_acts_on() {
+        // Dubbo's error bodies are a hessian2 string.
+        let mut body = Vec::new();
+        Encoder::new().write_value(&mut body, &Value::String("pool full".into()));
+        let (status, payload) = answer(
+            &dubbo_frame(dubbo::status::SERVER_THREADPOOL_EXHAUSTED, &body),
+            false,
+        );
+        assert_eq!(
+            (status, payload.as_slice()),
+            (Status::Overloaded, &b"pool full"[..])
+        );
+        let (status, _) = answer(&dubbo_frame(dubbo::status::SERVICE_NOT_FOUND, &body), false);
+        assert_eq!(status, Status::Unavailable);
+    }
+
+    #[test]
+    fn raw_answers_carry_the_body_and_read_exceptions_from_the_flag() {
+        let (status, payload) = answer(&dubbo_frame(dubbo::status::OK, &[0x90, b'N']), true);
+        assert_eq!(status, Status::Exception);
+        assert_eq!(payload, [0x90, b'N']);
+        let (status, _) = answer(&dubbo_frame(dubbo::status::OK, &[0x91, b'N']), true);
+        assert_eq!(status, Status::Ok);
+        let (status, _) = answer(&dubbo_frame(dubbo::status::SERVER_TIMEOUT, b""), true);
+        assert_eq!(status, Status::Timeout);
+    }
+
+    #[test]
+    fn undecodable_bodies_are_provider_errors() {
+        let (status, payload) = answer(&dubbo_frame(dubbo::status::OK, &[0x91, 0xff]), false);
+        assert_eq!(status, Status::ProviderError);
+        assert!(String::from_utf8_lossy(&payload).contains("undecodable"));
+    }
+
+    #[test]
+    fn statuses_map_to_what_the_consumer_may_do() {
+        assert_eq!(
+            status_of_dubbo(dubbo::status::SERVICE_NOT_FOUND),
+            Status::Unavailable
+        );
+        assert_eq!(
+            status_of_dubbo(dubbo::status::BAD_REQUEST),
+            Status::BadRequest
+        );
+        for s in [dubbo::status::CLIENT_TIMEOUT, dubbo::status::SERVER_TIMEOUT] {
+            assert_eq!(status_of_dubbo(s), Status::Timeout);
+        }
+        for s in [
+            dubbo::status::SERVICE_ERROR,
+            dubbo::status::SERVER_ERROR,
+            dubbo::status::BAD_RESPONSE,
+        ] {
+            assert!(!status_of_dubbo(s).is_retryable());
+        }
+    }
+}
