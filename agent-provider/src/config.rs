@@ -108,6 +108,27 @@ pub struct Config {
     #[arg(long, default_value_t = 1)]
     pub loops: usize,
 
+    /// Also take Dubbo 2 (hessian2) from unmeshed Dubbo consumers on this address: each
+    /// call of a served `--service` goes to the provider as the consumer wrote it (only
+    /// its request id changes), and the provider's answer comes back byte for byte.
+    /// Registered instances then carry its address as metadata `dubbo.addr` (the
+    /// advertised host, with this port). Needs `--serialization hessian2`. Absent = off.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dubbo_listen: Option<SocketAddr>,
+
+    /// Largest Dubbo request body taken on --dubbo-listen, in bytes (at most 8 MiB, Dubbo's
+    /// own payload limit); a larger one is answered BAD_REQUEST as soon as its header
+    /// arrives, and its connection closed.
+    #[arg(long, value_name = "BYTES", default_value_t = codec::dubbo::MAX_BODY_LEN as u64,
+          value_parser = clap::value_parser!(u64).range(64..=codec::dubbo::MAX_BODY_LEN as u64))]
+    pub dubbo_max_body: u64,
+
+    /// Calls one Dubbo consumer's connection may have in flight (pipelined) before its
+    /// connection is read no further until answers go out.
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dubbo_max_pipeline: u64,
+
     /// Address of the admin HTTP server (`/healthz`, `/metrics`); absent = none.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin: Option<SocketAddr>,
@@ -117,7 +138,7 @@ pub struct Config {
     pub provider_conns: usize,
 
     /// Dubbo protocol version written in requests.
-    #[arg(long, default_value = "2.0.2")]
+    #[arg(long, default_value = codec::dubbo::DEFAULT_DUBBO_VERSION)]
     pub dubbo_version: String,
 
     /// Seconds without traffic on a provider connection before a heartbeat is sent
@@ -149,6 +170,20 @@ impl Config {
             format!("127.0.0.1:{}", bound.port())
         } else {
             bound.to_string()
+        }
+    }
+
+    /// The Dubbo listener's address registered as metadata `dubbo.addr`: the host of
+    /// `advertised` (the agent address registered) with the listener's port (`bound`, the
+    /// actual one when port 0 was asked for). A listener bound to a loopback address is
+    /// reached only there, so that address is registered as it is.
+    pub fn dubbo_advertised(advertised: &str, bound: SocketAddr) -> String {
+        if bound.ip().is_loopback() {
+            return bound.to_string();
+        }
+        match advertised.rsplit_once(':') {
+            Some((host, _)) if !host.is_empty() => format!("{host}:{}", bound.port()),
+            _ => bound.to_string(),
         }
     }
 
@@ -216,6 +251,33 @@ mod tests {
             c.advertised("0.0.0.0:30000".parse().unwrap()),
             "127.0.0.1:30000"
         );
+    }
+
+    #[test]
+    fn the_dubbo_listener_is_registered_at_the_advertised_host() {
+        let at = |adv: &str, bound: &str| Config::dubbo_advertised(adv, bound.parse().unwrap());
+        assert_eq!(
+            at("198.51.100.11:30000", "0.0.0.0:20880"),
+            "198.51.100.11:20880"
+        );
+        assert_eq!(
+            at("198.51.100.11:30000", "10.0.0.5:20880"),
+            "198.51.100.11:20880"
+        );
+        assert_eq!(at("127.0.0.1:30000", "0.0.0.0:20880"), "127.0.0.1:20880");
+        assert_eq!(
+            at("[2001:db8::1]:30000", "[::]:20880"),
+            "[2001:db8::1]:20880"
+        );
+        // Loopback only: reached only there.
+        assert_eq!(
+            at("198.51.100.11:30000", "127.0.0.1:20880"),
+            "127.0.0.1:20880"
+        );
+        let c = Config::new("127.0.0.1:20880".parse().unwrap(), vec![]);
+        assert_eq!(c.dubbo_listen, None, "off unless given");
+        assert_eq!(c.dubbo_max_body, 8 * 1024 * 1024);
+        assert_eq!(c.dubbo_max_pipeline, 128);
     }
 
     #[test]

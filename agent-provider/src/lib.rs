@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! consumer-agent ==agent protocol==> provider-agent --Dubbo/TCP--> provider
+//! Dubbo consumer ======Dubbo=======/  (--dubbo-listen)
 //! ```
 //!
 //! Every event loop accepts agent connections and owns its own few persistent
@@ -50,6 +51,7 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub struct Running {
     agent_addr: SocketAddr,
+    dubbo_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     metrics: Metrics,
     events: Sender<Event>,
@@ -59,7 +61,7 @@ pub struct Running {
 /// Why the agent could not start.
 #[derive(Debug)]
 pub enum StartError {
-    /// A flag's value is invalid (`--service`).
+    /// A flag's value is invalid (`--service`), or flags do not go together.
     Config(String),
     /// Binding or starting the loops or the admin port failed.
     Io(io::Error),
@@ -83,6 +85,12 @@ impl Running {
     /// The address agent connections are accepted on (the real port when 0 was asked).
     pub fn agent_addr(&self) -> SocketAddr {
         self.agent_addr
+    }
+
+    /// The address Dubbo consumers are accepted on, with `--dubbo-listen` (the real
+    /// port when 0 was asked).
+    pub fn dubbo_addr(&self) -> Option<SocketAddr> {
+        self.dubbo_addr
     }
 
     /// The admin server's address, if one runs.
@@ -125,6 +133,11 @@ impl Drop for Running {
 /// admin address failed.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let services = config.service_variants().map_err(StartError::Config)?;
+    if config.dubbo_listen.is_some() && config.serialization != config::SerializationArg::Hessian2 {
+        return Err(StartError::Config(
+            "--dubbo-listen relays Dubbo consumers' hessian2 calls as they are: it needs a provider speaking hessian2 (--serialization hessian2)".into(),
+        ));
+    }
     let registry = registry::open(config.registry.as_deref()).map_err(StartError::Registry)?;
     if config.services.is_empty() {
         log::warn!("no --service given: nothing will be registered");
@@ -152,8 +165,11 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         ..reactor::Config::default()
     };
     let (m, events) = (metrics.clone(), tx.clone());
-    let reactor = reactor::Builder::new(reactor_cfg)
-        .listen(config.listen, Tag::Agent)
+    let mut builder = reactor::Builder::new(reactor_cfg).listen(config.listen, Tag::Agent);
+    if let Some(addr) = config.dubbo_listen {
+        builder = builder.listen(addr, Tag::Dubbo);
+    }
+    let reactor = builder
         .start(move |i, _| ProviderLoop::new(i, loop_cfg.clone(), m.clone(), events.clone()))
         .map_err(StartError::Io)?;
     for h in reactor.handles() {
@@ -164,6 +180,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .first()
         .copied()
         .ok_or_else(|| StartError::Io(io::Error::other("no listener bound")))?;
+    let dubbo_addr = reactor.local_addrs().get(1).copied();
     let admin = match config.admin {
         Some(a) => match admin::Admin::spawn(a, metrics.clone()) {
             Ok(admin) => Some(admin),
@@ -181,16 +198,24 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         "provider-agent listening on {agent_addr} (advertised {advertised}), provider {}, {loops} loop(s)",
         config.provider
     );
+    let dubbo_advertised = dubbo_addr.map(|d| Config::dubbo_advertised(&advertised, d));
+    if let (Some(d), Some(adv)) = (dubbo_addr, &dubbo_advertised) {
+        log::info!("taking Dubbo from unmeshed consumers on {d} (registered as dubbo.addr {adv})");
+    }
     let instances: Vec<Instance> = services
         .iter()
         .map(|(service, variants)| {
-            Instance::new(service.clone(), advertised.clone())
+            let inst = Instance::new(service.clone(), advertised.clone())
                 .with_weight(config.weight)
                 .with_meta(
                     "serialization",
                     format!("{:?}", config.serialization).to_lowercase(),
                 )
-                .with_variants(variants)
+                .with_variants(variants);
+            match &dubbo_advertised {
+                Some(d) => inst.with_meta(DUBBO_ADDR_META, d.clone()),
+                None => inst,
+            }
         })
         .collect();
     let control = Control {
@@ -208,12 +233,18 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .map_err(StartError::Io)?;
     Ok(Running {
         agent_addr,
+        dubbo_addr,
         admin_addr,
         metrics,
         events: tx,
         control: Some(control),
     })
 }
+
+/// The metadata key of a registered instance naming its Dubbo listener
+/// (`--dubbo-listen`), `host:port`: the ZooKeeper registry publishes
+/// `dubbo://<dubbo.addr>/...` from it, so unmeshed Dubbo consumers find the agent.
+pub const DUBBO_ADDR_META: &str = "dubbo.addr";
 
 /// How often a registration that failed is tried again while the provider is up.
 const REGISTER_RETRY: Duration = Duration::from_secs(1);

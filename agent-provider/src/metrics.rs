@@ -39,12 +39,27 @@ pub struct LoopMetrics {
     pub latency_buckets: [AtomicU64; LATENCY_SLOTS],
     /// Sum of latencies, microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Dubbo requests received on `--dubbo-listen` (calls, not heartbeats).
+    pub dubbo_requests: AtomicU64,
+    /// Answers to them by outcome, as the agent status that stands for it (index =
+    /// status byte): the provider's own answers (OK, an exception, its error statuses)
+    /// and the agent's refusals.
+    pub dubbo_responses: [AtomicU64; 7],
+    /// Dubbo consumers' connections open.
+    pub dubbo_connections: AtomicI64,
 }
 
 impl LoopMetrics {
     /// Counts a response sent with `status`.
     pub fn response(&self, status: Status) {
         if let Some(c) = self.responses.get(status as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts an answer to a Dubbo consumer, by the agent status standing for it.
+    pub fn dubbo_response(&self, status: Status) {
+        if let Some(c) = self.dubbo_responses.get(status as usize) {
             c.fetch_add(1, Relaxed);
         }
     }
@@ -115,6 +130,20 @@ impl Metrics {
         self.sum(|l| l.requests.load(Relaxed))
     }
 
+    /// Dubbo requests received on `--dubbo-listen`, all loops.
+    pub fn dubbo_requests(&self) -> u64 {
+        self.sum(|l| l.dubbo_requests.load(Relaxed))
+    }
+
+    /// Answers to Dubbo consumers counted under `status`, all loops.
+    pub fn dubbo_responses(&self, status: Status) -> u64 {
+        self.sum(|l| {
+            l.dubbo_responses
+                .get(status as usize)
+                .map_or(0, |c| c.load(Relaxed))
+        })
+    }
+
     fn sum(&self, f: impl Fn(&LoopMetrics) -> u64) -> u64 {
         self.loops.iter().map(f).sum()
     }
@@ -177,6 +206,32 @@ impl Metrics {
             "Provider connections opened.",
             self.sum(|l| l.provider_connects.load(Relaxed)),
         );
+        w.counter(
+            "provider_agent_dubbo_requests_total",
+            "Dubbo requests received from Dubbo consumers (--dubbo-listen).",
+            self.dubbo_requests(),
+        );
+        w.counter(
+            "provider_agent_dubbo_responses_ok_total",
+            "Dubbo consumers' calls answered OK.",
+            self.dubbo_responses(Status::Ok),
+        );
+        let mut f = w.family(
+            "provider_agent_dubbo_errors_total",
+            "Dubbo consumers' calls answered otherwise, by kind (a thrown exception, the provider's error status, or the agent's refusal).",
+            Kind::Counter,
+        );
+        for (status, name) in ERROR_KINDS {
+            f.sample(&[("kind", name)], self.dubbo_responses(status));
+        }
+        w.gauge(
+            "provider_agent_dubbo_connections",
+            "Dubbo consumers' connections open.",
+            self.loops
+                .iter()
+                .map(|l| l.dubbo_connections.load(Relaxed))
+                .sum::<i64>(),
+        );
         w.histogram(
             "provider_agent_latency_seconds",
             "Provider call latency.",
@@ -197,7 +252,14 @@ mod tests {
         m.for_loop(1).requests.fetch_add(2, Relaxed);
         m.for_loop(1).response(Status::Overloaded);
         m.for_loop(0).latency(Duration::from_millis(60));
+        m.for_loop(1).dubbo_requests.fetch_add(2, Relaxed);
+        m.for_loop(1).dubbo_response(Status::Timeout);
+        m.for_loop(0).dubbo_connections.fetch_add(1, Relaxed);
         let text = m.render();
+        assert!(text.contains("provider_agent_dubbo_requests_total 2\n"));
+        assert!(text.contains("provider_agent_dubbo_errors_total{kind=\"timeout\"} 1\n"));
+        assert!(text.contains("provider_agent_dubbo_responses_ok_total 0\n"));
+        assert!(text.contains("provider_agent_dubbo_connections 1\n"));
         assert!(text.contains("provider_agent_requests_total 5\n"));
         assert!(text.contains("provider_agent_errors_total{kind=\"overloaded\"} 1\n"));
         assert!(text.contains("provider_agent_latency_seconds_bucket{le=\"0.05\"} 0\n"));

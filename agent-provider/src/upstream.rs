@@ -48,19 +48,33 @@ impl ProviderConn {
     }
 }
 
+/// How a call's answer goes back to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// An agent RESPONSE made of the provider's answer.
+    Agent,
+    /// An agent RESPONSE carrying the provider's Dubbo answer as it is (RAW: the
+    /// consumer-agent takes Dubbo itself).
+    Raw,
+    /// The provider's Dubbo frame itself, under the caller's id (a Dubbo consumer of
+    /// `--dubbo-listen`).
+    Dubbo,
+}
+
 /// A call sent to the provider and not yet answered.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    /// The agent connection to answer on.
+    /// The connection to answer on (an agent connection, or a Dubbo consumer's).
     pub(crate) inbound: ConnId,
-    /// The agent request id to echo.
+    /// The caller's request id to echo: an agent request id, or a Dubbo consumer's
+    /// request id (its `i64` bits).
     pub(crate) agent_id: u64,
     /// Which provider connection carries it.
     pub(crate) conn: usize,
     pub(crate) started: Instant,
     pub(crate) timer: Option<TimerId>,
-    /// The consumer-agent asked for the provider's Dubbo answer as it is.
-    pub(crate) raw: bool,
+    /// How the answer goes back.
+    pub(crate) answer: Answer,
     /// Generation, the high half of the Dubbo id.
     generation: u32,
 }
@@ -157,7 +171,7 @@ impl Upstream {
         agent_id: u64,
         conn: usize,
         now: Instant,
-        raw: bool,
+        answer: Answer,
     ) -> u64 {
         self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
         if self.next_gen == 0 {
@@ -171,7 +185,7 @@ impl Upstream {
             conn,
             started: now,
             timer: None,
-            raw,
+            answer,
             generation,
         });
         (u64::from(generation) << 32) | slot as u64
@@ -278,12 +292,12 @@ mod tests {
         let c = conn_id();
         let now = Instant::now();
         let mut u = Upstream::new(1, now);
-        let a = u.insert(c, 1, 0, now, false);
+        let a = u.insert(c, 1, 0, now, Answer::Agent);
         assert!(a < (1 << 63));
         let taken = u.take(a).unwrap();
         assert_eq!(taken.agent_id, 1);
         assert!(u.take(a).is_none(), "a late duplicate is dropped");
-        let b = u.insert(c, 2, 0, now, false);
+        let b = u.insert(c, 2, 0, now, Answer::Dubbo);
         assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "slot reused");
         assert!(
             u.take(a).is_none(),

@@ -13,7 +13,8 @@
 use std::time::Duration;
 
 use codec::agent::{self, SignatureRef, Status};
-use codec::dubbo::{self, status, Reply, Serialization};
+use codec::dubbo::server::{self, Incoming};
+use codec::dubbo::{self, status, DEFAULT_DUBBO_VERSION};
 use codec::hessian2;
 use codec::Decoded;
 use reactor::{ConnId, Ctx, EndOfInput};
@@ -24,37 +25,8 @@ use crate::metrics::Outcome;
 /// What a call lost with its provider-agent connection is answered (call_core).
 pub(super) const LOST: &str = "connection to provider-agent lost";
 
-/// The Dubbo version a provider-agent writes by default (`provider-agent
-/// --dubbo-version`): a caller speaking it need not say so.
-const DEFAULT_DUBBO_VERSION: &str = "2.0.2";
-
-/// A Dubbo protocol version (`2.0.2`), kept inline: no allocation per call.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Version {
-    bytes: [u8; 16],
-    len: u8,
-}
-
-impl Version {
-    /// `v` if it reads as a version (digits and dots, at most 16).
-    pub(super) fn new(v: &str) -> Option<Version> {
-        let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        let mut bytes = [0u8; 16];
-        bytes
-            .get_mut(..v.len())
-            .filter(|_| ok)?
-            .copy_from_slice(v.as_bytes());
-        Some(Version {
-            bytes,
-            len: v.len() as u8,
-        })
-    }
-
-    pub(super) fn as_str(&self) -> &str {
-        let b = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
-        std::str::from_utf8(b).unwrap_or_default()
-    }
-}
+/// A caller's Dubbo protocol version, kept inline (the call carries it).
+pub(super) use codec::dubbo::server::ProtocolVersion as Version;
 
 /// One Dubbo consumer's connection.
 #[derive(Debug, Default)]
@@ -89,20 +61,16 @@ impl ConsumerLoop {
                 return pos;
             }
             // A body over --max-body is refused as soon as its header is read.
-            if let Some(head) = rest.first_chunk::<{ dubbo::HEADER_LEN }>() {
-                if let Ok(h) = dubbo::Header::parse(head) {
-                    if h.body_len > self.config.max_body && h.is_request() {
-                        let msg = format!(
-                            "request body of {} bytes is over the consumer-agent's --max-body {}",
-                            h.body_len, self.config.max_body
-                        );
-                        self.metrics.request();
-                        self.metrics.answered(Outcome::BadRequest, 0);
-                        write_error(cx, id, h.id, status::BAD_REQUEST, &msg);
-                        cx.close(id);
-                        return input.len();
-                    }
-                }
+            if let Some(h) = server::oversized_request(rest, self.config.max_body) {
+                let msg = format!(
+                    "request body of {} bytes is over the consumer-agent's --max-body {}",
+                    h.body_len, self.config.max_body
+                );
+                self.metrics.request();
+                self.metrics.answered(Outcome::BadRequest, 0);
+                write_error(cx, id, h.id, status::BAD_REQUEST, &msg);
+                cx.close(id);
+                return input.len();
             }
             match dubbo::decode_frame(rest) {
                 Ok(Decoded::Incomplete) => return pos,
@@ -130,19 +98,19 @@ impl ConsumerLoop {
         id: ConnId,
         frame: &dubbo::Frame<'_>,
     ) -> bool {
-        if !frame.is_request() {
-            // Heartbeat replies are fine; any other response is not a consumer talking.
-            return frame.is_heartbeat();
-        }
-        if frame.is_event() {
-            // Heartbeats (and read-only events) need no call: a two-way one gets the
-            // reply Dubbo's own server gives, same id, event flag set.
-            if frame.is_two_way() {
-                if let Some(out) = cx.output(id) {
-                    dubbo::encode_heartbeat_reply(out, frame.id());
+        match server::classify(frame) {
+            Incoming::Call => {}
+            Incoming::NotAConsumer => return false,
+            Incoming::Event { reply } => {
+                // Heartbeats (and read-only events) need no call: a two-way one gets the
+                // reply Dubbo's own server gives, same id, event flag set.
+                if let Some(reply) = reply {
+                    if let Some(out) = cx.output(id) {
+                        dubbo::encode_heartbeat_reply(out, reply);
+                    }
                 }
+                return true;
             }
-            return true;
         }
         self.metrics.request();
         let two_way = frame.is_two_way();
@@ -152,11 +120,7 @@ impl ConsumerLoop {
                 write_error(cx, id, frame.id(), status::BAD_REQUEST, text);
             }
         };
-        if frame.serialization_id() != dubbo::SERIALIZATION_HESSIAN2 {
-            let msg = format!(
-                "serialization id {} is not supported by the mesh: send hessian2 (id 2)",
-                frame.serialization_id()
-            );
+        if let Some(msg) = server::unsupported_serialization(frame) {
             fail(cx, self, &msg);
             return true;
         }
@@ -186,10 +150,7 @@ impl ConsumerLoop {
             *n += 1;
         }
         let mut timeout = Duration::from_millis(self.config.timeout_ms);
-        if let Some(ms) = routed
-            .attachment("timeout")
-            .and_then(|t| t.trim().parse().ok())
-        {
+        if let Some(ms) = server::requested_timeout_ms(&routed) {
             timeout = timeout.min(Duration::from_millis(ms));
         }
         // The routing keys are the agents' to set from the call; the rest travel on.
@@ -334,7 +295,7 @@ impl ConsumerLoop {
                     _ => status::SERVER_ERROR,
                 };
                 self.finish_dubbo(cx, call, outcome, |out, id| {
-                    let _ = encode_error(out, id, dubbo_status, &text);
+                    let _ = server::encode_error(out, id, dubbo_status, &text);
                 });
             }
         }
@@ -362,7 +323,7 @@ impl ConsumerLoop {
             _ => status::SERVER_ERROR,
         };
         self.finish_dubbo(cx, call, outcome, |out, id| {
-            let _ = encode_error(out, id, dubbo_status, text);
+            let _ = server::encode_error(out, id, dubbo_status, text);
         });
     }
 
@@ -405,23 +366,6 @@ impl ConsumerLoop {
     }
 }
 
-/// A Dubbo error response (hessian2, the message as its body).
-fn encode_error(
-    out: &mut Vec<u8>,
-    id: i64,
-    dubbo_status: u8,
-    text: &str,
-) -> Result<(), dubbo::Error> {
-    dubbo::encode_response(
-        out,
-        id,
-        Serialization::Hessian2,
-        dubbo_status,
-        &Reply::Error(text),
-        &[],
-    )
-}
-
 /// Writes an error answer to request `id` on `conn` at once.
 fn write_error(
     cx: &mut Ctx<'_, ConsumerLoop>,
@@ -431,7 +375,7 @@ fn write_error(
     text: &str,
 ) {
     if let Some(out) = cx.output(conn) {
-        let _ = encode_error(out, id, dubbo_status, text);
+        let _ = server::encode_error(out, id, dubbo_status, text);
     }
 }
 

@@ -5,6 +5,7 @@ use codec::agent::{self, Frame, Status};
 use codec::Decoded;
 use reactor::{ConnId, Ctx};
 
+use super::dubbo_front::DUBBO_IDLE_MIN;
 use super::translate::respond;
 use super::{Inbound, ProviderLoop};
 
@@ -124,7 +125,8 @@ impl ProviderLoop {
         }
     }
 
-    /// Closes agent connections silent for `--idle-timeout-secs` with nothing in flight.
+    /// Closes agent connections silent for `--idle-timeout-secs` with nothing in flight
+    /// (Dubbo consumers' connections: silent for at least [`DUBBO_IDLE_MIN`]).
     pub(super) fn close_idle(&mut self, cx: &mut Ctx<'_, Self>) {
         let Some(idle) = self.cfg.agent.idle_timeout() else {
             return;
@@ -135,13 +137,18 @@ impl ProviderLoop {
             .iter()
             .flatten()
             .filter(|i| {
-                now.saturating_duration_since(i.last_active) > idle
+                let limit = if i.dubbo.is_some() {
+                    idle.max(DUBBO_IDLE_MIN)
+                } else {
+                    idle
+                };
+                now.saturating_duration_since(i.last_active) > limit
                     && self.upstream.inflight_on(i.id) == 0
             })
             .map(|i| i.id)
             .collect();
         for id in stale {
-            log::debug!("loop {}: closing an idle agent connection", self.index);
+            log::debug!("loop {}: closing an idle connection", self.index);
             cx.close(id);
         }
     }

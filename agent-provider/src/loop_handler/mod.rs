@@ -10,6 +10,12 @@
 //! frames; [`translate`] checks the call is served, asks [`crate::admission`], and
 //! writes the Dubbo request on a connection of [`provider_conns`]; the provider's answer
 //! comes back through [`provider_conns`] and [`translate`] writes the agent RESPONSE.
+//!
+//! With `--dubbo-listen`, unmeshed Dubbo consumers' connections live on the same loops:
+//! [`dubbo_front`] reads their frames, checks each call the same way (served, admitted)
+//! and relays it to a provider connection as it is but for its id; the provider's answer
+//! goes back to the consumer the same way. Both kinds of caller share the provider
+//! connections, the pending calls, `--max-inflight` and the drain.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,14 +34,19 @@ use crate::upstream::Upstream;
 use crate::Event;
 
 mod agent_conns;
+mod dubbo_front;
 mod provider_conns;
 mod translate;
+
+use dubbo_front::DubboConn;
 
 /// Which side a connection is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
     /// An accepted agent-protocol connection (from a consumer-agent).
     Agent,
+    /// An accepted Dubbo connection from an unmeshed Dubbo consumer (`--dubbo-listen`).
+    Dubbo,
     /// An outbound Dubbo connection to the provider: its slot in the loop's pool.
     Provider(usize),
 }
@@ -100,22 +111,29 @@ impl LoopConfig {
     /// that matches the rest. Resolved per call (a short scan of a list of a few), so
     /// the call table keeps what the consumer sent and counts the bytes it counts.
     fn served<'a>(&'a self, sig: &Signature) -> Option<&'a Variant> {
-        let (_, variants) = self.services.iter().find(|(s, _)| *s == sig.service)?;
-        variants
-            .iter()
-            .find(|v| v.matches(&sig.version, &sig.group))
+        self.served_by(&sig.service, &sig.version, &sig.group)
+    }
+
+    /// [`LoopConfig::served`] by the service, version and group a call names.
+    fn served_by<'a>(&'a self, service: &str, version: &str, group: &str) -> Option<&'a Variant> {
+        let (_, variants) = self.services.iter().find(|(s, _)| *s == service)?;
+        variants.iter().find(|v| v.matches(version, group))
     }
 }
 
-/// State of one accepted agent connection.
+/// State of one accepted connection: a consumer-agent's, or a Dubbo consumer's.
 #[derive(Debug)]
 struct Inbound {
     id: ConnId,
+    /// The signatures a consumer-agent DEFINEd (empty, and never allocated, for a
+    /// Dubbo consumer).
     calls: CallTable,
     /// When it last sent anything (for `--idle-timeout-secs`).
     last_active: Instant,
     /// The consumer finished sending (half-close): close once its calls are answered.
     input_ended: bool,
+    /// A Dubbo consumer's connection (`Tag::Dubbo`): its reading state.
+    dubbo: Option<DubboConn>,
 }
 
 /// One loop's handler.
@@ -184,7 +202,11 @@ impl Handler for ProviderLoop {
 
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
         match conn.tag {
-            Tag::Agent => {
+            Tag::Agent | Tag::Dubbo => {
+                let dubbo = conn.tag == Tag::Dubbo;
+                if dubbo {
+                    self.m().dubbo_connections.fetch_add(1, Relaxed);
+                }
                 let i = conn.id.index();
                 if self.inbound.len() <= i {
                     self.inbound.resize_with(i + 1, || None);
@@ -196,6 +218,7 @@ impl Handler for ProviderLoop {
                         calls: CallTable::new(),
                         last_active: cx.now(),
                         input_ended: false,
+                        dubbo: dubbo.then(DubboConn::default),
                     });
                 }
             }
@@ -206,6 +229,7 @@ impl Handler for ProviderLoop {
     fn data(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, input: &[u8]) -> usize {
         match conn.tag {
             Tag::Agent => self.agent_data(cx, conn.id, input),
+            Tag::Dubbo => self.dubbo_data(cx, conn.id, input),
             Tag::Provider(slot) => self.provider_data(cx, slot, conn.id, input),
         }
     }
@@ -213,7 +237,8 @@ impl Handler for ProviderLoop {
     fn end_of_input(&mut self, _cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) -> EndOfInput {
         // A consumer that sends its calls and then FIN still gets every answer: the
         // connection stays open for writing until the last one is out.
-        if conn.tag == Tag::Agent && self.upstream.inflight_on(conn.id) > 0 {
+        let inbound = matches!(conn.tag, Tag::Agent | Tag::Dubbo);
+        if inbound && self.upstream.inflight_on(conn.id) > 0 {
             if let Some(inb) = self.inbound_mut(conn.id) {
                 inb.input_ended = true;
                 return EndOfInput::KeepOpen;
@@ -223,16 +248,24 @@ impl Handler for ProviderLoop {
     }
 
     fn drained(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>) {
-        if conn.tag == Tag::Agent {
-            cx.resume_reading(conn.id);
+        match conn.tag {
+            Tag::Agent => cx.resume_reading(conn.id),
+            Tag::Dubbo => self.dubbo_drained(cx, conn.id),
+            Tag::Provider(_) => {}
         }
     }
 
     fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, reason: CloseReason) {
         match conn.tag {
-            Tag::Agent => {
+            Tag::Agent | Tag::Dubbo => {
                 if let Some(slot) = self.inbound.get_mut(conn.id.index()) {
                     if slot.as_ref().is_some_and(|i| i.id == conn.id) {
+                        if conn.tag == Tag::Dubbo {
+                            self.metrics
+                                .for_loop(self.index)
+                                .dubbo_connections
+                                .fetch_sub(1, Relaxed);
+                        }
                         *slot = None;
                         if let Some(d) = self.demand.get_mut(conn.id.index()) {
                             self.admission.forget(std::mem::take(d));
@@ -325,6 +358,7 @@ impl Handler for ProviderLoop {
 
     fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
         self.draining = true;
+        self.stop_dubbo_consumers(cx);
         self.exit_not_before = Some(cx.now() + STOP_GRACE);
         cx.set_timer(STOP_GRACE, LoopTimer::Grace);
         if self.upstream.inflight() > 0 {

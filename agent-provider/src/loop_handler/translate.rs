@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use codec::agent::{self, Status};
-use codec::dubbo::{self, Outcome};
-use codec::hessian2::{exception_summary, Encoder, Value};
+use codec::dubbo;
 use reactor::{ConnId, Ctx, Handler};
 
 use super::{LoopTimer, ProviderLoop};
 use crate::admission::Refusal;
-use crate::upstream::Pending;
+use crate::upstream::{Answer, Pending};
 
 /// Timeout used when a request carries none (0).
 pub(super) const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
@@ -21,27 +20,6 @@ pub(super) const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
 /// The longest timeout a consumer-agent may ask for: a call that never comes back holds
 /// a slot of the in-flight budget until then.
 pub(super) const MAX_CALL_TIMEOUT_MS: u32 = 10 * 60 * 1000;
-
-/// A call's answer value: decoded (encoded as hessian2 on the way out), or hessian2
-/// bytes as the provider wrote them.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Payload<'a> {
-    Value(&'a Value),
-    Encoded(&'a [u8]),
-}
-
-/// The agent status for a Dubbo error status: timeouts as TIMEOUT, a request the
-/// provider could not decode as BAD_REQUEST, a service it does not export as
-/// UNAVAILABLE (the call did not start: another provider may have it); the rest as
-/// PROVIDER_ERROR (it may have run).
-pub(super) fn agent_status_of(dubbo_status: u8) -> Status {
-    match dubbo_status {
-        dubbo::status::CLIENT_TIMEOUT | dubbo::status::SERVER_TIMEOUT => Status::Timeout,
-        dubbo::status::BAD_REQUEST => Status::BadRequest,
-        dubbo::status::SERVICE_NOT_FOUND => Status::Unavailable,
-        _ => Status::ProviderError,
-    }
-}
 
 /// Writes a RESPONSE frame; a payload too large is replaced by a short message.
 pub(super) fn respond<H: Handler>(
@@ -72,20 +50,6 @@ pub(super) fn respond_with<H: Handler>(
             let _ = agent::encode_response(out, id, Status::ProviderError, b"response too large");
         }
     }
-}
-
-/// The provider's response attachments as strings for the agent protocol. Null values
-/// are dropped, other non-strings rendered as text; so is `dubbo`, the protocol version
-/// Java 2.7 adds to every response (it describes the Dubbo hop, not the call).
-pub(super) fn response_attachments(attachments: Vec<(String, Value)>) -> Vec<(String, String)> {
-    attachments
-        .into_iter()
-        .filter(|(k, v)| k != "dubbo" && *v != Value::Null)
-        .map(|(k, v)| match v {
-            Value::String(s) => (k, s),
-            other => (k, other.to_text()),
-        })
-        .collect()
 }
 
 impl ProviderLoop {
@@ -144,137 +108,19 @@ impl ProviderLoop {
         }
         self.m()
             .latency(cx.now().saturating_duration_since(p.started));
-        if p.raw {
-            return self.finish_raw(cx, p, frame);
-        }
-        if frame.status() == dubbo::status::SERVER_THREADPOOL_EXHAUSTED {
-            let text = match dubbo::decode_response_body(
-                frame.serialization_id(),
-                frame.status(),
-                frame.body,
-            ) {
-                Ok(dubbo::Response {
-                    outcome: Outcome::Error { message, .. },
-                    ..
-                }) if !message.is_empty() => message,
-                _ => "provider thread pool exhausted".to_owned(),
-            };
-            self.finish_call(cx, p, Status::Overloaded, text.as_bytes());
-            return;
-        }
-        match dubbo::decode_response_body(frame.serialization_id(), frame.status(), frame.body) {
-            Ok(resp) => {
-                // Empty in the common case: then nothing is allocated here.
-                let owned = response_attachments(resp.attachments);
-                let att: Vec<(&str, &str)> = owned
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                match resp.outcome {
-                    // A hessian2 result goes on as the provider wrote it (no encoding
-                    // again, and its back-references stay as numbered).
-                    Outcome::Value(v) => {
-                        let raw = resp.value_span.and_then(|r| frame.body.get(r));
-                        let payload = raw.map_or(Payload::Value(&v), Payload::Encoded);
-                        self.finish_value(cx, p, Status::Ok, payload, &att)
-                    }
-                    Outcome::Null => {
-                        self.finish_value(cx, p, Status::Ok, Payload::Value(&Value::Null), &att)
-                    }
-                    Outcome::Exception { value, .. } => self.finish_value(
-                        cx,
-                        p,
-                        Status::Exception,
-                        Payload::Value(&exception_summary(&value)),
-                        &att,
-                    ),
-                    Outcome::Error { status, message } => {
-                        let text = if message.is_empty() {
-                            format!("provider answered dubbo status {status}")
-                        } else {
-                            message
-                        };
-                        self.finish_call(cx, p, agent_status_of(status), text.as_bytes());
-                    }
-                }
+        match p.answer {
+            Answer::Dubbo => self.relay_answer(cx, p, frame),
+            Answer::Raw | Answer::Agent => {
+                // The agent RESPONSE standing for the provider's answer: its body byte
+                // for byte (RAW), or its value, exception summary or error text.
+                let raw = p.answer == Answer::Raw;
+                let status = match cx.output(p.inbound) {
+                    Some(out) => agent::encode_dubbo_answer(out, p.agent_id, frame, raw),
+                    None => agent::status_of_dubbo(frame.status()), // the consumer is gone
+                };
+                self.m().response(status);
+                self.close_if_done(cx, p.inbound);
             }
-            Err(e) => {
-                let text = format!("undecodable provider response: {e}");
-                self.finish_call(cx, p, Status::ProviderError, text.as_bytes());
-            }
-        }
-    }
-
-    /// Answers a call with one hessian2 value (a result, or an exception's summary) and
-    /// the provider's attachments.
-    pub(super) fn finish_value(
-        &mut self,
-        cx: &mut Ctx<'_, Self>,
-        p: Pending,
-        status: Status,
-        payload: Payload<'_>,
-        att: &[(&str, &str)],
-    ) {
-        let written = match cx.output(p.inbound) {
-            Some(out) => match agent::begin_response_with(out, p.agent_id, status, att) {
-                Ok(mark) => {
-                    match payload {
-                        Payload::Value(v) => Encoder::new().write_value(out, v),
-                        Payload::Encoded(bytes) => out.extend_from_slice(bytes),
-                    }
-                    agent::finish(out, mark).is_ok()
-                }
-                Err(_) => false,
-            },
-            None => return self.m().response(status), // the consumer is gone
-        };
-        if written {
-            self.m().response(status);
-            self.close_if_done(cx, p.inbound);
-        } else {
-            self.finish_call(
-                cx,
-                p,
-                Status::ProviderError,
-                b"result or attachments too large for an agent frame",
-            );
-        }
-    }
-
-    /// Answers a call with the provider's Dubbo response as it wrote it (the caller
-    /// speaks Dubbo: its value, exception and attachments reach it byte for byte),
-    /// under the agent status a consumer-agent retries or counts by.
-    fn finish_raw(&mut self, cx: &mut Ctx<'_, Self>, p: Pending, frame: &dubbo::Frame<'_>) {
-        let status = match frame.status() {
-            // The result flag is the body's first value, a compact int (0x90 + flag):
-            // 0 and 3 are an exception.
-            dubbo::status::OK => match frame.body.first() {
-                Some(0x90 | 0x93) => Status::Exception,
-                _ => Status::Ok,
-            },
-            dubbo::status::SERVER_THREADPOOL_EXHAUSTED => Status::Overloaded,
-            other => agent_status_of(other),
-        };
-        let written = match cx.output(p.inbound) {
-            Some(out) => {
-                let mark = agent::begin_raw_response(
-                    out,
-                    p.agent_id,
-                    status,
-                    frame.status(),
-                    frame.serialization_id(),
-                );
-                out.extend_from_slice(frame.body);
-                agent::finish(out, mark).is_ok()
-            }
-            None => return self.m().response(status), // the consumer is gone
-        };
-        if written {
-            self.m().response(status);
-            self.close_if_done(cx, p.inbound);
-        } else {
-            let msg = b"the provider's answer is too large for an agent frame";
-            self.finish_call(cx, p, Status::ProviderError, msg);
         }
     }
 
@@ -288,6 +134,9 @@ impl ProviderLoop {
     ) {
         if let Some(t) = p.timer {
             cx.cancel_timer(t);
+        }
+        if p.answer == Answer::Dubbo {
+            return self.fail_dubbo(cx, p, status, payload);
         }
         respond(cx, p.inbound, p.agent_id, status, payload);
         self.m().response(status);
@@ -399,7 +248,8 @@ impl ProviderLoop {
             // Raw answers are relayed only as hessian2, the serialization callers that
             // ask for them speak.
             let raw = req.raw_result && self.cfg.serialization == dubbo::Serialization::Hessian2;
-            self.upstream.insert(conn, req.id, slot, now, raw)
+            let answer = if raw { Answer::Raw } else { Answer::Agent };
+            self.upstream.insert(conn, req.id, slot, now, answer)
         };
         let request = dubbo::Request {
             id: dubbo_id as i64,
@@ -467,54 +317,5 @@ fn caller_version<'a>(req: &agent::Request<'a>) -> Option<&'a str> {
         return None;
     }
     let (_, v) = req.attachments.into_iter().find(|(k, _)| *k == "dubbo")?;
-    let plausible =
-        !v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    plausible.then_some(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dubbo_statuses_map_to_what_the_consumer_may_do() {
-        // Did not start: retried elsewhere.
-        assert_eq!(
-            agent_status_of(dubbo::status::SERVICE_NOT_FOUND),
-            Status::Unavailable
-        );
-        assert_eq!(
-            agent_status_of(dubbo::status::BAD_REQUEST),
-            Status::BadRequest
-        );
-        for timeout in [dubbo::status::CLIENT_TIMEOUT, dubbo::status::SERVER_TIMEOUT] {
-            assert_eq!(agent_status_of(timeout), Status::Timeout);
-        }
-        // May have run: never retried.
-        for s in [
-            dubbo::status::SERVICE_ERROR,
-            dubbo::status::SERVER_ERROR,
-            dubbo::status::BAD_RESPONSE,
-        ] {
-            assert_eq!(agent_status_of(s), Status::ProviderError);
-            assert!(!agent_status_of(s).is_retryable());
-        }
-    }
-
-    #[test]
-    fn response_attachments_become_strings_without_nulls_or_the_dubbo_version() {
-        let got = response_attachments(vec![
-            ("dubbo".into(), Value::String("2.0.2".into())),
-            ("trace".into(), Value::String("t-1".into())),
-            ("gone".into(), Value::Null),
-            ("count".into(), Value::Int(3)),
-        ]);
-        assert_eq!(
-            got,
-            [
-                ("trace".to_owned(), "t-1".to_owned()),
-                ("count".to_owned(), "3".to_owned())
-            ]
-        );
-    }
+    dubbo::server::ProtocolVersion::new(v).map(|_| v)
 }

@@ -83,17 +83,18 @@ pub fn encode_dubbo_answer(
     })
 }
 
+/// The agent status a Dubbo answer counts as, read from its header and result flag
+/// only: an OK answer whose flag says "exception" is [`Status::Exception`].
+pub fn status_of_answer(frame: &dubbo::Frame<'_>) -> Status {
+    match frame.status() {
+        dubbo::status::OK if dubbo::server::answers_exception(frame) => Status::Exception,
+        other => status_of_dubbo(other),
+    }
+}
+
 /// The body byte for byte, under the status the consumer-agent retries or counts by.
 fn encode_raw(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<Status, ()> {
-    let status = match frame.status() {
-        // The result flag is the body's first value, a compact int (0x90 + flag): 0 and
-        // 3 are an exception.
-        dubbo::status::OK => match frame.body.first() {
-            Some(0x90 | 0x93) => Status::Exception,
-            _ => Status::Ok,
-        },
-        other => status_of_dubbo(other),
-    };
+    let status = status_of_answer(frame);
     let mark = begin_raw_response(out, id, status, frame.status(), frame.serialization_id());
     out.extend_from_slice(frame.body);
     finish(out, mark).map(|()| status).map_err(drop)

@@ -6,7 +6,9 @@
 //!   verbatim, length back-patched;
 //! - [`decode_response_body`] for consumers, [`decode_request_body`] and
 //!   [`encode_response`] for mock providers and tests;
-//! - heartbeats: [`encode_heartbeat_request`], [`encode_heartbeat_reply`].
+//! - heartbeats: [`encode_heartbeat_request`], [`encode_heartbeat_reply`];
+//! - [`server`]: what both agents' Dubbo front-ends share (frames a consumer sends,
+//!   limits, error answers, relaying under another id).
 //!
 //! # Examples
 //!
@@ -49,6 +51,7 @@
 mod frame;
 mod request;
 mod response;
+pub mod server;
 
 pub use frame::{
     decode_frame, encode_heartbeat_reply, encode_heartbeat_request, encode_readonly_event, status,
@@ -65,6 +68,7 @@ pub use response::{
     RESPONSE_NULL_VALUE_WITH_ATTACHMENTS, RESPONSE_VALUE, RESPONSE_VALUE_WITH_ATTACHMENTS,
     RESPONSE_WITH_EXCEPTION, RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS,
 };
+pub use server::DEFAULT_DUBBO_VERSION;
 
 use crate::hessian2::{self, value_from_json, Decoder, Value};
 use crate::Decoded;
