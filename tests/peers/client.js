@@ -1,9 +1,45 @@
 'use strict';
 // A real Dubbo consumer written by someone else: the npm sofa-rpc-node RpcClient speaking
-// Dubbo through dubbo-remoting (hessian2), calling one fixed address (no registry), for
-// dubbo-mesh's tests (agent-consumer/tests/mesh_sofa_dubbo_in.rs).
+// Dubbo through dubbo-remoting (hessian2), calling one fixed address (no registry), or
+// the providers sofa-rpc-node's own ZookeeperRegistry finds, for dubbo-mesh's tests
+// (agent-consumer/tests/mesh_sofa_dubbo_in.rs).
 //
 // Usage: node client.js HOST:PORT [SCENARIO [ARG]]
+//        node client.js --zk ZK_ADDRESS [SCENARIO [ARG]]
+//
+// --zk ZK_ADDRESS (e.g. `127.0.0.1:2181/dubbo`: ZooKeeper servers, then the root path):
+// each service's providers are read from <root>/<interface>/providers (and watched) by
+// sofa-rpc-node's ZookeeperRegistry instead of one fixed address; the calls and the
+// output are the same. A service with no provider there yet: a call answers sofa's
+// RpcNoProviderError (as data, like any failed call). ZooKeeper not reachable in 20s:
+// exit 1.
+//
+// What sofa-rpc-node 2.10.0 requires of a provider node to pick it and call it
+// (lib/registry/zk/data_client.js, lib/client/consumer.js, address_group.js,
+// loadbalancer/weight_rr.js, connection/rpc.js; dubbo-remoting lib/encoder.js):
+// - The child name is decoded with decodeURIComponent, then parsed with WHATWG
+//   `new URL()`; if either throws for any child (a bad %-escape, a name that is not an
+//   absolute URL such as a bare "127.0.0.1:20880") the watch callback throws (an `error`
+//   event of the registry) and that interface's list is never delivered, the good nodes
+//   beside it included: the consumer never becomes ready (here: exit 1 after 20s).
+// - Filters (data_client.js _isMatch), applied with the FIRST subscriber's config for an
+//   interface in this process (the watch is kept per interface, not per version/group):
+//   `interface` param (else the URL path without its leading "/"), when present, must
+//   equal the interface; `category`, when present, must be "providers"; `enabled`, when
+//   present, must be exactly "true"; `group` (else `default.group`) and `version` (else
+//   `default.version`) are compared only when both the consumer's and the node's are
+//   non-empty. So no param is required: a bare `dubbo://HOST:PORT` is accepted.
+// - HOST and PORT: Node's legacy url.parse(url, true) of the decoded name (prefixed
+//   "bolt://" if it has no "://"); no port -> 12200. The client connects to
+//   hostname:port; connections, weights and fault state are keyed by "host:port".
+// - The scheme is not checked at all (dubbo://, bolt://, anything): the wire protocol is
+//   the one the client was built with (dubbo-remoting here); `protocol` is ignored.
+// - `serialization`, when present, picks the codec (dubbo-remoting only has "hessian2";
+//   any other value makes every request on that connection fail to encode).
+// - `weight` and all other params are ignored (weights are sofa's own, from health).
+// - Requests carry the consumer's interface/version (not the node's), sofa's
+//   round-robin picks among the matching nodes; nodes added later are picked up.
+// More, with a real node name sofa writes: README-zk.md.
 //
 // Without SCENARIO, a JSON array of steps is read from stdin and run one after the other;
 // each step prints one JSON line:
@@ -46,9 +82,16 @@ const dubboProtocol = require('dubbo-remoting/lib/protocol');
 
 const RACE = 'com.alibaba.dubbo.performance.demo.provider.IHelloService';
 
-const [ address, scenario, scenarioArg ] = process.argv.slice(2);
-if (!address || !/^[^:]+:\d+$/.test(address)) {
-  console.error('usage: node client.js HOST:PORT [pipeline N | stream C] (steps as JSON on stdin)');
+const argv = process.argv.slice(2);
+let zkAddress = null;
+if (argv[0] === '--zk') {
+  zkAddress = argv[1];
+  argv.splice(0, 2);
+}
+const [ address, scenario, scenarioArg ] = zkAddress ? [ null, ...argv ] : argv;
+if (zkAddress ? !/^[^/]+\/./.test(zkAddress) : (!address || !/^[^:]+:\d+$/.test(address))) {
+  console.error('usage: node client.js (HOST:PORT | --zk ZKHOST:PORT/ROOT) [pipeline N | stream C]' +
+    ' (steps as JSON on stdin)');
   process.exit(2);
 }
 
@@ -87,7 +130,19 @@ const logger = {
   warn(...args) { console.error('[warn]', ...args); },
   error(...args) { console.error('[error]', ...args); },
 };
-const client = new RpcClient({ logger, protocol, responseTimeout: 5000 });
+let registry;
+if (zkAddress) {
+  const { ZookeeperRegistry } = require('sofa-rpc-node').registry;
+  // Under the registry, cluster-client logs INFO lines through its default egg-logger to
+  // stdout, which is ours: send them to stderr.
+  const { ConsoleTransport } = require('egg-logger');
+  require('cluster-client/lib/default_logger').set('console', new ConsoleTransport({
+    level: 'INFO', stderrLevel: 'INFO', formatter: require('egg-logger/lib/utils').consoleFormatter,
+  }));
+  registry = new ZookeeperRegistry({ logger, address: zkAddress });
+  registry.on('error', err => console.error('[zk registry error]', err && err.message));
+}
+const client = new RpcClient({ logger, protocol, responseTimeout: 5000, registry });
 client.on('error', err => console.error('[client error]', err && err.message));
 // Hand each call's whole result (value, error, response attachments, raw frame) to the
 // caller through the request's `ctx`.
@@ -104,10 +159,25 @@ async function consumerOf(service, version, group) {
   const key = `${service}:${version}@${group}`;
   let consumer = consumers.get(key);
   if (!consumer) {
-    consumer = client.createConsumer({ interfaceName: service, version, group, serverHost: address });
+    consumer = client.createConsumer(registry
+      ? { interfaceName: service, version, group }
+      : { interfaceName: service, version, group, serverHost: address });
     consumers.set(key, consumer);
   }
-  await consumer.ready();
+  if (!registry) {
+    await consumer.ready();
+    return consumer;
+  }
+  // The registry hands the consumer no list at all (so it is never ready) when a node's
+  // name does not parse (see the top of this file): fail then, rather than hang.
+  let timer;
+  await Promise.race([
+    consumer.ready(),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no provider list for ${key} from ZooKeeper in 20s`)), 20000);
+    }),
+  ]);
+  clearTimeout(timer);
   return consumer;
 }
 
@@ -263,6 +333,9 @@ async function stream(concurrency) {
       const r = await hashCall(`s${i}`);
       if (r.error) failed++; else ok++;
       print(Object.assign({ i }, r));
+      // A call that fails at once (no provider yet) never leaves the microtask queue: let
+      // stdin's end and ZooKeeper's watches in.
+      if (r.error) await new Promise(resolve => setImmediate(resolve));
     }
   }
   const workers = [];
@@ -281,6 +354,16 @@ function readStdin() {
 }
 
 async function main() {
+  if (registry) {
+    let timer;
+    await Promise.race([
+      registry.ready(),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`ZooKeeper ${zkAddress} not reachable in 20s`)), 20000);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
   if (scenario === 'pipeline') {
     await pipeline(Number(scenarioArg || 1000));
   } else if (scenario === 'stream') {
@@ -296,7 +379,10 @@ async function main() {
 
 main().then(() => {
   client.close();
-  process.exit(0);
+  if (!registry) process.exit(0);
+  // Close the ZooKeeper session, so the consumer nodes sofa wrote go at once.
+  setTimeout(() => process.exit(0), 2000).unref();
+  Promise.resolve(registry.close()).catch(() => {}).then(() => process.exit(0));
 }, err => {
   console.error(err && err.stack || err);
   process.exit(1);

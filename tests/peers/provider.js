@@ -1,7 +1,31 @@
 'use strict';
 // A real Dubbo provider written by someone else (sofa-rpc-node + dubbo-remoting, hessian2),
-// used by dubbo-mesh's tests. Usage: node provider.js <port>
-// Prints "listening <port>" once it accepts connections.
+// used by dubbo-mesh's tests.
+//
+// Usage: node provider.js PORT [--zk ZK_ADDRESS [--host HOST]]
+//
+// Without --zk: prints "listening PORT" once it accepts connections (no registry).
+// With --zk (e.g. `--zk 127.0.0.1:2181/dubbo`: ZooKeeper servers, then the root path):
+// also registers every service below through sofa-rpc-node's own ZookeeperRegistry
+// (the nodes are written by sofa's code, not ours), and prints "listening PORT
+// registered ZK_ADDRESS" only once RpcServer#publish resolved and each service's node was
+// read back from ZooKeeper (~0.3s). The URL registered names HOST
+// (default 127.0.0.1; sofa's own default is the machine's first IPv4). Nothing else is
+// written to stdout after that line (a reader may close the pipe); errors go to stderr.
+// If registration is not done within 30s: a message on stderr and exit 1, no ready line.
+// SIGTERM / SIGINT with --zk: the nodes are removed (unPublish) before exit 0 (<= ~5s); after
+// SIGKILL the ephemeral nodes stay until the ZooKeeper session expires (node-zookeeper-
+// client's default session timeout: 30s).
+//
+// What sofa-rpc-node 2.10.0 writes, one ephemeral node per service (interface, version)
+// under <root>/<interface>/providers/, named encodeURIComponent(url):
+//   dubbo://HOST:PORT?startTime=<ms>&pid=<pid>&uniqueId=&dynamic=true&appName=
+//     &timeout=3000&serialization=hessian2&weight=100&accepts=100000&language=nodejs
+//     &rpcVer=50400&protocol=dubbo&interface=<interface>&version=<version>&group=
+// No path after the port (Dubbo writes /<interface>); the interface is the `interface`
+// param; `group=` is empty here (this file sets the server group to '' rather than
+// sofa's default "SOFA"); the node's data is empty. A real node name from this file is in
+// README-zk.md. What sofa's client needs from a node to pick and call it: see client.js.
 
 const { RpcServer } = require('sofa-rpc-node').server;
 const protocol = require('dubbo-remoting');
@@ -61,9 +85,55 @@ function javaHashCode(s) {
   return h;
 }
 
-const port = Number(process.argv[2] || 20880);
+const argv = process.argv.slice(2);
+function flag(name) {
+  const i = argv.indexOf(name);
+  if (i < 0) return undefined;
+  const value = argv[i + 1];
+  if (!value || value.startsWith('--')) {
+    console.error(`${name} needs a value`);
+    process.exit(2);
+  }
+  argv.splice(i, 2);
+  return value;
+}
+const zkAddress = flag('--zk');
+const publishHost = flag('--host') || '127.0.0.1';
+if (argv.length > 1 || (argv[0] && !/^\d+$/.test(argv[0])) || (zkAddress && !/^[^/]+\/./.test(zkAddress))) {
+  console.error('usage: node provider.js PORT [--zk HOST:PORT/ROOT [--host HOST]]');
+  process.exit(2);
+}
+const port = Number(argv[0] || 20880);
 const logger = { info() {}, warn() {}, debug() {}, error: console.error };
-const server = new RpcServer({ logger, port, protocol, version: '0.0.0' });
+let registry;
+if (zkAddress) {
+  const { ZookeeperRegistry } = require('sofa-rpc-node').registry;
+  // Under the registry, cluster-client logs INFO lines through its default egg-logger to
+  // stdout, which is ours: send them to stderr.
+  const { ConsoleTransport } = require('egg-logger');
+  require('cluster-client/lib/default_logger').set('console', new ConsoleTransport({
+    level: 'INFO', stderrLevel: 'INFO', formatter: require('egg-logger/lib/utils').consoleFormatter,
+  }));
+  registry = new ZookeeperRegistry({ logger, address: zkAddress });
+  registry.on('error', err => console.error('[zk registry error]', err && err.message));
+}
+// group '': what a Dubbo provider without a group exports (sofa's default is "SOFA"); it
+// only changes the `group` param of the registered URL.
+const server = new RpcServer({
+  logger, port, protocol, version: '0.0.0', group: '', registry, publishAddress: publishHost,
+});
+if (registry) {
+  // sofa's URL takes startTime=Date.now() afresh for each service, and RpcServer#publish
+  // waits, per service, for a node whose URL contains that service's own URL — among the
+  // nodes filtered by the first service of the interface (one watch per interface). With
+  // two versions of one interface (Greeter) registered a millisecond apart, the second
+  // never sees its URL and publish() never resolves. One startTime for all avoids that.
+  const startTime = Date.now();
+  const params = Object.getOwnPropertyDescriptor(RpcServer.prototype, 'params').get;
+  Object.defineProperty(server, 'params', {
+    get() { return Object.assign(params.call(this), { startTime }); },
+  });
+}
 
 server.addService({
   interfaceName: 'com.alibaba.dubbo.performance.demo.provider.IHelloService',
@@ -214,6 +284,59 @@ for (const version of ['1.0.0', '2.0.0']) {
   });
 }
 
-server.start().then(() => {
-  console.log(`listening ${port}`);
-});
+if (!registry) {
+  server.start().then(() => {
+    console.log(`listening ${port}`);
+  });
+} else {
+  const timer = setTimeout(() => {
+    console.error(`provider.js: not registered in ZooKeeper ${zkAddress} within 30s`);
+    process.exit(1);
+  }, 30000);
+  (async () => {
+    await registry.ready();
+    await server.start();
+    await server.publish(); // resolves once a node with its URL is seen through a watch
+    await allNodesExist(); // ...so check each service's own node, read back
+    clearTimeout(timer);
+    console.log(`listening ${port} registered ${zkAddress}`);
+  })().catch(err => {
+    console.error('provider.js: registration failed:', err && err.stack || err);
+    process.exit(1);
+  });
+  // Waits until the node of every service (as sofa named it) exists in ZooKeeper, read
+  // through a session of our own (only reading).
+  async function allNodesExist() {
+    const zookeeper = require('node-zookeeper-client'); // sofa's own ZooKeeper client
+    const slash = zkAddress.indexOf('/');
+    const root = zkAddress.slice(slash).replace(/\/?$/, '/');
+    const paths = Array.from(server.services.values(),
+      service => `${root}${service.interfaceName}/providers/${encodeURIComponent(service.publishUrl)}`);
+    const zk = zookeeper.createClient(zkAddress.slice(0, slash));
+    const connected = new Promise(resolve => zk.once('connected', resolve));
+    zk.connect();
+    await connected;
+    const exists = path => new Promise((resolve, reject) => {
+      zk.exists(path, (err, stat) => (err ? reject(err) : resolve(!!stat)));
+    });
+    try {
+      for (const path of paths) {
+        while (!await exists(path)) await new Promise(resolve => setTimeout(resolve, 20));
+      }
+    } finally {
+      zk.close();
+    }
+  }
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    setTimeout(() => process.exit(0), 5000).unref();
+    server.unPublish()
+      .then(() => registry.close())
+      .catch(err => console.error('provider.js: unregister failed:', err && err.message))
+      .then(() => process.exit(0));
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
