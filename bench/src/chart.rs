@@ -83,7 +83,7 @@ pub fn qps_svg(r: &ScenarioReport) -> String {
 }
 
 fn draw_qps(r: &ScenarioReport, out: &mut String) -> DrawResult {
-    let scenarios = ["classic", "classic-dubbo", "uneven"];
+    let scenarios = ["classic", "classic-dubbo", "classic-unmeshed", "uneven"];
     let steps: Vec<&Step> = r
         .steps
         .iter()

@@ -69,21 +69,21 @@ pub fn table(r: &ScenarioReport) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<14} {:<15} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8}  {:<24} agents (cpu s / peak RSS)",
+        "{:<17} {:<15} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8}  {:<24} agents (cpu s / peak RSS)",
         "scenario", "step", "qps", "ceiling", "ratio", "p50 ms", "p99 ms", "max ms", "errors"
     );
     for s in &r.steps {
         let [qps, ceiling, ratio, p50, p99, max] = number_cells(s);
         let _ = writeln!(
             t,
-            "{:<14} {:<15} {qps:>9} {ceiling:>9} {ratio:>6} {p50:>8} {p99:>8} {max:>8}  {:<24} {}",
+            "{:<17} {:<15} {qps:>9} {ceiling:>9} {ratio:>6} {p50:>8} {p99:>8} {max:>8}  {:<24} {}",
             s.scenario,
             s.label,
             errors_text(s),
             agents_text(s)
         );
         if !s.extra.is_empty() {
-            let _ = writeln!(t, "{:<14}   {}", "", extra_text(s));
+            let _ = writeln!(t, "{:<17}   {}", "", extra_text(s));
         }
     }
     for (name, why) in &r.failures {

@@ -211,10 +211,23 @@ pub(crate) fn find_bins(opts: &ScenarioOpts) -> io::Result<Bins> {
     Bins::find(opts.bin_dir.as_deref(), opts.bench_exe.as_deref())
 }
 
+/// Who stands in front of the providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Providers {
+    /// A provider-agent in front of each (the mesh).
+    Meshed,
+    /// None: the providers are registered as unmeshed Dubbo providers (`protocol=dubbo`,
+    /// as the ZooKeeper registry lists plain Dubbo ones) and the consumer-agent calls
+    /// them over Dubbo itself.
+    Unmeshed,
+}
+
 /// A running mesh. Dropping it stops everything, newest first (etcd last).
 #[derive(Debug)]
 pub(crate) struct Topology {
     pub(crate) procs: Vec<Proc>,
+    /// The unmeshed providers' registrations ([`Providers::Unmeshed`]), held while it runs.
+    registrations: Vec<registry::Registration>,
     /// The local etcd of `--registry etcd`, stopped after `procs`.
     etcd: Option<Etcd>,
     /// Indices in `procs` of the agents (consumer first).
@@ -233,6 +246,7 @@ impl Drop for Topology {
         while let Some(mut p) = self.procs.pop() {
             p.stop(Duration::from_secs(3));
         }
+        self.registrations.clear();
         if let Some(mut etcd) = self.etcd.take() {
             etcd.stop(Duration::from_secs(3));
         }
@@ -249,9 +263,20 @@ impl Topology {
         specs: &[ProviderSpec],
         tag: &str,
     ) -> io::Result<Topology> {
+        Topology::start_with(opts, bins, specs, tag, Providers::Meshed)
+    }
+
+    /// [`start_retrying`](Self::start_retrying), with or without provider-agents.
+    pub(crate) fn start_with(
+        opts: &ScenarioOpts,
+        bins: &Bins,
+        specs: &[ProviderSpec],
+        tag: &str,
+        providers: Providers,
+    ) -> io::Result<Topology> {
         let mut attempt = 1;
         loop {
-            match Topology::start(opts, bins, specs, tag) {
+            match Topology::start(opts, bins, specs, tag, providers) {
                 Ok(t) => return Ok(t),
                 Err(e) if attempt < 3 => {
                     eprintln!("{tag}: start failed ({e}); retrying on fresh ports");
@@ -267,6 +292,7 @@ impl Topology {
         bins: &Bins,
         specs: &[ProviderSpec],
         tag: &str,
+        providers: Providers,
     ) -> io::Result<Topology> {
         let tmp = tempfile::Builder::new()
             .prefix("dubbo-mesh-bench")
@@ -274,6 +300,7 @@ impl Topology {
         let logs = opts.out.join("logs").join(tag);
         let mut topo = Topology {
             procs: Vec::new(),
+            registrations: Vec::new(),
             agents: Vec::new(),
             consumer: 0,
             consumer_addr: free_addr()?,
@@ -313,7 +340,22 @@ impl Topology {
             topo.provider_addrs.push(addr);
         }
         let loops = opts.agent_loops.max(1).to_string();
-        for (s, q) in specs.iter().zip(&provider_addrs) {
+        if providers == Providers::Unmeshed {
+            let reg = registry::open(Some(&registry)).map_err(io::Error::other)?;
+            for (s, q) in specs.iter().zip(&provider_addrs) {
+                let instance = registry::Instance::new(crate::provider::SERVICE, q.to_string())
+                    .with_weight(s.weight)
+                    .with_meta("protocol", "dubbo");
+                let r = reg.register(instance).map_err(io::Error::other)?;
+                topo.registrations.push(r);
+            }
+        }
+        let meshed = if providers == Providers::Meshed {
+            specs
+        } else {
+            &[]
+        };
+        for (s, q) in meshed.iter().zip(&provider_addrs) {
             let (listen, admin) = (free_addr()?, free_addr()?);
             let mut args = harness::provider_agent_args(listen, admin, *q, &registry);
             args.extend(
@@ -498,16 +540,27 @@ fn step_conns(quick: bool) -> Vec<usize> {
 
 fn classic(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(50);
-    let mut topo = Topology::start_retrying(opts, bins, &specs, "classic")?;
-    // The HTTP path, then the same calls from Dubbo consumers (`--dubbo-listen`).
-    for front in [
-        ("classic", Protocol::Http),
-        ("classic-dubbo", Protocol::Dubbo),
-    ] {
+    // The HTTP path, then the same calls from Dubbo consumers (`--dubbo-listen`), then
+    // HTTP again to providers outside the mesh (no provider-agents).
+    let runs = [
+        (Providers::Meshed, ("classic", Protocol::Http)),
+        (Providers::Meshed, ("classic-dubbo", Protocol::Dubbo)),
+        (Providers::Unmeshed, ("classic-unmeshed", Protocol::Http)),
+    ];
+    let mut topo: Option<(Providers, Topology)> = None;
+    for (providers, front) in runs {
+        if topo.as_ref().is_none_or(|(p, _)| *p != providers) {
+            drop(topo.take()); // the previous topology stops first
+            let t = Topology::start_with(opts, bins, &specs, front.0, providers)?;
+            topo = Some((providers, t));
+        }
+        let Some((_, topo)) = topo.as_mut() else {
+            continue;
+        };
         for c in step_conns(opts.quick) {
             let s = run_step(
                 opts,
-                &mut topo,
+                topo,
                 front,
                 &format!("{c} conns"),
                 c,
@@ -541,17 +594,27 @@ fn uneven(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result
 
 fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(0);
-    let mut topo = Topology::start_retrying(opts, bins, &specs, "overhead")?;
     let saturating = if opts.quick { 64 } else { 256 };
     // The same single connection straight to a provider over Dubbo: what the two
-    // agents add is the difference.
+    // agents add is the difference (one agent, for providers outside the mesh).
     let mut direct_p50_ms = None;
-    for front in [
-        ("overhead", Protocol::Http),
-        ("overhead-dubbo", Protocol::Dubbo),
-    ] {
+    let runs = [
+        (Providers::Meshed, ("overhead", Protocol::Http)),
+        (Providers::Meshed, ("overhead-dubbo", Protocol::Dubbo)),
+        (Providers::Unmeshed, ("overhead-unmeshed", Protocol::Http)),
+    ];
+    let mut current: Option<(Providers, Topology)> = None;
+    for (providers, front) in runs {
+        if current.as_ref().is_none_or(|(p, _)| *p != providers) {
+            drop(current.take()); // the previous topology stops first
+            let t = Topology::start_with(opts, bins, &specs, front.0, providers)?;
+            current = Some((providers, t));
+        }
+        let Some((_, topo)) = current.as_mut() else {
+            continue;
+        };
         for (label, c) in [("1 conn", 1), ("saturating", saturating)] {
-            let mut s = run_step(opts, &mut topo, front, label, c, None)?;
+            let mut s = run_step(opts, topo, front, label, c, None)?;
             let cpu = s.agent_cpu();
             if cpu > 0.0 {
                 let ok = s.qps * opts.duration.as_secs_f64();
