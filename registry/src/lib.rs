@@ -4,11 +4,12 @@
 //! [`watch`](Registry::watch)es a service and receives the **whole** current instance list
 //! every time it changes (and once at start, even if empty).
 //!
-//! One interface, three backends, chosen by URL in [`open`]:
+//! One interface, four backends, chosen by URL in [`open`]:
 //!
 //! | URL | backend |
 //! | --- | --- |
 //! | `etcd://h1:2379,h2:2379[?ttl=N]` | etcd v3, keys `/dubbomesh/<service>/<host>:<port>`, leases with TTL `N` s (default 10) |
+//! | `zookeeper://h1:2181,h2:2181[/root][?session_timeout_ms=N]` | ZooKeeper (3.5+) in Apache Dubbo's layout: ephemeral `<root>/<service>/providers/<encoded Dubbo URL>`; root `/dubbo` by default, session timeout `N` ms (default 10 000) |
 //! | `file:///some/dir` | embedded file registry in that directory (one host) |
 //! | `static://host:port?weight=N,host:port?weight=M` | fixed list (consumer side only): every watch gets it once |
 //! | `None` (or `""`) | embedded file registry in `<temp_dir>/dubbo-mesh-registry` |
@@ -29,6 +30,42 @@
 //!   While etcd is unreachable the watcher keeps (and does not re-deliver) its last list and
 //!   logs a warning that it is stale; a watch that never reached etcd delivers nothing until
 //!   it does. Empty (race-style) values mean the default weight.
+//! * **zookeeper**: Apache Dubbo's own registry layout, so that Dubbo's Java, Go and Node
+//!   clients and its ops tools (Dubbo Admin, zkCli) see the mesh's providers and the mesh
+//!   sees theirs. A registration is the ephemeral node
+//!   `<root>/<service>/providers/<URL.encode(provider URL)>`, empty, with persistent
+//!   parents created when missing. The provider URL is
+//!   `dubbo://<dubbo.addr>/<service>?anyhost=true&interface=<service>&mesh.agent=<addr>&side=provider&timestamp=<ms>&weight=<weight>`
+//!   when the instance's meta has a `dubbo.addr` (the provider-agent's Dubbo listener: plain
+//!   Dubbo consumers call it, meshed ones the agent), else `dubbomesh://<addr>/...`; every
+//!   other meta entry (`version`, `group`, `methods`, ...) is a parameter too, parameters
+//!   sorted as Dubbo writes them. More servers may also be given Dubbo's way
+//!   (`?backup=h2:2181,h3:2181`), and a host without a port means 2181. Each [`Registry`]
+//!   has one small tokio runtime on a dedicated
+//!   thread and one session (timeout 10 s, `?session_timeout_ms=N`, which the server bounds
+//!   by its `minSessionTimeout`/`maxSessionTimeout`), opened when first needed and closed
+//!   when its last registration and watch are gone. A registration is created again after
+//!   its session expired (in a new session; a node of the same name left by the old one is
+//!   replaced, as Dubbo does), and after someone deleted it (an exists watch guards it);
+//!   while ZooKeeper is unreachable it retries with backoff (100 ms doubling to 2 s) and logs
+//!   a warning. [`register`](Registry::register) waits up to 5 s for the first create, then
+//!   goes on in the background. Dropping or [`deregister`](Registration::deregister)ing
+//!   deletes the node (bounded by ~1 s). A watch reads the children of
+//!   `<root>/<service>/providers` with a watch, re-armed after every event and every
+//!   reconnection (at most one read per 50 ms), and delivers them decoded: `dubbo://` with a
+//!   `mesh.agent` parameter is the agent at that address (meta `protocol=agent` and
+//!   `dubbo.addr`), `dubbo://` without is a plain Dubbo provider (meta `protocol=dubbo`),
+//!   `dubbomesh://` an agent; `weight` is the weight (default 100, as Dubbo's) and every other
+//!   parameter a meta entry; `enabled=false` or `disabled=true` providers are left out, and of
+//!   two nodes for one address the newest (`timestamp`) is kept. Malformed entries (bad
+//!   encoding, another protocol, no host, port 0 or over 65535, another interface, a name
+//!   over 16 KiB, a bad weight, over 64 parameters, a name over 64 or a value over 4 KiB)
+//!   are skipped, logged once and counted in [`Registry::skipped_entries`]; node data is
+//!   never read. While it lives, a watch also keeps the consumer node
+//!   `<root>/<service>/consumers/<URL.encode(consumer://<local ip>/<service>?...)>`. While
+//!   ZooKeeper is unreachable the watcher keeps (and does not re-deliver) its last list and
+//!   logs a warning that it may be stale; a watch that never reached ZooKeeper delivers
+//!   nothing until it does.
 //! * **file**: one JSON file per instance, written atomically (temp + rename) and refreshed
 //!   every second; watchers poll every 50 ms and drop (and delete) entries whose process is
 //!   gone (`/proc/<pid>`) or whose heartbeat is older than 3 s. Deregistering deletes the file.
@@ -42,8 +79,12 @@
 //! # Cargo features
 //!
 //! * **`etcd`** (default): the etcd backend, which brings in `etcd-client` (its build needs
-//!   `protoc`) and tokio. Without it the crate has only the file and static backends and
-//!   [`open`] refuses an `etcd://` URL with [`Error::Unsupported`], saying so.
+//!   `protoc`) and tokio. Without it [`open`] refuses an `etcd://` URL with
+//!   [`Error::Unsupported`], saying so.
+//! * **`zookeeper`** (default): the ZooKeeper backend, which brings in `zookeeper-client`
+//!   and tokio. Without it [`open`] refuses a `zookeeper://` URL with
+//!   [`Error::Unsupported`], saying so. Without both, the crate has only the file and
+//!   static backends.
 //!
 //! ```
 //! use std::sync::mpsc;
@@ -81,13 +122,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "zookeeper")]
+mod dubbo_url;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;
 mod url;
 pub mod variant;
+#[cfg(feature = "zookeeper")]
+mod zookeeper;
 
-pub use crate::url::DEFAULT_TTL;
+pub use crate::url::{DEFAULT_SESSION_TIMEOUT, DEFAULT_TTL, DEFAULT_ZOOKEEPER_ROOT};
 pub use crate::variant::Variant;
 
 /// Weight of an instance whose registration does not say otherwise.
@@ -139,7 +184,8 @@ pub enum Error {
     /// The service name or instance is not acceptable (empty, contains `/`, bad `host:port`...).
     InvalidInstance(String),
     /// The operation does not exist for this backend (e.g. `register` on a static list), or
-    /// the backend is not in this build (an `etcd://` URL without the `etcd` feature).
+    /// the backend is not in this build (an `etcd://` URL without the `etcd` feature, a
+    /// `zookeeper://` one without the `zookeeper` feature).
     Unsupported(&'static str),
     /// A filesystem error of the file backend.
     Io(std::io::Error),
@@ -149,6 +195,9 @@ pub enum Error {
     Insecure(String),
     /// An error talking to etcd. Never returned by a build without the `etcd` feature.
     Etcd(String),
+    /// An error of the ZooKeeper backend. Never returned by a build without the
+    /// `zookeeper` feature.
+    ZooKeeper(String),
     /// The registry's background thread is gone.
     Shutdown,
 }
@@ -162,6 +211,7 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "registry I/O error: {e}"),
             Error::Insecure(m) => write!(f, "{m}"),
             Error::Etcd(m) => write!(f, "etcd error: {m}"),
+            Error::ZooKeeper(m) => write!(f, "zookeeper error: {m}"),
             Error::Shutdown => write!(f, "registry background thread has stopped"),
         }
     }
@@ -272,6 +322,14 @@ impl Builder {
             }
             #[cfg(not(feature = "etcd"))]
             url::Parsed::Etcd { .. } => return Err(Error::Unsupported(NO_ETCD)),
+            #[cfg(feature = "zookeeper")]
+            url::Parsed::ZooKeeper {
+                servers,
+                root,
+                session_timeout,
+            } => Backend::ZooKeeper(zookeeper::ZkBackend::new(servers, root, session_timeout)?),
+            #[cfg(not(feature = "zookeeper"))]
+            url::Parsed::ZooKeeper { .. } => return Err(Error::Unsupported(NO_ZOOKEEPER)),
             url::Parsed::File(dir) => Backend::File(file::FileBackend::new(dir)?),
             url::Parsed::Static(list) => Backend::Static(list),
         };
@@ -286,6 +344,12 @@ impl Builder {
 const NO_ETCD: &str = "this build of the registry has no etcd support, so etcd:// URLs \
      cannot be opened; rebuild the `registry` crate with its `etcd` feature (on by default)";
 
+/// Why a `zookeeper://` URL is refused by a build without the `zookeeper` feature.
+#[cfg(not(feature = "zookeeper"))]
+const NO_ZOOKEEPER: &str = "this build of the registry has no ZooKeeper support, so \
+     zookeeper:// URLs cannot be opened; rebuild the `registry` crate with its `zookeeper` \
+     feature (on by default)";
+
 /// Opens a registry from a URL (see the crate docs); `None` is the embedded file registry.
 pub fn open(url: Option<&str>) -> Result<Registry, Error> {
     Builder::new(url).build()
@@ -295,6 +359,8 @@ pub fn open(url: Option<&str>) -> Result<Registry, Error> {
 enum Backend {
     #[cfg(feature = "etcd")]
     Etcd(etcd::EtcdBackend),
+    #[cfg(feature = "zookeeper")]
+    ZooKeeper(zookeeper::ZkBackend),
     File(file::FileBackend),
     Static(Vec<url::StaticEntry>),
 }
@@ -309,14 +375,24 @@ impl Registry {
     /// Registers `instance` and keeps it registered (lease keep-alive or heartbeat) until the
     /// returned [`Registration`] is dropped or [`deregister`](Registration::deregister)ed.
     ///
-    /// With etcd this waits (up to a few seconds) for the first successful put; if etcd is
-    /// unreachable it logs a warning and keeps trying in the background.
+    /// With etcd this waits (up to a few seconds) for the first successful put, with
+    /// ZooKeeper for the first create (up to 5 s); if the server is unreachable it logs a
+    /// warning and keeps trying in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInstance`] for a bad service name or address; with ZooKeeper also
+    /// for meta that would not make a Dubbo URL that its decoder accepts (a bad
+    /// `dubbo.addr`, over 64 entries, a key over 64 bytes, a value over 4 KiB, a control
+    /// character).
     pub fn register(&self, instance: Instance) -> Result<Registration, Error> {
         validate_service(&instance.service)?;
         url::validate_addr(&instance.addr).map_err(Error::InvalidInstance)?;
         let inner = match &*self.backend {
             #[cfg(feature = "etcd")]
             Backend::Etcd(b) => RegInner::Etcd(b.register(instance)?),
+            #[cfg(feature = "zookeeper")]
+            Backend::ZooKeeper(b) => RegInner::ZooKeeper(b.register(instance)?),
             Backend::File(b) => RegInner::File(b.register(instance)?),
             Backend::Static(_) => {
                 return Err(Error::Unsupported(
@@ -339,6 +415,8 @@ impl Registry {
         let guard: Option<Box<dyn Send + Sync>> = match &*self.backend {
             #[cfg(feature = "etcd")]
             Backend::Etcd(b) => Some(Box::new(b.watch(service, sink)?)),
+            #[cfg(feature = "zookeeper")]
+            Backend::ZooKeeper(b) => Some(Box::new(b.watch(service, sink)?)),
             Backend::File(b) => {
                 b.watch(service, sink)?;
                 None
@@ -356,6 +434,20 @@ impl Registry {
             stopped,
             _guard: guard,
         })
+    }
+
+    /// How many malformed entries this registry's watches have skipped (logging each
+    /// once): with ZooKeeper, provider nodes whose name is not a Dubbo URL the mesh can
+    /// use (bad encoding, another protocol, no host, a bad port, another interface, a name
+    /// over 16 KiB, a bad weight or parameters beyond the bounds), each counted once per
+    /// watch while it stays (again if it goes and comes back). Always 0 for the other
+    /// backends. Monotonic, for a metrics counter.
+    pub fn skipped_entries(&self) -> u64 {
+        match &*self.backend {
+            #[cfg(feature = "zookeeper")]
+            Backend::ZooKeeper(b) => b.skipped_entries(),
+            _ => 0,
+        }
     }
 }
 
@@ -375,6 +467,8 @@ pub fn validate_service(service: &str) -> Result<(), Error> {
 enum RegInner {
     #[cfg(feature = "etcd")]
     Etcd(etcd::EtcdRegistration),
+    #[cfg(feature = "zookeeper")]
+    ZooKeeper(zookeeper::ZkRegistration),
     File(file::FileRegistration),
 }
 
@@ -390,12 +484,14 @@ impl fmt::Debug for Registration {
 }
 
 impl Registration {
-    /// Deregisters and waits until it is done (etcd: lease revoked, bounded by ~1 s; file: the
-    /// entry is removed). For graceful shutdown.
+    /// Deregisters and waits until it is done (etcd: lease revoked, ZooKeeper: node deleted,
+    /// each bounded by ~1 s; file: the entry is removed). For graceful shutdown.
     pub fn deregister(mut self) -> Result<(), Error> {
         match self.inner.take() {
             #[cfg(feature = "etcd")]
             Some(RegInner::Etcd(r)) => r.stop(),
+            #[cfg(feature = "zookeeper")]
+            Some(RegInner::ZooKeeper(r)) => r.stop(),
             Some(RegInner::File(r)) => r.stop(),
             None => Ok(()),
         }
@@ -407,6 +503,8 @@ impl Drop for Registration {
         let r = match self.inner.take() {
             #[cfg(feature = "etcd")]
             Some(RegInner::Etcd(r)) => r.stop(),
+            #[cfg(feature = "zookeeper")]
+            Some(RegInner::ZooKeeper(r)) => r.stop(),
             Some(RegInner::File(r)) => r.stop(),
             None => Ok(()),
         };

@@ -9,6 +9,20 @@ use crate::{Error, Instance, DEFAULT_WEIGHT};
 /// Default lease TTL of the etcd backend.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
+/// Default root of the ZooKeeper backend's tree (Dubbo's own default, its `group`).
+pub const DEFAULT_ZOOKEEPER_ROOT: &str = "/dubbo";
+
+/// Session timeout the ZooKeeper backend asks for unless the URL says
+/// `?session_timeout_ms=N`; the server bounds it by its own minimum and maximum (by
+/// default 2 and 20 times its `tickTime`).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// ZooKeeper's client port, for a `zookeeper://` host given without one.
+const ZOOKEEPER_PORT: u16 = 2181;
+
+/// Bounds of `?session_timeout_ms=N`.
+const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
 /// One entry of a `static://` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StaticEntry {
@@ -36,6 +50,15 @@ pub(crate) enum Parsed {
         endpoints: Vec<String>,
         ttl: Option<Duration>,
     },
+    /// Parsed (and so checked) even without the `zookeeper` feature, which then refuses it.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+    ZooKeeper {
+        /// `host:port` of each server, in the URL's order.
+        servers: Vec<String>,
+        /// Root of the tree (`/dubbo` by default), without a trailing `/`.
+        root: String,
+        session_timeout: Duration,
+    },
     File(PathBuf),
     Static(Vec<StaticEntry>),
 }
@@ -52,7 +75,7 @@ pub(crate) fn parse(url: Option<&str>) -> Result<Parsed, Error> {
     let bad = |m: String| Error::InvalidUrl(format!("{url:?}: {m}"));
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| bad("expected etcd://, file:// or static://".into()))?;
+        .ok_or_else(|| bad("expected etcd://, zookeeper://, file:// or static://".into()))?;
     match scheme.to_ascii_lowercase().as_str() {
         "etcd" => {
             let (hosts, query) = match rest.split_once('?') {
@@ -82,6 +105,7 @@ pub(crate) fn parse(url: Option<&str>) -> Result<Parsed, Error> {
             }
             Ok(Parsed::Etcd { endpoints, ttl })
         }
+        "zookeeper" => parse_zookeeper(rest).map_err(bad),
         "file" => {
             if rest.is_empty() {
                 return Ok(Parsed::File(default_dir()));
@@ -128,9 +152,99 @@ pub(crate) fn parse(url: Option<&str>) -> Result<Parsed, Error> {
             Ok(Parsed::Static(list))
         }
         other => Err(bad(format!(
-            "unknown scheme {other:?} (expected etcd, file or static)"
+            "unknown scheme {other:?} (expected etcd, zookeeper, file or static)"
         ))),
     }
+}
+
+/// `h1:2181,h2:2181[/root][?session_timeout_ms=N&backup=h3:2181,h4:2181]`, the part of a
+/// `zookeeper://` URL after the scheme.
+fn parse_zookeeper(rest: &str) -> Result<Parsed, String> {
+    let (hosts_path, query) = match rest.split_once('?') {
+        Some((h, q)) => (h, q),
+        None => (rest, ""),
+    };
+    let (hosts, root) = match hosts_path.find('/') {
+        Some(i) => (&hosts_path[..i], &hosts_path[i..]),
+        None => (hosts_path, ""),
+    };
+    let mut servers = Vec::new();
+    let mut add_hosts = |list: &str| -> Result<(), String> {
+        for h in list.split(',').map(str::trim) {
+            if h.is_empty() {
+                return Err("empty ZooKeeper server in the list".into());
+            }
+            // ZooKeeper's own connect strings allow a host without a port: 2181.
+            let with_port = if h.ends_with(']') || !h.contains(':') {
+                format!("{h}:{ZOOKEEPER_PORT}")
+            } else {
+                h.to_owned()
+            };
+            validate_addr(&with_port)?;
+            if !servers.contains(&with_port) {
+                servers.push(with_port);
+            }
+        }
+        Ok(())
+    };
+    add_hosts(hosts)?;
+    let mut session_timeout = DEFAULT_SESSION_TIMEOUT;
+    for (k, v) in query_pairs(query)? {
+        match k.as_str() {
+            "session_timeout_ms" => {
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|ms| SESSION_TIMEOUT_MS.contains(ms))
+                    .ok_or_else(|| {
+                        format!(
+                            "session_timeout_ms must be whole milliseconds in {}..={}, got {v:?}",
+                            SESSION_TIMEOUT_MS.start(),
+                            SESSION_TIMEOUT_MS.end()
+                        )
+                    })?;
+                session_timeout = Duration::from_millis(ms);
+            }
+            // Dubbo's spelling of more servers: zookeeper://h1:2181?backup=h2:2181,h3:2181
+            "backup" => add_hosts(&v)?,
+            other => return Err(format!("unknown zookeeper parameter {other:?}")),
+        }
+    }
+    let root = validate_zookeeper_root(root)?;
+    Ok(Parsed::ZooKeeper {
+        servers,
+        root,
+        session_timeout,
+    })
+}
+
+/// The root path of a `zookeeper://` URL: empty or `/` is the default `/dubbo`; otherwise
+/// an absolute ZooKeeper path with no empty, `.` or `..` segment and no character
+/// ZooKeeper refuses. A trailing `/` is dropped.
+fn validate_zookeeper_root(root: &str) -> Result<String, String> {
+    let trimmed = root.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(DEFAULT_ZOOKEEPER_ROOT.to_owned());
+    }
+    if !trimmed.starts_with('/') {
+        return Err(format!("root {root:?} must start with '/'"));
+    }
+    for seg in trimmed[1..].split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!("root {root:?} has an empty, '.' or '..' segment"));
+        }
+        if let Some(c) = seg.chars().find(|c| !is_zookeeper_path_char(*c)) {
+            return Err(format!(
+                "root {root:?} has a character ZooKeeper refuses: {c:?}"
+            ));
+        }
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Whether ZooKeeper accepts `c` in a node name (its `PathUtils.validatePath`).
+pub(crate) fn is_zookeeper_path_char(c: char) -> bool {
+    !matches!(u32::from(c), 0x00..=0x1f | 0x7f..=0x9f | 0xd800..=0xf8ff | 0xfff0..=0xffff)
 }
 
 /// `k=v&k2=v2` (empty string: no pairs).
@@ -172,4 +286,72 @@ pub(crate) fn validate_addr(addr: &str) -> Result<(), String> {
         return Err(format!("{addr:?}: bad host"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zk(url: &str) -> Result<(Vec<String>, String, Duration), String> {
+        match parse(Some(url)) {
+            Ok(Parsed::ZooKeeper {
+                servers,
+                root,
+                session_timeout,
+            }) => Ok((servers, root, session_timeout)),
+            Ok(other) => panic!("{url}: not zookeeper: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn zookeeper_urls() {
+        let (s, r, t) = zk("zookeeper://h1:2181,h2:2182,10.0.0.3:2183").unwrap();
+        assert_eq!(s, ["h1:2181", "h2:2182", "10.0.0.3:2183"]);
+        assert_eq!(r, "/dubbo");
+        assert_eq!(t, DEFAULT_SESSION_TIMEOUT);
+        let (s, r, t) =
+            zk("zookeeper://127.0.0.1:2181/mesh/dubbo?session_timeout_ms=2000").unwrap();
+        assert_eq!(
+            (s, r.as_str(), t),
+            (
+                vec!["127.0.0.1:2181".to_owned()],
+                "/mesh/dubbo",
+                Duration::from_secs(2)
+            )
+        );
+        assert_eq!(zk("zookeeper://h1:2181/").unwrap().1, "/dubbo");
+        assert_eq!(zk("ZooKeeper://h1:2181/x/").unwrap().1, "/x");
+        let (s, ..) = zk("zookeeper://h1?backup=h2:2182,[::1]:2183,[::1]").unwrap();
+        assert_eq!(s, ["h1:2181", "h2:2182", "[::1]:2183", "[::1]:2181"]);
+    }
+
+    #[test]
+    fn bad_zookeeper_urls() {
+        for (url, says) in [
+            ("zookeeper://", "empty ZooKeeper server"),
+            ("zookeeper://h1:2181,,h2:2181", "empty ZooKeeper server"),
+            ("zookeeper://h1:0", "port"),
+            ("zookeeper://h1:70000", "port"),
+            ("zookeeper://h1:x", "port"),
+            ("zookeeper://:2181", "bad host"),
+            ("zookeeper://h 1:2181", "bad host"),
+            ("zookeeper://h1:2181/a//b", "empty"),
+            ("zookeeper://h1:2181/a/../b", "'..'"),
+            ("zookeeper://h1:2181/a/\u{1}", "refuses"),
+            (
+                "zookeeper://h1:2181?session_timeout_ms=0",
+                "session_timeout_ms",
+            ),
+            (
+                "zookeeper://h1:2181?session_timeout_ms=x",
+                "session_timeout_ms",
+            ),
+            ("zookeeper://h1:2181?ttl=3", "unknown zookeeper parameter"),
+            ("zookeeper://h1:2181?session_timeout_ms", "not key=value"),
+        ] {
+            let e = zk(url).expect_err(url);
+            assert!(e.contains(says), "{url}: {e}");
+        }
+    }
 }

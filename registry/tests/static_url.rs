@@ -78,6 +78,47 @@ fn good_etcd_urls() {
         .unwrap();
 }
 
+const GOOD_ZOOKEEPER_URLS: &[&str] = &[
+    "zookeeper://127.0.0.1:2181",
+    "zookeeper://h1:2181,h2:2182,h3:2183/dubbo",
+    "zookeeper://h1/mesh/dubbo?session_timeout_ms=2000",
+    "zookeeper://h1:2181?backup=h2:2181,h3:2181",
+];
+
+/// A well-formed zookeeper URL opens without connecting (an unreachable ZooKeeper is
+/// retried in the background).
+#[cfg(feature = "zookeeper")]
+#[test]
+fn good_zookeeper_urls() {
+    for u in GOOD_ZOOKEEPER_URLS {
+        let reg = registry::open(Some(u)).unwrap_or_else(|e| panic!("{u:?}: {e}"));
+        assert_eq!(reg.skipped_entries(), 0);
+    }
+}
+
+/// Without the `zookeeper` feature a well-formed zookeeper URL is refused with an error
+/// that says why and what to do.
+#[cfg(not(feature = "zookeeper"))]
+#[test]
+fn zookeeper_urls_need_the_zookeeper_feature() {
+    for u in GOOD_ZOOKEEPER_URLS {
+        match registry::open(Some(u)) {
+            Err(e @ Error::Unsupported(_)) => {
+                let s = e.to_string();
+                assert!(s.contains("no ZooKeeper support"), "{u:?}: {s:?}");
+                assert!(s.contains("`zookeeper` feature"), "{u:?}: {s:?}");
+            }
+            other => panic!("{u:?}: expected Unsupported, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn other_backends_skip_nothing() {
+    let reg = registry::open(Some("static://h:1")).unwrap();
+    assert_eq!(reg.skipped_entries(), 0);
+}
+
 /// Without the `etcd` feature a well-formed etcd URL is refused with an error that says
 /// why and what to do (malformed ones still get [`Error::InvalidUrl`], below).
 #[cfg(not(feature = "etcd"))]
@@ -114,6 +155,14 @@ fn bad_urls_have_clear_errors() {
         ("etcd://h", "not host:port"),
         ("file://relative/dir", "absolute"),
         ("zk://h:1", "unknown scheme"),
+        ("zookeeper://", "empty ZooKeeper server"),
+        ("zookeeper://h:0", "port"),
+        ("zookeeper://h:1/a//b", "empty"),
+        (
+            "zookeeper://h:1/dubbo?session_timeout_ms=0",
+            "session_timeout_ms",
+        ),
+        ("zookeeper://h:1?group=x", "unknown zookeeper parameter"),
         ("127.0.0.1:2379", "expected etcd://"),
     ] {
         match registry::open(Some(u)) {

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use registry::{Instance, Registry, Watch};
 
+#[cfg(feature = "zookeeper")]
+pub mod zk;
+
 pub fn init_log() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
