@@ -85,6 +85,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new(config.loops));
     let registry = registry::open(config.registry.as_deref()).map_err(StartError::Registry)?;
+    metrics.set_registry(registry.clone());
     let (discovery, requests) = Discovery::new(config.max_services as usize, &config.services);
     for service in &config.services {
         discovery

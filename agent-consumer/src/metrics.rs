@@ -68,6 +68,8 @@ pub struct Metrics {
     loops: Vec<LoopCounters>,
     /// Per loop, its upstreams (refreshed once a second, off the request path).
     upstreams: Mutex<Vec<Vec<UpstreamView>>>,
+    /// The registry, for what it skipped (set once it is open).
+    registry: std::sync::OnceLock<registry::Registry>,
 }
 
 impl Default for Metrics {
@@ -143,7 +145,13 @@ impl Metrics {
         Metrics {
             loops: (0..loops.max(1)).map(|_| LoopCounters::default()).collect(),
             upstreams: Mutex::default(),
+            registry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The registry whose skipped entries `/metrics` reports.
+    pub fn set_registry(&self, registry: registry::Registry) {
+        let _ = self.registry.set(registry);
     }
 
     /// Loop `index`'s window (the last loop's for an index beyond the count).
@@ -232,6 +240,13 @@ impl Metrics {
             "consumer_latency_seconds",
             "Time from a request's arrival to its answer.",
             &self.latency(),
+        );
+        w.counter(
+            "consumer_registry_entries_skipped_total",
+            "Registry entries skipped as malformed or hostile (ZooKeeper nodes; each logged).",
+            self.registry
+                .get()
+                .map_or(0, registry::Registry::skipped_entries),
         );
         // Per provider-agent gauges, each family's samples together under its HELP and
         // TYPE lines, as the exposition format asks.

@@ -107,7 +107,9 @@ pub use frame::{
     encode_ping, encode_pong, encode_request, encode_response, finish, peek_head, Attachments,
     Frame, FrameMark, Head, RawDubbo, Request, RequestHead, Response,
 };
-pub use from_dubbo::{encode_dubbo_answer, response_attachments, status_of_answer, status_of_dubbo};
+pub use from_dubbo::{
+    encode_dubbo_answer, response_attachments, status_of_answer, status_of_dubbo,
+};
 
 use std::fmt;
 
