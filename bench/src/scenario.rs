@@ -2,7 +2,7 @@
 //!
 //! Three mock providers (small/medium/large, `bench provider` re-executed), three
 //! `provider-agent`s, one `consumer-agent`, a file registry in a fresh temp dir (or a
-//! local etcd). Each scenario of `docs/scenario.md` starts its own topology, runs its
+//! local etcd, or a local ZooKeeper). Each scenario of `docs/scenario.md` starts its own topology, runs its
 //! steps with [`crate::load`], samples each agent's CPU and memory from `/proc`, and
 //! stops every process it started, also on error.
 
@@ -19,6 +19,7 @@ use crate::harness::{self, Bins};
 use crate::load::{self, LoadOpts, Params, Protocol};
 use crate::procs::{self, Proc, Usage};
 use test_support::etcd::Etcd;
+use test_support::zk::ZooKeeper;
 use test_support::net::free_addr;
 
 /// Which scenario to run.
@@ -43,6 +44,9 @@ pub enum RegistryKind {
     Embedded,
     /// A local etcd (`$ETCD_BIN`, `/usr/bin/etcd` or on `PATH`) on free loopback ports.
     Etcd,
+    /// A local ZooKeeper (Debian's `zookeeperd`, or `$ZOOKEEPER_HOME`) on a free loopback
+    /// port, in Dubbo's layout (`zookeeper://127.0.0.1:PORT/dubbo`).
+    Zookeeper,
 }
 
 /// Settings of a scenario run.
@@ -230,6 +234,8 @@ pub(crate) struct Topology {
     registrations: Vec<registry::Registration>,
     /// The local etcd of `--registry etcd`, stopped after `procs`.
     etcd: Option<Etcd>,
+    /// The local ZooKeeper of `--registry zookeeper`, stopped after `procs`.
+    zookeeper: Option<ZooKeeper>,
     /// Indices in `procs` of the agents (consumer first).
     agents: Vec<usize>,
     consumer: usize,
@@ -247,6 +253,7 @@ impl Drop for Topology {
             p.stop(Duration::from_secs(3));
         }
         self.registrations.clear();
+        self.zookeeper = None;
         if let Some(mut etcd) = self.etcd.take() {
             etcd.stop(Duration::from_secs(3));
         }
@@ -307,6 +314,7 @@ impl Topology {
             dubbo_addr: free_addr()?,
             provider_addrs: Vec::new(),
             etcd: None,
+            zookeeper: None,
             _tmp: tmp,
         };
         let deadline = Duration::from_secs(20);
@@ -321,6 +329,12 @@ impl Topology {
                 let etcd = Etcd::start(&data, &logs.join("etcd.log"))?;
                 let url = format!("etcd://{}", etcd.client_addr());
                 topo.etcd = Some(etcd);
+                url
+            }
+            RegistryKind::Zookeeper => {
+                let zk = ZooKeeper::start()?;
+                let url = zk.url();
+                topo.zookeeper = Some(zk);
                 url
             }
         };
@@ -452,6 +466,11 @@ impl Topology {
         }
         if let Some(etcd) = self.etcd.as_mut() {
             etcd.check_alive()?;
+        }
+        if let Some(zk) = &self.zookeeper {
+            if !zk.is_serving(0) {
+                return Err(io::Error::other("ZooKeeper stopped serving"));
+            }
         }
         Ok(())
     }
