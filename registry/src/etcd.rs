@@ -2,12 +2,15 @@
 //!
 //! Keys are `/dubbomesh/<service>/<host>:<port>` (the 2018 race layout); the value is
 //! `{"weight":N,"meta":{...}}`, and an empty (or non-JSON) value means the default weight.
+//! A service's traffic rules document is the value of `/dubbomesh-rules/<service>`, put
+//! without a lease; a rules watch follows that one key as an instance watch follows its
+//! prefix ([`follow`] serves both).
 //! Everything runs on one current-thread tokio runtime on a dedicated thread per
 //! [`Registry`](crate::Registry).
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,10 +22,13 @@ use reactor::Backoff;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
-use crate::{Error, Instance, Sink, DEFAULT_WEIGHT};
+use crate::rules::{self, Found};
+use crate::{Error, Instance, RulesSink, Sink, DEFAULT_WEIGHT};
 
 /// Key prefix of every registration.
 pub(crate) const ROOT: &str = "/dubbomesh/";
+/// Key prefix of the rules documents, one key a service.
+pub(crate) const RULES_ROOT: &str = "/dubbomesh-rules/";
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -67,6 +73,8 @@ struct Shared {
     endpoints: Arc<Endpoints>,
     ttl: Duration,
     handle: tokio::runtime::Handle,
+    /// The runtime's thread, on which the callbacks run.
+    thread: std::thread::ThreadId,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -121,12 +129,12 @@ impl EtcdBackend {
                         return;
                     }
                 };
-                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                let _ = handle_tx.send(Ok((rt.handle().clone(), std::thread::current().id())));
                 rt.block_on(async {
                     let _ = shutdown_rx.await;
                 });
             })?;
-        let handle = handle_rx
+        let (handle, thread) = handle_rx
             .recv()
             .map_err(|_| Error::Shutdown)?
             .map_err(|e| Error::Etcd(format!("cannot build the tokio runtime: {e}")))?;
@@ -138,6 +146,7 @@ impl EtcdBackend {
                 }),
                 ttl,
                 handle,
+                thread,
                 shutdown: Mutex::new(Some(shutdown_tx)),
             }),
         })
@@ -174,16 +183,92 @@ impl EtcdBackend {
     }
 
     pub(crate) fn watch(&self, service: &str, sink: Arc<Sink>) -> Result<EtcdWatch, Error> {
+        Ok(self.follow(Instances {
+            prefix: format!("{ROOT}{service}/"),
+            service: service.to_owned(),
+            map: BTreeMap::new(),
+            delivered: None,
+            sink,
+        }))
+    }
+
+    pub(crate) fn watch_rules(
+        &self,
+        service: &str,
+        sink: Arc<RulesSink>,
+        skipped: Arc<AtomicU64>,
+    ) -> Result<EtcdWatch, Error> {
+        let key = rules_key(service);
+        let what = format!("etcd key {key}");
+        Ok(self.follow(RulesKey {
+            key,
+            tracker: rules::Tracker::new(what, sink, skipped),
+        }))
+    }
+
+    fn follow(&self, watched: impl Followed + Send + 'static) -> EtcdWatch {
         let (stop, stop_rx) = watch::channel(());
         let endpoints = self.shared.endpoints.clone();
-        let service = service.to_owned();
         self.shared
             .handle
-            .spawn(watch_loop(endpoints, service, sink, stop_rx));
-        Ok(EtcdWatch {
+            .spawn(follow(endpoints, watched, stop_rx));
+        EtcdWatch {
             _stop: stop,
             _shared: self.shared.clone(),
-        })
+        }
+    }
+
+    /// Puts (or deletes) the rules key, without a lease; each endpoint is tried once.
+    pub(crate) fn put_rules(&self, service: &str, rules: Option<&str>) -> Result<(), Error> {
+        if std::thread::current().id() == self.shared.thread {
+            return Err(Error::Etcd(
+                "put_rules cannot be called from a watch callback (it would block the \
+                 registry's thread)"
+                    .into(),
+            ));
+        }
+        let key = rules_key(service);
+        let rules = rules.map(str::to_owned);
+        let endpoints = self.shared.endpoints.clone();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        self.shared.handle.spawn(async move {
+            let mut last = String::new();
+            for _ in 0..endpoints.list.len() {
+                let (ep, endpoint) = endpoints.current();
+                let attempt = async {
+                    let mut c = connect(endpoint).await?;
+                    match &rules {
+                        Some(doc) => timed(c.put(key.as_str(), doc.as_str(), None))
+                            .await
+                            .map(drop),
+                        None => timed(c.delete(key.as_str(), None)).await.map(drop),
+                    }
+                };
+                match attempt.await {
+                    Ok(()) => {
+                        let _ = done_tx.send(Ok(()));
+                        return;
+                    }
+                    Err(e) => {
+                        endpoints.failed(ep);
+                        last = format!("{endpoint}: {e}");
+                    }
+                }
+            }
+            let _ = done_tx.send(Err(last));
+        });
+        let wait = (RPC_TIMEOUT * 2 + Duration::from_secs(1)) * self.endpoint_count();
+        match done_rx.recv_timeout(wait) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Etcd(format!("storing the rules of {service}: {e}"))),
+            Err(_) => Err(Error::Etcd(format!(
+                "storing the rules of {service}: no answer within {wait:?}"
+            ))),
+        }
+    }
+
+    fn endpoint_count(&self) -> u32 {
+        u32::try_from(self.shared.endpoints.list.len()).unwrap_or(u32::MAX)
     }
 }
 
@@ -207,6 +292,12 @@ impl EtcdRegistration {
 
 pub(crate) fn instance_key(service: &str, addr: &str) -> String {
     format!("{ROOT}{service}/{addr}")
+}
+
+/// The key of `service`'s rules document: outside [`ROOT`], so that no instance watch
+/// (of any service) sees it.
+pub(crate) fn rules_key(service: &str) -> String {
+    format!("{RULES_ROOT}{service}")
 }
 
 fn encode_value(i: &Instance) -> String {
@@ -441,56 +532,176 @@ async fn keep_registered(
     }
 }
 
-/// Delivers `map` as a list if it differs from what was delivered last.
-fn deliver_if_changed(
-    map: &BTreeMap<String, Instance>,
-    delivered: &mut Option<Vec<Instance>>,
-    sink: &Sink,
-) {
-    let list: Vec<Instance> = map.values().cloned().collect();
-    if delivered.as_ref() != Some(&list) {
-        *delivered = Some(list.clone());
-        sink.deliver(list);
+/// What a watch follows in etcd, and what it makes of it: the instances under a prefix
+/// ([`Instances`]) or one service's rules document ([`RulesKey`]). [`follow`] does the
+/// rest, the same for both.
+trait Followed {
+    /// The key watched, or the prefix (see [`is_prefix`](Followed::is_prefix)).
+    fn key(&self) -> &str;
+    /// Whether [`key`](Followed::key) is a prefix.
+    fn is_prefix(&self) -> bool;
+    /// Whether the watch was dropped.
+    fn is_stopped(&self) -> bool;
+    /// Takes a full read of the key (or prefix) instead of what was known.
+    fn reset(&mut self, kvs: &[KeyValue]);
+    /// Takes one event: a put (`true`) or a delete of `kv`.
+    fn apply(&mut self, put: bool, kv: &KeyValue);
+    /// Delivers the state if it is not what was delivered last.
+    fn deliver(&mut self);
+    /// What the watch keeps while etcd is unreachable, for a warning (`None`: nothing
+    /// delivered yet).
+    fn kept(&self) -> Option<String>;
+}
+
+/// The instances of a service: keys `/dubbomesh/<service>/<host>:<port>`.
+struct Instances {
+    prefix: String,
+    service: String,
+    /// addr -> instance
+    map: BTreeMap<String, Instance>,
+    delivered: Option<Vec<Instance>>,
+    sink: Arc<Sink>,
+}
+
+impl Followed for Instances {
+    fn key(&self) -> &str {
+        &self.prefix
+    }
+
+    fn is_prefix(&self) -> bool {
+        true
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.sink.is_stopped()
+    }
+
+    fn reset(&mut self, kvs: &[KeyValue]) {
+        self.map.clear();
+        for kv in kvs {
+            if let Some(i) = decode(&self.prefix, &self.service, kv) {
+                self.map.insert(i.addr.clone(), i);
+            }
+        }
+    }
+
+    fn apply(&mut self, put: bool, kv: &KeyValue) {
+        if put {
+            if let Some(i) = decode(&self.prefix, &self.service, kv) {
+                self.map.insert(i.addr.clone(), i);
+            }
+        } else if let Some(addr) = kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix)) {
+            self.map.remove(addr);
+        }
+    }
+
+    fn deliver(&mut self) {
+        let list: Vec<Instance> = self.map.values().cloned().collect();
+        if self.delivered.as_ref() != Some(&list) {
+            self.delivered = Some(list.clone());
+            self.sink.deliver(list);
+        }
+    }
+
+    fn kept(&self) -> Option<String> {
+        let list = self.delivered.as_ref()?;
+        Some(format!("the last list of {} instance(s)", list.len()))
     }
 }
 
-async fn watch_loop(
+/// The rules document of a service: the key `/dubbomesh-rules/<service>`.
+struct RulesKey {
+    key: String,
+    tracker: rules::Tracker,
+}
+
+impl RulesKey {
+    fn found(kv: &KeyValue) -> Found<'_> {
+        Found::Doc {
+            bytes: kv.value(),
+            // A revision is never negative.
+            version: u64::try_from(kv.mod_revision()).unwrap_or(0),
+        }
+    }
+}
+
+impl Followed for RulesKey {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn is_prefix(&self) -> bool {
+        false
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.tracker.is_stopped()
+    }
+
+    fn reset(&mut self, kvs: &[KeyValue]) {
+        match kvs.iter().find(|kv| kv.key() == self.key.as_bytes()) {
+            Some(kv) => self.tracker.note(RulesKey::found(kv)),
+            None => self.tracker.note(Found::Absent),
+        }
+    }
+
+    fn apply(&mut self, put: bool, kv: &KeyValue) {
+        if kv.key() != self.key.as_bytes() {
+            return;
+        }
+        match put {
+            true => self.tracker.note(RulesKey::found(kv)),
+            false => self.tracker.note(Found::Absent),
+        }
+    }
+
+    fn deliver(&mut self) {
+        self.tracker.deliver();
+    }
+
+    fn kept(&self) -> Option<String> {
+        self.tracker.kept()
+    }
+}
+
+/// Follows `watched` until the watch is dropped: reads it once, then follows a watch
+/// stream, delivering at most once per [`DELIVER_EVERY`]. After a broken stream it
+/// resumes from the last revision seen, or reads everything again if that revision was
+/// compacted (or etcd's revision went back); while etcd is unreachable it retries with
+/// backoff, keeps what it delivered, and warns that it is stale.
+async fn follow<F: Followed>(
     endpoints: Arc<Endpoints>,
-    service: String,
-    sink: Arc<Sink>,
+    mut watched: F,
     mut stop: watch::Receiver<()>,
 ) {
-    let prefix = format!("{ROOT}{service}/");
-    // key -> instance, the last revision applied (0: a full read is needed).
-    let mut map: BTreeMap<String, Instance> = BTreeMap::new();
+    let key = watched.key().to_owned();
+    let (get_opts, watch_opts) = match watched.is_prefix() {
+        true => (
+            GetOptions::new().with_prefix(),
+            WatchOptions::new().with_prefix(),
+        ),
+        false => (GetOptions::new(), WatchOptions::new()),
+    };
+    // The last revision applied (0: a full read is needed).
     let mut rev: i64 = 0;
-    let mut delivered: Option<Vec<Instance>> = None;
     let mut backoff = backoff();
     let mut stale_since: Option<Instant> = None;
     let mut stale_warned: Option<Instant> = None;
     loop {
-        if sink.is_stopped() {
+        if watched.is_stopped() {
             return;
         }
         let (ep, endpoint) = endpoints.current();
         let attempt = async {
             let mut c = connect(endpoint).await?;
             if rev == 0 {
-                let resp =
-                    timed(c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
-                map.clear();
-                for kv in resp.kvs() {
-                    if let Some(i) = decode(&prefix, &service, kv) {
-                        map.insert(i.addr.clone(), i);
-                    }
-                }
+                let resp = timed(c.get(key.as_str(), Some(get_opts.clone()))).await?;
+                watched.reset(resp.kvs());
                 rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                deliver_if_changed(&map, &mut delivered, &sink);
+                watched.deliver();
             }
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(rev + 1);
-            let stream = timed(c.watch(prefix.as_str(), Some(opts))).await?;
+            let opts = watch_opts.clone().with_start_revision(rev + 1);
+            let stream = timed(c.watch(key.as_str(), Some(opts))).await?;
             Ok::<_, String>((c, stream))
         };
         let res = tokio::select! {
@@ -501,7 +712,8 @@ async fn watch_loop(
             Ok((_client, stream)) => stream,
             Err(e) => {
                 endpoints.failed(ep);
-                note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
+                let kept = watched.kept();
+                note_stale(&key, &e, kept, &mut stale_since, &mut stale_warned);
                 if !back_off(&mut backoff, &mut stop).await {
                     return;
                 }
@@ -510,13 +722,13 @@ async fn watch_loop(
         };
         if let Some(since) = stale_since.take() {
             log::info!(
-                "etcd: watch of {prefix} is live again after {:.1}s",
+                "etcd: watch of {key} is live again after {:.1}s",
                 since.elapsed().as_secs_f64()
             );
             stale_warned = None;
         }
         backoff.reset();
-        // Changes applied but not yet delivered, and when the last list went out.
+        // Changes applied but not yet delivered, and when the last delivery went out.
         let mut pending = false;
         let mut delivered_at = tokio::time::Instant::now() - DELIVER_EVERY;
         let err = loop {
@@ -525,7 +737,7 @@ async fn watch_loop(
             let msg = tokio::select! {
                 m = stream.message() => m,
                 _ = tokio::time::sleep_until(delivered_at + DELIVER_EVERY), if pending => {
-                    deliver_if_changed(&map, &mut delivered, &sink);
+                    watched.deliver();
                     pending = false;
                     delivered_at = tokio::time::Instant::now();
                     continue;
@@ -540,7 +752,7 @@ async fn watch_loop(
                     let now = resp.header().map_or(rev, |h| h.revision());
                     if now < rev {
                         log::warn!(
-                            "etcd: revision of {prefix} went back from {rev} to {now} \
+                            "etcd: revision of {key} went back from {rev} to {now} \
                              (etcd lost or restored its data); full read"
                         );
                         rev = 0;
@@ -548,7 +760,7 @@ async fn watch_loop(
                     }
                     if resp.compact_revision() > 0 {
                         log::warn!(
-                            "etcd: revision {} of {prefix} compacted (now {}); full read",
+                            "etcd: revision {} of {key} compacted (now {}); full read",
                             rev + 1,
                             resp.compact_revision()
                         );
@@ -562,25 +774,12 @@ async fn watch_loop(
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         rev = rev.max(kv.mod_revision());
-                        match ev.event_type() {
-                            EventType::Put => {
-                                if let Some(i) = decode(&prefix, &service, kv) {
-                                    map.insert(i.addr.clone(), i);
-                                }
-                            }
-                            EventType::Delete => {
-                                if let Some(addr) =
-                                    kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix))
-                                {
-                                    map.remove(addr);
-                                }
-                            }
-                        }
+                        watched.apply(ev.event_type() == EventType::Put, kv);
                     }
                     if !resp.events().is_empty() {
                         let now = tokio::time::Instant::now();
                         if now >= delivered_at + DELIVER_EVERY {
-                            deliver_if_changed(&map, &mut delivered, &sink);
+                            watched.deliver();
                             pending = false;
                             delivered_at = now;
                         } else {
@@ -593,11 +792,12 @@ async fn watch_loop(
             }
         };
         if pending {
-            deliver_if_changed(&map, &mut delivered, &sink);
+            watched.deliver();
         }
         if let Some(e) = err {
             endpoints.failed(ep);
-            note_stale(&prefix, &e, &delivered, &mut stale_since, &mut stale_warned);
+            let kept = watched.kept();
+            note_stale(&key, &e, kept, &mut stale_since, &mut stale_warned);
             if !back_off(&mut backoff, &mut stop).await {
                 return;
             }
@@ -606,9 +806,9 @@ async fn watch_loop(
 }
 
 fn note_stale(
-    prefix: &str,
+    key: &str,
     err: &str,
-    delivered: &Option<Vec<Instance>>,
+    kept: Option<String>,
     since: &mut Option<Instant>,
     warned: &mut Option<Instant>,
 ) {
@@ -616,13 +816,12 @@ fn note_stale(
     let since = *since.get_or_insert(now);
     if warned.is_none_or_elapsed(now) {
         *warned = Some(now);
-        match delivered {
-            Some(list) => log::warn!(
-                "etcd unreachable for {prefix} ({err}); keeping the last list of {} instance(s), stale for {:.1}s",
-                list.len(),
+        match kept {
+            Some(kept) => log::warn!(
+                "etcd unreachable for {key} ({err}); keeping {kept}, stale for {:.1}s",
                 now.duration_since(since).as_secs_f64()
             ),
-            None => log::warn!("etcd unreachable for {prefix} ({err}); no list yet"),
+            None => log::warn!("etcd unreachable for {key} ({err}); nothing delivered yet"),
         }
     }
 }

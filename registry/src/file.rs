@@ -8,6 +8,13 @@
 //! PID namespace (each file names its writer's, `pid_ns`): from another container a pid
 //! means nothing here, and the heartbeat check alone decides.
 //!
+//! A service's traffic rules document is the file `<dir>/<service>/mesh-rules` (not
+//! `*.json`, so never taken for an instance), written atomically by `put_rules` (a
+//! `.mesh-rules.*.tmp` file renamed over it). A rules watch polls it every 50 ms as well,
+//! and reads it again only when its inode, size or times changed; it is held to the rules
+//! below, as a regular file of at most [`MAX_RULES_BYTES`] (256 KiB), and a bad one is
+//! logged once and counted in `skipped_entries`.
+//!
 //! Out of file descriptors (a connection flood on the agent's own port), neither side
 //! forgets a live instance: a registrant that cannot write its file touches the file's
 //! modification time through a descriptor it keeps open (watchers take the later of the
@@ -44,7 +51,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{DirBuilder, File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +61,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::{Error, Instance, Sink};
+use crate::rules::{self, Found};
+use crate::{Error, Instance, RulesSink, Sink, MAX_RULES_BYTES};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const STALE_AFTER_MS: u64 = 3_000;
@@ -158,7 +166,7 @@ fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
 // ---------------------------------------------------------------- reading entries
 
 /// The identity of an entry's state: when it is unchanged, so is the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Stamp {
     dev: u64,
     ino: u64,
@@ -210,15 +218,36 @@ fn kind(md: &Metadata) -> &'static str {
     }
 }
 
-/// Why `md` (of an entry) disqualifies it before reading, if it does.
-fn bad_kind_or_size(md: &Metadata) -> Option<String> {
+/// What a file holds, for the size it may have and for messages.
+#[derive(Debug, Clone, Copy)]
+struct Holds {
+    what: &'static str,
+    max: u64,
+}
+
+/// An instance entry: at most [`MAX_ENTRY_BYTES`].
+const ENTRY: Holds = Holds {
+    what: "an entry",
+    max: MAX_ENTRY_BYTES,
+};
+
+/// A rules document: at most [`MAX_RULES_BYTES`].
+const RULES: Holds = Holds {
+    what: "a rules document",
+    max: MAX_RULES_BYTES as u64,
+};
+
+/// Why `md` (of a file holding `holds`) disqualifies it before reading, if it does.
+fn bad_kind_or_size(md: &Metadata, holds: Holds) -> Option<String> {
     if !md.is_file() {
         return Some(format!("{}, not a regular file", kind(md)));
     }
-    if md.len() > MAX_ENTRY_BYTES {
+    if md.len() > holds.max {
         return Some(format!(
-            "{} bytes, more than an entry may have ({MAX_ENTRY_BYTES})",
-            md.len()
+            "{} bytes, more than {} may have ({})",
+            md.len(),
+            holds.what,
+            holds.max
         ));
     }
     None
@@ -227,6 +256,11 @@ fn bad_kind_or_size(md: &Metadata) -> Option<String> {
 /// Reads an entry: a regular file (links not followed, never blocking on a FIFO) of at
 /// most [`MAX_ENTRY_BYTES`]. Returns the open file's metadata and its bytes.
 fn read_entry(path: &Path) -> Result<(Metadata, Vec<u8>), ReadError> {
+    read_capped(path, ENTRY)
+}
+
+/// Reads a file as [`read_entry`] does, for what it `holds`.
+fn read_capped(path: &Path, holds: Holds) -> Result<(Metadata, Vec<u8>), ReadError> {
     let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -236,16 +270,17 @@ fn read_entry(path: &Path) -> Result<(Metadata, Vec<u8>), ReadError> {
         Err(e) => return Err(classify(e)),
     };
     let md = file.metadata().map_err(classify)?;
-    if let Some(why) = bad_kind_or_size(&md) {
+    if let Some(why) = bad_kind_or_size(&md, holds) {
         return Err(ReadError::Bad(why));
     }
     let mut bytes = Vec::with_capacity(md.len() as usize);
-    file.take(MAX_ENTRY_BYTES + 1)
+    file.take(holds.max + 1)
         .read_to_end(&mut bytes)
         .map_err(classify)?;
-    if bytes.len() as u64 > MAX_ENTRY_BYTES {
+    if bytes.len() as u64 > holds.max {
         return Err(ReadError::Bad(format!(
-            "more than {MAX_ENTRY_BYTES} bytes (it grew while read)"
+            "more than {} bytes (it grew while read)",
+            holds.max
         )));
     }
     Ok((md, bytes))
@@ -469,6 +504,24 @@ impl FileRegistration {
     }
 }
 
+/// Whether the registry directory `top` and the service directory `sdir` in it are both
+/// there (`false`: one is missing, so the service has nothing), or why one is refused or
+/// cannot be looked at. Checked on every poll: one lstat each.
+fn dirs_present(top: &Path, sdir: &Path) -> Result<bool, String> {
+    for dir in [top, sdir] {
+        match std::fs::symlink_metadata(dir) {
+            Ok(md) => {
+                if let Some(m) = refusal(dir, &md) {
+                    return Err(m);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+    }
+    Ok(true)
+}
+
 /// EMFILE or ENFILE: a passing shortage, not a bad file.
 fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
@@ -604,24 +657,15 @@ impl Scanner {
     /// FIFO, a link, a file of another user's, too large, not JSON) is skipped, and
     /// logged once: one bad file must not freeze the list.
     fn scan(&mut self) -> Option<Vec<Instance>> {
-        // Checked on every poll: one lstat each.
-        for top in [true, false] {
-            let dir = if top { &self.top } else { &self.sdir };
-            let state = match std::fs::symlink_metadata(dir) {
-                Ok(md) => refusal(dir, &md).map_or(Ok(true), Err),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(format!("{}: {e}", dir.display())),
-            };
-            match state {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.dir_problem = None;
-                    return Some(Vec::new());
-                }
-                Err(m) => {
-                    self.dir_problem(m);
-                    return None;
-                }
+        match dirs_present(&self.top, &self.sdir) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.dir_problem = None;
+                return Some(Vec::new());
+            }
+            Err(m) => {
+                self.dir_problem(m);
+                return None;
             }
         }
         let rd = match std::fs::read_dir(&self.sdir) {
@@ -656,7 +700,7 @@ impl Scanner {
             if self.known_bad(&name, Some(stamp)) {
                 continue;
             }
-            if let Some(why) = bad_kind_or_size(&md) {
+            if let Some(why) = bad_kind_or_size(&md, ENTRY) {
                 self.bad(&name, Some(stamp), &why);
                 continue;
             }
@@ -739,6 +783,165 @@ impl Scanner {
         self.dir_problem = None;
         Some(out.into_values().collect())
     }
+}
+
+// ---------------------------------------------------------------- rules
+
+/// The name of a service's rules document in its directory: not `*.json` and not
+/// starting with `.`, so that the instance scan passes over it.
+pub(crate) const RULES_FILE: &str = "mesh-rules";
+
+impl FileBackend {
+    /// Polls `<dir>/<service>/mesh-rules` every [`POLL`], reading it again only when its
+    /// inode, size or times changed.
+    pub(crate) fn watch_rules(
+        &self,
+        service: &str,
+        sink: Arc<RulesSink>,
+        skipped: Arc<AtomicU64>,
+    ) -> Result<(), Error> {
+        let sdir = self.dir.join(service);
+        check_private_dir(&self.dir)?;
+        check_if_present(&sdir)?;
+        let path = sdir.join(RULES_FILE);
+        let mut poller = RulesPoller {
+            top: self.dir.clone(),
+            tracker: rules::Tracker::new(path.display().to_string(), sink, skipped),
+            sdir,
+            path,
+            read: None,
+            problem: None,
+        };
+        std::thread::Builder::new()
+            .name("registry-file-rules".into())
+            .spawn(move || {
+                while !poller.tracker.is_stopped() {
+                    poller.poll();
+                    std::thread::sleep(POLL);
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Writes `<dir>/<service>/mesh-rules` atomically (a temporary file in the same
+    /// directory, renamed over it), or removes it.
+    pub(crate) fn put_rules(&self, service: &str, rules: Option<&str>) -> Result<(), Error> {
+        let sdir = self.dir.join(service);
+        let path = sdir.join(RULES_FILE);
+        let Some(doc) = rules else {
+            // Nothing there (no directory either) is nothing to delete.
+            check_if_present(&self.dir)?;
+            check_if_present(&sdir)?;
+            return match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error("removing rules document", &path, &e)),
+            };
+        };
+        ensure_private_dir(&self.dir)?;
+        ensure_private_dir(&sdir)?;
+        let tmp = sdir.join(format!(".{RULES_FILE}.{}.tmp", new_token()));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(doc.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error("writing rules document", &path, &e));
+        }
+        Ok(())
+    }
+}
+
+/// One rules watch's state between polls.
+struct RulesPoller {
+    top: PathBuf,
+    sdir: PathBuf,
+    path: PathBuf,
+    tracker: rules::Tracker,
+    /// The state of the file when last looked at (`None`: absent, or not yet looked at).
+    read: Option<Stamp>,
+    /// The problem last logged, until a poll succeeds.
+    problem: Option<String>,
+}
+
+impl RulesPoller {
+    /// Looks at the file (reading it only if it changed) and delivers what changed. A
+    /// refused directory or a shortage of descriptors keeps the last document.
+    fn poll(&mut self) {
+        match self.look() {
+            Ok(()) => {
+                self.problem = None;
+                self.tracker.deliver();
+            }
+            Err(m) if self.problem.as_ref() != Some(&m) => {
+                log::warn!("registry rules: {m}; keeping the last document");
+                self.problem = Some(m);
+            }
+            Err(m) => log::debug!("registry rules: {m}"),
+        }
+    }
+
+    fn look(&mut self) -> Result<(), String> {
+        if !dirs_present(&self.top, &self.sdir)? {
+            self.read = None;
+            self.tracker.note(Found::Absent);
+            return Ok(());
+        }
+        let md = match std::fs::symlink_metadata(&self.path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.read = None;
+                self.tracker.note(Found::Absent);
+                return Ok(());
+            }
+            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+        };
+        let stamp = Stamp::of(&md);
+        if self.read == Some(stamp) {
+            return Ok(());
+        }
+        let bad = match bad_kind_or_size(&md, RULES) {
+            Some(why) => why,
+            None => match read_capped(&self.path, RULES) {
+                Ok((md, bytes)) => {
+                    let stamp = Stamp::of(&md);
+                    self.read = Some(stamp);
+                    let version = version_of(&stamp);
+                    self.tracker.note(Found::Doc {
+                        bytes: &bytes,
+                        version,
+                    });
+                    return Ok(());
+                }
+                Err(ReadError::Gone) => {
+                    self.read = None;
+                    self.tracker.note(Found::Absent);
+                    return Ok(());
+                }
+                Err(ReadError::OutOfDescriptors(e)) => {
+                    return Err(format!("{}: {e}", self.path.display()))
+                }
+                Err(ReadError::Bad(why)) => why,
+            },
+        };
+        self.read = Some(stamp);
+        let version = version_of(&stamp);
+        self.tracker.note(Found::Bad { why: bad, version });
+        Ok(())
+    }
+}
+
+/// A number for one state of a file, to log a bad document once.
+fn version_of(stamp: &Stamp) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    stamp.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -4,15 +4,21 @@
 //! [`watch`](Registry::watch)es a service and receives the **whole** current instance list
 //! every time it changes (and once at start, even if empty).
 //!
+//! Traffic rules live where the membership lives: each service may have one rules
+//! document (UTF-8 text, JSON in practice, at most [`MAX_RULES_BYTES`]), stored with
+//! [`put_rules`](Registry::put_rules) and followed with
+//! [`watch_rules`](Registry::watch_rules), which delivers it (or `None`) at start and on
+//! every change. The registry does not parse it: the consumer-agent does.
+//!
 //! One interface, four backends, chosen by URL in [`open`]:
 //!
-//! | URL | backend |
-//! | --- | --- |
-//! | `etcd://h1:2379,h2:2379[?ttl=N]` | etcd v3, keys `/dubbomesh/<service>/<host>:<port>`, leases with TTL `N` s (default 10) |
-//! | `zookeeper://h1:2181,h2:2181[/root][?session_timeout_ms=N]` | ZooKeeper (3.5+) in Apache Dubbo's layout: ephemeral `<root>/<service>/providers/<encoded Dubbo URL>`; root `/dubbo` by default, session timeout `N` ms (default 10 000) |
-//! | `file:///some/dir` | embedded file registry in that directory (one host) |
-//! | `static://host:port?weight=N,host:port?weight=M` | fixed list (consumer side only): every watch gets it once |
-//! | `None` (or `""`) | embedded file registry in `<temp_dir>/dubbo-mesh-registry` |
+//! | URL | backend | rules of a service |
+//! | --- | --- | --- |
+//! | `etcd://h1:2379,h2:2379[?ttl=N]` | etcd v3, keys `/dubbomesh/<service>/<host>:<port>`, leases with TTL `N` s (default 10) | the value of the key `/dubbomesh-rules/<service>` (no lease) |
+//! | `zookeeper://h1:2181,h2:2181[/root][?session_timeout_ms=N]` | ZooKeeper (3.5+) in Apache Dubbo's layout: ephemeral `<root>/<service>/providers/<encoded Dubbo URL>`; root `/dubbo` by default, session timeout `N` ms (default 10 000) | the data of the persistent node `<root>/<service>/mesh-rules` |
+//! | `file:///some/dir` | embedded file registry in that directory (one host) | the file `<dir>/<service>/mesh-rules` |
+//! | `static://host:port?weight=N,host:port?weight=M` | fixed list (consumer side only): every watch gets it once | none (a rules watch gets `None` once) |
+//! | `None` (or `""`) | embedded file registry in `<temp_dir>/dubbo-mesh-registry` | as `file://` |
 //!
 //! Callbacks run on the registry's own thread (never on the caller's event loop); they
 //! must be quick: forward the list to your loop through a channel or a waker.
@@ -29,7 +35,11 @@
 //!   from the last revision seen, or reads everything again if that revision was compacted.
 //!   While etcd is unreachable the watcher keeps (and does not re-deliver) its last list and
 //!   logs a warning that it is stale; a watch that never reached etcd delivers nothing until
-//!   it does. Empty (race-style) values mean the default weight.
+//!   it does. Empty (race-style) values mean the default weight. A service's rules document
+//!   is the value of `/dubbomesh-rules/<service>` (outside the `/dubbomesh/` prefix, so no
+//!   instance watch sees it), put without a lease; a rules watch reads that key, then
+//!   follows it exactly as an instance watch follows its prefix (resuming, full read after
+//!   a compaction, backoff, the last document kept while etcd is unreachable).
 //! * **zookeeper**: Apache Dubbo's own registry layout, so that Dubbo's Java, Go and Node
 //!   clients and its ops tools (Dubbo Admin, zkCli) see the mesh's providers and the mesh
 //!   sees theirs. A registration is the ephemeral node
@@ -65,16 +75,34 @@
 //!   `<root>/<service>/consumers/<URL.encode(consumer://<local ip>/<service>?...)>`. While
 //!   ZooKeeper is unreachable the watcher keeps (and does not re-deliver) its last list and
 //!   logs a warning that it may be stale; a watch that never reached ZooKeeper delivers
-//!   nothing until it does.
+//!   nothing until it does. A service's rules document is the data of the persistent node
+//!   `<root>/<service>/mesh-rules` (created with its parents by
+//!   [`put_rules`](Registry::put_rules), in the registry's session or one opened for the
+//!   while; Dubbo's clients and tools pass over this child they do not know). A rules watch
+//!   reads the node's data with a data watch (or, while it is missing, an exists watch),
+//!   re-armed after every event, every reconnection and in a new session after one
+//!   expired; it keeps the last good document while ZooKeeper is unreachable. It keeps no
+//!   consumer node.
 //! * **file**: one JSON file per instance, written atomically (temp + rename) and refreshed
 //!   every second; watchers poll every 50 ms and drop (and delete) entries whose process is
 //!   gone (`/proc/<pid>`) or whose heartbeat is older than 3 s. Deregistering deletes the file.
 //!   The directory must be private to the user (created 0700; a symbolic link, another
 //!   user's directory or a group- or world-writable one is refused with
 //!   [`Error::Insecure`]), and only regular files of at most 64 KiB are read as entries,
-//!   links not followed; other files are skipped and logged once.
+//!   links not followed; other files are skipped and logged once. A service's rules
+//!   document is the file `<dir>/<service>/mesh-rules` (not `*.json`, so never taken for
+//!   an entry), written atomically (temp + rename, mode 0600) by
+//!   [`put_rules`](Registry::put_rules); a rules watch polls it every 50 ms too, reading it
+//!   again only when its inode, size or times changed, under the same checks (private
+//!   directories, a regular file, links not followed, at most [`MAX_RULES_BYTES`]).
 //! * **static**: every watch gets the list once, for whatever service; `register` fails with
-//!   [`Error::Unsupported`].
+//!   [`Error::Unsupported`]. There are no rules: a rules watch gets `None` once, and
+//!   [`put_rules`](Registry::put_rules) fails with [`Error::Unsupported`].
+//!
+//! With every backend a rules watch delivers only changes (never the same text twice in
+//! a row), batched as the instance lists are (at most one delivery per 50 ms). A document
+//! found over [`MAX_RULES_BYTES`] or not UTF-8 is not delivered: it is logged once, counted
+//! in [`Registry::skipped_entries`], and the last good one stands.
 //!
 //! # Cargo features
 //!
@@ -118,7 +146,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +155,7 @@ mod dubbo_url;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;
+mod rules;
 mod url;
 pub mod variant;
 #[cfg(feature = "zookeeper")]
@@ -137,6 +166,10 @@ pub use crate::variant::Variant;
 
 /// Weight of an instance whose registration does not say otherwise.
 pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// Largest traffic rules document (bytes) [`Registry::put_rules`] stores and a rules watch
+/// delivers: 256 KiB.
+pub const MAX_RULES_BYTES: usize = 256 * 1024;
 
 /// One registered instance of a service: an agent reachable at `addr`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -183,6 +216,9 @@ pub enum Error {
     InvalidUrl(String),
     /// The service name or instance is not acceptable (empty, contains `/`, bad `host:port`...).
     InvalidInstance(String),
+    /// A traffic rules document [`Registry::put_rules`] refuses to store: larger than
+    /// [`MAX_RULES_BYTES`].
+    InvalidRules(String),
     /// The operation does not exist for this backend (e.g. `register` on a static list), or
     /// the backend is not in this build (an `etcd://` URL without the `etcd` feature, a
     /// `zookeeper://` one without the `zookeeper` feature).
@@ -207,6 +243,7 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidUrl(m) => write!(f, "invalid registry URL: {m}"),
             Error::InvalidInstance(m) => write!(f, "invalid instance: {m}"),
+            Error::InvalidRules(m) => write!(f, "invalid rules document: {m}"),
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
             Error::Io(e) => write!(f, "registry I/O error: {e}"),
             Error::Insecure(m) => write!(f, "{m}"),
@@ -241,17 +278,22 @@ const _: () = {
     send_sync::<Error>();
 };
 
-/// Callback type of [`Registry::watch`], boxed.
-pub(crate) type Callback = Box<dyn FnMut(Vec<Instance>) + Send + 'static>;
+/// Callback type of [`Registry::watch`] (`T` = the instance list) and of
+/// [`Registry::watch_rules`] (`T` = the rules document), boxed.
+pub(crate) type Callback<T> = Box<dyn FnMut(T) + Send + 'static>;
 
-/// A callback that is no longer invoked once its [`Watch`] has been dropped.
-pub(crate) struct Sink {
+/// A callback that is no longer invoked once its [`Watch`] has been dropped; it gets the
+/// instance lists (of [`Registry::watch`]) by default, or rules documents ([`RulesSink`]).
+pub(crate) struct Sink<T = Vec<Instance>> {
     stopped: Arc<AtomicBool>,
-    callback: Mutex<Callback>,
+    callback: Mutex<Callback<T>>,
 }
 
-impl Sink {
-    pub(crate) fn new(callback: Callback) -> (Arc<Sink>, Arc<AtomicBool>) {
+/// The [`Sink`] of a [`Registry::watch_rules`].
+pub(crate) type RulesSink = Sink<Option<String>>;
+
+impl<T> Sink<T> {
+    pub(crate) fn new(callback: Callback<T>) -> (Arc<Sink<T>>, Arc<AtomicBool>) {
         let stopped = Arc::new(AtomicBool::new(false));
         let sink = Arc::new(Sink {
             stopped: stopped.clone(),
@@ -265,7 +307,7 @@ impl Sink {
     }
 
     /// Delivers `list` unless stopped. A panicking callback is caught and logged.
-    pub(crate) fn deliver(&self, list: Vec<Instance>) {
+    pub(crate) fn deliver(&self, list: T) {
         if self.is_stopped() {
             return;
         }
@@ -314,6 +356,7 @@ impl Builder {
     /// created with mode 0700 when missing).
     pub fn build(self) -> Result<Registry, Error> {
         let parsed = url::parse(self.url.as_deref())?;
+        let skipped = Arc::new(AtomicU64::new(0));
         let backend = match parsed {
             #[cfg(feature = "etcd")]
             url::Parsed::Etcd { endpoints, ttl } => {
@@ -327,7 +370,12 @@ impl Builder {
                 servers,
                 root,
                 session_timeout,
-            } => Backend::ZooKeeper(zookeeper::ZkBackend::new(servers, root, session_timeout)?),
+            } => Backend::ZooKeeper(zookeeper::ZkBackend::new(
+                servers,
+                root,
+                session_timeout,
+                skipped.clone(),
+            )?),
             #[cfg(not(feature = "zookeeper"))]
             url::Parsed::ZooKeeper { .. } => return Err(Error::Unsupported(NO_ZOOKEEPER)),
             url::Parsed::File(dir) => Backend::File(file::FileBackend::new(dir)?),
@@ -335,6 +383,7 @@ impl Builder {
         };
         Ok(Registry {
             backend: Arc::new(backend),
+            skipped,
         })
     }
 }
@@ -369,6 +418,8 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct Registry {
     backend: Arc<Backend>,
+    /// [`Registry::skipped_entries`], shared by the clones and the watches.
+    skipped: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -436,18 +487,92 @@ impl Registry {
         })
     }
 
+    /// Watches the traffic rules of `service`: `callback` gets the document (`Some(text)`),
+    /// or `None` when the service has none, once at start and again every time it changes
+    /// (never the same text twice in a row; changes are batched as the instance lists'
+    /// are). The document is opaque here (JSON in practice: the consumer-agent parses and
+    /// validates it). One larger than [`MAX_RULES_BYTES`] or not UTF-8 is not delivered:
+    /// it is logged once and counted in [`skipped_entries`](Registry::skipped_entries),
+    /// and what was delivered before stands (at start: `None`). While the backend is
+    /// unreachable the watch keeps (and does not re-deliver) the last document; one that
+    /// never reached it delivers nothing until it does. Where each backend keeps the
+    /// rules: see the crate docs. The callback runs on the registry's own thread and must
+    /// be quick. Dropping the returned [`Watch`] stops it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInstance`] for a bad service name.
+    pub fn watch_rules<F>(&self, service: &str, callback: F) -> Result<Watch, Error>
+    where
+        F: FnMut(Option<String>) + Send + 'static,
+    {
+        validate_service(service)?;
+        let (sink, stopped) = RulesSink::new(Box::new(callback));
+        let skipped = self.skipped.clone();
+        let guard: Option<Box<dyn Send + Sync>> = match &*self.backend {
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(b) => Some(Box::new(b.watch_rules(service, sink, skipped)?)),
+            #[cfg(feature = "zookeeper")]
+            Backend::ZooKeeper(b) => Some(Box::new(b.watch_rules(service, sink)?)),
+            Backend::File(b) => {
+                b.watch_rules(service, sink, skipped)?;
+                None
+            }
+            Backend::Static(_) => {
+                std::thread::Builder::new()
+                    .name("registry-static".into())
+                    .spawn(move || sink.deliver(None))?;
+                None
+            }
+        };
+        Ok(Watch {
+            stopped,
+            _guard: guard,
+        })
+    }
+
+    /// Stores (`Some`) or deletes (`None`) the traffic rules document of `service`, for
+    /// operators' tools, the bench and tests. It is persistent: not tied to this registry's
+    /// lease, session or process. Returns once the backend has it (etcd, ZooKeeper: bounded
+    /// by a few seconds; file: written, atomically). Deleting a document that does not
+    /// exist is fine.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInstance`] for a bad service name, [`Error::InvalidRules`] for a
+    /// document over [`MAX_RULES_BYTES`], [`Error::Unsupported`] for a static list, and the
+    /// backend's error ([`Error::Etcd`], [`Error::ZooKeeper`], [`Error::Io`],
+    /// [`Error::Insecure`]) when it could not be stored; with etcd and ZooKeeper also when
+    /// called from a watch callback (on the registry's own thread, which it would block).
+    pub fn put_rules(&self, service: &str, rules: Option<&str>) -> Result<(), Error> {
+        validate_service(service)?;
+        if let Some(doc) = rules {
+            rules::check_put(doc)?;
+        }
+        match &*self.backend {
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(b) => b.put_rules(service, rules),
+            #[cfg(feature = "zookeeper")]
+            Backend::ZooKeeper(b) => b.put_rules(service, rules),
+            Backend::File(b) => b.put_rules(service, rules),
+            Backend::Static(_) => Err(Error::Unsupported(
+                "a static:// registry has no traffic rules; keep them in etcd, ZooKeeper or \
+                 the file registry",
+            )),
+        }
+    }
+
     /// How many malformed entries this registry's watches have skipped (logging each
-    /// once): with ZooKeeper, provider nodes whose name is not a Dubbo URL the mesh can
+    /// once). With ZooKeeper, provider nodes whose name is not a Dubbo URL the mesh can
     /// use (bad encoding, another protocol, no host, a bad port, another interface, a name
     /// over 16 KiB, a bad weight or parameters beyond the bounds), each counted once per
-    /// watch while it stays (again if it goes and comes back). Always 0 for the other
-    /// backends. Monotonic, for a metrics counter.
+    /// watch while it stays (again if it goes and comes back). With every backend but
+    /// static, traffic rules documents a rules watch did not deliver (over
+    /// [`MAX_RULES_BYTES`], not UTF-8, with the file registry also not a regular file),
+    /// each version counted once per watch. Monotonic, for a metrics counter; shared by
+    /// the clones of this handle.
     pub fn skipped_entries(&self) -> u64 {
-        match &*self.backend {
-            #[cfg(feature = "zookeeper")]
-            Backend::ZooKeeper(b) => b.skipped_entries(),
-            _ => 0,
-        }
+        self.skipped.load(Ordering::Relaxed)
     }
 }
 

@@ -4,7 +4,11 @@
 //! empty data (see [`crate::dubbo_url`]); a watcher keeps the ephemeral
 //! `<root>/<interface>/consumers/<URL.encode(consumer url)>` while it lives, as Dubbo
 //! consumers do. The parents are persistent and created when missing. Dubbo's Java, Go and
-//! Node clients and its ops tools (Dubbo Admin) read and write the same tree.
+//! Node clients and its ops tools (Dubbo Admin) read and write the same tree. A service's
+//! traffic rules document is the data of the persistent node
+//! `<root>/<interface>/mesh-rules`, a child Dubbo passes over; a rules watch follows that
+//! node's data as an instance watch follows the providers' children ([`watch_loop`]
+//! serves both).
 //!
 //! Each [`Registry`](crate::Registry) runs one current-thread tokio runtime on a dedicated
 //! thread, and one ZooKeeper session shared by its registrations and watches (opened when
@@ -14,6 +18,7 @@
 //! the runtime, so no global executor is looked up (no `linkme` registration either).
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -24,8 +29,9 @@ use tokio::sync::{oneshot, watch};
 use zookeeper_client as zk;
 
 use crate::dubbo_url::{self, Decoded};
+use crate::rules::{self, Found};
 use crate::url::is_zookeeper_path_char;
-use crate::{Error, Instance, Sink, Variant};
+use crate::{Error, Instance, RulesSink, Sink, Variant};
 
 /// How long `register` waits for the first create before going on in the background.
 const FIRST_WAIT: Duration = Duration::from_secs(5);
@@ -38,6 +44,11 @@ const STALE_WARN_EVERY: Duration = Duration::from_secs(10);
 /// of n registrations costs a few O(n) reads, not n of them. As etcd's and the file
 /// registry's watchers.
 const DELIVER_EVERY: Duration = Duration::from_millis(50);
+/// How long `put_rules` waits for the node to be set (or deleted).
+const PUT_WAIT: Duration = Duration::from_secs(5);
+/// The node, next to `providers` and `consumers`, whose data is a service's traffic rules
+/// document. Dubbo's clients and tools pass over children they do not know.
+const RULES_NODE: &str = "mesh-rules";
 /// How long a shutting-down registry waits for its stopped tasks and for the session's
 /// close.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(1500);
@@ -155,7 +166,10 @@ impl Hub {
     fn release(&self) {
         if let Some(c) = lock(&self.slot).take() {
             log::debug!("zookeeper: closing session {} (unused)", c.session_id());
-            lock(&self.closing).push(c.state_watcher());
+            let mut closing = lock(&self.closing);
+            // Those closed already need no wait (sessions opened for a `put_rules` each).
+            closing.retain(|w| !w.peek_state().is_terminated());
+            closing.push(c.state_watcher());
         }
     }
 
@@ -231,6 +245,7 @@ impl ZkBackend {
         servers: Vec<String>,
         root: String,
         session_timeout: Duration,
+        skipped: Arc<AtomicU64>,
     ) -> Result<Self, Error> {
         let first_server = servers.first().cloned().ok_or_else(|| {
             Error::InvalidUrl("a zookeeper:// URL needs at least one server".into())
@@ -279,16 +294,12 @@ impl ZkBackend {
             shared: Arc::new(Shared {
                 hub,
                 root,
-                skipped: Arc::new(AtomicU64::new(0)),
+                skipped,
                 handle,
                 thread,
                 shutdown: Mutex::new(Some(shutdown_tx)),
             }),
         })
-    }
-
-    pub(crate) fn skipped_entries(&self) -> u64 {
-        self.shared.skipped.load(Ordering::Relaxed)
     }
 
     pub(crate) fn register(&self, instance: Instance) -> Result<ZkRegistration, Error> {
@@ -352,15 +363,17 @@ impl ZkBackend {
         check_service(service)?;
         let (stop, stop_rx) = watch::channel(());
         let shared = &self.shared;
-        let dir = format!("{}/{service}/providers", shared.root);
-        shared.handle.spawn(watch_loop(
-            shared.hub.clone(),
-            service.to_owned(),
-            dir,
+        let providers = Providers {
+            service: service.to_owned(),
+            dir: format!("{}/{service}/providers", shared.root),
+            bad: HashSet::new(),
+            skipped: shared.skipped.clone(),
+            delivered: None,
             sink,
-            shared.skipped.clone(),
-            stop_rx.clone(),
-        ));
+        };
+        shared
+            .handle
+            .spawn(watch_loop(shared.hub.clone(), providers, stop_rx.clone()));
         shared.handle.spawn(keep_consumer(
             shared.hub.clone(),
             shared.root.clone(),
@@ -372,6 +385,100 @@ impl ZkBackend {
             _shared: shared.clone(),
         })
     }
+
+    pub(crate) fn watch_rules(
+        &self,
+        service: &str,
+        sink: Arc<RulesSink>,
+    ) -> Result<ZkWatch, Error> {
+        check_service(service)?;
+        let (stop, stop_rx) = watch::channel(());
+        let shared = &self.shared;
+        let path = self.rules_path(service);
+        let what = format!("ZooKeeper node {path}");
+        let node = RulesNode {
+            path,
+            tracker: rules::Tracker::new(what, sink, shared.skipped.clone()),
+        };
+        shared
+            .handle
+            .spawn(watch_loop(shared.hub.clone(), node, stop_rx));
+        Ok(ZkWatch {
+            _stop: stop,
+            _shared: shared.clone(),
+        })
+    }
+
+    /// The persistent node whose data is `service`'s rules document.
+    fn rules_path(&self, service: &str) -> String {
+        format!("{}/{service}/{RULES_NODE}", self.shared.root)
+    }
+
+    /// Sets (creating it and its parents if missing) or deletes the rules node, in the
+    /// registry's session (opened for the while if there is none).
+    pub(crate) fn put_rules(&self, service: &str, rules: Option<&str>) -> Result<(), Error> {
+        check_service(service)?;
+        let shared = &self.shared;
+        if std::thread::current().id() == shared.thread {
+            return Err(Error::ZooKeeper(
+                "put_rules cannot be called from a watch callback (it would block the \
+                 registry's thread)"
+                    .into(),
+            ));
+        }
+        let path = self.rules_path(service);
+        let data = rules.map(|d| d.as_bytes().to_vec());
+        let hub = shared.hub.clone();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        shared.handle.spawn(async move {
+            let _user = hub.user();
+            let put = async {
+                let c = hub.client().await?;
+                store_rules(&c, &path, data.as_deref()).await
+            };
+            let r = tokio::time::timeout(PUT_WAIT, put)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {PUT_WAIT:?}")));
+            let _ = done_tx.send(r);
+        });
+        match done_rx.recv_timeout(PUT_WAIT + Duration::from_millis(500)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::ZooKeeper(format!(
+                "storing the rules of {service}: {e}"
+            ))),
+            Err(_) => Err(Error::ZooKeeper(format!(
+                "storing the rules of {service}: no answer within {PUT_WAIT:?}"
+            ))),
+        }
+    }
+}
+
+/// Sets the data of the persistent node `path` to `data` (creating it, and its parents,
+/// if missing), or deletes it (`None`; missing is fine).
+async fn store_rules(c: &zk::Client, path: &str, data: Option<&[u8]>) -> Result<(), String> {
+    let Some(data) = data else {
+        return match c.delete(path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+    };
+    for _ in 0..4 {
+        match c.set_data(path, data, None).await {
+            Ok(_) => return Ok(()),
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match c.create(path, data, &PERSISTENT).await {
+            Ok(_) => return Ok(()),
+            Err(zk::Error::NoNode) => make_parents(c, path)
+                .await
+                .map_err(|e| format!("creating the parents: {e}"))?,
+            // Created meanwhile: set it.
+            Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("the node kept changing under us".into())
 }
 
 /// `instance` once per variant it serves, each naming its own `version` and `group`
@@ -658,14 +765,6 @@ async fn keep_consumer(hub: Arc<Hub>, root: String, service: String, stop: watch
     keep_node(hub, path, format!("consumer of {service}"), stop, None).await;
 }
 
-/// Delivers `list` if it differs from what was delivered last.
-fn deliver_if_changed(list: Vec<Instance>, delivered: &mut Option<Vec<Instance>>, sink: &Sink) {
-    if delivered.as_ref() != Some(&list) {
-        *delivered = Some(list.clone());
-        sink.deliver(list);
-    }
-}
-
 /// Decodes the children of a providers node: the instances, sorted by address and one per
 /// address (the most recently registered). Bad entries are skipped, logged and counted
 /// once each while they stay (`bad` holds their names).
@@ -727,23 +826,28 @@ fn decode_children(
 
 /// Why a watcher stopped waiting.
 enum Woken {
-    /// Read the children again.
+    /// Read again.
     Reread,
     /// The session ended: get a new one.
     SessionEnded,
 }
 
-/// Reads `dir`'s children with a watch; `dir` missing means no children, with a watch
-/// for its creation.
-async fn read_children(
+/// Reads `path` with `read` (which sets a watch); `path` missing means `None`, with a
+/// watch for its creation.
+async fn read_or_watch_creation<T, F, Fut>(
     c: &zk::Client,
-    dir: &str,
-) -> Result<(Vec<String>, zk::OneshotWatcher), zk::Error> {
+    path: &str,
+    read: F,
+) -> Result<(Option<T>, zk::OneshotWatcher), zk::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(T, zk::OneshotWatcher), zk::Error>>,
+{
     loop {
-        match c.list_and_watch_children(dir).await {
-            Ok(r) => return Ok(r),
-            Err(zk::Error::NoNode) => match c.check_and_watch_stat(dir).await? {
-                (None, w) => return Ok((Vec::new(), w)),
+        match read().await {
+            Ok((v, w)) => return Ok((Some(v), w)),
+            Err(zk::Error::NoNode) => match c.check_and_watch_stat(path).await? {
+                (None, w) => return Ok((None, w)),
                 (Some(_), _) => continue, // created meanwhile
             },
             Err(e) => return Err(e),
@@ -751,30 +855,126 @@ async fn read_children(
     }
 }
 
-/// Tracks how long a watcher's list may have been stale, and warns about it.
-struct Staleness {
+/// What a watch follows in ZooKeeper, and what it makes of it: the children of a
+/// service's providers node ([`Providers`]) or the data of its rules node
+/// ([`RulesNode`]). [`watch_loop`] does the rest, the same for both.
+trait Watched: Send {
+    /// The node watched, for log lines.
+    fn path(&self) -> &str;
+    /// Whether the watch was dropped.
+    fn is_stopped(&self) -> bool;
+    /// Reads the node, setting a watch on it (or on its creation), and delivers what it
+    /// read if that is not what was delivered last; returns the watch.
+    fn read(
+        &mut self,
+        c: &zk::Client,
+    ) -> impl Future<Output = Result<zk::OneshotWatcher, zk::Error>> + Send;
+    /// What the watch keeps while ZooKeeper is unreachable, for a warning (`None`:
+    /// nothing delivered yet).
+    fn kept(&self) -> Option<String>;
+}
+
+/// The providers of a service: the children of `<root>/<service>/providers`.
+struct Providers {
+    service: String,
     dir: String,
+    /// Names of the children skipped (and counted) while they stay.
+    bad: HashSet<String>,
+    skipped: Arc<AtomicU64>,
+    delivered: Option<Vec<Instance>>,
+    sink: Arc<Sink>,
+}
+
+impl Watched for Providers {
+    fn path(&self) -> &str {
+        &self.dir
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.sink.is_stopped()
+    }
+
+    async fn read(&mut self, c: &zk::Client) -> Result<zk::OneshotWatcher, zk::Error> {
+        let dir = self.dir.as_str();
+        let (children, w) =
+            read_or_watch_creation(c, dir, || c.list_and_watch_children(dir)).await?;
+        let children = children.unwrap_or_default();
+        let list = decode_children(dir, &self.service, &children, &mut self.bad, &self.skipped);
+        if self.delivered.as_ref() != Some(&list) {
+            self.delivered = Some(list.clone());
+            self.sink.deliver(list);
+        }
+        Ok(w)
+    }
+
+    fn kept(&self) -> Option<String> {
+        let list = self.delivered.as_ref()?;
+        Some(format!("the last list of {} instance(s)", list.len()))
+    }
+}
+
+/// The rules document of a service: the data of `<root>/<service>/mesh-rules`.
+struct RulesNode {
+    path: String,
+    tracker: rules::Tracker,
+}
+
+impl Watched for RulesNode {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.tracker.is_stopped()
+    }
+
+    async fn read(&mut self, c: &zk::Client) -> Result<zk::OneshotWatcher, zk::Error> {
+        let path = self.path.as_str();
+        let get = || async move {
+            let (data, stat, w) = c.get_and_watch_data(path).await?;
+            Ok(((data, stat), w))
+        };
+        let (found, w) = read_or_watch_creation(c, path, get).await?;
+        match found {
+            Some((data, stat)) => self.tracker.note(Found::Doc {
+                bytes: &data,
+                // A zxid is never negative.
+                version: u64::try_from(stat.mzxid).unwrap_or(0),
+            }),
+            None => self.tracker.note(Found::Absent),
+        }
+        self.tracker.deliver();
+        Ok(w)
+    }
+
+    fn kept(&self) -> Option<String> {
+        self.tracker.kept()
+    }
+}
+
+/// Tracks how long a watcher's state may have been stale, and warns about it.
+struct Staleness {
+    path: String,
     since: Option<Instant>,
     warned: Option<Instant>,
 }
 
 impl Staleness {
-    fn note(&mut self, why: &str, delivered: &Option<Vec<Instance>>) {
+    fn note(&mut self, why: &str, kept: Option<String>) {
         let now = Instant::now();
         let since = *self.since.get_or_insert(now);
         if warn_due(&self.warned, now) {
             self.warned = Some(now);
-            match delivered {
-                Some(list) => log::warn!(
-                    "zookeeper unreachable for {} ({why}); keeping the last list of {} \
-                     instance(s), which may be stale (for {:.1}s)",
-                    self.dir,
-                    list.len(),
+            match kept {
+                Some(kept) => log::warn!(
+                    "zookeeper unreachable for {} ({why}); keeping {kept}, which may be \
+                     stale (for {:.1}s)",
+                    self.path,
                     now.duration_since(since).as_secs_f64()
                 ),
                 None => log::warn!(
-                    "zookeeper unreachable for {} ({why}); no list yet",
-                    self.dir
+                    "zookeeper unreachable for {} ({why}); nothing delivered yet",
+                    self.path
                 ),
             }
         }
@@ -784,7 +984,7 @@ impl Staleness {
         if let Some(since) = self.since.take() {
             log::info!(
                 "zookeeper: watch of {} is live again after {:.1}s",
-                self.dir,
+                self.path,
                 since.elapsed().as_secs_f64()
             );
         }
@@ -792,26 +992,21 @@ impl Staleness {
     }
 }
 
-async fn watch_loop(
-    hub: Arc<Hub>,
-    service: String,
-    dir: String,
-    sink: Arc<Sink>,
-    skipped: Arc<AtomicU64>,
-    mut stop: watch::Receiver<()>,
-) {
+/// Follows `watched` until the watch is dropped: reads it with a watch, and again after
+/// every event of that watch and every reconnection (at most once per
+/// [`DELIVER_EVERY`]), in a new session after the session ended; while ZooKeeper is
+/// unreachable it retries with backoff, keeps what it delivered, and warns.
+async fn watch_loop<W: Watched>(hub: Arc<Hub>, mut watched: W, mut stop: watch::Receiver<()>) {
     let _user = hub.user();
-    let mut delivered: Option<Vec<Instance>> = None;
-    let mut bad: HashSet<String> = HashSet::new();
     let mut backoff = backoff();
     let mut stale = Staleness {
-        dir: dir.clone(),
+        path: watched.path().to_owned(),
         since: None,
         warned: None,
     };
     let mut read_at = tokio::time::Instant::now() - DELIVER_EVERY;
     'session: loop {
-        if sink.is_stopped() {
+        if watched.is_stopped() {
             return;
         }
         let c = tokio::select! {
@@ -821,7 +1016,7 @@ async fn watch_loop(
         let c = match c {
             Ok(c) => c,
             Err(e) => {
-                stale.note(&e, &delivered);
+                stale.note(&e, watched.kept());
                 if !back_off(&mut backoff, &mut stop).await {
                     return;
                 }
@@ -836,20 +1031,18 @@ async fn watch_loop(
                 _ = stop.changed() => return,
             }
             let read = tokio::select! {
-                r = read_children(&c, &dir) => r,
+                r = watched.read(&c) => r,
                 _ = stop.changed() => return,
             };
             read_at = tokio::time::Instant::now();
             let w = match read {
-                Ok((children, w)) => {
+                Ok(w) => {
                     stale.live();
                     backoff.reset();
-                    let list = decode_children(&dir, &service, &children, &mut bad, &skipped);
-                    deliver_if_changed(list, &mut delivered, &sink);
                     w
                 }
                 Err(e) => {
-                    stale.note(&e.to_string(), &delivered);
+                    stale.note(&e.to_string(), watched.kept());
                     if c.state().is_terminated() {
                         continue 'session;
                     }
@@ -872,7 +1065,7 @@ async fn watch_loop(
                     },
                     state = states.changed() => match state {
                         zk::SessionState::Disconnected => {
-                            stale.note("disconnected", &delivered);
+                            stale.note("disconnected", watched.kept());
                         }
                         s if s.is_terminated() => break Woken::SessionEnded,
                         // Reconnected: the watch is set again by the client, but read
@@ -881,13 +1074,13 @@ async fn watch_loop(
                         _ => {}
                     },
                     _ = &mut warn_again, if stale.since.is_some() => {
-                        stale.note("still disconnected", &delivered);
+                        stale.note("still disconnected", watched.kept());
                     }
                     _ = stop.changed() => return,
                 }
             };
             if let Woken::SessionEnded = woken {
-                stale.note("session ended", &delivered);
+                stale.note("session ended", watched.kept());
                 continue 'session;
             }
         }

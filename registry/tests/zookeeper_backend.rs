@@ -348,11 +348,7 @@ fn a_cut_connection_expires_the_session_server_side_and_it_is_renewed() {
     init_log();
     let zk = Zk::start();
     let proxy = Proxy::start(zk.addr(0).port());
-    let reg = registry::open(Some(&format!(
-        "zookeeper://127.0.0.1:{}/dubbo?session_timeout_ms=2000",
-        proxy.port
-    )))
-    .unwrap();
+    let reg = registry::open(Some(&proxy.zookeeper_url("?session_timeout_ms=2000"))).unwrap();
     let mut w = Collector::new(&reg, SVC);
     let _a = reg.register(Instance::new(SVC, "127.0.0.1:30040")).unwrap();
     w.wait_for(SOON, "a", |l| addrs(l) == ["127.0.0.1:30040"]);

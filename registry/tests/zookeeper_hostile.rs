@@ -11,21 +11,11 @@ use std::time::Duration;
 
 use registry::Instance;
 use util::zk::{url_encode, Direct, Zk};
-use util::{addrs, init_log, Collector};
+use util::{addrs, init_log, wait_skipped, Collector};
 
 const SVC: &str = "com.foo.Hello";
 const PROVIDERS: &str = "/dubbo/com.foo.Hello/providers";
 const SOON: Duration = Duration::from_secs(3);
-
-fn wait_skipped(reg: &registry::Registry, n: u64, what: &str) {
-    let ok = test_support::wait::wait_until(SOON, || reg.skipped_entries() >= n);
-    assert!(
-        ok,
-        "{what}: skipped_entries is {}, expected {n}",
-        reg.skipped_entries()
-    );
-    assert_eq!(reg.skipped_entries(), n, "{what}: counted once");
-}
 
 #[test]
 fn hostile_nodes_are_skipped_counted_and_their_neighbours_kept() {

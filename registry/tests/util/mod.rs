@@ -149,6 +149,11 @@ impl Proxy {
         format!("etcd://127.0.0.1:{}{query}", self.port)
     }
 
+    /// ZooKeeper registry URL (root `/dubbo`) through this proxy.
+    pub fn zookeeper_url(&self, query: &str) -> String {
+        format!("zookeeper://127.0.0.1:{}/dubbo{query}", self.port)
+    }
+
     /// Cuts every connection and refuses new ones.
     pub fn set_down(&self) {
         self.down.store(true, Ordering::SeqCst);
@@ -217,6 +222,72 @@ impl Collector {
             panic!("unexpected delivery ({why}): {list:?}");
         }
     }
+}
+
+/// A rules watch whose deliveries arrive on a channel.
+pub struct RulesCollector {
+    pub rx: Receiver<Option<String>>,
+    pub watch: Watch,
+}
+
+impl RulesCollector {
+    pub fn new(reg: &Registry, service: &str) -> RulesCollector {
+        let (tx, rx) = mpsc::channel();
+        let watch = reg
+            .watch_rules(service, move |doc| {
+                let _ = tx.send(doc);
+            })
+            .expect("watch_rules");
+        RulesCollector { rx, watch }
+    }
+
+    /// The next delivery, which must come within `within` and be `want`.
+    #[track_caller]
+    pub fn expect(&mut self, within: Duration, want: Option<&str>) {
+        match self.rx.recv_timeout(within) {
+            Ok(doc) => assert_eq!(
+                doc.as_deref().map(short),
+                want.map(short),
+                "unexpected delivery"
+            ),
+            Err(_) => panic!(
+                "no delivery within {within:?}, expected {:?}",
+                want.map(short)
+            ),
+        }
+    }
+
+    /// Asserts that nothing is delivered within `d`.
+    #[track_caller]
+    pub fn assert_quiet(&mut self, d: Duration, why: &str) {
+        if let Ok(doc) = self.rx.recv_timeout(d) {
+            panic!(
+                "unexpected delivery ({why}): {:?}",
+                doc.as_deref().map(short)
+            );
+        }
+    }
+}
+
+/// A document for a message: at most 80 bytes of it.
+fn short(doc: &str) -> String {
+    match doc.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...({} bytes)", &doc[..i], doc.len()),
+        None => doc.to_owned(),
+    }
+}
+
+/// Waits (3 s at most) until `reg.skipped_entries()` is `n`, and checks that it did not
+/// go past.
+#[track_caller]
+pub fn wait_skipped(reg: &Registry, n: u64, what: &str) {
+    let ok = test_support::wait::wait_until(Duration::from_secs(3), || reg.skipped_entries() >= n);
+    assert!(
+        ok,
+        "{what}: skipped_entries is {}, expected {n}",
+        reg.skipped_entries()
+    );
+    assert_eq!(reg.skipped_entries(), n, "{what}: counted once");
 }
 
 pub fn addrs(list: &[Instance]) -> Vec<&str> {
