@@ -1,5 +1,6 @@
-//! The admin port: `/metrics` (Prometheus text), `/healthz`, and `/registry` (what the
-//! registry last said of each watched service, as JSON).
+//! The admin port: `/metrics` (Prometheus text), `/healthz`, `/registry` (what the
+//! registry last said of each watched service, as JSON) and `/rules` (the traffic rules
+//! in force, and since when).
 //!
 //! Off the request path: the shared admin server ([`reactor_admin`]) on its own thread,
 //! which answers `/healthz` itself (200 while some provider-agent is connected, else
@@ -24,6 +25,11 @@ pub struct Discovered {
 }
 
 impl Discovered {
+    /// `service`'s last list, if the registry gave one.
+    pub fn get(&self, service: &str) -> Option<Vec<Instance>> {
+        self.lists.lock().ok()?.get(service).cloned()
+    }
+
     /// Records `service`'s whole new list.
     pub fn set(&self, service: &str, list: &[Instance]) {
         if let Ok(mut lists) = self.lists.lock() {
@@ -62,6 +68,89 @@ impl Discovered {
     }
 }
 
+/// The traffic rules in force, by service, for `/rules` and `/metrics`: written by the
+/// discovery thread when rules change, read by the admin thread.
+#[derive(Debug, Default)]
+pub struct RulesInForce {
+    state: Mutex<RulesState>,
+}
+
+#[derive(Debug, Default)]
+struct RulesState {
+    /// Service -> (the document in force, parsed as JSON; since, Unix seconds).
+    services: BTreeMap<String, (Json, u64)>,
+    applied: u64,
+    rejected: u64,
+    /// The last refusal: service and why.
+    last_error: Option<(String, String)>,
+}
+
+impl RulesInForce {
+    /// `service`'s new rules document (`None`: it has none) is in force.
+    pub fn applied(&self, service: &str, text: Option<&str>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.applied += 1;
+            match text {
+                Some(t) => {
+                    let doc = serde_json::from_str(t).unwrap_or(Json::Null);
+                    let since = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    s.services.insert(service.to_owned(), (doc, since));
+                }
+                None => {
+                    s.services.remove(service);
+                }
+            }
+        }
+    }
+
+    /// `service`'s new document was refused for `why`; the last good one stays.
+    pub fn rejected(&self, service: &str, why: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.rejected += 1;
+            s.last_error = Some((service.to_owned(), why.to_owned()));
+        }
+    }
+
+    /// `{"services": {"<service>": {"rules": ..., "since": <unix s>}}, "last_error": ...}`.
+    pub fn to_json(&self) -> Json {
+        let Ok(s) = self.state.lock() else {
+            return json!({});
+        };
+        let services: serde_json::Map<String, Json> = s
+            .services
+            .iter()
+            .map(|(k, (doc, since))| (k.clone(), json!({"rules": doc, "since": since})))
+            .collect();
+        let last_error = s
+            .last_error
+            .as_ref()
+            .map(|(svc, why)| json!({"service": svc, "error": why}));
+        json!({"services": services, "last_error": last_error})
+    }
+
+    /// Its counters in Prometheus text.
+    pub fn render(&self) -> String {
+        let (applied, rejected) = self
+            .state
+            .lock()
+            .map_or((0, 0), |s| (s.applied, s.rejected));
+        let mut w = codec::prometheus::Writer::with_capacity(512);
+        w.counter(
+            "consumer_rules_applied_total",
+            "Traffic rule documents put in force (or removed).",
+            applied,
+        );
+        w.counter(
+            "consumer_rules_rejected_total",
+            "Traffic rule documents refused as invalid; the last good one stayed in force.",
+            rejected,
+        );
+        w.finish()
+    }
+}
+
 /// Binds the admin port and serves it on one event-loop thread (`consumer-admin-0`,
 /// [`reactor_admin`]): each connection has 2 s from its accept for its request, at most
 /// 1,024 are held (the oldest closed first), so no number of slow or idle clients keeps
@@ -73,6 +162,7 @@ pub fn spawn(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     discovered: Arc<Discovered>,
+    rules: Arc<RulesInForce>,
 ) -> std::io::Result<Server> {
     let health = metrics.clone();
     Builder::new(Config::named("consumer-admin"))
@@ -83,9 +173,15 @@ pub fn spawn(
                 Err("no provider-agent connected".into())
             }
         })
-        .route("/metrics", move || Response::prometheus(metrics.render()))
+        .route("/metrics", {
+            let rules = rules.clone();
+            move || Response::prometheus(metrics.render() + &rules.render())
+        })
         .route("/registry", move || {
             Response::json(200, format!("{:#}\n", discovered.to_json()))
+        })
+        .route("/rules", move || {
+            Response::json(200, format!("{:#}\n", rules.to_json()))
         })
         .start(addr)
 }

@@ -16,8 +16,9 @@ use std::thread::JoinHandle;
 
 use reactor::LoopHandle;
 
-use crate::admin::Discovered;
+use crate::admin::{Discovered, RulesInForce};
 use crate::loop_handler::LoopMsg;
+use crate::rules::Rules;
 
 /// Why a service cannot be watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,10 +119,46 @@ pub(crate) fn spawn(
     requests: Receiver<Request>,
     loops: Vec<LoopHandle<LoopMsg>>,
     discovered: Arc<Discovered>,
+    rules: Arc<RulesInForce>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("consumer-discovery".into())
-        .spawn(move || watch_requested(&registry, &requests, &loops, &discovered))
+        .spawn(move || watch_requested(&registry, &requests, &loops, &discovered, &rules))
+}
+
+/// Watches `service`'s traffic rules: each document is parsed and validated (against
+/// the service's last instance list) here, off the loops; a good one goes to every loop,
+/// a bad one is logged and counted, and the last good one stays in force.
+fn watch_rules(
+    registry: &registry::Registry,
+    service: &str,
+    loops: &[LoopHandle<LoopMsg>],
+    discovered: &Arc<Discovered>,
+    in_force: &Arc<RulesInForce>,
+) -> Result<registry::Watch, registry::Error> {
+    let (handles, seen, in_force, name) = (
+        loops.to_vec(),
+        discovered.clone(),
+        in_force.clone(),
+        service.to_owned(),
+    );
+    registry.watch_rules(service, move |doc| {
+        let rules = match doc.as_deref() {
+            None => None,
+            Some(text) => match Rules::parse(text, seen.get(&name).as_deref()) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(why) => {
+                    log::warn!("{name}: traffic rules refused, the last good ones stay: {why}");
+                    in_force.rejected(&name, &why);
+                    return;
+                }
+            },
+        };
+        in_force.applied(&name, doc.as_deref());
+        for h in &handles {
+            let _ = h.send(LoopMsg::Rules(name.clone(), rules.clone()));
+        }
+    })
 }
 
 /// The watching thread: one registry watch per requested service, kept until the
@@ -131,6 +168,7 @@ fn watch_requested(
     requests: &Receiver<Request>,
     loops: &[LoopHandle<LoopMsg>],
     discovered: &Arc<Discovered>,
+    in_force: &Arc<RulesInForce>,
 ) {
     let mut watches = HashMap::new();
     for request in requests {
@@ -152,7 +190,14 @@ fn watch_requested(
         match watch {
             Ok(w) => {
                 log::debug!("watching {service} in the registry");
-                watches.insert(service, w);
+                let rules = match watch_rules(registry, &service, loops, discovered, in_force) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        log::warn!("cannot watch the traffic rules of {service}: {e}");
+                        None
+                    }
+                };
+                watches.insert(service, (w, rules));
             }
             Err(e) => {
                 // The loops hold the calls until their timeouts; an empty list now

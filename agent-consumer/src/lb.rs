@@ -75,6 +75,12 @@ pub struct Stats {
     pub ewma_us: f64,
     /// 1 for a provider that answers well, shrinking geometrically with each failure.
     pub health: f64,
+    /// Failures in a row (outlier ejection).
+    pub consecutive_failures: u32,
+    /// Ejected (left out of picks) until then.
+    pub ejected_until: Option<std::time::Instant>,
+    /// Ejections in a row: each doubles the next one's length.
+    pub ejections: u32,
     /// Smooth-wrr running weight.
     current: i64,
 }
@@ -88,8 +94,16 @@ impl Stats {
             limit: INITIAL_LIMIT,
             ewma_us: 0.0,
             health: 1.0,
+            consecutive_failures: 0,
+            ejected_until: None,
+            ejections: 0,
             current: 0,
         }
+    }
+
+    /// Whether it is ejected at `now`.
+    pub fn is_ejected(&self, now: std::time::Instant) -> bool {
+        self.ejected_until.is_some_and(|t| now < t)
     }
 
     /// A call was sent.
@@ -103,6 +117,9 @@ impl Stats {
     pub fn on_answer(&mut self, latency_us: u64, answer: Answer) {
         let inflight_at_answer = self.inflight;
         self.inflight = self.inflight.saturating_sub(1);
+        if answer != Answer::Failed {
+            self.consecutive_failures = 0;
+        }
         match answer {
             Answer::Failed => return self.on_failure(),
             Answer::Overloaded => {
@@ -125,6 +142,7 @@ impl Stats {
 
     fn on_failure(&mut self) {
         self.health = (self.health * HEALTH_KEPT_ON_FAILURE).max(MIN_HEALTH);
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
     }
 
     /// Called once a second: failures fade, so a provider that failed gets probing

@@ -28,6 +28,7 @@ mod http_conn;
 mod lb;
 mod loop_handler;
 mod metrics;
+mod rules;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -109,15 +110,20 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let http_addr = reactor.local_addrs()[0];
     let dubbo_addr = reactor.local_addrs().get(1).copied();
     let discovered = Arc::new(admin::Discovered::default());
+    let rules = Arc::new(admin::RulesInForce::default());
     let watcher = discovery::spawn(
         registry,
         requests,
         reactor.handles().to_vec(),
         discovered.clone(),
+        rules.clone(),
     )
     .map_err(StartError::Io)?;
     let admin = match config.admin {
-        Some(a) => Some(admin::spawn(a, metrics.clone(), discovered).map_err(StartError::Io)?),
+        Some(a) => {
+            let server = admin::spawn(a, metrics.clone(), discovered, rules);
+            Some(server.map_err(StartError::Io)?)
+        }
         None => None,
     };
     let admin_addr = admin.as_ref().map(reactor_admin::Server::local_addr);

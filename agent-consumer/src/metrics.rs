@@ -23,14 +23,17 @@ pub enum Outcome {
     Unavailable,
     /// 504: no answer in time.
     Timeout,
+    /// 429: over a rate limit of the service's traffic rules.
+    RateLimited,
 }
 
-const OUTCOMES: [(Outcome, &str); 5] = [
+const OUTCOMES: [(Outcome, &str); 6] = [
     (Outcome::Ok, "ok"),
     (Outcome::BadRequest, "bad_request"),
     (Outcome::ProviderError, "provider_error"),
     (Outcome::Unavailable, "unavailable"),
     (Outcome::Timeout, "timeout"),
+    (Outcome::RateLimited, "rate_limited"),
 ];
 
 /// One provider-agent as a loop last saw it.
@@ -54,7 +57,7 @@ pub struct UpstreamView {
 #[repr(align(128))]
 struct LoopCounters {
     requests: AtomicU64,
-    outcomes: [AtomicU64; 5],
+    outcomes: [AtomicU64; OUTCOMES.len()],
     retries: AtomicU64,
     inflight: AtomicI64,
     connections: AtomicI64,

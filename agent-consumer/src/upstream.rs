@@ -10,6 +10,8 @@ use registry::{Instance, Variant};
 use slab::Slab;
 
 use crate::lb::{Algorithm, Balancer, Stats};
+use crate::rules::{self, Bucket, Rules};
+use std::sync::Arc;
 
 /// What an upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,8 @@ pub struct Member {
     /// The versions and groups it serves (empty strings: none; versions normalized); a
     /// call reaches it only naming one of them.
     pub variants: Vec<Variant>,
+    /// Its labels (`label.*` registry metadata), which traffic rules select by.
+    pub labels: Vec<(String, String)>,
     /// In-flight count, learned limit, latency.
     pub stats: Stats,
 }
@@ -138,6 +142,29 @@ pub struct Service {
     pub balancer: Balancer,
 }
 
+/// A service's rules as one loop applies them.
+#[derive(Debug)]
+pub struct LoopRules {
+    /// The rules.
+    pub rules: Arc<Rules>,
+    /// The service's bucket.
+    pub bucket: Option<Bucket>,
+    /// Each route's bucket.
+    pub route_buckets: Vec<Option<Bucket>>,
+}
+
+impl LoopRules {
+    /// `rules` with full buckets, this loop's share of `loops`.
+    pub fn new(rules: Arc<Rules>, loops: usize, now: std::time::Instant) -> LoopRules {
+        let bucket = |r: Option<rules::Rate>| r.map(|r| Bucket::new(r, loops, now));
+        LoopRules {
+            bucket: bucket(rules.rate_limit),
+            route_buckets: rules.routes.iter().map(|r| bucket(r.rate_limit)).collect(),
+            rules,
+        }
+    }
+}
+
 /// Everything a loop knows of the provider side.
 #[derive(Debug)]
 pub struct Upstreams {
@@ -146,8 +173,12 @@ pub struct Upstreams {
     by_addr: HashMap<SocketAddr, usize>,
     /// Services by name.
     pub services: HashMap<String, Service>,
+    /// Traffic rules by service, with this loop's rate-limit buckets (a service may have
+    /// rules before it has members).
+    pub rules: HashMap<String, LoopRules>,
     algorithm: Algorithm,
     open_scratch: Vec<bool>,
+    subset_scratch: Vec<bool>,
     /// Calls in flight to one member at most (`--max-upstream-inflight`).
     max_inflight: u32,
 }
@@ -168,9 +199,11 @@ impl Upstreams {
             table: Slab::new(),
             by_addr: HashMap::new(),
             services: HashMap::new(),
+            rules: HashMap::new(),
             algorithm,
             max_inflight: u32::MAX,
             open_scratch: Vec::new(),
+            subset_scratch: Vec::new(),
         }
     }
 
@@ -232,10 +265,12 @@ impl Upstreams {
                     k
                 }
             };
+            let labels = rules::labels_of(inst);
             match position.get(&key).and_then(|&i| svc.members.get_mut(i)) {
                 Some(m) => {
                     m.stats.weight = weight.max(1);
                     m.variants = variants;
+                    m.labels = labels;
                 }
                 None => {
                     if let Some(u) = self.table.get_mut(key) {
@@ -245,6 +280,7 @@ impl Upstreams {
                     svc.members.push(Member {
                         upstream: key,
                         variants,
+                        labels,
                         stats: Stats::new(weight),
                     });
                 }
@@ -285,14 +321,21 @@ impl Upstreams {
 
     /// Picks a member of `service` registered with `version` and `group` whose
     /// connection is open and below the in-flight cap, avoiding `exclude` (an upstream
-    /// key) unless it is the only one.
-    /// Returns (member index, upstream key).
+    /// key) unless it is the only one. Returns (member index, upstream key).
+    ///
+    /// Members ejected at `now` (outlier detection) are passed over. With `route`
+    /// (route index, a random draw below its total weight) the pick
+    /// stays within the route of the service's rules: the draw names the subset tried
+    /// first; if none of it can take the call, the route's other subsets are tried in
+    /// order.
     pub fn pick(
         &mut self,
         service: &str,
         version: &str,
         group: &str,
         exclude: Option<usize>,
+        route: Option<(usize, u32)>,
+        now: std::time::Instant,
     ) -> Option<(usize, usize)> {
         let svc = self.services.get_mut(service)?;
         let table = &self.table;
@@ -303,13 +346,97 @@ impl Upstreams {
         self.open_scratch.extend(svc.members.iter().map(|m| {
             m.serves(version, group)
                 && m.stats.inflight < max_inflight
+                && !m.stats.is_ejected(now)
                 && table.get(m.upstream).is_some_and(|u| u.open)
         }));
-        let open = &self.open_scratch;
-        let usable = |i: usize| open.get(i).copied().unwrap_or(false);
-        let exclude_member = exclude.and_then(|e| svc.members.iter().position(|m| m.upstream == e));
-        let picked = svc.balancer.pick(&mut svc.members, usable, exclude_member);
-        picked.map(|i| (i, svc.members[i].upstream))
+        let routed = route.and_then(|(r, draw)| {
+            let rules = self.rules.get(service)?;
+            let r = rules.rules.routes.get(r).filter(|r| !r.to.is_empty())?;
+            Some((r, r.destination(draw).unwrap_or(0)))
+        });
+        let Some((r, first)) = routed else {
+            let open = &self.open_scratch;
+            let usable = |i: usize| open.get(i).copied().unwrap_or(false);
+            let exclude_member =
+                exclude.and_then(|e| svc.members.iter().position(|m| m.upstream == e));
+            let picked = svc.balancer.pick(&mut svc.members, usable, exclude_member);
+            return picked.map(|i| (i, svc.members[i].upstream));
+        };
+        let n = r.to.len();
+        for k in 0..n {
+            let dest = &r.to[(first + k) % n];
+            if dest.weight == 0 && k > 0 {
+                continue;
+            }
+            // The balancer needs the members mutably: the subset is marked first, in
+            // a second reused scratch.
+            self.subset_scratch.clear();
+            self.subset_scratch.extend(
+                svc.members
+                    .iter()
+                    .zip(&self.open_scratch)
+                    .map(|(m, &open)| open && dest.selects_member(&m.labels, &m.variants)),
+            );
+            if !self.subset_scratch.contains(&true) {
+                continue;
+            }
+            let exclude_member =
+                exclude.and_then(|e| svc.members.iter().position(|m| m.upstream == e));
+            let selected = &self.subset_scratch;
+            let usable = |i: usize| selected.get(i).copied().unwrap_or(false);
+            if let Some(i) = svc.balancer.pick(&mut svc.members, usable, exclude_member) {
+                return Some((i, svc.members[i].upstream));
+            }
+        }
+        None
+    }
+
+    /// After a failure of `upstream` as a member of `service`: ejects it if the
+    /// service's outlier rule says so (failures in a row at the threshold, and the
+    /// share of the pool already ejected below the limit).
+    pub fn eject_if_failing(&mut self, service: &str, upstream: usize, now: std::time::Instant) {
+        let Some(o) = self.rules.get(service).and_then(|r| r.rules.outlier) else {
+            return;
+        };
+        let Some(svc) = self.services.get_mut(service) else {
+            return;
+        };
+        let ejected = svc
+            .members
+            .iter()
+            .filter(|m| m.stats.is_ejected(now))
+            .count();
+        let pool = svc.members.len();
+        let Some(m) = svc.members.iter_mut().find(|m| m.upstream == upstream) else {
+            return;
+        };
+        if m.stats.consecutive_failures < o.consecutive_failures || m.stats.is_ejected(now) {
+            return;
+        }
+        // Well for a whole longest ejection since the last one: the next starts short.
+        if m.stats
+            .ejected_until
+            .is_some_and(|t| now.saturating_duration_since(t) > o.max_ejection)
+        {
+            m.stats.ejections = 0;
+        }
+        if (ejected + 1) * 100 > o.max_ejected_percent as usize * pool {
+            return; // too much of the pool is out already
+        }
+        let length = o
+            .base_ejection
+            .saturating_mul(1u32 << m.stats.ejections.min(16))
+            .min(o.max_ejection);
+        m.stats.ejected_until = Some(now + length);
+        m.stats.ejections += 1;
+        m.stats.consecutive_failures = 0;
+        if let Some(u) = self.table.get(upstream) {
+            log::warn!(
+                "{service}: {} ejected for {length:?} ({} failures in a row)",
+                u.addr,
+                o.consecutive_failures
+            );
+        }
     }
 
     /// The version and group a call naming `version` and `group` (wildcards allowed)

@@ -19,8 +19,8 @@ use crate::harness::{self, Bins};
 use crate::load::{self, LoadOpts, Params, Protocol};
 use crate::procs::{self, Proc, Usage};
 use test_support::etcd::Etcd;
-use test_support::zk::ZooKeeper;
 use test_support::net::free_addr;
+use test_support::zk::ZooKeeper;
 
 /// Which scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -244,6 +244,10 @@ pub(crate) struct Topology {
     pub(crate) dubbo_addr: SocketAddr,
     /// The mock providers' Dubbo addresses, in the order of their specs.
     pub(crate) provider_addrs: Vec<SocketAddr>,
+    /// The registry's URL.
+    registry_url: String,
+    /// The consumer-agent's admin address.
+    consumer_admin: SocketAddr,
     _tmp: tempfile::TempDir,
 }
 
@@ -315,6 +319,8 @@ impl Topology {
             provider_addrs: Vec::new(),
             etcd: None,
             zookeeper: None,
+            registry_url: String::new(),
+            consumer_admin: free_addr()?,
             _tmp: tmp,
         };
         let deadline = Duration::from_secs(20);
@@ -338,6 +344,7 @@ impl Topology {
                 url
             }
         };
+        topo.registry_url = registry.clone();
         let mut provider_addrs = Vec::new();
         for s in specs {
             let addr = free_addr()?;
@@ -396,7 +403,7 @@ impl Topology {
             topo.procs.push(p);
             ready?;
         }
-        let admin = free_addr()?;
+        let admin = topo.consumer_admin;
         let mut args = harness::consumer_agent_args(topo.consumer_addr, admin, &registry);
         args.extend(
             [
@@ -448,6 +455,27 @@ impl Topology {
                 }
             }
         }
+    }
+
+    /// Puts traffic rules for the race's service in the registry and waits until the
+    /// consumer-agent has put them in force.
+    fn put_rules(&mut self, doc: &str) -> io::Result<()> {
+        let applied =
+            || harness::metric_or_zero(self.consumer_admin, "consumer_rules_applied_total");
+        let before = applied();
+        let reg = registry::open(Some(&self.registry_url)).map_err(io::Error::other)?;
+        reg.put_rules(crate::provider::SERVICE, Some(doc))
+            .map_err(io::Error::other)?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if applied() > before {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(io::Error::other(
+            "the consumer-agent never put the rules in force",
+        ))
     }
 
     fn agent_usage(&mut self) -> Vec<(String, Usage)> {
@@ -620,6 +648,7 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
     let runs = [
         (Providers::Meshed, ("overhead", Protocol::Http)),
         (Providers::Meshed, ("overhead-dubbo", Protocol::Dubbo)),
+        (Providers::Meshed, ("overhead-rules", Protocol::Http)),
         (Providers::Unmeshed, ("overhead-unmeshed", Protocol::Http)),
     ];
     let mut current: Option<(Providers, Topology)> = None;
@@ -632,6 +661,9 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
         let Some((_, topo)) = current.as_mut() else {
             continue;
         };
+        if front.0 == "overhead-rules" {
+            topo.put_rules(&ten_routes())?;
+        }
         for (label, c) in [("1 conn", 1), ("saturating", saturating)] {
             let mut s = run_step(opts, topo, front, label, c, None)?;
             let cpu = s.agent_cpu();
@@ -669,6 +701,27 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
         }
     }
     Ok(())
+}
+
+/// Ten routes for the race's service, as the rules' cost is measured: nine that the
+/// race's calls do not match (other methods, an attachment they do not carry), then a
+/// split of the whole pool by version, which every call takes.
+fn ten_routes() -> String {
+    let mut routes: Vec<String> = (0..9)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!(r#"{{"name": "r{i}", "match": {{"method": ["m{i}", "n{i}"]}}, "timeout_ms": 500}}"#)
+            } else {
+                format!(r#"{{"name": "r{i}", "match": {{"attachments": {{"tier": "t{i}"}}}}, "retries": 0}}"#)
+            }
+        })
+        .collect();
+    routes.push(
+        r#"{"name": "all", "match": {"method": "hash"},
+            "to": [{"version": "", "weight": 90}, {"group": "", "weight": 10}]}"#
+            .to_owned(),
+    );
+    format!(r#"{{"routes": [{}]}}"#, routes.join(","))
 }
 
 fn idle(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {

@@ -98,14 +98,17 @@ impl ConsumerLoop {
     /// Sends a call to a provider, or answers it if none can take it.
     pub(super) fn dispatch(&mut self, cx: &mut Ctx<'_, Self>, call: u64, exclude: Option<usize>) {
         let now = cx.now();
+        if let Err(limited) = self.route_call(cx, call) {
+            return self.refuse_limited(cx, call, limited);
+        }
+        let route = self.route_draw(call);
         let Some(c) = self.call_mut(call) else { return };
         let call_id = c.call_id;
         let Some(sig) = self.signatures.get(call_id) else {
             return;
         };
-        let picked = self
-            .upstreams
-            .pick(&sig.service, &sig.version, &sig.group, exclude);
+        let picked =
+            (self.upstreams).pick(&sig.service, &sig.version, &sig.group, exclude, route, now);
         let discovering = !self.upstreams.services.contains_key(&sig.service)
             || self.held.contains_key(&sig.service);
         if picked.is_none() && discovering {
@@ -308,11 +311,15 @@ impl ConsumerLoop {
         let (attempts, deadline, origin, call_id) = (c.attempts, c.deadline, c.origin, c.call_id);
         let latency = now.saturating_duration_since(sent_at).as_micros() as u64;
         if let Some(sig) = self.signatures.get(call_id) {
+            let answer = balancer_answer(status);
             if let Some(s) = self.upstreams.stats(&sig.service, sent_to) {
-                s.on_answer(latency, balancer_answer(status));
+                s.on_answer(latency, answer);
+            }
+            if answer == Answer::Failed {
+                self.upstreams.eject_if_failing(&sig.service, sent_to, now);
             }
         }
-        let retry = status.is_retryable() && attempts <= self.config.retries && now < deadline;
+        let retry = status.is_retryable() && attempts <= self.retries_of(call) && now < deadline;
         if retry {
             self.metrics.retried();
             return self.dispatch(cx, call, Some(sent_to));
@@ -330,6 +337,8 @@ impl ConsumerLoop {
             if let Some(s) = self.upstreams.stats(&sig.service, upstream) {
                 s.on_lost();
             }
+            let now = std::time::Instant::now();
+            self.upstreams.eject_if_failing(&sig.service, upstream, now);
         }
     }
 }

@@ -313,6 +313,7 @@ impl ConsumerLoop {
     ) {
         let dubbo_status = match (outcome, http_status) {
             (Outcome::Timeout, _) => status::SERVER_TIMEOUT,
+            (Outcome::RateLimited, _) => status::SERVER_THREADPOOL_EXHAUSTED,
             (Outcome::BadRequest, _) => status::BAD_REQUEST,
             (Outcome::Unavailable, _) if text.contains("in-flight limit") => {
                 status::SERVER_THREADPOOL_EXHAUSTED

@@ -25,12 +25,14 @@ use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::http_conn::{HttpConn, HttpConns};
 use crate::metrics::{LoopMetrics, Outcome};
+use crate::rules::Rules;
 use crate::upstream::Upstreams;
 
 mod call_core;
 mod dubbo_front;
 mod dubbo_out;
 mod http_front;
+mod rules_apply;
 mod upstream_conns;
 
 use dubbo_front::DubboConn;
@@ -54,6 +56,8 @@ pub enum Tag {
 pub enum LoopMsg {
     /// The registry's whole current list for a service.
     Instances(String, Vec<Instance>),
+    /// A service's traffic rules, validated (`None`: it has none).
+    Rules(String, Option<Arc<Rules>>),
 }
 
 /// What a loop's timers are for.
@@ -107,6 +111,20 @@ struct Call {
     attempts: u32,
 }
 
+/// The route a call took under its service's rules, beside the call (same slab key):
+/// resolved at its first dispatch, kept for its retries.
+#[derive(Debug, Clone, Copy, Default)]
+struct CallRoute {
+    /// The call's generation when resolved (a reused key resolves again).
+    gen: Option<u32>,
+    /// The route's index in the rules in force then.
+    route: Option<usize>,
+    /// The route's retry budget, in place of `--retries`.
+    retries: Option<u32>,
+    /// The route's destinations' weights summed (what a split draws below).
+    total_weight: u32,
+}
+
 /// Buffers kept for reuse so a call allocates nothing in the steady state.
 const POOL_MAX: usize = 4096;
 
@@ -137,6 +155,10 @@ pub struct ConsumerLoop {
     /// Where an unmeshed Dubbo provider's answer is turned into the agent RESPONSE a
     /// provider-agent would have sent (reused).
     translated: Vec<u8>,
+    /// Per call (by slab key), the route it took (`rules_apply`).
+    call_routes: Vec<CallRoute>,
+    /// Draws for weighted splits.
+    rng: reactor::XorShift,
 }
 
 /// The calls held for one service being discovered.
@@ -170,6 +192,8 @@ impl ConsumerLoop {
             held: HashMap::new(),
             dubbo: ConnMap::new(),
             translated: Vec::new(),
+            call_routes: Vec::new(),
+            rng: reactor::XorShift::from_time(),
         }
     }
 
@@ -319,6 +343,7 @@ impl Handler for ConsumerLoop {
     fn message(&mut self, cx: &mut Ctx<'_, Self>, msg: LoopMsg) {
         match msg {
             LoopMsg::Instances(service, list) => self.on_instances(cx, &service, &list),
+            LoopMsg::Rules(service, rules) => self.on_rules(cx, service, rules),
         }
     }
 
