@@ -78,6 +78,11 @@ pub struct Config {
     /// exiting loop keeps writing buffered output (default: 2 s). A peer that neither
     /// reads nor closes cannot hold a connection longer.
     pub close_linger: Duration,
+    /// The most a TLS handshake may take, from the accept (or the completed connect) to
+    /// its last message; a connection still handshaking then is closed with
+    /// [`CloseReason::HandshakeTimeout`](crate::CloseReason::HandshakeTimeout)
+    /// (default: 10 s). Unused without TLS connections.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -94,6 +99,7 @@ impl Default for Config {
             socket: SocketOptions::default(),
             thread_name: "reactor".into(),
             close_linger: Duration::from_secs(2),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

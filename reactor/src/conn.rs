@@ -48,7 +48,7 @@ pub struct Conn<T> {
 /// Why a connection closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The peer closed its side (a read returned 0).
+    /// The peer closed its side (a read returned 0; on TLS, its close_notify or FIN).
     PeerClosed,
     /// A read or write failed (reset, broken pipe, ...).
     Io(io::ErrorKind),
@@ -62,14 +62,47 @@ pub enum CloseReason {
     Local,
     /// The loop is exiting.
     Shutdown,
+    /// The TLS handshake failed, so the connection never opened ([`Handler::opened`] was
+    /// not called): the peer's certificate was refused (untrusted, expired, not yet
+    /// valid, wrong name), no protocol version or cipher suite in common, the peer is
+    /// not speaking TLS, it sent an alert, or the connection ended or failed during the
+    /// handshake. The text is rustls's error (or the I/O error's). Counted in
+    /// `TlsStats::handshake_failures` (`Ctx::tls_stats`).
+    ///
+    /// [`Handler::opened`]: crate::Handler::opened
+    TlsHandshake(String),
+    /// The TLS handshake did not complete within
+    /// [`Config::tls_handshake_timeout`](crate::Config::tls_handshake_timeout); the
+    /// connection never opened.
+    HandshakeTimeout,
+    /// After the handshake, the peer sent something TLS refuses: a record that does not
+    /// decrypt or is too large, a renegotiation, a fatal alert. The text is rustls's
+    /// error.
+    Tls(String),
 }
 
 impl CloseReason {
-    /// Whether the connection never opened (connect failed or timed out).
+    /// Whether the connection never opened: an outbound connect failed or timed out, or a
+    /// TLS handshake (either side's) failed or timed out. [`Handler::opened`] was not
+    /// called for such a connection.
+    ///
+    /// [`Handler::opened`]: crate::Handler::opened
     pub fn is_connect_failure(&self) -> bool {
         matches!(
             self,
-            CloseReason::ConnectFailed(_) | CloseReason::ConnectTimeout
+            CloseReason::ConnectFailed(_)
+                | CloseReason::ConnectTimeout
+                | CloseReason::TlsHandshake(_)
+                | CloseReason::HandshakeTimeout
+        )
+    }
+
+    /// Whether TLS ended the connection: a failed or timed-out handshake, or a TLS
+    /// error after it.
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::TlsHandshake(_) | CloseReason::HandshakeTimeout | CloseReason::Tls(_)
         )
     }
 }
@@ -79,6 +112,10 @@ impl CloseReason {
 pub(crate) enum Phase {
     /// Outbound, connect in progress; writes are buffered until it opens.
     Connecting,
+    /// TLS, connected (or accepted), handshake in progress; writes are buffered until it
+    /// completes, and then the connection is reported opened.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Handshaking,
     Open,
     /// Closing gracefully: writing what is buffered, then our FIN, then discarding
     /// input until the peer's FIN (a lingering close) or the linger limit.
@@ -119,6 +156,9 @@ pub(crate) struct ConnState<T> {
     pub(crate) peer_closed: bool,
     /// Our sending side: open, shut once the output is written, or shut.
     pub(crate) write_side: WriteSide,
+    /// A TLS connection's session and ciphertext; `None` for plain TCP.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Box<crate::tls::TlsState>>,
 }
 
 /// Our sending direction of a connection (TCP half-close).
@@ -150,12 +190,20 @@ impl<T> ConnState<T> {
             local_close: false,
             peer_closed: false,
             write_side: WriteSide::Open,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
-    /// Bytes buffered and not yet written.
+    /// Bytes buffered and not yet written: plaintext, and for TLS the ciphertext the
+    /// socket has not taken yet.
     pub(crate) fn unwritten(&self) -> usize {
-        self.output.len() - self.out_pos
+        let plain = self.output.len() - self.out_pos;
+        #[cfg(feature = "tls")]
+        if let Some(t) = &self.tls {
+            return plain + t.unwritten();
+        }
+        plain
     }
 
     /// How a finished drain is reported.
@@ -168,7 +216,19 @@ impl<T> ConnState<T> {
     }
 
     pub(crate) fn is_live(&self) -> bool {
-        matches!(self.phase, Phase::Connecting | Phase::Open)
+        matches!(
+            self.phase,
+            Phase::Connecting | Phase::Handshaking | Phase::Open
+        )
+    }
+
+    /// Whether a TLS close_notify is still to be sent before our side closes.
+    pub(crate) fn owes_close_notify(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(t) = &self.tls {
+            return !t.close_notify_sent;
+        }
+        false
     }
 
     /// Whether a write may still be queued: live, and our side not shut down.

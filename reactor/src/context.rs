@@ -36,6 +36,9 @@ pub(crate) struct Core<T, M, U> {
     pub(crate) read_again: Vec<ConnId>,
     pub(crate) stopping: bool,
     pub(crate) exit: bool,
+    /// Handshakes and TLS failures on this loop.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_stats: crate::tls::TlsStats,
 }
 
 impl<T: Copy, M, U: Copy> Core<T, M, U> {
@@ -59,6 +62,8 @@ impl<T: Copy, M, U: Copy> Core<T, M, U> {
             read_again: Vec::new(),
             stopping: false,
             exit: false,
+            #[cfg(feature = "tls")]
+            tls_stats: crate::tls::TlsStats::default(),
         }
     }
 
@@ -134,10 +139,45 @@ impl<T: Copy, M, U: Copy> Core<T, M, U> {
     pub(crate) fn schedule_close(&mut self, id: ConnId, reason: CloseReason) {
         if let Some(c) = self.get_mut(id) {
             if c.phase != Phase::Closing {
+                let reason = if c.phase == Phase::Handshaking {
+                    handshake_failure(reason)
+                } else {
+                    reason
+                };
                 c.phase = Phase::Closing;
                 self.to_close.push((id, reason));
             }
         }
+    }
+
+    /// Starts the handshake deadline of a TLS connection that just connected or was
+    /// accepted.
+    #[cfg(feature = "tls")]
+    pub(crate) fn start_handshake_timer(&mut self, id: ConnId) {
+        let deadline = self.now + self.config.tls_handshake_timeout;
+        let timer = self.timers.insert(deadline, TimerKind::Handshake(id));
+        if let Some(c) = self.get_mut(id) {
+            if let Some(old) = c.timer.replace(timer) {
+                self.timers.cancel(old);
+            }
+        }
+    }
+}
+
+/// How the end of a connection whose TLS handshake had not completed is reported: it
+/// never opened, whatever ended it.
+fn handshake_failure(reason: CloseReason) -> CloseReason {
+    match reason {
+        CloseReason::Io(kind) => {
+            CloseReason::TlsHandshake(format!("{} during the handshake", io::Error::from(kind)))
+        }
+        CloseReason::PeerClosed => {
+            CloseReason::TlsHandshake("the peer closed the connection during the handshake".into())
+        }
+        CloseReason::InputOverflow => {
+            CloseReason::TlsHandshake("handshake message too large".into())
+        }
+        other => other,
     }
 }
 
@@ -195,13 +235,14 @@ impl<H: Handler> Ctx<'_, H> {
         self.core.get(id).map(|c| c.tag)
     }
 
-    /// Whether the connection is open or still connecting (not closed or closing).
+    /// Whether the connection is open or still opening (connecting, or in its TLS
+    /// handshake), not closed or closing.
     pub fn is_live(&self, id: ConnId) -> bool {
         self.core.get(id).is_some_and(|c| c.is_live())
     }
 
-    /// Whether the connection is open: connected (outbound ones), and neither closing
-    /// nor draining after [`Ctx::close`].
+    /// Whether the connection is open: connected (outbound ones), its TLS handshake done
+    /// (TLS ones), and neither closing nor draining after [`Ctx::close`].
     pub fn is_open(&self, id: ConnId) -> bool {
         self.core.get(id).is_some_and(|c| c.phase == Phase::Open)
     }
@@ -283,8 +324,10 @@ impl<H: Handler> Ctx<'_, H> {
     /// [`Handler::closed`] reports [`CloseReason::Local`]. Nothing more reaches
     /// [`Handler::data`]. Lingering matters: closing a socket with unread input makes
     /// the kernel send a reset, which can destroy our last reply (a 400, say) before the
-    /// peer reads it. A connection still connecting closes at once, or, with writes
-    /// buffered, drains the same way once open (it is not reported opened).
+    /// peer reads it. A connection still connecting (or in its TLS handshake) closes at
+    /// once, or, with writes buffered, drains the same way once open (it is not reported
+    /// opened). On a TLS connection our close_notify goes out after the buffered output,
+    /// before the FIN.
     pub fn close(&mut self, id: ConnId) {
         if let Some(c) = self.core.get_mut(id) {
             match c.phase {
@@ -292,11 +335,13 @@ impl<H: Handler> Ctx<'_, H> {
                     c.local_close = true;
                     self.core.begin_drain(id);
                 }
-                Phase::Connecting if c.unwritten() > 0 => {
+                Phase::Connecting | Phase::Handshaking if c.unwritten() > 0 => {
                     c.local_close = true;
                     c.close_on_open = true;
                 }
-                Phase::Connecting => self.core.schedule_close(id, CloseReason::Local),
+                Phase::Connecting | Phase::Handshaking => {
+                    self.core.schedule_close(id, CloseReason::Local)
+                }
                 Phase::Draining | Phase::Closing => {}
             }
         }
@@ -305,6 +350,8 @@ impl<H: Handler> Ctx<'_, H> {
     /// Shuts down our sending side (TCP half-close): the FIN goes out after the buffered
     /// output, later writes are refused, and the connection keeps reading until the peer
     /// finishes too, then closes. A connection still connecting shuts down once open.
+    /// On a TLS connection a close_notify goes out before the FIN (TLS 1.3 peers may keep
+    /// sending after it; TLS 1.2 peers usually answer with theirs and close).
     pub fn shutdown_write(&mut self, id: ConnId) {
         if let Some(c) = self.core.get_mut(id) {
             if c.is_live() && c.write_side == WriteSide::Open {

@@ -16,6 +16,9 @@ use crate::handler::{EndOfInput, Handler};
 use crate::throttle::Throttle;
 use crate::timer::TimerKind;
 
+#[cfg(feature = "tls")]
+mod tls;
+
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Listener tokens count down from here; connection tokens always have a generation
 /// in their high half, below this range on 64-bit targets.
@@ -35,6 +38,9 @@ const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
 pub(crate) struct Listener<T> {
     pub(crate) socket: TcpListener,
     pub(crate) tag: T,
+    /// A TLS listener's acceptor.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsAcceptor>,
 }
 
 pub(crate) struct EventLoop<H: Handler> {
@@ -55,6 +61,16 @@ pub(crate) struct EventLoop<H: Handler> {
     accept_failed_log: Throttle,
     #[cfg(target_os = "linux")]
     timerfd: Option<crate::precise::TimerFd>,
+    /// Ciphertext read from a TLS socket (behind the connection's leftover partial
+    /// record); allocated with the loop's first TLS connection.
+    #[cfg(feature = "tls")]
+    tls_in: Vec<u8>,
+    /// Ciphertext encrypted for a TLS socket at flush time, written from here; only what
+    /// the socket does not take is copied to the connection.
+    #[cfg(feature = "tls")]
+    tls_out: Vec<u8>,
+    #[cfg(feature = "tls")]
+    tls_failed_log: Throttle,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -107,6 +123,12 @@ impl<H: Handler> EventLoop<H> {
             accept_failed_log: Throttle::default(),
             #[cfg(target_os = "linux")]
             timerfd,
+            #[cfg(feature = "tls")]
+            tls_in: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls_out: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls_failed_log: Throttle::default(),
         })
     }
 
@@ -244,6 +266,13 @@ impl<H: Handler> EventLoop<H> {
                     if let Err(e) = self.core.config.socket.apply(&stream) {
                         log::debug!("socket options on accept: {e}");
                     }
+                    #[cfg(feature = "tls")]
+                    if let Some(acceptor) =
+                        self.listeners.get(i).and_then(|l| l.as_ref()?.tls.clone())
+                    {
+                        self.accept_tls(stream, tag, &acceptor);
+                        continue;
+                    }
                     match self.core.insert(stream, tag, Phase::Open) {
                         Ok(id) => {
                             let (h, mut cx) = self.cx();
@@ -309,7 +338,7 @@ impl<H: Handler> EventLoop<H> {
         let Some(c) = self.core.get_mut(id) else {
             return;
         };
-        if matches!(c.phase, Phase::Open | Phase::Draining) {
+        if matches!(c.phase, Phase::Handshaking | Phase::Open | Phase::Draining) {
             if let Ok(Some(e)) = c.stream.take_error() {
                 self.core.schedule_close(id, CloseReason::Io(e.kind()));
             }
@@ -322,7 +351,7 @@ impl<H: Handler> EventLoop<H> {
         };
         match c.phase {
             Phase::Connecting => self.finish_connect(id),
-            Phase::Open | Phase::Draining => self.flush(id),
+            Phase::Handshaking | Phase::Open | Phase::Draining => self.flush(id),
             Phase::Closing => {}
         }
     }
@@ -340,6 +369,8 @@ impl<H: Handler> EventLoop<H> {
             },
         };
         match result {
+            #[cfg(feature = "tls")]
+            Ok(()) if c.tls.is_some() => self.start_client_handshake(id),
             Ok(()) => {
                 c.phase = Phase::Open;
                 let tag = c.tag;
@@ -373,9 +404,14 @@ impl<H: Handler> EventLoop<H> {
             let Some(c) = self.core.get_mut(id) else {
                 return;
             };
+            // TLS reads decrypt; a closing TLS connection's input is discarded as below.
+            #[cfg(feature = "tls")]
+            if c.tls.is_some() && c.phase != Phase::Draining {
+                return self.tls_read(id, to_end);
+            }
             match c.phase {
                 Phase::Open => {}
-                Phase::Connecting => return,
+                Phase::Connecting | Phase::Handshaking => return,
                 Phase::Draining => {
                     // Closing: discard what the peer still sends, until its FIN.
                     if c.peer_closed {
@@ -465,7 +501,10 @@ impl<H: Handler> EventLoop<H> {
             EndOfInput::Abort => self.core.schedule_close(id, CloseReason::PeerClosed),
             // What was written to the peer (often the reply to its last bytes) still
             // goes out first.
-            _ if c.unwritten() > 0 || c.write_side == WriteSide::ShutPending => {
+            _ if c.unwritten() > 0
+                || c.write_side == WriteSide::ShutPending
+                || c.owes_close_notify() =>
+            {
                 self.core.begin_drain(id)
             }
             _ => self.core.schedule_close(id, CloseReason::PeerClosed),
@@ -521,6 +560,14 @@ impl<H: Handler> EventLoop<H> {
                     continue;
                 }
                 Phase::Open if !c.read_paused => {}
+                // A TLS handshake whose reads ran out of budget.
+                Phase::Handshaking => {
+                    if c.read_pending {
+                        self.read(id, true);
+                        self.process_closes();
+                    }
+                    continue;
+                }
                 _ => continue,
             }
             if !c.input.is_empty() {
@@ -567,6 +614,14 @@ impl<H: Handler> EventLoop<H> {
                         }
                     }
                 }
+                TimerKind::Handshake(id) => {
+                    if let Some(c) = self.core.get_mut(id) {
+                        if c.phase == Phase::Handshaking {
+                            c.timer = None;
+                            self.core.schedule_close(id, CloseReason::HandshakeTimeout);
+                        }
+                    }
+                }
                 TimerKind::AcceptRetry => {
                     self.accept_paused = false;
                     for i in 0..self.listeners.len() {
@@ -586,7 +641,7 @@ impl<H: Handler> EventLoop<H> {
             for id in dirty.drain(..) {
                 if let Some(c) = self.core.get_mut(id) {
                     c.dirty = false;
-                    if matches!(c.phase, Phase::Open | Phase::Draining) {
+                    if matches!(c.phase, Phase::Handshaking | Phase::Open | Phase::Draining) {
                         self.flush(id);
                     }
                 }
@@ -599,15 +654,31 @@ impl<H: Handler> EventLoop<H> {
     /// Writes as much buffered output as the socket takes: one syscall for every
     /// message written since the last flush.
     fn flush(&mut self, id: ConnId) {
-        let (high, low) = (
-            self.core.config.high_watermark,
-            self.core.config.low_watermark,
-        );
+        let high = self.core.config.high_watermark;
         let Some(c) = self.core.get_mut(id) else {
             return;
         };
         if c.unwritten() > high {
             c.congested = true;
+        }
+        #[cfg(feature = "tls")]
+        if c.tls.is_some() {
+            if !self.tls_write(id) {
+                return;
+            }
+            let Some(c) = self.core.get_mut(id) else {
+                return;
+            };
+            // Rustls allocates per record anyway: an idle TLS connection keeps no output
+            // buffer at all.
+            if c.out_pos == c.output.len() {
+                c.output = Vec::new();
+                c.out_pos = 0;
+            }
+            if c.phase == Phase::Handshaking {
+                return;
+            }
+            return self.after_flush(id);
         }
         let mut failed = None;
         while c.unwritten() > 0 {
@@ -635,7 +706,18 @@ impl<H: Handler> EventLoop<H> {
             if c.output.capacity() > KEEP_OUTPUT_CAPACITY {
                 c.output = Vec::new();
             }
-        } else if c.out_pos > c.output.len() / 2 {
+        }
+        self.after_flush(id);
+    }
+
+    /// After a flush: keeps the output buffer from creeping, finishes a half-close or a
+    /// close once everything is written, and reports a congested connection drained.
+    fn after_flush(&mut self, id: ConnId) {
+        let low = self.core.config.low_watermark;
+        let Some(c) = self.core.get_mut(id) else {
+            return;
+        };
+        if c.out_pos > c.output.len() / 2 {
             // Keep the buffer from creeping: move the unwritten tail to the front.
             c.output.drain(..c.out_pos);
             c.out_pos = 0;
@@ -670,6 +752,10 @@ impl<H: Handler> EventLoop<H> {
                 continue;
             }
             let mut c = self.core.conns.remove(id.index as usize);
+            #[cfg(feature = "tls")]
+            if reason.is_tls() {
+                self.count_tls_failure(&c, &reason);
+            }
             let _ = self.core.registry.deregister(&mut c.stream);
             if let Some(t) = c.timer.take() {
                 self.core.timers.cancel(t);

@@ -116,7 +116,10 @@ pub trait Handler: Sized + 'static {
         let _ = cx;
     }
 
-    /// A connection opened: accepted, or an outbound connect completed.
+    /// A connection opened: accepted, or an outbound connect completed. A TLS connection
+    /// opens once its handshake completed (the peer's certificate, if any, verified and
+    /// readable with `Ctx::peer_identity`); one whose handshake fails is never opened,
+    /// only reported to [`Handler::closed`].
     fn opened(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>) {
         let _ = (cx, conn);
     }
@@ -146,7 +149,8 @@ pub trait Handler: Sized + 'static {
         let _ = (cx, conn);
     }
 
-    /// A connection closed (or an outbound connect failed). Its id is stale from now on.
+    /// A connection closed (or an outbound connect or a TLS handshake failed: see
+    /// [`CloseReason::is_connect_failure`]). Its id is stale from now on.
     fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Self::Tag>, reason: CloseReason) {
         let _ = (cx, conn, reason);
     }

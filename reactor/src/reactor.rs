@@ -18,7 +18,16 @@ use crate::handler::Handler;
 #[derive(Debug)]
 pub struct Builder<T> {
     config: Config,
-    listens: Vec<(SocketAddr, T)>,
+    listens: Vec<Listen<T>>,
+}
+
+/// A listener to bind: its address, tag and, for TLS, its acceptor.
+#[derive(Debug)]
+struct Listen<T> {
+    addr: SocketAddr,
+    tag: T,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
@@ -32,7 +41,38 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
 
     /// Listens on `addr` in every loop (SO_REUSEPORT); accepted connections get `tag`.
     pub fn listen(mut self, addr: SocketAddr, tag: T) -> Self {
-        self.listens.push((addr, tag));
+        self.listens.push(Listen {
+            addr,
+            tag,
+            #[cfg(feature = "tls")]
+            tls: None,
+        });
+        self
+    }
+
+    /// Listens on `addr` in every loop for TLS connections: each accepted connection
+    /// does its handshake with the `acceptor`'s current configuration, on the loop, and
+    /// is reported to [`Handler::opened`] once the handshake completed (the peer's
+    /// certificate, if the configuration asks for one, is then verified and readable with
+    /// [`Ctx::peer_identity`](crate::Ctx::peer_identity)). From then on the handler sees
+    /// plaintext, exactly as on [`Builder::listen`]. A failed handshake is reported to
+    /// [`Handler::closed`] only, as [`CloseReason::TlsHandshake`] or
+    /// [`CloseReason::HandshakeTimeout`].
+    ///
+    /// [`CloseReason::TlsHandshake`]: crate::CloseReason::TlsHandshake
+    /// [`CloseReason::HandshakeTimeout`]: crate::CloseReason::HandshakeTimeout
+    #[cfg(feature = "tls")]
+    pub fn listen_tls(
+        mut self,
+        addr: SocketAddr,
+        tag: T,
+        acceptor: crate::tls::TlsAcceptor,
+    ) -> Self {
+        self.listens.push(Listen {
+            addr,
+            tag,
+            tls: Some(acceptor),
+        });
         self
     }
 
@@ -50,13 +90,17 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
         let loops = self.config.loops.max(1);
         let mut local_addrs = Vec::new();
         // per_loop[i] = the listeners of loop i
-        let mut per_loop: Vec<Vec<(std::net::TcpListener, T)>> =
-            (0..loops).map(|_| Vec::new()).collect();
-        for (addr, tag) in &self.listens {
-            let socks = bind_listeners(*addr, loops, self.config.backlog)?;
+        let mut per_loop: Vec<Vec<Listener<T>>> = (0..loops).map(|_| Vec::new()).collect();
+        for l in &self.listens {
+            let socks = bind_listeners(l.addr, loops, self.config.backlog)?;
             local_addrs.push(socks[0].local_addr()?);
             for (i, s) in socks.into_iter().enumerate() {
-                per_loop[i].push((s, *tag));
+                per_loop[i].push(Listener {
+                    socket: mio::net::TcpListener::from_std(s),
+                    tag: l.tag,
+                    #[cfg(feature = "tls")]
+                    tls: l.tls.clone(),
+                });
             }
         }
         let make = Arc::new(make);
@@ -92,7 +136,7 @@ impl<M: Send + 'static> Reactor<M> {
         &mut self,
         config: &Config,
         index: usize,
-        listeners: Vec<(std::net::TcpListener, H::Tag)>,
+        listeners: Vec<Listener<H::Tag>>,
         make: Arc<F>,
     ) -> io::Result<()>
     where
@@ -113,13 +157,6 @@ impl<M: Send + 'static> Reactor<M> {
             .spawn(move || {
                 let core = Core::new(registry, config, index, handle.clone());
                 let handler = make(index, handle);
-                let listeners = listeners
-                    .into_iter()
-                    .map(|(l, tag)| Listener {
-                        socket: mio::net::TcpListener::from_std(l),
-                        tag,
-                    })
-                    .collect();
                 match EventLoop::new(handler, core, poll, listeners, rx, wake_pending) {
                     Ok(event_loop) => event_loop.run(),
                     Err(e) => log::error!("loop {index} failed to start: {e}"),
@@ -135,7 +172,8 @@ impl<M: Send + 'static> Reactor<M> {
         &self.handles
     }
 
-    /// The address each listener bound, in the order of [`Builder::listen`] calls
+    /// The address each listener bound, in the order of [`Builder::listen`] (and
+    /// `listen_tls`) calls
     /// (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs

@@ -30,6 +30,9 @@ pub(crate) enum TimerKind<C, U> {
     ConnectTimeout(C),
     /// The most a draining connection may take to finish its close.
     Linger(C),
+    /// The most a TLS handshake may take.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Handshake(C),
     /// Retry accepting after the process ran out of file descriptors.
     AcceptRetry,
 }
