@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, default_value_t = registry::DEFAULT_WEIGHT)]
     pub weight: u32,
 
+    /// A label of this instance, `KEY=VALUE` (repeatable), registered beside its
+    /// versions and groups (metadata `label.KEY`): consumer-agents' traffic rules
+    /// choose subsets of a service's instances by label (e.g. `track=canary`).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
     /// Most calls in flight to the provider at once, all loops together (the provider's
     /// thread pool is one pool); beyond it calls are answered OVERLOADED at once.
     #[arg(long, default_value_t = 200)]
@@ -309,4 +315,27 @@ mod tests {
             assert!(c.service_variants().is_err(), "{bad:?}");
         }
     }
+}
+
+/// `KEY=VALUE` of `--label`: a key of letters, digits, `-`, `_` and `.` (at most 63
+/// bytes), a value without control characters or `,` (at most 255 bytes).
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    let key_ok = !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !key_ok {
+        return Err(format!(
+            "label key {k:?}: 1 to 63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if v.len() > 255 || v.chars().any(|c| c.is_control() || c == ',') {
+        return Err(format!(
+            "label value {v:?}: at most 255 bytes, no control characters or ','"
+        ));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }

@@ -205,13 +205,16 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let instances: Vec<Instance> = services
         .iter()
         .map(|(service, variants)| {
-            let inst = Instance::new(service.clone(), advertised.clone())
+            let mut inst = Instance::new(service.clone(), advertised.clone())
                 .with_weight(config.weight)
                 .with_meta(
                     "serialization",
                     format!("{:?}", config.serialization).to_lowercase(),
                 )
                 .with_variants(variants);
+            for (k, v) in &config.labels {
+                inst = inst.with_meta(format!("label.{k}"), v.clone());
+            }
             match &dubbo_advertised {
                 Some(d) => inst.with_meta(DUBBO_ADDR_META, d.clone()),
                 None => inst,

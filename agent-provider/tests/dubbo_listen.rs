@@ -1036,3 +1036,41 @@ fn the_sofa_rpc_node_client_through_the_provider_agent_gets_what_the_provider_an
     assert_eq!(summary["pipeline"]["connections"], json!(1), "{summary}");
     agent.running.stop();
 }
+
+#[test]
+fn labels_are_registered_beside_the_versions_and_groups() {
+    let _serial = serial();
+    let (_peer, provider) = start_peer();
+    let agent = Agent::start_with(provider, &SERVED, |cfg| {
+        cfg.labels = vec![
+            ("track".to_owned(), "canary".to_owned()),
+            ("zone".to_owned(), "eu-1".to_owned()),
+        ];
+    });
+    agent.wait_provider();
+    let (tx, rx) = mpsc::channel();
+    let reg = registry::open(Some(&agent.registry)).expect("registry");
+    let _watch = reg
+        .watch(SERVICE, move |list| {
+            let _ = tx.send(list);
+        })
+        .expect("watch");
+    let listed = loop {
+        let list = rx.recv_timeout(SOON).expect("a registry update");
+        if let Some(i) = list.into_iter().next() {
+            break i;
+        }
+    };
+    let label = |k: &str| listed.meta.get(&format!("label.{k}")).cloned();
+    assert_eq!(label("track").as_deref(), Some("canary"), "{listed:?}");
+    assert_eq!(label("zone").as_deref(), Some("eu-1"), "{listed:?}");
+    // A bad label is a configuration error.
+    for bad in ["track", "=x", "a b=c", "k=a,b"] {
+        let parsed = <agent_provider::Config as clap::Parser>::try_parse_from([
+            "provider-agent",
+            "--label",
+            bad,
+        ]);
+        assert!(parsed.is_err(), "--label {bad} was taken");
+    }
+}
