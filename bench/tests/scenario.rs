@@ -18,23 +18,21 @@ fn quick_scenarios_run_clean_and_stop_everything() {
     opts.duration = Duration::from_secs(1);
     let r = scenario::run(&opts).expect("scenario");
     assert!(r.failures.is_empty(), "{:?}", r.failures);
-    // 128 and 512 connections, over HTTP and from Dubbo consumers.
-    assert_eq!(r.steps.len(), 4);
-    assert_eq!(
-        r.steps
-            .iter()
-            .filter(|s| s.scenario == "classic-dubbo")
-            .count(),
-        2
-    );
-    for s in &r.steps {
-        assert!(s.requests > 0 && s.qps > 0.0, "{s:?}");
-        assert!(s.errors.is_empty(), "every request answered right: {s:?}");
-        assert_eq!(
-            s.agents.len(),
-            4,
-            "consumer-agent and three provider-agents measured"
-        );
+    // 128 and 512 connections, over HTTP, from Dubbo consumers, and over HTTP to
+    // providers outside the mesh.
+    assert_eq!(r.steps.len(), 6);
+    for (name, agents) in [
+        ("classic", 4),
+        ("classic-dubbo", 4),
+        ("classic-unmeshed", 1),
+    ] {
+        let steps: Vec<_> = r.steps.iter().filter(|s| s.scenario == name).collect();
+        assert_eq!(steps.len(), 2, "{name}");
+        for s in steps {
+            assert!(s.requests > 0 && s.qps > 0.0, "{s:?}");
+            assert!(s.errors.is_empty(), "every request answered right: {s:?}");
+            assert_eq!(s.agents.len(), agents, "{name}: the agents measured");
+        }
     }
     bench::report::write_all(&r, out.path()).expect("report");
     for f in ["report.json", "report.md", "qps.svg", "latency.svg"] {
@@ -52,8 +50,12 @@ fn quick_scenarios_run_clean_and_stop_everything() {
     opts.which = Which::Overhead;
     let r = scenario::run(&opts).expect("overhead scenario");
     assert!(r.failures.is_empty(), "{:?}", r.failures);
+    // HTTP, Dubbo in, ten traffic rules, unmeshed: one connection and saturating each.
+    assert_eq!(r.steps.len(), 8);
+    for s in &r.steps {
+        assert!(s.errors.is_empty(), "{s:?}");
+    }
     let one = &r.steps[0];
-    assert!(one.errors.is_empty(), "{one:?}");
     let direct = one.extra["direct_p50_ms"];
     assert!(direct > 0.0 && direct < one.p50_ms, "{one:?}");
     assert!(one.extra["mesh_added_p50_us"] > 0.0, "{one:?}");
