@@ -1,6 +1,7 @@
 //! Command-line flags of `consumer-agent`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -50,8 +51,31 @@ pub struct Config {
     /// connect failure).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
+    /// Mutual TLS to provider-agents: this agent's certificate chain (PEM, leaf
+    /// first). With `--tls-key` and `--tls-ca` (all three or none): provider-agents are
+    /// reached over TLS, presenting this certificate; a provider-agent's certificate
+    /// must chain to the CA and name the identity its registry entry publishes
+    /// (`tls.identity`), else the connection is refused. Unmeshed Dubbo providers stay
+    /// plaintext. Checked for changes once a second (new connections use the new
+    /// certificate).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificates provider-agents' certificates must chain to (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve HTTP (`--listen`) over TLS with this certificate chain (PEM; with
+    /// `--http-tls-key`; no client certificates asked for). Absent: plain HTTP.
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of `--http-tls-cert` (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_key: Option<PathBuf>,
     /// Admin HTTP address serving /metrics, /healthz and /registry (absent: no admin
-    /// port).
+    /// port). Give a loopback address (e.g. `127.0.0.1:20002`): it has no
+    /// authentication.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
     /// Timeout for connecting to a provider-agent.

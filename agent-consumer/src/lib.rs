@@ -29,6 +29,7 @@ mod lb;
 mod loop_handler;
 mod metrics;
 mod rules;
+mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub struct Running {
     metrics: Arc<Metrics>,
     admin: Option<reactor_admin::Server>,
     discovery: Option<(Arc<Discovery>, JoinHandle<()>)>,
+    /// The TLS certificate watcher, with `--tls-cert`.
+    tls_watcher: Option<tls::Watcher>,
 }
 
 /// Why the agent could not start.
@@ -99,13 +102,26 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         thread_name: "consumer".into(),
         ..reactor::Config::default()
     };
+    let mut tls = tls::start(&config, &metrics).map_err(StartError::Config)?;
     let (c, m, d) = (config.clone(), metrics.clone(), discovery.clone());
-    let mut builder = reactor::Builder::new(reactor_config).listen(config.listen, Tag::Http);
+    let client_tls = tls.client.clone();
+    let mut builder = reactor::Builder::new(reactor_config);
+    #[cfg(feature = "tls")]
+    let http_tls = tls.http.take();
+    #[cfg(not(feature = "tls"))]
+    let http_tls: Option<()> = None;
+    builder = match http_tls {
+        #[cfg(feature = "tls")]
+        Some(acceptor) => builder.listen_tls(config.listen, Tag::Http, acceptor),
+        _ => builder.listen(config.listen, Tag::Http),
+    };
     if let Some(addr) = config.dubbo_listen {
         builder = builder.listen(addr, Tag::Dubbo);
     }
     let reactor = builder
-        .start(move |index, _| ConsumerLoop::new(c.clone(), m.for_loop(index), d.clone()))
+        .start(move |index, _| {
+            ConsumerLoop::new(c.clone(), m.for_loop(index), d.clone()).with_tls(client_tls.clone())
+        })
         .map_err(StartError::Io)?;
     let http_addr = reactor.local_addrs()[0];
     let dubbo_addr = reactor.local_addrs().get(1).copied();
@@ -139,6 +155,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         admin,
         discovery: Some((discovery, watcher)),
+        tls_watcher: tls.watcher.take(),
     })
 }
 
@@ -169,6 +186,9 @@ impl Running {
         self.reactor.join();
         if let Some(admin) = self.admin.take() {
             admin.stop();
+        }
+        if let Some(mut w) = self.tls_watcher.take() {
+            w.stop();
         }
         // The loops are gone with their handles on it: the last one ends the watcher.
         if let Some((discovery, watcher)) = self.discovery.take() {

@@ -23,16 +23,20 @@ pub enum Outcome {
     Unavailable,
     /// 504: no answer in time.
     Timeout,
+    /// 403: the provider-agent's authorization policy refused the call (agent status
+    /// FORBIDDEN; never retried).
+    Forbidden,
     /// 429: over a rate limit of the service's traffic rules.
     RateLimited,
 }
 
-const OUTCOMES: [(Outcome, &str); 6] = [
+const OUTCOMES: [(Outcome, &str); 7] = [
     (Outcome::Ok, "ok"),
     (Outcome::BadRequest, "bad_request"),
     (Outcome::ProviderError, "provider_error"),
     (Outcome::Unavailable, "unavailable"),
     (Outcome::Timeout, "timeout"),
+    (Outcome::Forbidden, "forbidden"),
     (Outcome::RateLimited, "rate_limited"),
 ];
 
@@ -63,6 +67,18 @@ struct LoopCounters {
     connections: AtomicI64,
     latency_buckets: [AtomicU64; LATENCY_SLOTS],
     latency_sum_us: AtomicU64,
+    /// Provider-agents refused for presenting another identity than the registry's.
+    tls_identity_mismatch: AtomicU64,
+    /// Failed TLS handshakes (`Ctx::tls_stats`, sampled every sweep).
+    tls_handshake_failures: AtomicU64,
+}
+
+/// Mutual TLS's state (`--tls-cert`), written by the certificate watcher.
+#[derive(Debug, Default)]
+struct TlsCounters {
+    expiry: AtomicI64,
+    reloads_ok: AtomicU64,
+    reloads_error: AtomicU64,
 }
 
 /// The consumer-agent's metrics.
@@ -73,6 +89,7 @@ pub struct Metrics {
     upstreams: Mutex<Vec<Vec<UpstreamView>>>,
     /// The registry, for what it skipped (set once it is open).
     registry: std::sync::OnceLock<registry::Registry>,
+    tls: TlsCounters,
 }
 
 impl Default for Metrics {
@@ -120,6 +137,16 @@ impl LoopMetrics {
     pub fn connection(&self, delta: i64) {
         self.own().connections.fetch_add(delta, Relaxed);
     }
+
+    /// A provider-agent presented another TLS identity than its registry entry's.
+    pub fn tls_identity_mismatch(&self) {
+        self.own().tls_identity_mismatch.fetch_add(1, Relaxed);
+    }
+
+    /// The loop's failed TLS handshakes so far.
+    pub fn set_tls_handshake_failures(&self, n: u64) {
+        self.own().tls_handshake_failures.store(n, Relaxed);
+    }
 }
 
 impl LoopCounters {
@@ -149,7 +176,27 @@ impl Metrics {
             loops: (0..loops.max(1)).map(|_| LoopCounters::default()).collect(),
             upstreams: Mutex::default(),
             registry: std::sync::OnceLock::new(),
+            tls: TlsCounters::default(),
         }
+    }
+
+    /// A certificate expiring at `not_after` (Unix seconds) is in use: at the start, or
+    /// (`reload`) replacing the previous one.
+    pub fn tls_loaded(&self, not_after: i64, reload: bool) {
+        self.tls.expiry.store(not_after, Relaxed);
+        if reload {
+            self.tls.reloads_ok.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Changed certificate files were refused; the previous certificate stays.
+    pub fn tls_reload_failed(&self) {
+        self.tls.reloads_error.fetch_add(1, Relaxed);
+    }
+
+    /// Provider-agents refused for their TLS identity, all loops.
+    pub fn tls_identity_mismatches(&self) -> u64 {
+        u64::try_from(self.sum(|l| l.tls_identity_mismatch.load(Relaxed))).unwrap_or(0)
     }
 
     /// The registry whose skipped entries `/metrics` reports.
@@ -239,6 +286,28 @@ impl Metrics {
             "HTTP connections open.",
             level(|l| l.connections.load(Relaxed).into()),
         );
+        w.gauge(
+            "consumer_tls_cert_expiry_timestamp_seconds",
+            "notAfter of the agent's TLS certificate (--tls-cert), Unix seconds; 0 without TLS.",
+            self.tls.expiry.load(Relaxed),
+        );
+        w.counter(
+            "consumer_tls_handshake_failures_total",
+            "TLS handshakes that failed (provider-agents' certificates refused, HTTP clients over --http-tls-cert, timeouts).",
+            count(|l| l.tls_handshake_failures.load(Relaxed).into()),
+        );
+        w.counter(
+            "consumer_tls_identity_mismatch_total",
+            "Provider-agent connections refused: the certificate names another identity than the registry's tls.identity.",
+            self.tls_identity_mismatches(),
+        );
+        let mut f = w.family(
+            "consumer_tls_reloads_total",
+            "Reloads of changed TLS certificate files: ok, or error (the previous certificate stayed).",
+            Kind::Counter,
+        );
+        f.sample(&[("result", "ok")], self.tls.reloads_ok.load(Relaxed));
+        f.sample(&[("result", "error")], self.tls.reloads_error.load(Relaxed));
         w.histogram(
             "consumer_latency_seconds",
             "Time from a request's arrival to its answer.",
@@ -312,6 +381,8 @@ mod tests {
         m.for_loop(0).request();
         m.for_loop(1).request();
         m.for_loop(1).answered(Outcome::Ok, 700);
+        m.for_loop(0).request();
+        m.for_loop(0).answered(Outcome::Forbidden, 700);
         let up = |addr: &str| UpstreamView {
             addr: addr.into(),
             up: true,
@@ -359,8 +430,10 @@ mod tests {
             3
         );
         assert!(text.contains("consumer_latency_seconds_bucket{le=\"0.0005\"} 0\n"));
-        assert!(text.contains("consumer_latency_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(text.contains("consumer_latency_seconds_count 1\n"));
+        assert!(text.contains("consumer_latency_seconds_bucket{le=\"0.001\"} 2\n"));
+        assert!(text.contains("consumer_latency_seconds_count 2\n"));
+        assert!(text.contains("consumer_responses_total{outcome=\"forbidden\"} 1\n"));
+        assert!(text.contains("consumer_responses_total{outcome=\"ok\"} 1\n"));
         assert!(text.contains("consumer_upstream_up{loop=\"1\",upstream=\"127.0.0.1:1\"} 1\n"));
     }
 }

@@ -13,6 +13,8 @@
 //!   "routes": [
 //!     { "name": "beta users", "match": { "attachments": { "user-tier": "beta" } },
 //!       "to": [ { "labels": { "track": "canary" } } ] },
+//!     { "name": "beta by header", "match": { "headers": { "x-user-tier": "beta" } },
+//!       "to": [ { "labels": { "track": "canary" } } ] },
 //!     { "name": "split", "match": { "method": ["hash", "echo"] },
 //!       "to": [ { "labels": { "track": "stable" }, "weight": 90 },
 //!               { "labels": { "track": "canary" }, "weight": 10 } ],
@@ -73,6 +75,8 @@ struct MatchDoc {
     method: Option<OneOrMany>,
     #[serde(default)]
     attachments: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +140,9 @@ pub struct Route {
     pub methods: Vec<String>,
     /// Attachments a call must carry, with these values.
     pub attachments: Vec<(String, String)>,
+    /// HTTP request headers (names lower-case) a call must carry, with these values:
+    /// only HTTP calls can match a route that names some.
+    pub headers: Vec<(String, String)>,
     /// Where its calls go, each with a weight; empty: the whole pool.
     pub to: Vec<Destination>,
     /// Sum of the destinations' weights.
@@ -239,14 +246,20 @@ impl Rules {
         })
     }
 
-    /// The first route matching a call of `method` carrying `attachments`.
-    pub fn route_for<'a, A>(&self, method: &str, attachments: A) -> Option<usize>
+    /// The first route matching a call of `method` carrying `attachments` and, for an
+    /// HTTP call, request headers (`header(name)` for a lower-case name).
+    pub fn route_for<'a, A>(
+        &self,
+        method: &str,
+        attachments: A,
+        header: &Headers<'_>,
+    ) -> Option<usize>
     where
         A: IntoIterator<Item = (&'a str, &'a str)> + Clone,
     {
         self.routes
             .iter()
-            .position(|r| r.matches(method, attachments.clone()))
+            .position(|r| r.matches(method, attachments.clone()) && r.headers_match(header))
     }
 }
 
@@ -307,9 +320,21 @@ fn route(
         Some(ms) => Some(Duration::from_millis(ms.min(600_000))),
         None => None,
     };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (k, v) in m.headers {
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(format!("{name}: match.headers names a bad header {k:?}"));
+        }
+        headers.push((k.to_ascii_lowercase(), v));
+    }
     Ok(Route {
         methods,
         attachments: m.attachments.into_iter().collect(),
+        headers,
         to: dests,
         total_weight,
         timeout,
@@ -371,6 +396,15 @@ impl Route {
                     .into_iter()
                     .any(|(ak, av)| ak == k && av == v)
             })
+    }
+
+    /// Whether the call's HTTP headers (none for other calls) carry every header this
+    /// route names, with its value.
+    pub fn headers_match(&self, header: &Headers<'_>) -> bool {
+        self.headers.iter().all(|(k, v)| match header {
+            Some(lookup) => lookup(k).is_some_and(|got| got.trim_ascii() == v.as_bytes()),
+            None => false,
+        })
     }
 
     /// The destination a random `draw` in `0..total_weight` falls in.
@@ -444,6 +478,9 @@ pub fn labels_of(instance: &Instance) -> Vec<(String, String)> {
         .filter_map(|(k, v)| Some((k.strip_prefix(LABEL_PREFIX)?.to_owned(), v.clone())))
         .collect()
 }
+
+/// An HTTP call's header lookup (by lower-case name); `None` for other calls.
+pub type Headers<'a> = Option<&'a dyn Fn(&str) -> Option<&'a [u8]>>;
 
 /// A token bucket on the loop's clock: admits a call when a token is there.
 #[derive(Debug, Clone)]
@@ -519,14 +556,25 @@ mod tests {
         assert_eq!(r.routes[1].timeout, Some(Duration::from_millis(800)));
         assert_eq!(r.outlier.map(|o| o.consecutive_failures), Some(3));
         // Attachments first (route order), then methods, else none.
-        assert_eq!(r.route_for("hash", [("tier", "beta")]), Some(0));
-        assert_eq!(r.route_for("hash", [("tier", "gold")]), Some(1));
-        assert_eq!(r.route_for("other", [("tier", "gold")]), None);
+        assert_eq!(r.route_for("hash", [("tier", "beta")], &None), Some(0));
+        assert_eq!(r.route_for("hash", [("tier", "gold")], &None), Some(1));
+        assert_eq!(r.route_for("other", [("tier", "gold")], &None), None);
         assert!(r.routes[0].to[0].selects(&list[1]));
         assert!(!r.routes[0].to[0].selects(&list[0]));
         assert_eq!(r.routes[1].destination(89), Some(0));
         assert_eq!(r.routes[1].destination(90), Some(1));
         assert_eq!(r.routes[1].destination(100), None);
+    }
+
+    #[test]
+    fn header_routes_match_http_calls_carrying_the_header() {
+        let doc = r#"{"routes": [{"match": {"headers": {"X-User-Tier": "beta"}}}]}"#;
+        let r = Rules::parse(doc, None).expect("valid");
+        let beta = |name: &str| (name == "x-user-tier").then_some(&b" beta "[..]);
+        let gold = |name: &str| (name == "x-user-tier").then_some(&b"gold"[..]);
+        assert_eq!(r.route_for("m", [], &Some(&beta)), Some(0));
+        assert_eq!(r.route_for("m", [], &Some(&gold)), None);
+        assert_eq!(r.route_for("m", [], &None), None, "not an HTTP call");
     }
 
     #[test]

@@ -70,7 +70,14 @@ pub struct Upstream {
     pub services: usize,
     /// Left the registry: gets no new calls, and is dropped once its calls are answered.
     pub retiring: bool,
+    /// The TLS identity its registry entry publishes (meta `tls.identity`): with
+    /// `--tls-cert`, the certificate it presents must name it.
+    pub tls_identity: Option<String>,
 }
+
+/// The instance metadata key naming a provider-agent's TLS identity (the
+/// provider-agent's `tls.identity`).
+pub const TLS_IDENTITY_META: &str = "tls.identity";
 
 impl Upstream {
     fn new(addr: SocketAddr, protocol: Protocol) -> Self {
@@ -86,6 +93,7 @@ impl Upstream {
             reconnect: None,
             services: 0,
             retiring: false,
+            tls_identity: None,
         }
     }
 
@@ -265,6 +273,9 @@ impl Upstreams {
                     k
                 }
             };
+            if let Some(u) = self.table.get_mut(key) {
+                u.tls_identity = inst.meta.get(TLS_IDENTITY_META).cloned();
+            }
             let labels = rules::labels_of(inst);
             match position.get(&key).and_then(|&i| svc.members.get_mut(i)) {
                 Some(m) => {

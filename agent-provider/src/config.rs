@@ -5,6 +5,7 @@
 //! the deployed one.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -135,7 +136,34 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub dubbo_max_pipeline: u64,
 
+    /// Authorization policy: a JSON file of rules saying which peers (TLS identities, or
+    /// `anonymous` for plaintext connections) may call which services and methods; any
+    /// other call is refused (FORBIDDEN; Dubbo consumers: SERVICE_ERROR). Checked for
+    /// changes once a second and reloaded (a file that does not parse keeps the policy
+    /// in force). Absent = every peer may call every served service.
+    #[arg(long, value_name = "FILE")]
+    pub authz: Option<PathBuf>,
+
+    /// Mutual TLS on the agent listener: this agent's certificate chain (PEM, leaf
+    /// first). With `--tls-key` and `--tls-ca` (all three or none): only consumers
+    /// presenting a certificate from that CA are served (plaintext and untrusted peers
+    /// fail the handshake), each call's peer identity is the certificate's SPIFFE ID
+    /// (else `dns:` and its DNS name), and this certificate's identity is registered
+    /// as instance metadata `tls.identity`. The files are checked for changes once a
+    /// second: new connections get a renewed certificate, open ones keep theirs.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA certificates consumer-agents' certificates must chain to (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Address of the admin HTTP server (`/healthz`, `/metrics`); absent = none.
+    /// Give a loopback address (e.g. `127.0.0.1:30001`): it has no authentication.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin: Option<SocketAddr>,
 
@@ -244,6 +272,29 @@ impl Config {
     }
 }
 
+/// `KEY=VALUE` of `--label`: a key of letters, digits, `-`, `_` and `.` (at most 63
+/// bytes), a value without control characters or `,` (at most 255 bytes).
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    let key_ok = !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !key_ok {
+        return Err(format!(
+            "label key {k:?}: 1 to 63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if v.len() > 255 || v.chars().any(|c| c.is_control() || c == ',') {
+        return Err(format!(
+            "label value {v:?}: at most 255 bytes, no control characters or ','"
+        ));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +303,7 @@ mod tests {
     fn defaults() {
         let c = Config::new("127.0.0.1:20880".parse().unwrap(), vec!["a.B".into()]);
         assert_eq!(c.max_inflight, 200);
+        assert_eq!(c.authz, None, "no policy unless given");
         assert_eq!(c.dubbo_version, "2.0.2");
         assert_eq!(
             c.advertised("0.0.0.0:30000".parse().unwrap()),
@@ -315,27 +367,4 @@ mod tests {
             assert!(c.service_variants().is_err(), "{bad:?}");
         }
     }
-}
-
-/// `KEY=VALUE` of `--label`: a key of letters, digits, `-`, `_` and `.` (at most 63
-/// bytes), a value without control characters or `,` (at most 255 bytes).
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
-    let key_ok = !k.is_empty()
-        && k.len() <= 63
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !key_ok {
-        return Err(format!(
-            "label key {k:?}: 1 to 63 letters, digits, '-', '_' or '.'"
-        ));
-    }
-    if v.len() > 255 || v.chars().any(|c| c.is_control() || c == ',') {
-        return Err(format!(
-            "label value {v:?}: at most 255 bytes, no control characters or ','"
-        ));
-    }
-    Ok((k.to_owned(), v.to_owned()))
 }

@@ -9,7 +9,9 @@
 //! connections to the provider, so a call never leaves the loop it arrived on (see
 //! `loop_handler`). A control thread owns the registry registrations: loops report
 //! their provider connection going up or down through a channel, and the control thread
-//! registers each service only while every loop can reach the provider.
+//! registers each service only while every loop can reach the provider. With `--authz`
+//! it also watches the authorization policy file and hands each new policy to every
+//! loop (see `authz`).
 //!
 //! [`start`] starts everything and returns a [`Running`] agent; the binary adds flags and
 //! signal handling, tests call it in-process.
@@ -18,16 +20,18 @@
 
 mod admin;
 mod admission;
+mod authz;
 pub mod config;
 mod loop_handler;
 mod metrics;
+mod tls;
 mod upstream;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use registry::{Instance, Registration, Registry};
@@ -61,7 +65,8 @@ pub struct Running {
 /// Why the agent could not start.
 #[derive(Debug)]
 pub enum StartError {
-    /// A flag's value is invalid (`--service`), or flags do not go together.
+    /// A flag's value is invalid (`--service`, the `--authz` policy), or flags do not
+    /// go together.
     Config(String),
     /// Binding or starting the loops or the admin port failed.
     Io(io::Error),
@@ -129,10 +134,18 @@ impl Drop for Running {
 /// control thread that keeps the registry in step with the provider's reachability.
 ///
 /// # Errors
-/// A `--service` is invalid, the registry cannot be opened, or binding the listen or
-/// admin address failed.
+/// A `--service` is invalid, the `--authz` policy cannot be read or is invalid, the
+/// registry cannot be opened, or binding the listen or admin address failed.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let services = config.service_variants().map_err(StartError::Config)?;
+    let authz = match &config.authz {
+        Some(path) => {
+            let (watcher, policy) = authz::Watcher::start(path)
+                .map_err(|e| StartError::Config(format!("--authz: {e}")))?;
+            Some((watcher, Arc::new(policy)))
+        }
+        None => None,
+    };
     if config.dubbo_listen.is_some() && config.serialization != config::SerializationArg::Hessian2 {
         return Err(StartError::Config(
             "--dubbo-listen relays Dubbo consumers' hessian2 calls as they are: it needs a provider speaking hessian2 (--serialization hessian2)".into(),
@@ -144,6 +157,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     }
     let loops = config.loops.max(1);
     let metrics = Metrics::new(loops);
+    if let Some((watcher, policy)) = &authz {
+        metrics.authz_loaded(policy.rules(), false);
+        log::info!(
+            "authorization policy {}: {} rule(s); any other call is refused",
+            watcher.path().display(),
+            policy.rules()
+        );
+    }
+    let tls = tls::Tls::start(&config, &metrics).map_err(StartError::Config)?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let loop_cfg = Arc::new(LoopConfig {
         provider: config.provider,
@@ -154,6 +176,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         drain: config.drain(),
         admission: admission::Published::new(loops),
         services: services.clone(),
+        policy: authz.as_ref().map(|(_, p)| p.clone()),
         agent: config.clone(),
     });
     let reactor_cfg = reactor::Config {
@@ -165,7 +188,12 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         ..reactor::Config::default()
     };
     let (m, events) = (metrics.clone(), tx.clone());
-    let mut builder = reactor::Builder::new(reactor_cfg).listen(config.listen, Tag::Agent);
+    let mut builder = reactor::Builder::new(reactor_cfg);
+    builder = match &tls {
+        #[cfg(feature = "tls")]
+        Some(t) => builder.listen_tls(config.listen, Tag::Agent, t.acceptor.clone()),
+        _ => builder.listen(config.listen, Tag::Agent),
+    };
     if let Some(addr) = config.dubbo_listen {
         builder = builder.listen(addr, Tag::Dubbo);
     }
@@ -215,6 +243,10 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             for (k, v) in &config.labels {
                 inst = inst.with_meta(format!("label.{k}"), v.clone());
             }
+            let inst = match tls.as_ref().and_then(|t| t.identity.clone()) {
+                Some(id) => inst.with_meta(tls::IDENTITY_META, id),
+                None => inst,
+            };
             match &dubbo_advertised {
                 Some(d) => inst.with_meta(DUBBO_ADDR_META, d.clone()),
                 None => inst,
@@ -229,6 +261,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         events: rx,
         reactor: Some(reactor),
         admin,
+        authz: authz.map(|(w, _)| w),
+        tls,
+        metrics: metrics.clone(),
     };
     let control = std::thread::Builder::new()
         .name("provider-agent-control".into())
@@ -262,27 +297,49 @@ struct Control {
     events: Receiver<Event>,
     reactor: Option<reactor::Reactor<LoopMsg>>,
     admin: Option<admin::Admin>,
+    /// The `--authz` policy file, checked for changes.
+    authz: Option<authz::Watcher>,
+    /// Mutual TLS (`--tls-cert`): its files, checked for changes.
+    tls: Option<tls::Tls>,
+    metrics: Metrics,
 }
 
 impl Control {
     fn run(mut self) {
         loop {
-            // While the provider is up and a registration failed, retry it now and then.
+            // While the provider is up and a registration failed, retry it now and then;
+            // with a policy file, check it once a second.
             let retry = self.provider_up() && self.registrations.iter().any(Option::is_none);
-            let ev = if retry {
-                match self.events.recv_timeout(REGISTER_RETRY) {
-                    Ok(ev) => ev,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.register();
-                        continue;
-                    }
+            let now = Instant::now();
+            let wait = match (&self.authz, retry) {
+                (Some(w), _) => Some(w.until_due(now).min(REGISTER_RETRY)),
+                (None, true) => Some(REGISTER_RETRY),
+                (None, false) => None,
+            };
+            let wait = match (wait, self.tls.as_ref().map(|t| t.until_due(now))) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let ev = match wait {
+                Some(wait) => match self.events.recv_timeout(wait) {
+                    Ok(ev) => Some(ev),
+                    Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match self.events.recv() {
-                    Ok(ev) => ev,
+                },
+                None => match self.events.recv() {
+                    Ok(ev) => Some(ev),
                     Err(_) => break,
+                },
+            };
+            self.check_policy();
+            if let Some(t) = self.tls.as_mut() {
+                t.check(&self.metrics);
+            }
+            let Some(ev) = ev else {
+                if retry {
+                    self.register();
                 }
+                continue;
             };
             match ev {
                 Event::ProviderUp(i) | Event::ProviderDown(i) => {
@@ -308,6 +365,36 @@ impl Control {
             a.stop();
         }
         log::info!("stopped");
+    }
+
+    /// Reloads the policy file if a check is due and it changed: a new policy goes to
+    /// every loop; one that does not parse is logged and counted, and the one in force
+    /// stays.
+    fn check_policy(&mut self) {
+        let Some(w) = self.authz.as_mut() else {
+            return;
+        };
+        match w.poll(Instant::now()) {
+            None => {}
+            Some(Ok(policy)) => {
+                log::info!(
+                    "authorization policy {} reloaded: {} rule(s)",
+                    w.path().display(),
+                    policy.rules()
+                );
+                self.metrics.authz_loaded(policy.rules(), true);
+                let policy = Arc::new(policy);
+                for h in self.reactor.iter().flat_map(|r| r.handles()) {
+                    let _ = h.send(LoopMsg::Policy(policy.clone()));
+                }
+            }
+            Some(Err(e)) => {
+                log::error!(
+                    "authorization policy not reloaded: {e}; the previous policy stays in force"
+                );
+                self.metrics.authz_reload_failed();
+            }
+        }
     }
 
     /// Whether every loop reaches the provider.

@@ -5,21 +5,25 @@
 //! admin thread sums the loops when it is scraped and renders them with
 //! [`codec::prometheus`], in the latency bucket layout both agents share.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use codec::agent::Status;
 use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
 
+/// Statuses counted (index = status byte).
+const STATUSES: usize = Status::ALL.len();
+
 /// Error kinds counted separately, in [`Status`] order after `Ok`.
-const ERROR_KINDS: [(Status, &str); 6] = [
+const ERROR_KINDS: [(Status, &str); 7] = [
     (Status::ProviderError, "provider_error"),
     (Status::Overloaded, "overloaded"),
     (Status::Unavailable, "unavailable"),
     (Status::Timeout, "timeout"),
     (Status::BadRequest, "bad_request"),
     (Status::Exception, "exception"),
+    (Status::Forbidden, "forbidden"),
 ];
 
 /// The counters of one event loop.
@@ -28,7 +32,7 @@ pub struct LoopMetrics {
     /// Requests received (every REQUEST frame).
     pub requests: AtomicU64,
     /// Responses by status (index = status byte).
-    pub responses: [AtomicU64; 7],
+    pub responses: [AtomicU64; STATUSES],
     /// Calls currently sent to the provider and not yet answered.
     pub inflight: AtomicI64,
     /// Provider connections currently open.
@@ -44,9 +48,11 @@ pub struct LoopMetrics {
     /// Answers to them by outcome, as the agent status that stands for it (index =
     /// status byte): the provider's own answers (OK, an exception, its error statuses)
     /// and the agent's refusals.
-    pub dubbo_responses: [AtomicU64; 7],
+    pub dubbo_responses: [AtomicU64; STATUSES],
     /// Dubbo consumers' connections open.
     pub dubbo_connections: AtomicI64,
+    /// TLS handshakes that failed on this loop (`Ctx::tls_stats`, sampled periodically).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl LoopMetrics {
@@ -74,10 +80,37 @@ impl LoopMetrics {
     }
 }
 
+/// The authorization policy's state (`--authz`), written by the control thread.
+#[derive(Debug, Default)]
+struct AuthzMetrics {
+    /// A policy is in force.
+    enabled: AtomicBool,
+    /// Rules of the policy in force.
+    rules: AtomicI64,
+    /// Reloads of a changed policy file that took effect.
+    reloads_ok: AtomicU64,
+    /// Reloads refused (the file did not parse or could not be read): the previous
+    /// policy stayed.
+    reloads_error: AtomicU64,
+}
+
+/// Mutual TLS's state (`--tls-cert`), written by the control thread.
+#[derive(Debug, Default)]
+struct TlsMetrics {
+    /// The leaf certificate's notAfter (seconds since the epoch; 0 without TLS).
+    expiry: AtomicI64,
+    /// Reloads of changed certificate files that took effect.
+    reloads_ok: AtomicU64,
+    /// Reloads refused (files unreadable or invalid): the previous certificate stayed.
+    reloads_error: AtomicU64,
+}
+
 /// The counters of all loops.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     loops: Arc<[LoopMetrics]>,
+    authz: Arc<AuthzMetrics>,
+    tls: Arc<TlsMetrics>,
 }
 
 impl Metrics {
@@ -85,7 +118,75 @@ impl Metrics {
     pub fn new(loops: usize) -> Self {
         Metrics {
             loops: (0..loops.max(1)).map(|_| LoopMetrics::default()).collect(),
+            authz: Arc::default(),
+            tls: Arc::default(),
         }
+    }
+
+    /// A certificate expiring at `not_after` (Unix seconds) is in use: at the start, or
+    /// (`reload`) replacing the previous one.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls_loaded(&self, not_after: i64, reload: bool) {
+        self.tls.expiry.store(not_after, Relaxed);
+        if reload {
+            self.tls.reloads_ok.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Changed certificate files were refused; the previous certificate stays.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls_reload_failed(&self) {
+        self.tls.reloads_error.fetch_add(1, Relaxed);
+    }
+
+    /// Certificate reloads that took effect (`ok`) or were refused.
+    pub fn tls_reloads(&self, ok: bool) -> u64 {
+        if ok {
+            self.tls.reloads_ok.load(Relaxed)
+        } else {
+            self.tls.reloads_error.load(Relaxed)
+        }
+    }
+
+    /// The certificate's notAfter, Unix seconds (0 without TLS).
+    pub fn tls_cert_expiry(&self) -> i64 {
+        self.tls.expiry.load(Relaxed)
+    }
+
+    /// TLS handshakes that failed, all loops (as last sampled).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.sum(|l| l.tls_handshake_failures.load(Relaxed))
+    }
+
+    /// A policy of `rules` rules is in force: at the start, or (`reload`) replacing
+    /// the previous one.
+    pub(crate) fn authz_loaded(&self, rules: usize, reload: bool) {
+        self.authz.enabled.store(true, Relaxed);
+        self.authz
+            .rules
+            .store(i64::try_from(rules).unwrap_or(i64::MAX), Relaxed);
+        if reload {
+            self.authz.reloads_ok.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A changed policy file was refused; the previous policy stays.
+    pub(crate) fn authz_reload_failed(&self) {
+        self.authz.reloads_error.fetch_add(1, Relaxed);
+    }
+
+    /// Policy reloads that took effect (`ok`) or were refused.
+    pub fn authz_reloads(&self, ok: bool) -> u64 {
+        if ok {
+            self.authz.reloads_ok.load(Relaxed)
+        } else {
+            self.authz.reloads_error.load(Relaxed)
+        }
+    }
+
+    /// Calls refused by the authorization policy, agent and Dubbo consumers' alike.
+    pub fn forbidden(&self) -> u64 {
+        self.responses(Status::Forbidden) + self.dubbo_responses(Status::Forbidden)
     }
 
     /// Loop `i`'s counters (loop 0's if out of range).
@@ -232,6 +333,45 @@ impl Metrics {
                 .map(|l| l.dubbo_connections.load(Relaxed))
                 .sum::<i64>(),
         );
+        w.counter(
+            "provider_agent_forbidden_total",
+            "Calls refused by the authorization policy (--authz), agent and Dubbo consumers' alike.",
+            self.forbidden(),
+        );
+        w.gauge(
+            "provider_agent_authz_enabled",
+            "1 when an authorization policy (--authz) is in force (else every peer may call).",
+            self.authz.enabled.load(Relaxed),
+        );
+        w.gauge(
+            "provider_agent_authz_rules",
+            "Rules of the authorization policy in force.",
+            self.authz.rules.load(Relaxed),
+        );
+        let mut f = w.family(
+            "provider_agent_authz_reloads_total",
+            "Reloads of the changed policy file: ok, or error (the previous policy stayed).",
+            Kind::Counter,
+        );
+        f.sample(&[("result", "ok")], self.authz_reloads(true));
+        f.sample(&[("result", "error")], self.authz_reloads(false));
+        w.gauge(
+            "provider_agent_tls_cert_expiry_timestamp_seconds",
+            "notAfter of the agent's TLS certificate (--tls-cert), Unix seconds; 0 without TLS.",
+            self.tls_cert_expiry(),
+        );
+        w.counter(
+            "provider_agent_tls_handshake_failures_total",
+            "TLS handshakes on the agent listener that failed (plaintext, untrusted, expired or missing client certificates, timeouts).",
+            self.tls_handshake_failures(),
+        );
+        let mut f = w.family(
+            "provider_agent_tls_reloads_total",
+            "Reloads of changed TLS certificate files: ok, or error (the previous certificate stayed).",
+            Kind::Counter,
+        );
+        f.sample(&[("result", "ok")], self.tls_reloads(true));
+        f.sample(&[("result", "error")], self.tls_reloads(false));
         w.histogram(
             "provider_agent_latency_seconds",
             "Provider call latency.",
@@ -268,6 +408,22 @@ mod tests {
         assert!(text.contains("provider_agent_latency_seconds_sum 0.06\n"));
         assert!(text.contains("provider_agent_latency_seconds_count 1\n"));
         assert!(text.contains("provider_agent_provider_up 0\n"));
+        // No policy: nothing refused, nothing reloaded.
+        assert!(text.contains("provider_agent_authz_enabled 0\n"));
+        assert!(text.contains("provider_agent_forbidden_total 0\n"));
+        m.for_loop(0).response(Status::Forbidden);
+        m.for_loop(1).dubbo_response(Status::Forbidden);
+        m.authz_loaded(3, false);
+        m.authz_loaded(2, true);
+        m.authz_reload_failed();
+        let text = m.render();
+        assert!(text.contains("provider_agent_forbidden_total 2\n"));
+        assert!(text.contains("provider_agent_errors_total{kind=\"forbidden\"} 1\n"));
+        assert!(text.contains("provider_agent_dubbo_errors_total{kind=\"forbidden\"} 1\n"));
+        assert!(text.contains("provider_agent_authz_enabled 1\n"));
+        assert!(text.contains("provider_agent_authz_rules 2\n"));
+        assert!(text.contains("provider_agent_authz_reloads_total{result=\"ok\"} 1\n"));
+        assert!(text.contains("provider_agent_authz_reloads_total{result=\"error\"} 1\n"));
         // Every family: HELP, then TYPE, then its samples.
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {

@@ -129,11 +129,16 @@ fn load(target: SocketAddr, connections: usize, secs: f64) -> LoadReport {
 
 /// POSTs the race's call as a JSON invocation carrying `attachments`: the status.
 fn json_call(addr: SocketAddr, attachments: &str) -> u16 {
+    json_call_with(addr, attachments, "")
+}
+
+/// [`json_call`] with `extra` request header lines (each ending in CRLF).
+fn json_call_with(addr: SocketAddr, attachments: &str, extra: &str) -> u16 {
     let body = format!(
         r#"{{"interface":"{SERVICE}","method":"hash","parameterTypes":["java.lang.String"],"arguments":["x"],"attachments":{attachments}}}"#
     );
     let req = format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -188,6 +193,8 @@ fn calls_are_routed_by_attachment_and_by_method() {
     ]);
     mesh.rules(
         r#"{"routes": [
+            {"name": "canary header", "match": {"headers": {"x-canary": "yes"}},
+             "to": [{"labels": {"track": "canary"}}]},
             {"name": "beta users", "match": {"attachments": {"tier": "beta"}},
              "to": [{"labels": {"track": "canary"}}]},
             {"name": "hash", "match": {"method": "hash"}, "to": [{"labels": {"track": "stable"}}]}
@@ -203,6 +210,11 @@ fn calls_are_routed_by_attachment_and_by_method() {
         assert_eq!(one_call(mesh.http, "plain").expect("call"), (200, true));
     }
     assert_eq!((answered(&stable) - s0, answered(&canary) - c0), (40, 20));
+    // An HTTP header routes too (names match whatever their case).
+    for _ in 0..10 {
+        assert_eq!(json_call_with(mesh.http, "{}", "X-Canary: yes\r\n"), 200);
+    }
+    assert_eq!((answered(&stable) - s0, answered(&canary) - c0), (40, 30));
 }
 
 #[test]

@@ -248,9 +248,38 @@ fn response_statuses() {
         Status::ProviderError,
         Status::Timeout,
         Status::BadRequest,
+        Status::Exception,
+        Status::Forbidden,
     ] {
         assert!(!s.is_retryable(), "{s:?}");
     }
+    for (byte, s) in Status::ALL.into_iter().enumerate() {
+        assert_eq!(Status::from_u8(byte as u8), Some(s));
+        assert_eq!(s as usize, byte);
+    }
+    assert_eq!(Status::from_u8(Status::ALL.len() as u8), None);
+    // FORBIDDEN carries a message, as the other refusals do.
+    assert!(!Status::Forbidden.carries_value());
+    let mut out = Vec::new();
+    encode_response(
+        &mut out,
+        9,
+        Status::Forbidden,
+        b"forbidden: anonymous peer may not call a.B.m",
+    )
+    .unwrap();
+    let Ok(Decoded::Complete {
+        msg: Frame::Response(r),
+        ..
+    }) = decode(&out)
+    else {
+        panic!("not a response")
+    };
+    assert_eq!((r.id, r.status), (9, Status::Forbidden));
+    assert_eq!(
+        r.message(),
+        Some("forbidden: anonymous peer may not call a.B.m")
+    );
     let mut out = Vec::new();
     encode_response(&mut out, 5, Status::Timeout, b"took 3000 ms").unwrap();
     let Ok(Decoded::Complete {
@@ -412,6 +441,7 @@ fn arb_frame() -> impl Strategy<Value = Owned> {
         Just(Status::Timeout),
         Just(Status::BadRequest),
         Just(Status::Exception),
+        Just(Status::Forbidden),
     ];
     prop_oneof![
         (

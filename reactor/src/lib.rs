@@ -219,7 +219,7 @@ pub use crate::handler::{EndOfInput, Handler};
 pub use crate::reactor::{Builder, Reactor};
 pub use crate::timer::TimerId;
 #[cfg(feature = "tls")]
-pub use crate::tls::{PeerIdentity, TlsAcceptor, TlsStats};
+pub use crate::tls::{files as tls_files, PeerIdentity, TlsAcceptor, TlsStats};
 pub use crate::xorshift::XorShift;
 /// The rustls this crate is built with (feature `tls`): its configuration types are
 /// those of [`Builder::listen_tls`] and [`Ctx::connect_tls`].

@@ -8,7 +8,8 @@
 //! provider's answer comes back byte for byte (a RAW agent RESPONSE: only the request
 //! id is the caller's); failures of the mesh itself become the Dubbo statuses client
 //! libraries know (SERVICE_NOT_FOUND, SERVER_THREADPOOL_EXHAUSTED, SERVER_TIMEOUT,
-//! BAD_REQUEST).
+//! BAD_REQUEST, and SERVICE_ERROR for a call a provider-agent's authorization policy
+//! refused, as the provider-agent's own Dubbo front-end answers it).
 
 use std::time::Duration;
 
@@ -262,6 +263,7 @@ impl ConsumerLoop {
             Status::BadRequest => Outcome::BadRequest,
             Status::Overloaded | Status::Unavailable => Outcome::Unavailable,
             Status::ProviderError => Outcome::ProviderError,
+            Status::Forbidden => Outcome::Forbidden,
         };
         if let Some(raw) = r.raw {
             let body = r.payload;
@@ -292,6 +294,11 @@ impl ConsumerLoop {
                     Status::Timeout => status::SERVER_TIMEOUT,
                     Status::BadRequest => status::BAD_REQUEST,
                     Status::Exception => status::SERVICE_ERROR,
+                    // What Dubbo's own server answers for an invocation refused on its
+                    // side (its TokenFilter's "Forbid invoke"): a client raises it as an
+                    // RpcException with the message (see the provider-agent's
+                    // dubbo_front).
+                    Status::Forbidden => status::SERVICE_ERROR,
                     _ => status::SERVER_ERROR,
                 };
                 self.finish_dubbo(cx, call, outcome, |out, id| {
@@ -313,8 +320,9 @@ impl ConsumerLoop {
     ) {
         let dubbo_status = match (outcome, http_status) {
             (Outcome::Timeout, _) => status::SERVER_TIMEOUT,
-            (Outcome::RateLimited, _) => status::SERVER_THREADPOOL_EXHAUSTED,
             (Outcome::BadRequest, _) => status::BAD_REQUEST,
+            (Outcome::Forbidden, _) => status::SERVICE_ERROR,
+            (Outcome::RateLimited, _) => status::SERVER_THREADPOOL_EXHAUSTED,
             (Outcome::Unavailable, _) if text.contains("in-flight limit") => {
                 status::SERVER_THREADPOOL_EXHAUSTED
             }

@@ -144,6 +144,7 @@ pub(super) fn exception_json(summary: Value) -> String {
 pub(super) fn error_code(status: u16) -> &'static str {
     match status {
         400 => "bad_request",
+        403 => "forbidden",
         413 => "payload_too_large",
         431 => "header_too_large",
         502 => "provider_error",
@@ -553,6 +554,16 @@ impl ConsumerLoop {
         if let Some(c) = self.calls.get_mut(key) {
             c.timer = Some(timer);
         }
+        // Traffic rules may route by HTTP header: the route is chosen now, while the
+        // request's headers are at hand (dispatch then keeps it).
+        let lookup = |name: &str| {
+            req.headers()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        if let Err(limited) = self.route_call_with(cx, call, &Some(&lookup)) {
+            return self.refuse_limited(cx, call, limited);
+        }
         self.dispatch(cx, call, None);
     }
 
@@ -664,7 +675,8 @@ impl ConsumerLoop {
     }
 
     /// Answers an HTTP call from its agent RESPONSE: 200 with the value, 502 with the
-    /// provider's exception or error, 503/504/400 for the agent's statuses.
+    /// provider's exception or error, 503/504/400 for the agent's statuses, 403 for a
+    /// call the provider-agent's authorization policy refused (FORBIDDEN).
     pub(super) fn answer_http(
         &mut self,
         cx: &mut Ctx<'_, Self>,
@@ -693,6 +705,13 @@ impl ConsumerLoop {
             Status::BadRequest => {
                 let msg = String::from_utf8_lossy(payload);
                 fail(self, cx, Outcome::BadRequest, 400, &msg)
+            }
+            // The provider-agent's message says who may not call what: the body is
+            // `{"error":"forbidden","message":...,"status":403}` (plain text for form
+            // calls), like every error of the agent's own.
+            Status::Forbidden => {
+                let msg = String::from_utf8_lossy(payload);
+                fail(self, cx, Outcome::Forbidden, 403, &msg)
             }
             Status::ProviderError => {
                 let msg = String::from_utf8_lossy(payload);
@@ -832,6 +851,10 @@ mod tests {
             r#"{"error":"unavailable","message":"no \"x\"\n","status":503}"#
         );
         assert!(error_json(413, "").starts_with(r#"{"error":"payload_too_large""#));
+        assert_eq!(
+            error_json(403, "forbidden: anonymous peer may not call a.B.m"),
+            r#"{"error":"forbidden","message":"forbidden: anonymous peer may not call a.B.m","status":403}"#
+        );
     }
 
     #[test]

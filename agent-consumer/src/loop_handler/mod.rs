@@ -159,6 +159,8 @@ pub struct ConsumerLoop {
     call_routes: Vec<CallRoute>,
     /// Draws for weighted splits.
     rng: reactor::XorShift,
+    /// With `--tls-cert`: the TLS client configuration for provider-agents.
+    tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 /// The calls held for one service being discovered.
@@ -194,7 +196,14 @@ impl ConsumerLoop {
             translated: Vec::new(),
             call_routes: Vec::new(),
             rng: reactor::XorShift::from_time(),
+            tls: None,
         }
+    }
+
+    /// Reaches provider-agents over mutual TLS with `tls`'s configuration.
+    pub(crate) fn with_tls(mut self, tls: Option<Arc<crate::tls::ClientTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn call_id(key: usize, gen: u32) -> u64 {

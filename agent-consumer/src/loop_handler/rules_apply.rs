@@ -15,7 +15,7 @@ use codec::http;
 use super::http_front::{error_json, Render};
 use super::{CallRoute, ConsumerLoop, LoopTimer, Origin};
 use crate::metrics::Outcome;
-use crate::rules::Rules;
+use crate::rules::{Headers, Rules};
 use crate::upstream::LoopRules;
 
 /// Why a call may not go on.
@@ -54,6 +54,17 @@ impl ConsumerLoop {
     /// Resolves call `call`'s route if it has none yet: `Err` when a rate limit refuses
     /// it (the caller then answers it).
     pub(super) fn route_call(&mut self, cx: &mut Ctx<'_, Self>, call: u64) -> Result<(), Limited> {
+        self.route_call_with(cx, call, &None)
+    }
+
+    /// [`route_call`](Self::route_call) for an HTTP call, with its request's headers
+    /// (only looked at when a route names some).
+    pub(super) fn route_call_with(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        headers: &Headers<'_>,
+    ) -> Result<(), Limited> {
         let key = (call & 0xffff_ffff) as usize;
         let Some(c) = self.calls.get_mut(key) else {
             return Ok(());
@@ -79,7 +90,7 @@ impl ConsumerLoop {
         };
         let now = cx.now();
         let attachments = c.attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let route = applied.rules.route_for(&sig.method, attachments);
+        let route = applied.rules.route_for(&sig.method, attachments, headers);
         if let Some(b) = applied.bucket.as_mut() {
             if let Err(wait) = b.take(now) {
                 return Err(Limited {

@@ -37,6 +37,22 @@ impl ConsumerLoop {
         if up.conn != Some(conn) {
             return;
         }
+        if self.tls.is_some() && up.protocol == Protocol::Agent {
+            // The CA vouched for the certificate; the registry says whose it must be.
+            let peer = crate::tls::peer_identity(cx, conn);
+            if peer.is_none() || peer != up.tls_identity {
+                log::warn!(
+                    "loop {}: provider-agent {} presented TLS identity {:?}, its registry entry says {:?} (tls.identity); refusing it",
+                    cx.loop_index(),
+                    up.addr,
+                    peer.as_deref().unwrap_or("(none)"),
+                    up.tls_identity.as_deref().unwrap_or("(none)")
+                );
+                self.metrics.tls_identity_mismatch();
+                cx.abort(conn);
+                return;
+            }
+        }
         up.last_read = now;
         up.ping_sent = Some(now);
         if let Some(out) = cx.output(conn) {
@@ -186,7 +202,18 @@ impl ConsumerLoop {
         up.reconnect = None;
         up.open = false;
         up.defined.clear();
-        match cx.connect(up.addr, Tag::Upstream(key), Some(timeout)) {
+        let connected = match &self.tls {
+            #[cfg(feature = "tls")]
+            Some(tls) if up.protocol == Protocol::Agent => cx.connect_tls(
+                up.addr,
+                Tag::Upstream(key),
+                Some(timeout),
+                tls.config(),
+                reactor::rustls::pki_types::ServerName::IpAddress(up.addr.ip().into()),
+            ),
+            _ => cx.connect(up.addr, Tag::Upstream(key), Some(timeout)),
+        };
+        match connected {
             Ok(conn) => up.conn = Some(conn),
             Err(e) => {
                 log::warn!("connect to provider-agent {}: {e}", up.addr);
@@ -370,6 +397,8 @@ impl ConsumerLoop {
             })
             .collect();
         self.metrics.set_upstreams(cx.loop_index(), view);
+        self.metrics
+            .set_tls_handshake_failures(crate::tls::handshake_failures(cx));
     }
 
     /// Every sweep: a PING on each provider-agent connection silent for

@@ -89,7 +89,11 @@ impl ProviderLoop {
                 // over its bytes, closes the connection (a consumer-agent never sends
                 // either; see codec::agent's rules).
                 match inb.calls.define(call_id, signature.to_owned()) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        // The id names another call now: decide it again.
+                        inb.authz.forget(call_id);
+                        true
+                    }
                     Err(e) => {
                         log::warn!("loop {}: DEFINE refused: {e}; closing", self.index);
                         false

@@ -12,7 +12,8 @@
 //! pipelined and answered in any order; heartbeats are answered as Dubbo's own server
 //! answers them. The agent's own refusals are the Dubbo statuses client libraries know:
 //! BAD_REQUEST (40), SERVICE_NOT_FOUND (60), SERVER_THREADPOOL_EXHAUSTED (100),
-//! SERVER_TIMEOUT (31), SERVER_ERROR (80), each with a message saying why.
+//! SERVER_TIMEOUT (31), SERVER_ERROR (80), and SERVICE_ERROR (70) for a call the
+//! authorization policy (`--authz`) refuses, each with a message saying why.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use reactor::{ConnId, Ctx};
 use super::translate::{DEFAULT_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS};
 use super::{LoopTimer, ProviderLoop};
 use crate::admission::Refusal;
+use crate::authz;
 use crate::upstream::{Answer, Pending};
 
 /// The least silence after which a Dubbo consumer's idle connection is closed (with
@@ -173,15 +175,37 @@ impl ProviderLoop {
             return Err(not_found("provider-agent is shutting down".to_owned()));
         }
         let group = routed.attachment("group").unwrap_or_default();
-        if self
-            .cfg
-            .served_by(&routed.path, &routed.version, group)
-            .is_none()
-        {
+        let Some(variant) = self.cfg.served_by(&routed.path, &routed.version, group) else {
             let key = server::service_key(&routed.path, &routed.version, group);
             return Err(not_found(format!(
                 "this provider-agent does not serve {key}"
             )));
+        };
+        if let Some(policy) = &self.policy {
+            let call = authz::Call {
+                interface: &routed.path,
+                version: &variant.version,
+                group: &variant.group,
+                method: &routed.method,
+            };
+            let inb = self
+                .inbound
+                .get_mut(conn.index())
+                .and_then(Option::as_mut)
+                .filter(|i| i.id == conn)
+                .ok_or_else(|| not_found("connection gone".to_owned()))?;
+            let peer = inb.peer_identity.as_deref();
+            if !inb.authz.allows(policy, peer, None, &call) {
+                // SERVICE_ERROR (70), not SERVER_ERROR (80): it is what Dubbo's own
+                // server answers when the invocation is refused on its side (an
+                // exception from its filter chain, e.g. its TokenFilter's "Forbid invoke
+                // remote service"), so a Dubbo client raises it as an RpcException with
+                // this message; 80 says the server itself failed (a response it could
+                // not encode), which this is not.
+                let msg = authz::forbidden_message(peer, &call);
+                log::debug!("loop {}: {msg}", self.index);
+                return Err((Status::Forbidden, status::SERVICE_ERROR, msg));
+            }
         }
         // Admission as for agent calls (see `translate::call`).
         let total = self.upstream.inflight() + self.metrics.inflight_except(self.index);
@@ -285,6 +309,7 @@ impl ProviderLoop {
             Status::Overloaded => status::SERVER_THREADPOOL_EXHAUSTED,
             Status::Unavailable => status::SERVICE_NOT_FOUND,
             Status::BadRequest => status::BAD_REQUEST,
+            Status::Forbidden => status::SERVICE_ERROR,
             Status::Ok | Status::Exception | Status::ProviderError => status::SERVER_ERROR,
         };
         write_error(

@@ -16,6 +16,11 @@
 //! and relays it to a provider connection as it is but for its id; the provider's answer
 //! goes back to the consumer the same way. Both kinds of caller share the provider
 //! connections, the pending calls, `--max-inflight` and the drain.
+//!
+//! With `--authz`, both check each call against the loop's [`Policy`] after the
+//! served-services check and before admission ([`crate::authz`]): a call the peer may
+//! not make is refused FORBIDDEN (Dubbo: SERVICE_ERROR) and never reaches the provider.
+//! A reloaded policy arrives as a [`LoopMsg::Policy`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,6 +34,7 @@ use reactor::{CloseReason, Conn, ConnId, Ctx, EndOfInput, Handler};
 use registry::Variant;
 
 use crate::admission::{Demand, LoopAdmission, Published};
+use crate::authz::{PeerCache, Policy};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 use crate::Event;
@@ -57,6 +63,9 @@ pub enum LoopMsg {
     /// Open the provider connections (sent once, right after the loop starts: the loop
     /// needs a [`Ctx`] to connect, and no callback runs before its first event).
     Start,
+    /// The authorization policy changed (`--authz` reloaded): it applies to the next
+    /// call of every connection.
+    Policy(Arc<Policy>),
 }
 
 /// What a loop's timers are for.
@@ -102,6 +111,8 @@ pub(crate) struct LoopConfig {
     pub(crate) drain: Duration,
     /// Each loop's connections competing for `--max-inflight`.
     pub(crate) admission: Arc<Published>,
+    /// The authorization policy at the start (`--authz`; `None`: every peer may call).
+    pub(crate) policy: Option<Arc<Policy>>,
 }
 
 impl LoopConfig {
@@ -134,6 +145,23 @@ struct Inbound {
     input_ended: bool,
     /// A Dubbo consumer's connection (`Tag::Dubbo`): its reading state.
     dubbo: Option<DubboConn>,
+    /// Who the peer is, as its TLS handshake proved it: the certificate's URI SAN (a
+    /// SPIFFE ID), else `dns:` and its DNS SAN; `None` for a peer without one (a
+    /// plaintext connection: every connection until TLS sets it). The authorization
+    /// policy decides by it: change it with [`Inbound::set_peer_identity`].
+    peer_identity: Option<Arc<str>>,
+    /// The authorization policy as it applies to this peer.
+    authz: PeerCache,
+}
+
+impl Inbound {
+    /// Sets who the peer is (its TLS handshake finished): the policy decides its calls
+    /// again.
+    #[allow(dead_code)] // For the TLS handshake, which proves peers' identities.
+    fn set_peer_identity(&mut self, identity: Option<Arc<str>>) {
+        self.peer_identity = identity;
+        self.authz.invalidate();
+    }
 }
 
 /// One loop's handler.
@@ -160,6 +188,8 @@ pub(crate) struct ProviderLoop {
     heartbeat_seq: i64,
     /// The last timeout rendered as an attachment value (timeouts are nearly always equal).
     timeout_text: (u32, String),
+    /// The authorization policy in force (`None`: no `--authz`, every peer may call).
+    policy: Option<Arc<Policy>>,
 }
 
 impl ProviderLoop {
@@ -172,6 +202,7 @@ impl ProviderLoop {
         let max_inflight = cfg.agent.max_inflight.max(1);
         let now = Instant::now();
         let upstream = Upstream::new(cfg.provider_conns, now);
+        let policy = cfg.policy.clone();
         ProviderLoop {
             admission: LoopAdmission::new(index, cfg.admission.clone()),
             index,
@@ -187,6 +218,7 @@ impl ProviderLoop {
             exit_not_before: None,
             heartbeat_seq: 0,
             timeout_text: (0, String::new()),
+            policy,
         }
     }
 
@@ -207,6 +239,10 @@ impl Handler for ProviderLoop {
                 if dubbo {
                     self.m().dubbo_connections.fetch_add(1, Relaxed);
                 }
+                let peer_identity = crate::tls::peer_identity(cx, conn.id);
+                if let Some(p) = &peer_identity {
+                    log::debug!("loop {}: agent connection from {p}", self.index);
+                }
                 let i = conn.id.index();
                 if self.inbound.len() <= i {
                     self.inbound.resize_with(i + 1, || None);
@@ -219,6 +255,8 @@ impl Handler for ProviderLoop {
                         last_active: cx.now(),
                         input_ended: false,
                         dubbo: dubbo.then(DubboConn::default),
+                        peer_identity,
+                        authz: PeerCache::default(),
                     });
                 }
             }
@@ -281,6 +319,9 @@ impl Handler for ProviderLoop {
         match timer {
             LoopTimer::Heartbeat => self.heartbeat(cx),
             LoopTimer::Admission => {
+                self.m()
+                    .tls_handshake_failures
+                    .store(crate::tls::handshake_failures(cx), Relaxed);
                 let upstream = &self.upstream;
                 let open = self.inbound.iter().zip(self.demand.iter_mut());
                 self.admission.roll(open.filter_map(|(inb, d)| {
@@ -343,6 +384,14 @@ impl Handler for ProviderLoop {
                     cx.set_periodic(every, LoopTimer::Idle);
                 }
             }
+            LoopMsg::Policy(policy) => {
+                log::debug!(
+                    "loop {}: authorization policy of {} rule(s) in force",
+                    self.index,
+                    policy.rules()
+                );
+                self.policy = Some(policy);
+            }
         }
     }
 
@@ -390,6 +439,7 @@ mod tests {
             heartbeat: Duration::from_secs(30),
             drain: Duration::from_secs(5),
             admission: Published::new(1),
+            policy: None,
             agent,
         }
     }

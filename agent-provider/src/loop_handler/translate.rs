@@ -1,5 +1,6 @@
 //! Translation both ways: an agent REQUEST becomes a Dubbo request on a provider
-//! connection (after the served-services check and admission), and the provider's
+//! connection (after the served-services check, the authorization policy and
+//! admission), and the provider's
 //! Dubbo response becomes the agent RESPONSE (a value byte for byte, an exception's
 //! summary, or an error status).
 
@@ -12,6 +13,7 @@ use reactor::{ConnId, Ctx, Handler};
 
 use super::{LoopTimer, ProviderLoop};
 use crate::admission::Refusal;
+use crate::authz;
 use crate::upstream::{Answer, Pending};
 
 /// Timeout used when a request carries none (0).
@@ -149,8 +151,8 @@ impl ProviderLoop {
         let now = cx.now();
         let Some(inb) = self
             .inbound
-            .get(conn.index())
-            .and_then(Option::as_ref)
+            .get_mut(conn.index())
+            .and_then(Option::as_mut)
             .filter(|i| i.id == conn)
         else {
             return;
@@ -177,6 +179,22 @@ impl ProviderLoop {
             );
             return self.reject_on(cx, conn, req, Status::Unavailable, &msg);
         };
+        if let Some(policy) = &self.policy {
+            let call = authz::Call {
+                interface: &sig.service,
+                version: &variant.version,
+                group: &variant.group,
+                method: &sig.method,
+            };
+            let peer = inb.peer_identity.as_deref();
+            if !inb.authz.allows(policy, peer, Some(req.call_id), &call) {
+                // Not retried: the call did not start, but another provider-agent under
+                // the same policy would refuse it too.
+                let msg = authz::forbidden_message(peer, &call);
+                log::debug!("loop {}: {msg}", self.index);
+                return self.reject_on(cx, conn, req, Status::Forbidden, &msg);
+            }
+        }
         // The other loops' counts are as of their last iteration: a burst arriving on
         // several loops at once may pass the limit by a few calls, which the provider's
         // own pool answers (status 100, OVERLOADED), as it would without a limit.

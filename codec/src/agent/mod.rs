@@ -67,6 +67,14 @@
 //! - [`Status::Exception`] (a thrown exception described as a hessian2 map, its causes
 //!   included) is an extension of version 1 too: a consumer-agent older than it closes
 //!   the connection on that status, so upgrade consumer-agents first.
+//! - [`Status::Forbidden`] (the provider-agent's policy, `--authz`, refuses this
+//!   caller this call; the payload is a UTF-8 message naming the caller, the service
+//!   key and the method) is an extension of version 1 too. A provider-agent sends it
+//!   only when it has a policy. A consumer-agent older than it reads an unknown status,
+//!   closes the connection and fails every call in flight on it as a lost connection
+//!   (503, not retried), then reconnects: so upgrade consumer-agents first, before any
+//!   provider-agent is given a policy. It is not retried either way: the call did not
+//!   start, but another provider-agent under the same policy refuses it the same.
 //! - RAW is an extension of version 1 for consumer-agents that take Dubbo themselves:
 //!   a provider-agent older than the flag closes the connection on a REQUEST with it
 //!   (unknown flags), so upgrade provider-agents before consumer-agents take Dubbo
@@ -146,6 +154,10 @@ pub enum Status {
     /// [`exception_summary`](crate::hessian2::exception_summary). Not retried: the call
     /// ran.
     Exception = 6,
+    /// The provider-agent's authorization policy does not let this caller make this
+    /// call; the payload is a message saying who may not call what. The call did not
+    /// start, but it is not retried: it would be refused by the same policy elsewhere.
+    Forbidden = 7,
 }
 
 impl Status {
@@ -160,6 +172,18 @@ impl Status {
         matches!(self, Status::Ok | Status::Exception)
     }
 
+    /// Every status, in wire order (index = status byte).
+    pub const ALL: [Status; 8] = [
+        Status::Ok,
+        Status::ProviderError,
+        Status::Overloaded,
+        Status::Unavailable,
+        Status::Timeout,
+        Status::BadRequest,
+        Status::Exception,
+        Status::Forbidden,
+    ];
+
     /// The status for a wire byte.
     pub fn from_u8(b: u8) -> Option<Status> {
         Some(match b {
@@ -170,6 +194,7 @@ impl Status {
             4 => Status::Timeout,
             5 => Status::BadRequest,
             6 => Status::Exception,
+            7 => Status::Forbidden,
             _ => return None,
         })
     }

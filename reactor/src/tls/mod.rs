@@ -9,6 +9,7 @@
 //! did not take (output), and frees each once empty: an idle TLS connection holds
 //! rustls's session state (keys, the peer's certificates) and nothing else.
 
+pub mod files;
 mod session;
 
 use std::fmt;

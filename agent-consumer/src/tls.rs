@@ -1,0 +1,209 @@
+//! Mutual TLS to provider-agents (`--tls-cert`, `--tls-key`, `--tls-ca`) and TLS on the
+//! HTTP listener (`--http-tls-cert`, `--http-tls-key`).
+//!
+//! The client configuration verifies a provider-agent's chain against the CA but not a
+//! host name (`reactor::tls_files::CaOnlyVerifier`): provider-agents' certificates name
+//! workloads (a SPIFFE URI), not the addresses the registry lists. Who the peer must be
+//! comes from the registry instead: once the handshake is over, the loop compares the
+//! certificate's identity with the instance's `tls.identity` metadata and aborts the
+//! connection before any call if they differ (see `upstream_conns.rs`).
+//!
+//! A watcher thread checks the files once a second; a valid change replaces the
+//! configuration new connections take (open ones keep theirs). Without the crate's
+//! `tls` feature the flags are refused.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use reactor::{ConnId, Ctx, Handler};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// How often the certificate files are checked for changes.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+const POLL: Duration = Duration::from_secs(1);
+
+/// The client configuration for connections to provider-agents, replaced when the
+/// certificate files change (read once per connect).
+#[derive(Debug)]
+pub(crate) struct ClientTls {
+    #[cfg(feature = "tls")]
+    config: Mutex<Arc<reactor::rustls::ClientConfig>>,
+    #[cfg(not(feature = "tls"))]
+    #[allow(dead_code)]
+    config: Mutex<Arc<()>>,
+}
+
+impl ClientTls {
+    /// The configuration a new connection takes.
+    #[cfg(feature = "tls")]
+    pub(crate) fn config(&self) -> Arc<reactor::rustls::ClientConfig> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The watcher thread; dropping the sender stops it.
+#[derive(Debug)]
+pub(crate) struct Watcher {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Stops the thread and waits for it.
+    pub(crate) fn stop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What TLS the agent runs: the client side to provider-agents (with its watcher), and
+/// the HTTP listener's acceptor.
+#[derive(Debug, Default)]
+pub(crate) struct Tls {
+    pub(crate) client: Option<Arc<ClientTls>>,
+    pub(crate) watcher: Option<Watcher>,
+    #[cfg(feature = "tls")]
+    pub(crate) http: Option<reactor::TlsAcceptor>,
+}
+
+/// Loads the certificate files the flags name (all three TLS flags or none; both HTTP
+/// TLS flags or none) and starts the watcher.
+#[cfg(feature = "tls")]
+pub(crate) fn start(config: &Config, metrics: &Arc<Metrics>) -> Result<Tls, String> {
+    use reactor::tls_files::{identity_name, FileWatcher, TlsFiles};
+    let mut tls = Tls::default();
+    match (&config.http_tls_cert, &config.http_tls_key) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: None,
+            };
+            let server = files.load()?.server_config(false)?;
+            tls.http = Some(reactor::TlsAcceptor::new(server));
+        }
+        _ => return Err("--http-tls-cert and --http-tls-key go together".into()),
+    }
+    let (cert, key, ca) = match (&config.tls_cert, &config.tls_key, &config.tls_ca) {
+        (None, None, None) => return Ok(tls),
+        (Some(c), Some(k), Some(a)) => (c, k, a),
+        _ => {
+            return Err(
+                "--tls-cert, --tls-key and --tls-ca go together: give all three or none".into(),
+            )
+        }
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: Some(ca.clone()),
+    };
+    let (mut watcher, loaded) = FileWatcher::start(files, POLL)?;
+    let client = Arc::new(ClientTls {
+        config: Mutex::new(loaded.client_config_ca_only()?),
+    });
+    metrics.tls_loaded(loaded.not_after, false);
+    log::info!(
+        "mutual TLS to provider-agents: identity {}, certificate valid until {} (Unix)",
+        identity_name(&loaded.identity)
+            .as_deref()
+            .unwrap_or("(none)"),
+        loaded.not_after
+    );
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (c, m) = (client.clone(), metrics.clone());
+    let thread = std::thread::Builder::new()
+        .name("consumer-tls".into())
+        .spawn(move || loop {
+            let now = std::time::Instant::now();
+            match stopped.recv_timeout(watcher.until_due(now).max(Duration::from_millis(10))) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => break,
+            }
+            let reloaded = match watcher.poll(std::time::Instant::now()) {
+                None => continue,
+                Some(r) => r.and_then(|l| Ok((l.client_config_ca_only()?, l.not_after))),
+            };
+            match reloaded {
+                Ok((config, not_after)) => {
+                    *c.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+                    m.tls_loaded(not_after, true);
+                    log::info!("TLS certificate reloaded: valid until {not_after} (Unix)");
+                }
+                Err(e) => {
+                    log::error!("TLS certificate not reloaded: {e}; the previous one stays");
+                    m.tls_reload_failed();
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    tls.client = Some(client);
+    tls.watcher = Some(Watcher {
+        stop: Some(stop),
+        thread: Some(thread),
+    });
+    Ok(tls)
+}
+
+/// Without the `tls` feature: the TLS flags are refused.
+#[cfg(not(feature = "tls"))]
+pub(crate) fn start(config: &Config, _metrics: &Arc<Metrics>) -> Result<Tls, String> {
+    let _: Option<(Sender<()>, RecvTimeoutError)> = None;
+    let any = [
+        &config.tls_cert,
+        &config.tls_key,
+        &config.tls_ca,
+        &config.http_tls_cert,
+        &config.http_tls_key,
+    ]
+    .iter()
+    .any(|f| f.is_some());
+    if any {
+        return Err(
+            "TLS flags: this consumer-agent was built without TLS (cargo feature `tls`)".into(),
+        );
+    }
+    Ok(Tls::default())
+}
+
+/// The identity the peer of an open TLS connection proved: its certificate's SPIFFE ID,
+/// else `dns:` and its first DNS name.
+pub(crate) fn peer_identity<H: Handler>(cx: &Ctx<'_, H>, id: ConnId) -> Option<String> {
+    #[cfg(feature = "tls")]
+    return cx
+        .peer_identity(id)
+        .as_ref()
+        .and_then(reactor::tls_files::identity_name);
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cx, id);
+        None
+    }
+}
+
+/// This loop's failed TLS handshakes so far.
+pub(crate) fn handshake_failures<H: Handler>(cx: &Ctx<'_, H>) -> u64 {
+    #[cfg(feature = "tls")]
+    return cx.tls_stats().handshake_failures;
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = cx;
+        0
+    }
+}

@@ -1,0 +1,480 @@
+//! Mutual TLS on the agent link, end to end: a provider-agent with `--tls-cert`,
+//! consumer-agents with and without, a mock Dubbo provider, certificates issued by
+//! `deploy/tls/issue-certs.sh` (openssl), and openssl's `s_client`/`s_server` as foreign
+//! peers.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use codec::dubbo::{self, status, Reply, Serialization};
+use codec::hessian2::Value;
+use codec::java::string_hash_code;
+use codec::Decoded;
+use util::*;
+
+const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
+const DOMAIN: &str = "mesh.test";
+
+/// A Dubbo provider answering any call with the hash of its first string argument.
+fn mock_provider() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+    addr
+}
+
+fn serve(mut stream: TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Ok(Decoded::Complete { msg, consumed }) = dubbo::decode_frame(&buf[pos..]) {
+            pos += consumed;
+            if msg.is_event() {
+                if msg.is_request() && msg.is_two_way() {
+                    dubbo::encode_heartbeat_reply(&mut out, msg.id());
+                }
+                continue;
+            }
+            let Ok(body) = dubbo::decode_request_body(msg.serialization_id(), msg.body) else {
+                return;
+            };
+            let arg = body.args.first().and_then(Value::as_str).unwrap_or("");
+            let v = Value::Int(string_hash_code(arg));
+            let ser = Serialization::Hessian2;
+            if dubbo::encode_response(&mut out, msg.id(), ser, status::OK, &Reply::Value(&v), &[])
+                .is_err()
+            {
+                return;
+            }
+        }
+        buf.drain(..pos);
+        if !out.is_empty() && stream.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_owned()
+}
+
+/// Issues certificates with `deploy/tls/issue-certs.sh` into `out` (one CA per `out`).
+fn issue(out: &Path, days: &str, names: &[&str]) {
+    let st = Command::new("bash")
+        .arg(repo().join("deploy/tls/issue-certs.sh"))
+        .arg(out)
+        .arg(DOMAIN)
+        .args(names)
+        .env("DAYS", days)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run issue-certs.sh");
+    assert!(st.success(), "issue-certs.sh failed");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// `--tls-*` flags for `name`'s certificate of CA directory `dir`.
+fn tls_flags(dir: &Path, name: &str) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        s(&dir.join(format!("{name}.pem"))).into(),
+        "--tls-key".into(),
+        s(&dir.join(format!("{name}-key.pem"))).into(),
+        "--tls-ca".into(),
+        s(&dir.join("ca.pem")).into(),
+    ]
+}
+
+fn metric(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .to_owned()
+}
+
+fn start_pa(provider: SocketAddr, registry: &str, tls: &[String]) -> agent_provider::Running {
+    let mut args: Vec<String> = [
+        "provider-agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--provider",
+        &provider.to_string(),
+        "--service",
+        SERVICE,
+        "--registry",
+        registry,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend_from_slice(tls);
+    let pa = agent_provider::start(agent_provider::Config::parse_from(args)).expect("start");
+    let up = Instant::now() + Duration::from_secs(5);
+    while !pa.metrics().provider_up() {
+        assert!(
+            Instant::now() < up,
+            "the provider-agent never reached the provider"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pa
+}
+
+fn start_ca(registry: &str, tls: &[String]) -> agent_consumer::Running {
+    let mut extra: Vec<&str> = vec!["--service", SERVICE, "--connect-timeout-ms", "500"];
+    extra.extend(tls.iter().map(String::as_str));
+    consumer_with(registry, &extra)
+}
+
+fn call(ca: &agent_consumer::Running) -> Answer {
+    exchange(ca.http_addr(), &race_request("x"), 1).remove(0)
+}
+
+/// The registry's instances of SERVICE.
+fn listed(registry: &str) -> Vec<registry::Instance> {
+    let reg = registry::open(Some(registry)).expect("registry");
+    let seen = Arc::new(Mutex::new(None));
+    let s2 = seen.clone();
+    let _w = reg
+        .watch(SERVICE, move |list| {
+            *s2.lock().unwrap() = Some(list);
+        })
+        .expect("watch");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(l) = seen.lock().unwrap().take().filter(|l| !l.is_empty()) {
+            return l;
+        }
+        assert!(Instant::now() < end, "nothing registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replaces a file as a deployment does: write another, rename it over.
+fn replace_file(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).expect("copy");
+    std::fs::rename(&tmp, to).expect("rename");
+}
+
+#[test]
+fn mutual_tls_serves_trusted_consumers_and_refuses_the_rest() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    let other = dir.path().join("other");
+    issue(&good, "90", &["consumer", "provider"]);
+    issue(&other, "90", &["consumer"]);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let provider = mock_provider();
+    let pa = start_pa(provider, &registry, &tls_flags(&good, "provider"));
+
+    // The registry publishes the provider-agent's identity.
+    let list = listed(&registry);
+    assert_eq!(
+        list[0].meta.get("tls.identity").map(String::as_str),
+        Some("spiffe://mesh.test/provider"),
+        "{list:?}"
+    );
+
+    // A consumer-agent with a certificate of the same CA: calls answered.
+    let ca = start_ca(&registry, &tls_flags(&good, "consumer"));
+    wait_ready(&ca);
+    let a = call(&ca);
+    assert_eq!(
+        (a.status, a.body.clone()),
+        (200, string_hash_code("x").to_string()),
+        "{a:?}"
+    );
+    let ct = ca.metrics().render();
+    assert_ne!(
+        metric(&ct, "consumer_tls_cert_expiry_timestamp_seconds"),
+        "0"
+    );
+    assert_eq!(metric(&ct, "consumer_tls_identity_mismatch_total"), "0");
+    let pt = pa.metrics().render();
+    assert_ne!(
+        metric(&pt, "provider_agent_tls_cert_expiry_timestamp_seconds"),
+        "0"
+    );
+
+    // A plaintext consumer-agent: never connects, its calls get 503; the
+    // provider-agent counts the failed handshakes.
+    let plain = start_ca(&registry, &[]);
+    let a = call(&plain);
+    assert_eq!(a.status, 503, "{a:?}");
+    wait_for("handshake failures counted", Duration::from_secs(5), || {
+        pa.metrics().tls_handshake_failures() >= 1
+    });
+    let before = pa.metrics().tls_handshake_failures();
+    plain.stop();
+
+    // A consumer-agent whose certificate is from another CA: refused too.
+    let mut flags = tls_flags(&other, "consumer");
+    flags[5] = s(&good.join("ca.pem")).into(); // it trusts the provider-agent's CA
+    let stranger = start_ca(&registry, &flags);
+    let a = call(&stranger);
+    assert_eq!(a.status, 503, "{a:?}");
+    wait_for(
+        "the stranger's failed handshakes",
+        Duration::from_secs(5),
+        || pa.metrics().tls_handshake_failures() > before,
+    );
+    stranger.stop();
+
+    // Rotation: a new provider certificate (same CA, another expiry) replaces the files.
+    let old_expiry = pa.metrics().tls_cert_expiry();
+    let renewed = dir.path().join("renewed");
+    std::fs::create_dir_all(&renewed).expect("dir");
+    for f in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(good.join(f), renewed.join(f)).expect("copy CA");
+    }
+    issue(&renewed, "30", &["provider"]);
+    replace_file(
+        &renewed.join("provider-key.pem"),
+        &good.join("provider-key.pem"),
+    );
+    replace_file(&renewed.join("provider.pem"), &good.join("provider.pem"));
+    wait_for("the reload", Duration::from_secs(5), || {
+        pa.metrics().tls_reloads(true) >= 1
+    });
+    assert_ne!(pa.metrics().tls_cert_expiry(), old_expiry);
+    assert_eq!(pa.metrics().tls_reloads(false), 0);
+    // The open connection keeps answering; a new consumer connects with the new cert.
+    let a = call(&ca);
+    assert_eq!(a.status, 200, "{a:?}");
+    let second = start_ca(&registry, &tls_flags(&good, "consumer"));
+    wait_ready(&second);
+    assert_eq!(call(&second).status, 200);
+    second.stop();
+
+    // Invalid files: kept, counted.
+    std::fs::write(good.join("provider.pem"), "not a certificate").expect("write");
+    wait_for("the refused reload", Duration::from_secs(5), || {
+        pa.metrics().tls_reloads(false) >= 1
+    });
+    assert_eq!(call(&ca).status, 200);
+    let pt = pa.metrics().render();
+    assert_eq!(
+        metric(&pt, "provider_agent_tls_reloads_total{result=\"error\"}"),
+        "1"
+    );
+
+    ca.stop();
+    pa.stop();
+}
+
+/// An openssl process, killed on drop.
+struct Openssl(Child);
+
+impl Drop for Openssl {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_provider_naming_another_identity_than_the_registry_is_refused() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    issue(&good, "90", &["consumer", "provider", "impostor"]);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    // openssl s_server with the impostor's certificate (trusted CA, other identity),
+    // registered as the provider-agent `spiffe://mesh.test/provider`.
+    let port = test_support::net::free_port().expect("port");
+    let server = Openssl(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-accept"])
+            .arg(port.to_string())
+            .args(["-cert", s(&good.join("impostor.pem"))])
+            .args(["-key", s(&good.join("impostor-key.pem"))])
+            .args(["-CAfile", s(&good.join("ca.pem")), "-verify", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    );
+    wait_for("s_server", Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let reg = registry::open(Some(&registry)).expect("registry");
+    let _r = reg
+        .register(
+            registry::Instance::new(SERVICE, format!("127.0.0.1:{port}"))
+                .with_meta("tls.identity", "spiffe://mesh.test/provider"),
+        )
+        .expect("register");
+    let ca = start_ca(&registry, &tls_flags(&good, "consumer"));
+    wait_for("the mismatch", Duration::from_secs(5), || {
+        ca.metrics().tls_identity_mismatches() >= 1
+    });
+    assert!(!ca.metrics().has_upstream(), "the impostor never opens");
+    assert_eq!(call(&ca).status, 503);
+    let ct = ca.metrics().render();
+    assert_ne!(metric(&ct, "consumer_tls_identity_mismatch_total"), "0");
+    ca.stop();
+    drop(server);
+}
+
+#[test]
+fn openssl_s_client_speaks_the_agent_protocol_with_a_client_certificate_only() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    issue(&good, "90", &["consumer", "provider"]);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let connect = format!("127.0.0.1:{}", pa.agent_addr().port());
+    let mut ping = Vec::new();
+    codec::agent::encode_ping(&mut ping, 7);
+    let run = |with_cert: bool| -> Vec<u8> {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-quiet", "-connect", &connect])
+            .args(["-CAfile", s(&good.join("ca.pem"))]);
+        if with_cert {
+            cmd.args(["-cert", s(&good.join("consumer.pem"))])
+                .args(["-key", s(&good.join("consumer-key.pem"))]);
+        }
+        let mut child = Openssl(
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_client"),
+        );
+        if let Some(mut stdin) = child.0.stdin.take() {
+            let _ = stdin.write_all(&ping);
+            // Keep stdin open while the answer comes back.
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(stdin);
+        }
+        // s_client stays up after its input ends: what it printed is in the pipe.
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+        let mut out = Vec::new();
+        if let Some(mut stdout) = child.0.stdout.take() {
+            let _ = stdout.read_to_end(&mut out);
+        }
+        out
+    };
+    let out = run(true);
+    match codec::agent::decode(&out) {
+        Ok(Decoded::Complete {
+            msg: codec::agent::Frame::Pong { id },
+            ..
+        }) => assert_eq!(id, 7),
+        other => panic!("no PONG from the provider-agent: {other:?} ({out:?})"),
+    }
+    let out = run(false);
+    assert!(
+        out.is_empty(),
+        "answered without a client certificate: {out:?}"
+    );
+    wait_for(
+        "the refused handshake counted",
+        Duration::from_secs(5),
+        || pa.metrics().tls_handshake_failures() >= 1,
+    );
+    pa.stop();
+}
+
+#[test]
+fn an_expired_consumer_certificate_is_refused() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    issue(&good, "90", &["provider"]);
+    // A certificate whose validity ended: openssl's -days with a negative count.
+    issue(&good, "-1", &["consumer"]);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let ca = start_ca(&registry, &tls_flags(&good, "consumer"));
+    assert_eq!(call(&ca).status, 503);
+    wait_for(
+        "the refused handshake counted",
+        Duration::from_secs(5),
+        || pa.metrics().tls_handshake_failures() >= 1,
+    );
+    ca.stop();
+    pa.stop();
+}
+
+#[test]
+fn http_over_tls_with_http_tls_cert() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    issue(&good, "90", &["consumer", "provider", "front=front.test"]);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let mut flags = tls_flags(&good, "consumer");
+    flags.extend([
+        "--http-tls-cert".to_owned(),
+        s(&good.join("front.pem")).to_owned(),
+        "--http-tls-key".to_owned(),
+        s(&good.join("front-key.pem")).to_owned(),
+    ]);
+    let ca = start_ca(&registry, &flags);
+    wait_ready(&ca);
+    let connect = format!("127.0.0.1:{}", ca.http_addr().port());
+    let mut child = Openssl(
+        Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &connect])
+            .args(["-CAfile", s(&good.join("ca.pem"))])
+            .args(["-servername", "front.test", "-verify_return_error"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_client"),
+    );
+    if let Some(mut stdin) = child.0.stdin.take() {
+        let _ = stdin.write_all(&race_request("x"));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let mut out = String::new();
+    if let Some(mut stdout) = child.0.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert!(out.ends_with(&string_hash_code("x").to_string()), "{out:?}");
+    ca.stop();
+    pa.stop();
+}
