@@ -83,7 +83,13 @@ pub fn qps_svg(r: &ScenarioReport) -> String {
 }
 
 fn draw_qps(r: &ScenarioReport, out: &mut String) -> DrawResult {
-    let scenarios = ["classic", "classic-dubbo", "classic-unmeshed", "uneven"];
+    let scenarios = [
+        "classic",
+        "classic-dubbo",
+        "classic-unmeshed",
+        "classic-mtls",
+        "uneven",
+    ];
     let steps: Vec<&Step> = r
         .steps
         .iter()

@@ -72,6 +72,10 @@ struct ScenarioArgs {
     /// Short run (under a minute): fewer steps, shorter, 2,000 idle connections.
     #[arg(long)]
     quick: bool,
+    /// Also run classic and overhead with mutual TLS between the agents (steps
+    /// `classic-mtls`, `overhead-mtls`; certificates issued with openssl).
+    #[arg(long)]
+    tls: bool,
     /// Registry the agents use.
     #[arg(long, value_enum, default_value_t = RegistryKind::Embedded)]
     registry: RegistryKind,
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
         Cmd::Scenario(a) => {
             let mut opts = ScenarioOpts::new(a.which, a.quick);
             opts.registry = a.registry;
+            opts.tls = a.tls;
             opts.out = a.out;
             opts.bin_dir = a.bin_dir;
             opts.agent_loops = a.agent_loops;

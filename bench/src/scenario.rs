@@ -80,6 +80,8 @@ pub struct ScenarioOpts {
     pub agent_timeout_ms: u64,
     /// Agents' `--retries`.
     pub agent_retries: u32,
+    /// Also run the classic and overhead steps with mutual TLS between the agents.
+    pub tls: bool,
 }
 
 impl ScenarioOpts {
@@ -99,6 +101,7 @@ impl ScenarioOpts {
             idle_connections: if quick { 2_000 } else { 10_000 },
             agent_timeout_ms: 3_000,
             agent_retries: 2,
+            tls: false,
         }
     }
 }
@@ -224,6 +227,42 @@ pub(crate) enum Providers {
     /// as the ZooKeeper registry lists plain Dubbo ones) and the consumer-agent calls
     /// them over Dubbo itself.
     Unmeshed,
+    /// Provider-agents, and mutual TLS between the agents (`--tls`): certificates from
+    /// `deploy/tls/issue-certs.sh` in the topology's temp dir.
+    MeshedTls,
+}
+
+/// The agents' TLS flags: a test CA and one certificate per agent, issued with
+/// `deploy/tls/issue-certs.sh` (openssl) into `dir`.
+fn issue_certs(dir: &std::path::Path, names: &[String]) -> io::Result<()> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/tls/issue-certs.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .arg("bench.mesh")
+        .args(names)
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// `--tls-cert/--tls-key/--tls-ca` for agent `name` of certificates in `dir`.
+fn tls_args(dir: &std::path::Path, name: &str) -> Vec<String> {
+    let path = |f: String| dir.join(f).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        path(format!("{name}.pem")),
+        "--tls-key".into(),
+        path(format!("{name}-key.pem")),
+        "--tls-ca".into(),
+        path("ca.pem".into()),
+    ]
 }
 
 /// A running mesh. Dropping it stops everything, newest first (etcd last).
@@ -371,11 +410,20 @@ impl Topology {
                 topo.registrations.push(r);
             }
         }
-        let meshed = if providers == Providers::Meshed {
-            specs
-        } else {
+        let meshed = if providers == Providers::Unmeshed {
             &[]
+        } else {
+            specs
         };
+        let certs = topo._tmp.path().join("certs");
+        if providers == Providers::MeshedTls {
+            let mut names: Vec<String> = specs
+                .iter()
+                .map(|s| format!("provider-{}", s.name))
+                .collect();
+            names.push("consumer".into());
+            issue_certs(&certs, &names)?;
+        }
         for (s, q) in meshed.iter().zip(&provider_addrs) {
             let (listen, admin) = (free_addr()?, free_addr()?);
             let mut args = harness::provider_agent_args(listen, admin, *q, &registry);
@@ -392,6 +440,9 @@ impl Topology {
                 ]
                 .map(String::from),
             );
+            if providers == Providers::MeshedTls {
+                args.extend(tls_args(&certs, &format!("provider-{}", s.name)));
+            }
             let mut p = Proc::start(
                 &format!("provider-agent-{}", s.name),
                 &bins.provider,
@@ -420,6 +471,9 @@ impl Topology {
             ]
             .map(String::from),
         );
+        if providers == Providers::MeshedTls {
+            args.extend(tls_args(&certs, "consumer"));
+        }
         let mut p = Proc::start("consumer-agent", &bins.consumer, &args, &logs)?;
         let ready = procs::wait_healthy(admin, deadline, &mut p);
         topo.consumer = topo.procs.len();
@@ -589,11 +643,14 @@ fn classic(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resul
     let specs = race_specs(50);
     // The HTTP path, then the same calls from Dubbo consumers (`--dubbo-listen`), then
     // HTTP again to providers outside the mesh (no provider-agents).
-    let runs = [
+    let mut runs = vec![
         (Providers::Meshed, ("classic", Protocol::Http)),
         (Providers::Meshed, ("classic-dubbo", Protocol::Dubbo)),
         (Providers::Unmeshed, ("classic-unmeshed", Protocol::Http)),
     ];
+    if opts.tls {
+        runs.push((Providers::MeshedTls, ("classic-mtls", Protocol::Http)));
+    }
     let mut topo: Option<(Providers, Topology)> = None;
     for (providers, front) in runs {
         if topo.as_ref().is_none_or(|(p, _)| *p != providers) {
@@ -645,12 +702,15 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
     // The same single connection straight to a provider over Dubbo: what the two
     // agents add is the difference (one agent, for providers outside the mesh).
     let mut direct_p50_ms = None;
-    let runs = [
+    let mut runs = vec![
         (Providers::Meshed, ("overhead", Protocol::Http)),
         (Providers::Meshed, ("overhead-dubbo", Protocol::Dubbo)),
         (Providers::Meshed, ("overhead-rules", Protocol::Http)),
         (Providers::Unmeshed, ("overhead-unmeshed", Protocol::Http)),
     ];
+    if opts.tls {
+        runs.push((Providers::MeshedTls, ("overhead-mtls", Protocol::Http)));
+    }
     let mut current: Option<(Providers, Topology)> = None;
     for (providers, front) in runs {
         if current.as_ref().is_none_or(|(p, _)| *p != providers) {
