@@ -43,33 +43,52 @@ impl ConsumerLoop {
                 None => (sig.version.as_str(), sig.group.as_str()),
             };
         let remaining = c.deadline.saturating_duration_since(now).as_millis().max(1);
-        let timeout = remaining.min(u128::from(u32::MAX)).to_string();
-        let mut attachments: Vec<(&str, Option<&str>)> = c
-            .attachments
-            .iter()
-            .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
-            .map(|(k, v)| (k.as_str(), Some(v.as_str())))
-            .collect();
-        attachments.push(("timeout", Some(&timeout)));
-        let request = dubbo::Request {
-            id: call as i64,
-            serialization: Serialization::Hessian2,
-            two_way: true,
-            dubbo_version: c
-                .dubbo_version
-                .as_ref()
-                .map_or(DEFAULT_DUBBO_VERSION, |v| v.as_str()),
-            path: &sig.service,
-            version: Some(if version.is_empty() { "0.0.0" } else { version }),
-            group: (!group.is_empty()).then_some(group),
-            method: &sig.method,
-            descriptor: &sig.parameter_types,
-            args: &c.args,
-            attachments: dubbo::Attachments::Standard(&attachments),
-        };
-        let written = match cx.output(conn) {
-            Some(out) => dubbo::encode_request(out, &request).is_ok(),
-            None => false,
+        let mut digits = [0u8; 10];
+        let timeout = decimal(remaining.min(u128::from(u32::MAX)) as u32, &mut digits);
+        // The caller's attachments and the timeout, listed on the stack (nearly always
+        // a few); only a call carrying more than eight spills to the heap.
+        let written = {
+            let mut all = c
+                .attachments
+                .iter()
+                .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
+                .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .chain([("timeout", Some(timeout))]);
+            let mut small: [(&str, Option<&str>); 9] = [("", None); 9];
+            let mut listed = 0;
+            for (slot, pair) in small.iter_mut().zip(all.by_ref()) {
+                *slot = pair;
+                listed += 1;
+            }
+            let spilled: Vec<(&str, Option<&str>)> = match all.next() {
+                Some(more) => small.iter().copied().chain([more]).chain(all).collect(),
+                None => Vec::new(),
+            };
+            let attachments: &[(&str, Option<&str>)] = if spilled.is_empty() {
+                small.get(..listed).unwrap_or_default()
+            } else {
+                &spilled
+            };
+            let request = dubbo::Request {
+                id: call as i64,
+                serialization: Serialization::Hessian2,
+                two_way: true,
+                dubbo_version: c
+                    .dubbo_version
+                    .as_ref()
+                    .map_or(DEFAULT_DUBBO_VERSION, |v| v.as_str()),
+                path: &sig.service,
+                version: Some(if version.is_empty() { "0.0.0" } else { version }),
+                group: (!group.is_empty()).then_some(group),
+                method: &sig.method,
+                descriptor: &sig.parameter_types,
+                args: &c.args,
+                attachments: dubbo::Attachments::Standard(attachments),
+            };
+            match cx.output(conn) {
+                Some(out) => dubbo::encode_request(out, &request).is_ok(),
+                None => false,
+            }
         };
         c.attempts += 1;
         c.sent = Some((up_key, now));
@@ -80,6 +99,31 @@ impl ConsumerLoop {
         }
         if let Some(s) = self.upstreams.stats(&sig.service, up_key) {
             s.on_send();
+        }
+    }
+}
+
+/// `n` in decimal, written into `buf` (no allocation).
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimal_writes_every_width() {
+        let mut buf = [0u8; 10];
+        for n in [0, 7, 10, 999, 30_000, u32::MAX] {
+            assert_eq!(super::decimal(n, &mut buf), n.to_string());
         }
     }
 }
