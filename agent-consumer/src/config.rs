@@ -67,12 +67,17 @@ pub struct Config {
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Serve HTTP (`--listen`) over TLS with this certificate chain (PEM; with
-    /// `--http-tls-key`; no client certificates asked for). Absent: plain HTTP.
+    /// `--http-tls-key`). Absent: plain HTTP. Reloaded when the files change.
     #[arg(long, value_name = "FILE")]
     pub http_tls_cert: Option<PathBuf>,
     /// The private key of `--http-tls-cert` (PEM).
     #[arg(long, value_name = "FILE")]
     pub http_tls_key: Option<PathBuf>,
+    /// Ask HTTP callers for client certificates chaining to these CAs (PEM) and refuse
+    /// those without: the identity a caller proves can be matched by traffic rules
+    /// (`match.callers`). Needs `--http-tls-cert`.
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_ca: Option<PathBuf>,
     /// Admin HTTP address serving /metrics, /healthz and /registry (absent: no admin
     /// port). Give a loopback address (e.g. `127.0.0.1:20002`): it has no
     /// authentication.

@@ -81,8 +81,58 @@ pub struct Stats {
     pub ejected_until: Option<std::time::Instant>,
     /// Ejections in a row: each doubles the next one's length.
     pub ejections: u32,
+    /// Answers and failures of the last seconds (outlier ejection by success rate).
+    pub recent: Recent,
     /// Smooth-wrr running weight.
     current: i64,
+}
+
+/// Seconds of history [`Recent`] keeps: the longest success-rate window.
+pub const RECENT_SECS: usize = 10;
+
+/// Calls and failures per second over the last [`RECENT_SECS`] seconds, in a ring
+/// turned by [`Stats::recover`] (once a second): counting is two increments, with no
+/// clock read on the call path.
+#[derive(Debug, Clone, Default)]
+pub struct Recent {
+    calls: [u32; RECENT_SECS],
+    failures: [u32; RECENT_SECS],
+    /// The slot of the current second.
+    now: usize,
+}
+
+impl Recent {
+    fn count(&mut self, failed: bool) {
+        let i = self.now % RECENT_SECS;
+        self.calls[i] = self.calls[i].saturating_add(1);
+        if failed {
+            self.failures[i] = self.failures[i].saturating_add(1);
+        }
+    }
+
+    fn turn(&mut self) {
+        self.now = (self.now + 1) % RECENT_SECS;
+        self.calls[self.now] = 0;
+        self.failures[self.now] = 0;
+    }
+
+    /// Calls and failures of the current second and the `secs - 1` before it (`secs`
+    /// at most [`RECENT_SECS`]).
+    pub fn last(&self, secs: usize) -> (u64, u64) {
+        let secs = secs.clamp(1, RECENT_SECS);
+        (0..secs).fold((0, 0), |(c, f), back| {
+            let i = (self.now + RECENT_SECS - back) % RECENT_SECS;
+            (
+                c + u64::from(self.calls[i]),
+                f + u64::from(self.failures[i]),
+            )
+        })
+    }
+
+    /// Forgets everything (after an ejection: the instance starts afresh).
+    pub fn clear(&mut self) {
+        *self = Recent::default();
+    }
 }
 
 impl Stats {
@@ -97,6 +147,7 @@ impl Stats {
             consecutive_failures: 0,
             ejected_until: None,
             ejections: 0,
+            recent: Recent::default(),
             current: 0,
         }
     }
@@ -119,6 +170,7 @@ impl Stats {
         self.inflight = self.inflight.saturating_sub(1);
         if answer != Answer::Failed {
             self.consecutive_failures = 0;
+            self.recent.count(false);
         }
         match answer {
             Answer::Failed => return self.on_failure(),
@@ -143,12 +195,14 @@ impl Stats {
     fn on_failure(&mut self) {
         self.health = (self.health * HEALTH_KEPT_ON_FAILURE).max(MIN_HEALTH);
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.recent.count(true);
     }
 
     /// Called once a second: failures fade, so a provider that failed gets probing
     /// calls again (and keeps them if they succeed).
     pub fn recover(&mut self) {
         self.health = (self.health * HEALTH_GAINED_PER_SECOND).min(1.0);
+        self.recent.turn();
     }
 
     /// The call was lost without an answer (connection dropped, timeout): a failure.
@@ -269,6 +323,27 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_counts_the_last_seconds_only() {
+        let mut s = Stats::new(1);
+        for _ in 0..4 {
+            s.on_send();
+            s.on_answer(10, Answer::Done);
+        }
+        s.on_send();
+        s.on_lost();
+        assert_eq!(s.recent.last(1), (5, 1));
+        s.recover();
+        s.on_send();
+        s.on_answer(10, Answer::Failed);
+        assert_eq!(s.recent.last(1), (1, 1), "a new second");
+        assert_eq!(s.recent.last(2), (6, 2));
+        for _ in 0..RECENT_SECS {
+            s.recover();
+        }
+        assert_eq!(s.recent.last(RECENT_SECS), (0, 0), "all aged out");
+    }
 
     fn picks(alg: Algorithm, weights: &[u32], n: usize) -> Vec<usize> {
         let mut stats: Vec<Stats> = weights.iter().map(|&w| Stats::new(w)).collect();

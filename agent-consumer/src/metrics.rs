@@ -77,6 +77,7 @@ struct LoopCounters {
 #[derive(Debug, Default)]
 struct TlsCounters {
     expiry: AtomicI64,
+    http_expiry: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
 }
@@ -189,7 +190,16 @@ impl Metrics {
         }
     }
 
-    /// Changed certificate files were refused; the previous certificate stays.
+    /// The HTTP listener's certificate, expiring at `not_after`, is in use (as
+    /// [`tls_loaded`](Self::tls_loaded)).
+    pub fn http_tls_loaded(&self, not_after: i64, reload: bool) {
+        self.tls.http_expiry.store(not_after, Relaxed);
+        if reload {
+            self.tls.reloads_ok.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A changed certificate file could not be loaded (the previous one stays).
     pub fn tls_reload_failed(&self) {
         self.tls.reloads_error.fetch_add(1, Relaxed);
     }
@@ -290,6 +300,11 @@ impl Metrics {
             "consumer_tls_cert_expiry_timestamp_seconds",
             "notAfter of the agent's TLS certificate (--tls-cert), Unix seconds; 0 without TLS.",
             self.tls.expiry.load(Relaxed),
+        );
+        w.gauge(
+            "consumer_http_tls_cert_expiry_timestamp_seconds",
+            "notAfter of the HTTP listener's TLS certificate (--http-tls-cert), Unix seconds; 0 without.",
+            self.tls.http_expiry.load(Relaxed),
         );
         w.counter(
             "consumer_tls_handshake_failures_total",

@@ -15,6 +15,8 @@
 //!       "to": [ { "labels": { "track": "canary" } } ] },
 //!     { "name": "beta by header", "match": { "headers": { "x-user-tier": "beta" } },
 //!       "to": [ { "labels": { "track": "canary" } } ] },
+//!     { "name": "batch jobs", "match": { "callers": "spiffe://prod/batch/*" },
+//!       "to": [ { "labels": { "pool": "batch" } } ] },
 //!     { "name": "split", "match": { "method": ["hash", "echo"] },
 //!       "to": [ { "labels": { "track": "stable" }, "weight": 90 },
 //!               { "labels": { "track": "canary" }, "weight": 10 } ],
@@ -22,7 +24,8 @@
 //!   ],
 //!   "rate_limit": { "rps": 20000, "burst": 2000 },
 //!   "outlier": { "consecutive_failures": 5, "base_ejection_ms": 1000,
-//!                "max_ejection_ms": 30000, "max_ejected_percent": 50 }
+//!                "max_ejection_ms": 30000, "max_ejected_percent": 50,
+//!                "success_rate_below": 80, "min_requests": 20, "window_ms": 5000 }
 //! }
 //! ```
 
@@ -77,6 +80,8 @@ struct MatchDoc {
     attachments: BTreeMap<String, String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    callers: Option<OneOrMany>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +123,12 @@ struct OutlierDoc {
     max_ejection_ms: Option<u64>,
     #[serde(default)]
     max_ejected_percent: Option<u32>,
+    #[serde(default)]
+    success_rate_below: Option<f64>,
+    #[serde(default)]
+    min_requests: Option<u32>,
+    #[serde(default)]
+    window_ms: Option<u64>,
 }
 
 /// A service's rules, validated.
@@ -143,6 +154,10 @@ pub struct Route {
     /// HTTP request headers (names lower-case) a call must carry, with these values:
     /// only HTTP calls can match a route that names some.
     pub headers: Vec<(String, String)>,
+    /// Caller identities (the SPIFFE ID or `dns:` name of the client certificate an
+    /// HTTP caller proved, `--http-tls-ca`), one of which the call's must be; a name
+    /// ending in `/*` matches every identity under that path. Empty: any caller.
+    pub callers: Vec<String>,
     /// Where its calls go, each with a weight; empty: the whole pool.
     pub to: Vec<Destination>,
     /// Sum of the destinations' weights.
@@ -177,9 +192,11 @@ pub struct Rate {
     pub burst: f64,
 }
 
-/// Outlier ejection: an instance failing `consecutive_failures` calls in a row is left
-/// out for `base_ejection` (doubling with each ejection in a row, up to
-/// `max_ejection`), never more than `max_ejected_percent` of the pool at once.
+/// Outlier ejection: an instance failing `consecutive_failures` calls in a row, or
+/// (when `success_rate` is set) answering less than that share of at least
+/// `min_requests` calls over the last `window`, is left out for `base_ejection`
+/// (doubling with each ejection in a row, up to `max_ejection`), never more than
+/// `max_ejected_percent` of the pool at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outlier {
     /// Failures in a row that eject.
@@ -190,6 +207,13 @@ pub struct Outlier {
     pub max_ejection: Duration,
     /// Largest share of the pool ejected at once, in percent.
     pub max_ejected_percent: u32,
+    /// Success rate (percent, 0-100) under which an instance is ejected; `None`: by
+    /// failures in a row only.
+    pub success_rate: Option<f64>,
+    /// Calls an instance must have had in the window before its rate counts.
+    pub min_requests: u32,
+    /// The success rate's window, in whole seconds (1 to `lb::RECENT_SECS`).
+    pub window_secs: usize,
 }
 
 impl Default for Outlier {
@@ -199,7 +223,31 @@ impl Default for Outlier {
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
             max_ejected_percent: 50,
+            success_rate: None,
+            min_requests: 20,
+            window_secs: 5,
         }
+    }
+}
+
+impl Outlier {
+    /// Why an instance with `consecutive` failures in a row and `calls` calls of which
+    /// `failures` failed in the window should be ejected, if it should.
+    pub fn verdict(&self, consecutive: u32, calls: u64, failures: u64) -> Option<String> {
+        if consecutive >= self.consecutive_failures {
+            return Some(format!("{consecutive} failures in a row"));
+        }
+        let below = self.success_rate?;
+        if calls == 0 || calls < u64::from(self.min_requests) {
+            return None;
+        }
+        let rate = (calls - failures.min(calls)) as f64 * 100.0 / calls as f64;
+        (rate < below).then(|| {
+            format!(
+                "success rate {rate:.1}% < {below}% over {calls} calls in {} s",
+                self.window_secs
+            )
+        })
     }
 }
 
@@ -246,20 +294,30 @@ impl Rules {
         })
     }
 
-    /// The first route matching a call of `method` carrying `attachments` and, for an
-    /// HTTP call, request headers (`header(name)` for a lower-case name).
+    /// The first route a call of `method` with `attachments` matches: for an HTTP call,
+    /// `header(name)` looks up request headers (lower-case names); `caller` is the
+    /// identity its caller proved (`None`: none, which matches only routes that name no
+    /// callers).
     pub fn route_for<'a, A>(
         &self,
         method: &str,
         attachments: A,
         header: &Headers<'_>,
+        caller: Option<&str>,
     ) -> Option<usize>
     where
         A: IntoIterator<Item = (&'a str, &'a str)> + Clone,
     {
-        self.routes
-            .iter()
-            .position(|r| r.matches(method, attachments.clone()) && r.headers_match(header))
+        self.routes.iter().position(|r| {
+            r.matches(method, attachments.clone())
+                && r.headers_match(header)
+                && r.caller_matches(caller)
+        })
+    }
+
+    /// Whether some route matches on the caller's identity (so a loop looks it up).
+    pub fn names_callers(&self) -> bool {
+        self.routes.iter().any(|r| !r.callers.is_empty())
     }
 }
 
@@ -320,6 +378,22 @@ fn route(
         Some(ms) => Some(Duration::from_millis(ms.min(600_000))),
         None => None,
     };
+    let callers = match m.callers {
+        None => Vec::new(),
+        Some(OneOrMany::One(c)) => vec![c],
+        Some(OneOrMany::Many(v)) if v.is_empty() => {
+            return Err(format!("{name}: match.callers is an empty list"))
+        }
+        Some(OneOrMany::Many(v)) => v,
+    };
+    if let Some(bad) = callers
+        .iter()
+        .find(|c| !(c.starts_with("spiffe://") || c.starts_with("dns:")))
+    {
+        return Err(format!(
+            "{name}: match.callers names {bad:?}: an identity is spiffe://... or dns:..."
+        ));
+    }
     let mut headers = Vec::with_capacity(m.headers.len());
     for (k, v) in m.headers {
         if k.is_empty()
@@ -335,6 +409,7 @@ fn route(
         methods,
         attachments: m.attachments.into_iter().collect(),
         headers,
+        callers,
         to: dests,
         total_weight,
         timeout,
@@ -369,7 +444,24 @@ fn outlier(o: OutlierDoc) -> Result<Outlier, String> {
             .max_ejection_ms
             .map_or(d.max_ejection, Duration::from_millis),
         max_ejected_percent: o.max_ejected_percent.unwrap_or(d.max_ejected_percent),
+        success_rate: o.success_rate_below,
+        min_requests: o.min_requests.unwrap_or(d.min_requests),
+        window_secs: match o.window_ms {
+            None => d.window_secs,
+            Some(ms) => ms.div_ceil(1000) as usize,
+        },
     };
+    if let Some(r) = out.success_rate {
+        if !(r > 0.0 && r <= 100.0) {
+            return Err("outlier: success_rate_below must be in (0, 100]".into());
+        }
+    }
+    if out.window_secs == 0 || out.window_secs > crate::lb::RECENT_SECS {
+        return Err(format!(
+            "outlier: window_ms must be 1 to {} (whole seconds are used)",
+            crate::lb::RECENT_SECS * 1000
+        ));
+    }
     if out.consecutive_failures == 0 {
         return Err("outlier: consecutive_failures must be at least 1".into());
     }
@@ -404,6 +496,18 @@ impl Route {
         self.headers.iter().all(|(k, v)| match header {
             Some(lookup) => lookup(k).is_some_and(|got| got.trim_ascii() == v.as_bytes()),
             None => false,
+        })
+    }
+
+    /// Whether a caller that proved `caller` (or none) may take this route.
+    pub fn caller_matches(&self, caller: Option<&str>) -> bool {
+        if self.callers.is_empty() {
+            return true;
+        }
+        let Some(caller) = caller else { return false };
+        self.callers.iter().any(|c| match c.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('/') => caller.starts_with(prefix),
+            _ => c == caller,
         })
     }
 
@@ -556,9 +660,15 @@ mod tests {
         assert_eq!(r.routes[1].timeout, Some(Duration::from_millis(800)));
         assert_eq!(r.outlier.map(|o| o.consecutive_failures), Some(3));
         // Attachments first (route order), then methods, else none.
-        assert_eq!(r.route_for("hash", [("tier", "beta")], &None), Some(0));
-        assert_eq!(r.route_for("hash", [("tier", "gold")], &None), Some(1));
-        assert_eq!(r.route_for("other", [("tier", "gold")], &None), None);
+        assert_eq!(
+            r.route_for("hash", [("tier", "beta")], &None, None),
+            Some(0)
+        );
+        assert_eq!(
+            r.route_for("hash", [("tier", "gold")], &None, None),
+            Some(1)
+        );
+        assert_eq!(r.route_for("other", [("tier", "gold")], &None, None), None);
         assert!(r.routes[0].to[0].selects(&list[1]));
         assert!(!r.routes[0].to[0].selects(&list[0]));
         assert_eq!(r.routes[1].destination(89), Some(0));
@@ -572,9 +682,54 @@ mod tests {
         let r = Rules::parse(doc, None).expect("valid");
         let beta = |name: &str| (name == "x-user-tier").then_some(&b" beta "[..]);
         let gold = |name: &str| (name == "x-user-tier").then_some(&b"gold"[..]);
-        assert_eq!(r.route_for("m", [], &Some(&beta)), Some(0));
-        assert_eq!(r.route_for("m", [], &Some(&gold)), None);
-        assert_eq!(r.route_for("m", [], &None), None, "not an HTTP call");
+        assert_eq!(r.route_for("m", [], &Some(&beta), None), Some(0));
+        assert_eq!(r.route_for("m", [], &Some(&gold), None), None);
+        assert_eq!(r.route_for("m", [], &None, None), None, "not an HTTP call");
+    }
+
+    #[test]
+    fn outliers_are_found_by_failures_in_a_row_or_by_success_rate() {
+        let doc = r#"{"outlier": {"consecutive_failures": 5, "success_rate_below": 80,
+                                  "min_requests": 10, "window_ms": 2500}}"#;
+        let o = Rules::parse(doc, None)
+            .expect("valid")
+            .outlier
+            .expect("outlier");
+        assert_eq!(o.window_secs, 3, "whole seconds, rounded up");
+        assert!(o.verdict(5, 0, 0).is_some(), "five in a row");
+        assert!(o.verdict(1, 9, 9).is_none(), "too few calls to judge");
+        assert!(o.verdict(1, 10, 3).is_some(), "70% < 80%");
+        assert!(o.verdict(1, 10, 2).is_none(), "80% is not under 80%");
+        let plain = Rules::parse(r#"{"outlier": {}}"#, None)
+            .unwrap()
+            .outlier
+            .unwrap();
+        assert!(
+            plain.verdict(1, 100, 99).is_none(),
+            "no rate rule: in a row only"
+        );
+    }
+
+    #[test]
+    fn caller_routes_match_the_identity_a_caller_proved() {
+        let doc = r#"{"routes": [
+            {"match": {"callers": "spiffe://td/ns/batch/*"}},
+            {"match": {"callers": ["spiffe://td/web", "dns:admin.test"]}}]}"#;
+        let r = Rules::parse(doc, None).expect("valid");
+        assert!(r.names_callers());
+        let to = |c: Option<&str>| r.route_for("m", [], &None, c);
+        assert_eq!(to(Some("spiffe://td/ns/batch/nightly")), Some(0));
+        assert_eq!(
+            to(Some("spiffe://td/ns/batchy")),
+            None,
+            "a path, not a prefix"
+        );
+        assert_eq!(to(Some("spiffe://td/web")), Some(1));
+        assert_eq!(to(Some("dns:admin.test")), Some(1));
+        assert_eq!(to(Some("spiffe://td/webx")), None);
+        assert_eq!(to(None), None, "no certificate, no identity");
+        let plain = Rules::parse(r#"{"routes": [{"match": {}}]}"#, None).unwrap();
+        assert!(!plain.names_callers());
     }
 
     #[test]
@@ -595,6 +750,14 @@ mod tests {
             (r#"{"routes": [{"to": [{}, {}]}]}"#, "needs a weight"),
             (r#"{"rate_limit": {"rps": 0}}"#, "positive"),
             (r#"{"outlier": {"consecutive_failures": 0}}"#, "at least 1"),
+            (r#"{"routes": [{"match": {"callers": []}}]}"#, "empty list"),
+            (
+                r#"{"routes": [{"match": {"callers": "web"}}]}"#,
+                "spiffe://",
+            ),
+            (r#"{"outlier": {"success_rate_below": 0}}"#, "(0, 100]"),
+            (r#"{"outlier": {"success_rate_below": 101}}"#, "(0, 100]"),
+            (r#"{"outlier": {"window_ms": 60000}}"#, "window_ms"),
         ] {
             let err = Rules::parse(doc, Some(&list)).expect_err(doc);
             assert!(err.contains(why), "{doc}: {err}");

@@ -1,5 +1,6 @@
 //! Mutual TLS to provider-agents (`--tls-cert`, `--tls-key`, `--tls-ca`) and TLS on the
-//! HTTP listener (`--http-tls-cert`, `--http-tls-key`).
+//! HTTP listener (`--http-tls-cert`, `--http-tls-key`, and `--http-tls-ca` to ask callers
+//! for certificates: their identities are what traffic rules' `match.callers` names).
 //!
 //! The client configuration verifies a provider-agent's chain against the CA but not a
 //! host name (`reactor::tls_files::CaOnlyVerifier`): provider-agents' certificates name
@@ -8,8 +9,8 @@
 //! certificate's identity with the instance's `tls.identity` metadata and aborts the
 //! connection before any call if they differ (see `upstream_conns.rs`).
 //!
-//! A watcher thread checks the files once a second; a valid change replaces the
-//! configuration new connections take (open ones keep theirs). Without the crate's
+//! A watcher thread checks both sets of files once a second; a valid change replaces
+//! the configuration new connections take (open ones keep theirs). Without the crate's
 //! `tls` feature the flags are refused.
 
 use std::sync::{Arc, Mutex};
@@ -82,78 +83,120 @@ pub(crate) struct Tls {
 }
 
 /// Loads the certificate files the flags name (all three TLS flags or none; both HTTP
-/// TLS flags or none) and starts the watcher.
+/// TLS flags or none) and starts the watcher that reloads them.
 #[cfg(feature = "tls")]
 pub(crate) fn start(config: &Config, metrics: &Arc<Metrics>) -> Result<Tls, String> {
     use reactor::tls_files::{identity_name, FileWatcher, TlsFiles};
     let mut tls = Tls::default();
-    match (&config.http_tls_cert, &config.http_tls_key) {
-        (None, None) => {}
+    let http = match (&config.http_tls_cert, &config.http_tls_key) {
+        (None, None) if config.http_tls_ca.is_none() => None,
         (Some(cert), Some(key)) => {
             let files = TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-                ca: None,
+                ca: config.http_tls_ca.clone(),
             };
-            let server = files.load()?.server_config(false)?;
-            tls.http = Some(reactor::TlsAcceptor::new(server));
+            let client_auth = files.ca.is_some();
+            let (watcher, loaded) = FileWatcher::start(files, POLL)?;
+            let acceptor = reactor::TlsAcceptor::new(loaded.server_config(client_auth)?);
+            metrics.http_tls_loaded(loaded.not_after, false);
+            tls.http = Some(acceptor.clone());
+            Some((watcher, acceptor, client_auth))
         }
-        _ => return Err("--http-tls-cert and --http-tls-key go together".into()),
-    }
-    let (cert, key, ca) = match (&config.tls_cert, &config.tls_key, &config.tls_ca) {
-        (None, None, None) => return Ok(tls),
-        (Some(c), Some(k), Some(a)) => (c, k, a),
+        _ => {
+            return Err(
+                "--http-tls-cert and --http-tls-key go together (and --http-tls-ca needs them)"
+                    .into(),
+            )
+        }
+    };
+    let agent = match (&config.tls_cert, &config.tls_key, &config.tls_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: Some(ca.clone()),
+            };
+            let (watcher, loaded) = FileWatcher::start(files, POLL)?;
+            let client = Arc::new(ClientTls {
+                config: Mutex::new(loaded.client_config_ca_only()?),
+            });
+            metrics.tls_loaded(loaded.not_after, false);
+            log::info!(
+                "mutual TLS to provider-agents: identity {}, certificate valid until {} (Unix)",
+                identity_name(&loaded.identity)
+                    .as_deref()
+                    .unwrap_or("(none)"),
+                loaded.not_after
+            );
+            tls.client = Some(client.clone());
+            Some((watcher, client))
+        }
         _ => {
             return Err(
                 "--tls-cert, --tls-key and --tls-ca go together: give all three or none".into(),
             )
         }
     };
-    let files = TlsFiles {
-        cert: cert.clone(),
-        key: key.clone(),
-        ca: Some(ca.clone()),
-    };
-    let (mut watcher, loaded) = FileWatcher::start(files, POLL)?;
-    let client = Arc::new(ClientTls {
-        config: Mutex::new(loaded.client_config_ca_only()?),
-    });
-    metrics.tls_loaded(loaded.not_after, false);
-    log::info!(
-        "mutual TLS to provider-agents: identity {}, certificate valid until {} (Unix)",
-        identity_name(&loaded.identity)
-            .as_deref()
-            .unwrap_or("(none)"),
-        loaded.not_after
-    );
+    if http.is_none() && agent.is_none() {
+        return Ok(tls);
+    }
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let (c, m) = (client.clone(), metrics.clone());
+    let m = metrics.clone();
+    let (mut http, mut agent) = (http, agent);
     let thread = std::thread::Builder::new()
         .name("consumer-tls".into())
         .spawn(move || loop {
             let now = std::time::Instant::now();
-            match stopped.recv_timeout(watcher.until_due(now).max(Duration::from_millis(10))) {
+            let due = [
+                http.as_ref().map(|(w, ..)| w.until_due(now)),
+                agent.as_ref().map(|(w, _)| w.until_due(now)),
+            ];
+            let wait = due.into_iter().flatten().min().unwrap_or(POLL);
+            match stopped.recv_timeout(wait.max(Duration::from_millis(10))) {
                 Err(RecvTimeoutError::Timeout) => {}
                 _ => break,
             }
-            let reloaded = match watcher.poll(std::time::Instant::now()) {
-                None => continue,
-                Some(r) => r.and_then(|l| Ok((l.client_config_ca_only()?, l.not_after))),
-            };
-            match reloaded {
-                Ok((config, not_after)) => {
-                    *c.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
-                    m.tls_loaded(not_after, true);
-                    log::info!("TLS certificate reloaded: valid until {not_after} (Unix)");
+            let now = std::time::Instant::now();
+            if let Some((watcher, client)) = agent.as_mut() {
+                let reloaded = watcher
+                    .poll(now)
+                    .map(|r| r.and_then(|l| Ok((l.client_config_ca_only()?, l.not_after))));
+                match reloaded {
+                    None => {}
+                    Some(Ok((config, not_after))) => {
+                        *client.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+                        m.tls_loaded(not_after, true);
+                        log::info!("TLS certificate reloaded: valid until {not_after} (Unix)");
+                    }
+                    Some(Err(e)) => {
+                        log::error!("TLS certificate not reloaded: {e}; the previous one stays");
+                        m.tls_reload_failed();
+                    }
                 }
-                Err(e) => {
-                    log::error!("TLS certificate not reloaded: {e}; the previous one stays");
-                    m.tls_reload_failed();
+            }
+            if let Some((watcher, acceptor, client_auth)) = http.as_mut() {
+                let reloaded = watcher
+                    .poll(now)
+                    .map(|r| r.and_then(|l| Ok((l.server_config(*client_auth)?, l.not_after))));
+                match reloaded {
+                    None => {}
+                    Some(Ok((config, not_after))) => {
+                        acceptor.set_config(config);
+                        m.http_tls_loaded(not_after, true);
+                        log::info!("HTTP TLS certificate reloaded: valid until {not_after} (Unix)");
+                    }
+                    Some(Err(e)) => {
+                        log::error!(
+                            "HTTP TLS certificate not reloaded: {e}; the previous one stays"
+                        );
+                        m.tls_reload_failed();
+                    }
                 }
             }
         })
         .map_err(|e| e.to_string())?;
-    tls.client = Some(client);
     tls.watcher = Some(Watcher {
         stop: Some(stop),
         thread: Some(thread),
@@ -171,6 +214,7 @@ pub(crate) fn start(config: &Config, _metrics: &Arc<Metrics>) -> Result<Tls, Str
         &config.tls_ca,
         &config.http_tls_cert,
         &config.http_tls_key,
+        &config.http_tls_ca,
     ]
     .iter()
     .any(|f| f.is_some());

@@ -403,8 +403,9 @@ impl Upstreams {
     }
 
     /// After a failure of `upstream` as a member of `service`: ejects it if the
-    /// service's outlier rule says so (failures in a row at the threshold, and the
-    /// share of the pool already ejected below the limit).
+    /// service's outlier rule says so (failures in a row at the threshold, or a success
+    /// rate under the rule's over its window; and the share of the pool already ejected
+    /// below the limit).
     pub fn eject_if_failing(&mut self, service: &str, upstream: usize, now: std::time::Instant) {
         let Some(o) = self.rules.get(service).and_then(|r| r.rules.outlier) else {
             return;
@@ -421,9 +422,13 @@ impl Upstreams {
         let Some(m) = svc.members.iter_mut().find(|m| m.upstream == upstream) else {
             return;
         };
-        if m.stats.consecutive_failures < o.consecutive_failures || m.stats.is_ejected(now) {
+        if m.stats.is_ejected(now) {
             return;
         }
+        let (calls, failures) = m.stats.recent.last(o.window_secs);
+        let Some(why) = o.verdict(m.stats.consecutive_failures, calls, failures) else {
+            return;
+        };
         // Well for a whole longest ejection since the last one: the next starts short.
         if m.stats
             .ejected_until
@@ -441,12 +446,9 @@ impl Upstreams {
         m.stats.ejected_until = Some(now + length);
         m.stats.ejections += 1;
         m.stats.consecutive_failures = 0;
+        m.stats.recent.clear();
         if let Some(u) = self.table.get(upstream) {
-            log::warn!(
-                "{service}: {} ejected for {length:?} ({} failures in a row)",
-                u.addr,
-                o.consecutive_failures
-            );
+            log::warn!("{service}: {} ejected for {length:?} ({why})", u.addr);
         }
     }
 

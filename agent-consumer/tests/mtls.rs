@@ -478,3 +478,125 @@ fn http_over_tls_with_http_tls_cert() {
     ca.stop();
     pa.stop();
 }
+
+/// One race call over HTTPS to `addr` with openssl `s_client`, presenting `name`'s
+/// certificate of `certs` (none: no client certificate); what came back.
+fn https_call(addr: SocketAddr, certs: &Path, name: Option<&str>) -> String {
+    let connect = format!("127.0.0.1:{}", addr.port());
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-quiet", "-connect", &connect])
+        .args(["-CAfile", s(&certs.join("ca.pem"))])
+        .args(["-servername", "front.test", "-verify_return_error"]);
+    if let Some(n) = name {
+        cmd.args(["-cert", s(&certs.join(format!("{n}.pem")))])
+            .args(["-key", s(&certs.join(format!("{n}-key.pem")))]);
+    }
+    let mut child = Openssl(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_client"),
+    );
+    if let Some(mut stdin) = child.0.stdin.take() {
+        let _ = stdin.write_all(&race_request("x"));
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let mut out = String::new();
+    if let Some(mut stdout) = child.0.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    out
+}
+
+/// `--http-tls-ca`: HTTP callers prove identities with client certificates, traffic
+/// rules route by them (`match.callers`), a caller without a certificate is refused;
+/// and a new HTTP certificate is picked up while running.
+#[test]
+fn http_callers_prove_identities_that_rules_route_by() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    let names = [
+        "consumer",
+        "provider",
+        "front=front.test",
+        "batch-nightly",
+        "web",
+    ];
+    issue(&good, "90", &names);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let labelled = |pool: &str| {
+        let mut flags = tls_flags(&good, "provider");
+        flags.extend(["--label".to_owned(), format!("pool={pool}")]);
+        start_pa(mock_provider(), &registry, &flags)
+    };
+    let (batch, web) = (labelled("batch"), labelled("web"));
+    let rules = r#"{"routes": [
+        {"name": "batch", "match": {"callers": "spiffe://mesh.test/batch-nightly"},
+         "to": [{"labels": {"pool": "batch"}}]},
+        {"name": "rest", "to": [{"labels": {"pool": "web"}}]}]}"#;
+    registry::open(Some(&registry))
+        .expect("registry")
+        .put_rules(SERVICE, Some(rules))
+        .expect("rules");
+    let mut flags = tls_flags(&good, "consumer");
+    flags.extend(
+        [
+            "--http-tls-cert",
+            s(&good.join("front.pem")),
+            "--http-tls-key",
+            s(&good.join("front-key.pem")),
+            "--http-tls-ca",
+            s(&good.join("ca.pem")),
+        ]
+        .map(str::to_owned),
+    );
+    let ca = start_ca(&registry, &flags);
+    wait_ready(&ca);
+    let ok = |out: &str| {
+        out.starts_with("HTTP/1.1 200") && out.ends_with(&string_hash_code("x").to_string())
+    };
+    // Until the rules are in force, any instance may answer: wait for a batch call
+    // that lands on the batch pool, then check each caller's calls land on its pool.
+    wait_for("the rules in force", Duration::from_secs(10), || {
+        let before = batch.metrics().requests();
+        ok(&https_call(ca.http_addr(), &good, Some("batch-nightly")))
+            && batch.metrics().requests() > before
+    });
+    for (caller, pool, other) in [("batch-nightly", &batch, &web), ("web", &web, &batch)] {
+        for _ in 0..3 {
+            let (mine, theirs) = (pool.metrics().requests(), other.metrics().requests());
+            let out = https_call(ca.http_addr(), &good, Some(caller));
+            assert!(ok(&out), "{caller}: {out:?}");
+            assert_eq!(pool.metrics().requests(), mine + 1, "{caller}'s pool");
+            assert_eq!(other.metrics().requests(), theirs, "not {caller}'s pool");
+        }
+    }
+    // No client certificate: refused at the handshake.
+    let out = https_call(ca.http_addr(), &good, None);
+    assert!(out.is_empty(), "answered without a certificate: {out:?}");
+
+    // A new HTTP certificate (same CA, shorter life): in use within seconds.
+    let expiry = |ca: &agent_consumer::Running| {
+        metric(
+            &ca.metrics().render(),
+            "consumer_http_tls_cert_expiry_timestamp_seconds",
+        )
+    };
+    let first = expiry(&ca);
+    assert_ne!(first, "0");
+    issue(&good, "30", &["front2=front.test"]);
+    replace_file(&good.join("front2-key.pem"), &good.join("front-key.pem"));
+    replace_file(&good.join("front2.pem"), &good.join("front.pem"));
+    wait_for("the new certificate", Duration::from_secs(10), || {
+        expiry(&ca) != first
+    });
+    let out = https_call(ca.http_addr(), &good, Some("web"));
+    assert!(ok(&out), "after the reload: {out:?}");
+    ca.stop();
+    batch.stop();
+    web.stop();
+}

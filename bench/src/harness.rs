@@ -367,3 +367,36 @@ pub fn etcd_has_key(client: SocketAddr, key: &str) -> io::Result<bool> {
         .and_then(serde_json::Value::as_array)
         .is_some_and(|kvs| !kvs.is_empty()))
 }
+
+/// A test CA and one certificate per agent `names` (trust domain `bench.mesh`),
+/// issued with `deploy/tls/issue-certs.sh` (openssl) into `dir`.
+pub fn issue_certs(dir: &Path, names: &[String]) -> io::Result<()> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/tls/issue-certs.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .arg("bench.mesh")
+        .args(names)
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// `--tls-cert/--tls-key/--tls-ca` for agent `name` of certificates in `dir`.
+pub fn tls_args(dir: &Path, name: &str) -> Vec<String> {
+    let path = |f: String| dir.join(f).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        path(format!("{name}.pem")),
+        "--tls-key".into(),
+        path(format!("{name}-key.pem")),
+        "--tls-ca".into(),
+        path("ca.pem".into()),
+    ]
+}

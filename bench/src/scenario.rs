@@ -232,39 +232,6 @@ pub(crate) enum Providers {
     MeshedTls,
 }
 
-/// The agents' TLS flags: a test CA and one certificate per agent, issued with
-/// `deploy/tls/issue-certs.sh` (openssl) into `dir`.
-fn issue_certs(dir: &std::path::Path, names: &[String]) -> io::Result<()> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/tls/issue-certs.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(dir)
-        .arg("bench.mesh")
-        .args(names)
-        .output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(())
-}
-
-/// `--tls-cert/--tls-key/--tls-ca` for agent `name` of certificates in `dir`.
-fn tls_args(dir: &std::path::Path, name: &str) -> Vec<String> {
-    let path = |f: String| dir.join(f).display().to_string();
-    vec![
-        "--tls-cert".into(),
-        path(format!("{name}.pem")),
-        "--tls-key".into(),
-        path(format!("{name}-key.pem")),
-        "--tls-ca".into(),
-        path("ca.pem".into()),
-    ]
-}
-
 /// A running mesh. Dropping it stops everything, newest first (etcd last).
 #[derive(Debug)]
 pub(crate) struct Topology {
@@ -422,7 +389,7 @@ impl Topology {
                 .map(|s| format!("provider-{}", s.name))
                 .collect();
             names.push("consumer".into());
-            issue_certs(&certs, &names)?;
+            harness::issue_certs(&certs, &names)?;
         }
         for (s, q) in meshed.iter().zip(&provider_addrs) {
             let (listen, admin) = (free_addr()?, free_addr()?);
@@ -441,7 +408,7 @@ impl Topology {
                 .map(String::from),
             );
             if providers == Providers::MeshedTls {
-                args.extend(tls_args(&certs, &format!("provider-{}", s.name)));
+                args.extend(harness::tls_args(&certs, &format!("provider-{}", s.name)));
             }
             let mut p = Proc::start(
                 &format!("provider-agent-{}", s.name),
@@ -472,7 +439,7 @@ impl Topology {
             .map(String::from),
         );
         if providers == Providers::MeshedTls {
-            args.extend(tls_args(&certs, "consumer"));
+            args.extend(harness::tls_args(&certs, "consumer"));
         }
         let mut p = Proc::start("consumer-agent", &bins.consumer, &args, &logs)?;
         let ready = procs::wait_healthy(admin, deadline, &mut p);

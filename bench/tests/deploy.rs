@@ -204,11 +204,12 @@ fn flags_in(text: &str, origin: &str, out: &mut Vec<(String, String, String)>) {
 /// example env files) and the README's code blocks.
 fn used_flags() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    let compose = deploy().join("docker-compose.yml");
-    for doc in yaml_docs(&compose) {
-        for (name, svc) in doc["services"].as_mapping().expect("services").iter() {
-            let cmd = strings(&svc["command"]).join(" ");
-            flags_in(&cmd, &format!("docker-compose.yml {}", s(name)), &mut out);
+    for file in ["docker-compose.yml", "docker-compose.mtls.yml"] {
+        for doc in yaml_docs(&deploy().join(file)) {
+            for (name, svc) in doc["services"].as_mapping().expect("services").iter() {
+                let cmd = strings(&svc["command"]).join(" ");
+                flags_in(&cmd, &format!("{file} {}", s(name)), &mut out);
+            }
         }
     }
     for (file, obj) in k8s_objects() {
@@ -301,6 +302,55 @@ fn help_flags(exe: &Path, sub: Option<&str>) -> BTreeSet<String> {
 
 // ---------------------------------------------------------------------------------------
 // 1. Shape.
+
+/// The mTLS override replaces each agent's command (compose does not merge lists): it
+/// must be the base file's command plus `--tls-cert/--tls-key/--tls-ca` of files in the
+/// mounted `/certs`, for every agent, so the two files cannot drift apart.
+#[test]
+fn compose_mtls_override_is_the_race_plus_tls_on_every_agent() {
+    let base = yaml_docs(&deploy().join("docker-compose.yml"));
+    let over = yaml_docs(&deploy().join("docker-compose.mtls.yml"));
+    assert_eq!(over.len(), 1, "docker-compose.mtls.yml: one document");
+    let base = base[0]["services"].as_mapping().expect("services");
+    let over = over[0]["services"].as_mapping().expect("services");
+    let mut agents = 0;
+    for (name, svc) in base.iter() {
+        let cmd = strings(&svc["command"]);
+        if !matches!(
+            cmd.first().map(String::as_str),
+            Some("consumer-agent" | "provider-agent")
+        ) {
+            continue;
+        }
+        agents += 1;
+        let o = over
+            .get(name)
+            .unwrap_or_else(|| panic!("docker-compose.mtls.yml: no {}", s(name)));
+        let tls = strings(&o["command"]);
+        assert_eq!(
+            tls[..cmd.len()],
+            cmd[..],
+            "{}: the base file's command first",
+            s(name)
+        );
+        let extra = &tls[cmd.len()..];
+        assert_eq!(extra.len(), 3, "{}: three TLS flags", s(name));
+        for (flag, arg) in ["--tls-cert=", "--tls-key=", "--tls-ca="].iter().zip(extra) {
+            let file = arg
+                .strip_prefix(flag)
+                .unwrap_or_else(|| panic!("{}: {arg} is not {flag}", s(name)));
+            assert!(file.starts_with("/certs/"), "{}: {arg}", s(name));
+        }
+        let mounts = strings(&o["volumes"]);
+        assert!(
+            mounts.iter().any(|m| m.ends_with(":/certs:ro")),
+            "{}: certificates mounted read-only at /certs: {mounts:?}",
+            s(name)
+        );
+    }
+    assert_eq!(agents, 4, "three provider-agents and a consumer-agent");
+    assert_eq!(over.len(), agents, "the override touches the agents only");
+}
 
 #[test]
 fn compose_file_reproduces_the_race() {

@@ -36,9 +36,28 @@ struct Mesh {
     dir: tempfile::TempDir,
     registry: String,
     reg_dir: PathBuf,
+    /// Certificates of mutual TLS between the agents, when on.
+    certs: Option<PathBuf>,
 }
 
 impl Mesh {
+    /// The same mesh with mutual TLS between the agents: a test CA, a `provider`
+    /// certificate for every provider-agent and a `consumer` one.
+    fn with_tls() -> Mesh {
+        let mut mesh = Mesh::new();
+        let certs = mesh.dir.path().join("certs");
+        harness::issue_certs(&certs, &["provider".into(), "consumer".into()]).expect("certs");
+        mesh.certs = Some(certs);
+        mesh
+    }
+
+    /// The TLS flags of `name`'s certificate, if TLS is on.
+    fn tls_args(&self, name: &str) -> Vec<String> {
+        self.certs
+            .as_deref()
+            .map_or_else(Vec::new, |dir| harness::tls_args(dir, name))
+    }
+
     fn new() -> Mesh {
         let dir = tempfile::Builder::new()
             .prefix("dubbo-mesh-faults")
@@ -51,6 +70,7 @@ impl Mesh {
             dir,
             registry,
             reg_dir,
+            certs: None,
         }
     }
 
@@ -69,6 +89,7 @@ impl Mesh {
     fn provider_agent(&self, name: &str, a: AgentAddrs, provider: SocketAddr) -> Proc {
         let mut args = harness::provider_agent_args(a.listen, a.admin, provider, &self.registry);
         args.extend(["--max-inflight".into(), "400".into()]);
+        args.extend(self.tls_args("provider"));
         let mut p = Proc::start(name, &self.bins.provider, &args, self.logs()).expect("start");
         procs::wait_healthy(a.admin, Duration::from_secs(20), &mut p).expect("healthy");
         p
@@ -82,6 +103,7 @@ impl Mesh {
             "--timeout-ms".into(),
             timeout_ms.to_string(),
         ]);
+        args.extend(self.tls_args("consumer"));
         let deadline = Duration::from_secs(20);
         let mut p =
             Proc::start("consumer-agent", &self.bins.consumer, &args, self.logs()).expect("start");
@@ -246,8 +268,28 @@ const GATEWAY_ERRORS: [&str; 3] = ["status_502", "status_503", "status_504"];
 
 #[test]
 fn provider_agent_killed_and_restarted_under_load() {
+    provider_agent_killed_and_restarted(Mesh::new(), |_| ());
+}
+
+/// The same with mutual TLS between the agents: the kill cuts TLS sessions mid-call,
+/// and the restarted agent is trusted again with new handshakes.
+#[test]
+fn provider_agent_killed_and_restarted_under_load_with_mtls() {
+    provider_agent_killed_and_restarted(Mesh::with_tls(), |ag| {
+        for admin in [ag.c_admin, ag.a1.admin, ag.a2.admin] {
+            let expiry = metric(admin, "consumer_tls_cert_expiry_timestamp_seconds")
+                .or_else(|| metric(admin, "provider_agent_tls_cert_expiry_timestamp_seconds"));
+            assert!(expiry.unwrap_or(0.0) > 0.0, "TLS on at {admin}");
+        }
+        let mismatches = metric_or_zero(ag.c_admin, "consumer_tls_identity_mismatch_total");
+        assert_eq!(mismatches, 0.0, "every provider-agent proved its identity");
+    });
+}
+
+/// Kills provider-agent 1 under load and restarts it; `check` runs on the agents at
+/// the end, while they are up.
+fn provider_agent_killed_and_restarted(mesh: Mesh, check: impl Fn(&Agents)) {
     let _serial = serial();
-    let mesh = Mesh::new();
     let ([(p1, _prov1), (_, _prov2)], mut ag) = mesh.two_of_each();
     let (a1, a2) = (ag.a1, ag.a2);
 
@@ -306,6 +348,7 @@ fn provider_agent_killed_and_restarted_under_load() {
         one_call(ag.c, "still there").expect("consumer-agent answers"),
         (200, true)
     );
+    check(&ag);
     drop((ag, _prov1, _prov2));
     assert_eq!(live_children(), Vec::<String>::new(), "every child stopped");
 }

@@ -71,10 +71,27 @@ enum Limited {
 
 impl Mesh {
     fn start(which: Limited) -> Mesh {
+        Mesh::start_with(which, false)
+    }
+
+    /// With `tls`, mutual TLS between the agents: certificates `provider` and `consumer`
+    /// of a test CA in `<dir>/certs`.
+    fn start_with(which: Limited, tls: bool) -> Mesh {
         let dir = tempfile::Builder::new()
             .prefix("dubbo-mesh-flood")
             .tempdir()
             .expect("tempdir");
+        let certs = dir.path().join("certs");
+        let tls_args = |name: &str| {
+            if tls {
+                harness::tls_args(&certs, name)
+            } else {
+                Vec::new()
+            }
+        };
+        if tls {
+            harness::issue_certs(&certs, &["provider".into(), "consumer".into()]).expect("certs");
+        }
         let reg = dir.path().join("registry");
         let registry = format!("file://{}", reg.display());
         let bins = Bins::for_test(env!("CARGO_BIN_EXE_bench"));
@@ -95,8 +112,9 @@ impl Mesh {
             Proc::start(name, program, &args, dir.path()).expect("start (prlimit is util-linux)")
         };
         let a = AgentAddrs::free().expect("ports");
-        let args =
+        let mut args =
             harness::provider_agent_args(a.listen, a.admin, provider.local_addr(), &registry);
+        args.extend(tls_args("provider"));
         let mut agent = start(
             "provider-agent",
             &bins.provider,
@@ -105,7 +123,8 @@ impl Mesh {
         );
         procs::wait_healthy(a.admin, deadline, &mut agent).expect("healthy");
         let c = AgentAddrs::free().expect("ports");
-        let args = harness::consumer_agent_args(c.listen, c.admin, &registry);
+        let mut args = harness::consumer_agent_args(c.listen, c.admin, &registry);
+        args.extend(tls_args("consumer"));
         let mut consumer = start(
             "consumer-agent",
             &bins.consumer,
@@ -330,6 +349,76 @@ fn provider_agent_survives_a_flood_past_its_fd_limit() {
             })
             .is_ok()
     });
+    let mut s = connect(http);
+    assert!(matches!(call_on(&mut s, http, "after"), Ok(true)));
+    mesh.finish();
+}
+
+/// A PING over a new mutual-TLS connection to `addr` (openssl `s_client` with the
+/// `consumer` certificate of `certs`) is answered PONG.
+fn tls_ping(addr: SocketAddr, certs: &Path) -> bool {
+    let mut ping = Vec::new();
+    codec::agent::encode_ping(&mut ping, 7);
+    let file = |name: &str| certs.join(name).display().to_string();
+    let child = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+        .args(["-CAfile", &file("ca.pem")])
+        .args([
+            "-cert",
+            &file("consumer.pem"),
+            "-key",
+            &file("consumer-key.pem"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        panic!("openssl s_client (Debian's openssl, installed by .ci/setup) does not start");
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&ping);
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut out = Vec::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_end(&mut out);
+    }
+    matches!(
+        codec::agent::decode(&out),
+        Ok(codec::Decoded::Complete {
+            msg: codec::agent::Frame::Pong { id: 7 },
+            ..
+        })
+    )
+}
+
+/// The same flood on a provider-agent with mutual TLS: each flooding connection holds
+/// a TLS state until its handshake times out, and none may cost the agent its loop.
+#[test]
+fn provider_agent_with_mtls_survives_a_flood_past_its_fd_limit() {
+    let _serial = serial();
+    let mut mesh = Mesh::start_with(Limited::ProviderAgent, true);
+    let addr = mesh.agent_addr;
+    let certs = mesh._dir.path().join("certs");
+    let base_fds = limited_base_fds(&mesh.agent);
+    assert!(tls_ping(addr, &certs), "PONG over TLS before the flood");
+    let http = mesh.consumer_addr;
+    let mut client = connect(http);
+    assert!(matches!(call_on(&mut client, http, "before"), Ok(true)));
+
+    let conns = saturate(addr, &mut mesh.agent);
+    for i in 0..5 {
+        let ok = call(&mut client, http, &format!("during the flood {i}"));
+        assert!(
+            ok.is_ok(),
+            "calls over the TLS connection opened before the flood are served: {ok:?}\n{}",
+            mesh.agent.tail()
+        );
+    }
+    recover(&mut mesh.agent, conns, base_fds, || tls_ping(addr, &certs));
     let mut s = connect(http);
     assert!(matches!(call_on(&mut s, http, "after"), Ok(true)));
     mesh.finish();

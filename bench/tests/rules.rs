@@ -255,10 +255,12 @@ fn a_rate_limit_holds_its_rate_and_answers_429() {
 }
 
 /// A Dubbo provider that answers right (the race's hash), or every call with
-/// SERVER_ERROR while `failing`. Counts the calls it gets.
+/// SERVER_ERROR while `failing`, or every other call while `half`. Counts the calls it
+/// gets.
 struct Flaky {
     addr: SocketAddr,
     failing: Arc<AtomicBool>,
+    half: Arc<AtomicBool>,
     calls: Arc<AtomicU64>,
 }
 
@@ -267,23 +269,25 @@ impl Flaky {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let failing = Arc::new(AtomicBool::new(false));
+        let half = Arc::new(AtomicBool::new(false));
         let calls = Arc::new(AtomicU64::new(0));
-        let (f, c) = (failing.clone(), calls.clone());
+        let (f, h, c) = (failing.clone(), half.clone(), calls.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (f, c) = (f.clone(), c.clone());
-                std::thread::spawn(move || flaky_conn(conn, &f, &c));
+                let (f, h, c) = (f.clone(), h.clone(), c.clone());
+                std::thread::spawn(move || flaky_conn(conn, &f, &h, &c));
             }
         });
         Flaky {
             addr,
             failing,
+            half,
             calls,
         }
     }
 }
 
-fn flaky_conn(mut conn: TcpStream, failing: &AtomicBool, calls: &AtomicU64) {
+fn flaky_conn(mut conn: TcpStream, failing: &AtomicBool, half: &AtomicBool, calls: &AtomicU64) {
     let mut input = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -304,8 +308,10 @@ fn flaky_conn(mut conn: TcpStream, failing: &AtomicBool, calls: &AtomicU64) {
                 }
                 continue;
             }
-            calls.fetch_add(1, Ordering::Relaxed);
-            let healthy = !failing.load(Ordering::Relaxed);
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            let fails =
+                failing.load(Ordering::Relaxed) || (half.load(Ordering::Relaxed) && n % 2 == 1);
+            let healthy = !fails;
             let arg = dubbo::decode_request_body(msg.serialization_id(), msg.body)
                 .ok()
                 .and_then(|b| b.args.into_iter().next());
@@ -379,6 +385,55 @@ fn a_failing_instance_is_ejected_at_its_threshold_and_returns_once_healed() {
     for _ in 0..20 {
         assert_eq!(one_call(mesh.http, "ok").expect("call"), (200, true));
     }
+}
+
+/// Failing every other call never makes failures in a row, but a success rate of 50%
+/// under the rule's 80% ejects the instance; healed, it returns.
+#[test]
+fn an_instance_under_its_success_rate_is_ejected() {
+    let _serial = serial();
+    let good = mock(0);
+    let flaky = Flaky::start();
+    let mesh = Mesh::start(&[(good.local_addr(), &[]), (flaky.addr, &[])]);
+    mesh.rules(
+        r#"{"outlier": {"consecutive_failures": 1000, "success_rate_below": 80,
+                        "min_requests": 10, "window_ms": 3000, "base_ejection_ms": 600,
+                        "max_ejection_ms": 600, "max_ejected_percent": 50}}"#,
+    );
+    flaky.half.store(true, Ordering::Relaxed);
+    let start = flaky.calls.load(Ordering::Relaxed);
+    // Calls until the flaky instance stops getting them (its ejection).
+    let mut quiet = 0;
+    let mut sent = 0;
+    while quiet < 20 {
+        let before = flaky.calls.load(Ordering::Relaxed);
+        let _ = one_call(mesh.http, "sr").expect("call");
+        sent += 1;
+        quiet = if flaky.calls.load(Ordering::Relaxed) == before {
+            quiet + 1
+        } else {
+            0
+        };
+        assert!(sent < 400, "never ejected at a 50% success rate");
+    }
+    let took = flaky.calls.load(Ordering::Relaxed) - start;
+    // The window also holds the good answers of the mesh's start: at least three
+    // failures (of ten calls or more) bring it under 80%.
+    assert!(
+        (5..=40).contains(&took),
+        "ejected after {took} calls at 50% success"
+    );
+    // Ejected: the good instance takes every call, all answered right.
+    for _ in 0..20 {
+        assert_eq!(one_call(mesh.http, "ok").expect("call"), (200, true));
+    }
+    flaky.half.store(false, Ordering::Relaxed);
+    let back = wait_until(Duration::from_secs(5), || {
+        let before = flaky.calls.load(Ordering::Relaxed);
+        let _ = one_call(mesh.http, "back");
+        flaky.calls.load(Ordering::Relaxed) > before
+    });
+    assert!(back, "the healed instance never came back");
 }
 
 #[test]

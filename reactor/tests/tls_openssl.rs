@@ -326,3 +326,75 @@ fn our_client_against_openssl_s_server() {
         drop(peer);
     }
 }
+
+/// TLS 1.2 renegotiation (s_client's `R` command) is not supported: the client that
+/// asks is cut off with a TLS error, and a second client connected beside it is
+/// served before and after.
+#[test]
+fn a_client_that_renegotiates_is_cut_off_and_others_are_unharmed() {
+    let dir = TempDir::new("renegotiate");
+    let ca = Ca::new("server CA");
+    let server_id = ca.issue(&["server.test"], &[], Validity::Good);
+    let ca_pem = dir.write("ca.pem", &ca.pem());
+    let (make, rx, stats) = tls_echo_with_stats(false);
+    let server = Running::new(
+        Builder::new(Config {
+            loops: 1,
+            ..Config::default()
+        })
+        .listen_tls(
+            any_port(),
+            (),
+            TlsAcceptor::new(server_config_tls12(&server_id)),
+        )
+        .start(make)
+        .unwrap(),
+    );
+    let connect = server.addr().to_string();
+    let client = |commands: bool| {
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &connect,
+            "-tls1_2",
+            "-CAfile",
+            &ca_pem,
+            "-servername",
+            "server.test",
+        ];
+        // Without -quiet, a line `R` asks s_client to renegotiate; -quiet turns the
+        // commands off, so the bystander's lines are plain data. (-quiet implies
+        // -ign_eof: -no_ign_eof must come after it.)
+        args.push(if commands { "-brief" } else { "-quiet" });
+        args.push("-no_ign_eof");
+        Peer::spawn(&args)
+    };
+    let mut bystander = client(false);
+    bystander.send("before");
+    assert_eq!(bystander.line(), "before");
+    let _ = opened(&rx);
+
+    let mut renegotiator = client(true);
+    renegotiator.send("hello");
+    // -brief prints the session's summary on stderr (discarded): the echo comes first.
+    assert_eq!(renegotiator.line(), "hello");
+    let (renegotiating, _) = opened(&rx);
+    renegotiator.send("R");
+    match closed(&rx) {
+        (id, CloseReason::Tls(e)) => {
+            assert_eq!(id, renegotiating);
+            // rustls answers the new ClientHello with a no_renegotiation alert, and
+            // s_client gives up with a fatal one.
+            eprintln!("renegotiation refused: {e}");
+        }
+        (id, r) => panic!("connection {id:?} closed {r:?} on renegotiation"),
+    }
+    assert_eq!(stats.lock().unwrap().record_failures, 1, "counted");
+    // (s_client may sit on its failed session until killed: dropping it kills it.)
+    drop(renegotiator);
+
+    bystander.send("after");
+    assert_eq!(bystander.line(), "after");
+    assert!(bystander.finish(), "the bystander's session ended cleanly");
+    server.shutdown();
+}

@@ -90,7 +90,19 @@ impl ConsumerLoop {
         };
         let now = cx.now();
         let attachments = c.attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let route = applied.rules.route_for(&sig.method, attachments, headers);
+        // The caller's identity is looked up only for rules that match on it.
+        let caller = if applied.rules.names_callers() {
+            match c.origin {
+                Origin::Http { conn, .. } | Origin::Dubbo { conn, .. } => {
+                    crate::tls::peer_identity(cx, conn)
+                }
+            }
+        } else {
+            None
+        };
+        let route = applied
+            .rules
+            .route_for(&sig.method, attachments, headers, caller.as_deref());
         if let Some(b) = applied.bucket.as_mut() {
             if let Err(wait) = b.take(now) {
                 return Err(Limited {
