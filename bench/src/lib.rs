@@ -6,6 +6,8 @@ pub mod direct;
 pub mod echo;
 pub mod harness;
 pub mod hist;
+#[cfg(feature = "tls")]
+mod idle_tls;
 pub mod load;
 pub mod procs;
 pub mod provider;

@@ -821,6 +821,15 @@ fn idle(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
         agents,
         extra,
     });
+    // With --tls, the same on a consumer-agent serving HTTP over TLS.
+    #[cfg(feature = "tls")]
+    if opts.tls {
+        let logs = opts.out.join("logs").join("idle-tls");
+        std::fs::create_dir_all(&logs)?;
+        let tmp = topo._tmp.path().to_owned();
+        let step = crate::idle_tls::step(&bins.consumer, &topo.registry_url, &tmp, &logs, n)?;
+        steps.push(step);
+    }
     Ok(())
 }
 

@@ -75,4 +75,23 @@ fn quick_scenarios_run_clean_and_stop_everything() {
         Vec::<String>::new(),
         "every process stopped"
     );
+
+    // With --tls, a second step over TLS (a consumer-agent with --http-tls-cert).
+    opts.tls = true;
+    let r = scenario::run(&opts).expect("idle scenario over TLS");
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert_eq!(r.steps.len(), 2, "{:?}", r.steps);
+    let tls = &r.steps[1];
+    assert_eq!(tls.scenario, "idle-tls");
+    assert!(tls.errors.is_empty(), "{tls:?}");
+    assert_eq!(tls.requests, 200, "one call on each connection");
+    assert!(
+        tls.extra["bytes_per_tls_conn_after_a_call"] > 0.0,
+        "{tls:?}"
+    );
+    assert_eq!(
+        live_children(),
+        Vec::<String>::new(),
+        "every process stopped"
+    );
 }
