@@ -1,7 +1,7 @@
 //! Upstreams as one loop sees them: provider-agents and unmeshed Dubbo providers, their
 //! connections, call definitions and services.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,9 @@ use slab::Slab;
 use crate::lb::{Algorithm, Balancer, Stats};
 use crate::rules::{self, Bucket, Rules};
 use std::sync::Arc;
+
+/// The loop's maps looked up per call: foldhash, seeded per process.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// What an upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,9 +208,9 @@ impl Upstreams {
     pub fn new(algorithm: Algorithm) -> Self {
         Upstreams {
             table: Slab::new(),
-            by_addr: HashMap::new(),
-            services: HashMap::new(),
-            rules: HashMap::new(),
+            by_addr: HashMap::default(),
+            services: HashMap::default(),
+            rules: HashMap::default(),
             algorithm,
             max_inflight: u32::MAX,
             open_scratch: Vec::new(),

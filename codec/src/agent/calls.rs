@@ -1,8 +1,9 @@
 //! Call signatures and the per-connection table interning them as call ids.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+
+use foldhash::quality::RandomState;
 
 use super::AgentError;
 
@@ -120,7 +121,7 @@ impl Signature {
 pub struct CallTable {
     sigs: Vec<Option<Signature>>,
     /// Signature hash -> ids with that hash (collisions are compared field by field).
-    index: HashMap<u64, Vec<u32>>,
+    index: HashMap<u64, Vec<u32>, RandomState>,
     hasher: RandomState,
     next: u32,
     defined: usize,

@@ -891,6 +891,16 @@ fn skip_string_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
             return Err(Stop::Incomplete);
         }
         while units > 0 {
+            // A run of ASCII (one byte, one unit each) in one step: most strings are.
+            let run = r
+                .buf
+                .get(r.pos..)
+                .map_or(0, |rest| ascii_run(&rest[..units.min(rest.len())]));
+            r.pos += run;
+            units -= run;
+            if units == 0 {
+                break;
+            }
             let start = r.pos;
             let b0 = r.u8()?;
             let extra = match b0 {
@@ -923,6 +933,28 @@ fn skip_string_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
     }
 }
 
+/// The number of ASCII bytes `s` starts with, counted a word at a time.
+fn ascii_run(s: &[u8]) -> usize {
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let mut n = 0;
+    let mut words = s.chunks_exact(8);
+    for w in words.by_ref() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let high = u64::from_le_bytes(b) & HIGH_BITS;
+        if high != 0 {
+            // The first byte with its high bit set ends the run.
+            return n + (high.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + words
+        .remainder()
+        .iter()
+        .take_while(|b| b.is_ascii())
+        .count()
+}
+
 /// Skips a binary value's chunks.
 fn skip_binary_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
     let (mut tag, mut at) = (tag, at);
@@ -934,5 +966,23 @@ fn skip_binary_body(tag: u8, at: usize, r: &mut Reader<'_>) -> Step<()> {
         }
         at = r.pos;
         tag = r.u8()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ascii_run;
+
+    #[test]
+    fn ascii_runs_end_at_the_first_high_byte() {
+        assert_eq!(ascii_run(b""), 0);
+        assert_eq!(ascii_run(b"abc"), 3);
+        assert_eq!(ascii_run(b"abcdefgh"), 8);
+        assert_eq!(ascii_run(b"abcdefghij\xc3\xa9"), 10);
+        for at in 0..20 {
+            let mut v = vec![b'a'; 20];
+            v[at] = 0xe4;
+            assert_eq!(ascii_run(&v), at, "non-ASCII at {at}");
+        }
     }
 }

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Instructions each request costs an agent, counted by callgrind (repeatable, unlike
+# CPU seconds on a busy machine): a mock provider, a provider-agent and a consumer-agent
+# on loopback (ports 21000-21881, 31000-31001), one of the agents (WHO=consumer, the
+# default, or WHO=provider) under callgrind, 6 s of 8-connection load over HTTP, then
+# over Dubbo (`--dubbo-listen`); prints instructions per request for each.
+#
+#   cargo build --release -p agent-consumer -p agent-provider -p bench
+#   bash bench/scripts/instructions-per-request.sh     # needs valgrind and curl
+set -u
+B=${B:-${CARGO_TARGET_DIR:-target}/release}
+S=com.alibaba.dubbo.performance.demo.provider.IHelloService
+WHO=${WHO:-consumer}
+D=$(mktemp -d)
+$B/bench provider --listen 127.0.0.1:21880 --latency-ms 0 --threads 8 > $D/prov.log 2>&1 &
+PP=$!
+sleep 0.5
+PA="$B/provider-agent --listen 127.0.0.1:31000 --advertise 127.0.0.1:31000 --admin 127.0.0.1:31001 --provider 127.0.0.1:21880 --service $S --registry file://$D/reg --loops 1"
+CA="$B/consumer-agent --listen 127.0.0.1:21000 --dubbo-listen 127.0.0.1:21881 --admin 127.0.0.1:21001 --registry file://$D/reg --service $S --loops 1"
+VG="valgrind --tool=callgrind --callgrind-out-file=$D/cg.out"
+if [ "$WHO" = provider ]; then $VG $PA > $D/pa.log 2>&1 & PAP=$!; sleep 3; $CA > $D/ca.log 2>&1 & CAP=$!; TP=$PAP; ADMIN=31001; M=provider_agent_requests_total
+else $PA > $D/pa.log 2>&1 & PAP=$!; sleep 1; $VG $CA > $D/ca.log 2>&1 & CAP=$!; TP=$CAP; ADMIN=21001; M=consumer_requests_total; fi
+sleep 4
+req() { curl -s 127.0.0.1:$ADMIN/metrics | grep "^$M" | awk '{s+=$2} END {print s+0}'; }
+for proto in http dubbo; do
+  T=127.0.0.1:21000; [ $proto = dubbo ] && T=127.0.0.1:21881
+  $B/bench load --protocol $proto --target $T --connections 8 --warmup-secs 0 --duration-secs 2 > /dev/null 2>&1
+  callgrind_control -z $TP > /dev/null
+  r0=$(req)
+  $B/bench load --protocol $proto --target $T --connections 8 --warmup-secs 0 --duration-secs 6 > $D/load-$proto.log 2>&1
+  r1=$(req)
+  callgrind_control -d $proto $TP > /dev/null
+  sleep 1
+  f=$(ls -t $D/cg.out* | head -1)
+  ir=$(callgrind_annotate $f 2>/dev/null | grep "PROGRAM TOTALS" | awk '{gsub(",","",$1); print $1}')
+  echo "$WHO-agent $proto: $((r1-r0)) requests, $ir instructions, $(( ir / (r1-r0 > 0 ? r1-r0 : 1) )) per request"
+done
+kill $CAP $PAP $PP 2>/dev/null; wait 2>/dev/null
+rm -rf "$D"
