@@ -7,16 +7,28 @@
 #
 #   cargo build --release -p agent-consumer -p agent-provider -p bench
 #   bash bench/scripts/instructions-per-request.sh     # needs valgrind and curl
+#
+# RULES=FILE puts that traffic-rules document in force for the service; TLS=1 turns on
+# mutual TLS between the agents (certificates from deploy/tls/issue-certs.sh).
 set -u
 B=${B:-${CARGO_TARGET_DIR:-target}/release}
 S=com.alibaba.dubbo.performance.demo.provider.IHelloService
 WHO=${WHO:-consumer}
 D=$(mktemp -d)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$D/reg/$S"
+[ -n "${RULES:-}" ] && cp "$RULES" "$D/reg/$S/mesh-rules"
+PTLS="" CTLS=""
+if [ "${TLS:-0}" = 1 ]; then
+  bash "$ROOT/deploy/tls/issue-certs.sh" "$D/certs" bench.mesh consumer provider > /dev/null
+  t() { echo "--tls-cert $D/certs/$1.pem --tls-key $D/certs/$1-key.pem --tls-ca $D/certs/ca.pem"; }
+  PTLS=$(t provider) CTLS=$(t consumer)
+fi
 $B/bench provider --listen 127.0.0.1:21880 --latency-ms 0 --threads 8 > $D/prov.log 2>&1 &
 PP=$!
 sleep 0.5
-PA="$B/provider-agent --listen 127.0.0.1:31000 --advertise 127.0.0.1:31000 --admin 127.0.0.1:31001 --provider 127.0.0.1:21880 --service $S --registry file://$D/reg --loops 1"
-CA="$B/consumer-agent --listen 127.0.0.1:21000 --dubbo-listen 127.0.0.1:21881 --admin 127.0.0.1:21001 --registry file://$D/reg --service $S --loops 1"
+PA="$B/provider-agent --listen 127.0.0.1:31000 --advertise 127.0.0.1:31000 --admin 127.0.0.1:31001 --provider 127.0.0.1:21880 --service $S --registry file://$D/reg --loops 1 $PTLS"
+CA="$B/consumer-agent --listen 127.0.0.1:21000 --dubbo-listen 127.0.0.1:21881 --admin 127.0.0.1:21001 --registry file://$D/reg --service $S --loops 1 $CTLS"
 VG="valgrind --tool=callgrind --callgrind-out-file=$D/cg.out"
 if [ "$WHO" = provider ]; then $VG $PA > $D/pa.log 2>&1 & PAP=$!; sleep 3; $CA > $D/ca.log 2>&1 & CAP=$!; TP=$PAP; ADMIN=31001; M=provider_agent_requests_total
 else $PA > $D/pa.log 2>&1 & PAP=$!; sleep 1; $VG $CA > $D/ca.log 2>&1 & CAP=$!; TP=$CAP; ADMIN=21001; M=consumer_requests_total; fi
