@@ -156,6 +156,8 @@ impl RulesInForce {
 /// 1,024 are held (the oldest closed first), so no number of slow or idle clients keeps
 /// `/healthz` from answering. The server stops when the returned handle is dropped.
 ///
+/// With `inherited` sockets (a binary upgrade), serves on them instead of binding.
+///
 /// # Errors
 /// The address could not be bound.
 pub fn spawn(
@@ -163,9 +165,10 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     discovered: Arc<Discovered>,
     rules: Arc<RulesInForce>,
+    inherited: Option<Vec<std::net::TcpListener>>,
 ) -> std::io::Result<Server> {
     let health = metrics.clone();
-    Builder::new(Config::named("consumer-admin"))
+    let builder = Builder::new(Config::named("consumer-admin"))
         .health(move || {
             if health.has_upstream() {
                 Ok(())
@@ -182,6 +185,10 @@ pub fn spawn(
         })
         .route("/rules", move || {
             Response::json(200, format!("{:#}\n", rules.to_json()))
-        })
-        .start(addr)
+        });
+    // Taken over from the process this one replaces (`--upgrade-from`), or bound.
+    match inherited {
+        Some(socks) => builder.start_inherited(socks),
+        None => builder.start(addr),
+    }
 }

@@ -112,7 +112,51 @@ pub struct Config {
     /// Close an HTTP connection idle this long, in seconds (0: never).
     #[arg(long, default_value_t = 300)]
     pub idle_timeout_secs: u64,
-    /// On SIGTERM, how long in-flight requests may take to finish, in milliseconds.
+    /// On SIGTERM, or after handing over to a new process (`--upgrade-socket`), how
+    /// long in-flight requests (and, handing over, idle keep-alive connections) may
+    /// take to finish, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub drain_ms: u64,
+    /// Offer this agent's listening sockets on this Unix socket to a new process
+    /// started with `--upgrade-from` the same path (a binary upgrade: `systemctl
+    /// reload`, or SIGUSR2, starts one). Once the new process accepts, this one stops
+    /// accepting, finishes its calls, closes its HTTP connections between requests
+    /// (`Connection: close`) and exits (within `--drain-ms`).
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the agent offering them on this Unix
+    /// socket (its `--upgrade-socket`), instead of binding: no connect is refused
+    /// while the two overlap. If this process fails to start, the old one serves on.
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_from: Option<PathBuf>,
+    /// Access log: one JSON line per call (time, trace id, caller, service, method,
+    /// version, group, front-end, provider-agent, retries, status, latency, bytes) to
+    /// this file, or `-` for standard output (absent: none). Written by a thread of its
+    /// own through a bounded queue: when it is full lines are dropped and counted
+    /// (`consumer_access_log_dropped_total`), never waited for. The file is appended
+    /// to, and reopened on SIGHUP (for logrotate's move-then-signal).
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<String>,
+    /// Service and method series at most in `/metrics` (`consumer_method_*`): the
+    /// busiest are kept, every other call is counted under `method="other"`, so callers
+    /// naming random methods cannot grow the agent's memory.
+    /// At most 65,536 (0: every call under `other`).
+    #[arg(long, default_value_t = reactor_admin::method_stats::DEFAULT_MAX_SERIES as u32,
+          value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub max_method_series: u32,
+    /// Distributed tracing: export spans over OTLP/HTTP (protobuf) to this collector,
+    /// `http://host:port[/path]` (path `/v1/traces` if none). With it, a call carrying a
+    /// trace context (W3C `traceparent`/`tracestate`, B3 `b3` or `X-B3-*`, SkyWalking
+    /// `sw8`, as HTTP headers or Dubbo attachments) is continued with the agent's span
+    /// and handed on in the same format. Spans leave through a bounded queue to an
+    /// exporter thread (batches of up to 512 spans or 1 s); when the collector is slow,
+    /// down or refuses, they are dropped and counted (`consumer_spans_dropped_total`),
+    /// never waited for. Absent: no tracing, trace attachments pass through unchanged.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of calls without a trace context that start a trace (0.0 to 1.0;
+    /// needs `--otlp-endpoint`). A B3 context that defers the decision is decided by it
+    /// too.
+    #[arg(long, default_value_t = 0.0, value_parser = reactor_admin::otlp::parse_sample_rate)]
+    pub trace_sample_rate: f64,
 }

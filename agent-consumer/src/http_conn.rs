@@ -32,6 +32,11 @@ pub struct HttpConn {
     pub input_ended: bool,
     /// Last time a request arrived or an answer left (idle timeout).
     pub last_active: Instant,
+    /// The client's address (the access log's `caller`), read once at accept.
+    pub peer: Option<std::net::SocketAddr>,
+    /// The identity the client's certificate proved (`--http-tls-ca`), read once at
+    /// accept when the access log is on (its `caller_identity`).
+    pub identity: Option<String>,
 }
 
 impl HttpConn {
@@ -47,6 +52,8 @@ impl HttpConn {
             paused: false,
             input_ended: false,
             last_active: now,
+            peer: None,
+            identity: None,
         }
     }
 

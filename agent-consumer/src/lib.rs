@@ -30,11 +30,13 @@ mod loop_handler;
 mod metrics;
 mod rules;
 mod tls;
+mod upgrade;
 mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub use crate::config::Config;
 use crate::discovery::Discovery;
@@ -54,6 +56,10 @@ pub struct Running {
     discovery: Option<(Arc<Discovery>, JoinHandle<()>)>,
     /// The TLS certificate watcher, with `--tls-cert`.
     tls_watcher: Option<tls::Watcher>,
+    /// With `--upgrade-socket`: the thread offering the listeners to a new process.
+    handover: Option<reactor::handover::Server>,
+    /// Set once a new process took the listeners over.
+    handed_over: Arc<upgrade::HandedOver>,
 }
 
 /// Why the agent could not start.
@@ -87,7 +93,25 @@ impl std::error::Error for StartError {}
 /// not a service name.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new(config.loops));
+    let metrics = Arc::new(Metrics::with_method_series(
+        config.loops,
+        config.max_method_series as usize,
+    ));
+    if let Some(path) = &config.access_log {
+        let target = reactor_admin::access_log::Target::parse(path);
+        let log = reactor_admin::access_log::AccessLog::open(target, "access-log")
+            .map_err(|e| StartError::Config(format!("--access-log {path}: {e}")))?;
+        metrics.set_access_log(log);
+    }
+    if let Some(spans) = reactor_admin::otlp::from_flags(
+        config.otlp_endpoint.as_deref(),
+        config.trace_sample_rate,
+        "consumer-agent",
+    )
+    .map_err(StartError::Config)?
+    {
+        metrics.set_spans(spans);
+    }
     let registry = registry::open(config.registry.as_deref()).map_err(StartError::Registry)?;
     metrics.set_registry(registry.clone());
     let (discovery, requests) = Discovery::new(config.max_services as usize, &config.services);
@@ -110,14 +134,39 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let http_tls = tls.http.take();
     #[cfg(not(feature = "tls"))]
     let http_tls: Option<()> = None;
-    builder = match http_tls {
+    // A binary upgrade: the listening sockets come from the running agent.
+    let mut takeover = match &config.upgrade_from {
+        Some(path) => Some(upgrade::take(path)?),
+        None => None,
+    };
+    let http_socks = upgrade::inherited(&mut takeover, upgrade::HTTP, config.listen);
+    builder = match (http_tls, http_socks) {
         #[cfg(feature = "tls")]
-        Some(acceptor) => builder.listen_tls(config.listen, Tag::Http, acceptor),
+        (Some(acceptor), Some(socks)) => builder.listen_tls_inherited(socks, Tag::Http, acceptor),
+        #[cfg(feature = "tls")]
+        (Some(acceptor), None) => builder.listen_tls(config.listen, Tag::Http, acceptor),
+        (_, Some(socks)) => builder.listen_inherited(socks, Tag::Http),
         _ => builder.listen(config.listen, Tag::Http),
     };
     if let Some(addr) = config.dubbo_listen {
-        builder = builder.listen(addr, Tag::Dubbo);
+        builder = match upgrade::inherited(&mut takeover, upgrade::DUBBO, addr) {
+            Some(socks) => builder.listen_inherited(socks, Tag::Dubbo),
+            None => builder.listen(addr, Tag::Dubbo),
+        };
     }
+    // The admin port before the loops: once they run they accept (on sockets taken
+    // over, too), and a start failing after that would drop what they accepted.
+    let discovered = Arc::new(admin::Discovered::default());
+    let rules = Arc::new(admin::RulesInForce::default());
+    let admin = match config.admin {
+        Some(a) => {
+            let inherited = upgrade::inherited(&mut takeover, upgrade::ADMIN, a);
+            let (d, r) = (discovered.clone(), rules.clone());
+            let server = admin::spawn(a, metrics.clone(), d, r, inherited);
+            Some(server.map_err(StartError::Io)?)
+        }
+        None => None,
+    };
     let reactor = builder
         .start(move |index, _| {
             ConsumerLoop::new(c.clone(), m.for_loop(index), d.clone()).with_tls(client_tls.clone())
@@ -125,8 +174,6 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .map_err(StartError::Io)?;
     let http_addr = reactor.local_addrs()[0];
     let dubbo_addr = reactor.local_addrs().get(1).copied();
-    let discovered = Arc::new(admin::Discovered::default());
-    let rules = Arc::new(admin::RulesInForce::default());
     let watcher = discovery::spawn(
         registry,
         requests,
@@ -135,18 +182,46 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         rules.clone(),
     )
     .map_err(StartError::Io)?;
-    let admin = match config.admin {
-        Some(a) => {
-            let server = admin::spawn(a, metrics.clone(), discovered, rules);
-            Some(server.map_err(StartError::Io)?)
-        }
-        None => None,
-    };
     let admin_addr = admin.as_ref().map(reactor_admin::Server::local_addr);
     match dubbo_addr {
         Some(d) => log::info!("consumer-agent listening on {http_addr} (HTTP) and {d} (Dubbo)"),
         None => log::info!("consumer-agent listening on {http_addr}"),
     }
+    // Accepting on every socket: the old process may stop (nothing fallible after this
+    // may fail the start, or the port would be left without a server).
+    if let Some(t) = takeover.take() {
+        // With provider-agents connected first (as `/healthz` says), so calls taken from
+        // now on go out at once; the registry or provider-agents unreachable: anyway,
+        // after a while (the old process would have none either).
+        let within = Duration::from_millis(config.connect_timeout_ms) + UPSTREAMS_WITHIN;
+        if !config.services.is_empty() && !upgrade::wait_until(within, || metrics.has_upstream()) {
+            log::warn!("no provider-agent connected within {within:?}: taking over anyway");
+        }
+        upgrade::ready(t);
+    }
+    let handed_over = Arc::new(upgrade::HandedOver::default());
+    let handover = match &config.upgrade_socket {
+        Some(path) => {
+            let offered = offered_listeners(&reactor, dubbo_addr.is_some(), admin.as_ref())
+                .map_err(StartError::Io)
+                .and_then(|listeners| {
+                    upgrade::serve(
+                        path,
+                        listeners,
+                        reactor.handles().to_vec(),
+                        handed_over.clone(),
+                    )
+                });
+            match offered {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    log::error!("no binary upgrade possible: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     Ok(Running {
         reactor,
         http_addr,
@@ -156,7 +231,33 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         admin,
         discovery: Some((discovery, watcher)),
         tls_watcher: tls.watcher.take(),
+        handover,
+        handed_over,
     })
+}
+
+/// How long a new process (`--upgrade-from`) waits for a provider-agent connection
+/// (beyond `--connect-timeout-ms`) before it tells the old one to stop anyway.
+const UPSTREAMS_WITHIN: Duration = Duration::from_secs(2);
+
+/// The listening sockets a new process takes over (`--upgrade-socket`), by name.
+fn offered_listeners(
+    reactor: &reactor::Reactor<LoopMsg>,
+    dubbo: bool,
+    admin: Option<&reactor_admin::Server>,
+) -> std::io::Result<Vec<(String, Vec<std::net::TcpListener>)>> {
+    let mut socks = reactor.listeners()?.into_iter();
+    let mut out = Vec::new();
+    if let Some(http) = socks.next() {
+        out.push((upgrade::HTTP.to_owned(), http));
+    }
+    if let Some(d) = socks.next().filter(|_| dubbo) {
+        out.push((upgrade::DUBBO.to_owned(), d));
+    }
+    if let Some(a) = admin {
+        out.push((upgrade::ADMIN.to_owned(), a.listeners()?));
+    }
+    Ok(out)
 }
 
 impl Running {
@@ -180,10 +281,24 @@ impl Running {
         &self.metrics
     }
 
-    /// Stops gracefully (no new connections, in-flight calls finish) and waits.
+    /// Calls `f` (once, on another thread) when a new process has taken the listeners
+    /// over (`--upgrade-socket`): the agent is draining, and [`Running::stop`] waits
+    /// for it to finish. At once if that happened already.
+    pub fn when_handed_over(&self, f: impl FnOnce() + Send + 'static) {
+        self.handed_over.then(Box::new(f));
+    }
+
+    /// Stops gracefully (no new connections, in-flight calls finish) and waits. After a
+    /// handover (see [`Running::when_handed_over`]), waits for the drain: calls
+    /// answered and client connections closed between requests, or `--drain-ms`.
     pub fn stop(mut self) {
+        if let Some(h) = self.handover.take() {
+            h.stop();
+        }
         self.reactor.stop();
         self.reactor.join();
+        // The loops' last access log lines reach the file before the process exits.
+        self.metrics.sync_access_log();
         if let Some(admin) = self.admin.take() {
             admin.stop();
         }

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
+use reactor_admin::access_log::AccessLog;
+use reactor_admin::method_stats::{MethodStats, MethodTable, DEFAULT_MAX_SERIES};
 
 /// How a request ended, for the error counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,30 @@ const OUTCOMES: [(Outcome, &str); 7] = [
     (Outcome::Forbidden, "forbidden"),
     (Outcome::RateLimited, "rate_limited"),
 ];
+
+/// The outcomes' names, in [`OUTCOMES`] order: the `status` label of the per-method
+/// metrics.
+const OUTCOME_NAMES: [&str; OUTCOMES.len()] = [
+    "ok",
+    "bad_request",
+    "provider_error",
+    "unavailable",
+    "timeout",
+    "forbidden",
+    "rate_limited",
+];
+
+impl Outcome {
+    /// Its index in [`OUTCOMES`] (and in the per-method metrics' statuses).
+    pub fn index(self) -> usize {
+        OUTCOMES.iter().position(|(o, _)| *o == self).unwrap_or(0)
+    }
+
+    /// Its name in the metrics and the access log (`ok`, `timeout`, ...).
+    pub fn name(self) -> &'static str {
+        OUTCOME_NAMES.get(self.index()).copied().unwrap_or("ok")
+    }
+}
 
 /// One provider-agent as a loop last saw it.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +117,12 @@ pub struct Metrics {
     /// The registry, for what it skipped (set once it is open).
     registry: std::sync::OnceLock<registry::Registry>,
     tls: TlsCounters,
+    /// Per service and method counters, one table per loop (`--max-method-series`).
+    methods: Arc<MethodStats>,
+    /// The access log (`--access-log`), once open.
+    access_log: std::sync::OnceLock<AccessLog>,
+    /// The span exporter's queue (`--otlp-endpoint`), once started.
+    spans: std::sync::OnceLock<reactor_admin::otlp::Spans>,
 }
 
 impl Default for Metrics {
@@ -148,6 +180,16 @@ impl LoopMetrics {
     pub fn set_tls_handshake_failures(&self, n: u64) {
         self.own().tls_handshake_failures.store(n, Relaxed);
     }
+
+    /// The loop's per-method table (take it once, for the loop's own use).
+    pub fn method_table(&self) -> MethodTable {
+        self.shared.methods.table(self.index)
+    }
+
+    /// The access log, with `--access-log`.
+    pub fn access_log(&self) -> Option<AccessLog> {
+        self.shared.access_log.get().cloned()
+    }
 }
 
 impl LoopCounters {
@@ -173,11 +215,54 @@ impl LoopCounters {
 impl Metrics {
     /// Counters for `loops` loops.
     pub fn new(loops: usize) -> Self {
+        Metrics::with_method_series(loops, DEFAULT_MAX_SERIES)
+    }
+
+    /// Counters for `loops` loops, with at most `max_series` service and method series
+    /// (`--max-method-series`).
+    pub fn with_method_series(loops: usize, max_series: usize) -> Self {
         Metrics {
             loops: (0..loops.max(1)).map(|_| LoopCounters::default()).collect(),
             upstreams: Mutex::default(),
             registry: std::sync::OnceLock::new(),
             tls: TlsCounters::default(),
+            methods: MethodStats::new(loops, max_series, &OUTCOME_NAMES),
+            access_log: std::sync::OnceLock::new(),
+            spans: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The access log the loops write to (set once, before the loops start).
+    pub fn set_access_log(&self, log: AccessLog) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The span exporter the loops hand spans to (set once, before the loops start).
+    pub fn set_spans(&self, spans: reactor_admin::otlp::Spans) {
+        let _ = self.spans.set(spans);
+    }
+
+    /// The span exporter, with `--otlp-endpoint`.
+    pub fn spans(&self) -> Option<reactor_admin::otlp::Spans> {
+        self.spans.get().cloned()
+    }
+
+    /// The per service and method series.
+    pub fn methods(&self) -> &MethodStats {
+        &self.methods
+    }
+
+    /// Access log lines dropped because its queue was full.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.access_log.get().map_or(0, AccessLog::dropped)
+    }
+
+    /// Waits (at most 2 s) until the access log's lines sent so far are in its file.
+    pub(crate) fn sync_access_log(&self) {
+        if let Some(log) = self.access_log.get() {
+            if !log.sync(std::time::Duration::from_secs(2)) {
+                log::warn!("access log: its last lines were not all written within 2 s");
+            }
         }
     }
 
@@ -329,6 +414,23 @@ impl Metrics {
             &self.latency(),
         );
         w.counter(
+            "consumer_access_log_dropped_total",
+            "Access log lines dropped because the writer's queue was full (--access-log); calls never wait for their line.",
+            self.access_log_dropped(),
+        );
+        let spans = self.spans.get().map(reactor_admin::otlp::Spans::stats);
+        w.counter(
+            "consumer_spans_exported_total",
+            "Spans the OTLP collector accepted (--otlp-endpoint).",
+            spans.map_or(0, |s| s.exported()),
+        );
+        w.counter(
+            "consumer_spans_dropped_total",
+            "Spans dropped: the exporter's queue was full, or the collector was down, slow or refused their batch; calls never wait for them.",
+            spans.map_or(0, |s| s.dropped()),
+        );
+        self.methods.render(&mut w, "consumer");
+        w.counter(
             "consumer_registry_entries_skipped_total",
             "Registry entries skipped as malformed or hostile (ZooKeeper nodes; each logged).",
             self.registry
@@ -386,7 +488,9 @@ mod tests {
         ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|suffix| name.strip_suffix(suffix))
-            .filter(|base| *base == "consumer_latency_seconds")
+            .filter(|base| {
+                *base == "consumer_latency_seconds" || *base == "consumer_method_latency_seconds"
+            })
             .unwrap_or(name)
     }
 

@@ -76,6 +76,12 @@ pub struct Upstream {
     /// The TLS identity its registry entry publishes (meta `tls.identity`): with
     /// `--tls-cert`, the certificate it presents must name it.
     pub tls_identity: Option<String>,
+    /// After a GOAWAY on `conn`: the new connection, connecting or proving itself with
+    /// a PING; calls go on over `conn` until it is open (see `codec::agent`).
+    pub replacement: Option<ConnId>,
+    /// The connection that said GOAWAY, once the replacement took over, and since
+    /// when: it gets no new call, and is closed once the calls sent before are answered.
+    pub draining: Option<(ConnId, Instant)>,
 }
 
 /// The instance metadata key naming a provider-agent's TLS identity (the
@@ -97,6 +103,8 @@ impl Upstream {
             services: 0,
             retiring: false,
             tls_identity: None,
+            replacement: None,
+            draining: None,
         }
     }
 

@@ -21,11 +21,15 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    /// Binds `addr` and serves on a new thread. `/healthz` is 200 while every loop has
-    /// a provider connection, else 503.
-    pub(crate) fn spawn(addr: SocketAddr, metrics: Metrics) -> io::Result<Admin> {
+    /// Binds `addr` (or serves on the `inherited` sockets of a binary upgrade) on a new
+    /// thread. `/healthz` is 200 while every loop has a provider connection, else 503.
+    pub(crate) fn spawn(
+        addr: SocketAddr,
+        metrics: Metrics,
+        inherited: Option<Vec<std::net::TcpListener>>,
+    ) -> io::Result<Admin> {
         let health = metrics.clone();
-        let server = Builder::new(Config::named("provider-admin"))
+        let builder = Builder::new(Config::named("provider-admin"))
             .health(move || {
                 if health.provider_up() {
                     Ok(())
@@ -33,8 +37,11 @@ impl Admin {
                     Err("provider not connected".into())
                 }
             })
-            .route("/metrics", move || Response::prometheus(metrics.render()))
-            .start(addr)?;
+            .route("/metrics", move || Response::prometheus(metrics.render()));
+        let server = match inherited {
+            Some(socks) => builder.start_inherited(socks)?,
+            None => builder.start(addr)?,
+        };
         Ok(Admin {
             addr: server.local_addr(),
             server: Some(server),
@@ -44,6 +51,14 @@ impl Admin {
     /// The bound address.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Duplicates of the listening socket, for a binary upgrade.
+    pub(crate) fn listeners(&self) -> io::Result<Vec<std::net::TcpListener>> {
+        self.server
+            .as_ref()
+            .ok_or_else(|| io::Error::other("admin server stopped"))?
+            .listeners()
     }
 
     /// Stops the server and waits for its thread.

@@ -180,9 +180,59 @@ pub struct Config {
     #[arg(long, default_value_t = 30)]
     pub heartbeat_secs: u64,
 
-    /// Seconds a graceful stop waits for calls in flight.
+    /// Seconds a graceful stop waits for calls in flight (also after handing over to a
+    /// new process, `--upgrade-socket`, for consumer-agents to move away).
     #[arg(long, default_value_t = 5)]
     pub drain_secs: u64,
+
+    /// Offer this agent's listening sockets on this Unix socket to a new process
+    /// started with `--upgrade-from` the same path (a binary upgrade: `systemctl
+    /// reload`, or SIGUSR2, starts one). Once the new process accepts and is
+    /// registered, this one stops accepting, tells consumer-agents to move to new
+    /// connections (GOAWAY), finishes its calls and exits (within `--drain-secs`).
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<std::path::PathBuf>,
+
+    /// Take the listening sockets over from the agent offering them on this Unix
+    /// socket (its `--upgrade-socket`), instead of binding: no connect is refused
+    /// while the two overlap. If this process fails to start, the old one serves on.
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_from: Option<std::path::PathBuf>,
+
+    /// Access log: one JSON line per call (time, trace id, caller address and mTLS
+    /// identity, service, method, version, group, front-end `agent` or `dubbo`,
+    /// provider, status, latency, bytes) to this file, or `-` for standard output
+    /// (absent: none). Written by a thread of its own through a bounded queue: when it
+    /// is full lines are dropped and counted (`provider_agent_access_log_dropped_total`),
+    /// never waited for. The file is appended to, and reopened on SIGHUP (for
+    /// logrotate's move-then-signal).
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<String>,
+
+    /// Service and method series at most in `/metrics` (`provider_agent_method_*`):
+    /// the busiest are kept, every other call is counted under `method="other"`, so
+    /// callers naming random methods cannot grow the agent's memory.
+    /// At most 65,536 (0: every call under `other`).
+    #[arg(long, default_value_t = reactor_admin::method_stats::DEFAULT_MAX_SERIES as u32,
+          value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub max_method_series: u32,
+
+    /// Distributed tracing: export spans over OTLP/HTTP (protobuf) to this collector,
+    /// `http://host:port[/path]` (path `/v1/traces` if none). With it, a call whose
+    /// consumer-agent sent a trace context (W3C, B3 or sw8 attachments) is continued
+    /// with this agent's span (the provider's part), and the provider receives the
+    /// context as Dubbo attachments in the same format, with that span as parent. Spans
+    /// leave through a bounded queue to an exporter thread; when the collector is slow,
+    /// down or refuses, they are dropped and counted
+    /// (`provider_agent_spans_dropped_total`), never waited for. Absent: no tracing,
+    /// trace attachments pass through unchanged.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of calls arriving without a trace context that start a trace here
+    /// (0.0 to 1.0; needs `--otlp-endpoint`). Consumer-agents usually decide instead.
+    #[arg(long, default_value_t = 0.0, value_parser = reactor_admin::otlp::parse_sample_rate)]
+    pub trace_sample_rate: f64,
 }
 
 impl Config {

@@ -25,6 +25,7 @@ pub mod config;
 mod loop_handler;
 mod metrics;
 mod tls;
+mod upgrade;
 mod upstream;
 
 use std::io;
@@ -60,6 +61,10 @@ pub struct Running {
     metrics: Metrics,
     events: Sender<Event>,
     control: Option<JoinHandle<()>>,
+    /// Set once a new process took the listeners over (`--upgrade-socket`).
+    handed_over: Arc<upgrade::HandedOver>,
+    /// Set once this process serves alone (after `--upgrade-from`, the old one let go).
+    serving: Arc<upgrade::HandedOver>,
 }
 
 /// Why the agent could not start.
@@ -108,8 +113,26 @@ impl Running {
         &self.metrics
     }
 
+    /// Calls `f` (once, on another thread) when a new process has taken the listeners
+    /// over (`--upgrade-socket`): the agent is draining, and [`Running::stop`] waits
+    /// for it to finish. At once if that happened already.
+    pub fn when_handed_over(&self, f: impl FnOnce() + Send + 'static) {
+        self.handed_over.then(Box::new(f));
+    }
+
+    /// Calls `f` (once) when this process is the one serving: at once, unless started
+    /// with `--upgrade-from`; then once it is registered and the old process stopped
+    /// accepting (or it gave up waiting for the registration). The binary tells
+    /// systemd its pid then.
+    pub fn when_serving(&self, f: impl FnOnce() + Send + 'static) {
+        self.serving.then(Box::new(f));
+    }
+
     /// Graceful stop: deregister, stop accepting, drain calls in flight (bounded by
-    /// `--drain-secs`), then return.
+    /// `--drain-secs`), then return. After a handover (see
+    /// [`Running::when_handed_over`]): consumer-agents were told GOAWAY, and this waits
+    /// for them to move away (or `--drain-secs`); the registration withdrawn leaves the
+    /// new process's in place.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -156,7 +179,22 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         log::warn!("no --service given: nothing will be registered");
     }
     let loops = config.loops.max(1);
-    let metrics = Metrics::new(loops);
+    let metrics = Metrics::with_method_series(loops, config.max_method_series as usize);
+    if let Some(path) = &config.access_log {
+        let target = reactor_admin::access_log::Target::parse(path);
+        let log = reactor_admin::access_log::AccessLog::open(target, "access-log")
+            .map_err(|e| StartError::Config(format!("--access-log {path}: {e}")))?;
+        metrics.set_access_log(log);
+    }
+    if let Some(spans) = reactor_admin::otlp::from_flags(
+        config.otlp_endpoint.as_deref(),
+        config.trace_sample_rate,
+        "provider-agent",
+    )
+    .map_err(StartError::Config)?
+    {
+        metrics.set_spans(spans);
+    }
     if let Some((watcher, policy)) = &authz {
         metrics.authz_loaded(policy.rules(), false);
         log::info!(
@@ -189,14 +227,37 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     };
     let (m, events) = (metrics.clone(), tx.clone());
     let mut builder = reactor::Builder::new(reactor_cfg);
-    builder = match &tls {
+    // A binary upgrade: the listening sockets come from the running agent.
+    let mut takeover = match &config.upgrade_from {
+        Some(path) => Some(upgrade::take(path)?),
+        None => None,
+    };
+    let agent_socks = upgrade::inherited(&mut takeover, upgrade::AGENT, config.listen);
+    builder = match (&tls, agent_socks) {
         #[cfg(feature = "tls")]
-        Some(t) => builder.listen_tls(config.listen, Tag::Agent, t.acceptor.clone()),
+        (Some(t), Some(socks)) => {
+            builder.listen_tls_inherited(socks, Tag::Agent, t.acceptor.clone())
+        }
+        #[cfg(feature = "tls")]
+        (Some(t), None) => builder.listen_tls(config.listen, Tag::Agent, t.acceptor.clone()),
+        (_, Some(socks)) => builder.listen_inherited(socks, Tag::Agent),
         _ => builder.listen(config.listen, Tag::Agent),
     };
     if let Some(addr) = config.dubbo_listen {
-        builder = builder.listen(addr, Tag::Dubbo);
+        builder = match upgrade::inherited(&mut takeover, upgrade::DUBBO, addr) {
+            Some(socks) => builder.listen_inherited(socks, Tag::Dubbo),
+            None => builder.listen(addr, Tag::Dubbo),
+        };
     }
+    // The admin port before the loops: once they run they accept (on sockets taken
+    // over, too), and a start failing after that would drop what they accepted.
+    let admin = match config.admin {
+        Some(a) => {
+            let inherited = upgrade::inherited(&mut takeover, upgrade::ADMIN, a);
+            Some(admin::Admin::spawn(a, metrics.clone(), inherited).map_err(StartError::Io)?)
+        }
+        None => None,
+    };
     let reactor = builder
         .start(move |i, _| ProviderLoop::new(i, loop_cfg.clone(), m.clone(), events.clone()))
         .map_err(StartError::Io)?;
@@ -209,17 +270,6 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         .copied()
         .ok_or_else(|| StartError::Io(io::Error::other("no listener bound")))?;
     let dubbo_addr = reactor.local_addrs().get(1).copied();
-    let admin = match config.admin {
-        Some(a) => match admin::Admin::spawn(a, metrics.clone()) {
-            Ok(admin) => Some(admin),
-            Err(e) => {
-                reactor.stop();
-                reactor.join();
-                return Err(StartError::Io(e));
-            }
-        },
-        None => None,
-    };
     let admin_addr = admin.as_ref().map(admin::Admin::addr);
     let advertised = config.advertised(agent_addr);
     log::info!(
@@ -253,7 +303,20 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             }
         })
         .collect();
+    let handed_over = Arc::new(upgrade::HandedOver::default());
+    let serving = Arc::new(upgrade::HandedOver::default());
+    if takeover.is_none() {
+        serving.set();
+    }
     let control = Control {
+        // Said ready once registered (so the old process's withdrawal leaves no gap),
+        // or after a while if the provider cannot be reached.
+        takeover: takeover.map(|t| (t, Instant::now() + TAKEOVER_REGISTERED_WITHIN)),
+        upgrade_socket: config.upgrade_socket.clone(),
+        dubbo: dubbo_addr.is_some(),
+        handover: None,
+        handed_over: handed_over.clone(),
+        serving: serving.clone(),
         registry,
         registrations: instances.iter().map(|_| None).collect(),
         instances,
@@ -276,8 +339,14 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         events: tx,
         control: Some(control),
+        handed_over,
+        serving,
     })
 }
+
+/// How long a new process (`--upgrade-from`) waits to be registered before it tells
+/// the old one to stop anyway (the provider unreachable: neither is registered).
+const TAKEOVER_REGISTERED_WITHIN: Duration = Duration::from_secs(10);
 
 /// The metadata key of a registered instance naming its Dubbo listener
 /// (`--dubbo-listen`), `host:port`: the ZooKeeper registry publishes
@@ -289,6 +358,17 @@ const REGISTER_RETRY: Duration = Duration::from_secs(1);
 
 /// The control thread's state: it alone touches the registry.
 struct Control {
+    /// `--upgrade-from`: the old process, told ready once registered (or at the time
+    /// given).
+    takeover: Option<(reactor::handover::Takeover, Instant)>,
+    /// `--upgrade-socket`: offered once the old process (if any) let go of it.
+    upgrade_socket: Option<std::path::PathBuf>,
+    /// With `--dubbo-listen`.
+    dubbo: bool,
+    /// The thread offering the listeners to a new process.
+    handover: Option<reactor::handover::Server>,
+    handed_over: Arc<upgrade::HandedOver>,
+    serving: Arc<upgrade::HandedOver>,
     registry: Registry,
     instances: Vec<Instance>,
     /// One per instance, `None` while not registered.
@@ -307,6 +387,7 @@ struct Control {
 impl Control {
     fn run(mut self) {
         loop {
+            self.upgrade_step();
             // While the provider is up and a registration failed, retry it now and then;
             // with a policy file, check it once a second.
             let retry = self.provider_up() && self.registrations.iter().any(Option::is_none);
@@ -319,6 +400,11 @@ impl Control {
             let wait = match (wait, self.tls.as_ref().map(|t| t.until_due(now))) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
+            };
+            // A takeover waiting for the registration: look again soon.
+            let wait = match (wait, self.takeover.is_some()) {
+                (w, true) => Some(w.map_or(TAKEOVER_POLL, |w| w.min(TAKEOVER_POLL))),
+                (w, false) => w,
             };
             let ev = match wait {
                 Some(wait) => match self.events.recv_timeout(wait) {
@@ -355,16 +441,69 @@ impl Control {
                 Event::Stop => break,
             }
         }
+        if let Some(h) = self.handover.take() {
+            h.stop();
+        }
+        if let Some((t, _)) = self.takeover.take() {
+            // Stopped before it was ready: the old process serves on.
+            drop(t);
+        }
         log::info!("stopping: deregistering, then draining calls in flight");
         self.deregister();
         if let Some(r) = self.reactor.take() {
             r.stop();
             r.join();
         }
+        // The loops' last access log lines reach the file before the process exits.
+        self.metrics.sync_access_log();
         if let Some(mut a) = self.admin.take() {
             a.stop();
         }
         log::info!("stopped");
+    }
+
+    /// A binary upgrade's steps: tells the old process to stop once registered (or
+    /// past the deadline), then offers this one's listeners (`--upgrade-socket`).
+    fn upgrade_step(&mut self) {
+        if let Some((_, by)) = &self.takeover {
+            let registered = self.registrations.iter().all(Option::is_some);
+            let late = Instant::now() >= *by;
+            if !registered && !late {
+                return;
+            }
+            if !registered {
+                log::warn!(
+                    "not registered within {TAKEOVER_REGISTERED_WITHIN:?} (provider unreachable?): \
+                     taking over anyway"
+                );
+            }
+            if let Some((t, _)) = self.takeover.take() {
+                upgrade::ready(t);
+                self.serving.set();
+            }
+        }
+        if self.handover.is_some() {
+            return;
+        }
+        let Some(path) = self.upgrade_socket.take() else {
+            return;
+        };
+        let Some(reactor) = &self.reactor else {
+            return;
+        };
+        let listeners = offered_listeners(reactor, self.dubbo, self.admin.as_ref());
+        let served = listeners.map_err(StartError::Io).and_then(|l| {
+            upgrade::serve(
+                &path,
+                l,
+                reactor.handles().to_vec(),
+                self.handed_over.clone(),
+            )
+        });
+        match served {
+            Ok(s) => self.handover = Some(s),
+            Err(e) => log::error!("no binary upgrade possible: {e}"),
+        }
     }
 
     /// Reloads the policy file if a check is due and it changed: a new policy goes to
@@ -432,4 +571,27 @@ impl Control {
             log::debug!("deregistered (provider not reachable from every loop, or stopping)");
         }
     }
+}
+
+/// How often the control thread looks at a takeover waiting for the registration.
+const TAKEOVER_POLL: Duration = Duration::from_millis(50);
+
+/// The listening sockets a new process takes over (`--upgrade-socket`), by name.
+fn offered_listeners(
+    reactor: &reactor::Reactor<LoopMsg>,
+    dubbo: bool,
+    admin: Option<&admin::Admin>,
+) -> io::Result<Vec<(String, Vec<std::net::TcpListener>)>> {
+    let mut socks = reactor.listeners()?.into_iter();
+    let mut out = Vec::new();
+    if let Some(agent) = socks.next() {
+        out.push((upgrade::AGENT.to_owned(), agent));
+    }
+    if let Some(d) = socks.next().filter(|_| dubbo) {
+        out.push((upgrade::DUBBO.to_owned(), d));
+    }
+    if let Some(a) = admin {
+        out.push((upgrade::ADMIN.to_owned(), a.listeners()?));
+    }
+    Ok(out)
 }

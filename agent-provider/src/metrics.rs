@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use codec::agent::Status;
 use codec::prometheus::{bucket_index, Histogram, Kind, Writer, LATENCY_SLOTS};
+use reactor_admin::access_log::AccessLog;
+use reactor_admin::method_stats::{MethodStats, MethodTable, DEFAULT_MAX_SERIES};
 
 /// Statuses counted (index = status byte).
 const STATUSES: usize = Status::ALL.len();
@@ -24,6 +26,19 @@ const ERROR_KINDS: [(Status, &str); 7] = [
     (Status::BadRequest, "bad_request"),
     (Status::Exception, "exception"),
     (Status::Forbidden, "forbidden"),
+];
+
+/// The statuses' names (index = status byte): the `status` label of the per-method
+/// metrics and the access log's `outcome`.
+pub(crate) const STATUS_NAMES: [&str; STATUSES] = [
+    "ok",
+    "provider_error",
+    "overloaded",
+    "unavailable",
+    "timeout",
+    "bad_request",
+    "exception",
+    "forbidden",
 ];
 
 /// The counters of one event loop.
@@ -111,15 +126,74 @@ pub struct Metrics {
     loops: Arc<[LoopMetrics]>,
     authz: Arc<AuthzMetrics>,
     tls: Arc<TlsMetrics>,
+    /// Per service and method counters, one table per loop (`--max-method-series`).
+    methods: Arc<MethodStats>,
+    /// The access log (`--access-log`), once open.
+    access_log: Arc<std::sync::OnceLock<AccessLog>>,
+    /// The span exporter's queue (`--otlp-endpoint`), once started.
+    spans: Arc<std::sync::OnceLock<reactor_admin::otlp::Spans>>,
 }
 
 impl Metrics {
     /// Counters for `loops` loops, all zero.
     pub fn new(loops: usize) -> Self {
+        Metrics::with_method_series(loops, DEFAULT_MAX_SERIES)
+    }
+
+    /// Counters for `loops` loops, with at most `max_series` service and method series
+    /// (`--max-method-series`).
+    pub fn with_method_series(loops: usize, max_series: usize) -> Self {
         Metrics {
             loops: (0..loops.max(1)).map(|_| LoopMetrics::default()).collect(),
             authz: Arc::default(),
             tls: Arc::default(),
+            methods: MethodStats::new(loops, max_series, &STATUS_NAMES),
+            access_log: Arc::default(),
+            spans: Arc::default(),
+        }
+    }
+
+    /// Loop `index`'s per-method table (take it once, for the loop's own use).
+    pub(crate) fn method_table(&self, index: usize) -> MethodTable {
+        self.methods.table(index)
+    }
+
+    /// The per service and method series.
+    pub fn methods(&self) -> &MethodStats {
+        &self.methods
+    }
+
+    /// The access log the loops write to (set once, before the loops start).
+    pub(crate) fn set_access_log(&self, log: AccessLog) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The span exporter the loops hand spans to (set once, before the loops start).
+    pub(crate) fn set_spans(&self, spans: reactor_admin::otlp::Spans) {
+        let _ = self.spans.set(spans);
+    }
+
+    /// The span exporter, with `--otlp-endpoint`.
+    pub(crate) fn spans(&self) -> Option<reactor_admin::otlp::Spans> {
+        self.spans.get().cloned()
+    }
+
+    /// The access log, with `--access-log`.
+    pub(crate) fn access_log(&self) -> Option<AccessLog> {
+        self.access_log.get().cloned()
+    }
+
+    /// Access log lines dropped because its queue was full.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.access_log.get().map_or(0, AccessLog::dropped)
+    }
+
+    /// Waits (at most 2 s) until the access log's lines sent so far are in its file.
+    pub(crate) fn sync_access_log(&self) {
+        if let Some(log) = self.access_log.get() {
+            if !log.sync(std::time::Duration::from_secs(2)) {
+                log::warn!("access log: its last lines were not all written within 2 s");
+            }
         }
     }
 
@@ -377,6 +451,23 @@ impl Metrics {
             "Provider call latency.",
             &self.latency(),
         );
+        w.counter(
+            "provider_agent_access_log_dropped_total",
+            "Access log lines dropped because the writer's queue was full (--access-log); calls never wait for their line.",
+            self.access_log_dropped(),
+        );
+        let spans = self.spans.get().map(reactor_admin::otlp::Spans::stats);
+        w.counter(
+            "provider_agent_spans_exported_total",
+            "Spans the OTLP collector accepted (--otlp-endpoint).",
+            spans.map_or(0, |s| s.exported()),
+        );
+        w.counter(
+            "provider_agent_spans_dropped_total",
+            "Spans dropped: the exporter's queue was full, or the collector was down, slow or refused their batch; calls never wait for them.",
+            spans.map_or(0, |s| s.dropped()),
+        );
+        self.methods.render(&mut w, "provider_agent");
         w.finish()
     }
 }

@@ -8,6 +8,8 @@
 use std::time::{Duration, Instant};
 
 use reactor::{Backoff, ConnId, TimerId};
+use reactor_admin::access_log::Line;
+use reactor_admin::method_stats::MethodRef;
 use slab::Slab;
 
 /// Reconnect delays: 100 ms doubling to 5 s.
@@ -61,6 +63,19 @@ pub(crate) enum Answer {
     Dubbo,
 }
 
+/// What the per-method metrics and the access log keep of a call until it completes.
+#[derive(Debug, Default)]
+pub(crate) struct Observed {
+    /// Its method's place in the loop's table (`None`: not counted per method).
+    pub(crate) method: Option<MethodRef>,
+    /// With `--access-log`: its line, begun when it arrived.
+    pub(crate) line: Option<Line>,
+    /// Bytes of the request as the caller sent it.
+    pub(crate) bytes_in: u32,
+    /// With `--otlp-endpoint`: its trace, when traced (`loop_handler::tracing`).
+    pub(crate) trace: Option<Box<crate::loop_handler::CallTrace>>,
+}
+
 /// A call sent to the provider and not yet answered.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -75,6 +90,8 @@ pub(crate) struct Pending {
     pub(crate) timer: Option<TimerId>,
     /// How the answer goes back.
     pub(crate) answer: Answer,
+    /// For the per-method metrics and the access log.
+    pub(crate) observed: Observed,
     /// Generation, the high half of the Dubbo id.
     generation: u32,
 }
@@ -186,6 +203,7 @@ impl Upstream {
             started: now,
             timer: None,
             answer,
+            observed: Observed::default(),
             generation,
         });
         (u64::from(generation) << 32) | slot as u64
@@ -195,6 +213,13 @@ impl Upstream {
     pub(crate) fn set_timer(&mut self, id: u64, timer: TimerId) {
         if let Some(p) = self.get_mut(id) {
             p.timer = Some(timer);
+        }
+    }
+
+    /// Attaches what the metrics and the access log keep of a pending call.
+    pub(crate) fn set_observed(&mut self, id: u64, observed: Observed) {
+        if let Some(p) = self.get_mut(id) {
+            p.observed = observed;
         }
     }
 

@@ -9,6 +9,7 @@ pub mod hist;
 #[cfg(feature = "tls")]
 mod idle_tls;
 pub mod load;
+pub mod otlp_sink;
 pub mod procs;
 pub mod provider;
 pub mod report;

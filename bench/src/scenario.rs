@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use codec::dubbo::Serialization;
@@ -33,6 +33,10 @@ pub enum Which {
     Overhead,
     /// Many idle keep-alive connections on the consumer-agent: memory per connection.
     Idle,
+    /// The classic load (256 connections) with the consumer-agent and each
+    /// provider-agent replaced once in the middle (`--upgrade-from`): errors and p99
+    /// during the upgrade window against steady state before and after.
+    Upgrade,
     /// All of the above.
     All,
 }
@@ -230,6 +234,27 @@ pub(crate) enum Providers {
     /// Provider-agents, and mutual TLS between the agents (`--tls`): certificates from
     /// `deploy/tls/issue-certs.sh` in the topology's temp dir.
     MeshedTls,
+    /// Provider-agents, with every agent observing each call (`overhead-observe`): the
+    /// access log on (`--access-log`, a file in the topology's temp dir) and tracing
+    /// (`--trace-sample-rate 1.0`, spans exported to an OTLP sink that discards them,
+    /// [`crate::otlp_sink`]). What it costs is measured against [`Providers::Meshed`]
+    /// in the same run.
+    MeshedObserved,
+    /// Provider-agents, every agent with an `--upgrade-socket`, so that the `upgrade`
+    /// scenario can replace it by a new process.
+    MeshedUpgradable,
+}
+
+/// An agent that can be replaced by a new process (`--upgrade-socket`).
+#[derive(Debug, Clone)]
+pub(crate) struct Upgradable {
+    /// Its index in `Topology::procs`.
+    proc: usize,
+    bin: PathBuf,
+    /// Its flags, `--upgrade-socket` included.
+    args: Vec<String>,
+    socket: PathBuf,
+    logs: PathBuf,
 }
 
 /// A running mesh. Dropping it stops everything, newest first (etcd last).
@@ -254,6 +279,11 @@ pub(crate) struct Topology {
     registry_url: String,
     /// The consumer-agent's admin address.
     consumer_admin: SocketAddr,
+    /// The OTLP collector the agents export spans to ([`Providers::MeshedObserved`]),
+    /// stopped after `procs`.
+    otlp_sink: Option<crate::otlp_sink::OtlpSink>,
+    /// With [`Providers::MeshedUpgradable`]: the agents, consumer first.
+    upgradable: Vec<Upgradable>,
     _tmp: tempfile::TempDir,
 }
 
@@ -327,6 +357,8 @@ impl Topology {
             zookeeper: None,
             registry_url: String::new(),
             consumer_admin: free_addr()?,
+            otlp_sink: None,
+            upgradable: Vec::new(),
             _tmp: tmp,
         };
         let deadline = Duration::from_secs(20);
@@ -351,6 +383,10 @@ impl Topology {
             }
         };
         topo.registry_url = registry.clone();
+        if providers == Providers::MeshedObserved {
+            topo.otlp_sink = Some(crate::otlp_sink::OtlpSink::start()?);
+        }
+        let otlp = topo.otlp_sink.as_ref().map(|s| s.endpoint());
         let mut provider_addrs = Vec::new();
         for s in specs {
             let addr = free_addr()?;
@@ -410,6 +446,20 @@ impl Topology {
             if providers == Providers::MeshedTls {
                 args.extend(harness::tls_args(&certs, &format!("provider-{}", s.name)));
             }
+            if providers == Providers::MeshedObserved {
+                let log = topo
+                    ._tmp
+                    .path()
+                    .join(format!("access-provider-{}.log", s.name));
+                args.extend(["--access-log".into(), log.display().to_string()]);
+            }
+            if let Some(url) = &otlp {
+                args.extend(["--otlp-endpoint".into(), url.clone()]);
+            }
+            if providers == Providers::MeshedUpgradable {
+                let name = format!("provider-agent-{}", s.name);
+                topo.upgradable(&name, &bins.provider, &mut args, &logs);
+            }
             let mut p = Proc::start(
                 &format!("provider-agent-{}", s.name),
                 &bins.provider,
@@ -441,6 +491,22 @@ impl Topology {
         if providers == Providers::MeshedTls {
             args.extend(harness::tls_args(&certs, "consumer"));
         }
+        if providers == Providers::MeshedObserved {
+            let log = topo._tmp.path().join("access-consumer.log");
+            args.extend(["--access-log".into(), log.display().to_string()]);
+        }
+        // Tracing on: every call sampled, spans exported to the sink.
+        if let Some(url) = &otlp {
+            args.extend(["--otlp-endpoint".into(), url.clone()]);
+            args.extend(["--trace-sample-rate".into(), "1.0".into()]);
+        }
+        if providers == Providers::MeshedUpgradable {
+            topo.upgradable("consumer-agent", &bins.consumer, &mut args, &logs);
+            // Consumer first (the order of `upgradable`).
+            if let Some(c) = topo.upgradable.pop() {
+                topo.upgradable.insert(0, c);
+            }
+        }
         let mut p = Proc::start("consumer-agent", &bins.consumer, &args, &logs)?;
         let ready = procs::wait_healthy(admin, deadline, &mut p);
         topo.consumer = topo.procs.len();
@@ -449,6 +515,57 @@ impl Topology {
         ready?;
         topo.wait_routing(deadline)?;
         Ok(topo)
+    }
+
+    /// Gives the agent about to start as `procs[procs.len()]` an upgrade socket, and
+    /// remembers how to start its successor.
+    fn upgradable(&mut self, name: &str, bin: &Path, args: &mut Vec<String>, logs: &Path) {
+        let socket = self._tmp.path().join(format!("{name}.upgrade.sock"));
+        args.extend(["--upgrade-socket".into(), socket.display().to_string()]);
+        self.upgradable.push(Upgradable {
+            proc: self.procs.len(),
+            bin: bin.to_path_buf(),
+            args: args.clone(),
+            socket,
+            logs: logs.to_path_buf(),
+        });
+    }
+
+    /// Replaces upgradable agent `k` (0: the consumer-agent) by a new process that takes
+    /// its sockets over; returns once the old one exited and the new one offers its own
+    /// upgrade socket.
+    fn upgrade(&mut self, k: usize, generation: u32) -> io::Result<()> {
+        let Some(u) = self.upgradable.get(k).cloned() else {
+            return Err(io::Error::other("no such upgradable agent"));
+        };
+        let name = match self.procs.get(u.proc) {
+            Some(p) => format!("{}-upgrade-{generation}", p.name),
+            None => return Err(io::Error::other("no such agent")),
+        };
+        let mut args = u.args.clone();
+        args.extend(["--upgrade-from".into(), u.socket.display().to_string()]);
+        let mut new = Proc::start(&name, &u.bin, &args, &u.logs)?;
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            new.check_alive()?;
+            let old_gone = self
+                .procs
+                .get_mut(u.proc)
+                .is_none_or(|p| p.check_alive().is_err());
+            if old_gone && u.socket.exists() {
+                break;
+            }
+            if Instant::now() > end {
+                return Err(io::Error::other(format!(
+                    "{name}: the old process did not hand over within 30 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(slot) = self.procs.get_mut(u.proc) {
+            *slot = new;
+        }
+        Ok(())
     }
 
     /// Waits until a call through the consumer-agent comes back right, failing early
@@ -529,10 +646,23 @@ impl Topology {
 fn run_step(
     opts: &ScenarioOpts,
     topo: &mut Topology,
+    front: (&str, Protocol),
+    label: &str,
+    connections: usize,
+    ceiling: Option<f64>,
+) -> io::Result<Step> {
+    run_step_with(opts, topo, front, label, connections, ceiling, |_| Ok(()))
+}
+
+/// [`run_step`], doing `during` to the topology once the measured window began.
+fn run_step_with(
+    opts: &ScenarioOpts,
+    topo: &mut Topology,
     (scenario, protocol): (&str, Protocol),
     label: &str,
     connections: usize,
     ceiling: Option<f64>,
+    during: impl FnOnce(&mut Topology) -> io::Result<()>,
 ) -> io::Result<Step> {
     let lopts = LoadOpts {
         target: match protocol {
@@ -556,6 +686,11 @@ fn run_step(
     let worker = std::thread::spawn(move || load::run(&lopts));
     std::thread::sleep(opts.warmup);
     let before = topo.agent_usage();
+    if let Err(e) = during(topo) {
+        // The load run still ends on its own; its report is not worth more than this.
+        let _ = worker.join();
+        return Err(e);
+    }
     std::thread::sleep(
         (start + opts.warmup + opts.duration).saturating_duration_since(Instant::now()),
     );
@@ -589,6 +724,62 @@ fn run_step(
         agents,
         extra: BTreeMap::new(),
     })
+}
+
+/// The classic load at 256 connections, three steps: steady state, a window in which
+/// the consumer-agent and then each provider-agent are replaced by new processes
+/// (`--upgrade-from`, as `systemctl reload` does), steady state again. The window's
+/// step carries `upgrade_secs` (how long the upgrades took) and `upgrades`; its errors
+/// should be none, its p99 near the steady ones.
+fn upgrade(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
+    let specs = race_specs(50);
+    let front = ("upgrade", Protocol::Http);
+    let conns = 256;
+    let ceiling = Some(classic_ceiling(conns, &specs));
+    let mut topo =
+        Topology::start_with(opts, bins, &specs, "upgrade", Providers::MeshedUpgradable)?;
+    steps.push(run_step(
+        opts,
+        &mut topo,
+        front,
+        "steady, before",
+        conns,
+        ceiling,
+    )?);
+    let mut took = Duration::ZERO;
+    let mut count = 0;
+    // Long enough to hold every upgrade (a few seconds), even in a quick run.
+    let mut window = opts.clone();
+    window.duration = window.duration.max(Duration::from_secs(6));
+    let mut s = run_step_with(
+        &window,
+        &mut topo,
+        front,
+        "upgrade window",
+        conns,
+        ceiling,
+        |t| {
+            let start = Instant::now();
+            for k in 0..t.upgradable.len() {
+                t.upgrade(k, 1)?;
+                count += 1;
+            }
+            took = start.elapsed();
+            Ok(())
+        },
+    )?;
+    s.extra.insert("upgrades".into(), count as f64);
+    s.extra.insert("upgrade_secs".into(), took.as_secs_f64());
+    steps.push(s);
+    steps.push(run_step(
+        opts,
+        &mut topo,
+        front,
+        "steady, after",
+        conns,
+        ceiling,
+    )?);
+    Ok(())
 }
 
 /// The classic ceiling: connections / latency, capped by total threads / latency.
@@ -674,7 +865,16 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
         (Providers::Meshed, ("overhead-dubbo", Protocol::Dubbo)),
         (Providers::Meshed, ("overhead-rules", Protocol::Http)),
         (Providers::Unmeshed, ("overhead-unmeshed", Protocol::Http)),
+        // Observability on (access logs, and tracing with every call sampled and its
+        // spans exported): its agent CPU per request is compared with `overhead`'s,
+        // both off, in the same run.
+        (
+            Providers::MeshedObserved,
+            ("overhead-observe", Protocol::Http),
+        ),
     ];
+    // Agent CPU per request of `overhead` at saturation, microseconds.
+    let mut baseline_cpu_us = None;
     if opts.tls {
         runs.push((Providers::MeshedTls, ("overhead-mtls", Protocol::Http)));
     }
@@ -693,11 +893,27 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
         }
         for (label, c) in [("1 conn", 1), ("saturating", saturating)] {
             let mut s = run_step(opts, topo, front, label, c, None)?;
+            // Tracing's exports reached the collector (POSTs so far in this topology).
+            if let Some(sink) = &topo.otlp_sink {
+                s.extra.insert("otlp_posts".into(), sink.posts() as f64);
+            }
             let cpu = s.agent_cpu();
             if cpu > 0.0 {
                 let ok = s.qps * opts.duration.as_secs_f64();
                 s.extra
                     .insert("requests_per_agent_cpu_sec".into(), ok / cpu);
+                if c == saturating && ok > 0.0 {
+                    let us = cpu / ok * 1e6;
+                    s.extra.insert("agent_cpu_us_per_request".into(), us);
+                    match (front.0, baseline_cpu_us) {
+                        ("overhead", _) => baseline_cpu_us = Some(us),
+                        ("overhead-observe", Some(base)) => {
+                            s.extra
+                                .insert("observe_added_agent_cpu_us_per_request".into(), us - base);
+                        }
+                        _ => {}
+                    }
+                }
             }
             if c == 1 {
                 s.extra.insert("mesh_p50_ms_one_conn".into(), s.p50_ms);
@@ -851,11 +1067,12 @@ pub fn run(opts: &ScenarioOpts) -> io::Result<ScenarioReport> {
     let bins = find_bins(opts)?;
     std::fs::create_dir_all(&opts.out)?;
     type Runner = fn(&ScenarioOpts, &Bins, &mut Vec<Step>) -> io::Result<()>;
-    let all: [(Which, &str, Runner); 4] = [
+    let all: [(Which, &str, Runner); 5] = [
         (Which::Classic, "classic", classic),
         (Which::Uneven, "uneven", uneven),
         (Which::Overhead, "overhead", overhead),
         (Which::Idle, "idle", idle),
+        (Which::Upgrade, "upgrade", upgrade),
     ];
     let mut report = ScenarioReport::default();
     for (w, name, f) in all {

@@ -50,11 +50,23 @@ fn quick_scenarios_run_clean_and_stop_everything() {
     opts.which = Which::Overhead;
     let r = scenario::run(&opts).expect("overhead scenario");
     assert!(r.failures.is_empty(), "{:?}", r.failures);
-    // HTTP, Dubbo in, ten traffic rules, unmeshed: one connection and saturating each.
-    assert_eq!(r.steps.len(), 8);
+    // HTTP, Dubbo in, ten traffic rules, unmeshed, observed (access logs): one
+    // connection and saturating each.
+    assert_eq!(r.steps.len(), 10);
     for s in &r.steps {
         assert!(s.errors.is_empty(), "{s:?}");
     }
+    // Observed, tracing too (every call sampled): its spans reached the bench's OTLP
+    // sink.
+    let observed = r
+        .steps
+        .iter()
+        .rfind(|s| s.scenario == "overhead-observe")
+        .expect("the overhead-observe steps");
+    assert!(
+        observed.extra.get("otlp_posts").is_some_and(|n| *n >= 1.0),
+        "{observed:?}"
+    );
     let one = &r.steps[0];
     let direct = one.extra["direct_p50_ms"];
     assert!(direct > 0.0 && direct < one.p50_ms, "{one:?}");

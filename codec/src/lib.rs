@@ -14,6 +14,7 @@ pub mod http;
 pub mod invocation;
 pub mod java;
 pub mod prometheus;
+pub mod trace;
 
 /// The outcome of an incremental decode step.
 ///

@@ -1,9 +1,9 @@
 //! Agent protocol: round trips, many frames per buffer, splits, bad input, call tables.
 
 use codec::agent::{
-    begin_request, begin_response, begin_response_with, decode, encode_define, encode_ping,
-    encode_pong, encode_request, encode_response, finish, AgentError, CallTable, Frame,
-    RequestHead, Signature, SignatureRef, Status, HEADER_LEN, MAX_BODY, MAX_CALLS,
+    begin_request, begin_response, begin_response_with, decode, encode_define, encode_goaway,
+    encode_ping, encode_pong, encode_request, encode_response, finish, AgentError, CallTable,
+    Frame, RequestHead, Signature, SignatureRef, Status, HEADER_LEN, MAX_BODY, MAX_CALLS,
 };
 use codec::Decoded;
 use proptest::prelude::*;
@@ -28,6 +28,7 @@ enum Owned {
     },
     Ping(u64),
     Pong(u64),
+    GoAway,
 }
 
 fn to_owned(f: Frame<'_>) -> Owned {
@@ -55,6 +56,7 @@ fn to_owned(f: Frame<'_>) -> Owned {
         },
         Frame::Ping { id } => Owned::Ping(id),
         Frame::Pong { id } => Owned::Pong(id),
+        Frame::GoAway => Owned::GoAway,
     }
 }
 
@@ -109,6 +111,7 @@ fn encode(out: &mut Vec<u8>, f: &Owned) {
         }
         Owned::Ping(id) => encode_ping(out, *id),
         Owned::Pong(id) => encode_pong(out, *id),
+        Owned::GoAway => encode_goaway(out),
     }
 }
 
@@ -182,6 +185,7 @@ fn sample() -> Vec<Owned> {
         },
         Owned::Ping(u64::MAX),
         Owned::Pong(0),
+        Owned::GoAway,
     ]
 }
 
@@ -501,6 +505,7 @@ fn arb_frame() -> impl Strategy<Value = Owned> {
             }),
         any::<u64>().prop_map(Owned::Ping),
         any::<u64>().prop_map(Owned::Pong),
+        Just(Owned::GoAway),
     ]
 }
 
@@ -731,4 +736,29 @@ fn raw_dubbo_answers_travel_byte_for_byte() {
     short.truncate(short.len() - 1);
     finish(&mut short, mark).unwrap();
     assert!(decode(&short).is_err());
+}
+
+#[test]
+fn goaway_is_an_empty_frame_with_id_zero() {
+    let mut out = Vec::new();
+    encode_goaway(&mut out);
+    assert_eq!(
+        out,
+        [0xDA, 0xBB, 1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        decode(&out),
+        Ok(Decoded::Complete {
+            msg: Frame::GoAway,
+            consumed: HEADER_LEN
+        })
+    );
+    // With an id or a body it is malformed: never taken for something else.
+    let mut with_id = out.clone();
+    with_id[13] = 1;
+    assert!(decode(&with_id).is_err());
+    let mut with_body = out.clone();
+    with_body[17] = 1;
+    with_body.push(0);
+    assert!(decode(&with_body).is_err());
 }

@@ -221,6 +221,7 @@ impl<H: Handler> EventLoop<H> {
                     let (h, mut cx) = self.cx();
                     h.message(&mut cx, m);
                 }
+                Control::StopAccepting => self.stop_accepting(),
                 Control::Stop => self.begin_stop(),
             }
             self.process_closes();
@@ -232,13 +233,19 @@ impl<H: Handler> EventLoop<H> {
             return;
         }
         self.core.stopping = true;
+        self.stop_accepting();
+        let (h, mut cx) = self.cx();
+        h.stopping(&mut cx);
+    }
+
+    /// Deregisters and drops this loop's listening sockets (the `Reactor` keeps a
+    /// duplicate until it stops, so the socket itself stays open).
+    fn stop_accepting(&mut self) {
         for l in self.listeners.iter_mut() {
             if let Some(mut l) = l.take() {
                 let _ = self.poll.registry().deregister(&mut l.socket);
             }
         }
-        let (h, mut cx) = self.cx();
-        h.stopping(&mut cx);
     }
 
     fn accept(&mut self, i: usize) {

@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 #[derive(Debug)]
 pub(crate) enum Control<M> {
     Msg(M),
+    StopAccepting,
     Stop,
 }
 
@@ -64,9 +65,17 @@ impl<M> LoopHandle<M> {
     }
 
     /// Asks the loop to stop gracefully: it closes its listeners and calls the handler's
-    /// `stopping`, which decides when to exit.
+    /// `stopping`, which decides when to exit. (The `Reactor` keeps a duplicate of each
+    /// listening socket for `Reactor::listeners` until `Reactor::stop` or its drop: stop
+    /// through it to have connects refused at once.)
     pub fn stop(&self) -> Result<(), LoopGone> {
         self.push(Control::Stop)
+    }
+
+    /// Asks the loop to accept no more connections, leaving its listening sockets open
+    /// for another owner (see [`Reactor::stop_accepting`](crate::Reactor::stop_accepting)).
+    pub fn stop_accepting(&self) -> Result<(), LoopGone> {
+        self.push(Control::StopAccepting)
     }
 
     fn push(&self, c: Control<M>) -> Result<(), LoopGone> {

@@ -34,6 +34,11 @@
 //! - **Outbound connections** ([`Ctx::connect`]) live on the loop beside accepted ones;
 //!   a failed connect is reported to [`Handler::closed`], and [`Backoff`] spaces out
 //!   reconnects.
+//! - **Handover** (Unix): a process replacing this one takes its listening sockets
+//!   ([`handover`], `SCM_RIGHTS`) and accepts on them
+//!   ([`Builder::listen_inherited`]) before this one stops accepting
+//!   ([`Reactor::stop_accepting`]), so a binary is upgraded without refusing a
+//!   connect.
 //! - **TLS** (feature `tls`, on by default): `Builder::listen_tls` and
 //!   `Ctx::connect_tls` run rustls on the same loops; the handler sees plaintext, as on
 //!   plain TCP (see [TLS](#tls) below).
@@ -185,8 +190,9 @@ reactor.join();
 //!
 //! Linux first (SO_REUSEPORT spreads accepted connections across loops); it builds on
 //! macOS and the BSDs through mio's kqueue. The only `unsafe` code is the Linux timerfd
-//! in `precise.rs` (sub-millisecond timer wake-ups, measured there), each block with a
-//! `SAFETY` note; TLS adds none.
+//! in `precise.rs` (sub-millisecond timer wake-ups, measured there) and the
+//! `sendmsg`/`recvmsg` of [`handover`] (`SCM_RIGHTS`), each block with a `SAFETY` note;
+//! TLS adds none.
 
 #![deny(missing_docs, rust_2018_idioms)]
 #![deny(unsafe_code)]
@@ -199,6 +205,9 @@ mod context;
 mod event_loop;
 mod handle;
 mod handler;
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub mod handover;
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod precise;

@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mio::Poll;
@@ -21,13 +21,22 @@ pub struct Builder<T> {
     listens: Vec<Listen<T>>,
 }
 
-/// A listener to bind: its address, tag and, for TLS, its acceptor.
+/// A listener to bind (or inherited): its sockets, tag and, for TLS, its acceptor.
 #[derive(Debug)]
 struct Listen<T> {
-    addr: SocketAddr,
+    source: Source,
     tag: T,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
+}
+
+/// Where a listener's sockets come from.
+#[derive(Debug)]
+enum Source {
+    /// Bound at start, one socket per loop.
+    Bind(SocketAddr),
+    /// Already listening: inherited from another process (see [`Builder::listen_inherited`]).
+    Inherited(Vec<std::net::TcpListener>),
 }
 
 impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
@@ -42,7 +51,7 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
     /// Listens on `addr` in every loop (SO_REUSEPORT); accepted connections get `tag`.
     pub fn listen(mut self, addr: SocketAddr, tag: T) -> Self {
         self.listens.push(Listen {
-            addr,
+            source: Source::Bind(addr),
             tag,
             #[cfg(feature = "tls")]
             tls: None,
@@ -69,7 +78,45 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
         acceptor: crate::tls::TlsAcceptor,
     ) -> Self {
         self.listens.push(Listen {
-            addr,
+            source: Source::Bind(addr),
+            tag,
+            tls: Some(acceptor),
+        });
+        self
+    }
+
+    /// Accepts on sockets that are already listening, typically received from the
+    /// process this one replaces (see [`handover`](crate::handover)); accepted
+    /// connections get `tag`. Nothing is bound, so a connection the kernel queued on
+    /// these sockets before this process started is accepted here, and no connect is
+    /// refused while the two processes overlap.
+    ///
+    /// The sockets are spread over the loops: socket `i` goes to loop `i % loops`, so a
+    /// loop may accept on several (fewer loops than sockets), and a loop left without
+    /// one shares a duplicate of socket `loop % sockets` (more loops than sockets). They
+    /// are set non-blocking here. [`Reactor::local_addrs`] reports the first socket's
+    /// address. An empty list is an error at [`Builder::start`].
+    pub fn listen_inherited(mut self, sockets: Vec<std::net::TcpListener>, tag: T) -> Self {
+        self.listens.push(Listen {
+            source: Source::Inherited(sockets),
+            tag,
+            #[cfg(feature = "tls")]
+            tls: None,
+        });
+        self
+    }
+
+    /// [`Builder::listen_inherited`] for TLS connections, handshaking as
+    /// [`Builder::listen_tls`] does.
+    #[cfg(feature = "tls")]
+    pub fn listen_tls_inherited(
+        mut self,
+        sockets: Vec<std::net::TcpListener>,
+        tag: T,
+        acceptor: crate::tls::TlsAcceptor,
+    ) -> Self {
+        self.listens.push(Listen {
+            source: Source::Inherited(sockets),
             tag,
             tls: Some(acceptor),
         });
@@ -80,7 +127,8 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
     /// handler on that loop's own thread, from the loop index and its handle.
     ///
     /// # Errors
-    /// Binding a listener, creating a poller or spawning a thread failed; loops already
+    /// Binding a listener (or setting up an inherited one: none given, or not a
+    /// listening socket), creating a poller or spawning a thread failed; loops already
     /// started are then asked to stop.
     pub fn start<H, F>(self, make: F) -> io::Result<Reactor<H::Msg>>
     where
@@ -91,23 +139,41 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
         let mut local_addrs = Vec::new();
         // per_loop[i] = the listeners of loop i
         let mut per_loop: Vec<Vec<Listener<T>>> = (0..loops).map(|_| Vec::new()).collect();
-        for l in &self.listens {
-            let socks = bind_listeners(l.addr, loops, self.config.backlog)?;
-            local_addrs.push(socks[0].local_addr()?);
+        let mut kept = Vec::with_capacity(self.listens.len());
+        for l in self.listens {
+            // `real`: the sockets proper, not the duplicates filling loops beyond them.
+            let (socks, real) = match l.source {
+                Source::Bind(addr) => (bind_listeners(addr, loops, self.config.backlog)?, loops),
+                Source::Inherited(socks) => {
+                    let real = socks.len();
+                    (inherited(socks, loops)?, real)
+                }
+            };
+            let first = socks
+                .first()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no socket"))?;
+            local_addrs.push(first.local_addr()?);
+            // Duplicates kept for `Reactor::listeners` (one per socket, not per loop).
+            let mut dups = Vec::with_capacity(real);
             for (i, s) in socks.into_iter().enumerate() {
-                per_loop[i].push(Listener {
+                if i < real {
+                    dups.push(s.try_clone()?);
+                }
+                per_loop[i % loops].push(Listener {
                     socket: mio::net::TcpListener::from_std(s),
                     tag: l.tag,
                     #[cfg(feature = "tls")]
                     tls: l.tls.clone(),
                 });
             }
+            kept.push(dups);
         }
         let make = Arc::new(make);
         let mut reactor = Reactor {
             handles: Vec::with_capacity(loops),
             threads: Vec::with_capacity(loops),
             local_addrs,
+            listeners: Mutex::new(kept),
         };
         for (index, listeners) in per_loop.into_iter().enumerate() {
             if let Err(e) = reactor.spawn_loop(&self.config, index, listeners, make.clone()) {
@@ -119,6 +185,33 @@ impl<T: Copy + std::fmt::Debug + Send + 'static> Builder<T> {
     }
 }
 
+/// Inherited listening sockets made ready for the loops: non-blocking, and at least one
+/// per loop (duplicates of the given ones when there are fewer).
+fn inherited(
+    socks: Vec<std::net::TcpListener>,
+    loops: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    if socks.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an inherited listener needs at least one socket",
+        ));
+    }
+    for s in &socks {
+        s.set_nonblocking(true)?;
+        // A socket that is not listening (or not TCP) has no local address to report,
+        // or refuses this: better an error at start than a loop that never accepts.
+        s.local_addr()?;
+    }
+    let mut out = socks;
+    let given = out.len();
+    for i in given..loops {
+        let dup = out[i % given].try_clone()?;
+        out.push(dup);
+    }
+    Ok(out)
+}
+
 /// Running loops: their handles, the bound addresses, and a way to stop and join them.
 ///
 /// Dropping it neither stops nor joins the loops: they run on, detached, until a handle
@@ -128,6 +221,9 @@ pub struct Reactor<M> {
     handles: Vec<LoopHandle<M>>,
     threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// A duplicate of every listening socket, per listener, for [`Reactor::listeners`];
+    /// emptied by [`Reactor::stop`].
+    listeners: Mutex<Vec<Vec<std::net::TcpListener>>>,
 }
 
 impl<M: Send + 'static> Reactor<M> {
@@ -179,10 +275,44 @@ impl<M: Send + 'static> Reactor<M> {
         &self.local_addrs
     }
 
-    /// Asks every loop to stop gracefully (see [`Handler::stopping`]).
+    /// Duplicates (`dup(2)`) of the listening sockets, per listener in the order of
+    /// the `listen*` calls, each with its sockets (one per loop when bound here): what a
+    /// process taking over from this one needs to accept on them
+    /// ([`Builder::listen_inherited`]). The socket stays open while any process holds
+    /// one; this reactor's loops go on accepting until [`Reactor::stop_accepting`].
+    ///
+    /// # Errors
+    /// Out of file descriptors; after [`Reactor::stop`] the list is empty.
+    pub fn listeners(&self) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
+        let held = match self.listeners.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        held.iter()
+            .map(|socks| socks.iter().map(std::net::TcpListener::try_clone).collect())
+            .collect()
+    }
+
+    /// Asks every loop to accept no more, without closing the listening sockets (this
+    /// reactor keeps a duplicate until [`Reactor::stop`]): connections the kernel
+    /// queues meanwhile wait for whoever else accepts on them, typically the process
+    /// these sockets were handed to. Connections already accepted are not touched;
+    /// the handler is not told. Stopping later ([`Reactor::stop`]) is still graceful.
+    pub fn stop_accepting(&self) {
+        for h in &self.handles {
+            let _ = h.stop_accepting();
+        }
+    }
+
+    /// Asks every loop to stop gracefully (see [`Handler::stopping`]); the listening
+    /// sockets close, unless another process holds them too.
     pub fn stop(&self) {
         for h in &self.handles {
             let _ = h.stop();
+        }
+        match self.listeners.lock() {
+            Ok(mut l) => l.clear(),
+            Err(p) => p.into_inner().clear(),
         }
     }
 

@@ -1,8 +1,12 @@
 //! Embedded file registry: zero configuration, one host.
 //!
 //! Layout: `<dir>/<service>/<host>:<port>.json`, each file written atomically (temp file +
-//! rename) with `{"addr","weight","meta","pid","token","heartbeat_ms"}`; the registration's
-//! thread refreshes `heartbeat_ms` every second. Watchers poll every 50 ms and drop (and
+//! rename) with `{"addr","weight","meta","pid","token","registered_ms","heartbeat_ms"}`; the
+//! registration's thread refreshes `heartbeat_ms` every second. Two live registrants of
+//! one address (a binary upgrade's old and new process, while they overlap) do not take
+//! turns: the earlier leaves the entry to the later once it sees it (a live process, a
+//! fresh heartbeat), and removes it on deregistering only if it is still its own, so the
+//! instance never drops out of the registry. Watchers poll every 50 ms and drop (and
 //! delete) entries whose process is gone (`/proc/<pid>` on Linux) or whose heartbeat is
 //! older than 3 s. The pid check applies only to entries written from the watcher's own
 //! PID namespace (each file names its writer's, `pid_ns`): from another container a pid
@@ -374,12 +378,30 @@ struct Entry {
     token: String,
     /// The file last written, kept open so a heartbeat needs no new descriptor.
     held: Option<File>,
+    /// Another live process wrote the entry since (a binary upgrade's new process): it
+    /// is left alone.
+    yielded: bool,
+    /// When this registration began (ms since the epoch): of two live registrants of
+    /// one address, the later keeps the entry.
+    registered_ms: u64,
 }
 
 impl Entry {
     /// Rewrites the file; if that fails (out of descriptors), refreshes its modification
     /// time instead through the held descriptor.
     fn heartbeat(&mut self) {
+        if self.taken_over() {
+            if !self.yielded {
+                log::info!(
+                    "registry: {} was written by another live process (a new one replacing \
+                     this one?); leaving the entry to it",
+                    self.path.display()
+                );
+                self.yielded = true;
+            }
+            return;
+        }
+        self.yielded = false;
         let Err(e) = self.write() else { return };
         match self
             .held
@@ -404,12 +426,46 @@ impl Entry {
             "pid": std::process::id(),
             "pid_ns": own_pid_namespace(),
             "token": self.token,
+            "registered_ms": self.registered_ms,
             "heartbeat_ms": now_ms(),
         });
         std::fs::write(&self.tmp, body.to_string())?;
         std::fs::rename(&self.tmp, &self.path)?;
         self.held = File::open(&self.path).ok();
         Ok(())
+    }
+
+    /// Whether the entry now holds another, later registrant's token, whose process is
+    /// alive and whose heartbeat is fresh: two processes registering one address (a binary
+    /// upgrade's old and new process, for the moment they overlap) would otherwise
+    /// overwrite each other every second, and the old one's last heartbeat, removed when
+    /// it deregisters, would take the new one's entry with it until its next heartbeat.
+    fn taken_over(&self) -> bool {
+        let Ok((_, bytes)) = read_entry(&self.path) else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            return false;
+        };
+        let token = v.get("token").and_then(Value::as_str);
+        let Some(token) = token.filter(|t| *t != self.token) else {
+            return false;
+        };
+        // The later registration keeps the entry (ties: the greater token), so two
+        // never both give way, nor both overwrite.
+        let theirs = v.get("registered_ms").and_then(Value::as_u64).unwrap_or(0);
+        if (theirs, token) < (self.registered_ms, self.token.as_str()) {
+            return false;
+        }
+        let Ok(other) = Parsed::from_bytes(&bytes) else {
+            return false;
+        };
+        let same_namespace = other
+            .pid_ns
+            .as_deref()
+            .is_none_or(|ns| ns == own_pid_namespace());
+        let alive = !same_namespace || pid_alive(other.pid);
+        alive && now_ms().saturating_sub(other.heartbeat_ms) <= STALE_AFTER_MS
     }
 
     /// Removes the file if it is still ours (another process may have taken the address over).
@@ -447,6 +503,8 @@ impl FileBackend {
             instance,
             token,
             held: None,
+            yielded: false,
+            registered_ms: now_ms(),
         };
         entry.write()?;
         let (stop, stop_rx) = mpsc::channel::<()>();

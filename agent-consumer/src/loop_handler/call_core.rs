@@ -145,6 +145,7 @@ impl ConsumerLoop {
             up.open = false;
             return self.dispatch(cx, call, Some(up_key));
         };
+        let addr = up.addr;
         if up.protocol == Protocol::Dubbo {
             return self.send_dubbo(cx, call, up_key, conn);
         }
@@ -155,11 +156,22 @@ impl ConsumerLoop {
         let remaining = c.deadline.saturating_duration_since(now);
         c.attempts += 1;
         c.sent = Some((up_key, now));
+        c.upstream = Some(addr);
+        if let (Some(tracer), Some(t)) = (self.tracer.as_mut(), c.trace.as_deref_mut()) {
+            let names = super::tracing::Names {
+                service: &sig.service,
+                method: &sig.method,
+                version: &sig.version,
+                group: &sig.group,
+            };
+            tracer.on_send(t, c.attempts, addr, &names);
+        }
         // Up to eight attachments (nearly always: usually none, or the caller's Dubbo
-        // version) are listed on the stack.
+        // version) are listed on the stack, and a traced call's context after them.
         let pairs = c.attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let version = c.dubbo_version.as_ref().map(|v| ("dubbo", v.as_str()));
-        let mut all = pairs.chain(version);
+        let traced = c.trace.as_deref().into_iter().flat_map(|t| t.attachments());
+        let mut all = pairs.chain(version).chain(traced);
         let mut small = [("", ""); 8];
         let mut listed = 0;
         for (slot, pair) in small.iter_mut().zip(all.by_ref()) {
@@ -223,8 +235,23 @@ impl ConsumerLoop {
         }
         let latency = cx.now().saturating_duration_since(c.started).as_micros() as u64;
         self.metrics.answered(outcome, latency);
+        self.count_method(&c, outcome, latency);
+        if let Some(tracer) = self.tracer.as_mut() {
+            let names = self
+                .signatures
+                .get(c.call_id)
+                .map(|s| super::tracing::Names {
+                    service: &s.service,
+                    method: &s.method,
+                    version: &s.version,
+                    group: &s.group,
+                });
+            if let Some(t) = c.trace.as_deref_mut() {
+                tracer.finish(t, outcome, names, c.upstream, c.attempts);
+            }
+        }
         self.recycle(std::mem::take(&mut c.args));
-        if self.stopping && self.calls.is_empty() {
+        if self.stopping && self.calls.is_empty() && self.holds_no_client() {
             cx.exit();
         }
         Some(c)

@@ -20,6 +20,7 @@ use codec::hessian2;
 use codec::Decoded;
 use reactor::{ConnId, Ctx, EndOfInput};
 
+use super::observe::Names;
 use super::{Call, ConsumerLoop, Origin};
 use crate::metrics::Outcome;
 
@@ -41,6 +42,8 @@ pub(super) struct DubboConn {
     closing: bool,
     /// Reading paused (too many calls in flight, or answers piling up unread).
     paused: bool,
+    /// The consumer's address (the access log's `caller`), read once at accept.
+    pub(super) peer: Option<std::net::SocketAddr>,
 }
 
 impl ConsumerLoop {
@@ -69,7 +72,10 @@ impl ConsumerLoop {
                 );
                 self.metrics.request();
                 self.metrics.answered(Outcome::BadRequest, 0);
-                write_error(cx, id, h.id, status::BAD_REQUEST, &msg);
+                let bytes_out = write_error(cx, id, h.id, status::BAD_REQUEST, &msg);
+                let (caller, bytes_in) = (self.dubbo_peer(id), rest.len());
+                let (names, status) = (Names::default(), u16::from(status::BAD_REQUEST));
+                self.log_refused("dubbo", caller, names, status, bytes_in, bytes_out);
                 cx.close(id);
                 return input.len();
             }
@@ -115,20 +121,26 @@ impl ConsumerLoop {
         }
         self.metrics.request();
         let two_way = frame.is_two_way();
-        let fail = |cx: &mut Ctx<'_, Self>, this: &mut Self, text: &str| {
+        let bytes_in = frame.body.len() + dubbo::HEADER_LEN;
+        let fail = |cx: &mut Ctx<'_, Self>, this: &mut Self, text: &str, names: Names<'_>| {
             this.metrics.answered(Outcome::BadRequest, 0);
-            if two_way {
-                write_error(cx, id, frame.id(), status::BAD_REQUEST, text);
-            }
+            let bytes_out = if two_way {
+                write_error(cx, id, frame.id(), status::BAD_REQUEST, text)
+            } else {
+                0
+            };
+            let (caller, status) = (this.dubbo_peer(id), u16::from(status::BAD_REQUEST));
+            this.log_refused("dubbo", caller, names, status, bytes_in, bytes_out);
         };
         if let Some(msg) = server::unsupported_serialization(frame) {
-            fail(cx, self, &msg);
+            fail(cx, self, &msg, Names::default());
             return true;
         }
         let routed = match dubbo::decode_routed_request(frame.body) {
             Ok(r) => r,
             Err(e) => {
-                fail(cx, self, &format!("malformed Dubbo request: {e}"));
+                let msg = format!("malformed Dubbo request: {e}");
+                fail(cx, self, &msg, Names::default());
                 return true;
             }
         };
@@ -143,7 +155,13 @@ impl ConsumerLoop {
         let call_id = match self.intern(cx, sig) {
             Ok(call_id) => call_id,
             Err(e) => {
-                fail(cx, self, &e.to_string());
+                let names = Names {
+                    service: &routed.path,
+                    method: &routed.method,
+                    version: &routed.version,
+                    group,
+                };
+                fail(cx, self, &e.to_string(), names);
                 return true;
             }
         };
@@ -161,6 +179,13 @@ impl ConsumerLoop {
             .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
+        // With tracing on: the caller's context from its attachments, continued.
+        let mut attachments = attachments;
+        let trace = (self.tracer.as_mut())
+            .and_then(|t| t.begin(super::tracing::in_attachments(&attachments), "dubbo"));
+        if trace.is_some() {
+            super::tracing::strip(&mut attachments);
+        }
         let mut args = self.take_buf();
         args.extend_from_slice(routed.args);
         let now = cx.now();
@@ -187,6 +212,9 @@ impl ConsumerLoop {
             timer: None,
             sent: None,
             attempts: 0,
+            upstream: None,
+            bytes_in: u32::try_from(frame.body.len() + dubbo::HEADER_LEN).unwrap_or(u32::MAX),
+            trace,
         });
         if let Some(conn) = self.dubbo.get_mut(id) {
             conn.inflight += 1;
@@ -228,11 +256,17 @@ impl ConsumerLoop {
         let Origin::Dubbo { conn, id, two_way } = c.origin else {
             return;
         };
+        // The access log's status: the answer's Dubbo status byte (none one-way).
+        let (mut status, mut bytes_out) = (0, 0);
         if two_way {
             if let Some(out) = cx.output(conn) {
+                let start = out.len();
                 write(out, id);
+                bytes_out = out.len().saturating_sub(start);
+                status = out.get(start + 3).copied().unwrap_or(0);
             }
         }
+        self.log_call(cx, &c, outcome, u16::from(status), bytes_out);
         let Some(dc) = self.dubbo.get_mut(conn) else {
             return;
         };
@@ -382,9 +416,14 @@ fn write_error(
     id: i64,
     dubbo_status: u8,
     text: &str,
-) {
-    if let Some(out) = cx.output(conn) {
-        let _ = server::encode_error(out, id, dubbo_status, text);
+) -> usize {
+    match cx.output(conn) {
+        Some(out) => {
+            let start = out.len();
+            let _ = server::encode_error(out, id, dubbo_status, text);
+            out.len().saturating_sub(start)
+        }
+        None => 0,
     }
 }
 

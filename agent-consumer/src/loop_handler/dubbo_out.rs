@@ -47,12 +47,26 @@ impl ConsumerLoop {
         let timeout = decimal(remaining.min(u128::from(u32::MAX)) as u32, &mut digits);
         // The caller's attachments and the timeout, listed on the stack (nearly always
         // a few); only a call carrying more than eight spills to the heap.
+        if let (Some(tracer), Some(t)) = (self.tracer.as_mut(), c.trace.as_deref_mut()) {
+            let addr = (self.upstreams.table.get(up_key)).map(|u| u.addr);
+            if let Some(addr) = addr {
+                let names = super::tracing::Names {
+                    service: &sig.service,
+                    method: &sig.method,
+                    version,
+                    group,
+                };
+                tracer.on_send(t, c.attempts + 1, addr, &names);
+            }
+        }
         let written = {
+            let traced = c.trace.as_deref().into_iter().flat_map(|t| t.attachments());
             let mut all = c
                 .attachments
                 .iter()
                 .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
                 .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .chain(traced.map(|(k, v)| (k, Some(v))))
                 .chain([("timeout", Some(timeout))]);
             let mut small: [(&str, Option<&str>); 9] = [("", None); 9];
             let mut listed = 0;
@@ -92,6 +106,7 @@ impl ConsumerLoop {
         };
         c.attempts += 1;
         c.sent = Some((up_key, now));
+        c.upstream = self.upstreams.table.get(up_key).map(|u| u.addr);
         if !written {
             c.sent = None;
             let msg = "request too large for Dubbo";

@@ -12,6 +12,7 @@ use codec::invocation::Invocation;
 use codec::{form, Decoded};
 use reactor::{ConnId, Ctx, EndOfInput};
 
+use super::observe::Names;
 use super::{recycle_into, Call, ConsumerLoop, Origin};
 use crate::metrics::Outcome;
 
@@ -388,7 +389,7 @@ impl ConsumerLoop {
                     self.metrics.request();
                     // Stopping forces keep-alive off too (see `on_request`).
                     let last = !msg.keep_alive || self.stopping;
-                    self.on_request(cx, id, seq, &msg);
+                    self.on_request(cx, id, seq, &msg, consumed);
                     if last {
                         // The connection closes after this answer: whatever the client
                         // sent after it is discarded undecoded, never called.
@@ -415,7 +416,7 @@ impl ConsumerLoop {
                     } else {
                         Render::Text
                     };
-                    self.answer_http_error(cx, id, seq, &e, render);
+                    self.answer_http_error(cx, id, seq, &e, render, rest.len());
                     return input.len();
                 }
             }
@@ -423,7 +424,7 @@ impl ConsumerLoop {
     }
 
     /// Answers a request the HTTP decoder refused (413, 431, 400, ...); `render` is JSON
-    /// when the head could be read and names a JSON body.
+    /// when the head could be read and names a JSON body; `bytes_in` of it were read.
     pub(super) fn answer_http_error(
         &mut self,
         cx: &mut Ctx<'_, Self>,
@@ -431,6 +432,7 @@ impl ConsumerLoop {
         seq: u64,
         e: &HttpError,
         render: Render,
+        bytes_in: usize,
     ) {
         let mut out = self.take_buf();
         match render {
@@ -444,10 +446,21 @@ impl ConsumerLoop {
             ),
         }
         self.metrics.answered(Outcome::BadRequest, 0);
+        let (caller, status) = (self.http_peer(id), super::observe::http_status(&out));
+        self.log_refused(
+            "http",
+            caller,
+            Names::default(),
+            status,
+            bytes_in,
+            out.len(),
+        );
         self.deliver(cx, id, seq, out, e.closes_connection());
     }
 
-    /// Answers `seq` on `id` with an error status and message (see [`write_error_answer`]).
+    /// Answers `seq` on `id` with an error status and message (see [`write_error_answer`]),
+    /// for a request refused before it became a call: `refused` are its names and
+    /// size, for the access log.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn answer_error(
         &mut self,
@@ -458,9 +471,13 @@ impl ConsumerLoop {
         render: Render,
         status: u16,
         text: &str,
+        refused: (Names<'_>, usize),
     ) {
         let mut out = self.take_buf();
         write_error_answer(&mut out, render, status, text, keep_alive);
+        let caller = self.http_peer(id);
+        let (names, bytes_in) = refused;
+        self.log_refused("http", caller, names, status, bytes_in, out.len());
         self.deliver(cx, id, seq, out, !keep_alive);
     }
 
@@ -470,6 +487,7 @@ impl ConsumerLoop {
         id: ConnId,
         seq: u64,
         req: &Request<'_>,
+        bytes_in: usize,
     ) {
         let keep_alive = req.keep_alive && !self.stopping;
         let now = cx.now();
@@ -507,7 +525,8 @@ impl ConsumerLoop {
                 self.recycle(args);
                 self.recycle(scratch);
                 self.metrics.answered(Outcome::BadRequest, 0);
-                return self.answer_error(cx, id, seq, keep_alive, render, 400, &msg);
+                let refused = (Names::default(), bytes_in);
+                return self.answer_error(cx, id, seq, keep_alive, render, 400, &msg, refused);
             }
         };
         let sig = SignatureRef {
@@ -523,11 +542,33 @@ impl ConsumerLoop {
                 self.recycle(args);
                 self.metrics.answered(Outcome::BadRequest, 0);
                 let msg = e.to_string();
-                return self.answer_error(cx, id, seq, keep_alive, render, 400, &msg);
+                let names = Names {
+                    service: &prepared.service,
+                    method: &prepared.method,
+                    version: &prepared.version,
+                    group: &prepared.group,
+                };
+                let refused = (names, bytes_in);
+                return self.answer_error(cx, id, seq, keep_alive, render, 400, &msg, refused);
             }
         };
         if let Some(n) = self.signature_uses.get_mut(call_id as usize) {
             *n += 1;
+        }
+        let mut attachments = prepared.attachments;
+        // With tracing on: the caller's context, from its headers or else the
+        // attachments it sent, continued (its trace attachments are replaced).
+        let trace = self.tracer.as_mut().and_then(|tracer| {
+            let header = |name: &str| {
+                req.headers()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            };
+            let sent = super::tracing::in_attachments(&attachments);
+            tracer.begin(|name| header(name).or_else(|| sent(name)), "http")
+        });
+        if trace.is_some() {
+            super::tracing::strip(&mut attachments);
         }
         self.next_gen = self.next_gen.wrapping_add(1) & 0x7fff_ffff;
         let key = self.calls.insert(Call {
@@ -540,13 +581,16 @@ impl ConsumerLoop {
             },
             call_id,
             args,
-            attachments: prepared.attachments,
+            attachments,
             dubbo_version: None,
             started: now,
             deadline: now + timeout,
             timer: None,
             sent: None,
             attempts: 0,
+            upstream: None,
+            bytes_in: u32::try_from(bytes_in).unwrap_or(u32::MAX),
+            trace,
         });
         self.recycle(scratch);
         let call = Self::call_id(key, self.next_gen);
@@ -614,7 +658,10 @@ impl ConsumerLoop {
         }
         // Stopping, or the client half-closed: nothing more will come, so once the
         // last answer is out the connection closes.
-        let finished = (self.stopping || conn.input_ended) && conn.inflight() == 0;
+        // (Handing over, a keep-alive answer leaves the connection open: the client's
+        // next request gets `Connection: close`.)
+        let finished =
+            ((self.stopping && !self.handing_over) || conn.input_ended) && conn.inflight() == 0;
         if finished {
             cx.close(id);
         }
@@ -656,6 +703,8 @@ impl ConsumerLoop {
         };
         let mut out = self.take_buf();
         write(&mut out, keep_alive);
+        let status = super::observe::http_status(&out);
+        self.log_call(cx, &c, outcome, status, out.len());
         self.deliver(cx, conn, seq, out, !keep_alive);
     }
 

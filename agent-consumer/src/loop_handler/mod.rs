@@ -32,7 +32,9 @@ mod call_core;
 mod dubbo_front;
 mod dubbo_out;
 mod http_front;
+mod observe;
 mod rules_apply;
+mod tracing;
 mod upstream_conns;
 
 use dubbo_front::DubboConn;
@@ -58,6 +60,9 @@ pub enum LoopMsg {
     Instances(String, Vec<Instance>),
     /// A service's traffic rules, validated (`None`: it has none).
     Rules(String, Option<Arc<Rules>>),
+    /// A successor process accepts on our ports (`--upgrade-from`): the stop that
+    /// follows hands the clients over instead of closing on them (see `stopping`).
+    HandOver,
 }
 
 /// What a loop's timers are for.
@@ -109,6 +114,12 @@ struct Call {
     /// Upstream key it is in flight on, and when it was sent there.
     sent: Option<(usize, Instant)>,
     attempts: u32,
+    /// The address of the upstream it was last sent to (the access log's `upstream`).
+    upstream: Option<std::net::SocketAddr>,
+    /// Bytes of the request as the caller sent it (the access log's `bytes_in`).
+    bytes_in: u32,
+    /// Its trace (`tracing`), when traced: never without `--otlp-endpoint`.
+    trace: Option<Box<tracing::CallTrace>>,
 }
 
 /// The route a call took under its service's rules, beside the call (same slab key):
@@ -145,6 +156,10 @@ pub struct ConsumerLoop {
     next_gen: u32,
     pool: Vec<Vec<u8>>,
     stopping: bool,
+    /// The stop is a handover to a successor process: an idle keep-alive connection
+    /// is not closed under a request the client may be sending; its next request is
+    /// answered with `Connection: close` (or the drain deadline ends it).
+    handing_over: bool,
     /// Watches services from their first call.
     discovery: Arc<Discovery>,
     /// Calls of services being discovered, held until a provider-agent of theirs is
@@ -161,6 +176,12 @@ pub struct ConsumerLoop {
     rng: reactor::XorShift,
     /// With `--tls-cert`: the TLS client configuration for provider-agents.
     tls: Option<Arc<crate::tls::ClientTls>>,
+    /// Per service and method counters: this loop's table (`observe`).
+    methods: reactor_admin::method_stats::MethodTable,
+    /// With `--access-log`: where each completed call's line goes (`observe`).
+    access_log: Option<reactor_admin::access_log::AccessLog>,
+    /// With `--otlp-endpoint`: the loop's tracing (`tracing`).
+    tracer: Option<tracing::Tracer>,
 }
 
 /// The calls held for one service being discovered.
@@ -181,6 +202,11 @@ impl ConsumerLoop {
                 max_body: config.max_body,
             },
             upstreams: Upstreams::new(config.lb).with_max_inflight(config.max_upstream_inflight),
+            methods: metrics.method_table(),
+            access_log: metrics.access_log(),
+            tracer: metrics.spans().map(|spans| {
+                tracing::Tracer::new(spans, config.trace_sample_rate, config.listen.to_string())
+            }),
             config,
             metrics,
             http: HttpConns::default(),
@@ -190,6 +216,7 @@ impl ConsumerLoop {
             next_gen: 0,
             pool: Vec::new(),
             stopping: false,
+            handing_over: false,
             discovery,
             held: HashMap::new(),
             dubbo: ConnMap::new(),
@@ -240,11 +267,18 @@ impl Handler for ConsumerLoop {
             Tag::Http => {
                 self.metrics.connection(1);
                 let decoder = RequestDecoder::with_limits(self.limits);
-                self.http.insert(HttpConn::new(conn.id, decoder, cx.now()));
+                let mut c = HttpConn::new(conn.id, decoder, cx.now());
+                c.peer = cx.peer_addr(conn.id);
+                if self.access_log.is_some() {
+                    c.identity = crate::tls::peer_identity(cx, conn.id);
+                }
+                self.http.insert(c);
             }
             Tag::Dubbo => {
                 self.metrics.connection(1);
-                self.dubbo.insert(conn.id, DubboConn::default());
+                let mut c = DubboConn::default();
+                c.peer = cx.peer_addr(conn.id);
+                self.dubbo.insert(conn.id, c);
             }
             Tag::Upstream(key) => self.on_upstream_opened(cx, conn.id, key),
         }
@@ -307,14 +341,18 @@ impl Handler for ConsumerLoop {
             }
             Tag::Upstream(key) => self.on_upstream_closed(cx, conn.id, key, &reason),
         }
-        if self.stopping && self.calls.is_empty() {
+        if self.stopping && self.calls.is_empty() && self.holds_no_client() {
             cx.exit();
         }
     }
 
     fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, timer: LoopTimer) {
         match timer {
-            LoopTimer::Sweep => self.sweep(cx),
+            LoopTimer::Sweep => {
+                // The per-method table re-ranks its series every so often.
+                self.methods.tick(cx.now());
+                self.sweep(cx);
+            }
             LoopTimer::Drain => {
                 log::warn!(
                     "drain deadline passed with {} call(s) in flight",
@@ -353,22 +391,26 @@ impl Handler for ConsumerLoop {
         match msg {
             LoopMsg::Instances(service, list) => self.on_instances(cx, &service, &list),
             LoopMsg::Rules(service, rules) => self.on_rules(cx, service, rules),
+            LoopMsg::HandOver => self.handing_over = true,
         }
     }
 
     fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
         self.stopping = true;
+        // Handing over, an idle keep-alive connection stays: closing it could cross a
+        // request the client is sending. Its next request is answered with
+        // `Connection: close` (keep-alive is off while stopping), then it closes.
         let idle: Vec<ConnId> = self
             .http
             .iter()
-            .filter(|c| c.inflight() == 0)
+            .filter(|c| c.inflight() == 0 && !self.handing_over)
             .map(|c| c.id)
             .collect();
         for id in idle {
             cx.close(id);
         }
         self.stop_dubbo_consumers(cx);
-        if self.calls.is_empty() {
+        if self.calls.is_empty() && self.holds_no_client() {
             cx.exit();
         } else {
             cx.set_timer(
@@ -376,6 +418,14 @@ impl Handler for ConsumerLoop {
                 LoopTimer::Drain,
             );
         }
+    }
+}
+
+impl ConsumerLoop {
+    /// Whether a stop may end the loop as far as clients go: always, unless handing
+    /// over, when every client connection must have closed first.
+    fn holds_no_client(&self) -> bool {
+        !self.handing_over || (self.http.iter().next().is_none() && self.dubbo.is_empty())
     }
 }
 

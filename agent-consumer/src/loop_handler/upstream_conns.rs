@@ -34,7 +34,8 @@ impl ConsumerLoop {
         let Some(up) = self.upstreams.table.get_mut(key) else {
             return;
         };
-        if up.conn != Some(conn) {
+        let replacement = up.replacement == Some(conn);
+        if up.conn != Some(conn) && !replacement {
             return;
         }
         if self.tls.is_some() && up.protocol == Protocol::Agent {
@@ -52,6 +53,13 @@ impl ConsumerLoop {
                 cx.abort(conn);
                 return;
             }
+        }
+        if replacement {
+            // Proved by its PONG (`on_upstream_data`), then it takes over.
+            if let Some(out) = cx.output(conn) {
+                write_ping(out, up.protocol);
+            }
+            return;
         }
         up.last_read = now;
         up.ping_sent = Some(now);
@@ -87,7 +95,15 @@ impl ConsumerLoop {
                                 agent::encode_pong(out, ping);
                             }
                         }
-                        Frame::Pong { .. } => self.on_pong(cx, up),
+                        Frame::Pong { .. } => {
+                            if self.upstreams.table.get(up).and_then(|u| u.replacement) == Some(id)
+                            {
+                                self.take_over(cx, up, id);
+                            } else {
+                                self.on_pong(cx, up);
+                            }
+                        }
+                        Frame::GoAway => self.on_goaway(cx, up, id),
                         Frame::Define { .. } | Frame::Request(_) => {
                             log::warn!("provider-agent sent a request frame; closing");
                             cx.abort(id);
@@ -103,7 +119,103 @@ impl ConsumerLoop {
                 }
             }
         }
+        if self
+            .upstreams
+            .table
+            .get(up)
+            .and_then(|u| u.draining)
+            .is_some_and(|(c, _)| c == id)
+        {
+            self.close_if_drained(cx, up);
+        }
         pos
+    }
+
+    /// A provider-agent being replaced said GOAWAY on `conn`: a new connection is
+    /// opened (it reaches the successor, which accepts on the same port); calls go on
+    /// over `conn` until the new one answers its PING (`take_over`).
+    fn on_goaway(&mut self, cx: &mut Ctx<'_, Self>, key: usize, conn: ConnId) {
+        let Some(up) = self.upstreams.table.get(key) else {
+            return;
+        };
+        if up.conn != Some(conn) || up.replacement.is_some() || up.retiring {
+            return;
+        }
+        log::info!(
+            "loop {}: provider-agent {} is being replaced (GOAWAY); moving to a new connection",
+            cx.loop_index(),
+            up.addr
+        );
+        match self.dial(cx, key) {
+            Ok(new) => {
+                if let Some(up) = self.upstreams.table.get_mut(key) {
+                    up.replacement = Some(new);
+                }
+            }
+            // The old connection serves on until its provider-agent closes it; then
+            // the ordinary reconnect takes over.
+            Err(e) => log::warn!("connecting a replacement connection: {e}"),
+        }
+    }
+
+    /// The replacement connection answered its PING: it takes the calls from now on,
+    /// the old one is closed once the calls sent on it are answered.
+    fn take_over(&mut self, cx: &mut Ctx<'_, Self>, key: usize, new: ConnId) {
+        let now = cx.now();
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return;
+        };
+        up.replacement = None;
+        up.draining = up.conn.map(|old| (old, now));
+        up.conn = Some(new);
+        up.defined.clear();
+        up.ping_sent = None;
+        up.last_read = now;
+        if !up.open {
+            up.open = true;
+            up.backoff.reset();
+            self.release_held(cx, false);
+        }
+        self.close_if_drained(cx, key);
+    }
+
+    /// Closes the connection that said GOAWAY once no call sent on it (before the
+    /// replacement took over) is in flight: the side sending requests closes, so none
+    /// crosses the close.
+    pub(super) fn close_if_drained(&mut self, cx: &mut Ctx<'_, Self>, key: usize) {
+        let Some((old, since)) = self.upstreams.table.get(key).and_then(|u| u.draining) else {
+            return;
+        };
+        let busy = self
+            .calls
+            .iter()
+            .any(|(_, c)| c.sent.is_some_and(|(u, at)| u == key && at <= since));
+        if busy {
+            return;
+        }
+        if let Some(up) = self.upstreams.table.get_mut(key) {
+            up.draining = None;
+        }
+        cx.close(old);
+    }
+
+    /// Opens a connection to upstream `key` (over TLS when configured).
+    fn dial(&mut self, cx: &mut Ctx<'_, Self>, key: usize) -> std::io::Result<ConnId> {
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let Some(up) = self.upstreams.table.get(key) else {
+            return Err(std::io::Error::other("no such upstream"));
+        };
+        match &self.tls {
+            #[cfg(feature = "tls")]
+            Some(tls) if up.protocol == Protocol::Agent => cx.connect_tls(
+                up.addr,
+                Tag::Upstream(key),
+                Some(timeout),
+                tls.config(),
+                reactor::rustls::pki_types::ServerName::IpAddress(up.addr.ip().into()),
+            ),
+            _ => cx.connect(up.addr, Tag::Upstream(key), Some(timeout)),
+        }
     }
 
     /// Reads an unmeshed Dubbo provider's frames: answers, heartbeats, its read-only
@@ -186,6 +298,9 @@ impl ConsumerLoop {
                 up.addr
             );
             self.release_held(cx, false);
+            if !self.metrics.has_upstream() {
+                self.publish_upstreams(cx);
+            }
         }
     }
 
@@ -243,7 +358,11 @@ impl ConsumerLoop {
             if let Some(t) = up.reconnect {
                 cx.cancel_timer(t);
             }
-            if let Some(conn) = up.conn {
+            let others = up
+                .replacement
+                .into_iter()
+                .chain(up.draining.map(|(c, _)| c));
+            for conn in up.conn.into_iter().chain(others) {
                 cx.close(conn);
             }
         }
@@ -256,6 +375,9 @@ impl ConsumerLoop {
         key: usize,
         reason: &CloseReason,
     ) {
+        if self.replacement_closed(cx, id, key) {
+            return;
+        }
         if self.upstreams.by_conn(key, id).is_none() {
             return; // an upstream already dropped from the registry
         }
@@ -267,6 +389,16 @@ impl ConsumerLoop {
         up.conn = None;
         up.open = false;
         up.defined.clear();
+        if let Some(next) = up.replacement.take() {
+            // The provider-agent that said GOAWAY closed first (its drain deadline):
+            // the replacement, already on its way, takes over once it answers.
+            up.conn = Some(next);
+            log::info!(
+                "provider-agent {addr}: old connection closed ({reason:?}), the new one takes over"
+            );
+            self.fail_inflight_on(cx, key);
+            return;
+        }
         if up.retiring {
             // Left the registry: its calls fail, then it is dropped, not reconnected.
             log::info!("retiring provider-agent {addr} connection closed: {reason:?}");
@@ -284,6 +416,45 @@ impl ConsumerLoop {
             log::debug!("provider-agent {addr} connect failed: {reason:?}; retrying in {delay:?}");
         }
         self.fail_inflight_on(cx, key);
+    }
+
+    /// A GOAWAY's replacement connection, or the old connection draining, closed:
+    /// handled here (true), the upstream's current connection is not touched.
+    fn replacement_closed(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId, key: usize) -> bool {
+        let Some(up) = self.upstreams.table.get_mut(key) else {
+            return false;
+        };
+        if up.replacement == Some(id) {
+            up.replacement = None;
+            log::warn!(
+                "provider-agent {}: the connection replacing one that said GOAWAY failed; \
+                 the old one serves on",
+                up.addr
+            );
+            return true;
+        }
+        let Some(since) = up.draining.filter(|(c, _)| *c == id).map(|(_, t)| t) else {
+            return false;
+        };
+        up.draining = None;
+        // Closed before answering every call sent on it: those are lost.
+        let lost: Vec<(u64, u32)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.sent.is_some_and(|(u, at)| u == key && at <= since))
+            .map(|(k, c)| (Self::call_id(k, c.gen), c.call_id))
+            .collect();
+        for (call, call_id) in lost {
+            self.lost_on(call_id, key);
+            self.fail(
+                cx,
+                call,
+                Outcome::Unavailable,
+                503,
+                super::dubbo_front::LOST,
+            );
+        }
+        true
     }
 
     /// Calls in flight on a lost upstream fail: they may have run, so no retry.
@@ -368,12 +539,30 @@ impl ConsumerLoop {
             }
         }
         self.keep_alive_upstreams(cx);
+        let draining: Vec<usize> = self
+            .upstreams
+            .table
+            .iter()
+            .filter(|(_, u)| u.draining.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        for key in draining {
+            self.close_if_drained(cx, key);
+        }
         self.expire_held(cx);
         for svc in self.upstreams.services.values_mut() {
             for m in &mut svc.members {
                 m.stats.recover();
             }
         }
+        self.publish_upstreams(cx);
+        self.metrics
+            .set_tls_handshake_failures(crate::tls::handshake_failures(cx));
+    }
+
+    /// The upstreams as `/metrics` and `/healthz` show them (every sweep, and as soon
+    /// as the first one opens: a new process taking over waits for it).
+    pub(super) fn publish_upstreams(&mut self, cx: &mut Ctx<'_, Self>) {
         let view: Vec<UpstreamView> = self
             .upstreams
             .table
@@ -397,8 +586,6 @@ impl ConsumerLoop {
             })
             .collect();
         self.metrics.set_upstreams(cx.loop_index(), view);
-        self.metrics
-            .set_tls_handshake_failures(crate::tls::handshake_failures(cx));
     }
 
     /// Every sweep: a PING on each provider-agent connection silent for
@@ -478,7 +665,8 @@ impl ConsumerLoop {
 /// every Dubbo server answers with the same id and the event flag).
 fn write_ping(out: &mut Vec<u8>, protocol: Protocol) {
     match protocol {
-        Protocol::Agent => agent::encode_ping(out, 0),
+        // The id says this agent understands GOAWAY (see `codec::agent`).
+        Protocol::Agent => agent::encode_ping(out, agent::GOAWAY_CAPABLE_PING),
         Protocol::Dubbo => dubbo::encode_heartbeat_request(out, 0),
     }
 }

@@ -48,7 +48,7 @@ impl ProviderLoop {
                 Ok(Decoded::Incomplete) => break,
                 Ok(Decoded::Complete { msg, consumed }) => {
                     pos += consumed;
-                    if !self.agent_frame(cx, conn, msg) {
+                    if !self.agent_frame(cx, conn, msg, consumed) {
                         cx.close(conn);
                         return input.len();
                     }
@@ -79,6 +79,7 @@ impl ProviderLoop {
         cx: &mut Ctx<'_, Self>,
         conn: ConnId,
         frame: Frame<'_>,
+        bytes_in: usize,
     ) -> bool {
         match frame {
             Frame::Define { call_id, signature } => {
@@ -101,16 +102,37 @@ impl ProviderLoop {
                 }
             }
             Frame::Request(req) => {
-                self.call(cx, conn, &req);
+                self.call(cx, conn, &req, bytes_in);
                 true
             }
             Frame::Ping { id } => {
                 if let Some(out) = cx.output(conn) {
                     agent::encode_pong(out, id);
                 }
+                if id == agent::GOAWAY_CAPABLE_PING {
+                    let handing_over = self.handing_over && self.draining;
+                    if let Some(inb) = self.inbound_mut(conn) {
+                        let first = !inb.goaway_capable;
+                        inb.goaway_capable = true;
+                        // Connected while this process was handing over (it accepted
+                        // just before its successor took over): told at once.
+                        if first && handing_over {
+                            if let Some(out) = cx.output(conn) {
+                                agent::encode_goaway(out);
+                            }
+                        }
+                    }
+                }
                 true
             }
             Frame::Pong { .. } => true,
+            Frame::GoAway => {
+                log::debug!(
+                    "loop {}: a GOAWAY frame from a consumer; closing",
+                    self.index
+                );
+                false
+            }
             Frame::Response(_) => {
                 log::debug!(
                     "loop {}: a RESPONSE frame from a consumer; closing",
@@ -118,6 +140,45 @@ impl ProviderLoop {
                 );
                 false
             }
+        }
+    }
+
+    /// The stop of a handover began (a successor accepts on our port): every
+    /// consumer-agent that understands GOAWAY is told to move to a new connection (it
+    /// closes this one once its calls on it are answered; see `codec::agent`); the
+    /// others are closed once nothing is in flight on them (`hand_over_idle`).
+    pub(super) fn hand_over(&mut self, cx: &mut Ctx<'_, Self>) {
+        let mut told = 0;
+        for inb in self.inbound.iter().flatten() {
+            if inb.dubbo.is_none() && inb.goaway_capable {
+                if let Some(out) = cx.output(inb.id) {
+                    agent::encode_goaway(out);
+                    told += 1;
+                }
+            }
+        }
+        log::info!(
+            "loop {}: handing over: GOAWAY to {told} consumer-agent connection(s), {} call(s) in flight",
+            self.index,
+            self.upstream.inflight()
+        );
+        self.hand_over_idle(cx);
+    }
+
+    /// While handing over: closes the connections that cannot be told GOAWAY (an
+    /// older consumer-agent's, a Dubbo consumer's, told READONLY already) as soon as
+    /// no call is in flight on them.
+    pub(super) fn hand_over_idle(&mut self, cx: &mut Ctx<'_, Self>) {
+        let idle: Vec<ConnId> = self
+            .inbound
+            .iter()
+            .flatten()
+            .filter(|i| !i.goaway_capable || i.dubbo.is_some())
+            .filter(|i| self.upstream.inflight_on(i.id) == 0)
+            .map(|i| i.id)
+            .collect();
+        for id in idle {
+            cx.close(id);
         }
     }
 

@@ -24,6 +24,7 @@ use codec::dubbo::{self, status};
 use codec::Decoded;
 use reactor::{ConnId, Ctx};
 
+use super::observe::{self, Arrival};
 use super::translate::{DEFAULT_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS};
 use super::{LoopTimer, ProviderLoop};
 use crate::admission::Refusal;
@@ -145,13 +146,52 @@ impl ProviderLoop {
             }
         }
         self.m().dubbo_requests.fetch_add(1, Relaxed);
+        self.arriving = None;
         if let Err((counted, dubbo_status, msg)) = self.forward(cx, conn, frame) {
             self.m().dubbo_response(counted);
-            if frame.is_two_way() {
-                write_error(cx, conn, frame.id(), dubbo_status, &msg);
+            let bytes_out = if frame.is_two_way() {
+                write_error(cx, conn, frame.id(), dubbo_status, &msg)
+            } else {
+                0
+            };
+            if self.arriving.is_none() {
+                // Refused before its names could be read.
+                self.observe_dubbo(conn, frame, None);
             }
+            self.complete_arriving(counted, u16::from(dubbo_status), bytes_out);
         }
         true
+    }
+
+    /// Starts observing a Dubbo consumer's call (`routed`: its names, once read).
+    fn observe_dubbo(
+        &mut self,
+        conn: ConnId,
+        frame: &dubbo::Frame<'_>,
+        routed: Option<&dubbo::RoutedRequest<'_>>,
+    ) {
+        let Some(inb) = self
+            .inbound
+            .get(conn.index())
+            .and_then(Option::as_ref)
+            .filter(|i| i.id == conn)
+        else {
+            return;
+        };
+        let arrival = Arrival {
+            front: "dubbo",
+            caller: inb.peer,
+            caller_identity: inb.peer_identity.as_deref(),
+            service: routed.map_or("", |r| &r.path),
+            method: routed.map_or("", |r| &r.method),
+            version: routed.map_or("", |r| &r.version),
+            group: routed
+                .and_then(|r| r.attachment("group"))
+                .unwrap_or_default(),
+            bytes_in: frame.body.len() + dubbo::HEADER_LEN,
+        };
+        let observed = observe::arrival(&mut self.methods, self.access_log.as_ref(), &arrival);
+        self.arriving = Some(observed);
     }
 
     /// Sends a consumer's call to the provider, or says why not.
@@ -170,6 +210,7 @@ impl ProviderLoop {
         }
         let routed = dubbo::decode_routed_request(frame.body)
             .map_err(|e| bad(format!("malformed Dubbo request: {e}")))?;
+        self.observe_dubbo(conn, frame, Some(&routed));
         if self.draining {
             // The call did not start: a Dubbo cluster tries another provider.
             return Err(not_found("provider-agent is shutting down".to_owned()));
@@ -268,12 +309,17 @@ impl ProviderLoop {
         if let Some(c) = self.upstream.conns.get_mut(slot) {
             c.last_write = now;
         }
+        // The pending call keeps what is observed of it; a one-way call is done.
+        let observed = self.arriving.take().unwrap_or_default();
         if two_way {
             let t = cx.set_timer(
                 Duration::from_millis(u64::from(timeout_ms)),
                 LoopTimer::Call(provider_id),
             );
             self.upstream.set_timer(provider_id, t);
+            self.upstream.set_observed(provider_id, observed);
+        } else {
+            self.complete(observed, Status::Ok, 0, Duration::ZERO, 0);
         }
         Ok(())
     }
@@ -283,14 +329,23 @@ impl ProviderLoop {
     pub(super) fn relay_answer(
         &mut self,
         cx: &mut Ctx<'_, Self>,
-        p: Pending,
+        mut p: Pending,
         frame: &dubbo::Frame<'_>,
     ) {
         let counted = agent::status_of_answer(frame);
-        if let Some(out) = cx.output(p.inbound) {
-            server::relay_frame(out, frame, p.agent_id as i64);
-        }
+        let bytes_out = match cx.output(p.inbound) {
+            Some(out) => {
+                let start = out.len();
+                server::relay_frame(out, frame, p.agent_id as i64);
+                out.len().saturating_sub(start)
+            }
+            None => 0,
+        };
         self.m().dubbo_response(counted);
+        let latency = cx.now().saturating_duration_since(p.started);
+        let observed = std::mem::take(&mut p.observed);
+        let code = u16::from(frame.status());
+        self.complete(observed, counted, code, latency, bytes_out);
         self.dubbo_answered(cx, p.inbound);
     }
 
@@ -300,7 +355,7 @@ impl ProviderLoop {
     pub(super) fn fail_dubbo(
         &mut self,
         cx: &mut Ctx<'_, Self>,
-        p: Pending,
+        mut p: Pending,
         counted: Status,
         text: &[u8],
     ) {
@@ -312,7 +367,7 @@ impl ProviderLoop {
             Status::Forbidden => status::SERVICE_ERROR,
             Status::Ok | Status::Exception | Status::ProviderError => status::SERVER_ERROR,
         };
-        write_error(
+        let bytes_out = write_error(
             cx,
             p.inbound,
             p.agent_id as i64,
@@ -320,6 +375,15 @@ impl ProviderLoop {
             &String::from_utf8_lossy(text),
         );
         self.m().dubbo_response(counted);
+        let latency = cx.now().saturating_duration_since(p.started);
+        let observed = std::mem::take(&mut p.observed);
+        self.complete(
+            observed,
+            counted,
+            u16::from(dubbo_status),
+            latency,
+            bytes_out,
+        );
         self.dubbo_answered(cx, p.inbound);
     }
 
@@ -396,8 +460,13 @@ fn write_error(
     id: i64,
     dubbo_status: u8,
     text: &str,
-) {
-    if let Some(out) = cx.output(conn) {
-        let _ = server::encode_error(out, id, dubbo_status, text);
+) -> usize {
+    match cx.output(conn) {
+        Some(out) => {
+            let start = out.len();
+            let _ = server::encode_error(out, id, dubbo_status, text);
+            out.len().saturating_sub(start)
+        }
+        None => 0,
     }
 }

@@ -41,8 +41,12 @@ use crate::Event;
 
 mod agent_conns;
 mod dubbo_front;
+mod observe;
 mod provider_conns;
+mod tracing;
 mod translate;
+
+pub(crate) use tracing::CallTrace;
 
 use dubbo_front::DubboConn;
 
@@ -66,6 +70,10 @@ pub enum LoopMsg {
     /// The authorization policy changed (`--authz` reloaded): it applies to the next
     /// call of every connection.
     Policy(Arc<Policy>),
+    /// A successor process accepts on our port (`--upgrade-from`): the stop that
+    /// follows hands the consumers over instead of closing on them (GOAWAY, see
+    /// `agent_conns::hand_over`).
+    HandOver,
 }
 
 /// What a loop's timers are for.
@@ -143,6 +151,8 @@ struct Inbound {
     last_active: Instant,
     /// The consumer finished sending (half-close): close once its calls are answered.
     input_ended: bool,
+    /// The consumer-agent announced it understands GOAWAY (its PING's id).
+    goaway_capable: bool,
     /// A Dubbo consumer's connection (`Tag::Dubbo`): its reading state.
     dubbo: Option<DubboConn>,
     /// Who the peer is, as its TLS handshake proved it: the certificate's URI SAN (a
@@ -152,6 +162,8 @@ struct Inbound {
     peer_identity: Option<Arc<str>>,
     /// The authorization policy as it applies to this peer.
     authz: PeerCache,
+    /// The peer's address (the access log's `caller`), read once at accept.
+    peer: Option<SocketAddr>,
 }
 
 impl Inbound {
@@ -183,6 +195,9 @@ pub(crate) struct ProviderLoop {
     /// Provider state last reported to the control thread.
     reported_up: bool,
     draining: bool,
+    /// The stop is a handover to a successor process: consumers are sent GOAWAY and
+    /// the loop exits once they closed (or at the drain deadline).
+    handing_over: bool,
     /// While stopping: the loop does not exit before this.
     exit_not_before: Option<Instant>,
     heartbeat_seq: i64,
@@ -190,6 +205,15 @@ pub(crate) struct ProviderLoop {
     timeout_text: (u32, String),
     /// The authorization policy in force (`None`: no `--authz`, every peer may call).
     policy: Option<Arc<Policy>>,
+    /// Per service and method counters: this loop's table (`observe`).
+    methods: reactor_admin::method_stats::MethodTable,
+    /// With `--access-log`: where each call's line goes (`observe`).
+    access_log: Option<reactor_admin::access_log::AccessLog>,
+    /// What is observed of the call being taken, from its arrival until it is sent to
+    /// the provider (then its pending call keeps it) or refused (`observe`).
+    arriving: Option<crate::upstream::Observed>,
+    /// With `--otlp-endpoint`: the loop's tracing (`tracing`).
+    tracer: Option<tracing::Tracer>,
 }
 
 impl ProviderLoop {
@@ -203,6 +227,11 @@ impl ProviderLoop {
         let now = Instant::now();
         let upstream = Upstream::new(cfg.provider_conns, now);
         let policy = cfg.policy.clone();
+        let (methods, access_log) = (metrics.method_table(index), metrics.access_log());
+        let tracer = metrics.spans().map(|spans| {
+            let instance = cfg.agent.listen.to_string();
+            tracing::Tracer::new(spans, cfg.agent.trace_sample_rate, instance)
+        });
         ProviderLoop {
             admission: LoopAdmission::new(index, cfg.admission.clone()),
             index,
@@ -215,10 +244,15 @@ impl ProviderLoop {
             demand: Vec::new(),
             reported_up: false,
             draining: false,
+            handing_over: false,
             exit_not_before: None,
             heartbeat_seq: 0,
             timeout_text: (0, String::new()),
             policy,
+            methods,
+            access_log,
+            arriving: None,
+            tracer,
         }
     }
 
@@ -254,9 +288,11 @@ impl Handler for ProviderLoop {
                         calls: CallTable::new(),
                         last_active: cx.now(),
                         input_ended: false,
+                        goaway_capable: false,
                         dubbo: dubbo.then(DubboConn::default),
                         peer_identity,
                         authz: PeerCache::default(),
+                        peer: cx.peer_addr(conn.id),
                     });
                 }
             }
@@ -319,6 +355,8 @@ impl Handler for ProviderLoop {
         match timer {
             LoopTimer::Heartbeat => self.heartbeat(cx),
             LoopTimer::Admission => {
+                // The per-method table re-ranks its series every so often.
+                self.methods.tick(cx.now());
                 self.m()
                     .tls_handshake_failures
                     .store(crate::tls::handshake_failures(cx), Relaxed);
@@ -392,6 +430,7 @@ impl Handler for ProviderLoop {
                 );
                 self.policy = Some(policy);
             }
+            LoopMsg::HandOver => self.handing_over = true,
         }
     }
 
@@ -400,7 +439,12 @@ impl Handler for ProviderLoop {
         self.m().inflight.store(inflight as i64, Relaxed);
         self.admission.publish();
         let grace_over = self.exit_not_before.is_some_and(|t| cx.now() >= t);
-        if self.draining && inflight == 0 && grace_over {
+        if self.draining && self.handing_over {
+            self.hand_over_idle(cx);
+            if self.inbound.iter().all(Option::is_none) && inflight == 0 {
+                cx.exit();
+            }
+        } else if self.draining && inflight == 0 && grace_over {
             cx.exit();
         }
     }
@@ -408,6 +452,11 @@ impl Handler for ProviderLoop {
     fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
         self.draining = true;
         self.stop_dubbo_consumers(cx);
+        if self.handing_over {
+            self.hand_over(cx);
+            cx.set_timer(self.cfg.drain, LoopTimer::Drain);
+            return;
+        }
         self.exit_not_before = Some(cx.now() + STOP_GRACE);
         cx.set_timer(STOP_GRACE, LoopTimer::Grace);
         if self.upstream.inflight() > 0 {

@@ -11,7 +11,8 @@ use codec::agent::{self, Status};
 use codec::dubbo;
 use reactor::{ConnId, Ctx, Handler};
 
-use super::{LoopTimer, ProviderLoop};
+use super::observe::{self, Arrival};
+use super::{tracing, LoopTimer, ProviderLoop};
 use crate::admission::Refusal;
 use crate::authz;
 use crate::upstream::{Answer, Pending};
@@ -24,14 +25,15 @@ pub(super) const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
 pub(super) const MAX_CALL_TIMEOUT_MS: u32 = 10 * 60 * 1000;
 
 /// Writes a RESPONSE frame; a payload too large is replaced by a short message.
+/// Returns the bytes written.
 pub(super) fn respond<H: Handler>(
     cx: &mut Ctx<'_, H>,
     conn: ConnId,
     id: u64,
     status: Status,
     payload: &[u8],
-) {
-    respond_with(cx, conn, id, status, &[], payload);
+) -> usize {
+    respond_with(cx, conn, id, status, &[], payload)
 }
 
 /// [`respond`] carrying response attachments.
@@ -42,16 +44,19 @@ pub(super) fn respond_with<H: Handler>(
     status: Status,
     attachments: &[(&str, &str)],
     payload: &[u8],
-) {
-    if let Some(out) = cx.output(conn) {
-        let written = agent::begin_response_with(out, id, status, attachments).and_then(|mark| {
-            out.extend_from_slice(payload);
-            agent::finish(out, mark)
-        });
-        if written.is_err() {
-            let _ = agent::encode_response(out, id, Status::ProviderError, b"response too large");
-        }
+) -> usize {
+    let Some(out) = cx.output(conn) else {
+        return 0;
+    };
+    let start = out.len();
+    let written = agent::begin_response_with(out, id, status, attachments).and_then(|mark| {
+        out.extend_from_slice(payload);
+        agent::finish(out, mark)
+    });
+    if written.is_err() {
+        let _ = agent::encode_response(out, id, Status::ProviderError, b"response too large");
     }
+    out.len().saturating_sub(start)
 }
 
 impl ProviderLoop {
@@ -98,7 +103,7 @@ impl ProviderLoop {
             return;
         }
         let dubbo_id = frame.id() as u64;
-        let Some(p) = self.upstream.take(dubbo_id) else {
+        let Some(mut p) = self.upstream.take(dubbo_id) else {
             log::debug!(
                 "loop {}: dropping response to unknown dubbo id {dubbo_id:#x}",
                 self.index
@@ -108,19 +113,25 @@ impl ProviderLoop {
         if let Some(t) = p.timer {
             cx.cancel_timer(t);
         }
-        self.m()
-            .latency(cx.now().saturating_duration_since(p.started));
+        let latency = cx.now().saturating_duration_since(p.started);
+        self.m().latency(latency);
         match p.answer {
             Answer::Dubbo => self.relay_answer(cx, p, frame),
             Answer::Raw | Answer::Agent => {
                 // The agent RESPONSE standing for the provider's answer: its body byte
                 // for byte (RAW), or its value, exception summary or error text.
                 let raw = p.answer == Answer::Raw;
-                let status = match cx.output(p.inbound) {
-                    Some(out) => agent::encode_dubbo_answer(out, p.agent_id, frame, raw),
-                    None => agent::status_of_dubbo(frame.status()), // the consumer is gone
+                let (status, bytes_out) = match cx.output(p.inbound) {
+                    Some(out) => {
+                        let start = out.len();
+                        let status = agent::encode_dubbo_answer(out, p.agent_id, frame, raw);
+                        (status, out.len().saturating_sub(start))
+                    }
+                    None => (agent::status_of_dubbo(frame.status()), 0), // the consumer is gone
                 };
                 self.m().response(status);
+                let observed = std::mem::take(&mut p.observed);
+                self.complete(observed, status, status as u16, latency, bytes_out);
                 self.close_if_done(cx, p.inbound);
             }
         }
@@ -130,7 +141,7 @@ impl ProviderLoop {
     pub(super) fn finish_call(
         &mut self,
         cx: &mut Ctx<'_, Self>,
-        p: Pending,
+        mut p: Pending,
         status: Status,
         payload: &[u8],
     ) {
@@ -140,13 +151,22 @@ impl ProviderLoop {
         if p.answer == Answer::Dubbo {
             return self.fail_dubbo(cx, p, status, payload);
         }
-        respond(cx, p.inbound, p.agent_id, status, payload);
+        let bytes_out = respond(cx, p.inbound, p.agent_id, status, payload);
         self.m().response(status);
+        let latency = cx.now().saturating_duration_since(p.started);
+        let observed = std::mem::take(&mut p.observed);
+        self.complete(observed, status, status as u16, latency, bytes_out);
         self.close_if_done(cx, p.inbound);
     }
 
-    /// Turns one agent REQUEST into a Dubbo request.
-    pub(super) fn call(&mut self, cx: &mut Ctx<'_, Self>, conn: ConnId, req: &agent::Request<'_>) {
+    /// Turns one agent REQUEST (a frame of `bytes_in` bytes) into a Dubbo request.
+    pub(super) fn call(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        req: &agent::Request<'_>,
+        bytes_in: usize,
+    ) {
         self.m().requests.fetch_add(1, Relaxed);
         let now = cx.now();
         let Some(inb) = self
@@ -157,7 +177,23 @@ impl ProviderLoop {
         else {
             return;
         };
-        let Some(sig) = inb.calls.get(req.call_id) else {
+        let sig = inb.calls.get(req.call_id);
+        let arrival = Arrival {
+            front: "agent",
+            caller: inb.peer,
+            caller_identity: inb.peer_identity.as_deref(),
+            service: sig.map_or("", |s| s.service.as_str()),
+            method: sig.map_or("", |s| s.method.as_str()),
+            version: sig.map_or("", |s| s.version.as_str()),
+            group: sig.map_or("", |s| s.group.as_str()),
+            bytes_in,
+        };
+        self.arriving = Some(observe::arrival(
+            &mut self.methods,
+            self.access_log.as_ref(),
+            &arrival,
+        ));
+        let Some(sig) = sig else {
             let msg = format!("unknown call id {}", req.call_id);
             return self.reject_on(cx, conn, req, Status::BadRequest, &msg);
         };
@@ -243,23 +279,52 @@ impl ProviderLoop {
         if self.timeout_text.0 != timeout_ms || self.timeout_text.1.is_empty() {
             self.timeout_text = (timeout_ms, timeout_ms.to_string());
         }
+        // With tracing on: the consumer-agent's context continued with this agent's
+        // span (the observed call keeps it until it completes); the caller's trace
+        // attachments are replaced by the continued context.
+        let traced = match self.tracer.as_mut() {
+            Some(tracer) => {
+                let call = tracing::Call {
+                    service: &sig.service,
+                    method: &sig.method,
+                    version: &variant.version,
+                    group: &variant.group,
+                    peer: inb.peer,
+                    provider: self.cfg.provider,
+                };
+                tracer.begin(req.attachments, &call)
+            }
+            None => None,
+        };
+        let trace_fields = traced.map(|(t, fields)| {
+            if let Some(o) = self.arriving.as_mut() {
+                o.trace = Some(t);
+            }
+            fields
+        });
         // The common case (no attachments from the consumer) needs no allocation. The
         // routing keys (path, version, group, timeout, ...) are this agent's to set: a
         // caller's own are dropped.
         let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
         let mut owned: Vec<(&str, Option<&str>)> = Vec::new();
-        let attachments: &[(&str, Option<&str>)] = if req.attachments.remaining() == 0 {
-            &timeout_only
-        } else {
-            owned.reserve(req.attachments.len() + 1);
-            owned.extend(
-                req.attachments
-                    .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
-                    .map(|(k, v)| (k, Some(v))),
-            );
-            owned.extend_from_slice(&timeout_only);
-            &owned
-        };
+        let attachments: &[(&str, Option<&str>)] =
+            if req.attachments.remaining() == 0 && trace_fields.is_none() {
+                &timeout_only
+            } else {
+                let ours = trace_fields.zip(self.tracer.as_ref());
+                owned.reserve(req.attachments.len() + 1 + trace_fields.map_or(0, |f| f.len()));
+                owned.extend(
+                    req.attachments
+                        .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
+                        .filter(|(k, _)| ours.is_none() || !codec::trace::is_trace_key(k))
+                        .map(|(k, v)| (k, Some(v))),
+                );
+                if let Some((fields, tracer)) = ours {
+                    owned.extend(fields.iter(&tracer.wire).map(|(k, v)| (k, Some(v))));
+                }
+                owned.extend_from_slice(&timeout_only);
+                &owned
+            };
         let dubbo_id = if req.one_way {
             0
         } else {
@@ -296,6 +361,13 @@ impl ProviderLoop {
                 if let Some(c) = self.upstream.conns.get_mut(slot) {
                     c.last_write = now;
                 }
+                // The pending call keeps what is observed of it; a one-way call is done.
+                let observed = self.arriving.take().unwrap_or_default();
+                if req.one_way {
+                    self.complete(observed, Status::Ok, Status::Ok as u16, Duration::ZERO, 0);
+                } else {
+                    self.upstream.set_observed(dubbo_id, observed);
+                }
                 if !req.one_way {
                     let t = cx.set_timer(
                         Duration::from_millis(u64::from(timeout_ms)),
@@ -321,10 +393,13 @@ impl ProviderLoop {
         status: Status,
         msg: &str,
     ) {
-        if !req.one_way {
-            respond(cx, conn, req.id, status, msg.as_bytes());
-        }
+        let bytes_out = if req.one_way {
+            0
+        } else {
+            respond(cx, conn, req.id, status, msg.as_bytes())
+        };
         self.m().response(status);
+        self.complete_arriving(status, status as u16, bytes_out);
     }
 }
 

@@ -4,8 +4,8 @@
 #![no_main]
 
 use codec::agent::{
-    begin_raw_response, begin_request, begin_response_with, decode, encode_define, encode_ping,
-    encode_pong, finish, Frame, RequestHead, Status, HEADER_LEN, MAX_BODY,
+    begin_raw_response, begin_request, begin_response_with, decode, encode_define, encode_goaway,
+    encode_ping, encode_pong, finish, Frame, RequestHead, Status, HEADER_LEN, MAX_BODY,
 };
 use codec::Decoded;
 use libfuzzer_sys::fuzz_target;
@@ -48,6 +48,7 @@ fn reencode(frame: &Frame<'_>) -> Vec<u8> {
         }
         Frame::Ping { id } => encode_ping(&mut out, *id),
         Frame::Pong { id } => encode_pong(&mut out, *id),
+        Frame::GoAway => encode_goaway(&mut out),
     }
     out
 }
@@ -97,7 +98,9 @@ fuzz_target!(|data: &[u8]| {
                     Frame::Define { signature, .. } => {
                         assert_eq!(signature.to_owned().as_ref(), *signature);
                     }
-                    Frame::Ping { .. } | Frame::Pong { .. } => assert_eq!(consumed, HEADER_LEN),
+                    Frame::Ping { .. } | Frame::Pong { .. } | Frame::GoAway => {
+                        assert_eq!(consumed, HEADER_LEN)
+                    },
                 }
                 let _ = format!("{msg:?}");
                 let bytes = reencode(&msg);

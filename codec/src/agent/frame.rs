@@ -9,6 +9,7 @@ const KIND_REQUEST: u8 = 2;
 const KIND_RESPONSE: u8 = 3;
 const KIND_PING: u8 = 4;
 const KIND_PONG: u8 = 5;
+const KIND_GOAWAY: u8 = 6;
 const KIND_MASK: u8 = 0x0F;
 const FLAG_ONE_WAY: u8 = 0x80;
 /// RESPONSE only: an attachment list (as in a REQUEST) precedes the payload.
@@ -277,6 +278,13 @@ pub fn encode_pong(out: &mut Vec<u8>, id: u64) {
     let _empty_body = put_header(out, KIND_PONG, 0, id);
 }
 
+/// Append a GOAWAY frame (provider-agent to consumer-agent; id 0): no new request on
+/// this connection, the ones sent are answered; send it only to a peer that announced
+/// it understands it (see [`GOAWAY_CAPABLE_PING`](super::GOAWAY_CAPABLE_PING)).
+pub fn encode_goaway(out: &mut Vec<u8>) {
+    let _empty_body = put_header(out, KIND_GOAWAY, 0, 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // Decoding
 // ---------------------------------------------------------------------------------------
@@ -305,6 +313,10 @@ pub enum Frame<'a> {
         /// The PING's id.
         id: u64,
     },
+    /// The sender (a provider-agent being replaced) takes no new request on this
+    /// connection: send new ones on a new connection; the ones already sent are
+    /// answered here, then close it (see the module docs).
+    GoAway,
 }
 
 /// A decoded REQUEST frame.
@@ -508,7 +520,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
     }
     let kind = kind_byte & KIND_MASK;
     let flags = kind_byte & !KIND_MASK;
-    if !(KIND_DEFINE..=KIND_PONG).contains(&kind) {
+    if !(KIND_DEFINE..=KIND_GOAWAY).contains(&kind) {
         return Err(AgentError::UnknownKind(kind));
     }
     let flags_ok = flags == 0
@@ -522,6 +534,9 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
     }
     if len != 0 && (kind == KIND_PING || kind == KIND_PONG) {
         return Err(AgentError::Malformed("heartbeat with a body"));
+    }
+    if kind == KIND_GOAWAY && (len != 0 || id != 0) {
+        return Err(AgentError::Malformed("GOAWAY with a body or an id"));
     }
     let consumed = HEADER_LEN + len;
     let Some(body) = buf.get(HEADER_LEN..consumed) else {
@@ -564,6 +579,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<Frame<'_>>, AgentError> {
             })
         }
         KIND_PING => Frame::Ping { id },
+        KIND_GOAWAY => Frame::GoAway,
         _ => Frame::Pong { id },
     };
     Ok(Decoded::Complete { msg, consumed })

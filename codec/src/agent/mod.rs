@@ -16,7 +16,8 @@
 //!  | DA BB| 01  |flags |       |    00    |                 |             |
 //!  +------+-----+------+-------+----------+-----------------+-------------+------....
 //!
-//!  kind byte: low nibble = kind (1 DEFINE, 2 REQUEST, 3 RESPONSE, 4 PING, 5 PONG)
+//!  kind byte: low nibble = kind (1 DEFINE, 2 REQUEST, 3 RESPONSE, 4 PING, 5 PONG,
+//!             6 GOAWAY)
 //!             bit 0x80   = ONE_WAY (REQUEST only: no response is sent)
 //!             bit 0x40   = ATTACHMENTS (RESPONSE only: a non-empty attachment list
 //!                          precedes the payload)
@@ -37,6 +38,7 @@
 //!                 exception or error text, and its attachments); the frame's status is
 //!                 the agent's reading of it (OK, OVERLOADED, TIMEOUT, ...)
 //!  PING / PONG:   empty body; the id is echoed back in the PONG
+//!  GOAWAY:        empty body, id 0
 //! ```
 //!
 //! The body length is checked against [`MAX_BODY`] as soon as the header is read, before
@@ -83,6 +85,30 @@
 //!   REQUEST may carry the caller's Dubbo protocol version as attachment `dubbo`: the
 //!   provider-agent writes it in the Dubbo request (a provider shapes its answer by
 //!   it: result flags with attachments only from 2.0.2 on) instead of its own.
+//! - GOAWAY is an extension of version 1 for replacing a provider-agent under load
+//!   (`--upgrade-from`): the provider-agent being replaced sends it on each agent
+//!   connection once its successor accepts on the port. From then on the consumer-agent
+//!   opens a new connection (it reaches the successor), keeps sending on the old one
+//!   until the new one answers its PING, then sends only on the new one, and closes the
+//!   old one itself once every request it sent there is answered: the side that sends
+//!   requests closes, so no request crosses a closing connection. The old provider-agent
+//!   answers whatever arrives meanwhile and closes only at its drain deadline.
+//!   Mixed versions: a consumer-agent announces that it understands GOAWAY by the id
+//!   of its PINGs, [`GOAWAY_CAPABLE_PING`] (an older provider-agent just echoes it); a
+//!   provider-agent sends GOAWAY only on a connection that announced it, since an older
+//!   consumer-agent reads an unknown kind, closes the connection and fails its calls in
+//!   flight. On the connections of an older consumer-agent, the provider-agent being
+//!   replaced closes a connection when no call is in flight on it, which can race with
+//!   a request being sent (that call fails as on a lost connection): so upgrade
+//!   consumer-agents first.
+//! - Trace context travels as ordinary REQUEST attachments, under the names and in the
+//!   formats of [`crate::trace`] (`traceparent`/`tracestate`, `b3`, `x-b3-*`, `sw8`): a
+//!   consumer-agent with tracing on (`--otlp-endpoint`) replaces the caller's with its
+//!   continued context, in the caller's format. No frame changes, so versions mix
+//!   freely: a provider-agent without tracing (older, or without the flag) passes them
+//!   to the provider like any attachment (the provider's parent is then the
+//!   consumer-agent's span); a consumer-agent without tracing passes the caller's
+//!   untouched, and a provider-agent with tracing continues those.
 //! - Versions are not negotiated: a peer speaking another version gets
 //!   [`AgentError::UnsupportedVersion`] and the connection is closed.
 //!
@@ -112,8 +138,8 @@ pub use calls::{
 };
 pub use frame::{
     begin_raw_response, begin_request, begin_response, begin_response_with, decode, encode_define,
-    encode_ping, encode_pong, encode_request, encode_response, finish, peek_head, Attachments,
-    Frame, FrameMark, Head, RawDubbo, Request, RequestHead, Response,
+    encode_goaway, encode_ping, encode_pong, encode_request, encode_response, finish, peek_head,
+    Attachments, Frame, FrameMark, Head, RawDubbo, Request, RequestHead, Response,
 };
 pub use from_dubbo::{
     encode_dubbo_answer, response_attachments, status_of_answer, status_of_dubbo,
@@ -129,6 +155,10 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 18;
 /// Largest body accepted or produced (8 MiB).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// The id of a consumer-agent's PINGs that says it understands GOAWAY (the ASCII of
+/// `GOAWAY` and a version 1); a provider-agent marks the connection and may send it
+/// GOAWAY. Any other id says nothing.
+pub const GOAWAY_CAPABLE_PING: u64 = 0x474F_4157_4159_0001;
 
 /// The outcome of a call, carried in a RESPONSE frame's status byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -25,6 +25,17 @@
 //! `HEAD`) of their path, query string ignored; a route that panics is answered `500`
 //! and the server goes on.
 //!
+//! Two more pieces both agents share live here, beside the server:
+//!
+//! - [`access_log`]: the access log (`--access-log`), one JSON line per call, formatted
+//!   on a loop thread into a reused buffer and written by a thread of its own through a
+//!   bounded queue (a full queue drops and counts, never blocks a call), reopened on
+//!   `SIGHUP` for log rotation.
+//! - [`method_stats`]: per service and method counters and latency histograms, one
+//!   lock-free table per loop, with the number of series bounded
+//!   (`--max-method-series`: the busiest kept, the rest under `method="other"`), so
+//!   callers naming random methods cannot grow the agent's memory or the scraper's.
+//!
 //! # Examples
 //!
 //! ```
@@ -63,10 +74,14 @@
 
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod access_log;
 mod config;
 mod handler;
+pub mod method_stats;
+pub mod otlp;
 mod response;
 mod server;
+pub mod upgrade;
 
 pub use crate::config::Config;
 pub use crate::response::{Response, PROMETHEUS_CONTENT_TYPE};

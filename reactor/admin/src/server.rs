@@ -155,6 +155,24 @@ impl Builder {
     /// # Errors
     /// The address could not be bound, or the thread not started.
     pub fn start(self, addr: SocketAddr) -> io::Result<Server> {
+        self.start_from(Some(addr), Vec::new())
+    }
+
+    /// Starts the server on listening sockets it inherits, from the process it replaces
+    /// (see `reactor::handover` and `Server::listeners`): it accepts on them at once,
+    /// and none is bound.
+    ///
+    /// # Errors
+    /// No socket, or one that is not listening; the thread could not be started.
+    pub fn start_inherited(self, sockets: Vec<std::net::TcpListener>) -> io::Result<Server> {
+        self.start_from(None, sockets)
+    }
+
+    fn start_from(
+        self,
+        addr: Option<SocketAddr>,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> io::Result<Server> {
         let config = self.config;
         let routes = Arc::new(Routes::new(self.health, self.routes));
         let max_connections = config.max_connections.max(1);
@@ -170,9 +188,12 @@ impl Builder {
             close_linger: CLOSE_LINGER,
             ..reactor::Config::default()
         };
-        let reactor = reactor::Builder::new(reactor_config)
-            .listen(addr, ())
-            .start(move |_, _| AdminLoop::new(routes.clone(), config.clone()))?;
+        let builder = reactor::Builder::new(reactor_config);
+        let builder = match addr {
+            Some(addr) => builder.listen(addr, ()),
+            None => builder.listen_inherited(inherited, ()),
+        };
+        let reactor = builder.start(move |_, _| AdminLoop::new(routes.clone(), config.clone()))?;
         let addr = reactor
             .local_addrs()
             .first()
@@ -197,6 +218,28 @@ impl Server {
     /// The bound address (the real port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Duplicates of the listening socket, for a process taking over from this one
+    /// (see `reactor::Reactor::listeners`); the server goes on accepting until stopped.
+    ///
+    /// # Errors
+    /// Out of file descriptors, or the server is stopped.
+    pub fn listeners(&self) -> io::Result<Vec<std::net::TcpListener>> {
+        let r = self
+            .reactor
+            .as_ref()
+            .ok_or_else(|| io::Error::other("admin server stopped"))?;
+        Ok(r.listeners()?.into_iter().flatten().collect())
+    }
+
+    /// Stops accepting, leaving the listening socket open for a process it was handed
+    /// to (see `reactor::Reactor::stop_accepting`); connections already open are
+    /// answered until [`Server::stop`].
+    pub fn stop_accepting(&self) {
+        if let Some(r) = &self.reactor {
+            r.stop_accepting();
+        }
     }
 
     /// Stops the server and waits for its thread: the listener closes at once, answers

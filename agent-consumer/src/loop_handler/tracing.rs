@@ -1,0 +1,323 @@
+//! Distributed tracing (`--otlp-endpoint`, `--trace-sample-rate`): a call carrying a
+//! trace context (W3C, B3 or sw8, in HTTP headers or Dubbo attachments; see
+//! [`codec::trace`]) is continued with a span of the consumer-agent's own, the call as
+//! the caller saw it (kind CLIENT), and each retry with a child span of it; the context
+//! the provider-agent receives (REQUEST attachments, in the caller's format) names the
+//! span of the attempt as its parent. A call without a context starts a trace when the
+//! sample rate draws it.
+//!
+//! Without `--otlp-endpoint` the loop has no [`Tracer`]: nothing is read or written,
+//! attachments pass as they came, and no call allocates for tracing. With it, a traced
+//! call keeps its context and encoded attachments in one box; a sampled one its span,
+//! handed to the exporter thread when the call completes ([`reactor_admin::otlp::Spans`], a
+//! `try_send`: a full queue drops and counts it).
+
+use std::net::SocketAddr;
+
+use codec::trace::{self, Fields, Format, Sw8Local, TraceContext};
+use reactor_admin::otlp::{CallNames, SpanData, SpanKind, Spans};
+
+use crate::metrics::Outcome;
+
+/// A loop's tracing state (present only with `--otlp-endpoint`).
+#[derive(Debug)]
+pub(super) struct Tracer {
+    spans: Spans,
+    rng: reactor::XorShift,
+    /// `--trace-sample-rate`.
+    sample_rate: f64,
+    /// This agent's address, as sw8's parent service instance.
+    instance: String,
+}
+
+/// A traced call's state.
+#[derive(Debug)]
+pub(super) struct CallTrace {
+    /// The consumer-agent's span of the call.
+    pub(super) ctx: TraceContext,
+    /// Its record, when sampled.
+    span: Option<SpanData>,
+    /// The current retry's span, when the call was retried (context, record).
+    attempt: Option<(TraceContext, Option<SpanData>)>,
+    /// `front`: `http` or `dubbo`.
+    front: &'static str,
+    /// The context as sent to the upstream of the current attempt.
+    wire: String,
+    fields: Fields,
+}
+
+impl CallTrace {
+    /// The trace attachments of the current attempt.
+    pub(super) fn attachments(&self) -> trace::FieldsIter<'_> {
+        self.fields.iter(&self.wire)
+    }
+}
+
+impl Tracer {
+    pub(super) fn new(spans: Spans, sample_rate: f64, instance: String) -> Tracer {
+        Tracer {
+            spans,
+            rng: reactor::XorShift::from_time(),
+            sample_rate,
+            instance,
+        }
+    }
+
+    fn draw(&mut self) -> bool {
+        self.sample_rate > 0.0
+            && ((self.rng.next_u64() >> 11) as f64) / ((1u64 << 53) as f64) < self.sample_rate
+    }
+
+    fn span_id(&mut self) -> [u8; 8] {
+        trace::span_id_from(self.rng.next_u64())
+    }
+
+    /// The trace of a call arriving with what `lookup` finds (a header or attachment by
+    /// name, case-insensitively): its caller's context continued, or a new trace if
+    /// none and the sample rate draws one; `None`: the call is not traced.
+    pub(super) fn begin<'a>(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<&'a str>,
+        front: &'static str,
+    ) -> Option<Box<CallTrace>> {
+        let ours = match trace::extract(lookup) {
+            Some(mut caller) => {
+                if caller.sampled.is_none() && !caller.debug {
+                    // Deferred (B3): this side decides, for every hop after it.
+                    caller.sampled = Some(self.draw());
+                }
+                caller.child(self.span_id())
+            }
+            None => {
+                if !self.draw() {
+                    return None;
+                }
+                let trace_id = trace::trace_id_from(self.rng.next_u64(), self.rng.next_u64());
+                TraceContext::root(trace_id, self.span_id(), true)
+            }
+        };
+        let span = ours
+            .is_sampled()
+            .then(|| record(&ours, CallNames::default()));
+        Some(Box::new(CallTrace {
+            ctx: ours,
+            span,
+            attempt: None,
+            front,
+            wire: String::new(),
+            fields: Fields::default(),
+        }))
+    }
+
+    /// Attempt `attempt` (1 = the first) of a traced call goes to `addr`: a retry gets
+    /// a child span of its own (the previous one ends); the context it carries is
+    /// encoded for its attachments.
+    pub(super) fn on_send(
+        &mut self,
+        t: &mut CallTrace,
+        attempt: u32,
+        addr: SocketAddr,
+        names: &Names<'_>,
+    ) {
+        if attempt > 1 {
+            if let Some((_, Some(mut span))) = t.attempt.take() {
+                span.end_unix_nanos = reactor_admin::otlp::unix_nanos();
+                span.error = true;
+                span.status = "retried";
+                self.spans.send(span);
+            }
+            let ctx = t.ctx.child(self.span_id());
+            let span = ctx.is_sampled().then(|| {
+                let mut s = record(&ctx, names.owned());
+                s.attempt = Some(attempt);
+                s.server = Some(addr);
+                s.front = t.front;
+                s
+            });
+            t.attempt = Some((ctx, span));
+        }
+        let ctx = t.attempt.as_ref().map_or(&t.ctx, |(c, _)| c);
+        let (endpoint, address) = if ctx.format == Format::Sw8 {
+            (
+                format!("{}.{}", names.service, names.method),
+                addr.to_string(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let local = Sw8Local {
+            service: "consumer-agent",
+            instance: &self.instance,
+            endpoint: &endpoint,
+            address: &address,
+        };
+        t.fields = ctx.encode(&local, &mut t.wire);
+    }
+
+    /// Ends a completed call's spans (its context stays for the access log's trace
+    /// id): `upstream` is where it was last sent, `attempts` how often.
+    pub(super) fn finish(
+        &mut self,
+        t: &mut CallTrace,
+        outcome: Outcome,
+        names: Option<Names<'_>>,
+        upstream: Option<SocketAddr>,
+        attempts: u32,
+    ) {
+        let end = reactor_admin::otlp::unix_nanos();
+        let error = outcome != Outcome::Ok;
+        if let Some((_, Some(mut span))) = t.attempt.take() {
+            span.end_unix_nanos = end;
+            span.error = error;
+            span.status = outcome.name();
+            self.spans.send(span);
+        }
+        let Some(mut span) = t.span.take() else {
+            return;
+        };
+        span.end_unix_nanos = end;
+        span.error = error;
+        span.status = outcome.name();
+        if let Some(n) = names {
+            span.call = n.owned();
+        }
+        span.server = upstream;
+        span.front = t.front;
+        span.retries = Some(attempts.saturating_sub(1));
+        self.spans.send(span);
+    }
+}
+
+/// A call's names, for its span.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Names<'a> {
+    pub(super) service: &'a str,
+    pub(super) method: &'a str,
+    pub(super) version: &'a str,
+    pub(super) group: &'a str,
+}
+
+impl Names<'_> {
+    fn owned(&self) -> CallNames {
+        CallNames::new(self.service, self.method, self.version, self.group)
+    }
+}
+
+/// A span record starting now for `ctx`'s span (its names set when known).
+fn record(ctx: &TraceContext, call: CallNames) -> SpanData {
+    let mut span = SpanData::new(ctx.trace_id, ctx.span_id, SpanKind::Client, call);
+    span.parent_span_id = ctx.parent_span_id;
+    span.trace_state.clone_from(&ctx.tracestate);
+    span
+}
+
+/// A case-insensitive lookup among attachments (the keys as sent).
+pub(super) fn in_attachments<'a>(
+    attachments: &'a [(String, String)],
+) -> impl Fn(&str) -> Option<&'a str> + 'a {
+    move |name| {
+        attachments
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Drops the trace attachments a caller sent (the continued context replaces them).
+pub(super) fn strip(attachments: &mut Vec<(String, String)>) {
+    if attachments.iter().any(|(k, _)| trace::is_trace_key(k)) {
+        attachments.retain(|(k, _)| !trace::is_trace_key(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn traceparent(t: &CallTrace) -> String {
+        let found = t.attachments().find(|(k, _)| *k == "traceparent");
+        found.map(|(_, v)| v.to_owned()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_call_is_a_span_and_each_retry_a_child_of_it() {
+        let (spans, rx) = Spans::bounded(16);
+        let mut tracer = Tracer::new(spans, 0.0, "127.0.0.1:20000".into());
+        let headers = [("traceparent", CALLER)];
+        let lookup = |k: &str| headers.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let mut t = tracer.begin(lookup, "http").expect("traced");
+        let ours = t.ctx.span_id;
+        let addr: SocketAddr = "127.0.0.1:30000".parse().unwrap();
+        // The first attempt carries the call's own span.
+        let names = Names {
+            service: "a.Svc",
+            method: "m",
+            version: "",
+            group: "",
+        };
+        tracer.on_send(&mut t, 1, addr, &names);
+        let first = traceparent(&t);
+        assert_eq!(
+            first,
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                trace::Hex(ours)
+            )
+        );
+        // A retry carries a child span of its own.
+        tracer.on_send(&mut t, 2, addr, &names);
+        let second = traceparent(&t);
+        assert_ne!(second, first);
+        tracer.finish(&mut t, Outcome::Ok, Some(names), Some(addr), 2);
+        let retry = rx.try_recv().expect("the retry's span");
+        let whole = rx.try_recv().expect("the call's span");
+        assert_eq!(retry.parent_span_id, Some(ours));
+        assert!(
+            second.contains(&trace::Hex(retry.span_id).to_string()),
+            "{second}"
+        );
+        assert_eq!(whole.span_id, ours);
+        assert_eq!(
+            whole.parent_span_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_eq!(whole.call.service(), "a.Svc");
+        assert_eq!(retry.attempt, Some(2));
+        assert_eq!(whole.retries, Some(1));
+        assert_eq!(whole.kind, SpanKind::Client);
+        assert!(whole.start_unix_nanos <= retry.start_unix_nanos);
+        assert!(retry.end_unix_nanos <= whole.end_unix_nanos);
+        // Finished once: nothing more to send.
+        tracer.finish(&mut t, Outcome::Ok, None, None, 2);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn without_a_context_only_the_sample_rate_starts_a_trace() {
+        let (spans, _rx) = Spans::bounded(16);
+        let mut never = Tracer::new(spans.clone(), 0.0, String::new());
+        assert!(never.begin(|_| None, "http").is_none());
+        let mut always = Tracer::new(spans, 1.0, String::new());
+        let t = always.begin(|_| None, "http").expect("sampled");
+        assert!(t.ctx.is_sampled() && t.ctx.parent_span_id.is_none());
+        // An unsampled context is continued, not recorded.
+        let (spans, rx) = Spans::bounded(16);
+        let mut tracer = Tracer::new(spans, 1.0, String::new());
+        let off = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let mut t = tracer
+            .begin(|k| (k == "traceparent").then_some(off), "http")
+            .unwrap();
+        let names = Names {
+            service: "a",
+            method: "m",
+            version: "",
+            group: "",
+        };
+        tracer.on_send(&mut t, 1, "127.0.0.1:1".parse().unwrap(), &names);
+        assert!(traceparent(&t).ends_with("-00"));
+        tracer.finish(&mut t, Outcome::Ok, None, None, 1);
+        assert!(rx.try_recv().is_err());
+    }
+}
