@@ -365,3 +365,52 @@ fn sigusr2_starts_the_new_binary_which_takes_over() {
         || procs::open_fds(new).is_none(),
     );
 }
+
+/// wrk (Debian's, which `.ci/setup` installs), someone else's HTTP client, sending the
+/// race's request over 64 keep-alive connections while the consumer-agent and a
+/// provider-agent are each upgraded: no socket error (connect, read, write, timeout)
+/// and no answer other than 200.
+#[test]
+fn wrk_sees_no_error_through_upgrades() {
+    let _serial = serial();
+    let mut mesh = Mesh::start(1);
+    let logs = mesh.dir.path().to_path_buf();
+    let (request, _) = load::race_request(&mesh.http.to_string(), "wrk", None);
+    let request = String::from_utf8(request).expect("ASCII");
+    let body = request.split("\r\n\r\n").nth(1).expect("a body");
+    let script = logs.join("race.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = \"{body}\"\n\
+             wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n"
+        ),
+    )
+    .expect("write the wrk script");
+    let url = format!("http://{}/invoke", mesh.http);
+    let args = ["-t1", "-c64", "-d8s", "--timeout", "5s", "-s"];
+    let wrk = std::process::Command::new("wrk")
+        .args(args)
+        .arg(&script)
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wrk (apt-get install wrk; .ci/setup installs it)");
+    std::thread::sleep(Duration::from_secs(2));
+    mesh.consumer.upgrade(&logs);
+    mesh.agents[0].upgrade(&logs);
+    let out = wrk.wait_with_output().expect("wrk ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(out.status.success(), "wrk failed: {text}");
+    assert!(!text.contains("Socket errors"), "socket errors:\n{text}");
+    assert!(!text.contains("Non-2xx"), "answers other than 200:\n{text}");
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 1000, "wrk made {requests} requests:\n{text}");
+}
