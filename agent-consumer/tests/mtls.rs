@@ -600,3 +600,60 @@ fn http_callers_prove_identities_that_rules_route_by() {
     batch.stop();
     web.stop();
 }
+
+/// A provider-agent's renewed certificate that names another identity: the registry
+/// publishes the new identity (registered again before the old entry goes), and
+/// consumer-agents, which check a provider-agent's certificate against it, keep calling:
+/// the one already connected, and a new one that connects with the new certificate.
+#[test]
+fn a_renewed_certificate_naming_another_identity_is_published() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    issue(&good, "90", &["consumer", "provider", "provider-next"]);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let identity = |registry: &str| {
+        listed(registry)
+            .first()
+            .and_then(|i| i.meta.get("tls.identity").cloned())
+    };
+    assert_eq!(
+        identity(&registry).as_deref(),
+        Some("spiffe://mesh.test/provider")
+    );
+    let ca = start_ca(&registry, &tls_flags(&good, "consumer"));
+    wait_ready(&ca);
+    assert_eq!(call(&ca).status, 200);
+
+    replace_file(
+        &good.join("provider-next-key.pem"),
+        &good.join("provider-key.pem"),
+    );
+    replace_file(&good.join("provider-next.pem"), &good.join("provider.pem"));
+    wait_for(
+        "the new identity published",
+        Duration::from_secs(10),
+        || identity(&registry).as_deref() == Some("spiffe://mesh.test/provider-next"),
+    );
+    assert_eq!(
+        listed(&registry).len(),
+        1,
+        "one entry, never two, never none"
+    );
+    for _ in 0..20 {
+        assert_eq!(call(&ca).status, 200, "the connected consumer-agent");
+    }
+    let second = start_ca(&registry, &tls_flags(&good, "consumer"));
+    wait_ready(&second);
+    assert_eq!(
+        call(&second).status,
+        200,
+        "a new connection, the new identity"
+    );
+    let ct = second.metrics().render();
+    assert_eq!(metric(&ct, "consumer_tls_identity_mismatch_total"), "0");
+    second.stop();
+    ca.stop();
+    pa.stop();
+}

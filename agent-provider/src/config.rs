@@ -150,7 +150,8 @@ pub struct Config {
     /// fail the handshake), each call's peer identity is the certificate's SPIFFE ID
     /// (else `dns:` and its DNS name), and this certificate's identity is registered
     /// as instance metadata `tls.identity`. The files are checked for changes once a
-    /// second: new connections get a renewed certificate, open ones keep theirs.
+    /// second: new connections get a renewed certificate, open ones keep theirs; one
+    /// naming another identity is registered again with it.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 

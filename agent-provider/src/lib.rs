@@ -418,8 +418,8 @@ impl Control {
                 },
             };
             self.check_policy();
-            if let Some(t) = self.tls.as_mut() {
-                t.check(&self.metrics);
+            if let Some(identity) = self.tls.as_mut().and_then(|t| t.check(&self.metrics)) {
+                self.republish(identity);
             }
             let Some(ev) = ev else {
                 if retry {
@@ -557,6 +557,31 @@ impl Control {
                     inst.service,
                     inst.addr
                 ),
+            }
+        }
+    }
+
+    /// A reloaded certificate names another identity: each instance is registered again
+    /// with it before its old registration is withdrawn (the registry keeps the later of
+    /// two registrants of one address), so consumer-agents, which check a
+    /// provider-agent's certificate against the registry, never see it missing.
+    fn republish(&mut self, identity: Option<String>) {
+        for (inst, slot) in self.instances.iter_mut().zip(&mut self.registrations) {
+            match &identity {
+                Some(id) => inst.meta.insert(tls::IDENTITY_META.to_owned(), id.clone()),
+                None => inst.meta.remove(tls::IDENTITY_META),
+            };
+            let Some(old) = slot.take() else { continue };
+            match self.registry.register(inst.clone()) {
+                Ok(r) => *slot = Some(r),
+                Err(e) => log::error!(
+                    "registering {} at {} with its new identity: {e}; retrying every {REGISTER_RETRY:?}",
+                    inst.service,
+                    inst.addr
+                ),
+            }
+            if let Err(e) = old.deregister() {
+                log::warn!("deregistering the old identity's entry: {e}");
             }
         }
     }

@@ -96,8 +96,9 @@ impl Tls {
 
     /// If the files changed: a valid new certificate goes to the acceptor (new
     /// connections get it, open ones keep theirs); invalid files are logged and counted,
-    /// and the certificate in use stays.
-    pub(crate) fn check(&mut self, metrics: &Metrics) {
+    /// and the certificate in use stays. Returns the new identity when the new
+    /// certificate names another one than before (the registry must publish it).
+    pub(crate) fn check(&mut self, metrics: &Metrics) -> Option<Option<String>> {
         #[cfg(feature = "tls")]
         match self.watcher.poll(Instant::now()) {
             None => {}
@@ -105,17 +106,19 @@ impl Tls {
                 Ok(server) => {
                     self.acceptor.set_config(server);
                     metrics.tls_loaded(loaded.not_after, true);
-                    let identity = reactor::tls_files::identity_name(&loaded.identity);
-                    if identity != self.identity {
-                        log::warn!(
-                            "the reloaded certificate names {identity:?}, the registry publishes {:?} until restart",
-                            self.identity
-                        );
-                    }
                     log::info!(
                         "TLS certificate reloaded: valid until {} (Unix)",
                         loaded.not_after
                     );
+                    let identity = reactor::tls_files::identity_name(&loaded.identity);
+                    if identity != self.identity {
+                        log::info!(
+                            "the reloaded certificate names {identity:?} (was {:?}): publishing it",
+                            self.identity
+                        );
+                        self.identity = identity.clone();
+                        return Some(identity);
+                    }
                 }
                 Err(e) => {
                     log::error!("TLS certificate not reloaded: {e}; the previous one stays");
@@ -129,6 +132,7 @@ impl Tls {
         }
         #[cfg(not(feature = "tls"))]
         let _ = metrics;
+        None
     }
 }
 
