@@ -2,11 +2,29 @@
 //! `kill -USR2`): [`start_successor`] starts the binary now at this program's path with
 //! the same flags and `--upgrade-from`, and the successor takes the listeners over
 //! through [`reactor::handover`]; [`notify_systemd`] tells a `Type=notify` unit when
-//! an agent is ready and, after an upgrade, which process is now its main one. Both
-//! agents' `main` use them.
+//! an agent is ready and, after an upgrade, which process is now its main one.
+//!
+//! The exchange itself, the same for both agents: the new process [`take`]s the
+//! listeners, picks each one's sockets with [`inherited`], accepts on them and says
+//! [`ready`]; the old one offers them with [`serve`] and, once the new one accepts,
+//! tells its loops to drain and marks [`HandedOver`].
 
 use std::ffi::OsString;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reactor::handover::{self, Offer, Offered, Takeover};
+use reactor::LoopHandle;
+
+/// How long a new process waits for the old one to hand its sockets over, and then to
+/// confirm it stopped accepting.
+const EXCHANGE_WITHIN: Duration = Duration::from_secs(10);
+/// How long the old process waits for a new one to say it accepts: its start-up (a
+/// registry to open, loops to start, a provider to reach, a registration) included.
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// SIGUSR2: starts this program again (the binary now at its path: a new version
 /// once installed) with the same flags and `--upgrade-from` this agent's
@@ -100,4 +118,173 @@ pub fn notify_systemd(upgraded: bool) {
     if let Err(e) = sent {
         log::warn!("sd_notify: {e}");
     }
+}
+
+/// Connects to the running agent's `--upgrade-socket` and receives its listeners.
+///
+/// # Errors
+/// No agent offers its listeners there, or the exchange failed (the error names the
+/// path, as `--upgrade-from` gave it).
+pub fn take(path: &Path) -> io::Result<Takeover> {
+    let t = Takeover::connect(path, EXCHANGE_WITHIN)
+        .map_err(|e| io::Error::new(e.kind(), format!("--upgrade-from {}: {e}", path.display())))?;
+    log::info!(
+        "took over listeners {:?} from {}",
+        t.names().collect::<Vec<_>>(),
+        path.display()
+    );
+    Ok(t)
+}
+
+/// The inherited sockets of listener `name`, if they listen on `addr` (port 0: any);
+/// sockets of another address (the flag changed) are closed and `addr` is bound anew.
+pub fn inherited(
+    takeover: &mut Option<Takeover>,
+    name: &str,
+    addr: SocketAddr,
+) -> Option<Vec<TcpListener>> {
+    let socks = takeover.as_mut()?.take(name)?;
+    let bound = socks.first()?.local_addr().ok()?;
+    let same = bound == addr || (addr.port() == 0 && bound.ip() == addr.ip());
+    if !same {
+        log::warn!("{name}: the old process listens on {bound}, this one on {addr}: binding anew");
+        return None;
+    }
+    Some(socks)
+}
+
+/// Polls `cond` until it holds (true) or `within` passed (false).
+pub fn wait_until(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + within;
+    while !cond() {
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Says the new process accepts, and waits for the old one to stop accepting.
+pub fn ready(takeover: Takeover) {
+    match takeover.ready(EXCHANGE_WITHIN) {
+        Ok(()) => log::info!("the old process stopped accepting: this one serves alone"),
+        Err(e) => log::warn!("the old process did not confirm the handover: {e}"),
+    }
+}
+
+/// Whether this process handed its sockets over, and what to do then (the binary:
+/// stop waiting for signals and drain).
+#[derive(Default)]
+pub struct HandedOver {
+    state: Mutex<Once>,
+}
+
+/// What to run once, and whether the time came.
+#[derive(Default)]
+struct Once {
+    done: bool,
+    then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for HandedOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandedOver")
+            .field("done", &self.is_done())
+            .finish()
+    }
+}
+
+impl HandedOver {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Once> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the sockets were handed over.
+    pub fn is_done(&self) -> bool {
+        self.lock().done
+    }
+
+    /// Runs `f` once handed over (at once if already).
+    pub fn then(&self, f: Box<dyn FnOnce() + Send>) {
+        let mut s = self.lock();
+        if s.done {
+            drop(s);
+            f();
+        } else {
+            s.then = Some(f);
+        }
+    }
+
+    /// Marks it handed over and runs what waited for that.
+    pub fn set(&self) {
+        let f = {
+            let mut s = self.lock();
+            s.done = true;
+            s.then.take()
+        };
+        if let Some(f) = f {
+            f();
+        }
+    }
+}
+
+/// What the handover thread offers, and does once a new process accepts.
+struct Offering<M> {
+    listeners: Vec<(String, Vec<TcpListener>)>,
+    handles: Vec<LoopHandle<M>>,
+    hand_over: fn() -> M,
+    done: Arc<HandedOver>,
+}
+
+impl<M: Send + 'static> Offered for Offering<M> {
+    fn listeners(&mut self) -> io::Result<Vec<(String, Vec<TcpListener>)>> {
+        self.listeners
+            .iter()
+            .map(|(name, socks)| {
+                let dups = socks
+                    .iter()
+                    .map(TcpListener::try_clone)
+                    .collect::<io::Result<_>>()?;
+                Ok((name.clone(), dups))
+            })
+            .collect()
+    }
+
+    fn ready(&mut self) {
+        for h in &self.handles {
+            let _ = h.send((self.hand_over)());
+            let _ = h.stop();
+        }
+        self.done.set();
+    }
+}
+
+/// Offers `listeners` on `path` (`--upgrade-socket`) until a new process takes them
+/// over; then each loop of `handles` gets `hand_over()` and is stopped (it drains),
+/// and `done` is set. The offering runs on a thread named `thread`.
+///
+/// # Errors
+/// The socket could not be bound (the error names the path), or no thread started.
+pub fn serve<M: Send + 'static>(
+    path: &Path,
+    thread: &str,
+    listeners: Vec<(String, Vec<TcpListener>)>,
+    handles: Vec<LoopHandle<M>>,
+    hand_over: fn() -> M,
+    done: Arc<HandedOver>,
+) -> io::Result<handover::Server> {
+    let offer = Offer::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("--upgrade-socket {}: {e}", path.display()),
+        )
+    })?;
+    let offering = Offering {
+        listeners,
+        handles,
+        hand_over,
+        done,
+    };
+    handover::serve(offer, thread, READY_WITHIN, offering)
 }
