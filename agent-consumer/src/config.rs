@@ -117,11 +117,17 @@ pub struct Config {
     /// take to finish, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub drain_ms: u64,
+    /// The same bound as a duration (`500ms`, `5s`, `2m`), the name both agents
+    /// share; it takes the place of `--drain-ms`.
+    #[arg(long, value_name = "DURATION", conflicts_with = "drain_ms",
+          value_parser = reactor_admin::upgrade::parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
     /// Offer this agent's listening sockets on this Unix socket to a new process
     /// started with `--upgrade-from` the same path (a binary upgrade: `systemctl
     /// reload`, or SIGUSR2, starts one). Once the new process accepts, this one stops
     /// accepting, finishes its calls, closes its HTTP connections between requests
-    /// (`Connection: close`) and exits (within `--drain-ms`).
+    /// (`Connection: close`), hands its Dubbo consumers' connections over between calls
+    /// and exits (within `--drain-ms`).
     #[arg(long, value_name = "PATH")]
     pub upgrade_socket: Option<PathBuf>,
     /// Take the listening sockets over from the agent offering them on this Unix
@@ -159,4 +165,37 @@ pub struct Config {
     /// too.
     #[arg(long, default_value_t = 0.0, value_parser = reactor_admin::otlp::parse_sample_rate)]
     pub trace_sample_rate: f64,
+}
+
+impl Config {
+    /// Bound on the graceful drain: `--drain-timeout`, else `--drain-ms`.
+    pub fn drain(&self) -> std::time::Duration {
+        self.drain_timeout
+            .unwrap_or(std::time::Duration::from_millis(self.drain_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_bound_is_given_either_way() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("consumer-agent").chain(args.iter().copied()))
+        };
+        let drain = |args: &[&str]| parse(args).map(|c| c.drain());
+        use std::time::Duration;
+        assert_eq!(drain(&[]).ok(), Some(Duration::from_secs(5)));
+        assert_eq!(
+            drain(&["--drain-ms", "250"]).ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            drain(&["--drain-timeout", "2s"]).ok(),
+            Some(Duration::from_secs(2))
+        );
+        assert!(parse(&["--drain-timeout", "2s", "--drain-ms", "9"]).is_err());
+        assert!(parse(&["--drain-timeout", "soon"]).is_err());
+    }
 }

@@ -197,7 +197,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         if !config.services.is_empty() && !upgrade::wait_until(within, || metrics.has_upstream()) {
             log::warn!("no provider-agent connected within {within:?}: taking over anyway");
         }
-        upgrade::ready(t);
+        upgrade::ready(t, reactor.handles().to_vec());
     }
     let handed_over = Arc::new(upgrade::HandedOver::default());
     let handover = match &config.upgrade_socket {

@@ -5,15 +5,16 @@
 //! them, starts accepting on them and says it is ready; only then does the old one
 //! stop accepting and drain: its loops get [`LoopMsg::HandOver`] and stop, so an HTTP
 //! connection is answered to the end of its calls and closed between requests
-//! (`Connection: close` on its next answer), a Dubbo consumer is told READONLY and
-//! closed between calls, and the loop exits once it holds nothing (or at `--drain-ms`).
-//! A new process that fails before it is ready changes nothing.
+//! (`Connection: close` on its next answer), a Dubbo consumer's connection is handed to
+//! the new process between calls (with any bytes read but not yet processed), so the
+//! consumer never notices, and the loop exits once it holds nothing (or at
+//! `--drain-ms`). A new process that fails before it is ready changes nothing.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use reactor::{handover, LoopHandle};
-pub(crate) use reactor_admin::upgrade::{inherited, ready, HandedOver};
+pub(crate) use reactor_admin::upgrade::{inherited, wait_until, HandedOver};
 
 use crate::loop_handler::LoopMsg;
 use crate::StartError;
@@ -30,6 +31,12 @@ pub(crate) fn take(path: &Path) -> Result<handover::Takeover, StartError> {
     reactor_admin::upgrade::take(path).map_err(StartError::Io)
 }
 
+/// Says this process accepts, and has the connections the old one hands over adopted
+/// by `handles`' loops.
+pub(crate) fn ready(takeover: handover::Takeover, handles: Vec<LoopHandle<LoopMsg>>) {
+    reactor_admin::upgrade::ready(takeover, handles, LoopMsg::Adopt);
+}
+
 /// Offers `listeners` on `path` until a new process takes them over; then each loop
 /// gets [`LoopMsg::HandOver`] and drains.
 pub(crate) fn serve(
@@ -38,26 +45,13 @@ pub(crate) fn serve(
     handles: Vec<LoopHandle<LoopMsg>>,
     done: Arc<HandedOver>,
 ) -> Result<handover::Server, StartError> {
-    let hand_over = || LoopMsg::HandOver;
     reactor_admin::upgrade::serve(
         path,
         "consumer-upgrade",
         listeners,
         handles,
-        hand_over,
+        LoopMsg::HandOver,
         done,
     )
     .map_err(StartError::Io)
-}
-
-/// Polls `cond` until it holds (true) or `within` passed (false).
-pub(crate) fn wait_until(within: std::time::Duration, cond: impl Fn() -> bool) -> bool {
-    let end = std::time::Instant::now() + within;
-    while !cond() {
-        if std::time::Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    true
 }

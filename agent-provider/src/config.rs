@@ -185,6 +185,11 @@ pub struct Config {
     /// new process, `--upgrade-socket`, for consumer-agents to move away).
     #[arg(long, default_value_t = 5)]
     pub drain_secs: u64,
+    /// The same bound as a duration (`500ms`, `5s`, `2m`), the name both agents
+    /// share; it takes the place of `--drain-secs`.
+    #[arg(long, value_name = "DURATION", conflicts_with = "drain_secs",
+          value_parser = reactor_admin::upgrade::parse_duration)]
+    pub drain_timeout: Option<Duration>,
 
     /// Offer this agent's listening sockets on this Unix socket to a new process
     /// started with `--upgrade-from` the same path (a binary upgrade: `systemctl
@@ -319,7 +324,8 @@ impl Config {
 
     /// Bound on the graceful drain.
     pub fn drain(&self) -> Duration {
-        Duration::from_secs(self.drain_secs)
+        self.drain_timeout
+            .unwrap_or(Duration::from_secs(self.drain_secs))
     }
 }
 
@@ -360,6 +366,22 @@ mod tests {
             c.advertised("0.0.0.0:30000".parse().unwrap()),
             "127.0.0.1:30000"
         );
+    }
+
+    #[test]
+    fn the_drain_bound_is_given_either_way() {
+        let parse = |args: &[&str]| {
+            let base = ["provider-agent", "--service", "a.B"];
+            Config::try_parse_from(base.iter().chain(args.iter()).copied())
+        };
+        let drain = |args: &[&str]| parse(args).map(|c| c.drain()).ok();
+        assert_eq!(drain(&[]), Some(Duration::from_secs(5)));
+        assert_eq!(drain(&["--drain-secs", "9"]), Some(Duration::from_secs(9)));
+        assert_eq!(
+            drain(&["--drain-timeout", "750ms"]),
+            Some(Duration::from_millis(750))
+        );
+        assert!(parse(&["--drain-timeout", "1s", "--drain-secs", "9"]).is_err());
     }
 
     #[test]

@@ -478,7 +478,8 @@ impl Control {
                 );
             }
             if let Some((t, _)) = self.takeover.take() {
-                upgrade::ready(t);
+                let handles = self.reactor.iter().flat_map(|r| r.handles().to_vec());
+                upgrade::ready(t, handles.collect());
                 self.serving.set();
             }
         }

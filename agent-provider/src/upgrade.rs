@@ -7,8 +7,9 @@
 //! one stop accepting and drain: its loops get [`LoopMsg::HandOver`] and stop, so each
 //! consumer-agent connection is told GOAWAY (the consumer-agent moves to a new
 //! connection and closes this one once its calls on it are answered), a Dubbo
-//! consumer is told READONLY and closed between calls, and the loop exits once it holds
-//! nothing (or at `--drain-secs`). Its registration is then withdrawn, which leaves
+//! consumer's connection is handed to the new process between calls (with any bytes
+//! read but not yet processed: the consumer never notices), and the loop exits once it
+//! holds nothing (or at `--drain-secs`). Its registration is then withdrawn, which leaves
 //! the new process's in place. A new process that fails before it is ready changes
 //! nothing.
 
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use reactor::{handover, LoopHandle};
-pub(crate) use reactor_admin::upgrade::{inherited, ready, HandedOver};
+pub(crate) use reactor_admin::upgrade::{inherited, HandedOver};
 
 use crate::loop_handler::LoopMsg;
 use crate::StartError;
@@ -33,6 +34,12 @@ pub(crate) fn take(path: &Path) -> Result<handover::Takeover, StartError> {
     reactor_admin::upgrade::take(path).map_err(StartError::Io)
 }
 
+/// Says this process accepts, and has the connections the old one hands over adopted
+/// by `handles`' loops.
+pub(crate) fn ready(takeover: handover::Takeover, handles: Vec<LoopHandle<LoopMsg>>) {
+    reactor_admin::upgrade::ready(takeover, handles, LoopMsg::Adopt);
+}
+
 /// Offers `listeners` on `path` until a new process takes them over; then each loop
 /// gets [`LoopMsg::HandOver`] and drains.
 pub(crate) fn serve(
@@ -41,13 +48,12 @@ pub(crate) fn serve(
     handles: Vec<LoopHandle<LoopMsg>>,
     done: Arc<HandedOver>,
 ) -> Result<handover::Server, StartError> {
-    let hand_over = || LoopMsg::HandOver;
     reactor_admin::upgrade::serve(
         path,
         "provider-upgrade",
         listeners,
         handles,
-        hand_over,
+        LoopMsg::HandOver,
         done,
     )
     .map_err(StartError::Io)

@@ -95,6 +95,9 @@ pub struct Stats {
     pub ok: u64,
     /// Failures by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Connections that ended while the run went on (the server closed them, or an
+    /// error did; each was replaced by a new one), a request in flight on them or not.
+    pub closed_by_server: u64,
 }
 
 impl Stats {
@@ -110,6 +113,7 @@ impl Stats {
     fn merge(&mut self, o: &Stats) {
         self.hist.merge(&o.hist);
         self.ok += o.ok;
+        self.closed_by_server += o.closed_by_server;
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
@@ -547,6 +551,7 @@ impl Handler for Load {
             self.error(now, "closed");
         }
         if !self.done && reason != CloseReason::Shutdown {
+            self.local_total.closed_by_server += 1;
             self.connect(cx);
         }
     }

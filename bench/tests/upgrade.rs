@@ -5,7 +5,9 @@
 //! error of any kind (no connect refused, no connection closed under a request, no
 //! wrong answer), every old process exits and its descriptors are gone. A new process
 //! that cannot start (a bad flag; a port it cannot bind after taking the listeners
-//! over) leaves the old one serving as before.
+//! over) leaves the old one serving as before. Dubbo consumers (the consumer-agent's
+//! and a provider-agent's `--dubbo-listen`) keep their very connections through the
+//! upgrades: each is handed to the new process between two calls.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +46,9 @@ struct Mesh {
     agents: Vec<Agent>,
     consumer: Agent,
     http: SocketAddr,
+    /// With Dubbo front-ends: the consumer-agent's `--dubbo-listen`, and the first
+    /// provider-agent's.
+    dubbo: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Mesh {
@@ -51,7 +56,15 @@ impl Mesh {
     /// each agent with its `--upgrade-socket` and `loops` event loops (more than one:
     /// one listening socket per loop, `SO_REUSEPORT`, all handed over).
     fn start(loops: usize) -> Mesh {
+        Mesh::start_with(loops, false)
+    }
+
+    /// The same, with `--dubbo-listen` on the consumer-agent and the first
+    /// provider-agent when `dubbo`.
+    fn start_with(loops: usize, dubbo: bool) -> Mesh {
         let loops = loops.to_string();
+        let consumer_dubbo = free_addr().expect("port");
+        let provider_dubbo = free_addr().expect("port");
         let bins = Bins::for_test(env!("CARGO_BIN_EXE_bench"));
         let dir = tempfile::Builder::new()
             .prefix("dubbo-mesh-upgrade")
@@ -73,6 +86,9 @@ impl Mesh {
             let mut args = harness::provider_agent_args(a.listen, a.admin, p, &registry);
             args.extend(["--max-inflight".into(), "400".into()]);
             args.extend(["--loops".into(), loops.clone()]);
+            if dubbo && i == 1 {
+                args.extend(["--dubbo-listen".into(), provider_dubbo.to_string()]);
+            }
             agents.push(Agent::start(
                 &format!("provider-agent-{i}"),
                 bins.provider.clone(),
@@ -86,6 +102,9 @@ impl Mesh {
         let mut args = harness::consumer_agent_args(http, admin, &registry);
         args.extend(["--timeout-ms".into(), "5000".into()]);
         args.extend(["--loops".into(), loops.clone()]);
+        if dubbo {
+            args.extend(["--dubbo-listen".into(), consumer_dubbo.to_string()]);
+        }
         let mut consumer = Agent::start(
             "consumer-agent",
             bins.consumer.clone(),
@@ -103,6 +122,7 @@ impl Mesh {
             agents,
             consumer,
             http,
+            dubbo: dubbo.then_some((consumer_dubbo, provider_dubbo)),
         }
     }
 }
@@ -223,6 +243,15 @@ fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn start_load(target: SocketAddr, connections: usize, secs: u64) -> JoinHandle<LoadReport> {
+    start_load_of(bench::load::Protocol::Http, target, connections, secs)
+}
+
+fn start_load_of(
+    protocol: bench::load::Protocol,
+    target: SocketAddr,
+    connections: usize,
+    secs: u64,
+) -> JoinHandle<LoadReport> {
     let opts = LoadOpts {
         target,
         connections,
@@ -233,7 +262,7 @@ fn start_load(target: SocketAddr, connections: usize, secs: u64) -> JoinHandle<L
         salt: None,
         timeout: Duration::from_secs(8),
         progress: false,
-        protocol: bench::load::Protocol::Http,
+        protocol,
     };
     std::thread::spawn(move || load::run(&opts).expect("load run"))
 }
@@ -287,6 +316,42 @@ fn five_upgrades_of_each_agent_under_load_fail_no_call() {
     let (code, right) = harness::one_call(mesh.http, "after").expect("a call");
     assert!(code == 200 && right, "status {code}");
     let _ = (&mesh.bins, &mesh.registry);
+}
+
+/// Dubbo consumers through the consumer-agent's and a provider-agent's Dubbo
+/// front-ends while each is upgraded three times: no error, and not one of their
+/// connections closed (a READONLY event would count as a bad answer, too).
+#[test]
+fn dubbo_consumers_keep_their_connections_through_upgrades() {
+    let _serial = serial();
+    let mut mesh = Mesh::start_with(1, true);
+    let logs = mesh.dir.path().to_path_buf();
+    let (consumer_dubbo, provider_dubbo) = mesh.dubbo.expect("Dubbo front-ends");
+    let protocol = bench::load::Protocol::Dubbo;
+    let through_mesh = start_load_of(protocol, consumer_dubbo, 128, 14);
+    let direct = start_load_of(protocol, provider_dubbo, 64, 14);
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    for round in 0..3 {
+        mesh.consumer.upgrade(&logs);
+        mesh.agents[0].upgrade(&logs);
+        eprintln!("round {round} done at {:?}", started.elapsed());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "the upgrades took {:?}: longer than the load run",
+        started.elapsed()
+    );
+    for (load, what) in [
+        (through_mesh, "through the consumer-agent"),
+        (direct, "to the provider-agent"),
+    ] {
+        let report = check(load, what);
+        assert_eq!(
+            report.stats.closed_by_server, 0,
+            "{what}: Dubbo connections were closed, not handed over"
+        );
+    }
 }
 
 #[test]

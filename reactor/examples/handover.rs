@@ -45,7 +45,7 @@ impl Offered for Offering {
         Ok(vec![("echo".to_owned(), dups.collect::<Result<_, _>>()?)])
     }
 
-    fn ready(&mut self) {
+    fn ready(&mut self, _handoff: handover::Handoff) {
         // Stop accepting; the sockets stay open in the successor.
         for l in &self.loops {
             let _ = l.stop_accepting();

@@ -45,6 +45,19 @@ pub struct Conn<T> {
     pub tag: T,
 }
 
+/// A connection taken out of its loop by [`Ctx::detach`](crate::Ctx::detach): its
+/// socket (still non-blocking) and the bytes already read from it that the handler
+/// left unconsumed, in order before anything still in the socket. Another loop, or
+/// another process (over [`handover`](crate::handover)), takes it on with
+/// [`Ctx::adopt`](crate::Ctx::adopt).
+#[derive(Debug)]
+pub struct Detached {
+    /// The socket, open both ways, its output all written.
+    pub stream: std::net::TcpStream,
+    /// Input read but not consumed (a partial message, usually empty).
+    pub input: Vec<u8>,
+}
+
 /// Why a connection closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {

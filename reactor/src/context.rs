@@ -34,6 +34,8 @@ pub(crate) struct Core<T, M, U> {
     pub(crate) to_close: Vec<(ConnId, CloseReason)>,
     /// Connections with unread input left over by the read budget or a resumed pause.
     pub(crate) read_again: Vec<ConnId>,
+    /// Connections taken on with `adopt`, to report opened before anything else.
+    pub(crate) adopted: Vec<ConnId>,
     pub(crate) stopping: bool,
     pub(crate) exit: bool,
     /// Handshakes and TLS failures on this loop.
@@ -60,6 +62,7 @@ impl<T: Copy, M, U: Copy> Core<T, M, U> {
             dirty: Vec::new(),
             to_close: Vec::new(),
             read_again: Vec::new(),
+            adopted: Vec::new(),
             stopping: false,
             exit: false,
             #[cfg(feature = "tls")]
@@ -365,6 +368,87 @@ impl<H: Handler> Ctx<'_, H> {
     /// is unread).
     pub fn abort(&mut self, id: ConnId) {
         self.core.schedule_close(id, CloseReason::Local);
+    }
+
+    /// Takes an open connection out of the loop, to carry on elsewhere: in another
+    /// process after a binary upgrade ([`handover::Handoff`](crate::handover::Handoff)),
+    /// or another loop. Its buffered output is written first (one attempt); the socket
+    /// leaves the poller, and the id goes stale at once. [`Handler::closed`] is not
+    /// called: the handler forgets the connection itself. Call it between the
+    /// connection's requests, and not from its own [`Handler::data`] (the input left
+    /// unconsumed by that call is not in [`Detached::input`] yet): from a timer, say.
+    ///
+    /// [`Detached::input`]: crate::Detached::input
+    ///
+    /// # Errors
+    /// - `NotFound`: no such connection (closed, or a stale id);
+    /// - `WouldBlock`: output is still unwritten (the peer is not reading): try later;
+    /// - `Unsupported`: it is not open both ways (connecting, closing, half-closed), or it
+    ///   is TLS (its session state cannot move);
+    /// - the write's own error.
+    pub fn detach(&mut self, id: ConnId) -> io::Result<crate::Detached> {
+        use std::io::Write;
+        let Some(c) = self.core.get_mut(id) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        if c.phase != Phase::Open || c.peer_closed || c.write_side != WriteSide::Open {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the connection is not open both ways",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        if c.tls.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS connection's session cannot move",
+            ));
+        }
+        while c.unwritten() > 0 {
+            match c.stream.write(&c.output[c.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => c.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut c = self.core.conns.remove(id.index as usize);
+        let _ = self.core.registry.deregister(&mut c.stream);
+        if let Some(t) = c.timer.take() {
+            self.core.timers.cancel(t);
+        }
+        Ok(crate::Detached {
+            stream: c.stream.into(),
+            input: std::mem::take(&mut c.input),
+        })
+    }
+
+    /// Takes on a connection detached elsewhere ([`Ctx::detach`], or received from the
+    /// process this one replaced), tagged `tag`: [`Handler::opened`] reports it after
+    /// the current callback, then `input` reaches [`Handler::data`] before anything
+    /// read from the socket. Socket options are left as they are. Adopted connections
+    /// do not count against [`Config::max_connections`](crate::Config::max_connections):
+    /// refusing one would cut a live connection.
+    ///
+    /// # Errors
+    /// The socket could not be made non-blocking or registered with the poller (then it
+    /// is closed).
+    pub fn adopt(
+        &mut self,
+        stream: std::net::TcpStream,
+        tag: H::Tag,
+        input: Vec<u8>,
+    ) -> io::Result<ConnId> {
+        stream.set_nonblocking(true)?;
+        let id = self
+            .core
+            .insert(mio::net::TcpStream::from_std(stream), tag, Phase::Open)?;
+        if let Some(c) = self.core.get_mut(id) {
+            c.input = input;
+            c.read_pending = true;
+        }
+        self.core.adopted.push(id);
+        Ok(id)
     }
 
     /// Opens an outbound connection tagged `tag`, with the loop's

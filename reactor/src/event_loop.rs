@@ -148,6 +148,8 @@ impl<H: Handler> EventLoop<H> {
             h.started(&mut cx);
         }
         while !self.core.exit {
+            // Adopted by a timer or `tick`: opened before any event of theirs.
+            self.open_adopted();
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -184,6 +186,7 @@ impl<H: Handler> EventLoop<H> {
 
     fn poll_timeout(&mut self) -> Option<Duration> {
         if !self.core.read_again.is_empty()
+            || !self.core.adopted.is_empty()
             || !self.core.dirty.is_empty()
             || !self.core.to_close.is_empty()
         {
@@ -545,8 +548,26 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
+    /// Reports connections taken on with `adopt` opened, and has their input (handed
+    /// with them, then the socket's) read next.
+    fn open_adopted(&mut self) {
+        while let Some(id) = self.core.adopted.pop() {
+            let Some(c) = self.core.get(id) else {
+                continue;
+            };
+            let conn = Conn { id, tag: c.tag };
+            {
+                let (h, mut cx) = self.cx();
+                h.opened(&mut cx, conn);
+            }
+            self.core.read_again.push(id);
+            self.process_closes();
+        }
+    }
+
     /// Re-offers buffered input (after a resumed pause) and reads sockets whose budget ran out.
     fn read_again(&mut self) {
+        self.open_adopted();
         if self.core.read_again.is_empty() {
             return;
         }

@@ -38,8 +38,9 @@
 //! let mut peer = offer.accept_timeout(Duration::from_secs(5)).unwrap().unwrap();
 //! peer.send(&[("http", std::slice::from_ref(&listener))]).unwrap();
 //! peer.wait_ready(Duration::from_secs(5)).unwrap();
-//! // The successor accepts now: stop accepting here, drain, exit.
-//! peer.confirm().unwrap();
+//! // The successor accepts now: stop accepting here, drain (handing established
+//! // connections over with the `Handoff` returned), exit.
+//! let _handoff = peer.confirm().unwrap();
 //! successor.join().unwrap();
 //! # fn tempfile_dir() -> std::path::PathBuf {
 //! #     let d = std::env::temp_dir().join(format!("handover-doc-{}", std::process::id()));
@@ -57,6 +58,12 @@
 //!    line; every socket rides with it as `SCM_RIGHTS`, in the order of the lines.
 //! 2. successor → running: `ready\n` once it accepts on them.
 //! 3. running → successor: `draining\n`: the running process stopped accepting.
+//! 4. running → successor, any number of times while it drains: `conn <name> <len>\n`
+//!    and `len` bytes, with one socket as `SCM_RIGHTS`: an established connection
+//!    handed over between two of its requests ([`Handoff::send`]), and the input
+//!    already read from it but not yet processed. The successor takes each on
+//!    ([`Arrivals::recv`], then [`Ctx::adopt`](crate::Ctx::adopt)); the running
+//!    process's exit ends the stream.
 //!
 //! # Errors
 //!
@@ -71,14 +78,15 @@
 //! data API (`std::os::unix::net::SocketAncillary`) is not stable yet, so this module
 //! calls `sendmsg`/`recvmsg` through `libc`, each `unsafe` block with a `SAFETY` note.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -86,6 +94,11 @@ use std::time::{Duration, Instant};
 pub const MAX_SOCKETS: usize = 64;
 /// Longest description (bytes) one handover carries.
 pub const MAX_DESCRIPTION: usize = 4096;
+/// Most unprocessed input (bytes) a connection handed over may carry.
+pub const MAX_HANDED_INPUT: usize = 64 << 20;
+/// How long a connection handed over may take to write: the successor reads them as
+/// they come, so only a stuck one hits this.
+const HANDOFF_WRITE_WITHIN: Duration = Duration::from_secs(2);
 
 const MAGIC: &str = "reactor-handover 1";
 const READY: &[u8] = b"ready\n";
@@ -281,12 +294,149 @@ impl Successor {
     }
 
     /// Tells the successor this process stopped accepting (it may now take the offer's
-    /// path over for its own successor).
+    /// path over for its own successor); what it returns hands established
+    /// connections over too, while this process drains.
     ///
     /// # Errors
     /// The connection failed.
-    pub fn confirm(mut self) -> io::Result<()> {
-        self.stream.write_all(DRAINING)
+    pub fn confirm(mut self) -> io::Result<Handoff> {
+        self.stream.write_all(DRAINING)?;
+        Ok(Handoff::new(self.stream))
+    }
+}
+
+/// The running process's way to hand established connections to its successor (step 4
+/// of the exchange), from any thread: clones share one connection to it. The last
+/// clone dropped tells the successor nothing more comes.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    stream: Arc<Mutex<UnixStream>>,
+}
+
+impl Handoff {
+    fn new(stream: UnixStream) -> Handoff {
+        Handoff {
+            stream: Arc::new(Mutex::new(stream)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, UnixStream> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `conn` over under `name` (the successor's way to know what it is: the
+    /// listener it came from, say), with `input`: bytes read from it and not yet
+    /// processed. The successor gets a duplicate of the socket: drop this one (without
+    /// shutting it down) once this returns `Ok`. Blocks for as long as the successor
+    /// takes to read it (bounded, a couple of seconds).
+    ///
+    /// # Errors
+    /// A bad name (empty or with whitespace), `input` over [`MAX_HANDED_INPUT`], or the
+    /// successor is gone: then keep serving the connection, or close it.
+    pub fn send(&self, name: &str, conn: &TcpStream, input: &[u8]) -> io::Result<()> {
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("connection name {name:?}"),
+            ));
+        }
+        if input.len() > MAX_HANDED_INPUT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too much unprocessed input to hand over",
+            ));
+        }
+        let mut message = format!("conn {name} {}\n", input.len()).into_bytes();
+        message.extend_from_slice(input);
+        let stream = self.lock();
+        stream.set_write_timeout(Some(HANDOFF_WRITE_WITHIN))?;
+        send_with_fds(&stream, &message, &[conn.as_raw_fd()])
+    }
+}
+
+/// A connection received from the running process ([`Arrivals::recv`]).
+#[derive(Debug)]
+pub struct Arrival {
+    /// The name it was handed over under.
+    pub name: String,
+    /// The socket, open both ways.
+    pub stream: TcpStream,
+    /// Bytes the running process read from it and did not process: they come before
+    /// anything still in the socket.
+    pub input: Vec<u8>,
+}
+
+/// The successor's side of step 4: connections the running process hands over while
+/// it drains, until it exits.
+#[derive(Debug)]
+pub struct Arrivals {
+    stream: UnixStream,
+    /// Bytes received and not yet parsed.
+    buf: Vec<u8>,
+    /// Sockets received and not yet paired with their line.
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Arrivals {
+    /// Waits for the next connection: `Ok(None)` once the running process closed the
+    /// exchange (it exited, or handed everything over).
+    ///
+    /// # Errors
+    /// A message that does not parse, a connection without its socket, or the
+    /// connection failed: nothing more can be read after it.
+    pub fn recv(&mut self) -> io::Result<Option<Arrival>> {
+        loop {
+            if let Some(arrival) = self.parse()? {
+                return Ok(Some(arrival));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = recv_some(&self.stream, &mut chunk, &mut self.fds)?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(invalid("a handed-over connection cut short"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// One whole message off the front of the buffer, if there is one.
+    fn parse(&mut self) -> io::Result<Option<Arrival>> {
+        let Some(eol) = self.buf.iter().position(|&b| b == b'\n') else {
+            if self.buf.len() > 256 {
+                return Err(invalid("a handed-over connection's line is too long"));
+            }
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&self.buf[..eol])
+            .map_err(|_| invalid("a handed-over connection's line is not UTF-8"))?;
+        let mut words = line.split(' ');
+        let (Some("conn"), Some(name), Some(len), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return Err(invalid(format!("bad line {line:?}")));
+        };
+        let len: usize = len
+            .parse()
+            .ok()
+            .filter(|&n| n <= MAX_HANDED_INPUT)
+            .ok_or_else(|| invalid(format!("bad length in {line:?}")))?;
+        let name = name.to_owned();
+        if self.buf.len() < eol + 1 + len {
+            return Ok(None);
+        }
+        let fd = self
+            .fds
+            .pop_front()
+            .ok_or_else(|| invalid("a handed-over connection without its socket"))?;
+        let input = self.buf[eol + 1..eol + 1 + len].to_vec();
+        self.buf.drain(..eol + 1 + len);
+        Ok(Some(Arrival {
+            name,
+            stream: TcpStream::from(fd),
+            input,
+        }))
     }
 }
 
@@ -337,22 +487,41 @@ impl Takeover {
 
     /// Says this process accepts on the sockets, and waits up to `timeout` for the
     /// running process to confirm it stopped accepting. Sockets not taken are closed
-    /// (the running process still holds them).
+    /// (the running process still holds them). What it returns receives the
+    /// connections the running process hands over while it drains (drop it to refuse
+    /// them: the running process then closes them itself).
     ///
     /// # Errors
     /// The connection failed or closed first.
-    pub fn ready(mut self, timeout: Duration) -> io::Result<()> {
+    pub fn ready(mut self, timeout: Duration) -> io::Result<Arrivals> {
         self.listeners.clear();
         self.stream.write_all(READY)?;
         self.stream
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        let mut got = [0u8; DRAINING.len()];
-        self.stream.read_exact(&mut got)?;
-        if got == DRAINING {
-            Ok(())
-        } else {
-            Err(invalid("the running process did not confirm"))
+        let mut arrivals = Arrivals {
+            stream: self.stream,
+            buf: Vec::new(),
+            fds: VecDeque::new(),
+        };
+        // Through recvmsg: a connection handed over may follow at once, its socket
+        // attached.
+        while arrivals.buf.len() < DRAINING.len() {
+            let mut chunk = [0u8; 512];
+            let n = recv_some(&arrivals.stream, &mut chunk, &mut arrivals.fds)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the running process closed the handover connection",
+                ));
+            }
+            arrivals.buf.extend_from_slice(&chunk[..n]);
         }
+        if !arrivals.buf.starts_with(DRAINING) {
+            return Err(invalid("the running process did not confirm"));
+        }
+        arrivals.buf.drain(..DRAINING.len());
+        arrivals.stream.set_read_timeout(None)?;
+        Ok(arrivals)
     }
 }
 
@@ -448,9 +617,44 @@ fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<
 }
 
 /// Reads one description (up to its empty line) and the descriptors that came with it.
-#[allow(unsafe_code)]
 fn recv_with_fds(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut data = vec![0u8; MAX_DESCRIPTION];
+    let mut fds = Vec::new();
+    let n = recv_some(stream, &mut data, &mut fds)?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the running process closed the handover connection",
+        ));
+    }
+    data.truncate(n);
+    // The rest of the description, if the stream split it.
+    let mut r = stream;
+    while !data.ends_with(b"\n\n") {
+        if data.len() >= MAX_DESCRIPTION {
+            return Err(invalid("description too long"));
+        }
+        let mut more = [0u8; 512];
+        let room = (MAX_DESCRIPTION - data.len()).min(more.len());
+        match r.read(&mut more[..room]) {
+            Ok(0) => return Err(invalid("description cut short")),
+            Ok(m) => data.extend_from_slice(&more[..m]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((data, fds))
+}
+
+/// One `recvmsg`: bytes into `data` (their count returned, 0 at the end of the
+/// stream), and every descriptor that came with them appended to `fds`, owned and
+/// close-on-exec.
+#[allow(unsafe_code)]
+fn recv_some(
+    stream: &UnixStream,
+    data: &mut [u8],
+    fds: &mut impl Extend<OwnedFd>,
+) -> io::Result<usize> {
     let fd_bytes = MAX_SOCKETS * std::mem::size_of::<RawFd>();
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
@@ -497,7 +701,7 @@ fn recv_with_fds(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     };
     // Take ownership of every descriptor received first, so that none leaks whatever
     // is wrong with the message.
-    let mut fds = Vec::new();
+    let mut received = Vec::new();
     // SAFETY: recvmsg filled `msg_controllen` bytes of `control` with well-formed
     // control messages; CMSG_FIRSTHDR/CMSG_NXTHDR walk them within that length, and an
     // SCM_RIGHTS message's data holds `(cmsg_len - CMSG_LEN(0)) / size_of::<c_int>()`
@@ -511,7 +715,7 @@ fn recv_with_fds(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
                 let base = libc::CMSG_DATA(cmsg).cast::<RawFd>();
                 for i in 0..count {
                     let fd = std::ptr::read_unaligned(base.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
+                    received.push(OwnedFd::from_raw_fd(fd));
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
@@ -525,38 +729,17 @@ fn recv_with_fds(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         target_os = "openbsd",
         target_os = "dragonfly"
     )))]
-    for fd in &fds {
+    for fd in &received {
         // SAFETY: `fd` is open and ours; F_SETFD with FD_CLOEXEC only sets a flag.
         unsafe {
             libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }
+    fds.extend(received);
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(invalid("too many sockets for one handover"));
     }
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the running process closed the handover connection",
-        ));
-    }
-    data.truncate(n);
-    // The rest of the description, if the stream split it.
-    let mut r = stream;
-    while !data.ends_with(b"\n\n") {
-        if data.len() >= MAX_DESCRIPTION {
-            return Err(invalid("description too long"));
-        }
-        let mut more = [0u8; 512];
-        let room = (MAX_DESCRIPTION - data.len()).min(more.len());
-        match r.read(&mut more[..room]) {
-            Ok(0) => return Err(invalid("description cut short")),
-            Ok(m) => data.extend_from_slice(&more[..m]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((data, fds))
+    Ok(n)
 }
 
 /// What [`serve`] does with a successor.
@@ -568,8 +751,11 @@ pub trait Offered: Send + 'static {
     /// They could not be duplicated: the successor is turned away.
     fn listeners(&mut self) -> io::Result<Vec<(String, Vec<TcpListener>)>>;
     /// The successor accepts on them: stop accepting (and start draining). Called once;
-    /// the exchange ends and the offer is withdrawn.
-    fn ready(&mut self);
+    /// the exchange ends and the offer is withdrawn. `handoff` hands established
+    /// connections to the successor while draining (keep clones where they are
+    /// needed; a connection handed over before the successor heard that this process
+    /// stopped accepting waits for that).
+    fn ready(&mut self, handoff: Handoff);
     /// A successor failed before it was ready (logged already): nothing to do, usually.
     fn failed(&mut self, _error: &io::Error) {}
 }
@@ -657,11 +843,15 @@ pub fn serve(
                     Ok(false) => return, // withdrawn meanwhile
                     Ok(true) => {
                         log::info!("handover: the successor accepts; this process drains");
-                        offered.ready();
+                        let handoff = Handoff::new(peer.stream);
+                        // Held until the successor heard `draining`: connections the
+                        // loops hand over meanwhile follow it.
+                        let mut stream = handoff.lock();
+                        offered.ready(handoff.clone());
                         // The socket file goes before the successor hears of it, so the
                         // one it binds there for its own successor is never removed.
                         drop(offer);
-                        if let Err(e) = peer.confirm() {
+                        if let Err(e) = stream.write_all(DRAINING) {
                             log::warn!("handover: confirming to the successor: {e}");
                         }
                         return;

@@ -220,7 +220,7 @@ mod xorshift;
 
 pub use crate::backoff::Backoff;
 pub use crate::config::{Config, SocketOptions};
-pub use crate::conn::{CloseReason, Conn, ConnId};
+pub use crate::conn::{CloseReason, Conn, ConnId, Detached};
 pub use crate::conn_map::ConnMap;
 pub use crate::context::Ctx;
 pub use crate::handle::{LoopGone, LoopHandle};

@@ -130,7 +130,7 @@ fn handover_between(old_loops: usize, new_loops: usize) {
             let mut l = self.0.listeners()?;
             Ok(vec![("echo".into(), l.remove(0))])
         }
-        fn ready(&mut self) {
+        fn ready(&mut self, _handoff: handover::Handoff) {
             self.0.stop_accepting();
         }
     }
@@ -199,7 +199,7 @@ fn a_successor_that_fails_changes_nothing() {
             let mut l = self.0.listeners()?;
             Ok(vec![("echo".into(), l.remove(0))])
         }
-        fn ready(&mut self) {
+        fn ready(&mut self, _handoff: handover::Handoff) {
             self.0.stop_accepting();
         }
         fn failed(&mut self, _: &std::io::Error) {

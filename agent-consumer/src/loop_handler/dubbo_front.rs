@@ -21,7 +21,11 @@ use codec::Decoded;
 use reactor::{ConnId, Ctx, EndOfInput};
 
 use super::observe::Names;
-use super::{Call, ConsumerLoop, Origin};
+use super::{Call, ConsumerLoop, LoopTimer, Origin, Tag};
+
+/// How soon a connection whose answers are still being written is tried again for a
+/// handover.
+const HAND_OFF_RETRY: Duration = Duration::from_millis(5);
 use crate::metrics::Outcome;
 
 /// What a call lost with its provider-agent connection is answered (call_core).
@@ -42,6 +46,9 @@ pub(super) struct DubboConn {
     closing: bool,
     /// Reading paused (too many calls in flight, or answers piling up unread).
     paused: bool,
+    /// Read no more: the connection goes to the successor process (binary upgrade)
+    /// once its calls are answered.
+    handing: bool,
     /// The consumer's address (the access log's `caller`), read once at accept.
     pub(super) peer: Option<std::net::SocketAddr>,
 }
@@ -59,6 +66,9 @@ impl ConsumerLoop {
             let Some(conn) = self.dubbo.get_mut(id) else {
                 return input.len();
             };
+            if conn.closing || conn.handing {
+                return pos; // what is left goes with the connection, or nowhere
+            }
             if conn.inflight >= self.config.max_pipeline || cx.is_congested(id) {
                 conn.paused = true;
                 cx.pause_reading(id);
@@ -275,6 +285,10 @@ impl ConsumerLoop {
             if dc.inflight == 0 {
                 cx.close(conn);
             }
+        } else if dc.handing {
+            if dc.inflight == 0 {
+                cx.set_timer(Duration::ZERO, LoopTimer::HandOff(conn));
+            }
         } else if dc.input_ended && dc.inflight == 0 {
             cx.shutdown_write(conn);
         } else if dc.paused && dc.inflight < self.config.max_pipeline && !cx.is_congested(conn) {
@@ -372,8 +386,21 @@ impl ConsumerLoop {
 
     /// A stop: every Dubbo consumer gets the read-only event (as from a Dubbo server
     /// shutting down: it sends this agent nothing new), is read no further, and its
-    /// connection closes once its calls in flight are answered.
+    /// connection closes once its calls in flight are answered. Handing over to a
+    /// successor process instead, it is read no further and, once its calls are
+    /// answered, its connection goes to the successor, which reads on from where this
+    /// process stopped: the consumer sees nothing of it.
     pub(super) fn stop_dubbo_consumers(&mut self, cx: &mut Ctx<'_, Self>) {
+        if self.handoff.is_some() {
+            for (id, conn) in self.dubbo.iter_mut() {
+                conn.handing = true;
+                cx.pause_reading(id);
+                if conn.inflight == 0 {
+                    cx.set_timer(Duration::ZERO, LoopTimer::HandOff(id));
+                }
+            }
+            return;
+        }
         for (id, conn) in self.dubbo.iter_mut() {
             if let Some(out) = cx.output(id) {
                 dubbo::encode_readonly_event(out, 0);
@@ -384,6 +411,62 @@ impl ConsumerLoop {
                 conn.closing = true;
                 cx.pause_reading(id);
             }
+        }
+    }
+
+    /// Hands a Dubbo consumer's connection, its calls answered, to the successor
+    /// process, with what it sent that is not processed yet; retried while its
+    /// answers are still being written. What cannot be handed over (a successor gone)
+    /// is closed, as without a successor.
+    pub(super) fn hand_off_dubbo(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId) {
+        let Some(handoff) = self.handoff.clone() else {
+            return cx.close(id);
+        };
+        if self
+            .dubbo
+            .get(id)
+            .is_none_or(|c| c.inflight > 0 || c.closing)
+        {
+            return;
+        }
+        match cx.detach(id) {
+            Ok(conn) => {
+                self.dubbo.remove(id);
+                self.metrics.connection(-1);
+                if let Err(e) = handoff.send(crate::upgrade::DUBBO, &conn.stream, &conn.input) {
+                    log::warn!("handing a Dubbo consumer's connection over: {e}; closing it");
+                }
+                if self.stopping && self.calls.is_empty() && self.holds_no_client() {
+                    cx.exit();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                cx.set_timer(HAND_OFF_RETRY, LoopTimer::HandOff(id));
+            }
+            Err(e) => {
+                log::debug!("a Dubbo consumer's connection cannot be handed over: {e}; closing it");
+                cx.close(id);
+            }
+        }
+    }
+
+    /// Takes on a connection the process this one replaced handed over.
+    pub(super) fn adopt(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        arrival: reactor_admin::upgrade::Arrival,
+    ) {
+        let tag = match arrival.name.as_str() {
+            crate::upgrade::DUBBO => Tag::Dubbo,
+            other => {
+                log::warn!(
+                    "a connection handed over as {other:?}: not one this agent serves; closing it"
+                );
+                return;
+            }
+        };
+        if let Err(e) = cx.adopt(arrival.stream, tag, arrival.input) {
+            log::warn!("taking a Dubbo consumer's connection over: {e}");
         }
     }
 
@@ -401,7 +484,7 @@ impl ConsumerLoop {
     /// Answers piling up unread have drained: read again if reading was paused.
     pub(super) fn on_dubbo_drained(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId) {
         if let Some(c) = self.dubbo.get_mut(id) {
-            if c.paused && !c.closing && c.inflight < self.config.max_pipeline {
+            if c.paused && !c.closing && !c.handing && c.inflight < self.config.max_pipeline {
                 c.paused = false;
                 cx.resume_reading(id);
             }

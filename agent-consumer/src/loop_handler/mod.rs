@@ -61,8 +61,11 @@ pub enum LoopMsg {
     /// A service's traffic rules, validated (`None`: it has none).
     Rules(String, Option<Arc<Rules>>),
     /// A successor process accepts on our ports (`--upgrade-from`): the stop that
-    /// follows hands the clients over instead of closing on them (see `stopping`).
-    HandOver,
+    /// follows hands the clients over instead of closing on them (see `stopping`);
+    /// Dubbo consumers' connections go to it through this.
+    HandOver(reactor_admin::upgrade::Handoff),
+    /// A connection the process this one replaced handed over (named by its listener).
+    Adopt(reactor_admin::upgrade::Arrival),
 }
 
 /// What a loop's timers are for.
@@ -76,6 +79,9 @@ pub enum LoopTimer {
     Drain,
     /// Reconnect the provider-agent connection with this upstream key.
     Reconnect(usize),
+    /// Hand this Dubbo consumer's connection to the successor process, now that its
+    /// calls are answered.
+    HandOff(ConnId),
 }
 
 /// Where a call came from: its front-end, and what it needs to answer.
@@ -160,6 +166,8 @@ pub struct ConsumerLoop {
     /// is not closed under a request the client may be sending; its next request is
     /// answered with `Connection: close` (or the drain deadline ends it).
     handing_over: bool,
+    /// Handing over: how Dubbo consumers' connections reach the successor.
+    handoff: Option<reactor_admin::upgrade::Handoff>,
     /// Watches services from their first call.
     discovery: Arc<Discovery>,
     /// Calls of services being discovered, held until a provider-agent of theirs is
@@ -217,6 +225,7 @@ impl ConsumerLoop {
             pool: Vec::new(),
             stopping: false,
             handing_over: false,
+            handoff: None,
             discovery,
             held: HashMap::new(),
             dubbo: ConnMap::new(),
@@ -361,6 +370,7 @@ impl Handler for ConsumerLoop {
                 cx.exit();
             }
             LoopTimer::Reconnect(key) => self.connect(cx, key),
+            LoopTimer::HandOff(id) => self.hand_off_dubbo(cx, id),
             LoopTimer::Call(call) => {
                 let Some(c) = self.call_mut(call) else { return };
                 c.timer = None;
@@ -391,7 +401,11 @@ impl Handler for ConsumerLoop {
         match msg {
             LoopMsg::Instances(service, list) => self.on_instances(cx, &service, &list),
             LoopMsg::Rules(service, rules) => self.on_rules(cx, service, rules),
-            LoopMsg::HandOver => self.handing_over = true,
+            LoopMsg::HandOver(handoff) => {
+                self.handing_over = true;
+                self.handoff = Some(handoff);
+            }
+            LoopMsg::Adopt(arrival) => self.adopt(cx, arrival),
         }
     }
 
@@ -413,10 +427,7 @@ impl Handler for ConsumerLoop {
         if self.calls.is_empty() && self.holds_no_client() {
             cx.exit();
         } else {
-            cx.set_timer(
-                Duration::from_millis(self.config.drain_ms),
-                LoopTimer::Drain,
-            );
+            cx.set_timer(self.config.drain(), LoopTimer::Drain);
         }
     }
 }

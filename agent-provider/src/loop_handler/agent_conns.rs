@@ -165,20 +165,24 @@ impl ProviderLoop {
         self.hand_over_idle(cx);
     }
 
-    /// While handing over: closes the connections that cannot be told GOAWAY (an
-    /// older consumer-agent's, a Dubbo consumer's, told READONLY already) as soon as
-    /// no call is in flight on them.
+    /// While handing over: as soon as no call is in flight on them, hands a Dubbo
+    /// consumer's connection to the successor process (`dubbo_front::hand_off`), and
+    /// closes the others that cannot be told GOAWAY (an older consumer-agent's).
     pub(super) fn hand_over_idle(&mut self, cx: &mut Ctx<'_, Self>) {
-        let idle: Vec<ConnId> = self
+        let idle: Vec<(ConnId, bool)> = self
             .inbound
             .iter()
             .flatten()
             .filter(|i| !i.goaway_capable || i.dubbo.is_some())
             .filter(|i| self.upstream.inflight_on(i.id) == 0)
-            .map(|i| i.id)
+            .map(|i| (i.id, i.dubbo.is_some()))
             .collect();
-        for id in idle {
-            cx.close(id);
+        for (id, dubbo) in idle {
+            if dubbo && self.handoff.is_some() {
+                self.hand_off(cx, id);
+            } else {
+                cx.close(id);
+            }
         }
     }
 

@@ -45,6 +45,9 @@ pub(super) struct DubboConn {
     /// It sent something that is not Dubbo: read no more, close once its calls are
     /// answered.
     closing: bool,
+    /// Read no more: the connection goes to the successor process (binary upgrade)
+    /// once its calls are answered.
+    handing: bool,
 }
 
 /// Why a call is refused: the status counted, the Dubbo status answered, the message.
@@ -81,6 +84,9 @@ impl ProviderLoop {
             };
             if d.closing {
                 return input.len();
+            }
+            if d.handing {
+                return pos; // what is left goes with the connection
             }
             if inflight >= max_pipeline || congested {
                 // Read on once answers go out (`dubbo_answered`, `dubbo_drained`).
@@ -404,6 +410,8 @@ impl ProviderLoop {
             if inflight == 0 {
                 cx.close(conn);
             }
+        } else if d.handing {
+            // Handed over from `tick` once idle (`hand_over_idle`).
         } else if ended && inflight == 0 {
             cx.shutdown_write(conn);
         } else if d.paused && inflight < max_pipeline && !congested {
@@ -417,7 +425,7 @@ impl ProviderLoop {
         let inflight = self.upstream.inflight_on(conn);
         let max_pipeline = self.dubbo_max_pipeline();
         if let Some(d) = self.dubbo_mut(conn) {
-            if d.paused && !d.closing && inflight < max_pipeline {
+            if d.paused && !d.closing && !d.handing && inflight < max_pipeline {
                 d.paused = false;
                 cx.resume_reading(conn);
             }
@@ -441,14 +449,70 @@ impl ProviderLoop {
     /// A stop: every Dubbo consumer gets the read-only event (as from a Dubbo server
     /// shutting down: send it nothing new). Its calls in flight are answered; new ones,
     /// until the loop exits, are answered SERVICE_NOT_FOUND (they did not start: a Dubbo
-    /// cluster tries another provider).
+    /// cluster tries another provider). Handing over to a successor process instead, a
+    /// consumer is read no further and, once its calls are answered, its connection
+    /// goes to the successor, which reads on where this process stopped
+    /// ([`ProviderLoop::hand_off`]): the consumer sees nothing of it.
     pub(super) fn stop_dubbo_consumers(&mut self, cx: &mut Ctx<'_, Self>) {
+        if self.handoff.is_some() {
+            for inb in self.inbound.iter_mut().flatten() {
+                if let Some(d) = inb.dubbo.as_mut() {
+                    d.handing = true;
+                    cx.pause_reading(inb.id);
+                }
+            }
+            return;
+        }
         for inb in self.inbound.iter().flatten() {
             if inb.dubbo.is_some() {
                 if let Some(out) = cx.output(inb.id) {
                     dubbo::encode_readonly_event(out, 0);
                 }
             }
+        }
+    }
+}
+
+impl ProviderLoop {
+    /// Hands a Dubbo consumer's connection, its calls answered, to the successor
+    /// process with what it sent that is not processed yet. One whose answers are
+    /// still being written is tried again on the next `tick`; one that cannot be
+    /// handed over (the successor gone) is closed, as without a successor.
+    pub(super) fn hand_off(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId) {
+        let Some(handoff) = self.handoff.clone() else {
+            return cx.close(id);
+        };
+        match cx.detach(id) {
+            Ok(conn) => {
+                self.forget_inbound(id, true);
+                let sent = handoff.send(crate::upgrade::DUBBO, &conn.stream, &conn.input);
+                if let Err(e) = sent {
+                    log::warn!("handing a Dubbo consumer's connection over: {e}; closing it");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                log::debug!("a Dubbo consumer's connection cannot be handed over: {e}; closing it");
+                cx.close(id);
+            }
+        }
+    }
+
+    /// Takes on a connection the process this one replaced handed over.
+    pub(super) fn adopt(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        arrival: reactor_admin::upgrade::Arrival,
+    ) {
+        if arrival.name != crate::upgrade::DUBBO {
+            let name = &arrival.name;
+            log::warn!(
+                "a connection handed over as {name:?}: not one this agent takes; closing it"
+            );
+            return;
+        }
+        if let Err(e) = cx.adopt(arrival.stream, super::Tag::Dubbo, arrival.input) {
+            log::warn!("taking a Dubbo consumer's connection over: {e}");
         }
     }
 }

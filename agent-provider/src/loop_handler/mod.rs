@@ -72,8 +72,10 @@ pub enum LoopMsg {
     Policy(Arc<Policy>),
     /// A successor process accepts on our port (`--upgrade-from`): the stop that
     /// follows hands the consumers over instead of closing on them (GOAWAY, see
-    /// `agent_conns::hand_over`).
-    HandOver,
+    /// `agent_conns::hand_over`); Dubbo consumers' connections go to it through this.
+    HandOver(reactor_admin::upgrade::Handoff),
+    /// A connection the process this one replaced handed over (named by its listener).
+    Adopt(reactor_admin::upgrade::Arrival),
 }
 
 /// What a loop's timers are for.
@@ -198,6 +200,8 @@ pub(crate) struct ProviderLoop {
     /// The stop is a handover to a successor process: consumers are sent GOAWAY and
     /// the loop exits once they closed (or at the drain deadline).
     handing_over: bool,
+    /// Handing over: how Dubbo consumers' connections reach the successor.
+    handoff: Option<reactor_admin::upgrade::Handoff>,
     /// While stopping: the loop does not exit before this.
     exit_not_before: Option<Instant>,
     heartbeat_seq: i64,
@@ -245,6 +249,7 @@ impl ProviderLoop {
             reported_up: false,
             draining: false,
             handing_over: false,
+            handoff: None,
             exit_not_before: None,
             heartbeat_seq: 0,
             timeout_text: (0, String::new()),
@@ -253,6 +258,24 @@ impl ProviderLoop {
             access_log,
             arriving: None,
             tracer,
+        }
+    }
+
+    /// An inbound connection is gone (closed, or handed to a successor process).
+    fn forget_inbound(&mut self, id: ConnId, dubbo: bool) {
+        if let Some(slot) = self.inbound.get_mut(id.index()) {
+            if slot.as_ref().is_some_and(|i| i.id == id) {
+                if dubbo {
+                    self.metrics
+                        .for_loop(self.index)
+                        .dubbo_connections
+                        .fetch_sub(1, Relaxed);
+                }
+                *slot = None;
+                if let Some(d) = self.demand.get_mut(id.index()) {
+                    self.admission.forget(std::mem::take(d));
+                }
+            }
         }
     }
 
@@ -331,22 +354,7 @@ impl Handler for ProviderLoop {
 
     fn closed(&mut self, cx: &mut Ctx<'_, Self>, conn: Conn<Tag>, reason: CloseReason) {
         match conn.tag {
-            Tag::Agent | Tag::Dubbo => {
-                if let Some(slot) = self.inbound.get_mut(conn.id.index()) {
-                    if slot.as_ref().is_some_and(|i| i.id == conn.id) {
-                        if conn.tag == Tag::Dubbo {
-                            self.metrics
-                                .for_loop(self.index)
-                                .dubbo_connections
-                                .fetch_sub(1, Relaxed);
-                        }
-                        *slot = None;
-                        if let Some(d) = self.demand.get_mut(conn.id.index()) {
-                            self.admission.forget(std::mem::take(d));
-                        }
-                    }
-                }
-            }
+            Tag::Agent | Tag::Dubbo => self.forget_inbound(conn.id, conn.tag == Tag::Dubbo),
             Tag::Provider(slot) => self.provider_closed(cx, slot, conn.id, &reason),
         }
     }
@@ -430,7 +438,11 @@ impl Handler for ProviderLoop {
                 );
                 self.policy = Some(policy);
             }
-            LoopMsg::HandOver => self.handing_over = true,
+            LoopMsg::HandOver(handoff) => {
+                self.handing_over = true;
+                self.handoff = Some(handoff);
+            }
+            LoopMsg::Adopt(arrival) => self.adopt(cx, arrival),
         }
     }
 

@@ -7,7 +7,9 @@
 //! The exchange itself, the same for both agents: the new process [`take`]s the
 //! listeners, picks each one's sockets with [`inherited`], accepts on them and says
 //! [`ready`]; the old one offers them with [`serve`] and, once the new one accepts,
-//! tells its loops to drain and marks [`HandedOver`].
+//! tells its loops to drain (handing them the [`Handoff`] that passes established
+//! connections on) and marks [`HandedOver`]. [`ready`] spreads the connections handed
+//! over among the new process's loops.
 
 use std::ffi::OsString;
 use std::io;
@@ -16,7 +18,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reactor::handover::{self, Offer, Offered, Takeover};
+use reactor::handover::{self, Arrivals, Offer, Offered, Takeover};
+pub use reactor::handover::{Arrival, Handoff};
 use reactor::LoopHandle;
 
 /// How long a new process waits for the old one to hand its sockets over, and then to
@@ -153,6 +156,26 @@ pub fn inherited(
     Some(socks)
 }
 
+/// Parses a duration flag (`--drain-timeout`): a number with a unit, `500ms`, `5s`,
+/// `2m`, or a bare number of seconds.
+///
+/// # Errors
+/// Anything else, named in the message.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{text:?}: the unit is ms, s or m")),
+    }
+}
+
 /// Polls `cond` until it holds (true) or `within` passed (false).
 pub fn wait_until(within: Duration, cond: impl Fn() -> bool) -> bool {
     let end = std::time::Instant::now() + within;
@@ -165,12 +188,50 @@ pub fn wait_until(within: Duration, cond: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Says the new process accepts, and waits for the old one to stop accepting.
-pub fn ready(takeover: Takeover) {
+/// Says the new process accepts, and waits for the old one to stop accepting; then,
+/// on a thread of their own, the connections the old one hands over while it drains
+/// go to `handles`' loops in turn, each as `adopt(arrival)`.
+pub fn ready<M: Send + 'static>(
+    takeover: Takeover,
+    handles: Vec<LoopHandle<M>>,
+    adopt: fn(Arrival) -> M,
+) {
     match takeover.ready(EXCHANGE_WITHIN) {
-        Ok(()) => log::info!("the old process stopped accepting: this one serves alone"),
+        Ok(arrivals) => {
+            log::info!("the old process stopped accepting: this one serves alone");
+            let spread = std::thread::Builder::new()
+                .name("upgrade-adopt".into())
+                .spawn(move || spread_arrivals(arrivals, &handles, adopt));
+            if let Err(e) = spread {
+                log::warn!("no thread to take connections over: {e}");
+            }
+        }
         Err(e) => log::warn!("the old process did not confirm the handover: {e}"),
     }
+}
+
+/// Hands each connection the old process passes on to the next loop, until it exits.
+fn spread_arrivals<M>(mut arrivals: Arrivals, handles: &[LoopHandle<M>], adopt: fn(Arrival) -> M) {
+    let mut taken = 0usize;
+    loop {
+        match arrivals.recv() {
+            Ok(Some(arrival)) => {
+                let Some(h) = handles.get(taken % handles.len().max(1)) else {
+                    return;
+                };
+                taken += 1;
+                if h.send(adopt(arrival)).is_err() {
+                    log::warn!("a connection handed over found its loop gone");
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                log::warn!("taking connections over: {e}");
+                break;
+            }
+        }
+    }
+    log::info!("took {taken} connection(s) over from the old process");
 }
 
 /// Whether this process handed its sockets over, and what to do then (the binary:
@@ -233,7 +294,7 @@ impl HandedOver {
 struct Offering<M> {
     listeners: Vec<(String, Vec<TcpListener>)>,
     handles: Vec<LoopHandle<M>>,
-    hand_over: fn() -> M,
+    hand_over: fn(Handoff) -> M,
     done: Arc<HandedOver>,
 }
 
@@ -251,9 +312,9 @@ impl<M: Send + 'static> Offered for Offering<M> {
             .collect()
     }
 
-    fn ready(&mut self) {
+    fn ready(&mut self, handoff: Handoff) {
         for h in &self.handles {
-            let _ = h.send((self.hand_over)());
+            let _ = h.send((self.hand_over)(handoff.clone()));
             let _ = h.stop();
         }
         self.done.set();
@@ -261,8 +322,9 @@ impl<M: Send + 'static> Offered for Offering<M> {
 }
 
 /// Offers `listeners` on `path` (`--upgrade-socket`) until a new process takes them
-/// over; then each loop of `handles` gets `hand_over()` and is stopped (it drains),
-/// and `done` is set. The offering runs on a thread named `thread`.
+/// over; then each loop of `handles` gets `hand_over(handoff)` and is stopped (it
+/// drains, handing established connections over between their requests with the
+/// [`Handoff`]), and `done` is set. The offering runs on a thread named `thread`.
 ///
 /// # Errors
 /// The socket could not be bound (the error names the path), or no thread started.
@@ -271,7 +333,7 @@ pub fn serve<M: Send + 'static>(
     thread: &str,
     listeners: Vec<(String, Vec<TcpListener>)>,
     handles: Vec<LoopHandle<M>>,
-    hand_over: fn() -> M,
+    hand_over: fn(Handoff) -> M,
     done: Arc<HandedOver>,
 ) -> io::Result<handover::Server> {
     let offer = Offer::bind(path).map_err(|e| {
@@ -287,4 +349,20 @@ pub fn serve<M: Send + 'static>(
         done,
     };
     handover::serve(offer, thread, READY_WITHIN, offering)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_their_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "5h", "-1s", "1.5s", "5 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }
