@@ -9,6 +9,8 @@
 //!   consumer-agent's and the provider-agent's, parent after parent, timings nested;
 //! - a collector that is down, answers 500, or is slow: every call answered at once,
 //!   the spans dropped and counted in `/metrics`.
+//! - a retried call: the retry a child span of the call's, the provider-agent that
+//!   answered under it.
 //!
 //! HTTP caller -> consumer-agent -> provider-agent -> sofa-rpc-node provider.
 //! `.ci/setup` installs node, the peer, python3 and opentelemetry-proto; without them
@@ -576,4 +578,186 @@ fn a_dubbo_callers_attachments_carry_the_trace_through() {
         .find(|v| v["service"] == "consumer-agent" && v["parent_span_id"] == CALLER_SPAN)
         .expect("the consumer-agent's span");
     assert_eq!(ca["attributes"]["mesh.front"], "dubbo", "{ca}");
+}
+
+impl Receiver {
+    /// Every span received so far, after taking in whatever arrives within `d` (a
+    /// span sent late shows up in the answer).
+    fn spans_after(&self, d: Duration) -> Vec<serde_json::Value> {
+        let end = Instant::now() + d;
+        let mut got = self.seen.borrow_mut();
+        while let Ok(v) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            assert!(
+                v.get("error").is_none(),
+                "the receiver could not decode: {v}"
+            );
+            got.push(v);
+        }
+        got.clone()
+    }
+}
+
+/// A retried call in the trace: the first provider-agent tried has its provider down
+/// and answers UNAVAILABLE (the call did not start: safe to retry), the consumer-agent
+/// retries on the second, which answers. The exported trace holds the consumer-agent's
+/// span of the call (the first attempt carries it), a child span for the retry
+/// (`mesh.attempt` 2), and the provider-agent's span under the retry's, timings nested;
+/// the provider-agent that refused the call exports nothing for it.
+#[test]
+fn a_retry_is_a_child_span_with_the_provider_agents_span_under_it() {
+    let receiver = Receiver::start("ok");
+    let endpoint = receiver.endpoint();
+    let registry = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", registry.path().display());
+    let provider_agent = |provider: &str| {
+        agent_provider::start(agent_provider::Config::parse_from([
+            "provider-agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--provider",
+            provider,
+            "--registry",
+            &url,
+            "--service",
+            SERVICE,
+            "--dubbo-version",
+            "2.0.2",
+            "--otlp-endpoint",
+            &endpoint,
+        ]))
+        .expect("provider-agent")
+    };
+    // Nothing listens at the first one's provider: it never registers, so the
+    // consumer-agent gets both from a static list.
+    let nowhere = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let down = provider_agent(&nowhere);
+    let port = free_port().expect("a free port");
+    let peer = start_peer(port);
+    let up = provider_agent(&format!("127.0.0.1:{port}"));
+    let list = format!("static://{},{}", down.agent_addr(), up.agent_addr());
+    let consumer = consumer_with(
+        &list,
+        &[
+            "--service",
+            SERVICE,
+            "--loops",
+            "1",
+            "--lb",
+            "wrr",
+            "--otlp-endpoint",
+            &endpoint,
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let mesh = Mesh {
+        consumer,
+        provider_agent: up,
+        _peer: peer,
+        _registry: registry,
+    };
+    // Both provider-agents open (each answers PINGs; only the second has a provider).
+    let open =
+        |addr: SocketAddr| format!("consumer_upstream_up{{loop=\"0\",upstream=\"{addr}\"}} 1\n");
+    let both = [
+        open(down.agent_addr()),
+        open(mesh.provider_agent.agent_addr()),
+    ];
+    let end = Instant::now() + Duration::from_secs(10);
+    while !both.iter().all(|l| mesh.metrics().contains(l.as_str())) {
+        assert!(
+            Instant::now() < end,
+            "both provider-agents never opened:\n{}",
+            mesh.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Traced calls, each its own trace, until one went to the provider-agent that is
+    // down first (round-robin: the first or the second call).
+    let unavailable = || down.metrics().responses(codec::agent::Status::Unavailable);
+    let mut retried = None;
+    for i in 0..20u32 {
+        let trace = format!("{TRACE:.24}{i:08x}");
+        let traceparent = format!("00-{trace}-{CALLER_SPAN}-01");
+        let refused = unavailable();
+        let before = reactor_admin::otlp::unix_nanos();
+        let (status, seen) = mesh.attachment("traceparent", &[("traceparent", &traceparent)]);
+        let after = reactor_admin::otlp::unix_nanos();
+        assert_eq!(status, 200, "call {i}: {seen}");
+        if unavailable() > refused {
+            retried = Some((trace, str_of(&seen).to_owned(), before, after));
+            break;
+        }
+    }
+    let (trace, seen, before, after) =
+        retried.expect("no call went to the provider-agent whose provider is down first");
+    assert!(counter(&mesh.metrics(), "consumer_retries_total") >= 1);
+    // What the provider saw: the trace, with the provider-agent's span as parent.
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{seen}");
+    assert_eq!((parts[1], parts[3]), (trace.as_str(), "01"), "{seen}");
+    let provider_parent = parts[2];
+
+    let ours = |spans: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        spans
+            .iter()
+            .filter(|v| v["trace_id"] == trace.as_str())
+            .cloned()
+            .collect()
+    };
+    receiver.spans_until(|s| ours(s).len() >= 3);
+    // The exporters send at least once a second: a span more would be in by then.
+    let spans = ours(&receiver.spans_after(Duration::from_millis(2500)));
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let find = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let found: Vec<&serde_json::Value> = spans.iter().filter(|v| f(v)).collect();
+        assert_eq!(found.len(), 1, "{what}: {spans:#?}");
+        found[0].clone()
+    };
+    let call = find("the consumer-agent's span of the call", &|v| {
+        v["service"] == "consumer-agent" && v["parent_span_id"] == CALLER_SPAN
+    });
+    let attempt = find("the retry's span, a child of the call's", &|v| {
+        v["service"] == "consumer-agent" && v["parent_span_id"] == call["span_id"]
+    });
+    let pa = find("the provider-agent's span, a child of the retry's", &|v| {
+        v["service"] == "provider-agent" && v["parent_span_id"] == attempt["span_id"]
+    });
+    assert_eq!(pa["span_id"], provider_parent, "{pa}");
+    assert_ne!(attempt["span_id"], call["span_id"]);
+
+    // Kinds (3 CLIENT, 2 SERVER), statuses (1 OK), names, attributes.
+    let served_by = mesh.provider_agent.agent_addr().to_string();
+    for (span, kind) in [(&call, 3), (&attempt, 3), (&pa, 2)] {
+        assert_eq!(span["kind"].as_i64(), Some(kind), "{span}");
+        assert_eq!(span["status"].as_i64(), Some(1), "{span}");
+        assert_eq!(span["name"], format!("{SERVICE}/attachment"), "{span}");
+        assert_eq!(span["attributes"]["rpc.service"], SERVICE, "{span}");
+        assert_eq!(span["attributes"]["mesh.status"], "ok", "{span}");
+    }
+    assert_eq!(call["attributes"]["mesh.retries"], 1, "{call}");
+    assert_eq!(call["attributes"]["server.address"], served_by, "{call}");
+    assert_eq!(attempt["attributes"]["mesh.attempt"], 2, "{attempt}");
+    assert_eq!(
+        attempt["attributes"]["server.address"], served_by,
+        "{attempt}"
+    );
+    assert_eq!(attempt["attributes"]["mesh.front"], "http", "{attempt}");
+
+    // Timings nested: the retry starts after the call (the first attempt came first)
+    // and ends with it; the provider-agent's span inside the retry's.
+    let t = |v: &serde_json::Value, k: &str| v[k].as_u64().expect("a time");
+    assert!(before <= t(&call, "start"), "{call}");
+    assert!(t(&call, "start") < t(&attempt, "start"), "{call} {attempt}");
+    assert!(t(&attempt, "start") <= t(&pa, "start"), "{attempt} {pa}");
+    assert!(t(&pa, "start") < t(&pa, "end"), "{pa}");
+    assert!(t(&pa, "end") <= t(&attempt, "end"), "{pa} {attempt}");
+    assert!(t(&attempt, "end") <= t(&call, "end"), "{attempt} {call}");
+    assert!(t(&call, "end") <= after, "{call}");
+    drop(mesh);
+    down.stop();
 }
