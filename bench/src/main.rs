@@ -73,7 +73,7 @@ struct ScenarioArgs {
     #[arg(long)]
     quick: bool,
     /// Also run classic and overhead with mutual TLS between the agents (steps
-    /// `classic-mtls`, `overhead-mtls`; certificates issued with openssl).
+    /// `classic-mtls`, `overhead-mtls`, `cost-mtls`; certificates issued with openssl).
     #[arg(long)]
     tls: bool,
     /// Registry the agents use.

@@ -37,6 +37,11 @@ pub enum Which {
     /// provider-agent replaced once in the middle (`--upgrade-from`): errors and p99
     /// during the upgrade window against steady state before and after.
     Upgrade,
+    /// What each feature (Dubbo in, ten traffic rules, observation, mutual TLS with
+    /// `--tls`) adds to the agents' CPU per request at saturation, against the plain
+    /// HTTP mesh: short windows of the two alternated (ABBA), the median of the
+    /// paired differences reported, so that the machine's drift cancels out.
+    Cost,
     /// All of the above.
     All,
 }
@@ -946,6 +951,140 @@ fn overhead(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Resu
     Ok(())
 }
 
+/// A feature whose cost `cost` measures: how its topology differs from the plain mesh.
+struct Feature {
+    name: &'static str,
+    /// `None`: the plain mesh's own topology (another front-end of the same agents).
+    providers: Option<Providers>,
+    protocol: Protocol,
+    /// Ten traffic rules in force ([`ten_routes`]).
+    rules: bool,
+}
+
+/// Agent CPU microseconds per right answer in a step of `window` (0 when nothing was
+/// answered).
+fn cpu_us_per_request(s: &Step, window: Duration) -> f64 {
+    let ok = s.qps * window.as_secs_f64();
+    if ok > 0.0 {
+        s.agent_cpu() / ok * 1e6
+    } else {
+        0.0
+    }
+}
+
+/// The median of `v` (0 when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Paired, interleaved windows at saturation (see [`Which::Cost`]): one step per
+/// feature, carrying `base_agent_cpu_us_per_request`, `agent_cpu_us_per_request` (the
+/// feature's) and `added_agent_cpu_us_per_request`, each a median over the rounds,
+/// and `rounds`.
+fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
+    let specs = race_specs(0);
+    let conns = if opts.quick { 64 } else { 256 };
+    let rounds = if opts.quick { 3 } else { 9 };
+    // Short windows, many of them: a pair close in time sees the same machine.
+    let opts = &ScenarioOpts {
+        warmup: opts.warmup.min(Duration::from_secs(1)),
+        duration: opts.duration.min(Duration::from_secs(4)),
+        ..opts.clone()
+    };
+    let mut features = vec![
+        Feature {
+            name: "cost-dubbo",
+            providers: None,
+            protocol: Protocol::Dubbo,
+            rules: false,
+        },
+        Feature {
+            name: "cost-rules",
+            providers: Some(Providers::Meshed),
+            protocol: Protocol::Http,
+            rules: true,
+        },
+        Feature {
+            name: "cost-observe",
+            providers: Some(Providers::MeshedObserved),
+            protocol: Protocol::Http,
+            rules: false,
+        },
+    ];
+    if opts.tls {
+        features.push(Feature {
+            name: "cost-mtls",
+            providers: Some(Providers::MeshedTls),
+            protocol: Protocol::Http,
+            rules: false,
+        });
+    }
+    let mut base = Topology::start_with(opts, bins, &specs, "cost-base", Providers::Meshed)?;
+    for f in features {
+        // Started beside the plain mesh (free ports), idle while the other is loaded.
+        let mut other = match f.providers {
+            Some(p) => Some(Topology::start_with(opts, bins, &specs, f.name, p)?),
+            None => None,
+        };
+        if let (true, Some(t)) = (f.rules, other.as_mut()) {
+            t.put_rules(&ten_routes())?;
+        }
+        let (mut base_us, mut with_us, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        let mut last = None;
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for round in 0..rounds {
+            // A B, then B A: a steady drift of the machine's speed cancels out.
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            let mut us = [0.0f64; 2];
+            for with in order {
+                let (topo, protocol) = match (with, other.as_mut()) {
+                    (true, Some(t)) => (t, f.protocol),
+                    (true, None) => (&mut base, f.protocol),
+                    (false, _) => (&mut base, Protocol::Http),
+                };
+                let label = format!("round {round} {}", if with { "with" } else { "without" });
+                let s = run_step(opts, topo, (f.name, protocol), &label, conns, None)?;
+                for (k, v) in &s.errors {
+                    *errors.entry(k.clone()).or_default() += v;
+                }
+                us[usize::from(with)] = cpu_us_per_request(&s, opts.duration);
+                if with {
+                    last = Some(s);
+                }
+            }
+            base_us.push(us[0]);
+            with_us.push(us[1]);
+            added.push(us[1] - us[0]);
+        }
+        let Some(mut step) = last else { continue };
+        step.label = format!("{rounds} paired rounds");
+        step.errors = errors;
+        step.latency = Vec::new();
+        step.extra.insert("rounds".into(), rounds as f64);
+        step.extra
+            .insert("base_agent_cpu_us_per_request".into(), median(base_us));
+        step.extra
+            .insert("agent_cpu_us_per_request".into(), median(with_us));
+        step.extra
+            .insert("added_agent_cpu_us_per_request".into(), median(added));
+        eprintln!(
+            "{}: {:.2} µs of agent CPU added per request (median of {rounds} pairs)",
+            f.name, step.extra["added_agent_cpu_us_per_request"]
+        );
+        steps.push(step);
+    }
+    Ok(())
+}
+
 /// Ten routes for the race's service, as the rules' cost is measured: nine that the
 /// race's calls do not match (other methods, an attachment they do not carry), then a
 /// split of the whole pool by version, which every call takes.
@@ -1067,12 +1206,13 @@ pub fn run(opts: &ScenarioOpts) -> io::Result<ScenarioReport> {
     let bins = find_bins(opts)?;
     std::fs::create_dir_all(&opts.out)?;
     type Runner = fn(&ScenarioOpts, &Bins, &mut Vec<Step>) -> io::Result<()>;
-    let all: [(Which, &str, Runner); 5] = [
+    let all: [(Which, &str, Runner); 6] = [
         (Which::Classic, "classic", classic),
         (Which::Uneven, "uneven", uneven),
         (Which::Overhead, "overhead", overhead),
         (Which::Idle, "idle", idle),
         (Which::Upgrade, "upgrade", upgrade),
+        (Which::Cost, "cost", cost),
     ];
     let mut report = ScenarioReport::default();
     for (w, name, f) in all {

@@ -77,6 +77,29 @@ fn quick_scenarios_run_clean_and_stop_everything() {
         "every process stopped"
     );
 
+    // Cost: each feature against the plain mesh, in three pairs of short windows.
+    opts.which = Which::Cost;
+    let r = scenario::run(&opts).expect("cost scenario");
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    let names: Vec<&str> = r.steps.iter().map(|s| s.scenario.as_str()).collect();
+    assert_eq!(names, ["cost-dubbo", "cost-rules", "cost-observe"]);
+    for s in &r.steps {
+        assert!(s.errors.is_empty(), "{s:?}");
+        for k in [
+            "base_agent_cpu_us_per_request",
+            "agent_cpu_us_per_request",
+            "added_agent_cpu_us_per_request",
+        ] {
+            assert!(s.extra.get(k).is_some_and(|v| v.is_finite()), "{k}: {s:?}");
+        }
+        assert!(s.extra["agent_cpu_us_per_request"] > 0.0, "{s:?}");
+    }
+    assert_eq!(
+        live_children(),
+        Vec::<String>::new(),
+        "every process stopped"
+    );
+
     opts.which = Which::Idle;
     opts.idle_connections = 200;
     let r = scenario::run(&opts).expect("idle scenario");
