@@ -392,12 +392,9 @@ impl ConsumerLoop {
     /// process stopped: the consumer sees nothing of it.
     pub(super) fn stop_dubbo_consumers(&mut self, cx: &mut Ctx<'_, Self>) {
         if self.handoff.is_some() {
-            for (id, conn) in self.dubbo.iter_mut() {
-                conn.handing = true;
-                cx.pause_reading(id);
-                if conn.inflight == 0 {
-                    cx.set_timer(Duration::ZERO, LoopTimer::HandOff(id));
-                }
+            let ids: Vec<ConnId> = self.dubbo.iter().map(|(id, _)| id).collect();
+            for id in ids {
+                self.hand_on_dubbo(cx, id);
             }
             return;
         }
@@ -410,6 +407,18 @@ impl ConsumerLoop {
             } else {
                 conn.closing = true;
                 cx.pause_reading(id);
+            }
+        }
+    }
+
+    /// Marks a consumer's connection for the successor process: read no further, handed
+    /// over once its calls are answered.
+    pub(super) fn hand_on_dubbo(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId) {
+        if let Some(conn) = self.dubbo.get_mut(id) {
+            conn.handing = true;
+            cx.pause_reading(id);
+            if conn.inflight == 0 {
+                cx.set_timer(Duration::ZERO, LoopTimer::HandOff(id));
             }
         }
     }

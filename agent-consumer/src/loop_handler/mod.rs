@@ -288,6 +288,11 @@ impl Handler for ConsumerLoop {
                 let mut c = DubboConn::default();
                 c.peer = cx.peer_addr(conn.id);
                 self.dubbo.insert(conn.id, c);
+                // Handed over from the process before, as this one hands over to the
+                // next: it goes on at once.
+                if self.stopping && self.handoff.is_some() {
+                    self.hand_on_dubbo(cx, conn.id);
+                }
             }
             Tag::Upstream(key) => self.on_upstream_opened(cx, conn.id, key),
         }

@@ -473,6 +473,17 @@ impl ProviderLoop {
     }
 }
 
+impl DubboConn {
+    /// A consumer's connection that arrived while this process hands its own over (it
+    /// came from the process before): read no further, handed on once idle.
+    pub(super) fn handed_on() -> DubboConn {
+        DubboConn {
+            handing: true,
+            ..DubboConn::default()
+        }
+    }
+}
+
 impl ProviderLoop {
     /// Hands a Dubbo consumer's connection, its calls answered, to the successor
     /// process with what it sent that is not processed yet. One whose answers are

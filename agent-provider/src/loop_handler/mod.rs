@@ -293,6 +293,11 @@ impl Handler for ProviderLoop {
         match conn.tag {
             Tag::Agent | Tag::Dubbo => {
                 let dubbo = conn.tag == Tag::Dubbo;
+                // Handed over from the process before, as this one hands over to the next.
+                let passing_on = dubbo && self.draining && self.handoff.is_some();
+                if passing_on {
+                    cx.pause_reading(conn.id);
+                }
                 if dubbo {
                     self.m().dubbo_connections.fetch_add(1, Relaxed);
                 }
@@ -312,7 +317,13 @@ impl Handler for ProviderLoop {
                         last_active: cx.now(),
                         input_ended: false,
                         goaway_capable: false,
-                        dubbo: dubbo.then(DubboConn::default),
+                        dubbo: dubbo.then(|| {
+                            if passing_on {
+                                DubboConn::handed_on()
+                            } else {
+                                DubboConn::default()
+                            }
+                        }),
                         peer_identity,
                         authz: PeerCache::default(),
                         peer: cx.peer_addr(conn.id),
