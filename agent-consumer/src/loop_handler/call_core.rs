@@ -6,7 +6,7 @@
 use codec::agent::{self, AgentError, CallTable, RequestHead, Signature, SignatureRef, Status};
 use reactor::Ctx;
 
-use super::{Call, ConsumerLoop, Origin};
+use super::{Call, ConsumerLoop};
 use crate::lb::Answer;
 use crate::metrics::Outcome;
 use crate::upstream::Protocol;
@@ -192,8 +192,7 @@ impl ConsumerLoop {
             call_id,
             timeout_ms: remaining.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
             one_way: false,
-            // A Dubbo caller gets the provider's answer as the provider wrote it.
-            raw_result: matches!(c.origin, Origin::Dubbo { .. }),
+            raw_result: c.origin.wants_raw_result(),
             attachments,
         };
         let Some(out) = cx.output(conn) else { return };
@@ -293,25 +292,6 @@ impl ConsumerLoop {
         }
     }
 
-    /// Fails a call for a reason of the mesh's own: `status` is the HTTP status the
-    /// reason is (a Dubbo front-end maps it to its own), `text` says why.
-    pub(super) fn fail(
-        &mut self,
-        cx: &mut Ctx<'_, Self>,
-        call: u64,
-        outcome: Outcome,
-        status: u16,
-        text: &str,
-    ) {
-        match self.call_mut(call).map(|c| c.origin) {
-            Some(Origin::Http { render, .. }) => {
-                self.fail_http(cx, call, render, outcome, status, text)
-            }
-            Some(Origin::Dubbo { .. }) => self.fail_dubbo(cx, call, outcome, status, text),
-            None => {}
-        }
-    }
-
     pub(super) fn on_answer(&mut self, cx: &mut Ctx<'_, Self>, up: usize, r: &agent::Response<'_>) {
         let (call, status) = (r.id, r.status);
         let now = cx.now();
@@ -352,10 +332,7 @@ impl ConsumerLoop {
             return self.dispatch(cx, call, Some(sent_to));
         }
         // The answer goes back the way the call came.
-        match origin {
-            Origin::Http { render, .. } => self.answer_http(cx, call, render, r),
-            Origin::Dubbo { .. } => self.answer_dubbo(cx, call, r),
-        }
+        self.answer(cx, call, origin, r);
     }
 
     /// A call sent to `upstream` will get no answer: free its slot in the balancer.

@@ -709,6 +709,26 @@ impl ConsumerLoop {
     }
 
     /// Fails an HTTP call: the error rendered for its request (text or JSON).
+    /// Answers a call a rate limit refused: 429 with `Retry-After: secs`.
+    pub(super) fn refuse_limited_http(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        render: Render,
+        secs: u64,
+        msg: &str,
+    ) {
+        let after = secs.to_string();
+        self.finish_http(cx, call, Outcome::RateLimited, |out, ka| {
+            let headers = [("Retry-After", after.as_bytes())];
+            let (ctype, body) = match render {
+                Render::Text => ("text/plain; charset=utf-8", msg.to_owned()),
+                Render::Json => ("application/json", error_json(429, msg)),
+            };
+            http::write_response_with(out, 429, ctype, &headers, body.as_bytes(), ka);
+        })
+    }
+
     pub(super) fn fail_http(
         &mut self,
         cx: &mut Ctx<'_, Self>,

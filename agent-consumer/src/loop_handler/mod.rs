@@ -9,7 +9,8 @@
 //! A call's way through the modules: [`http_front`] reads and prepares it; [`call_core`]
 //! names its signature, picks a provider-agent (`crate::lb`, `crate::upstream`) and
 //! writes the REQUEST; [`upstream_conns`] reads the answer, which [`call_core`]
-//! completes and [`http_front`] renders.
+//! completes and [`fronts`] hands back to the front-end the call came from
+//! ([`http_front`] renders it; [`dubbo_front`] relays the provider's own answer).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::upstream::Upstreams;
 mod call_core;
 mod dubbo_front;
 mod dubbo_out;
+mod fronts;
 mod http_front;
 mod observe;
 mod rules_apply;
@@ -38,8 +40,7 @@ mod tracing;
 mod upstream_conns;
 
 use dubbo_front::DubboConn;
-
-use http_front::Render;
+use fronts::Origin;
 
 /// What a connection of this loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,24 +83,6 @@ pub enum LoopTimer {
     /// Hand this Dubbo consumer's connection to the successor process, now that its
     /// calls are answered.
     HandOff(ConnId),
-}
-
-/// Where a call came from: its front-end, and what it needs to answer.
-#[derive(Debug, Clone, Copy)]
-enum Origin {
-    /// An HTTP request: answered in its connection's request order.
-    Http {
-        conn: ConnId,
-        seq: u64,
-        keep_alive: bool,
-        render: Render,
-    },
-    /// A Dubbo request: answered by its id, in any order (none when one-way).
-    Dubbo {
-        conn: ConnId,
-        id: i64,
-        two_way: bool,
-    },
 }
 
 /// One call in flight.

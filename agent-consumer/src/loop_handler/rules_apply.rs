@@ -10,11 +10,7 @@ use std::time::Duration;
 
 use reactor::Ctx;
 
-use codec::http;
-
-use super::http_front::{error_json, Render};
-use super::{CallRoute, ConsumerLoop, LoopTimer, Origin};
-use crate::metrics::Outcome;
+use super::{CallRoute, ConsumerLoop, LoopTimer};
 use crate::rules::{Headers, Rules};
 use crate::upstream::LoopRules;
 
@@ -92,11 +88,7 @@ impl ConsumerLoop {
         let attachments = c.attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         // The caller's identity is looked up only for rules that match on it.
         let caller = if applied.rules.names_callers() {
-            match c.origin {
-                Origin::Http { conn, .. } | Origin::Dubbo { conn, .. } => {
-                    crate::tls::peer_identity(cx, conn)
-                }
-            }
+            crate::tls::peer_identity(cx, c.origin.conn())
         } else {
             None
         };
@@ -162,29 +154,5 @@ impl ConsumerLoop {
             .get(key)
             .and_then(|r| r.retries)
             .unwrap_or(self.config.retries)
-    }
-
-    /// Answers a call a rate limit refused: HTTP 429 with `Retry-After` (whole seconds),
-    /// Dubbo SERVER_THREADPOOL_EXHAUSTED.
-    pub(super) fn refuse_limited(&mut self, cx: &mut Ctx<'_, Self>, call: u64, limited: Limited) {
-        let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        let msg = format!("{} is exceeded; retry after {secs} s", limited.what);
-        match self.call_mut(call).map(|c| c.origin) {
-            Some(Origin::Http { render, .. }) => {
-                let after = secs.to_string();
-                self.finish_http(cx, call, Outcome::RateLimited, |out, ka| {
-                    let headers = [("Retry-After", after.as_bytes())];
-                    let (ctype, body) = match render {
-                        Render::Text => ("text/plain; charset=utf-8", msg.clone()),
-                        Render::Json => ("application/json", error_json(429, &msg)),
-                    };
-                    http::write_response_with(out, 429, ctype, &headers, body.as_bytes(), ka);
-                })
-            }
-            Some(Origin::Dubbo { .. }) => {
-                self.fail_dubbo(cx, call, Outcome::RateLimited, 429, &msg)
-            }
-            None => {}
-        }
     }
 }

@@ -15,7 +15,7 @@ use codec::Decoded;
 use reactor::{CloseReason, ConnId, Ctx};
 use registry::Instance;
 
-use super::{ConsumerLoop, LoopTimer, Origin, Tag};
+use super::{ConsumerLoop, LoopTimer, Tag};
 use crate::metrics::{Outcome, UpstreamView};
 use crate::upstream::Protocol;
 
@@ -264,7 +264,7 @@ impl ConsumerLoop {
             let call = frame.id() as u64;
             let raw = self
                 .call_mut(call)
-                .is_some_and(|c| matches!(c.origin, Origin::Dubbo { .. }));
+                .is_some_and(|c| c.origin.wants_raw_result());
             let mut translated = std::mem::take(&mut self.translated);
             translated.clear();
             agent::encode_dubbo_answer(&mut translated, call, &frame, raw);
