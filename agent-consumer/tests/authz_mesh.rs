@@ -13,14 +13,14 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use codec::dubbo::{self, status, Attachments, Outcome, Reply, Request, Serialization};
+use codec::dubbo::{self, status, Attachments, Outcome, Request, Serialization};
 use codec::hessian2::{self, Value};
 use codec::java::string_hash_code;
 use codec::Decoded;
@@ -37,61 +37,6 @@ const HASH_ONLY: &str = r#"{"rules": [
 const HASH_AND_ECHO: &str = r#"{"rules": [
   {"from": ["anonymous"], "services": ["com.alibaba.dubbo.performance.demo.provider.IHelloService"], "methods": ["hash", "echo"]}
 ]}"#;
-
-/// A Dubbo provider: any method's answer is the hash of its first string argument.
-/// Counts the calls it got.
-fn mock_provider() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let counted = counted.clone();
-            std::thread::spawn(move || serve(stream, &counted));
-        }
-    });
-    (addr, calls)
-}
-
-fn serve(mut stream: TcpStream, calls: &AtomicUsize) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        let n = match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while let Ok(Decoded::Complete { msg, consumed }) = dubbo::decode_frame(&buf[pos..]) {
-            pos += consumed;
-            if msg.is_event() {
-                if msg.is_request() && msg.is_two_way() {
-                    dubbo::encode_heartbeat_reply(&mut out, msg.id());
-                }
-                continue;
-            }
-            calls.fetch_add(1, Ordering::SeqCst);
-            let Ok(body) = dubbo::decode_request_body(msg.serialization_id(), msg.body) else {
-                return;
-            };
-            let arg = body.args.first().and_then(Value::as_str).unwrap_or("");
-            let v = Value::Int(string_hash_code(arg));
-            let ser = Serialization::Hessian2;
-            if dubbo::encode_response(&mut out, msg.id(), ser, status::OK, &Reply::Value(&v), &[])
-                .is_err()
-            {
-                return;
-            }
-        }
-        buf.drain(..pos);
-        if !out.is_empty() && stream.write_all(&out).is_err() {
-            return;
-        }
-    }
-}
 
 /// Replaces the policy file as a deployment should: write another, rename it over.
 fn replace(path: &Path, text: &str) {

@@ -6,71 +6,19 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use codec::dubbo::{self, status, Reply, Serialization};
-use codec::hessian2::Value;
 use codec::java::string_hash_code;
 use codec::Decoded;
 use util::*;
 
 const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
 const DOMAIN: &str = "mesh.test";
-
-/// A Dubbo provider answering any call with the hash of its first string argument.
-fn mock_provider() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(stream));
-        }
-    });
-    addr
-}
-
-fn serve(mut stream: TcpStream) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        let n = match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while let Ok(Decoded::Complete { msg, consumed }) = dubbo::decode_frame(&buf[pos..]) {
-            pos += consumed;
-            if msg.is_event() {
-                if msg.is_request() && msg.is_two_way() {
-                    dubbo::encode_heartbeat_reply(&mut out, msg.id());
-                }
-                continue;
-            }
-            let Ok(body) = dubbo::decode_request_body(msg.serialization_id(), msg.body) else {
-                return;
-            };
-            let arg = body.args.first().and_then(Value::as_str).unwrap_or("");
-            let v = Value::Int(string_hash_code(arg));
-            let ser = Serialization::Hessian2;
-            if dubbo::encode_response(&mut out, msg.id(), ser, status::OK, &Reply::Value(&v), &[])
-                .is_err()
-            {
-                return;
-            }
-        }
-        buf.drain(..pos);
-        if !out.is_empty() && stream.write_all(&out).is_err() {
-            return;
-        }
-    }
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -198,7 +146,7 @@ fn mutual_tls_serves_trusted_consumers_and_refuses_the_rest() {
     issue(&good, "90", &["consumer", "provider"]);
     issue(&other, "90", &["consumer"]);
     let registry = format!("file://{}", dir.path().join("registry").display());
-    let provider = mock_provider();
+    let provider = mock_provider().0;
     let pa = start_pa(provider, &registry, &tls_flags(&good, "provider"));
 
     // The registry publishes the provider-agent's identity.
@@ -358,7 +306,7 @@ fn openssl_s_client_speaks_the_agent_protocol_with_a_client_certificate_only() {
     let good = dir.path().join("good");
     issue(&good, "90", &["consumer", "provider"]);
     let registry = format!("file://{}", dir.path().join("registry").display());
-    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let pa = start_pa(mock_provider().0, &registry, &tls_flags(&good, "provider"));
     let connect = format!("127.0.0.1:{}", pa.agent_addr().port());
     let mut ping = Vec::new();
     codec::agent::encode_ping(&mut ping, 7);
@@ -422,7 +370,7 @@ fn an_expired_consumer_certificate_is_refused() {
     // A certificate whose validity ended: openssl's -days with a negative count.
     issue(&good, "-1", &["consumer"]);
     let registry = format!("file://{}", dir.path().join("registry").display());
-    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let pa = start_pa(mock_provider().0, &registry, &tls_flags(&good, "provider"));
     let ca = start_ca(&registry, &tls_flags(&good, "consumer"));
     assert_eq!(call(&ca).status, 503);
     wait_for(
@@ -441,7 +389,7 @@ fn http_over_tls_with_http_tls_cert() {
     let good = dir.path().join("good");
     issue(&good, "90", &["consumer", "provider", "front=front.test"]);
     let registry = format!("file://{}", dir.path().join("registry").display());
-    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let pa = start_pa(mock_provider().0, &registry, &tls_flags(&good, "provider"));
     let mut flags = tls_flags(&good, "consumer");
     flags.extend([
         "--http-tls-cert".to_owned(),
@@ -531,7 +479,7 @@ fn http_callers_prove_identities_that_rules_route_by() {
     let labelled = |pool: &str| {
         let mut flags = tls_flags(&good, "provider");
         flags.extend(["--label".to_owned(), format!("pool={pool}")]);
-        start_pa(mock_provider(), &registry, &flags)
+        start_pa(mock_provider().0, &registry, &flags)
     };
     let (batch, web) = (labelled("batch"), labelled("web"));
     let rules = r#"{"routes": [
@@ -612,7 +560,7 @@ fn a_renewed_certificate_naming_another_identity_is_published() {
     let good = dir.path().join("good");
     issue(&good, "90", &["consumer", "provider", "provider-next"]);
     let registry = format!("file://{}", dir.path().join("registry").display());
-    let pa = start_pa(mock_provider(), &registry, &tls_flags(&good, "provider"));
+    let pa = start_pa(mock_provider().0, &registry, &tls_flags(&good, "provider"));
     let identity = |registry: &str| {
         listed(registry)
             .first()

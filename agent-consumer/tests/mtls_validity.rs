@@ -13,17 +13,14 @@ mod certs;
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certs::{Pki, Validity};
 use clap::Parser;
-use codec::dubbo::{self, status, Reply, Serialization};
-use codec::hessian2::Value;
 use codec::java::string_hash_code;
-use codec::Decoded;
 use util::*;
 
 const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
@@ -92,56 +89,6 @@ fn logged(desc: &str, what: impl Fn(&str) -> bool) -> String {
 
 // ---------------------------------------------------------------------------------
 // The mesh
-
-/// A Dubbo provider answering any call with the hash of its first string argument.
-fn mock_provider() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(stream));
-        }
-    });
-    addr
-}
-
-fn serve(mut stream: TcpStream) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        let n = match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while let Ok(Decoded::Complete { msg, consumed }) = dubbo::decode_frame(&buf[pos..]) {
-            pos += consumed;
-            if msg.is_event() {
-                if msg.is_request() && msg.is_two_way() {
-                    dubbo::encode_heartbeat_reply(&mut out, msg.id());
-                }
-                continue;
-            }
-            let Ok(body) = dubbo::decode_request_body(msg.serialization_id(), msg.body) else {
-                return;
-            };
-            let arg = body.args.first().and_then(Value::as_str).unwrap_or("");
-            let v = Value::Int(string_hash_code(arg));
-            let ser = Serialization::Hessian2;
-            if dubbo::encode_response(&mut out, msg.id(), ser, status::OK, &Reply::Value(&v), &[])
-                .is_err()
-            {
-                return;
-            }
-        }
-        buf.drain(..pos);
-        if !out.is_empty() && stream.write_all(&out).is_err() {
-            return;
-        }
-    }
-}
 
 /// A provider-agent with an admin port, once it reached its provider (registered).
 fn start_pa(provider: SocketAddr, registry: &str, tls: &[String]) -> agent_provider::Running {
@@ -267,7 +214,7 @@ fn a_consumer_agent_whose_certificate_is_not_valid_yet_is_refused() {
     pki.issue("consumer", Validity::Good);
     pki.issue("consumer-future", Validity::NotYetValid);
     let registry = format!("file://{}", dir.path().join("registry").display());
-    let pa = start_pa(mock_provider(), &registry, &pki.tls_flags("provider"));
+    let pa = start_pa(mock_provider().0, &registry, &pki.tls_flags("provider"));
     let pa_admin = pa.admin_addr().expect("the provider-agent's admin port");
     let metric = "provider_agent_tls_handshake_failures_total";
 
@@ -345,7 +292,7 @@ fn a_provider_agent_whose_certificate_is_not_valid_yet_is_refused() {
     pki.issue("provider-future", Validity::NotYetValid);
     let registry = format!("file://{}", dir.path().join("registry").display());
     let future = start_pa(
-        mock_provider(),
+        mock_provider().0,
         &registry,
         &pki.tls_flags("provider-future"),
     );
@@ -376,7 +323,7 @@ fn a_provider_agent_whose_certificate_is_not_valid_yet_is_refused() {
 
     // A good provider-agent joins: the calls go to it, none to the refused one, which
     // the consumer-agent keeps trying and refusing.
-    let good = start_pa(mock_provider(), &registry, &pki.tls_flags("provider"));
+    let good = start_pa(mock_provider().0, &registry, &pki.tls_flags("provider"));
     wait_ready(&ca);
     let failures = counter(&scrape(ca_admin), metric);
     for i in 0..20 {

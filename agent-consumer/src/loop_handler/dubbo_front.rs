@@ -21,7 +21,7 @@ use codec::Decoded;
 use reactor::{ConnId, Ctx, EndOfInput};
 
 use super::observe::Names;
-use super::{Call, ConsumerLoop, LoopTimer, Origin, Tag};
+use super::{Call, ConsumerLoop, LoopTimer, Origin};
 
 /// How soon a connection whose answers are still being written is tried again for a
 /// handover.
@@ -456,26 +456,6 @@ impl ConsumerLoop {
                 log::debug!("a Dubbo consumer's connection cannot be handed over: {e}; closing it");
                 cx.close(id);
             }
-        }
-    }
-
-    /// Takes on a connection the process this one replaced handed over.
-    pub(super) fn adopt(
-        &mut self,
-        cx: &mut Ctx<'_, Self>,
-        arrival: reactor_admin::upgrade::Arrival,
-    ) {
-        let tag = match arrival.name.as_str() {
-            crate::upgrade::DUBBO => Tag::Dubbo,
-            other => {
-                log::warn!(
-                    "a connection handed over as {other:?}: not one this agent serves; closing it"
-                );
-                return;
-            }
-        };
-        if let Err(e) = cx.adopt(arrival.stream, tag, arrival.input) {
-            log::warn!("taking a Dubbo consumer's connection over: {e}");
         }
     }
 

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use codec::agent::{self, CallTable, Frame, Status};
+use codec::dubbo::{self, Reply, Serialization};
 use codec::hessian2::{self, Value};
+use codec::java::string_hash_code;
 use codec::Decoded;
 
 /// How the fake provider-agent answers.
@@ -333,4 +335,66 @@ pub fn start_peer(port: u16) -> Peer {
         .expect("peer output");
     assert!(line.starts_with("listening"), "peer said {line:?}");
     Peer(child)
+}
+
+/// A Dubbo provider (hessian2): any method's answer is the hash of its first string argument.
+/// Counts the calls it got.
+pub fn mock_provider() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counted = counted.clone();
+            std::thread::spawn(move || serve_dubbo(stream, &counted));
+        }
+    });
+    (addr, calls)
+}
+
+fn serve_dubbo(mut stream: TcpStream, calls: &AtomicUsize) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Ok(Decoded::Complete { msg, consumed }) = dubbo::decode_frame(&buf[pos..]) {
+            pos += consumed;
+            if msg.is_event() {
+                if msg.is_request() && msg.is_two_way() {
+                    dubbo::encode_heartbeat_reply(&mut out, msg.id());
+                }
+                continue;
+            }
+            calls.fetch_add(1, Ordering::SeqCst);
+            let Ok(body) = dubbo::decode_request_body(msg.serialization_id(), msg.body) else {
+                return;
+            };
+            let arg = body.args.first().and_then(Value::as_str).unwrap_or("");
+            let v = Value::Int(string_hash_code(arg));
+            let ser = Serialization::Hessian2;
+            if dubbo::encode_response(
+                &mut out,
+                msg.id(),
+                ser,
+                dubbo::status::OK,
+                &Reply::Value(&v),
+                &[],
+            )
+            .is_err()
+            {
+                return;
+            }
+        }
+        buf.drain(..pos);
+        if !out.is_empty() && stream.write_all(&out).is_err() {
+            return;
+        }
+    }
 }

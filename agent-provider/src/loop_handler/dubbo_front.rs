@@ -508,24 +508,6 @@ impl ProviderLoop {
             }
         }
     }
-
-    /// Takes on a connection the process this one replaced handed over.
-    pub(super) fn adopt(
-        &mut self,
-        cx: &mut Ctx<'_, Self>,
-        arrival: reactor_admin::upgrade::Arrival,
-    ) {
-        if arrival.name != crate::upgrade::DUBBO {
-            let name = &arrival.name;
-            log::warn!(
-                "a connection handed over as {name:?}: not one this agent takes; closing it"
-            );
-            return;
-        }
-        if let Err(e) = cx.adopt(arrival.stream, super::Tag::Dubbo, arrival.input) {
-            log::warn!("taking a Dubbo consumer's connection over: {e}");
-        }
-    }
 }
 
 /// Writes an error answer to request `id` on `conn` at once.

@@ -453,7 +453,9 @@ impl Handler for ProviderLoop {
                 self.handing_over = true;
                 self.handoff = Some(handoff);
             }
-            LoopMsg::Adopt(arrival) => self.adopt(cx, arrival),
+            LoopMsg::Adopt(arrival) => {
+                reactor_admin::upgrade::adopt(cx, arrival, crate::upgrade::DUBBO, Tag::Dubbo)
+            }
         }
     }
 

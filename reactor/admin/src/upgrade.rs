@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use reactor::handover::{self, Arrivals, Offer, Offered, Takeover};
 pub use reactor::handover::{Arrival, Handoff};
-use reactor::LoopHandle;
+use reactor::{Ctx, Handler, LoopHandle};
 
 /// How long a new process waits for the old one to hand its sockets over, and then to
 /// confirm it stopped accepting.
@@ -207,6 +207,21 @@ pub fn ready<M: Send + 'static>(
             }
         }
         Err(e) => log::warn!("the old process did not confirm the handover: {e}"),
+    }
+}
+
+/// Takes on, tagged `tag`, a connection the process this one replaced handed over,
+/// if it came as `name` (the one kind the caller takes); anything else is closed.
+pub fn adopt<H: Handler>(cx: &mut Ctx<'_, H>, arrival: Arrival, name: &str, tag: H::Tag) {
+    if arrival.name != name {
+        log::warn!(
+            "a connection handed over as {:?}: not one this agent takes; closing it",
+            arrival.name
+        );
+        return;
+    }
+    if let Err(e) = cx.adopt(arrival.stream, tag, arrival.input) {
+        log::warn!("taking a {name} connection over: {e}");
     }
 }
 
