@@ -125,9 +125,9 @@ pub struct Config {
     /// Offer this agent's listening sockets on this Unix socket to a new process
     /// started with `--upgrade-from` the same path (a binary upgrade: `systemctl
     /// reload`, or SIGUSR2, starts one). Once the new process accepts, this one stops
-    /// accepting, finishes its calls, closes its HTTP connections between requests
-    /// (`Connection: close`), hands its Dubbo consumers' connections over between calls
-    /// and exits (within `--drain-ms`).
+    /// accepting, finishes its calls, hands its clients' connections (HTTP and Dubbo)
+    /// over between calls (HTTP over TLS: `Connection: close` on the next answer) and
+    /// exits (within `--drain-ms`).
     #[arg(long, value_name = "PATH")]
     pub upgrade_socket: Option<PathBuf>,
     /// Take the listening sockets over from the agent offering them on this Unix

@@ -27,6 +27,9 @@ pub struct HttpConn {
     pub done_reading: bool,
     /// Reading paused because too many requests are in flight.
     pub paused: bool,
+    /// Read no more: the connection goes to the successor process (binary upgrade)
+    /// once its answers are out.
+    pub handing: bool,
     /// The client half-closed (its FIN arrived) with answers still due: the connection
     /// closes once the last of them is written.
     pub input_ended: bool,
@@ -50,6 +53,7 @@ impl HttpConn {
             parked: Vec::new(),
             done_reading: false,
             paused: false,
+            handing: false,
             input_ended: false,
             last_active: now,
             peer: None,

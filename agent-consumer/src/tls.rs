@@ -228,6 +228,17 @@ pub(crate) fn start(config: &Config, _metrics: &Arc<Metrics>) -> Result<Tls, Str
 
 /// The identity the peer of an open TLS connection proved: its certificate's SPIFFE ID,
 /// else `dns:` and its first DNS name.
+/// Whether the connection is TLS (its session cannot move to another process).
+pub(crate) fn is_tls<H: Handler>(cx: &Ctx<'_, H>, id: ConnId) -> bool {
+    #[cfg(feature = "tls")]
+    return cx.is_tls(id);
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cx, id);
+        false
+    }
+}
+
 pub(crate) fn peer_identity<H: Handler>(cx: &Ctx<'_, H>, id: ConnId) -> Option<String> {
     #[cfg(feature = "tls")]
     return cx

@@ -4,11 +4,10 @@
 //! socket (`reactor::handover`). A new process started with `--upgrade-from` takes
 //! them, starts accepting on them and says it is ready; only then does the old one
 //! stop accepting and drain: its loops get [`LoopMsg::HandOver`] and stop, so an HTTP
-//! connection is answered to the end of its calls and closed between requests
-//! (`Connection: close` on its next answer), a Dubbo consumer's connection is handed to
-//! the new process between calls (with any bytes read but not yet processed), so the
-//! consumer never notices, and the loop exits once it holds nothing (or at
-//! `--drain-ms`). A new process that fails before it is ready changes nothing.
+//! client's or a Dubbo consumer's connection is handed to the new process between
+//! calls (with any bytes read but not yet processed), so the client never notices (an
+//! HTTP connection over TLS is closed between requests instead, `Connection: close` on
+//! its next answer), and the loop exits once it holds nothing (or at `--drain-ms`). A new process that fails before it is ready changes nothing.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -605,3 +605,122 @@ fn a_renewed_certificate_naming_another_identity_is_published() {
     ca.stop();
     pa.stop();
 }
+
+/// A client of `--http-tls-cert` trusting the test CA in `certs`.
+fn https_client(certs: &Path) -> Arc<reactor::rustls::ClientConfig> {
+    use reactor::rustls;
+    let pem = std::fs::read(certs.join("ca.pem")).expect("ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.expect("a certificate")).expect("a root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(reactor::tls_files::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+type Https = reactor::rustls::StreamOwned<reactor::rustls::ClientConnection, TcpStream>;
+
+fn https_connect(addr: SocketAddr, config: &Arc<reactor::rustls::ClientConfig>) -> Https {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let name = reactor::rustls::pki_types::ServerName::try_from("front.test").expect("name");
+    let conn = reactor::rustls::ClientConnection::new(config.clone(), name).expect("client");
+    reactor::rustls::StreamOwned::new(conn, tcp)
+}
+
+/// One race call on a keep-alive HTTPS connection: its status, whether the answer
+/// said `Connection: close`, and its body.
+fn https_keep_alive_call(s: &mut Https, param: &str) -> (u16, bool, String) {
+    s.write_all(&race_request(param)).expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let header = |name: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let len: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            if buf.len() >= head + len {
+                let body = String::from_utf8_lossy(&buf[head..head + len]).into_owned();
+                return (resp.code.unwrap_or(0), close, body);
+            }
+        }
+        let n = s.read(&mut chunk).expect("read an answer");
+        assert!(n > 0, "the connection closed before its answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A binary upgrade (`--upgrade-socket`, `--upgrade-from`) with `--http-tls-cert`: a
+/// TLS session cannot move to the new process as a plaintext connection does, so a
+/// keep-alive client over TLS is answered to the end, told `Connection: close` on its
+/// next answer and then closed; reconnecting, it reaches the new process.
+#[test]
+fn an_https_client_is_told_to_reconnect_across_an_upgrade() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    issue(&certs, "90", &["front=front.test"]);
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let pa = start_pa(mock_provider().0, &registry, &[]);
+    let socket = dir.path().join("upgrade.sock");
+    let mut flags = vec![
+        "--http-tls-cert".to_owned(),
+        s(&certs.join("front.pem")).to_owned(),
+        "--http-tls-key".to_owned(),
+        s(&certs.join("front-key.pem")).to_owned(),
+        "--upgrade-socket".to_owned(),
+        s(&socket).to_owned(),
+    ];
+    let old = start_ca(&registry, &flags);
+    wait_ready(&old);
+    let addr = old.http_addr();
+    let config = https_client(&certs);
+    let mut client = https_connect(addr, &config);
+    let right = string_hash_code("a").to_string();
+    assert_eq!(
+        https_keep_alive_call(&mut client, "a"),
+        (200, false, right.clone())
+    );
+
+    // The new process takes the listener over; the old one drains.
+    flags.extend(["--upgrade-from".to_owned(), s(&socket).to_owned()]);
+    let new = start_ca(&registry, &flags);
+    wait_ready(&new);
+    let handed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = handed.clone();
+    old.when_handed_over(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        handed.load(std::sync::atomic::Ordering::SeqCst),
+        "handed over"
+    );
+
+    // The same connection: answered, and told to go.
+    assert_eq!(
+        https_keep_alive_call(&mut client, "a"),
+        (200, true, right.clone())
+    );
+    let mut rest = [0u8; 64];
+    assert!(
+        matches!(client.read(&mut rest), Ok(0) | Err(_)),
+        "the old process closes the connection after that answer"
+    );
+    old.stop();
+    // A new connection: the new process, keep-alive as usual.
+    let mut client = https_connect(addr, &config);
+    assert_eq!(https_keep_alive_call(&mut client, "a"), (200, false, right));
+    new.stop();
+    pa.stop();
+}

@@ -21,11 +21,8 @@ use codec::Decoded;
 use reactor::{ConnId, Ctx, EndOfInput};
 
 use super::observe::Names;
-use super::{Call, ConsumerLoop, LoopTimer, Origin};
+use super::{Call, ConsumerLoop, LoopTimer, Origin, HAND_OFF_RETRY};
 
-/// How soon a connection whose answers are still being written is tried again for a
-/// handover.
-const HAND_OFF_RETRY: Duration = Duration::from_millis(5);
 use crate::metrics::Outcome;
 
 /// What a call lost with its provider-agent connection is answered (call_core).

@@ -13,7 +13,7 @@ use codec::{form, Decoded};
 use reactor::{ConnId, Ctx, EndOfInput};
 
 use super::observe::Names;
-use super::{recycle_into, Call, ConsumerLoop, Origin};
+use super::{recycle_into, Call, ConsumerLoop, LoopTimer, Origin, HAND_OFF_RETRY};
 use crate::metrics::Outcome;
 
 /// Header carrying a per-call timeout in milliseconds.
@@ -372,6 +372,9 @@ impl ConsumerLoop {
             if conn.done_reading {
                 return input.len();
             }
+            if conn.handing {
+                return pos; // what is left goes with the connection
+            }
             // Too many requests in flight, or answers piling up unread (a client that
             // does not read): read no further until answers go out.
             if conn.inflight() >= self.config.max_pipeline as u64 || cx.is_congested(id) {
@@ -651,6 +654,12 @@ impl ConsumerLoop {
             }
         }
         conn.last_active = cx.now();
+        if conn.handing {
+            if conn.inflight() == 0 {
+                cx.set_timer(Duration::ZERO, LoopTimer::HandOff(id));
+            }
+            return;
+        }
         if conn.paused && conn.inflight() < self.config.max_pipeline as u64 && !cx.is_congested(id)
         {
             conn.paused = false;
@@ -664,6 +673,70 @@ impl ConsumerLoop {
             ((self.stopping && !self.handing_over) || conn.input_ended) && conn.inflight() == 0;
         if finished {
             cx.close(id);
+        }
+    }
+
+    /// Handing over to a successor process: a plaintext client's connection is read no
+    /// further and, once its answers are out, goes to the successor, which reads on
+    /// from where this process stopped (the client keeps its connection). A TLS one
+    /// stays: its next request is answered with `Connection: close`.
+    pub(super) fn hand_on_http(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId) {
+        if crate::tls::is_tls(cx, id) {
+            return;
+        }
+        let Some(conn) = self.http.get_mut(id) else {
+            return;
+        };
+        if conn.done_reading || conn.input_ended {
+            return;
+        }
+        conn.handing = true;
+        cx.pause_reading(id);
+        if conn.inflight() == 0 {
+            cx.set_timer(Duration::ZERO, LoopTimer::HandOff(id));
+        }
+    }
+
+    /// Hands a client's connection, its answers out, to the successor process with
+    /// what it sent that is not processed yet; retried while they are being written.
+    /// One that cannot be handed over goes on as without a successor: read again, its
+    /// next request answered with `Connection: close`.
+    pub(super) fn hand_off_http(&mut self, cx: &mut Ctx<'_, Self>, id: ConnId) {
+        let Some(handoff) = self.handoff.clone() else {
+            return;
+        };
+        if self
+            .http
+            .get_mut(id)
+            .is_none_or(|c| !c.handing || c.inflight() > 0)
+        {
+            return;
+        }
+        match cx.detach(id) {
+            Ok(conn) => {
+                if let Some(mut c) = self.http.remove(id) {
+                    for (_, b, _) in c.parked.drain(..) {
+                        recycle_into(&mut self.pool, b);
+                    }
+                }
+                self.metrics.connection(-1);
+                if let Err(e) = handoff.send(crate::upgrade::HTTP, &conn.stream, &conn.input) {
+                    log::warn!("handing an HTTP client's connection over: {e}; closing it");
+                }
+                if self.stopping && self.calls.is_empty() && self.holds_no_client() {
+                    cx.exit();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                cx.set_timer(HAND_OFF_RETRY, LoopTimer::HandOff(id));
+            }
+            Err(e) => {
+                log::debug!("an HTTP connection cannot be handed over: {e}; keeping it");
+                if let Some(c) = self.http.get_mut(id) {
+                    c.handing = false;
+                    cx.resume_reading(id);
+                }
+            }
         }
     }
 

@@ -69,6 +69,10 @@ pub enum LoopMsg {
     Adopt(reactor_admin::upgrade::Arrival),
 }
 
+/// How soon a connection whose answers are still being written is tried again for a
+/// handover to the successor process.
+const HAND_OFF_RETRY: Duration = Duration::from_millis(5);
+
 /// What a loop's timers are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoopTimer {
@@ -80,8 +84,8 @@ pub enum LoopTimer {
     Drain,
     /// Reconnect the provider-agent connection with this upstream key.
     Reconnect(usize),
-    /// Hand this Dubbo consumer's connection to the successor process, now that its
-    /// calls are answered.
+    /// Hand this client's connection (HTTP or Dubbo) to the successor process, now
+    /// that its calls are answered.
     HandOff(ConnId),
 }
 
@@ -145,11 +149,12 @@ pub struct ConsumerLoop {
     next_gen: u32,
     pool: Vec<Vec<u8>>,
     stopping: bool,
-    /// The stop is a handover to a successor process: an idle keep-alive connection
-    /// is not closed under a request the client may be sending; its next request is
-    /// answered with `Connection: close` (or the drain deadline ends it).
+    /// The stop is a handover to a successor process: clients' connections go to it
+    /// (`handoff`); one that cannot (TLS) is not closed under a request the client may
+    /// be sending: its next request is answered with `Connection: close` (or the drain
+    /// deadline ends it).
     handing_over: bool,
-    /// Handing over: how Dubbo consumers' connections reach the successor.
+    /// Handing over: how clients' connections reach the successor.
     handoff: Option<reactor_admin::upgrade::Handoff>,
     /// Watches services from their first call.
     discovery: Arc<Discovery>,
@@ -265,6 +270,11 @@ impl Handler for ConsumerLoop {
                     c.identity = crate::tls::peer_identity(cx, conn.id);
                 }
                 self.http.insert(c);
+                // Handed over from the process before, as this one hands over to the
+                // next: it goes on at once.
+                if self.stopping && self.handoff.is_some() {
+                    self.hand_on_http(cx, conn.id);
+                }
             }
             Tag::Dubbo => {
                 self.metrics.connection(1);
@@ -310,7 +320,7 @@ impl Handler for ConsumerLoop {
         // An HTTP client read its answers: take its requests again, unless it still has
         // too many in flight (then `deliver` resumes it).
         if let (Tag::Http, Some(c)) = (conn.tag, self.http.get_mut(conn.id)) {
-            if c.paused && c.inflight() < self.config.max_pipeline as u64 {
+            if c.paused && !c.handing && c.inflight() < self.config.max_pipeline as u64 {
                 c.paused = false;
                 cx.resume_reading(conn.id);
             }
@@ -358,7 +368,11 @@ impl Handler for ConsumerLoop {
                 cx.exit();
             }
             LoopTimer::Reconnect(key) => self.connect(cx, key),
-            LoopTimer::HandOff(id) => self.hand_off_dubbo(cx, id),
+            LoopTimer::HandOff(id) => match cx.tag(id) {
+                Some(Tag::Http) => self.hand_off_http(cx, id),
+                Some(Tag::Dubbo) => self.hand_off_dubbo(cx, id),
+                _ => {}
+            },
             LoopTimer::Call(call) => {
                 let Some(c) = self.call_mut(call) else { return };
                 c.timer = None;
@@ -394,16 +408,27 @@ impl Handler for ConsumerLoop {
                 self.handoff = Some(handoff);
             }
             LoopMsg::Adopt(arrival) => {
-                reactor_admin::upgrade::adopt(cx, arrival, crate::upgrade::DUBBO, Tag::Dubbo)
+                let kinds = [
+                    (crate::upgrade::HTTP, Tag::Http),
+                    (crate::upgrade::DUBBO, Tag::Dubbo),
+                ];
+                reactor_admin::upgrade::adopt(cx, arrival, &kinds)
             }
         }
     }
 
     fn stopping(&mut self, cx: &mut Ctx<'_, Self>) {
         self.stopping = true;
-        // Handing over, an idle keep-alive connection stays: closing it could cross a
-        // request the client is sending. Its next request is answered with
+        // Handing over, a plaintext client's connection goes to the successor once its
+        // answers are out (`hand_on_http`). Any other stays open: closing it could cross
+        // a request the client is sending. Its next request is answered with
         // `Connection: close` (keep-alive is off while stopping), then it closes.
+        if self.handoff.is_some() {
+            let ids: Vec<ConnId> = self.http.iter().map(|c| c.id).collect();
+            for id in ids {
+                self.hand_on_http(cx, id);
+            }
+        }
         let idle: Vec<ConnId> = self
             .http
             .iter()

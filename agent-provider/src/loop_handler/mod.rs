@@ -454,7 +454,7 @@ impl Handler for ProviderLoop {
                 self.handoff = Some(handoff);
             }
             LoopMsg::Adopt(arrival) => {
-                reactor_admin::upgrade::adopt(cx, arrival, crate::upgrade::DUBBO, Tag::Dubbo)
+                reactor_admin::upgrade::adopt(cx, arrival, &[(crate::upgrade::DUBBO, Tag::Dubbo)])
             }
         }
     }

@@ -210,16 +210,17 @@ pub fn ready<M: Send + 'static>(
     }
 }
 
-/// Takes on, tagged `tag`, a connection the process this one replaced handed over,
-/// if it came as `name` (the one kind the caller takes); anything else is closed.
-pub fn adopt<H: Handler>(cx: &mut Ctx<'_, H>, arrival: Arrival, name: &str, tag: H::Tag) {
-    if arrival.name != name {
+/// Takes on a connection the process this one replaced handed over, tagged as `kinds`
+/// says for the name it came under (`(name, tag)` pairs); one of another name is
+/// closed.
+pub fn adopt<H: Handler>(cx: &mut Ctx<'_, H>, arrival: Arrival, kinds: &[(&str, H::Tag)]) {
+    let Some(&(name, tag)) = kinds.iter().find(|(n, _)| *n == arrival.name) else {
         log::warn!(
             "a connection handed over as {:?}: not one this agent takes; closing it",
             arrival.name
         );
         return;
-    }
+    };
     if let Err(e) = cx.adopt(arrival.stream, tag, arrival.input) {
         log::warn!("taking a {name} connection over: {e}");
     }
