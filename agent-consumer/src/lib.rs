@@ -297,8 +297,12 @@ impl Running {
         }
         self.reactor.stop();
         self.reactor.join();
-        // The loops' last access log lines reach the file before the process exits.
+        // The loops' last access log lines reach the file before the process exits, and
+        // their last spans the collector (within a second), the exporter thread joined.
         self.metrics.sync_access_log();
+        if let Some(spans) = self.metrics.spans() {
+            spans.close(Duration::from_secs(1));
+        }
         if let Some(admin) = self.admin.take() {
             admin.stop();
         }

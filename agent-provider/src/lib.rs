@@ -454,8 +454,12 @@ impl Control {
             r.stop();
             r.join();
         }
-        // The loops' last access log lines reach the file before the process exits.
+        // The loops' last access log lines reach the file before the process exits, and
+        // their last spans the collector (within a second), the exporter thread joined.
         self.metrics.sync_access_log();
+        if let Some(spans) = self.metrics.spans() {
+            spans.close(Duration::from_secs(1));
+        }
         if let Some(mut a) = self.admin.take() {
             a.stop();
         }

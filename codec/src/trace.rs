@@ -76,7 +76,7 @@ pub const MAX_SW8_FIELD: usize = 512;
 
 /// Whether `key` is one of the trace attachments ([`KEYS`] or [`SW8`]), in any case.
 pub fn is_trace_key(key: &str) -> bool {
-    key.eq_ignore_ascii_case(SW8) || KEYS.iter().any(|k| key.eq_ignore_ascii_case(k))
+    key_index(key).is_some()
 }
 
 /// Which propagation format a context came in (and is written on in).
@@ -204,6 +204,52 @@ impl<'b> Iterator for FieldsIter<'b> {
     }
 }
 
+/// The trace attachments ([`KEYS`] and [`SW8`]) among some (name, value) pairs, found
+/// in one pass over them (the first of each name, in any case), for [`extract`]:
+/// `extract(|k| found.get(k))`. Cheaper than a lookup per name when reading the pairs
+/// costs (each is checked as UTF-8 as it is read).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gathered<'a> {
+    values: [Option<&'a str>; KEYS.len() + 1],
+}
+
+impl<'a> Gathered<'a> {
+    /// Gathers the trace attachments among `pairs`.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Gathered<'a> {
+        let mut g = Gathered::default();
+        for (k, v) in pairs {
+            if let Some(slot) = key_index(k).and_then(|i| g.values.get_mut(i)) {
+                slot.get_or_insert(v);
+            }
+        }
+        g
+    }
+
+    /// The value of trace attachment `name` (lower case, as [`extract`] asks).
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        key_index(name).and_then(|i| self.values.get(i).copied().flatten())
+    }
+}
+
+/// Where `key` is in [`KEYS`], or `KEYS.len()` for [`SW8`], in any case.
+fn key_index(key: &str) -> Option<usize> {
+    // By length first: at most two names to compare.
+    let candidates: &[usize] = match key.len() {
+        2 => &[2],          // b3
+        3 => &[KEYS.len()], // sw8
+        10 => &[1, 7],      // tracestate, x-b3-flags
+        11 => &[0, 4],      // traceparent, x-b3-spanid
+        12 => &[3, 6],      // x-b3-traceid, x-b3-sampled
+        17 => &[5],         // x-b3-parentspanid
+        _ => return None,
+    };
+    // Names come in lower case nearly always: compared as they are first.
+    let name = |i: usize| KEYS.get(i).copied().unwrap_or(SW8);
+    (candidates.iter().copied())
+        .find(|&i| key == name(i))
+        .or_else(|| (candidates.iter().copied()).find(|&i| key.eq_ignore_ascii_case(name(i))))
+}
+
 /// Reads a trace context through `get`, a lookup of a header or attachment value by
 /// name (give a case-insensitive one: names here are lower case). Tried in order:
 /// `traceparent` (with `tracestate`), `b3`, `x-b3-*`, `sw8`; the first well-formed one
@@ -272,13 +318,13 @@ impl TraceContext {
         match self.format {
             Format::W3c => {
                 let flags = (self.flags & !1) | u8::from(sampled);
-                push_hex(buf, &[0]);
-                buf.push('-');
-                push_hex(buf, &self.trace_id);
-                buf.push('-');
-                push_hex(buf, &self.span_id);
-                buf.push('-');
-                push_hex(buf, &[flags]);
+                // Written in a buffer of its own, then copied at once.
+                let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+                hex_into(&self.trace_id, &mut text[3..35]);
+                hex_into(&self.span_id, &mut text[36..52]);
+                hex_into(&[flags], &mut text[53..55]);
+                buf.reserve(text.len() + self.tracestate.len());
+                buf.push_str(std::str::from_utf8(&text).unwrap_or_default());
                 fields.push("traceparent", 0, buf.len());
                 if !self.tracestate.is_empty() {
                     let start = buf.len();
@@ -687,13 +733,21 @@ fn decode_base64_utf8(s: &str) -> Option<String> {
 // Hex
 // ---------------------------------------------------------------------------------------
 
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// The value of each lower-case hex digit; 0xff for any other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Exactly `2 * N` lower-case hex digits.
 fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
@@ -701,10 +755,17 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
+    // Any byte that is not a digit has a value of 0xff: one check at the end.
+    let mut bad = 0;
     for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0xf);
     }
-    Some(out)
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 fn nonzero<const N: usize>(id: [u8; N]) -> Option<[u8; N]> {
@@ -713,17 +774,30 @@ fn nonzero<const N: usize>(id: [u8; N]) -> Option<[u8; N]> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The two lower-case hex digits of each byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        o[0] = HEX[usize::from(b >> 4)];
-        o[1] = HEX[usize::from(b & 15)];
+        o.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    // Through a buffer of 16 bytes' digits: one copy each, not a push per digit.
+    for chunk in bytes.chunks(16) {
+        let mut text = [0u8; 32];
+        let n = 2 * chunk.len();
+        hex_into(chunk, &mut text[..n]);
+        out.push_str(std::str::from_utf8(&text[..n]).unwrap_or_default());
     }
 }
 

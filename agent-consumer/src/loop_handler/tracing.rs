@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 
 use codec::trace::{self, Fields, Format, Sw8Local, TraceContext};
-use reactor_admin::otlp::{CallNames, SpanData, SpanKind, Spans};
+use reactor_admin::otlp::{CallNames, NamesCache, SpanData, SpanKind, Spans};
 
 use crate::metrics::Outcome;
 
@@ -28,6 +28,8 @@ pub(super) struct Tracer {
     sample_rate: f64,
     /// This agent's address, as sw8's parent service instance.
     instance: String,
+    /// The names of the methods traced lately, shared by their spans.
+    names: NamesCache,
 }
 
 /// A traced call's state.
@@ -38,7 +40,7 @@ pub(super) struct CallTrace {
     /// Its record, when sampled.
     span: Option<SpanData>,
     /// The current retry's span, when the call was retried (context, record).
-    attempt: Option<(TraceContext, Option<SpanData>)>,
+    attempt: Option<Box<(TraceContext, Option<SpanData>)>>,
     /// `front`: `http` or `dubbo`.
     front: &'static str,
     /// The context as sent to the upstream of the current attempt.
@@ -60,6 +62,7 @@ impl Tracer {
             rng: reactor::XorShift::from_time(),
             sample_rate,
             instance,
+            names: NamesCache::default(),
         }
     }
 
@@ -120,7 +123,7 @@ impl Tracer {
         names: &Names<'_>,
     ) {
         if attempt > 1 {
-            if let Some((_, Some(mut span))) = t.attempt.take() {
+            if let Some(mut span) = t.attempt.take().and_then(|a| a.1) {
                 span.end_unix_nanos = reactor_admin::otlp::unix_nanos();
                 span.error = true;
                 span.status = "retried";
@@ -128,15 +131,15 @@ impl Tracer {
             }
             let ctx = t.ctx.child(self.span_id());
             let span = ctx.is_sampled().then(|| {
-                let mut s = record(&ctx, names.owned());
+                let mut s = record(&ctx, self.names_of(names));
                 s.attempt = Some(attempt);
                 s.server = Some(addr);
                 s.front = t.front;
                 s
             });
-            t.attempt = Some((ctx, span));
+            t.attempt = Some(Box::new((ctx, span)));
         }
-        let ctx = t.attempt.as_ref().map_or(&t.ctx, |(c, _)| c);
+        let ctx = t.attempt.as_deref().map_or(&t.ctx, |(c, _)| c);
         let (endpoint, address) = if ctx.format == Format::Sw8 {
             (
                 format!("{}.{}", names.service, names.method),
@@ -154,6 +157,11 @@ impl Tracer {
         t.fields = ctx.encode(&local, &mut t.wire);
     }
 
+    /// The names of a call, shared with the other spans of its method.
+    fn names_of(&mut self, n: &Names<'_>) -> CallNames {
+        self.names.get(n.service, n.method, n.version, n.group)
+    }
+
     /// Ends a completed call's spans (its context stays for the access log's trace
     /// id): `upstream` is where it was last sent, `attempts` how often.
     pub(super) fn finish(
@@ -166,7 +174,7 @@ impl Tracer {
     ) {
         let end = reactor_admin::otlp::unix_nanos();
         let error = outcome != Outcome::Ok;
-        if let Some((_, Some(mut span))) = t.attempt.take() {
+        if let Some(mut span) = t.attempt.take().and_then(|a| a.1) {
             span.end_unix_nanos = end;
             span.error = error;
             span.status = outcome.name();
@@ -179,7 +187,7 @@ impl Tracer {
         span.error = error;
         span.status = outcome.name();
         if let Some(n) = names {
-            span.call = n.owned();
+            span.call = self.names_of(&n);
         }
         span.server = upstream;
         span.front = t.front;
@@ -195,12 +203,6 @@ pub(super) struct Names<'a> {
     pub(super) method: &'a str,
     pub(super) version: &'a str,
     pub(super) group: &'a str,
-}
-
-impl Names<'_> {
-    fn owned(&self) -> CallNames {
-        CallNames::new(self.service, self.method, self.version, self.group)
-    }
 }
 
 /// A span record starting now for `ctx`'s span (its names set when known).

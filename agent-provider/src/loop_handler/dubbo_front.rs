@@ -310,8 +310,11 @@ impl ProviderLoop {
                 self.cfg.provider
             )));
         };
-        // The consumer's frame as it is, under the provider-side id.
-        server::relay_frame(out, frame, provider_id as i64);
+        // The consumer's frame as it is, under the provider-side id (traced: with our
+        // trace context, `tracing::relay_traced`).
+        if !self.relay_traced(out, conn, frame, &routed, provider_id as i64) {
+            server::relay_frame(out, frame, provider_id as i64);
+        }
         if let Some(c) = self.upstream.conns.get_mut(slot) {
             c.last_write = now;
         }

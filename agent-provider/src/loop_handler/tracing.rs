@@ -10,9 +10,9 @@
 
 use std::net::SocketAddr;
 
-use codec::agent;
-use codec::trace::{self, Fields, Format, Sw8Local, TraceContext};
-use reactor_admin::otlp::{CallNames, SpanData, SpanKind, Spans};
+use codec::dubbo;
+use codec::trace::{self, Fields, Format, Gathered, Sw8Local, TraceContext};
+use reactor_admin::otlp::{NamesCache, SpanData, SpanKind, Spans};
 
 /// A loop's tracing state (present only with `--otlp-endpoint`).
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub(crate) struct Tracer {
     instance: String,
     /// The context encoded for the call being sent (reused).
     pub(super) wire: String,
+    /// The names of the methods traced lately, shared by their spans.
+    names: NamesCache,
 }
 
 /// A traced call, kept with what is observed of it until it completes.
@@ -56,6 +58,7 @@ impl Tracer {
             sample_rate,
             instance,
             wire: String::new(),
+            names: NamesCache::default(),
         }
     }
 
@@ -64,22 +67,27 @@ impl Tracer {
             && ((self.rng.next_u64() >> 11) as f64) / ((1u64 << 53) as f64) < self.sample_rate
     }
 
-    /// Continues (or, sampled, starts) the trace of a call arriving with `attachments`:
-    /// `None` if it is not traced. Otherwise the context for the provider is in
-    /// `self.wire` (read it with the returned [`Fields`]).
+    /// Continues (or, sampled, starts) the trace of an agent call whose attachments
+    /// had `found` (its trace attachments): `None` if it is not traced. Otherwise the
+    /// context for the provider is in `self.wire` (read it with the returned
+    /// [`Fields`]).
     pub(super) fn begin(
         &mut self,
-        attachments: agent::Attachments<'_>,
+        found: Gathered<'_>,
         call: &Call<'_>,
     ) -> Option<(Box<CallTrace>, Fields)> {
-        let lookup = |name: &str| {
-            attachments
-                .into_iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-        };
+        self.begin_with(found, call, "agent")
+    }
+
+    /// [`Tracer::begin`] for a call that came as `front` (the span's `mesh.front`).
+    pub(super) fn begin_with(
+        &mut self,
+        found: Gathered<'_>,
+        call: &Call<'_>,
+        front: &'static str,
+    ) -> Option<(Box<CallTrace>, Fields)> {
         let span_id = trace::span_id_from(self.rng.next_u64());
-        let ours = match trace::extract(lookup) {
+        let ours = match trace::extract(|k| found.get(k)) {
             Some(mut caller) => {
                 if caller.sampled.is_none() && !caller.debug {
                     caller.sampled = Some(self.draw());
@@ -110,13 +118,13 @@ impl Tracer {
         };
         let fields = ours.encode(&local, &mut self.wire);
         let span = ours.is_sampled().then(|| {
-            let names = CallNames::new(call.service, call.method, call.version, call.group);
+            let names = (self.names).get(call.service, call.method, call.version, call.group);
             let mut s = SpanData::new(ours.trace_id, ours.span_id, SpanKind::Server, names);
             s.parent_span_id = ours.parent_span_id;
             s.trace_state.clone_from(&ours.tracestate);
             s.server = Some(call.provider);
             s.client = call.peer;
-            s.front = "agent";
+            s.front = front;
             s
         });
         Some((
@@ -137,5 +145,73 @@ impl Tracer {
         span.error = !ok;
         span.status = status;
         self.spans.send(span);
+    }
+}
+
+impl super::ProviderLoop {
+    /// A Dubbo consumer's call (`--dubbo-listen`) with tracing on: its trace, from its
+    /// attachments, continued with the provider-agent's span (kept with the call being
+    /// observed, `arriving`), and the request written to `out` for the provider under
+    /// `id` with the continued context in place of the consumer's (the request encoded
+    /// again, its arguments as they came). False when the call is not traced, or its
+    /// request cannot be written again: the caller relays the frame as it is.
+    pub(super) fn relay_traced(
+        &mut self,
+        out: &mut Vec<u8>,
+        conn: reactor::ConnId,
+        frame: &dubbo::Frame<'_>,
+        routed: &dubbo::RoutedRequest<'_>,
+        id: i64,
+    ) -> bool {
+        let Some(tracer) = self.tracer.as_mut() else {
+            return false;
+        };
+        let peer = (self.inbound.get(conn.index()))
+            .and_then(Option::as_ref)
+            .filter(|i| i.id == conn)
+            .and_then(|i| i.peer);
+        let call = Call {
+            service: &routed.path,
+            method: &routed.method,
+            version: &routed.version,
+            group: routed.attachment("group").unwrap_or_default(),
+            peer,
+            provider: self.cfg.provider,
+        };
+        let pairs = routed
+            .attachments
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()));
+        let Some((t, fields)) = tracer.begin_with(Gathered::from_pairs(pairs), &call, "dubbo")
+        else {
+            return false;
+        };
+        if let Some(o) = self.arriving.as_mut() {
+            o.trace = Some(t);
+        }
+        // The consumer's attachments as it sent them (routing keys included), but for
+        // its trace context, replaced by ours.
+        let mut attachments: Vec<(&str, Option<&str>)> =
+            Vec::with_capacity(routed.attachments.len() + fields.len());
+        attachments.extend(
+            (routed.attachments.iter())
+                .filter(|(k, _)| !trace::is_trace_key(k))
+                .map(|(k, v)| (k.as_ref(), Some(v.as_ref()))),
+        );
+        attachments.extend(fields.iter(&tracer.wire).map(|(k, v)| (k, Some(v))));
+        let request = dubbo::Request {
+            id,
+            serialization: dubbo::Serialization::Hessian2,
+            two_way: frame.is_two_way(),
+            dubbo_version: &routed.dubbo_version,
+            path: &routed.path,
+            version: (!routed.version.is_empty()).then_some(routed.version.as_ref()),
+            group: None,
+            method: &routed.method,
+            descriptor: &routed.descriptor,
+            args: routed.args,
+            attachments: dubbo::Attachments::Exactly(&attachments),
+        };
+        dubbo::encode_request(out, &request).is_ok()
     }
 }

@@ -279,6 +279,20 @@ impl ProviderLoop {
         if self.timeout_text.0 != timeout_ms || self.timeout_text.1.is_empty() {
             self.timeout_text = (timeout_ms, timeout_ms.to_string());
         }
+        // The common case (no attachments from the consumer) needs no allocation. The
+        // routing keys (path, version, group, timeout, ...) are this agent's to set: a
+        // caller's own are dropped. The caller's are read once (each is checked as
+        // UTF-8 as it is read), for the provider and for the trace context.
+        let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
+        let mut owned: Vec<(&str, Option<&str>)> = Vec::new();
+        if req.attachments.remaining() > 0 {
+            owned.reserve(req.attachments.len() + 6);
+            owned.extend(
+                (req.attachments)
+                    .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
+                    .map(|(k, v)| (k, Some(v))),
+            );
+        }
         // With tracing on: the consumer-agent's context continued with this agent's
         // span (the observed call keeps it until it completes); the caller's trace
         // attachments are replaced by the continued context.
@@ -292,7 +306,8 @@ impl ProviderLoop {
                     peer: inb.peer,
                     provider: self.cfg.provider,
                 };
-                tracer.begin(req.attachments, &call)
+                let pairs = owned.iter().filter_map(|&(k, v)| Some((k, v?)));
+                tracer.begin(codec::trace::Gathered::from_pairs(pairs), &call)
             }
             None => None,
         };
@@ -302,24 +317,12 @@ impl ProviderLoop {
             }
             fields
         });
-        // The common case (no attachments from the consumer) needs no allocation. The
-        // routing keys (path, version, group, timeout, ...) are this agent's to set: a
-        // caller's own are dropped.
-        let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
-        let mut owned: Vec<(&str, Option<&str>)> = Vec::new();
         let attachments: &[(&str, Option<&str>)] =
             if req.attachments.remaining() == 0 && trace_fields.is_none() {
                 &timeout_only
             } else {
-                let ours = trace_fields.zip(self.tracer.as_ref());
-                owned.reserve(req.attachments.len() + 1 + trace_fields.map_or(0, |f| f.len()));
-                owned.extend(
-                    req.attachments
-                        .filter(|(k, _)| !dubbo::is_reserved_attachment(k))
-                        .filter(|(k, _)| ours.is_none() || !codec::trace::is_trace_key(k))
-                        .map(|(k, v)| (k, Some(v))),
-                );
-                if let Some((fields, tracer)) = ours {
+                if let Some((fields, tracer)) = trace_fields.zip(self.tracer.as_ref()) {
+                    owned.retain(|(k, _)| !codec::trace::is_trace_key(k));
                     owned.extend(fields.iter(&tracer.wire).map(|(k, v)| (k, Some(v))));
                 }
                 owned.extend_from_slice(&timeout_only);

@@ -403,3 +403,35 @@ proptest! {
         prop_assert_eq!(&w[0].1, &tp);
     }
 }
+
+#[test]
+fn gathered_attachments_read_as_a_lookup_does() {
+    let pairs = [
+        ("dubbo", "2.0.2"),
+        ("X-B3-TraceId", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("traceparent", TP),
+        ("TRACEPARENT", "ignored: the first of a name counts"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("Sw8", "x"),
+        ("tracestate", "a=b"),
+    ];
+    let found = Gathered::from_pairs(pairs.iter().copied());
+    for key in KEYS.iter().chain([&SW8]) {
+        assert_eq!(found.get(key), lookup(&pairs)(key), "{key}");
+    }
+    assert_eq!(found.get("dubbo"), None);
+    assert_eq!(extract(|k| found.get(k)), get(&pairs));
+    assert_eq!(Gathered::from_pairs([]).get("traceparent"), None);
+}
+
+#[test]
+fn every_trace_key_is_found_in_any_case_and_no_other() {
+    for (i, k) in KEYS.iter().chain([&SW8]).enumerate() {
+        assert_eq!(key_index(k), Some(i), "{k}");
+        assert_eq!(key_index(&k.to_ascii_uppercase()), Some(i), "{k}");
+        assert_eq!(key_index(&format!("{k}x")), None);
+    }
+    for other in ["", "dubbo", "path", "timeout", "x-b3-traceie", "tracestatf"] {
+        assert_eq!(key_index(other), None, "{other}");
+    }
+}

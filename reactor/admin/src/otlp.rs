@@ -3,14 +3,24 @@
 //! The loops hand finished spans ([`SpanData`]) to a [`Spans`] handle: a `try_send` on a
 //! bounded channel, so a call never waits. One exporter thread batches them (up to
 //! [`Config::batch`] spans or [`Config::interval`], whichever comes first) into an
-//! `ExportTraceServiceRequest` (the `opentelemetry-proto` messages, prost-encoded) and
-//! POSTs it to the collector with `Content-Type: application/x-protobuf` over a plain
-//! HTTP/1.1 connection with connect, write and read timeouts.
+//! `ExportTraceServiceRequest` and POSTs it to the collector with `Content-Type:
+//! application/x-protobuf` over a plain HTTP/1.1 connection with connect, write and
+//! read timeouts. The request is the bytes prost writes for the `opentelemetry-proto`
+//! messages (the tests compare them), but written field by field as each span arrives,
+//! no message built: the resource and scope are encoded once, and what repeats from
+//! span to span (a method's name and attributes, an address, how spans end) once per
+//! exporter, so that a span costs little more than copying those pieces.
 //!
 //! A span is dropped, and counted ([`Stats::dropped`]), when the queue is full (the
 //! collector is slow or down and the exporter thread is waiting on it) or when its batch
 //! could not be delivered (connection refused, timeout, a status other than 2xx). Nothing
 //! is retried: tracing is best effort, calls come first.
+//!
+//! The exporter thread takes what is queued every [`POLL`] (less often when quiet, down
+//! to every [`IDLE_POLL`]) rather than blocking on the queue: a blocked receiver must be
+//! woken by the sending loop, a futex call and a context switch per span when spans come
+//! one at a time. [`Spans::close`] (an agent's stop) sends what is queued, within a
+//! deadline, and joins the thread.
 //!
 //! # Examples
 //!
@@ -35,15 +45,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+#[cfg(test)]
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span, Status};
 
 /// The path POSTed to when the endpoint names none (OTLP/HTTP's default).
 pub const DEFAULT_PATH: &str = "/v1/traces";
 /// The port when the endpoint names none (OTLP/HTTP's default).
 pub const DEFAULT_PORT: u16 = 4318;
+/// How often the exporter thread takes the queued spans while they come.
+pub const POLL: Duration = Duration::from_millis(10);
+/// How often at least it looks while none comes.
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Where spans go: `http://host[:port][/path]` (`https` is not spoken).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,10 +175,12 @@ pub enum SpanKind {
     Internal,
 }
 
-/// A call's service, method, version and group, in one allocation.
+/// A call's service, method, version and group, in one shared allocation: a clone
+/// (for each span of the same method, see [`CallNames::is`]) copies nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallNames {
-    text: String,
+    /// `None`: all empty.
+    text: Option<Arc<str>>,
     /// Where method, version and group begin in `text`.
     at: [usize; 3],
 }
@@ -180,17 +197,33 @@ impl CallNames {
             }
             text.push_str(part);
         }
-        CallNames { text, at }
+        CallNames {
+            text: Some(text.into()),
+            at,
+        }
+    }
+
+    /// Whether these are the names given (to reuse them rather than make new ones).
+    pub fn is(&self, service: &str, method: &str, version: &str, group: &str) -> bool {
+        let text = self.text.as_deref().unwrap_or_default();
+        text.len() == service.len() + method.len() + version.len() + group.len()
+            && self.at[0] == service.len()
+            && self.at[1] == service.len() + method.len()
+            && text.starts_with(service)
+            && self.method() == method
+            && self.version() == version
+            && self.group() == group
     }
 
     fn part(&self, i: usize) -> &str {
+        let text = self.text.as_deref().unwrap_or_default();
         let start = if i == 0 {
             0
         } else {
             self.at.get(i - 1).copied().unwrap_or(0)
         };
-        let end = self.at.get(i).copied().unwrap_or(self.text.len());
-        self.text.get(start..end).unwrap_or_default()
+        let end = self.at.get(i).copied().unwrap_or(text.len());
+        text.get(start..end).unwrap_or_default()
     }
 
     /// The service (Dubbo interface).
@@ -211,6 +244,39 @@ impl CallNames {
     /// The group.
     pub fn group(&self) -> &str {
         self.part(3)
+    }
+}
+
+/// The names of the calls a loop traced lately, so that the spans of one method share
+/// one [`CallNames`] instead of each copying the names.
+#[derive(Debug, Default)]
+pub struct NamesCache {
+    recent: Vec<CallNames>,
+    /// The entry replaced next once full.
+    next: usize,
+}
+
+impl NamesCache {
+    /// Entries kept.
+    const SIZE: usize = 32;
+
+    /// These names: a clone of the ones kept, or new ones (then kept).
+    pub fn get(&mut self, service: &str, method: &str, version: &str, group: &str) -> CallNames {
+        if let Some(n) = self
+            .recent
+            .iter()
+            .find(|n| n.is(service, method, version, group))
+        {
+            return n.clone();
+        }
+        let n = CallNames::new(service, method, version, group);
+        if self.recent.len() < Self::SIZE {
+            self.recent.push(n.clone());
+        } else if let Some(slot) = self.recent.get_mut(self.next % Self::SIZE) {
+            *slot = n.clone();
+            self.next = self.next.wrapping_add(1);
+        }
+        n
     }
 }
 
@@ -314,6 +380,25 @@ impl Stats {
 pub struct Spans {
     tx: Sender<SpanData>,
     stats: Arc<Stats>,
+    control: Arc<Control>,
+}
+
+/// The exporter thread, for [`Spans::close`] and [`Exporter::join`].
+#[derive(Debug, Default)]
+struct Control {
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Set by [`Spans::close`]: send what is queued by then, and end.
+    stop: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Control {
+    fn take_thread(&self) -> Option<JoinHandle<()>> {
+        self.thread.lock().ok().and_then(|mut t| t.take())
+    }
+
+    fn stop_by(&self) -> Option<Instant> {
+        self.stop.lock().ok().and_then(|s| *s)
+    }
 }
 
 impl Spans {
@@ -322,7 +407,34 @@ impl Spans {
     pub fn bounded(capacity: usize) -> (Spans, Receiver<SpanData>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let stats = Arc::new(Stats::default());
-        (Spans { tx, stats }, rx)
+        let control = Arc::default();
+        (Spans { tx, stats, control }, rx)
+    }
+
+    /// Stops the exporter thread (an agent's stop): what is queued is sent, in
+    /// batches, as long as `within` allows (each POST's timeouts shortened to it; what
+    /// is left then is dropped and counted), and the thread joined. Waits at most
+    /// `within` (and a little): false if the thread had not ended by then (it is left
+    /// to end on its own). Spans sent afterwards are dropped and counted. Without an
+    /// exporter thread ([`Spans::bounded`]), or once closed, it returns true at once.
+    pub fn close(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let Some(thread) = self.control.take_thread() else {
+            return true;
+        };
+        if let Ok(mut stop) = self.control.stop.lock() {
+            *stop = Some(deadline);
+        }
+        thread.thread().unpark();
+        while !thread.is_finished() {
+            if Instant::now() >= deadline + Duration::from_millis(100) {
+                log::warn!("the OTLP exporter did not finish within {within:?}");
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = thread.join();
+        true
     }
 
     /// Queues a finished span; if the queue is full it is dropped and counted.
@@ -342,16 +454,17 @@ impl Spans {
 }
 
 /// The exporter thread. It exits once every [`Spans`] handle is dropped, after sending
-/// what is queued.
+/// what is queued, or when [`Spans::close`] says so.
 #[derive(Debug)]
 pub struct Exporter {
-    thread: Option<JoinHandle<()>>,
+    control: Arc<Control>,
 }
 
 impl Exporter {
-    /// Waits for the thread to finish (every [`Spans`] must be dropped first).
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
+    /// Waits for the thread to finish (every [`Spans`] must be dropped first, or one
+    /// closed).
+    pub fn join(self) {
+        if let Some(t) = self.control.take_thread() {
             let _ = t.join();
         }
     }
@@ -370,7 +483,7 @@ pub fn parse_sample_rate(s: &str) -> Result<f64, String> {
 
 /// Starts the exporter an agent's flags ask for: `--otlp-endpoint` (`None` without
 /// one), `--trace-sample-rate`, and the resource's `service.name`. The thread ends when
-/// every [`Spans`] is dropped.
+/// every [`Spans`] is dropped, or one is closed ([`Spans::close`], an agent's stop).
 ///
 /// # Errors
 /// A bad endpoint, a sample rate without an endpoint, or no thread for the exporter;
@@ -401,15 +514,22 @@ pub fn from_flags(
 pub fn start(config: Config) -> io::Result<(Spans, Exporter)> {
     let (tx, rx) = crossbeam_channel::bounded(config.queue.max(1));
     let stats = Arc::new(Stats::default());
+    let control = Arc::new(Control::default());
     let worker = Worker::new(config, stats.clone());
+    let c = control.clone();
     let thread = std::thread::Builder::new()
         .name("otlp-export".into())
-        .spawn(move || worker.run(&rx))?;
+        .spawn(move || worker.run(&rx, &c))?;
+    if let Ok(mut t) = control.thread.lock() {
+        *t = Some(thread);
+    }
     Ok((
-        Spans { tx, stats },
-        Exporter {
-            thread: Some(thread),
+        Spans {
+            tx,
+            stats,
+            control: control.clone(),
         },
+        Exporter { control },
     ))
 }
 
@@ -418,45 +538,96 @@ struct Worker {
     stats: Arc<Stats>,
     body: Vec<u8>,
     head: Vec<u8>,
-    /// The resource (`service.name`) and scope of every request.
+    /// The resource (`service.name`) and scope of every request (the tests' reference).
+    #[cfg(test)]
     resource: Resource,
+    #[cfg(test)]
     scope: InstrumentationScope,
-    /// The one span message, made again for each span (its strings reused), so that a
-    /// warm exporter allocates nothing per span.
-    span: Span,
+    /// `resource` encoded as `ResourceSpans.resource`, once.
+    resource_bytes: Vec<u8>,
+    /// `scope` encoded as `ScopeSpans.scope`, once.
+    scope_bytes: Vec<u8>,
     /// The encoded spans of the batch, before the request's framing.
     spans: Vec<u8>,
-    /// Addresses as text.
-    addrs: AddrCache,
+    /// How many.
+    pending: usize,
+    /// What spans share, encoded once.
+    cache: SpanCache,
 }
 
 impl Worker {
-    fn run(mut self, rx: &Receiver<SpanData>) {
-        let mut batch: Vec<SpanData> = Vec::with_capacity(self.config.batch.max(1));
+    /// Takes what is queued every [`POLL`] (see the module's notes); a batch goes out
+    /// when full or [`Config::interval`] after its first span.
+    fn run(mut self, rx: &Receiver<SpanData>, control: &Control) {
+        let max = self.config.batch.max(1);
+        let mut first_at = Instant::now();
+        let mut idle = Duration::ZERO;
         loop {
-            // Wait for a first span, then gather until full or the interval is over.
-            let first = match rx.recv() {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            batch.push(first);
-            let deadline = Instant::now() + self.config.interval;
+            let mut got = false;
             let mut closed = false;
-            while batch.len() < self.config.batch.max(1) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(s) => batch.push(s),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
+            loop {
+                match rx.try_recv() {
+                    Ok(s) => {
+                        if self.pending == 0 {
+                            first_at = Instant::now();
+                        }
+                        self.add(&s);
+                        got = true;
+                        if self.pending >= max {
+                            self.export(self.config.timeout);
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
                         closed = true;
                         break;
                     }
                 }
             }
-            self.export(&mut batch);
+            if let Some(deadline) = control.stop_by() {
+                return self.finish(rx, deadline);
+            }
             if closed {
+                self.export(self.config.timeout);
                 return;
             }
+            if self.pending > 0 && first_at.elapsed() >= self.config.interval {
+                self.export(self.config.timeout);
+            }
+            idle = if got {
+                POLL
+            } else {
+                (idle + POLL).min(IDLE_POLL)
+            };
+            let wait = if self.pending == 0 {
+                idle
+            } else {
+                idle.min(self.config.interval.saturating_sub(first_at.elapsed()))
+            };
+            std::thread::park_timeout(wait.max(Duration::from_millis(1)));
+        }
+    }
+
+    /// A stop: what is queued goes out by `deadline`; the rest is dropped.
+    fn finish(&mut self, rx: &Receiver<SpanData>, deadline: Instant) {
+        let max = self.config.batch.max(1);
+        loop {
+            while self.pending < max {
+                match rx.try_recv() {
+                    Ok(s) => self.add(&s),
+                    Err(_) => break,
+                }
+            }
+            if self.pending == 0 {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let rest = self.pending + rx.len();
+                self.stats.dropped.fetch_add(rest as u64, Relaxed);
+                return;
+            }
+            self.export(left.min(self.config.timeout));
         }
     }
 
@@ -476,56 +647,77 @@ impl Worker {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
+        let mut resource_bytes = Vec::new();
+        prost::encoding::message::encode(1, &resource, &mut resource_bytes); // ResourceSpans.resource = 1
+        let mut scope_bytes = Vec::new();
+        prost::encoding::message::encode(1, &scope, &mut scope_bytes); // ScopeSpans.scope = 1
         Worker {
             config,
             stats,
             body: Vec::new(),
             head: Vec::new(),
+            #[cfg(test)]
             resource,
+            #[cfg(test)]
             scope,
-            span: Span::default(),
+            resource_bytes,
+            scope_bytes,
             spans: Vec::new(),
-            addrs: AddrCache::default(),
+            pending: 0,
+            cache: SpanCache::default(),
         }
     }
 
     /// Encodes `batch` (emptied) into `self.body` as one `ExportTraceServiceRequest`
-    /// with one `ResourceSpans` holding one `ScopeSpans`: each span is encoded once
-    /// (prost's own encoding of the `opentelemetry-proto` message), and the request's
-    /// framing around them written with prost's encoding functions, which is what
-    /// encoding the whole request message would write (see the tests) without
-    /// measuring every span again at each level of nesting.
+    /// with one `ResourceSpans` holding one `ScopeSpans`. The resource and the scope
+    /// were encoded once ([`Worker::new`]); each span is written field by field
+    /// ([`encode_span`]), with no message built, in the bytes prost writes for the
+    /// `opentelemetry-proto` message (see the tests); the request's framing goes around
+    /// them.
     fn encode(&mut self, batch: &mut Vec<SpanData>) {
-        use prost::encoding::{encode_key, encode_varint, message, WireType};
-        self.spans.clear();
         for data in batch.drain(..) {
-            fill(&mut self.span, &data, &mut self.addrs);
-            message::encode(2, &self.span, &mut self.spans); // ScopeSpans.spans = 2
+            self.add(&data);
         }
-        let framed = |tag: u32, len: usize, out: &mut Vec<u8>| {
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(len as u64, out);
-        };
-        let mut scope = Vec::new();
-        message::encode(1, &self.scope, &mut scope); // ScopeSpans.scope = 1
-        let scope_spans_len = scope.len() + self.spans.len();
-        let mut resource = Vec::new();
-        message::encode(1, &self.resource, &mut resource); // ResourceSpans.resource = 1
-        let mut scope_head = Vec::new();
-        framed(2, scope_spans_len, &mut scope_head); // ResourceSpans.scope_spans = 2
-        let resource_spans_len = resource.len() + scope_head.len() + scope_spans_len;
-        self.body.clear();
-        framed(1, resource_spans_len, &mut self.body); // request.resource_spans = 1
-        self.body.extend_from_slice(&resource);
-        self.body.extend_from_slice(&scope_head);
-        self.body.extend_from_slice(&scope);
+        self.frame();
         self.body.extend_from_slice(&self.spans);
+        self.spans.clear();
+        self.pending = 0;
     }
 
-    fn export(&mut self, batch: &mut Vec<SpanData>) {
-        let n = batch.len() as u64;
-        self.encode(batch);
-        match self.post() {
+    /// Adds a span to the batch (encoded as it comes).
+    fn add(&mut self, data: &SpanData) {
+        encode_span(&mut self.spans, data, &mut self.cache);
+        self.pending += 1;
+    }
+
+    /// The start of the request of the spans added, in `self.body`: the spans follow
+    /// (a POST writes them from where they are, not copied after it).
+    fn frame(&mut self) {
+        let scope_spans_len = self.scope_bytes.len() + self.spans.len();
+        // ResourceSpans.scope_spans = 2
+        let scope_head = 1 + varint_len(scope_spans_len as u64);
+        let resource_spans_len = self.resource_bytes.len() + scope_head + scope_spans_len;
+        self.body.clear();
+        self.body.reserve(resource_spans_len + 8);
+        self.body.push(key(1, LEN)); // request.resource_spans = 1
+        put_varint(&mut self.body, resource_spans_len as u64);
+        self.body.extend_from_slice(&self.resource_bytes);
+        self.body.push(key(2, LEN));
+        put_varint(&mut self.body, scope_spans_len as u64);
+        self.body.extend_from_slice(&self.scope_bytes);
+    }
+
+    /// Sends the spans added, each step of the POST within `timeout`.
+    fn export(&mut self, timeout: Duration) {
+        if self.pending == 0 {
+            return;
+        }
+        let n = self.pending as u64;
+        self.frame();
+        let posted = self.post(timeout);
+        self.spans.clear();
+        self.pending = 0;
+        match posted {
             Ok(status) if (200..300).contains(&status) => {
                 self.stats.exported.fetch_add(n, Relaxed);
             }
@@ -552,9 +744,8 @@ impl Worker {
     }
 
     /// One POST: the answer's status code.
-    fn post(&mut self) -> io::Result<u16> {
+    fn post(&mut self, timeout: Duration) -> io::Result<u16> {
         let ep = &self.config.endpoint;
-        let timeout = self.config.timeout;
         let started = Instant::now();
         let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port).to_socket_addrs()?.collect();
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
@@ -578,10 +769,12 @@ impl Worker {
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: dubbo-mesh\r\n\r\n",
             ep.path,
             ep.authority,
-            self.body.len()
+            self.body.len() + self.spans.len()
         )?;
+        // The head and the request's start in one write, the spans in another.
+        self.head.extend_from_slice(&self.body);
         stream.write_all(&self.head)?;
-        stream.write_all(&self.body)?;
+        stream.write_all(&self.spans)?;
         // The status line is all we need; the whole answer may take at most twice the
         // timeout (a collector trickling bytes does not hold the thread longer).
         let mut got = [0u8; 512];
@@ -643,6 +836,7 @@ fn parse_status(answer: &[u8]) -> Option<u16> {
 }
 
 /// Sets `out` to `bytes`, reusing its allocation.
+#[cfg(test)]
 fn set_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.clear();
     out.extend_from_slice(bytes);
@@ -650,11 +844,13 @@ fn set_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Writes the attributes of a span message, one after the other, reusing the key and
 /// value strings a message already has from an earlier batch.
+#[cfg(test)]
 struct Attrs<'a> {
     kvs: &'a mut Vec<KeyValue>,
     n: usize,
 }
 
+#[cfg(test)]
 impl Attrs<'_> {
     /// The next attribute's value, its key set.
     fn slot(&mut self, key: &str) -> Option<&mut Option<any_value::Value>> {
@@ -728,7 +924,9 @@ impl AddrCache {
     }
 }
 
-/// Makes `span` the OTLP message of `s`, reusing its allocations.
+/// Makes `span` the OTLP message of `s`, reusing its allocations: what
+/// [`encode_span`] writes is what prost writes for it (the tests' reference).
+#[cfg(test)]
 fn fill(span: &mut Span, s: &SpanData, addrs: &mut AddrCache) {
     let kind = match s.kind {
         SpanKind::Client => span::SpanKind::Client,
@@ -784,6 +982,348 @@ fn fill(span: &mut Span, s: &SpanData, addrs: &mut AddrCache) {
         a.int("mesh.attempt", i64::from(n));
     }
     a.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// A span's protobuf, written field by field
+// ---------------------------------------------------------------------------------------
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+
+/// A field's key byte (every field written here has a tag below 16).
+const fn key(tag: u8, wire_type: u8) -> u8 {
+    (tag << 3) | wire_type
+}
+
+fn varint_len(v: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field: key, length, bytes.
+fn put_bytes(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(key(tag, LEN));
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// `Span.attributes` (9): a `KeyValue` whose value is an `AnyValue` string.
+fn put_str_attr(out: &mut Vec<u8>, k: &str, v: &str) {
+    let any = 1 + varint_len(v.len() as u64) + v.len(); // AnyValue.string_value = 1
+    let kv = 1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any as u64) + any;
+    out.push(key(9, LEN));
+    put_varint(out, kv as u64);
+    put_bytes(out, 1, k.as_bytes()); // KeyValue.key = 1
+    out.push(key(2, LEN)); // KeyValue.value = 2
+    put_varint(out, any as u64);
+    put_bytes(out, 1, v.as_bytes());
+}
+
+/// The parts of spans that repeat from span to span, encoded once: a method's name
+/// and its attributes, an address's attribute.
+#[derive(Debug, Default)]
+struct SpanCache {
+    addrs: AddrCache,
+    /// By the names' shared text ([`CallNames`] clones): its `name` field, and its
+    /// attributes `rpc.system` to `dubbo.group`. The entry holds the text, so that a
+    /// pointer compared is never one of other names.
+    names: Vec<NamesBytes>,
+    /// `server.address` (true) or `client.address` (false) attributes.
+    addr_attrs: Vec<(SocketAddr, bool, Vec<u8>)>,
+    /// A span's last fields (`mesh.front`, `mesh.status`, `mesh.retries`,
+    /// `mesh.attempt`, `status`), by what they say: spans mostly end alike. The strings
+    /// are `'static`: their address says which they are.
+    tails: Vec<(TailKey, Vec<u8>)>,
+}
+
+/// Some names' text (held, so that its address is never another's), their places in
+/// it, their `name` field and their attributes.
+type NamesBytes = (Option<Arc<str>>, [usize; 3], Vec<u8>, Vec<u8>);
+
+/// What a span's last fields say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TailKey {
+    front: (usize, usize),
+    status: (usize, usize),
+    retries: Option<u32>,
+    attempt: Option<u32>,
+    error: bool,
+}
+
+impl TailKey {
+    fn of(s: &SpanData) -> TailKey {
+        TailKey {
+            front: (s.front.as_ptr() as usize, s.front.len()),
+            status: (s.status.as_ptr() as usize, s.status.len()),
+            retries: s.retries,
+            attempt: s.attempt,
+            error: s.error,
+        }
+    }
+}
+
+impl SpanCache {
+    const NAMES: usize = 64;
+    const ADDRS: usize = 64;
+    const TAILS: usize = 64;
+
+    /// Where the `name` field and the name attributes of `call` are.
+    fn names_index(&mut self, call: &CallNames) -> usize {
+        let same = |(t, at, _, _): &NamesBytes| {
+            *at == call.at
+                && match (t, &call.text) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        // From the newest: the peers and methods of the moment are the last added.
+        if let Some(i) = self.names.iter().rposition(same) {
+            return i;
+        }
+        let (service, method) = (call.service(), call.method());
+        let mut name = Vec::new();
+        name.push(key(5, LEN));
+        put_varint(&mut name, (service.len() + 1 + method.len()) as u64);
+        name.extend_from_slice(service.as_bytes());
+        name.push(b'/');
+        name.extend_from_slice(method.as_bytes());
+        let mut attrs = Vec::new();
+        put_str_attr(&mut attrs, "rpc.system", "dubbo");
+        put_str_attr(&mut attrs, "rpc.service", service);
+        put_str_attr(&mut attrs, "rpc.method", method);
+        put_str_attr(&mut attrs, "dubbo.version", call.version());
+        put_str_attr(&mut attrs, "dubbo.group", call.group());
+        if self.names.len() >= Self::NAMES {
+            self.names.remove(0);
+        }
+        self.names.push((call.text.clone(), call.at, name, attrs));
+        self.names.len() - 1
+    }
+
+    fn names_bytes(&self, i: usize) -> (&[u8], &[u8]) {
+        self.names
+            .get(i)
+            .map_or((&[][..], &[][..]), |(_, _, n, a)| {
+                (n.as_slice(), a.as_slice())
+            })
+    }
+
+    /// Where the `server.address` (`server`) or `client.address` attribute of `addr`
+    /// is.
+    fn addr_index(&mut self, addr: SocketAddr, server: bool) -> usize {
+        if let Some(i) = (self.addr_attrs.iter()).rposition(|(a, s, _)| *s == server && *a == addr)
+        {
+            return i;
+        }
+        let mut attr = Vec::new();
+        let k = if server {
+            "server.address"
+        } else {
+            "client.address"
+        };
+        put_str_attr(&mut attr, k, self.addrs.text(addr));
+        if self.addr_attrs.len() >= Self::ADDRS {
+            self.addr_attrs.remove(0);
+        }
+        self.addr_attrs.push((addr, server, attr));
+        self.addr_attrs.len() - 1
+    }
+
+    fn addr_bytes(&self, i: usize) -> &[u8] {
+        self.addr_attrs
+            .get(i)
+            .map_or(&[][..], |(_, _, a)| a.as_slice())
+    }
+
+    /// Where the last fields of `s` are.
+    fn tail_index(&mut self, s: &SpanData) -> usize {
+        let k = TailKey::of(s);
+        if let Some(i) = self.tails.iter().rposition(|(t, _)| *t == k) {
+            return i;
+        }
+        let mut out = Vec::new();
+        if !s.front.is_empty() {
+            put_str_attr(&mut out, "mesh.front", s.front);
+        }
+        put_str_attr(&mut out, "mesh.status", s.status);
+        let mut ints = Stack::<64>::new();
+        if let Some(r) = s.retries {
+            ints.int_attr(b"mesh.retries", i64::from(r));
+        }
+        if let Some(n) = s.attempt {
+            ints.int_attr(b"mesh.attempt", i64::from(n));
+        }
+        out.extend_from_slice(ints.as_slice());
+        // status = 15: message = 2 (errors only), code = 3 (OK 1, ERROR 2)
+        out.push(key(15, LEN));
+        if s.error {
+            let msg = match s.status.len() {
+                0 => 0,
+                n => 1 + varint_len(n as u64) + n,
+            };
+            put_varint(&mut out, (msg + 2) as u64);
+            if msg > 0 {
+                put_bytes(&mut out, 2, s.status.as_bytes());
+            }
+            out.extend_from_slice(&[key(3, VARINT), 2]);
+        } else {
+            out.extend_from_slice(&[2, key(3, VARINT), 1]);
+        }
+        if self.tails.len() >= Self::TAILS {
+            self.tails.remove(0);
+        }
+        self.tails.push((k, out));
+        self.tails.len() - 1
+    }
+
+    fn tail_bytes(&self, i: usize) -> &[u8] {
+        self.tails.get(i).map_or(&[][..], |(_, t)| t.as_slice())
+    }
+}
+
+/// A few fields written on the stack, then copied at once (what does not fit in its
+/// `N` bytes is not written: the callers write less).
+struct Stack<const N: usize> {
+    buf: [u8; N],
+    n: usize,
+}
+
+impl<const N: usize> Stack<N> {
+    fn new() -> Stack<N> {
+        Stack { buf: [0; N], n: 0 }
+    }
+
+    fn put<const L: usize>(&mut self, bytes: &[u8; L]) {
+        if let Some(d) = self.buf.get_mut(self.n..self.n + L) {
+            d.copy_from_slice(bytes);
+            self.n += L;
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        if let Some(d) = self.buf.get_mut(self.n) {
+            *d = b;
+            self.n += 1;
+        }
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn int_attr(&mut self, k: &[u8], v: i64) {
+        let any = 1 + varint_len(v as u64);
+        let kv = 2 + k.len() + 2 + any;
+        self.put(&[key(9, LEN), kv as u8, key(1, LEN), k.len() as u8]);
+        self.bytes(k);
+        self.put(&[key(2, LEN), any as u8, key(3, VARINT)]);
+        self.varint(v as u64);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.byte(x);
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.buf.get(..self.n).unwrap_or_default()
+    }
+}
+
+/// Appends `s` as `ScopeSpans.spans` (2): the bytes prost writes for the `Span` message
+/// [`fill`] makes of it (fields in tag order, defaults left out), without making it:
+/// what repeats from span to span comes from `cache`, the rest is written on the stack,
+/// and the pieces are copied once their length is known.
+fn encode_span(out: &mut Vec<u8>, s: &SpanData, cache: &mut SpanCache) {
+    let names = cache.names_index(&s.call);
+    let server = s.server.map(|a| cache.addr_index(a, true));
+    let client = s.client.map(|a| cache.addr_index(a, false));
+    let mut head = Stack::<48>::new();
+    head.put(&[key(1, LEN), 16]);
+    head.put(&s.trace_id);
+    head.put(&[key(2, LEN), 8]);
+    head.put(&s.span_id);
+    let trace_state = s.trace_state.len();
+    let trace_state_len = match trace_state {
+        0 => 0,
+        n => 1 + varint_len(n as u64) + n,
+    };
+    // parent_span_id = 4: with the ids when no trace_state comes between.
+    let mut parent = Stack::<16>::new();
+    if let Some(p) = &s.parent_span_id {
+        if trace_state == 0 {
+            head.put(&[key(4, LEN), 8]);
+            head.put(p);
+        } else {
+            parent.put(&[key(4, LEN), 8]);
+            parent.put(p);
+        }
+    }
+    // kind = 6 (SPAN_KIND_INTERNAL 1, SERVER 2, CLIENT 3), start = 7, end = 8
+    let mut fixed = Stack::<24>::new();
+    fixed.put(&[
+        key(6, VARINT),
+        match s.kind {
+            SpanKind::Internal => 1,
+            SpanKind::Server => 2,
+            SpanKind::Client => 3,
+        },
+    ]);
+    let start = s.start_unix_nanos;
+    let end = s.end_unix_nanos.max(start);
+    if start != 0 {
+        fixed.byte(key(7, I64));
+        fixed.put(&start.to_le_bytes());
+    }
+    if end != 0 {
+        fixed.byte(key(8, I64));
+        fixed.put(&end.to_le_bytes());
+    }
+    let tail = cache.tail_index(s);
+    let (name, name_attrs) = cache.names_bytes(names);
+    let server = server.map_or(&[][..], |i| cache.addr_bytes(i));
+    let client = client.map_or(&[][..], |i| cache.addr_bytes(i));
+    let tail = cache.tail_bytes(tail);
+    let len = head.n
+        + trace_state_len
+        + parent.n
+        + name.len()
+        + fixed.n
+        + name_attrs.len()
+        + server.len()
+        + client.len()
+        + tail.len();
+    out.reserve(len + 4);
+    out.push(key(2, LEN));
+    put_varint(out, len as u64);
+    out.extend_from_slice(head.as_slice());
+    if trace_state > 0 {
+        put_bytes(out, 3, s.trace_state.as_bytes());
+    }
+    out.extend_from_slice(parent.as_slice());
+    out.extend_from_slice(name);
+    out.extend_from_slice(fixed.as_slice());
+    out.extend_from_slice(name_attrs);
+    out.extend_from_slice(server);
+    out.extend_from_slice(client);
+    out.extend_from_slice(tail);
 }
 
 #[cfg(test)]
@@ -854,6 +1394,33 @@ mod tests {
             (n.service(), n.method(), n.version(), n.group()),
             ("", "", "", "")
         );
+        let n = CallNames::new("a.Svc", "m", "1", "g");
+        assert!(n.is("a.Svc", "m", "1", "g"));
+        for other in [
+            ("a.Sv", "cm", "1", "g"),
+            ("a.Svc", "m", "", "1g"),
+            ("a.Svc", "n", "1", "g"),
+        ] {
+            assert!(!n.is(other.0, other.1, other.2, other.3));
+        }
+        assert!(CallNames::default().is("", "", "", ""));
+    }
+
+    #[test]
+    fn the_names_of_a_method_are_made_once() {
+        let mut cache = NamesCache::default();
+        let a = cache.get("a.Svc", "m", "1", "");
+        let b = cache.get("a.Svc", "m", "1", "");
+        assert!(Arc::ptr_eq(
+            a.text.as_ref().unwrap(),
+            b.text.as_ref().unwrap()
+        ));
+        for i in 0..100 {
+            let n = cache.get("a.Svc", &format!("m{i}"), "1", "");
+            assert_eq!(n.method(), format!("m{i}"));
+        }
+        assert_eq!(cache.recent.len(), NamesCache::SIZE);
+        assert_eq!(cache.get("a.Svc", "m", "1", ""), a);
     }
 
     #[test]
@@ -938,6 +1505,60 @@ mod tests {
     }
 
     #[test]
+    fn each_span_is_written_as_prost_writes_its_message() {
+        let mut variants = Vec::new();
+        for kind in [SpanKind::Client, SpanKind::Server, SpanKind::Internal] {
+            variants.push(span(kind));
+        }
+        let mut s = span(SpanKind::Server);
+        s.parent_span_id = Some([3; 8]);
+        s.trace_state = "k=v,x=y".into();
+        s.server = Some("[::1]:20880".parse().unwrap());
+        s.client = Some("10.0.0.2:40000".parse().unwrap());
+        s.front = "dubbo";
+        s.retries = Some(300);
+        s.attempt = Some(2);
+        s.error = true;
+        s.status = "timeout";
+        variants.push(s.clone());
+        s.status = "";
+        variants.push(s.clone());
+        s.error = false;
+        s.start_unix_nanos = 0;
+        s.end_unix_nanos = 0;
+        variants.push(s.clone());
+        // A long status and front (written the long way).
+        let mut long = s.clone();
+        long.status = "a status of more than fifty bytes, which no call has, really";
+        long.front = "a front-end of more than fifty bytes, which no agent has either";
+        long.error = true;
+        variants.push(long);
+        // Long names: a span of more than 127 bytes, and of more than 16383.
+        for n in [1, 100, 200, 20_000] {
+            let long = "s".repeat(n);
+            s.call = CallNames::new(&long, "m", &long, "g");
+            variants.push(s.clone());
+        }
+        let mut addrs = AddrCache::default();
+        let mut cache = SpanCache::default();
+        for v in variants.iter().chain(&variants) {
+            let mut ours = Vec::new();
+            encode_span(&mut ours, v, &mut cache);
+            let mut message = Span::default();
+            fill(&mut message, v, &mut addrs);
+            let mut theirs = Vec::new();
+            prost::encoding::message::encode(2, &message, &mut theirs);
+            assert_eq!(ours, theirs, "{v:?}");
+        }
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v));
+            assert_eq!(out.len(), prost::encoding::encoded_len_varint(v));
+        }
+    }
+
+    #[test]
     fn addresses_are_formatted_once() {
         let mut c = AddrCache::default();
         for port in 1..200u16 {
@@ -946,6 +1567,87 @@ mod tests {
             assert_eq!(c.text(a), a.to_string());
         }
         assert_eq!(c.entries.len(), AddrCache::SIZE);
+    }
+
+    /// A collector answering every POST 200 (after reading its body), counting them.
+    fn collector() -> (Endpoint, Arc<AtomicU64>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let posts = Arc::new(AtomicU64::new(0));
+        let counted = posts.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|l| l.trim().parse().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                counted.fetch_add(1, Relaxed);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/v1/traces");
+        (Endpoint::parse(&url).unwrap(), posts)
+    }
+
+    #[test]
+    fn close_sends_what_is_queued_and_joins_the_thread() {
+        let (endpoint, posts) = collector();
+        let config = Config {
+            interval: Duration::from_secs(60),
+            batch: 100,
+            ..Config::new(endpoint, "t")
+        };
+        let (spans, _exporter) = start(config).unwrap();
+        for _ in 0..250 {
+            spans.send(span(SpanKind::Client));
+        }
+        let kept = spans.clone();
+        assert!(spans.close(Duration::from_secs(5)));
+        assert_eq!(spans.stats().exported(), 250);
+        assert_eq!(posts.load(Relaxed), 3);
+        // Closed: what comes later is dropped and counted, and closing again is done.
+        kept.send(span(SpanKind::Client));
+        assert_eq!(kept.stats().dropped(), 1);
+        assert!(kept.close(Duration::ZERO));
+    }
+
+    #[test]
+    fn close_gives_up_on_a_collector_that_does_not_answer() {
+        // A listener that accepts (the backlog) and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let config = Config {
+            interval: Duration::from_secs(60),
+            ..Config::new(Endpoint::parse(&url).unwrap(), "t")
+        };
+        let (spans, _exporter) = start(config).unwrap();
+        spans.send(span(SpanKind::Client));
+        let started = Instant::now();
+        spans.close(Duration::from_millis(300));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(spans.stats().dropped(), 1);
+        drop(listener);
     }
 
     #[test]
