@@ -136,7 +136,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let http_tls: Option<()> = None;
     // A binary upgrade: the listening sockets come from the running agent.
     let mut takeover = match &config.upgrade_from {
-        Some(path) => Some(upgrade::take(path)?),
+        Some(path) => Some(upgrade::take(path).map_err(StartError::Io)?),
         None => None,
     };
     let http_socks = upgrade::inherited(&mut takeover, upgrade::HTTP, config.listen);
@@ -197,7 +197,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         if !config.services.is_empty() && !upgrade::wait_until(within, || metrics.has_upstream()) {
             log::warn!("no provider-agent connected within {within:?}: taking over anyway");
         }
-        upgrade::ready(t, reactor.handles().to_vec());
+        upgrade::ready(t, reactor.handles().to_vec(), LoopMsg::Adopt);
     }
     let handed_over = Arc::new(upgrade::HandedOver::default());
     let handover = match &config.upgrade_socket {
@@ -207,10 +207,13 @@ pub fn start(config: Config) -> Result<Running, StartError> {
                 .and_then(|listeners| {
                     upgrade::serve(
                         path,
+                        "consumer-upgrade",
                         listeners,
                         reactor.handles().to_vec(),
+                        LoopMsg::HandOver,
                         handed_over.clone(),
                     )
+                    .map_err(StartError::Io)
                 });
             match offered {
                 Ok(server) => Some(server),

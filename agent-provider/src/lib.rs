@@ -229,7 +229,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let mut builder = reactor::Builder::new(reactor_cfg);
     // A binary upgrade: the listening sockets come from the running agent.
     let mut takeover = match &config.upgrade_from {
-        Some(path) => Some(upgrade::take(path)?),
+        Some(path) => Some(upgrade::take(path).map_err(StartError::Io)?),
         None => None,
     };
     let agent_socks = upgrade::inherited(&mut takeover, upgrade::AGENT, config.listen);
@@ -483,7 +483,7 @@ impl Control {
             }
             if let Some((t, _)) = self.takeover.take() {
                 let handles = self.reactor.iter().flat_map(|r| r.handles().to_vec());
-                upgrade::ready(t, handles.collect());
+                upgrade::ready(t, handles.collect(), LoopMsg::Adopt);
                 self.serving.set();
             }
         }
@@ -500,10 +500,13 @@ impl Control {
         let served = listeners.map_err(StartError::Io).and_then(|l| {
             upgrade::serve(
                 &path,
+                "provider-upgrade",
                 l,
                 reactor.handles().to_vec(),
+                LoopMsg::HandOver,
                 self.handed_over.clone(),
             )
+            .map_err(StartError::Io)
         });
         match served {
             Ok(s) => self.handover = Some(s),

@@ -4,23 +4,17 @@
 //! socket (`reactor::handover`). A new process started with `--upgrade-from` takes
 //! them, starts accepting on them, registers (its own etcd lease, file entry or
 //! ZooKeeper node, beside the old one's) and says it is ready; only then does the old
-//! one stop accepting and drain: its loops get [`LoopMsg::HandOver`] and stop, so each
+//! one stop accepting and drain: its loops get `LoopMsg::HandOver` and stop, so each
 //! consumer-agent connection is told GOAWAY (the consumer-agent moves to a new
 //! connection and closes this one once its calls on it are answered), a Dubbo
 //! consumer's connection is handed to the new process between calls (with any bytes
 //! read but not yet processed: the consumer never notices), and the loop exits once it
-//! holds nothing (or at `--drain-secs`). Its registration is then withdrawn, which leaves
-//! the new process's in place. A new process that fails before it is ready changes
-//! nothing.
+//! holds nothing (or at `--drain-secs`). Its registration is then withdrawn, which
+//! leaves the new process's in place. A new process that fails before it is ready
+//! changes nothing. The exchange itself is `reactor_admin::upgrade`'s; this names the
+//! listeners.
 
-use std::path::Path;
-use std::sync::Arc;
-
-use reactor::{handover, LoopHandle};
-pub(crate) use reactor_admin::upgrade::{inherited, HandedOver};
-
-use crate::loop_handler::LoopMsg;
-use crate::StartError;
+pub(crate) use reactor_admin::upgrade::{inherited, ready, serve, take, HandedOver};
 
 /// The names of the listeners in a handover.
 pub(crate) const AGENT: &str = "agent";
@@ -28,33 +22,3 @@ pub(crate) const AGENT: &str = "agent";
 pub(crate) const DUBBO: &str = "dubbo";
 /// `--admin`.
 pub(crate) const ADMIN: &str = "admin";
-
-/// Connects to the running agent's `--upgrade-socket` and receives its listeners.
-pub(crate) fn take(path: &Path) -> Result<handover::Takeover, StartError> {
-    reactor_admin::upgrade::take(path).map_err(StartError::Io)
-}
-
-/// Says this process accepts, and has the connections the old one hands over adopted
-/// by `handles`' loops.
-pub(crate) fn ready(takeover: handover::Takeover, handles: Vec<LoopHandle<LoopMsg>>) {
-    reactor_admin::upgrade::ready(takeover, handles, LoopMsg::Adopt);
-}
-
-/// Offers `listeners` on `path` until a new process takes them over; then each loop
-/// gets [`LoopMsg::HandOver`] and drains.
-pub(crate) fn serve(
-    path: &Path,
-    listeners: Vec<(String, Vec<std::net::TcpListener>)>,
-    handles: Vec<LoopHandle<LoopMsg>>,
-    done: Arc<HandedOver>,
-) -> Result<handover::Server, StartError> {
-    reactor_admin::upgrade::serve(
-        path,
-        "provider-upgrade",
-        listeners,
-        handles,
-        LoopMsg::HandOver,
-        done,
-    )
-    .map_err(StartError::Io)
-}
