@@ -97,10 +97,8 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         config.loops,
         config.max_method_series as usize,
     ));
-    if let Some(path) = &config.access_log {
-        let target = reactor_admin::access_log::Target::parse(path);
-        let log = reactor_admin::access_log::AccessLog::open(target, "access-log")
-            .map_err(|e| StartError::Config(format!("--access-log {path}: {e}")))?;
+    let access_log = reactor_admin::access_log::AccessLog::from_flag(config.access_log.as_deref());
+    if let Some(log) = access_log.map_err(StartError::Config)? {
         metrics.set_access_log(log);
     }
     if let Some(spans) = reactor_admin::otlp::from_flags(

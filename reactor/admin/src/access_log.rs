@@ -459,6 +459,19 @@ impl Clone for AccessLog {
 }
 
 impl AccessLog {
+    /// What `--access-log` asks for (off without it), opened: the error names the flag.
+    ///
+    /// # Errors
+    /// As [`AccessLog::open`].
+    pub fn from_flag(value: Option<&str>) -> Result<Option<AccessLog>, String> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        AccessLog::open(Target::parse(value), "access-log")
+            .map(Some)
+            .map_err(|e| format!("--access-log {value}: {e}"))
+    }
+
     /// Opens `target` (a file is created if missing, and appended to) and starts the
     /// writer thread, named `thread_name`.
     ///
@@ -939,6 +952,17 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flag_opens_the_log_or_says_which_flag_failed() {
+        assert!(matches!(AccessLog::from_flag(None), Ok(None)));
+        let err = AccessLog::from_flag(Some("/nonexistent-dir/access.log")).err();
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("--access-log /nonexistent-dir/access.log: ")),
+            "{err:?}"
+        );
+    }
 
     fn json(s: &str) -> String {
         let mut out = Vec::new();
