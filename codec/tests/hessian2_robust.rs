@@ -266,6 +266,34 @@ proptest! {
     }
 
     #[test]
+    fn a_decoder_for_a_body_gives_what_any_decoder_gives(
+        vals in proptest::collection::vec(arb_value(), 1..4),
+        refs in proptest::collection::vec(0u8..4, 0..3),
+    ) {
+        // Values, then references back to them: a decoder `for_body` skips the
+        // reference table only when no reference can follow.
+        let mut enc = Encoder::new();
+        let mut b = Vec::new();
+        for v in &vals {
+            enc.write_value(&mut b, v);
+        }
+        for r in &refs {
+            b.extend([0x51, 0x90 + r]);
+        }
+        let (mut plain, mut rest) = (Decoder::new(), Decoder::for_body(&b));
+        let mut at = 0;
+        while at < b.len() {
+            let want = plain.decode(&b[at..]);
+            let got = rest.decode(&b[at..]);
+            prop_assert_eq!(&got, &want);
+            match want {
+                Ok(Decoded::Complete { consumed, .. }) => at += consumed,
+                _ => break,
+            }
+        }
+    }
+
+    #[test]
     fn strings_round_trip(s in any::<String>(), t in "[\\u{10000}-\\u{10ffff}a]{0,50}") {
         for s in [&s, &t] {
             let mut b = Vec::new();

@@ -157,7 +157,7 @@ impl<H: Handler> EventLoop<H> {
                     break;
                 }
             }
-            self.core.now = Instant::now();
+            self.core.set_now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => self.drain_control(),
@@ -833,7 +833,7 @@ impl<H: Handler> EventLoop<H> {
                     return;
                 }
             }
-            self.core.now = Instant::now();
+            self.core.set_now();
             for event in events.iter() {
                 let token = event.token().0;
                 if token >= LISTENER_BASE - self.listeners.len() {

@@ -164,7 +164,7 @@ impl ConsumerLoop {
                 version: &sig.version,
                 group: &sig.group,
             };
-            tracer.on_send(t, c.attempts, addr, &names);
+            tracer.on_send(t, c.attempts, addr, &names, super::wall_nanos(cx));
         }
         // Up to eight attachments (nearly always: usually none, or the caller's Dubbo
         // version) are listed on the stack, and a traced call's context after them.
@@ -246,7 +246,14 @@ impl ConsumerLoop {
                     group: &s.group,
                 });
             if let Some(t) = c.trace.as_deref_mut() {
-                tracer.finish(t, outcome, names, c.upstream, c.attempts);
+                tracer.finish(
+                    t,
+                    outcome,
+                    names,
+                    c.upstream,
+                    c.attempts,
+                    super::wall_nanos(cx),
+                );
             }
         }
         self.recycle(std::mem::take(&mut c.args));

@@ -188,8 +188,10 @@ impl ConsumerLoop {
             .collect();
         // With tracing on: the caller's context from its attachments, continued.
         let mut attachments = attachments;
-        let trace = (self.tracer.as_mut())
-            .and_then(|t| t.begin(super::tracing::in_attachments(&attachments), "dubbo"));
+        let trace = (self.tracer.as_mut()).and_then(|t| {
+            let lookup = super::tracing::in_attachments(&attachments);
+            t.begin(lookup, "dubbo", super::wall_nanos(cx))
+        });
         if trace.is_some() {
             super::tracing::strip(&mut attachments);
         }

@@ -568,7 +568,11 @@ impl ConsumerLoop {
                     .and_then(|(_, v)| std::str::from_utf8(v).ok())
             };
             let sent = super::tracing::in_attachments(&attachments);
-            tracer.begin(|name| header(name).or_else(|| sent(name)), "http")
+            tracer.begin(
+                |name| header(name).or_else(|| sent(name)),
+                "http",
+                super::wall_nanos(cx),
+            )
         });
         if trace.is_some() {
             super::tracing::strip(&mut attachments);

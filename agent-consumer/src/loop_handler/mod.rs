@@ -462,3 +462,9 @@ fn recycle_into(pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
         pool.push(buf);
     }
 }
+
+/// The loop's wall clock as Unix nanoseconds: read once per loop iteration, however
+/// many calls it stamps (spans, access log lines).
+fn wall_nanos(cx: &Ctx<'_, ConsumerLoop>) -> u64 {
+    reactor_admin::otlp::unix_nanos_of(cx.wall_now())
+}

@@ -34,9 +34,8 @@ pub(super) fn http_status(answer: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// Wall-clock time of a call's arrival, `latency` ago.
-fn arrived(latency: Duration) -> SystemTime {
-    let now = SystemTime::now();
+/// Wall-clock time of a call's arrival, `latency` before `now`.
+fn arrived(now: SystemTime, latency: Duration) -> SystemTime {
     now.checked_sub(latency).unwrap_or(now)
 }
 
@@ -74,7 +73,7 @@ impl ConsumerLoop {
         };
         let latency = cx.now().saturating_duration_since(c.started);
         let start = CallStart {
-            time: arrived(latency),
+            time: arrived(cx.wall_now(), latency),
             caller,
             caller_identity,
             front,

@@ -77,11 +77,13 @@ impl Tracer {
 
     /// The trace of a call arriving with what `lookup` finds (a header or attachment by
     /// name, case-insensitively): its caller's context continued, or a new trace if
-    /// none and the sample rate draws one; `None`: the call is not traced.
+    /// none and the sample rate draws one; `None`: the call is not traced. `now`: the
+    /// loop's clock (Unix nanoseconds), the span's start.
     pub(super) fn begin<'a>(
         &mut self,
         lookup: impl Fn(&str) -> Option<&'a str>,
         front: &'static str,
+        now: u64,
     ) -> Option<Box<CallTrace>> {
         let ours = match trace::extract(lookup) {
             Some(mut caller) => {
@@ -101,7 +103,7 @@ impl Tracer {
         };
         let span = ours
             .is_sampled()
-            .then(|| record(&ours, CallNames::default()));
+            .then(|| record(&ours, CallNames::default(), now));
         Some(Box::new(CallTrace {
             ctx: ours,
             span,
@@ -114,24 +116,25 @@ impl Tracer {
 
     /// Attempt `attempt` (1 = the first) of a traced call goes to `addr`: a retry gets
     /// a child span of its own (the previous one ends); the context it carries is
-    /// encoded for its attachments.
+    /// encoded for its attachments. `now`: the loop's clock (Unix nanoseconds).
     pub(super) fn on_send(
         &mut self,
         t: &mut CallTrace,
         attempt: u32,
         addr: SocketAddr,
         names: &Names<'_>,
+        now: u64,
     ) {
         if attempt > 1 {
             if let Some(mut span) = t.attempt.take().and_then(|a| a.1) {
-                span.end_unix_nanos = reactor_admin::otlp::unix_nanos();
+                span.end_unix_nanos = now;
                 span.error = true;
                 span.status = "retried";
                 self.spans.send(span);
             }
             let ctx = t.ctx.child(self.span_id());
             let span = ctx.is_sampled().then(|| {
-                let mut s = record(&ctx, self.names_of(names));
+                let mut s = record(&ctx, self.names_of(names), now);
                 s.attempt = Some(attempt);
                 s.server = Some(addr);
                 s.front = t.front;
@@ -163,7 +166,9 @@ impl Tracer {
     }
 
     /// Ends a completed call's spans (its context stays for the access log's trace
-    /// id): `upstream` is where it was last sent, `attempts` how often.
+    /// id): `upstream` is where it was last sent, `attempts` how often, `end` the loop's
+    /// clock (Unix nanoseconds).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish(
         &mut self,
         t: &mut CallTrace,
@@ -171,8 +176,8 @@ impl Tracer {
         names: Option<Names<'_>>,
         upstream: Option<SocketAddr>,
         attempts: u32,
+        end: u64,
     ) {
-        let end = reactor_admin::otlp::unix_nanos();
         let error = outcome != Outcome::Ok;
         if let Some(mut span) = t.attempt.take().and_then(|a| a.1) {
             span.end_unix_nanos = end;
@@ -205,9 +210,10 @@ pub(super) struct Names<'a> {
     pub(super) group: &'a str,
 }
 
-/// A span record starting now for `ctx`'s span (its names set when known).
-fn record(ctx: &TraceContext, call: CallNames) -> SpanData {
-    let mut span = SpanData::new(ctx.trace_id, ctx.span_id, SpanKind::Client, call);
+/// A span record starting at `start` (Unix nanoseconds) for `ctx`'s span (its names
+/// set when known).
+fn record(ctx: &TraceContext, call: CallNames, start: u64) -> SpanData {
+    let mut span = SpanData::starting_at(ctx.trace_id, ctx.span_id, SpanKind::Client, call, start);
     span.parent_span_id = ctx.parent_span_id;
     span.trace_state.clone_from(&ctx.tracestate);
     span
@@ -249,7 +255,7 @@ mod tests {
         let mut tracer = Tracer::new(spans, 0.0, "127.0.0.1:20000".into());
         let headers = [("traceparent", CALLER)];
         let lookup = |k: &str| headers.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
-        let mut t = tracer.begin(lookup, "http").expect("traced");
+        let mut t = tracer.begin(lookup, "http", 100).expect("traced");
         let ours = t.ctx.span_id;
         let addr: SocketAddr = "127.0.0.1:30000".parse().unwrap();
         // The first attempt carries the call's own span.
@@ -259,7 +265,7 @@ mod tests {
             version: "",
             group: "",
         };
-        tracer.on_send(&mut t, 1, addr, &names);
+        tracer.on_send(&mut t, 1, addr, &names, 100);
         let first = traceparent(&t);
         assert_eq!(
             first,
@@ -269,10 +275,10 @@ mod tests {
             )
         );
         // A retry carries a child span of its own.
-        tracer.on_send(&mut t, 2, addr, &names);
+        tracer.on_send(&mut t, 2, addr, &names, 200);
         let second = traceparent(&t);
         assert_ne!(second, first);
-        tracer.finish(&mut t, Outcome::Ok, Some(names), Some(addr), 2);
+        tracer.finish(&mut t, Outcome::Ok, Some(names), Some(addr), 2, 300);
         let retry = rx.try_recv().expect("the retry's span");
         let whole = rx.try_recv().expect("the call's span");
         assert_eq!(retry.parent_span_id, Some(ours));
@@ -289,10 +295,10 @@ mod tests {
         assert_eq!(retry.attempt, Some(2));
         assert_eq!(whole.retries, Some(1));
         assert_eq!(whole.kind, SpanKind::Client);
-        assert!(whole.start_unix_nanos <= retry.start_unix_nanos);
-        assert!(retry.end_unix_nanos <= whole.end_unix_nanos);
+        assert_eq!((whole.start_unix_nanos, whole.end_unix_nanos), (100, 300));
+        assert_eq!((retry.start_unix_nanos, retry.end_unix_nanos), (200, 300));
         // Finished once: nothing more to send.
-        tracer.finish(&mut t, Outcome::Ok, None, None, 2);
+        tracer.finish(&mut t, Outcome::Ok, None, None, 2, 400);
         assert!(rx.try_recv().is_err());
     }
 
@@ -300,16 +306,16 @@ mod tests {
     fn without_a_context_only_the_sample_rate_starts_a_trace() {
         let (spans, _rx) = Spans::bounded(16);
         let mut never = Tracer::new(spans.clone(), 0.0, String::new());
-        assert!(never.begin(|_| None, "http").is_none());
+        assert!(never.begin(|_| None, "http", 1).is_none());
         let mut always = Tracer::new(spans, 1.0, String::new());
-        let t = always.begin(|_| None, "http").expect("sampled");
+        let t = always.begin(|_| None, "http", 1).expect("sampled");
         assert!(t.ctx.is_sampled() && t.ctx.parent_span_id.is_none());
         // An unsampled context is continued, not recorded.
         let (spans, rx) = Spans::bounded(16);
         let mut tracer = Tracer::new(spans, 1.0, String::new());
         let off = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         let mut t = tracer
-            .begin(|k| (k == "traceparent").then_some(off), "http")
+            .begin(|k| (k == "traceparent").then_some(off), "http", 1)
             .unwrap();
         let names = Names {
             service: "a",
@@ -317,9 +323,9 @@ mod tests {
             version: "",
             group: "",
         };
-        tracer.on_send(&mut t, 1, "127.0.0.1:1".parse().unwrap(), &names);
+        tracer.on_send(&mut t, 1, "127.0.0.1:1".parse().unwrap(), &names, 2);
         assert!(traceparent(&t).ends_with("-00"));
-        tracer.finish(&mut t, Outcome::Ok, None, None, 1);
+        tracer.finish(&mut t, Outcome::Ok, None, None, 1, 3);
         assert!(rx.try_recv().is_err());
     }
 }

@@ -162,7 +162,7 @@ impl ProviderLoop {
             };
             if self.arriving.is_none() {
                 // Refused before its names could be read.
-                self.observe_dubbo(conn, frame, None);
+                self.observe_dubbo(cx, conn, frame, None);
             }
             self.complete_arriving(counted, u16::from(dubbo_status), bytes_out);
         }
@@ -172,6 +172,7 @@ impl ProviderLoop {
     /// Starts observing a Dubbo consumer's call (`routed`: its names, once read).
     fn observe_dubbo(
         &mut self,
+        cx: &Ctx<'_, Self>,
         conn: ConnId,
         frame: &dubbo::Frame<'_>,
         routed: Option<&dubbo::RoutedRequest<'_>>,
@@ -195,6 +196,7 @@ impl ProviderLoop {
                 .and_then(|r| r.attachment("group"))
                 .unwrap_or_default(),
             bytes_in: frame.body.len() + dubbo::HEADER_LEN,
+            time: cx.wall_now(),
         };
         let observed = observe::arrival(&mut self.methods, self.access_log.as_ref(), &arrival);
         self.arriving = Some(observed);
@@ -216,7 +218,7 @@ impl ProviderLoop {
         }
         let routed = dubbo::decode_routed_request(frame.body)
             .map_err(|e| bad(format!("malformed Dubbo request: {e}")))?;
-        self.observe_dubbo(conn, frame, Some(&routed));
+        self.observe_dubbo(cx, conn, frame, Some(&routed));
         if self.draining {
             // The call did not start: a Dubbo cluster tries another provider.
             return Err(not_found("provider-agent is shutting down".to_owned()));
@@ -301,6 +303,7 @@ impl ProviderLoop {
         } else {
             0
         };
+        let arrived = super::wall_nanos(cx);
         let Some(out) = cx.output(pconn) else {
             if two_way {
                 self.upstream.take(provider_id);
@@ -312,7 +315,7 @@ impl ProviderLoop {
         };
         // The consumer's frame as it is, under the provider-side id (traced: with our
         // trace context, `tracing::relay_traced`).
-        if !self.relay_traced(out, conn, frame, &routed, provider_id as i64) {
+        if !self.relay_traced(out, conn, frame, &routed, provider_id as i64, arrived) {
             server::relay_frame(out, frame, provider_id as i64);
         }
         if let Some(c) = self.upstream.conns.get_mut(slot) {

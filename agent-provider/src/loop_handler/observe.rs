@@ -37,6 +37,8 @@ pub(super) struct Arrival<'a> {
     pub(super) version: &'a str,
     pub(super) group: &'a str,
     pub(super) bytes_in: usize,
+    /// When it arrived: the loop's clock ([`reactor::Ctx::wall_now`]).
+    pub(super) time: SystemTime,
 }
 
 /// Starts observing a call as it arrives: its method's place in the loop's table
@@ -51,7 +53,7 @@ pub(super) fn arrival(
     let line = log.map(|log| {
         let mut line = log.line();
         line.start(&CallStart {
-            time: SystemTime::now(),
+            time: a.time,
             caller: a.caller,
             caller_identity: a.caller_identity,
             front: a.front,
@@ -85,7 +87,7 @@ impl ProviderLoop {
         // Its span (with `--otlp-endpoint`, when traced) ends here too.
         if let (Some(t), Some(tracer)) = (observed.trace.as_deref_mut(), self.tracer.as_mut()) {
             let name = STATUS_NAMES.get(status as usize).copied().unwrap_or("ok");
-            tracer.finish(t, name, status == Status::Ok);
+            tracer.finish(t, name, status == Status::Ok, latency);
         }
         let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         if let Some(m) = observed.method {

@@ -48,6 +48,8 @@ pub(super) struct Call<'a> {
     pub(super) peer: Option<SocketAddr>,
     /// The provider it goes to.
     pub(super) provider: SocketAddr,
+    /// When it arrived (the loop's clock, Unix nanoseconds): the span's start.
+    pub(super) start_unix_nanos: u64,
 }
 
 impl Tracer {
@@ -119,7 +121,13 @@ impl Tracer {
         let fields = ours.encode(&local, &mut self.wire);
         let span = ours.is_sampled().then(|| {
             let names = (self.names).get(call.service, call.method, call.version, call.group);
-            let mut s = SpanData::new(ours.trace_id, ours.span_id, SpanKind::Server, names);
+            let mut s = SpanData::starting_at(
+                ours.trace_id,
+                ours.span_id,
+                SpanKind::Server,
+                names,
+                call.start_unix_nanos,
+            );
             s.parent_span_id = ours.parent_span_id;
             s.trace_state.clone_from(&ours.tracestate);
             s.server = Some(call.provider);
@@ -136,12 +144,20 @@ impl Tracer {
         ))
     }
 
-    /// Ends a completed call's span: `status` is how it ended.
-    pub(super) fn finish(&mut self, t: &mut CallTrace, status: &'static str, ok: bool) {
+    /// Ends a completed call's span: `status` is how it ended, `latency` how long it
+    /// took from its arrival (on the loop's monotonic clock: no clock read here).
+    pub(super) fn finish(
+        &mut self,
+        t: &mut CallTrace,
+        status: &'static str,
+        ok: bool,
+        latency: std::time::Duration,
+    ) {
         let Some(mut span) = t.span.take() else {
             return;
         };
-        span.end_unix_nanos = reactor_admin::otlp::unix_nanos();
+        let took = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        span.end_unix_nanos = span.start_unix_nanos.saturating_add(took);
         span.error = !ok;
         span.status = status;
         self.spans.send(span);
@@ -155,6 +171,7 @@ impl super::ProviderLoop {
     /// `id` with the continued context in place of the consumer's (the request encoded
     /// again, its arguments as they came). False when the call is not traced, or its
     /// request cannot be written again: the caller relays the frame as it is.
+    /// `start_unix_nanos`: the call's arrival, on the loop's clock.
     pub(super) fn relay_traced(
         &mut self,
         out: &mut Vec<u8>,
@@ -162,6 +179,7 @@ impl super::ProviderLoop {
         frame: &dubbo::Frame<'_>,
         routed: &dubbo::RoutedRequest<'_>,
         id: i64,
+        start_unix_nanos: u64,
     ) -> bool {
         let Some(tracer) = self.tracer.as_mut() else {
             return false;
@@ -177,6 +195,7 @@ impl super::ProviderLoop {
             group: routed.attachment("group").unwrap_or_default(),
             peer,
             provider: self.cfg.provider,
+            start_unix_nanos,
         };
         let pairs = routed
             .attachments

@@ -404,7 +404,7 @@ impl<'a> Iterator for Attachments<'a> {
             return None;
         }
         let mut r = Reader { buf: self.raw };
-        let pair = r.str().and_then(|k| Ok((k, r.str()?)));
+        let pair = r.checked_str().and_then(|k| Ok((k, r.checked_str()?)));
         match pair {
             Ok(pair) => {
                 self.raw = r.buf;
@@ -457,7 +457,27 @@ impl<'a> Reader<'a> {
 
     fn str(&mut self) -> Result<&'a str, AgentError> {
         let n = self.u16()?;
-        std::str::from_utf8(self.take(usize::from(n))?).map_err(|_| AgentError::InvalidUtf8)
+        let bytes = self.take(usize::from(n))?;
+        if bytes.is_ascii() {
+            // Names and trace ids nearly always are: a word at a time, no decoding.
+            #[allow(unsafe_code)]
+            // SAFETY: every byte is ASCII (checked just above), and ASCII is valid UTF-8.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
+        std::str::from_utf8(bytes).map_err(|_| AgentError::InvalidUtf8)
+    }
+
+    /// A string of an attachment list that `read_attachments` has validated (so the
+    /// list's iterator does not check every pair's UTF-8 a second time).
+    fn checked_str(&mut self) -> Result<&'a str, AgentError> {
+        let n = self.u16()?;
+        let bytes = self.take(usize::from(n))?;
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        #[allow(unsafe_code)]
+        // SAFETY: `Attachments` are made only by `read_attachments` (their fields are
+        // private), which read every string of the list with `str`, checking its UTF-8;
+        // the iterator reads the same bytes with the same lengths.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
     }
 }
 

@@ -194,7 +194,7 @@ struct BodyValues<'a> {
 
 fn body_values(body: &[u8]) -> BodyValues<'_> {
     BodyValues {
-        dec: Decoder::new(),
+        dec: Decoder::for_body(body),
         rest: body,
     }
 }

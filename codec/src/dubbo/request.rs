@@ -164,7 +164,7 @@ fn fastjson_body(out: &mut Vec<u8>, req: &Request<'_>) -> Result<(), Error> {
     opt_line(out, req.version);
     str_line(out, req.method);
     str_line(out, req.descriptor);
-    let mut dec = Decoder::new();
+    let mut dec = Decoder::for_body(req.args);
     let mut rest = req.args;
     while !rest.is_empty() {
         match dec.decode(rest)? {

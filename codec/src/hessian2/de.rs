@@ -93,6 +93,9 @@ pub struct Decoder {
     /// Nodes copied into the reference table or out of it by resolving a
     /// reference, over all calls; bounded by [`MAX_NODES`].
     copied: usize,
+    /// Set by [`Decoder::for_body`] when no reference can follow: containers are
+    /// then not copied into the reference table.
+    no_refs_ahead: bool,
 }
 
 /// A finished value in the reference table, with its size and height.
@@ -128,6 +131,18 @@ impl Decoder {
     /// A decoder with empty tables.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder for `body`, all the input it will be given (a message body, read
+    /// value after value). When no byte of it is the reference tag (`0x51`), nothing
+    /// can refer back to the lists, maps and objects decoded, so they are not copied
+    /// into the reference table: a Dubbo response's attachment map, say, costs half
+    /// as much to decode.
+    pub fn for_body(body: &[u8]) -> Self {
+        Decoder {
+            no_refs_ahead: !body.contains(&0x51),
+            ..Self::default()
+        }
     }
 
     /// Decode the next value at the start of `buf`.
@@ -317,6 +332,10 @@ impl Decoder {
     }
 
     fn fill_ref(&mut self, slot: usize, v: &Value) -> Step<()> {
+        if self.no_refs_ahead {
+            // No reference follows: the slot keeps its place, never read.
+            return Ok(());
+        }
         let (nodes, height) = measure(v);
         // Charge the copy kept in the table before making it.
         self.charge_copy(nodes)?;

@@ -323,12 +323,24 @@ pub struct SpanData {
 impl SpanData {
     /// A span starting now, no parent, status `ok`.
     pub fn new(trace_id: [u8; 16], span_id: [u8; 8], kind: SpanKind, call: CallNames) -> SpanData {
+        SpanData::starting_at(trace_id, span_id, kind, call, unix_nanos())
+    }
+
+    /// A span starting at `start_unix_nanos` (a loop's clock of the moment, see
+    /// [`unix_nanos_of`]), no parent, status `ok`.
+    pub fn starting_at(
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        kind: SpanKind,
+        call: CallNames,
+        start_unix_nanos: u64,
+    ) -> SpanData {
         SpanData {
             trace_id,
             span_id,
             parent_span_id: None,
             kind,
-            start_unix_nanos: unix_nanos(),
+            start_unix_nanos,
             end_unix_nanos: 0,
             error: false,
             status: "ok",
@@ -345,8 +357,12 @@ impl SpanData {
 
 /// The wall clock as Unix nanoseconds (0 before 1970).
 pub fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_nanos_of(SystemTime::now())
+}
+
+/// `t` as Unix nanoseconds (0 before 1970).
+pub fn unix_nanos_of(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
