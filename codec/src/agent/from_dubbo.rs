@@ -8,7 +8,8 @@
 use super::frame::{begin_raw_response, begin_response_with, encode_response, finish};
 use super::Status;
 use crate::dubbo::{self, Outcome};
-use crate::hessian2::{exception_summary, Encoder, Value};
+use crate::hessian2::{exception_summary, Encoder, Skipper, Value};
+use crate::Decoded;
 
 /// The agent status for a Dubbo error status: timeouts as TIMEOUT, a request the
 /// provider could not decode as BAD_REQUEST, a service it does not export as
@@ -101,6 +102,97 @@ fn encode_raw(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<St
 }
 
 fn encode_decoded(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<Status, ()> {
+    let plain = (frame.serialization_id() == dubbo::Serialization::Hessian2.id()
+        && frame.status() == dubbo::status::OK)
+        .then(|| plain_answer(frame.body))
+        .flatten();
+    match plain {
+        Some(p) => {
+            let mark = begin_response_with(out, id, Status::Ok, p.attachments()).map_err(drop)?;
+            out.extend_from_slice(p.value);
+            finish(out, mark).map(|()| Status::Ok).map_err(drop)
+        }
+        None => encode_any(out, id, frame),
+    }
+}
+
+/// Most attachments [`plain_answer`] takes; more go the general way.
+const PLAIN_ATTACHMENTS: usize = 8;
+
+/// A provider's result or null read without building a value: what nearly every
+/// answer is, and all [`encode_any`] would make of it.
+struct PlainAnswer<'a> {
+    /// The result as the provider encoded it (`N` for null).
+    value: &'a [u8],
+    attachments: [(&'a str, &'a str); PLAIN_ATTACHMENTS],
+    len: usize,
+}
+
+impl<'a> PlainAnswer<'a> {
+    fn attachments(&self) -> &[(&'a str, &'a str)] {
+        self.attachments.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// Reads a hessian2 OK body whose flag is a value or null (with or without
+/// attachments) and whose attachments, if any, are ASCII strings or null (at most
+/// [`PLAIN_ATTACHMENTS`] kept): the result's bytes are walked ([`Skipper`], which
+/// fails where the decoder would), nothing is allocated. The attachments are those
+/// [`response_attachments`] keeps: `dubbo` and null values dropped. `None` for any
+/// other body, which [`encode_any`] reads.
+fn plain_answer(body: &[u8]) -> Option<PlainAnswer<'_>> {
+    // Flags 0-5 are written as one-byte ints, 0x90 + flag.
+    let (&flag, mut rest) = body.split_first()?;
+    let (has_value, has_attachments) = match flag {
+        0x91 => (true, false),
+        0x92 => (false, false),
+        0x94 => (true, true),
+        0x95 => (false, true),
+        _ => return None,
+    };
+    let value: &[u8] = if has_value {
+        let Ok(Decoded::Complete { consumed, .. }) = Skipper::new().skip(rest) else {
+            return None;
+        };
+        let (value, tail) = rest.split_at_checked(consumed)?;
+        rest = tail;
+        value
+    } else {
+        b"N"
+    };
+    let mut answer = PlainAnswer {
+        value,
+        attachments: [("", ""); PLAIN_ATTACHMENTS],
+        len: 0,
+    };
+    if has_attachments {
+        // An untyped map of ASCII strings, then the end of the body.
+        rest = rest.strip_prefix(b"H")?;
+        loop {
+            if let Some(end) = rest.strip_prefix(b"Z") {
+                rest = end;
+                break;
+            }
+            let (key, n) = dubbo::ascii_string(rest)?;
+            rest = rest.get(n..)?;
+            if let Some(after_null) = rest.strip_prefix(b"N") {
+                rest = after_null;
+                continue;
+            }
+            let (value, n) = dubbo::ascii_string(rest)?;
+            rest = rest.get(n..)?;
+            if key == "dubbo" {
+                continue;
+            }
+            *answer.attachments.get_mut(answer.len)? = (key, value);
+            answer.len += 1;
+        }
+    }
+    rest.is_empty().then_some(answer)
+}
+
+/// [`encode_decoded`] for any answer: its body decoded into values.
+fn encode_any(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<Status, ()> {
     let decoded = dubbo::decode_response_body(frame.serialization_id(), frame.status(), frame.body);
     let resp = match decoded {
         Ok(resp) => resp,
@@ -214,6 +306,105 @@ mod tests {
         assert_eq!(status, Status::Ok);
         let (status, _) = answer(&dubbo_frame(dubbo::status::SERVER_TIMEOUT, b""), true);
         assert_eq!(status, Status::Timeout);
+    }
+
+    /// Hessian2 bytes of `values`, one after the other (one encoder: class
+    /// definitions and references as a provider would write them).
+    fn hessian(values: &[Value]) -> Vec<u8> {
+        let mut enc = Encoder::new();
+        let mut out = Vec::new();
+        for v in values {
+            enc.write_value(&mut out, v);
+        }
+        out
+    }
+
+    fn map(pairs: &[(&str, Value)]) -> Value {
+        Value::Map {
+            type_name: None,
+            entries: pairs
+                .iter()
+                .map(|(k, v)| (Value::String((*k).into()), v.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn plain_answers_are_read_as_decoding_would_read_them() {
+        let s = |t: &str| Value::String(t.into());
+        let dubbo = ("dubbo", s("2.0.2"));
+        let many: Vec<(String, Value)> = (0..9).map(|i| (format!("k{i}"), s("v"))).collect();
+        let many: Vec<(&str, Value)> = many.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let pojo = Value::Object {
+            class: "a.B".into(),
+            fields: vec![("x".into(), Value::Int(1))],
+        };
+        let list = Value::List {
+            type_name: None,
+            items: vec![s("x"), s("y")],
+        };
+        // (body, whether the plain reader takes it)
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            (hessian(&[Value::Int(1), Value::Int(-12345)]), true),
+            (hessian(&[Value::Int(2)]), true),
+            (
+                hessian(&[
+                    Value::Int(4),
+                    Value::Int(7),
+                    map(std::slice::from_ref(&dubbo)),
+                ]),
+                true,
+            ),
+            (
+                hessian(&[
+                    Value::Int(4),
+                    s("héllo"),
+                    map(&[("k", s("v")), dubbo.clone(), ("n", Value::Null)]),
+                ]),
+                true,
+            ),
+            (hessian(&[Value::Int(5), map(&[])]), true),
+            (
+                hessian(&[
+                    Value::Int(4),
+                    pojo.clone(),
+                    map(std::slice::from_ref(&dubbo)),
+                ]),
+                true,
+            ),
+            (hessian(&[Value::Int(1), list.clone()]), true),
+            // The general way: more attachments than kept, a value not ASCII or not a
+            // string, an exception, bytes after the body's last value.
+            (hessian(&[Value::Int(5), map(&many)]), false),
+            (hessian(&[Value::Int(5), map(&[("k", s("ü"))])]), false),
+            (
+                hessian(&[Value::Int(5), map(&[("k", Value::Int(3))])]),
+                false,
+            ),
+            (hessian(&[Value::Int(0), pojo]), false),
+            (
+                hessian(&[Value::Int(1), Value::Int(1), Value::Int(1)]),
+                false,
+            ),
+            // A result that refers back to itself.
+            ([&[0x91][..], &hex_list_with_ref()].concat(), true),
+        ];
+        for (body, plain) in cases {
+            assert_eq!(plain_answer(&body).is_some(), plain, "{body:02x?}");
+            let wire = dubbo_frame(dubbo::status::OK, &body);
+            let Ok(Decoded::Complete { msg: frame, .. }) = dubbo::decode_frame(&wire) else {
+                panic!("bad test frame")
+            };
+            let (mut fast, mut general) = (Vec::new(), Vec::new());
+            let a = encode_decoded(&mut fast, 9, &frame);
+            let b = encode_any(&mut general, 9, &frame);
+            assert_eq!((a, &fast), (b, &general), "{body:02x?}");
+        }
+    }
+
+    /// `[ {a: 1}, ref(1) ]`: a list whose second item refers to the first.
+    fn hex_list_with_ref() -> Vec<u8> {
+        vec![0x7a, 0x48, 0x01, 0x61, 0x91, 0x5a, 0x51, 0x91]
     }
 
     #[test]

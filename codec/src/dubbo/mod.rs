@@ -51,6 +51,7 @@
 mod frame;
 mod request;
 mod response;
+pub(crate) use request::ascii_string;
 pub mod server;
 
 pub use frame::{

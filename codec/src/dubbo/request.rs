@@ -494,7 +494,7 @@ fn routed_as_written(body: &[u8]) -> Option<RoutedRequest<'_>> {
 
 /// A hessian2 string in one chunk whose characters are all ASCII (so its UTF-16 length
 /// is its byte length), borrowed, and the bytes it takes.
-fn ascii_string(buf: &[u8]) -> Option<(&str, usize)> {
+pub(crate) fn ascii_string(buf: &[u8]) -> Option<(&str, usize)> {
     let (&tag, rest) = buf.split_first()?;
     let (len, head) = match tag {
         0x00..=0x1f => (usize::from(tag), 1),
