@@ -181,31 +181,14 @@ pub fn decode_str(raw: &[u8]) -> Result<Cow<'_, str>, FormError> {
     }
 }
 
-/// Index of the first `a` or `b` in `hay`, eight bytes at a time (SWAR): values are long
-/// (the race sends up to 1023 characters) and usually hold neither.
+/// Index of the first `a` or `b` in `hay` (`memchr`: SIMD where the CPU has it):
+/// values are long (the race sends up to 1023 characters) and usually hold neither.
 fn find(hay: &[u8], a: u8, b: u8) -> Option<usize> {
-    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
-    let (pa, pb) = (LO * u64::from(a), LO * u64::from(b));
-    let mut chunks = hay.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let (xa, xb) = (w ^ pa, w ^ pb);
-        // A zero byte in xa or xb marks a match; the lowest flagged byte is exact.
-        let z = (xa.wrapping_sub(LO) & !xa | xb.wrapping_sub(LO) & !xb) & HI;
-        if z != 0 {
-            return Some(base + (z.trailing_zeros() / 8) as usize);
-        }
-        base += 8;
+    if a == b {
+        memchr::memchr(a, hay)
+    } else {
+        memchr::memchr2(a, b, hay)
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == a || c == b)
-        .map(|i| base + i)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -294,7 +277,13 @@ pub fn race_call_in<'a>(
             Some(Span::Body(b)) => *b,
             Some(Span::Scratch(r)) => scratch.get(r.clone()).unwrap_or_default(),
         };
-        let s = std::str::from_utf8(bytes).map_err(|_| FormError::InvalidUtf8)?;
+        // Checking again would be a third pass over the parameter (up to a kilobyte
+        // in the race): about 600 instructions a call (callgrind,
+        // bench/scripts/instructions-per-request.sh).
+        #[allow(unsafe_code)]
+        // SAFETY: the loop above checked these very bytes with `from_utf8` (a span is
+        // set only after its check passed), and nothing wrote to them since.
+        let s = unsafe { std::str::from_utf8_unchecked(bytes) };
         Ok(Some(Cow::Borrowed(s)))
     };
     let [interface, method, parameter_types, parameter] = &spans;
