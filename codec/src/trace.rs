@@ -225,9 +225,38 @@ impl<'a> Gathered<'a> {
         g
     }
 
+    /// Gathers the trace headers among HTTP `headers` (a value that is not UTF-8 is
+    /// none), then the trace attachments among `pairs` for the names no header had:
+    /// one pass over each, the headers' other values never checked.
+    pub fn from_headers_then(
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Gathered<'a> {
+        let mut g = Gathered::default();
+        for (k, v) in headers {
+            if let Some(slot) = key_index(k).and_then(|i| g.values.get_mut(i)) {
+                if slot.is_none() {
+                    *slot = std::str::from_utf8(v).ok();
+                }
+            }
+        }
+        for (k, v) in pairs {
+            if let Some(slot) = key_index(k).and_then(|i| g.values.get_mut(i)) {
+                slot.get_or_insert(v);
+            }
+        }
+        g
+    }
+
     /// The value of trace attachment `name` (lower case, as [`extract`] asks).
     pub fn get(&self, name: &str) -> Option<&'a str> {
         key_index(name).and_then(|i| self.values.get(i).copied().flatten())
+    }
+
+    /// The context the gathered attachments carry: [`extract`] without looking each
+    /// name up again.
+    pub fn extract(&self) -> Option<TraceContext> {
+        extract_by(|i| self.values.get(i).copied().flatten())
     }
 }
 
@@ -243,8 +272,17 @@ fn key_index(key: &str) -> Option<usize> {
         17 => &[5],         // x-b3-parentspanid
         _ => return None,
     };
+    // Other headers of the same length (Connection, Content-Type, User-Agent) end at
+    // their first letter.
+    let first = key.as_bytes().first()?.to_ascii_lowercase();
+    let name = key_name;
+    if !candidates
+        .iter()
+        .any(|&i| name(i).as_bytes().first() == Some(&first))
+    {
+        return None;
+    }
     // Names come in lower case nearly always: compared as they are first.
-    let name = |i: usize| KEYS.get(i).copied().unwrap_or(SW8);
     (candidates.iter().copied())
         .find(|&i| key == name(i))
         .or_else(|| (candidates.iter().copied()).find(|&i| key.eq_ignore_ascii_case(name(i))))
@@ -255,21 +293,42 @@ fn key_index(key: &str) -> Option<usize> {
 /// `traceparent` (with `tracestate`), `b3`, `x-b3-*`, `sw8`; the first well-formed one
 /// wins. `None` if there is none.
 pub fn extract<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<TraceContext> {
-    if let Some(ctx) = get("traceparent").and_then(parse_traceparent) {
-        let tracestate = get("tracestate")
+    extract_by(|i| get(key_name(i)))
+}
+
+// Indices of the names in [`KEYS`], and [`SW8`]'s after them.
+const TRACEPARENT: usize = 0;
+const TRACESTATE: usize = 1;
+const B3: usize = 2;
+const X_B3_TRACEID: usize = 3;
+const X_B3_SPANID: usize = 4;
+const X_B3_PARENTSPANID: usize = 5;
+const X_B3_SAMPLED: usize = 6;
+const X_B3_FLAGS: usize = 7;
+const SW8_INDEX: usize = KEYS.len();
+
+/// The name of key `i` ([`KEYS`], then [`SW8`]).
+fn key_name(i: usize) -> &'static str {
+    KEYS.get(i).copied().unwrap_or(SW8)
+}
+
+/// [`extract`] through a lookup by key index (see [`key_name`]).
+fn extract_by<'a>(get: impl Fn(usize) -> Option<&'a str>) -> Option<TraceContext> {
+    if let Some(ctx) = get(TRACEPARENT).and_then(parse_traceparent) {
+        let tracestate = get(TRACESTATE)
             .map(str::trim)
             .filter(|s| valid_tracestate(s))
             .map(str::to_owned)
             .unwrap_or_default();
         return Some(TraceContext { tracestate, ..ctx });
     }
-    if let Some(ctx) = get("b3").and_then(parse_b3_single) {
+    if let Some(ctx) = get(B3).and_then(parse_b3_single) {
         return Some(ctx);
     }
     if let Some(ctx) = parse_b3_multi(&get) {
         return Some(ctx);
     }
-    get(SW8).and_then(parse_sw8)
+    get(SW8_INDEX).and_then(parse_sw8)
 }
 
 impl TraceContext {
@@ -555,19 +614,19 @@ fn parse_b3_single(value: &str) -> Option<TraceContext> {
     })
 }
 
-fn parse_b3_multi<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Option<TraceContext> {
-    let trace_id = parse_b3_trace_id(get("x-b3-traceid")?.trim().as_bytes())?;
-    let span_id = parse_b3_span_id(get("x-b3-spanid")?.trim().as_bytes())?;
-    let parent_span_id = match get("x-b3-parentspanid") {
+fn parse_b3_multi<'a>(get: &impl Fn(usize) -> Option<&'a str>) -> Option<TraceContext> {
+    let trace_id = parse_b3_trace_id(get(X_B3_TRACEID)?.trim().as_bytes())?;
+    let span_id = parse_b3_span_id(get(X_B3_SPANID)?.trim().as_bytes())?;
+    let parent_span_id = match get(X_B3_PARENTSPANID) {
         None => None,
         Some(p) => Some(parse_b3_span_id(p.trim().as_bytes())?),
     };
-    let debug = match get("x-b3-flags").map(str::trim) {
+    let debug = match get(X_B3_FLAGS).map(str::trim) {
         None | Some("0") => false,
         Some("1") => true,
         Some(_) => return None,
     };
-    let sampled = match get("x-b3-sampled").map(str::trim) {
+    let sampled = match get(X_B3_SAMPLED).map(str::trim) {
         None => None,
         Some("1") | Some("true") => Some(true),
         Some("0") | Some("false") => Some(false),
@@ -755,9 +814,19 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
+    // Eight digits at a time (trace and span ids are 32 and 16), the rest one by one.
+    let mut digits = s.chunks_exact(8);
+    let mut bytes = out.chunks_exact_mut(4);
+    for (d, o) in (&mut digits).zip(&mut bytes) {
+        o.copy_from_slice(&hex8(d.try_into().ok()?)?);
+    }
     // Any byte that is not a digit has a value of 0xff: one check at the end.
     let mut bad = 0;
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+    for (o, pair) in bytes
+        .into_remainder()
+        .iter_mut()
+        .zip(digits.remainder().chunks_exact(2))
+    {
         let (hi, lo) = (
             HEX_VALUE[usize::from(pair[0])],
             HEX_VALUE[usize::from(pair[1])],
@@ -766,6 +835,30 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
         *o = (hi << 4) | (lo & 0xf);
     }
     (bad & 0xf0 == 0).then_some(out)
+}
+
+/// Eight lower-case hex digits as four bytes, all eight handled at once in a `u64`.
+fn hex8(digits: [u8; 8]) -> Option<[u8; 4]> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let x = u64::from_le_bytes(digits);
+    // A digit's value is its low nibble, plus 9 for a letter (bit 6 set: 'a' is 0x61).
+    let v = (x & (ONES * 0x0f)) + ((x >> 6) & ONES) * 9;
+    // Valid only if each value is below 16 and writing it back gives the same byte
+    // (no lane carries into the next: every lane stays below 0x80 throughout).
+    let over_15 = (v + ONES * 0x70) & (ONES * 0x80);
+    let letters = ((v + ONES * 0x76) >> 7) & ONES;
+    let again = v + ONES * 0x30 + letters * 0x27;
+    if over_15 != 0 || again != x {
+        return None;
+    }
+    // Pairs of nibbles (first digit high) into bytes, one per 16-bit lane.
+    let pairs = ((v & 0x000f_000f_000f_000f) << 4) | ((v >> 8) & 0x00ff_00ff_00ff_00ff);
+    Some([
+        pairs as u8,
+        (pairs >> 16) as u8,
+        (pairs >> 32) as u8,
+        (pairs >> 48) as u8,
+    ])
 }
 
 fn nonzero<const N: usize>(id: [u8; N]) -> Option<[u8; N]> {

@@ -189,8 +189,9 @@ impl ConsumerLoop {
         // With tracing on: the caller's context from its attachments, continued.
         let mut attachments = attachments;
         let trace = (self.tracer.as_mut()).and_then(|t| {
-            let lookup = super::tracing::in_attachments(&attachments);
-            t.begin(lookup, "dubbo", super::wall_nanos(cx))
+            let sent = attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            let found = codec::trace::Gathered::from_pairs(sent);
+            t.begin(found, "dubbo", super::wall_nanos(cx))
         });
         if trace.is_some() {
             super::tracing::strip(&mut attachments);

@@ -562,17 +562,9 @@ impl ConsumerLoop {
         // With tracing on: the caller's context, from its headers or else the
         // attachments it sent, continued (its trace attachments are replaced).
         let trace = self.tracer.as_mut().and_then(|tracer| {
-            let header = |name: &str| {
-                req.headers()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            };
-            let sent = super::tracing::in_attachments(&attachments);
-            tracer.begin(
-                |name| header(name).or_else(|| sent(name)),
-                "http",
-                super::wall_nanos(cx),
-            )
+            let sent = attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            let found = codec::trace::Gathered::from_headers_then(req.headers(), sent);
+            tracer.begin(found, "http", super::wall_nanos(cx))
         });
         if trace.is_some() {
             super::tracing::strip(&mut attachments);

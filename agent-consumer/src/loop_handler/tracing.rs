@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 
-use codec::trace::{self, Fields, Format, Sw8Local, TraceContext};
+use codec::trace::{self, Fields, Format, Gathered, Sw8Local, TraceContext};
 use reactor_admin::otlp::{CallNames, NamesCache, SpanData, SpanKind, Spans};
 
 use crate::metrics::Outcome;
@@ -75,17 +75,17 @@ impl Tracer {
         trace::span_id_from(self.rng.next_u64())
     }
 
-    /// The trace of a call arriving with what `lookup` finds (a header or attachment by
-    /// name, case-insensitively): its caller's context continued, or a new trace if
-    /// none and the sample rate draws one; `None`: the call is not traced. `now`: the
-    /// loop's clock (Unix nanoseconds), the span's start.
-    pub(super) fn begin<'a>(
+    /// The trace of a call arriving with `found` (its trace headers or attachments):
+    /// its caller's context continued, or a new trace if none and the sample rate
+    /// draws one; `None`: the call is not traced. `now`: the loop's clock (Unix
+    /// nanoseconds), the span's start.
+    pub(super) fn begin(
         &mut self,
-        lookup: impl Fn(&str) -> Option<&'a str>,
+        found: Gathered<'_>,
         front: &'static str,
         now: u64,
     ) -> Option<Box<CallTrace>> {
-        let ours = match trace::extract(lookup) {
+        let ours = match found.extract() {
             Some(mut caller) => {
                 if caller.sampled.is_none() && !caller.debug {
                     // Deferred (B3): this side decides, for every hop after it.
@@ -219,18 +219,6 @@ fn record(ctx: &TraceContext, call: CallNames, start: u64) -> SpanData {
     span
 }
 
-/// A case-insensitive lookup among attachments (the keys as sent).
-pub(super) fn in_attachments<'a>(
-    attachments: &'a [(String, String)],
-) -> impl Fn(&str) -> Option<&'a str> + 'a {
-    move |name| {
-        attachments
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// Drops the trace attachments a caller sent (the continued context replaces them).
 pub(super) fn strip(attachments: &mut Vec<(String, String)>) {
     if attachments.iter().any(|(k, _)| trace::is_trace_key(k)) {
@@ -254,8 +242,8 @@ mod tests {
         let (spans, rx) = Spans::bounded(16);
         let mut tracer = Tracer::new(spans, 0.0, "127.0.0.1:20000".into());
         let headers = [("traceparent", CALLER)];
-        let lookup = |k: &str| headers.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
-        let mut t = tracer.begin(lookup, "http", 100).expect("traced");
+        let found = Gathered::from_pairs(headers);
+        let mut t = tracer.begin(found, "http", 100).expect("traced");
         let ours = t.ctx.span_id;
         let addr: SocketAddr = "127.0.0.1:30000".parse().unwrap();
         // The first attempt carries the call's own span.
@@ -306,16 +294,18 @@ mod tests {
     fn without_a_context_only_the_sample_rate_starts_a_trace() {
         let (spans, _rx) = Spans::bounded(16);
         let mut never = Tracer::new(spans.clone(), 0.0, String::new());
-        assert!(never.begin(|_| None, "http", 1).is_none());
+        assert!(never.begin(Gathered::default(), "http", 1).is_none());
         let mut always = Tracer::new(spans, 1.0, String::new());
-        let t = always.begin(|_| None, "http", 1).expect("sampled");
+        let t = always
+            .begin(Gathered::default(), "http", 1)
+            .expect("sampled");
         assert!(t.ctx.is_sampled() && t.ctx.parent_span_id.is_none());
         // An unsampled context is continued, not recorded.
         let (spans, rx) = Spans::bounded(16);
         let mut tracer = Tracer::new(spans, 1.0, String::new());
         let off = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         let mut t = tracer
-            .begin(|k| (k == "traceparent").then_some(off), "http", 1)
+            .begin(Gathered::from_pairs([("traceparent", off)]), "http", 1)
             .unwrap();
         let names = Names {
             service: "a",

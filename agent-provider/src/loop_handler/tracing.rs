@@ -89,7 +89,7 @@ impl Tracer {
         front: &'static str,
     ) -> Option<(Box<CallTrace>, Fields)> {
         let span_id = trace::span_id_from(self.rng.next_u64());
-        let ours = match trace::extract(|k| found.get(k)) {
+        let ours = match found.extract() {
             Some(mut caller) => {
                 if caller.sampled.is_none() && !caller.debug {
                     caller.sampled = Some(self.draw());

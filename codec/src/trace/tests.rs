@@ -421,6 +421,34 @@ fn gathered_attachments_read_as_a_lookup_does() {
     }
     assert_eq!(found.get("dubbo"), None);
     assert_eq!(extract(|k| found.get(k)), get(&pairs));
+    assert_eq!(found.extract(), get(&pairs));
+    // Headers first, then attachments for the names no header had (a header that is
+    // not UTF-8 is as good as absent).
+    let headers: [(&str, &[u8]); 3] = [
+        ("Host", b"x"),
+        ("TraceParent", TP.as_bytes()),
+        ("tracestate", b"\xff"),
+    ];
+    let sent = [("traceparent", "00-other"), ("tracestate", "a=b")];
+    let both = Gathered::from_headers_then(headers, sent);
+    assert_eq!(both.get("traceparent"), Some(TP));
+    assert_eq!(both.get("tracestate"), Some("a=b"));
+    assert_eq!(
+        Gathered::from_headers_then([], sent).get("traceparent"),
+        Some("00-other")
+    );
+    // The other formats too, each alone.
+    let b3 = [("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")];
+    let multi = [
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("x-b3-sampled", "1"),
+    ];
+    for pairs in [&b3[..], &multi[..]] {
+        let found = Gathered::from_pairs(pairs.iter().copied());
+        assert!(found.extract().is_some());
+        assert_eq!(found.extract(), get(pairs));
+    }
     assert_eq!(Gathered::from_pairs([]).get("traceparent"), None);
 }
 
@@ -434,4 +462,33 @@ fn every_trace_key_is_found_in_any_case_and_no_other() {
     for other in ["", "dubbo", "path", "timeout", "x-b3-traceie", "tracestatf"] {
         assert_eq!(key_index(other), None, "{other}");
     }
+}
+
+#[test]
+fn hex_is_read_eight_digits_at_a_time_as_one_by_one() {
+    // Every byte in each position of an otherwise valid id: accepted exactly when
+    // it is a lower-case hex digit, with the value the table gives.
+    let one_by_one = |s: &[u8]| -> Option<Vec<u8>> {
+        s.chunks_exact(2)
+            .map(|p| {
+                let (hi, lo) = (HEX_VALUE[usize::from(p[0])], HEX_VALUE[usize::from(p[1])]);
+                ((hi | lo) & 0xf0 == 0).then_some((hi << 4) | lo)
+            })
+            .collect()
+    };
+    let base = *b"0123456789abcdef";
+    for at in 0..16 {
+        for b in 0..=255u8 {
+            let mut s = base;
+            s[at] = b;
+            let fast = parse_hex::<8>(&s).map(|v| v.to_vec());
+            assert_eq!(fast, one_by_one(&s), "byte {b:#04x} at {at}");
+        }
+    }
+    assert_eq!(parse_hex::<1>(b"ff"), Some([0xff]));
+    assert_eq!(parse_hex::<1>(b"fF"), None);
+    assert_eq!(
+        parse_hex::<5>(b"00f067aa0b"),
+        Some([0, 0xf0, 0x67, 0xaa, 0x0b])
+    );
 }

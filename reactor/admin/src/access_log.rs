@@ -182,20 +182,35 @@ fn write_start(b: &mut Vec<u8>, call: &CallStart<'_>) {
 
 /// The rest of a line and its end ([`Line::end`]).
 fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
-    b.reserve(256);
-    b.extend_from_slice(b",\"trace_id\":");
-    write_trace_id(b, end.trace_id);
-    b.extend_from_slice(b",\"upstream\":");
-    TEXTS.with_borrow_mut(|t| write_addr_cached(b, end.upstream, t));
+    // All of it on the stack, then one copy: the line's second half is at most
+    // 34 + 48 (an address) + 64 (an outcome kept here) + six numbers and the names.
     let mut n = Digits::new();
+    n.put(b",\"trace_id\":");
+    match end.trace_id {
+        Some(id) => {
+            let mut text = [b'"'; 34];
+            for (pair, b) in text[1..33].chunks_exact_mut(2).zip(id) {
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+            }
+            n.put(&text);
+        }
+        None => n.put(b"null"),
+    }
+    n.put(b",\"upstream\":");
+    TEXTS.with_borrow_mut(|t| match end.upstream {
+        Some(a) => n.put_slice(t.addr(a)),
+        None => n.put(b"null"),
+    });
     n.put(b",\"retries\":");
     n.num(u64::from(end.retries));
     n.put(b",\"status\":");
     n.num(u64::from(end.status));
     n.put(b",\"outcome\":");
-    b.extend_from_slice(n.as_slice());
-    write_json_str(b, end.outcome);
-    let mut n = Digits::new();
+    if !n.put_plain_json_str(end.outcome) {
+        b.extend_from_slice(n.as_slice());
+        write_json_str(b, end.outcome);
+        n = Digits::new();
+    }
     n.put(b",\"latency_us\":");
     n.num(end.latency_us);
     n.put(b",\"bytes_in\":");
@@ -206,17 +221,17 @@ fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
     b.extend_from_slice(n.as_slice());
 }
 
-/// Numbers and the names around them, written on the stack and copied at once (128
-/// bytes hold three names of up to 16 bytes and three numbers of up to 20 digits).
+/// Text written on the stack and copied at once (its 320 bytes hold the second half of
+/// a line: see [`write_end`]). What does not fit is dropped, never written past.
 struct Digits {
-    buf: [u8; 128],
+    buf: [u8; 320],
     n: usize,
 }
 
 impl Digits {
     fn new() -> Digits {
         Digits {
-            buf: [0; 128],
+            buf: [0; 320],
             n: 0,
         }
     }
@@ -228,35 +243,57 @@ impl Digits {
         }
     }
 
+    fn put_slice(&mut self, bytes: &[u8]) {
+        if let Some(d) = self.buf.get_mut(self.n..self.n + bytes.len()) {
+            d.copy_from_slice(bytes);
+            self.n += bytes.len();
+        }
+    }
+
+    /// `s` as a JSON string, if it is short (64 bytes at most) and has nothing to
+    /// escape, as the outcomes' names: false (nothing written) otherwise.
+    fn put_plain_json_str(&mut self, s: &str) -> bool {
+        let bytes = s.as_bytes();
+        let plain =
+            bytes.len() <= 64 && bytes.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
+        let Some(d) = plain
+            .then(|| self.buf.get_mut(self.n..self.n + bytes.len() + 2))
+            .flatten()
+        else {
+            return false;
+        };
+        if let Some((open, rest)) = d.split_first_mut() {
+            *open = b'"';
+            if let Some((close, text)) = rest.split_last_mut() {
+                text.copy_from_slice(bytes);
+                *close = b'"';
+            }
+        }
+        self.n += bytes.len() + 2;
+        true
+    }
+
+    /// `v` in decimal: its digits counted first, then written in place, two at a time
+    /// from the last.
     fn num(&mut self, mut v: u64) {
-        // Two digits at a time, from the last.
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        while v >= 100 && i >= 2 {
-            i -= 2;
-            if let Some(d) = digits.get_mut(i..i + 2) {
-                d.copy_from_slice(&DIGIT_PAIRS[(v % 100) as usize]);
+        let len = v.checked_ilog10().map_or(1, |l| l as usize + 1);
+        let Some(d) = self.buf.get_mut(self.n..self.n + len) else {
+            return;
+        };
+        let mut i = len;
+        while i >= 2 {
+            if let Some(pair) = d.get_mut(i - 2..i) {
+                pair.copy_from_slice(&DIGIT_PAIRS[(v % 100) as usize]);
             }
             v /= 100;
+            i -= 2;
         }
-        let [hi, lo] = DIGIT_PAIRS[v as usize % 100];
-        if v >= 10 {
-            i = i.saturating_sub(2);
-            if let Some(d) = digits.get_mut(i..i + 2) {
-                d.copy_from_slice(&[hi, lo]);
-            }
-        } else {
-            i = i.saturating_sub(1);
-            if let Some(d) = digits.get_mut(i) {
-                *d = lo;
+        if i == 1 {
+            if let Some(first) = d.first_mut() {
+                *first = b'0' + (v % 10) as u8;
             }
         }
-        for &d in digits.iter().skip(i) {
-            if let Some(slot) = self.buf.get_mut(self.n) {
-                *slot = d;
-                self.n += 1;
-            }
-        }
+        self.n += len;
     }
 
     fn as_slice(&self) -> &[u8] {
@@ -872,20 +909,6 @@ const DIGIT_PAIRS: [[u8; 2]; 100] = {
     t
 };
 
-fn write_trace_id(out: &mut Vec<u8>, id: Option<[u8; 16]>) {
-    match id {
-        Some(id) => {
-            // In a buffer of its own: one copy of 34 bytes.
-            let mut text = [b'"'; 34];
-            for (pair, b) in text[1..33].chunks_exact_mut(2).zip(id) {
-                pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
-            }
-            out.extend_from_slice(&text);
-        }
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 /// Writes `t` as RFC 3339 in UTC with milliseconds (`2026-12-04T10:24:47.123Z`); a time
 /// before 1970 is written as the epoch.
 pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
@@ -999,6 +1022,31 @@ mod tests {
             let mut d = Digits::new();
             d.num(v);
             assert_eq!(d.as_slice(), v.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn short_plain_strings_are_written_as_any_json_string() {
+        let (long, longer) = ("x".repeat(64), "y".repeat(65));
+        for s in [
+            "ok",
+            "",
+            "provider_error",
+            "héllo",
+            &long,
+            "a\"b",
+            "tab\there",
+            &longer,
+        ] {
+            let mut want = Vec::new();
+            write_json_str(&mut want, s);
+            let mut d = Digits::new();
+            if d.put_plain_json_str(s) {
+                assert_eq!(d.as_slice(), want, "{s}");
+            } else {
+                assert!(d.as_slice().is_empty(), "{s}");
+                assert!(s.len() > 64 || want.len() > s.len() + 2, "{s}");
+            }
         }
     }
 
