@@ -32,7 +32,7 @@ fn answer(out: &mut Vec<u8>, id: u64, param: &str) {
 }
 
 /// A provider-agent whose first connection says GOAWAY on its first call, and answers
-/// that call 300 ms later; later connections answer at once.
+/// that call 1 s later; later connections answer at once.
 fn fake_agent() -> (std::net::SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -94,7 +94,7 @@ fn serve(mut stream: TcpStream, index: usize, seen: &Arc<Mutex<Vec<Seen>>>) {
                         agent::encode_goaway(&mut out);
                         let (w, s, id) = (writer.clone(), seen.clone(), r.id);
                         std::thread::spawn(move || {
-                            std::thread::sleep(Duration::from_millis(300));
+                            std::thread::sleep(LATE_ANSWER);
                             let mut late = Vec::new();
                             answer(&mut late, id, &param);
                             s.lock().expect("lock")[0].answered_at = Some(Instant::now());
@@ -119,6 +119,9 @@ fn serve(mut stream: TcpStream, index: usize, seen: &Arc<Mutex<Vec<Seen>>>) {
     }
 }
 
+/// How long after its GOAWAY the first connection answers its call.
+const LATE_ANSWER: Duration = Duration::from_secs(1);
+
 fn call(addr: std::net::SocketAddr, param: &str) -> util::Answer {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(&util::race_request(param)).expect("write");
@@ -133,9 +136,9 @@ fn goaway_moves_calls_to_a_new_connection_and_the_old_one_closes_after_its_calls
     let running = util::consumer(&[agent_addr], &[]);
     util::wait_ready(&running);
     let http = running.http_addr();
-    // A call on the first connection: GOAWAY comes with it, its answer 300 ms later.
+    // A call on the first connection: GOAWAY comes with it, its answer 1 s later.
     let slow = std::thread::spawn(move || call(http, "first"));
-    let end = Instant::now() + Duration::from_secs(5);
+    let end = Instant::now() + Duration::from_secs(10);
     while seen.lock().expect("lock").len() < 2 {
         assert!(Instant::now() < end, "no new connection after GOAWAY");
         std::thread::sleep(Duration::from_millis(5));
@@ -145,7 +148,10 @@ fn goaway_moves_calls_to_a_new_connection_and_the_old_one_closes_after_its_calls
         assert!(Instant::now() < end, "no PING on the new connection");
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(20));
+    // The consumer-agent moves calls to it once it has read the PONG, which nothing
+    // shows from here: give it time (well inside the old call's LATE_ANSWER, so that the
+    // old connection still has that call in flight when the next one is made).
+    std::thread::sleep(Duration::from_millis(200));
     let next = call(http, "second");
     assert_eq!(next.status, 200);
     assert_eq!(

@@ -150,7 +150,19 @@ fn overloaded_provider_is_retried_elsewhere() {
     let good = fake_agent(Mode::Hash);
     let running = consumer(&[full.addr, good.addr], &["--lb", "wrr"]);
     wait_ready(&running);
-    std::thread::sleep(Duration::from_millis(300)); // both connections up
+    // Both connections up (polled: a fixed pause may be too short on a busy machine).
+    let both_up = test_support::wait::wait_until(Duration::from_secs(10), || {
+        let text = running.metrics().render();
+        let up: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("consumer_upstream_up{"))
+            .collect();
+        [full.addr, good.addr]
+            .iter()
+            .all(|a| up.iter().any(|l| l.contains(&format!("\"{a}\""))))
+            && up.iter().all(|l| l.ends_with(" 1"))
+    });
+    assert!(both_up, "both provider-agents connected");
     for i in 0..20 {
         let p = format!("p{i}");
         let answers = exchange(running.http_addr(), &race_request(&p), 1);

@@ -58,16 +58,20 @@ fn a_leaving_provider_agent_finishes_its_calls_and_gets_no_new_ones() {
             (s, p)
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    let a_calls = a.calls.load(Ordering::SeqCst);
-    assert!(a_calls > 0, "a got some of the calls");
+    // a got some of the calls (polled: the consumer-agent may not have sent them yet).
+    let got = test_support::wait::wait_until(Duration::from_secs(5), || {
+        a.calls.load(Ordering::SeqCst) > 0
+    });
+    assert!(got, "a got some of the calls");
     reg_a.deregister().expect("deregister a");
     for (s, p) in clients.iter_mut() {
         let answers = read_answers(s, 1, Duration::from_secs(5));
         assert_eq!(answers[0].status, 200, "{p}: {}", answers[0].body);
         assert_eq!(answers[0].body, string_hash_code(p).to_string());
     }
-    // Once the registry change has reached the loop, a gets nothing new.
+    // Once the registry change has reached the loop (a, its calls over, is dropped), a
+    // gets nothing new.
+    wait_unlisted(&running, a.addr);
     std::thread::sleep(Duration::from_millis(300));
     let before = a.calls.load(Ordering::SeqCst);
     for i in 0..10 {
@@ -482,15 +486,11 @@ fn a_service_never_named_is_discovered_on_its_first_call() {
         );
     }
     // ... and forgotten: only the served and the --service ones are still watched.
-    let forgotten = (0..100).any(|_| {
+    let forgotten = test_support::wait::wait_until(Duration::from_secs(10), || {
         let (_, body) = admin_get(admin, "/registry");
         let listed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         let names: Vec<&String> = listed.as_object().expect("an object").keys().collect();
-        if names.len() == 2 {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        false
+        names.len() == 2
     });
     assert!(forgotten, "{}", admin_get(admin, "/registry").1);
     let again = exchange(running.http_addr(), &race_request("again"), 1).remove(0);

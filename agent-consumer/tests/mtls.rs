@@ -254,6 +254,72 @@ impl Drop for Openssl {
     }
 }
 
+/// Runs `cmd` (an `openssl s_client`), writes `input` to it and keeps its input open
+/// until what it printed is `done`, it ends its output, or `limit` passes (openssl's
+/// start and handshake take a while on a busy machine: wait for the answer rather than
+/// for a fixed time); what it printed.
+fn s_client_exchange(
+    cmd: &mut Command,
+    input: &[u8],
+    limit: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    let mut child = Openssl(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_client"),
+    );
+    // What openssl printed so far, and whether it ended, read by a thread.
+    let out = Arc::new(Mutex::new((Vec::new(), false)));
+    let reader = child.0.stdout.take().map(|mut stdout| {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.lock().unwrap().0.extend_from_slice(&buf[..n]),
+                }
+            }
+            out.lock().unwrap().1 = true;
+        })
+    });
+    if let Some(mut stdin) = child.0.stdin.take() {
+        let _ = stdin.write_all(input);
+        // Keep stdin open while the answer comes back.
+        test_support::wait::wait_until(limit, || {
+            let out = out.lock().unwrap();
+            out.1 || done(&out.0)
+        });
+        drop(stdin);
+    }
+    // s_client stays up after its input ends: what it printed is in the pipe.
+    drop(child);
+    if let Some(reader) = reader {
+        let _ = reader.join();
+    }
+    let out = std::mem::take(&mut out.lock().unwrap().0);
+    out
+}
+
+/// Whether `out` holds a whole HTTP response (headers and `Content-Length` bytes).
+fn http_complete(out: &[u8]) -> bool {
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&out[..end]);
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| out.len() >= end + 4 + len)
+}
+
+/// How long an exchange with `s_client` that should be answered may take.
+const ANSWERED_WITHIN: Duration = Duration::from_secs(10);
+
 #[test]
 fn a_provider_naming_another_identity_than_the_registry_is_refused() {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -318,27 +384,15 @@ fn openssl_s_client_speaks_the_agent_protocol_with_a_client_certificate_only() {
             cmd.args(["-cert", s(&good.join("consumer.pem"))])
                 .args(["-key", s(&good.join("consumer-key.pem"))]);
         }
-        let mut child = Openssl(
-            cmd.stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("openssl s_client"),
-        );
-        if let Some(mut stdin) = child.0.stdin.take() {
-            let _ = stdin.write_all(&ping);
-            // Keep stdin open while the answer comes back.
-            std::thread::sleep(Duration::from_millis(1500));
-            drop(stdin);
-        }
-        // s_client stays up after its input ends: what it printed is in the pipe.
-        let _ = child.0.kill();
-        let _ = child.0.wait();
-        let mut out = Vec::new();
-        if let Some(mut stdout) = child.0.stdout.take() {
-            let _ = stdout.read_to_end(&mut out);
-        }
-        out
+        // Answered: as soon as a whole frame is back; refused: nothing in 1.5 s.
+        let limit = if with_cert {
+            ANSWERED_WITHIN
+        } else {
+            Duration::from_millis(1500)
+        };
+        s_client_exchange(&mut cmd, &ping, limit, |out| {
+            matches!(codec::agent::decode(out), Ok(Decoded::Complete { .. }))
+        })
     };
     let out = run(true);
     match codec::agent::decode(&out) {
@@ -400,27 +454,16 @@ fn http_over_tls_with_http_tls_cert() {
     let ca = start_ca(&registry, &flags);
     wait_ready(&ca);
     let connect = format!("127.0.0.1:{}", ca.http_addr().port());
-    let mut child = Openssl(
+    let out = s_client_exchange(
         Command::new("openssl")
             .args(["s_client", "-quiet", "-connect", &connect])
             .args(["-CAfile", s(&good.join("ca.pem"))])
-            .args(["-servername", "front.test", "-verify_return_error"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_client"),
+            .args(["-servername", "front.test", "-verify_return_error"]),
+        &race_request("x"),
+        ANSWERED_WITHIN,
+        http_complete,
     );
-    if let Some(mut stdin) = child.0.stdin.take() {
-        let _ = stdin.write_all(&race_request("x"));
-        std::thread::sleep(Duration::from_millis(1500));
-    }
-    let _ = child.0.kill();
-    let _ = child.0.wait();
-    let mut out = String::new();
-    if let Some(mut stdout) = child.0.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
+    let out = String::from_utf8_lossy(&out).into_owned();
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
     assert!(out.ends_with(&string_hash_code("x").to_string()), "{out:?}");
     ca.stop();
@@ -439,24 +482,15 @@ fn https_call(addr: SocketAddr, certs: &Path, name: Option<&str>) -> String {
         cmd.args(["-cert", s(&certs.join(format!("{n}.pem")))])
             .args(["-key", s(&certs.join(format!("{n}-key.pem")))]);
     }
-    let mut child = Openssl(
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_client"),
-    );
-    if let Some(mut stdin) = child.0.stdin.take() {
-        let _ = stdin.write_all(&race_request("x"));
-        std::thread::sleep(Duration::from_millis(800));
-    }
-    let _ = child.0.kill();
-    let _ = child.0.wait();
-    let mut out = String::new();
-    if let Some(mut stdout) = child.0.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
-    out
+    // With a certificate: as soon as the whole answer is back; without: nothing in
+    // 800 ms.
+    let limit = if name.is_some() {
+        ANSWERED_WITHIN
+    } else {
+        Duration::from_millis(800)
+    };
+    let out = s_client_exchange(&mut cmd, &race_request("x"), limit, http_complete);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `--http-tls-ca`: HTTP callers prove identities with client certificates, traffic

@@ -842,7 +842,12 @@ fn a_stopping_provider_agent_sends_its_dubbo_consumers_the_read_only_event() {
     );
     provider.set(Mode::Hash, Duration::from_millis(400));
     c.send(&hash(2, "in flight"));
-    std::thread::sleep(Duration::from_millis(50));
+    // In flight only once the agent has sent it on (polled: a fixed pause may be too
+    // short on a busy machine).
+    let m = agent.running.metrics().clone();
+    assert_eventually("the call in flight at the provider", SOON, || {
+        m.inflight() > 0
+    });
     let Agent { running, _dir, .. } = agent;
     let stopper = std::thread::spawn(move || running.stop());
     let mut want = Vec::new();

@@ -98,7 +98,11 @@ fn goaway_to_consumers_that_understand_it_and_the_old_agent_stops_once_they_left
     agent::encode_define(&mut call, 1, sig).expect("define");
     call.extend(hash_request(42, "in flight", 5000));
     new_consumer.write_all(&call).expect("call");
-    std::thread::sleep(Duration::from_millis(50));
+    // In flight only once the agent has sent it on (polled: a fixed pause may be too
+    // short on a busy machine).
+    test_support::wait::assert_eventually("the call in flight at the provider", SOON, || {
+        m.inflight() > 0
+    });
 
     // The successor (played here) takes the sockets and says it accepts.
     let mut takeover =

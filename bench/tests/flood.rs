@@ -357,7 +357,7 @@ fn provider_agent_survives_a_flood_past_its_fd_limit() {
 }
 
 /// A PING over a new mutual-TLS connection to `addr` (openssl `s_client` with the
-/// `consumer` certificate of `certs`) is answered PONG.
+/// `consumer` certificate of `certs`) is answered PONG within [`TLS_PING_WITHIN`].
 fn tls_ping(addr: SocketAddr, certs: &Path) -> bool {
     let mut ping = Vec::new();
     codec::agent::encode_ping(&mut ping, 7);
@@ -378,24 +378,46 @@ fn tls_ping(addr: SocketAddr, certs: &Path) -> bool {
     let Ok(mut child) = child else {
         panic!("openssl s_client (Debian's openssl, installed by .ci/setup) does not start");
     };
+    // What openssl printed so far, read by a thread (it ends when openssl is killed).
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let reader = child.stdout.take().map(|mut stdout| {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    });
+    let pong = |out: &[u8]| {
+        matches!(
+            codec::agent::decode(out),
+            Ok(codec::Decoded::Complete {
+                msg: codec::agent::Frame::Pong { id: 7 },
+                ..
+            })
+        )
+    };
+    // openssl's start and handshake take a while on a busy machine: wait for the PONG
+    // (returning as soon as it is read) rather than for a fixed time.
+    let mut answered = false;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(&ping);
-        std::thread::sleep(Duration::from_millis(1000));
+        answered = wait_until(TLS_PING_WITHIN, || pong(&out.lock().unwrap()));
     }
     let _ = child.kill();
     let _ = child.wait();
-    let mut out = Vec::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_end(&mut out);
+    if let Some(reader) = reader {
+        let _ = reader.join();
     }
-    matches!(
-        codec::agent::decode(&out),
-        Ok(codec::Decoded::Complete {
-            msg: codec::agent::Frame::Pong { id: 7 },
-            ..
-        })
-    )
+    answered || pong(&out.lock().unwrap())
 }
+
+/// How long [`tls_ping`] waits for the PONG.
+const TLS_PING_WITHIN: Duration = Duration::from_secs(5);
 
 /// The same flood on a provider-agent with mutual TLS: each flooding connection holds
 /// a TLS state until its handshake times out, and none may cost the agent its loop.

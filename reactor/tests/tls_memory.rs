@@ -119,6 +119,12 @@ fn idle_tls_connections_hold_at_most_16_kib_each() {
         .map_while(Result::ok)
         .any(|l| l.trim() == "READY");
     assert!(ready, "the client process failed");
+    // The echo is written before the handler counts its bytes: the client may see the
+    // last echo (and say READY) a moment before the count is made.
+    test_support::wait::wait_until(std::time::Duration::from_secs(10), || {
+        opened.load(Ordering::SeqCst) == CONNECTIONS + 1
+            && bytes.load(Ordering::SeqCst) == 4 * CONNECTIONS + 4
+    });
     assert_eq!(opened.load(Ordering::SeqCst), CONNECTIONS + 1);
     assert_eq!(bytes.load(Ordering::SeqCst), 4 * CONNECTIONS + 4);
     std::thread::sleep(std::time::Duration::from_millis(200));

@@ -184,7 +184,15 @@ fn lost_lease_is_re_registered() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(etcd.keys(PREFIX), [key("127.0.0.1:30040")]);
-    // Whatever the watcher showed meanwhile, its last list has a again.
+    // Whatever the watcher showed meanwhile, its last list has a again (polled: its
+    // delivery may lag etcd on a busy machine), and stays so.
+    let again = test_support::wait::wait_until(SOON, || {
+        while let Ok(l) = w.rx.try_recv() {
+            w.last = Some(l);
+        }
+        w.last.as_deref().map(addrs) == Some(vec!["127.0.0.1:30040"])
+    });
+    assert!(again, "a listed again; last list: {:?}", w.last);
     let end = Instant::now() + Duration::from_millis(500);
     while let Ok(l) =
         w.rx.recv_timeout(end.saturating_duration_since(Instant::now()))
