@@ -182,8 +182,9 @@ fn write_start(b: &mut Vec<u8>, call: &CallStart<'_>) {
 
 /// The rest of a line and its end ([`Line::end`]).
 fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
-    // All of it on the stack, then one copy: the line's second half is at most
-    // 34 + 48 (an address) + 64 (an outcome kept here) + six numbers and the names.
+    // All of it on the stack, then one copy: at most 356 bytes (34 for the trace id, 59
+    // for an IPv6 address with a scope id, 66 for an outcome kept here, 20 for each of
+    // the six numbers, 105 for the names), within `Digits`' 512.
     let mut n = Digits::new();
     n.put(b",\"trace_id\":");
     match end.trace_id {
@@ -221,17 +222,17 @@ fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
     b.extend_from_slice(n.as_slice());
 }
 
-/// Text written on the stack and copied at once (its 320 bytes hold the second half of
-/// a line: see [`write_end`]). What does not fit is dropped, never written past.
+/// Text written on the stack and copied at once (its 512 bytes hold the second half of
+/// any line: see [`write_end`]). What does not fit is dropped, never written past.
 struct Digits {
-    buf: [u8; 320],
+    buf: [u8; 512],
     n: usize,
 }
 
 impl Digits {
     fn new() -> Digits {
         Digits {
-            buf: [0; 320],
+            buf: [0; 512],
             n: 0,
         }
     }
@@ -1163,6 +1164,28 @@ mod tests {
         sample(&mut line, None);
         let v: serde_json::Value = serde_json::from_slice(line.as_bytes()).unwrap();
         assert!(v["trace_id"].is_null());
+    }
+
+    #[test]
+    fn the_longest_second_half_of_a_line_is_whole() {
+        let upstream = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535";
+        let outcome = "o".repeat(64);
+        let mut line = Line::default();
+        line.end(&CallEnd {
+            trace_id: Some([0xff; 16]),
+            upstream: upstream.parse().ok(),
+            retries: u32::MAX,
+            status: u16::MAX,
+            outcome: &outcome,
+            latency_us: u64::MAX,
+            bytes_in: u64::MAX,
+            bytes_out: u64::MAX,
+        });
+        let text = format!("{{\"x\":0{}", std::str::from_utf8(line.as_bytes()).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&text).expect("whole JSON");
+        assert_eq!(v["upstream"], upstream);
+        assert_eq!(v["outcome"], outcome.as_str());
+        assert_eq!(v["bytes_out"].as_u64(), Some(u64::MAX));
     }
 
     #[test]
