@@ -43,6 +43,7 @@ mod agent_conns;
 mod dubbo_front;
 mod observe;
 mod provider_conns;
+mod templates;
 mod tracing;
 mod translate;
 
@@ -218,6 +219,8 @@ pub(crate) struct ProviderLoop {
     arriving: Option<crate::upstream::Observed>,
     /// With `--otlp-endpoint`: the loop's tracing (`tracing`).
     tracer: Option<tracing::Tracer>,
+    /// The fixed parts of the requests of the methods called lately (`templates`).
+    templates: templates::Templates,
 }
 
 impl ProviderLoop {
@@ -253,6 +256,7 @@ impl ProviderLoop {
             exit_not_before: None,
             heartbeat_seq: 0,
             timeout_text: (0, String::new()),
+            templates: templates::Templates::default(),
             policy,
             methods,
             access_log,

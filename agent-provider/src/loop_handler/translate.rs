@@ -356,9 +356,33 @@ impl ProviderLoop {
             args: req.args,
             attachments: dubbo::Attachments::Standard(attachments),
         };
+        // Hessian2 (nearly always): the method's fixed parts copied from its template.
+        let template = (request.serialization == dubbo::Serialization::Hessian2)
+            .then(|| {
+                let names = super::templates::Names {
+                    path: request.path,
+                    version: request.version,
+                    group: request.group,
+                    method: request.method,
+                    descriptor: request.descriptor,
+                };
+                let hint = (req.call_id as usize) ^ (conn.index() << 8);
+                self.templates.get(hint, &names)
+            })
+            .flatten();
         let result = match cx.output(pconn) {
-            Some(out) => dubbo::encode_request(out, &request)
-                .map_err(|e| (Status::BadRequest, e.to_string())),
+            Some(out) => match template {
+                Some(t) => t.encode(
+                    out,
+                    request.id,
+                    request.two_way,
+                    request.dubbo_version,
+                    request.args,
+                    attachments,
+                ),
+                None => dubbo::encode_request(out, &request),
+            }
+            .map_err(|e| (Status::BadRequest, e.to_string())),
             None => Err((Status::Unavailable, "provider not connected".to_owned())),
         };
         match result {

@@ -61,8 +61,8 @@ pub use frame::{
 };
 pub use request::{
     decode_request_body, decode_routed_request, descriptor_arity, encode_request,
-    is_reserved_attachment, jvm_descriptor, Attachments, Request, RequestBody, RoutedRequest,
-    RESERVED_ATTACHMENTS,
+    is_reserved_attachment, jvm_descriptor, Attachments, Request, RequestBody, RequestTemplate,
+    RoutedRequest, RESERVED_ATTACHMENTS,
 };
 pub use response::{
     decode_response_body, encode_response, Outcome, Reply, Response, RESPONSE_NULL_VALUE,
