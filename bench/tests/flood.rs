@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bench::harness::{self, call_on, AgentAddrs, Bins};
 use bench::procs::{self, live_children, open_fds, usage, Proc};
 use bench::provider::{self, ProviderOpts, RunningProvider};
+use test_support::openssl::s_client_exchange;
 use test_support::wait::wait_until;
 
 /// The tests share two busy cores: run them one at a time.
@@ -362,36 +363,15 @@ fn tls_ping(addr: SocketAddr, certs: &Path) -> bool {
     let mut ping = Vec::new();
     codec::agent::encode_ping(&mut ping, 7);
     let file = |name: &str| certs.join(name).display().to_string();
-    let child = std::process::Command::new("openssl")
-        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_client", "-quiet", "-connect", &addr.to_string()])
         .args(["-CAfile", &file("ca.pem")])
         .args([
             "-cert",
             &file("consumer.pem"),
             "-key",
             &file("consumer-key.pem"),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        panic!("openssl s_client (Debian's openssl, installed by .ci/setup) does not start");
-    };
-    // What openssl printed so far, read by a thread (it ends when openssl is killed).
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let reader = child.stdout.take().map(|mut stdout| {
-        let out = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => out.lock().unwrap().extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-    });
+        ]);
     let pong = |out: &[u8]| {
         matches!(
             codec::agent::decode(out),
@@ -401,19 +381,8 @@ fn tls_ping(addr: SocketAddr, certs: &Path) -> bool {
             })
         )
     };
-    // openssl's start and handshake take a while on a busy machine: wait for the PONG
-    // (returning as soon as it is read) rather than for a fixed time.
-    let mut answered = false;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(&ping);
-        answered = wait_until(TLS_PING_WITHIN, || pong(&out.lock().unwrap()));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Some(reader) = reader {
-        let _ = reader.join();
-    }
-    answered || pong(&out.lock().unwrap())
+    // Returns as soon as the PONG is read.
+    pong(&s_client_exchange(&mut cmd, &ping, TLS_PING_WITHIN, pong))
 }
 
 /// How long [`tls_ping`] waits for the PONG.

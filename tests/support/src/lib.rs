@@ -3,6 +3,7 @@
 //! - [`alloc`]: a counting global allocator for the no-allocation tests;
 //! - [`net`]: free loopback ports, and whether a peer closed a connection;
 //! - [`wait`]: polling until a condition holds;
+//! - [`openssl`]: exchanges with `openssl s_client`, an independent TLS peer;
 //! - [`etcd`]: a real etcd server on free loopback ports;
 //! - [`zk`]: a real ZooKeeper (standalone or an ensemble) on free loopback ports.
 //!
@@ -14,5 +15,6 @@
 pub mod alloc;
 pub mod etcd;
 pub mod net;
+pub mod openssl;
 pub mod wait;
 pub mod zk;
