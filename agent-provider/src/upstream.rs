@@ -73,7 +73,7 @@ pub(crate) struct Observed {
     /// Bytes of the request as the caller sent it.
     pub(crate) bytes_in: u32,
     /// With `--otlp-endpoint`: its trace, when traced (`loop_handler::tracing`).
-    pub(crate) trace: Option<Box<crate::loop_handler::CallTrace>>,
+    pub(crate) trace: Option<crate::loop_handler::CallTrace>,
 }
 
 /// A call sent to the provider and not yet answered.

@@ -23,8 +23,9 @@ pub(crate) struct Core<T, M, U> {
     pub(crate) timers: Timers<ConnId, U>,
     pub(crate) config: Config,
     pub(crate) now: Instant,
-    /// The wall clock of this iteration, once a callback has asked for it.
-    wall: Cell<Option<SystemTime>>,
+    /// The wall clock of this iteration, once a callback has asked for it, and the
+    /// same as Unix nanoseconds.
+    wall: Cell<Option<(SystemTime, u64)>>,
     pub(crate) loop_index: usize,
     pub(crate) handle: LoopHandle<M>,
     /// The last generation given out: one counter for all the loop's slots, so a slot's
@@ -235,12 +236,25 @@ impl<H: Handler> Ctx<'_, H> {
     /// may lag real time by how long the iteration has run; call [`SystemTime::now`]
     /// for a fresh reading.
     pub fn wall_now(&self) -> SystemTime {
+        self.wall().0
+    }
+
+    /// [`Ctx::wall_now`] as nanoseconds since the Unix epoch (0 for a clock set before
+    /// 1970), worked out once per iteration with it: what spans and log lines record.
+    pub fn wall_unix_nanos(&self) -> u64 {
+        self.wall().1
+    }
+
+    fn wall(&self) -> (SystemTime, u64) {
         match self.core.wall.get() {
-            Some(t) => t,
+            Some(w) => w,
             None => {
                 let t = SystemTime::now();
-                self.core.wall.set(Some(t));
-                t
+                let nanos = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                self.core.wall.set(Some((t, nanos)));
+                (t, nanos)
             }
         }
     }

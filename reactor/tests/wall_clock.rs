@@ -1,16 +1,17 @@
 //! `Ctx::wall_now`: one reading per loop iteration, the same for every callback of the
-//! iteration, and a new one in the next.
+//! iteration, and a new one in the next; `Ctx::wall_unix_nanos` is the same reading.
 
 mod util;
 
 use std::sync::mpsc::{channel, Sender};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reactor::{Builder, Config, Conn, Ctx, Handler, TimerId};
 use util::*;
 
-/// What a callback saw: the wall clock at its start, then after it had run a while.
-type Seen = (SystemTime, SystemTime);
+/// What a callback saw: the wall clock at its start, then after it had run a while (and
+/// as Unix nanoseconds).
+type Seen = (SystemTime, SystemTime, u64);
 
 #[derive(Debug)]
 struct Stamps {
@@ -22,7 +23,8 @@ impl Stamps {
     fn stamp(&self, cx: &Ctx<'_, Self>) {
         let first = cx.wall_now();
         std::thread::sleep(Duration::from_millis(3));
-        self.tx.send((first, cx.wall_now())).unwrap();
+        let nanos = cx.wall_unix_nanos();
+        self.tx.send((first, cx.wall_now(), nanos)).unwrap();
     }
 }
 
@@ -55,8 +57,8 @@ fn the_wall_clock_is_read_once_per_iteration() {
     let _r = Running::new(r);
     let before = SystemTime::now();
     h.send(()).unwrap();
-    let (m_first, m_again) = recv(&rx, "the message's stamps");
-    let (t_first, t_again) = recv(&rx, "the timer's stamps");
+    let (m_first, m_again, m_nanos) = recv(&rx, "the message's stamps");
+    let (t_first, t_again, t_nanos) = recv(&rx, "the timer's stamps");
     let after = SystemTime::now();
     assert_eq!(m_first, m_again, "one reading for the whole iteration");
     assert_eq!(t_first, t_again, "one reading for the whole iteration");
@@ -69,4 +71,7 @@ fn the_wall_clock_is_read_once_per_iteration() {
         "the next iteration reads again: {m_first:?} then {t_first:?}"
     );
     assert!(t_first <= after);
+    let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    assert_eq!(m_nanos, nanos(m_first), "the same reading, in nanoseconds");
+    assert_eq!(t_nanos, nanos(t_first), "the same reading, in nanoseconds");
 }

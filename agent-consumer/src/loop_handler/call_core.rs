@@ -164,7 +164,7 @@ impl ConsumerLoop {
                 version: &sig.version,
                 group: &sig.group,
             };
-            tracer.on_send(t, c.attempts, addr, &names, super::wall_nanos(cx));
+            tracer.on_send(t, c.attempts, addr, &names, cx.wall_unix_nanos());
         }
         // Up to eight attachments (nearly always: usually none, or the caller's Dubbo
         // version) are listed on the stack, and a traced call's context after them.
@@ -245,15 +245,17 @@ impl ConsumerLoop {
                     version: &s.version,
                     group: &s.group,
                 });
-            if let Some(t) = c.trace.as_deref_mut() {
+            if let Some(mut t) = c.trace.take() {
                 tracer.finish(
-                    t,
+                    &mut t,
                     outcome,
                     names,
                     c.upstream,
                     c.attempts,
-                    super::wall_nanos(cx),
+                    cx.wall_unix_nanos(),
                 );
+                c.trace_id = Some(t.ctx.trace_id);
+                tracer.recycle(t);
             }
         }
         self.recycle(std::mem::take(&mut c.args));

@@ -191,7 +191,7 @@ impl ConsumerLoop {
         let trace = (self.tracer.as_mut()).and_then(|t| {
             let sent = attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
             let found = codec::trace::Gathered::from_pairs(sent);
-            t.begin(found, "dubbo", super::wall_nanos(cx))
+            t.begin(found, "dubbo", cx.wall_unix_nanos())
         });
         if trace.is_some() {
             super::tracing::strip(&mut attachments);
@@ -225,6 +225,7 @@ impl ConsumerLoop {
             upstream: None,
             bytes_in: u32::try_from(frame.body.len() + dubbo::HEADER_LEN).unwrap_or(u32::MAX),
             trace,
+            trace_id: None,
         });
         if let Some(conn) = self.dubbo.get_mut(id) {
             conn.inflight += 1;

@@ -56,7 +56,7 @@ impl ConsumerLoop {
                     version,
                     group,
                 };
-                tracer.on_send(t, c.attempts + 1, addr, &names, super::wall_nanos(cx));
+                tracer.on_send(t, c.attempts + 1, addr, &names, cx.wall_unix_nanos());
             }
         }
         let written = {

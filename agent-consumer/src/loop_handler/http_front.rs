@@ -564,7 +564,7 @@ impl ConsumerLoop {
         let trace = self.tracer.as_mut().and_then(|tracer| {
             let sent = attachments.iter().map(|(k, v)| (k.as_str(), v.as_str()));
             let found = codec::trace::Gathered::from_headers_then(req.headers(), sent);
-            tracer.begin(found, "http", super::wall_nanos(cx))
+            tracer.begin(found, "http", cx.wall_unix_nanos())
         });
         if trace.is_some() {
             super::tracing::strip(&mut attachments);
@@ -590,6 +590,7 @@ impl ConsumerLoop {
             upstream: None,
             bytes_in: u32::try_from(bytes_in).unwrap_or(u32::MAX),
             trace,
+            trace_id: None,
         });
         self.recycle(scratch);
         let call = Self::call_id(key, self.next_gen);

@@ -111,8 +111,11 @@ struct Call {
     upstream: Option<std::net::SocketAddr>,
     /// Bytes of the request as the caller sent it (the access log's `bytes_in`).
     bytes_in: u32,
-    /// Its trace (`tracing`), when traced: never without `--otlp-endpoint`.
+    /// Its trace (`tracing`), when traced: never without `--otlp-endpoint`. Given
+    /// back to the tracer when the call is taken (`take_call`), which leaves its id in
+    /// `trace_id` for the access log.
     trace: Option<Box<tracing::CallTrace>>,
+    trace_id: Option<[u8; 16]>,
 }
 
 /// The route a call took under its service's rules, beside the call (same slab key):
@@ -461,10 +464,4 @@ fn recycle_into(pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
         buf.clear();
         pool.push(buf);
     }
-}
-
-/// The loop's wall clock as Unix nanoseconds: read once per loop iteration, however
-/// many calls it stamps (spans, access log lines).
-fn wall_nanos(cx: &Ctx<'_, ConsumerLoop>) -> u64 {
-    reactor_admin::otlp::unix_nanos_of(cx.wall_now())
 }

@@ -7,7 +7,7 @@
 //! with a `try_send` (a full queue drops the line and counts it; the call never waits).
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reactor::Ctx;
 use reactor_admin::access_log::{CallEnd, CallStart};
@@ -34,9 +34,9 @@ pub(super) fn http_status(answer: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// Wall-clock time of a call's arrival, `latency` before `now`.
-fn arrived(now: SystemTime, latency: Duration) -> SystemTime {
-    now.checked_sub(latency).unwrap_or(now)
+/// Wall-clock time of a call's arrival (Unix nanoseconds), `latency` before `now`.
+fn arrived(now: u64, latency: Duration) -> u64 {
+    now.saturating_sub(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl ConsumerLoop {
@@ -73,7 +73,7 @@ impl ConsumerLoop {
         };
         let latency = cx.now().saturating_duration_since(c.started);
         let start = CallStart {
-            time: arrived(cx.wall_now(), latency),
+            unix_nanos: arrived(cx.wall_unix_nanos(), latency),
             caller,
             caller_identity,
             front,
@@ -83,7 +83,7 @@ impl ConsumerLoop {
             group: &sig.group,
         };
         let end = CallEnd {
-            trace_id: c.trace.as_ref().map(|t| t.ctx.trace_id),
+            trace_id: c.trace_id,
             upstream: c.upstream,
             retries: c.attempts.saturating_sub(1),
             status,
@@ -109,7 +109,7 @@ impl ConsumerLoop {
     ) {
         let Some(log) = &self.access_log else { return };
         let start = CallStart {
-            time: SystemTime::now(),
+            unix_nanos: reactor_admin::otlp::unix_nanos(),
             caller,
             caller_identity: None,
             front,

@@ -10,7 +10,9 @@
 //! attachments pass as they came, and no call allocates for tracing. With it, a traced
 //! call keeps its context and encoded attachments in one box; a sampled one its span,
 //! handed to the exporter thread when the call completes ([`reactor_admin::otlp::Spans`], a
-//! `try_send`: a full queue drops and counts it).
+//! `try_send`: a full queue drops and counts it). The boxes of completed calls are kept
+//! for the next ones (up to [`Tracer::SPARE`]), their encoding buffers with them, so that
+//! a traced call allocates only its span.
 
 use std::net::SocketAddr;
 
@@ -30,6 +32,9 @@ pub(super) struct Tracer {
     instance: String,
     /// The names of the methods traced lately, shared by their spans.
     names: NamesCache,
+    /// Boxes of completed calls, for the next ones (boxes, as the calls hold them).
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<CallTrace>>,
 }
 
 /// A traced call's state.
@@ -38,9 +43,9 @@ pub(super) struct CallTrace {
     /// The consumer-agent's span of the call.
     pub(super) ctx: TraceContext,
     /// Its record, when sampled.
-    span: Option<SpanData>,
+    span: Option<Box<SpanData>>,
     /// The current retry's span, when the call was retried (context, record).
-    attempt: Option<Box<(TraceContext, Option<SpanData>)>>,
+    attempt: Option<Box<(TraceContext, Option<Box<SpanData>>)>>,
     /// `front`: `http` or `dubbo`.
     front: &'static str,
     /// The context as sent to the upstream of the current attempt.
@@ -56,6 +61,9 @@ impl CallTrace {
 }
 
 impl Tracer {
+    /// Boxes of completed calls kept for the next ones.
+    const SPARE: usize = 1024;
+
     pub(super) fn new(spans: Spans, sample_rate: f64, instance: String) -> Tracer {
         Tracer {
             spans,
@@ -63,6 +71,17 @@ impl Tracer {
             sample_rate,
             instance,
             names: NamesCache::default(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back the box of a completed call (after [`Tracer::finish`]), for a later
+    /// call.
+    pub(super) fn recycle(&mut self, mut t: Box<CallTrace>) {
+        if self.spare.len() < Self::SPARE {
+            t.span = None;
+            t.attempt = None;
+            self.spare.push(t);
         }
     }
 
@@ -104,14 +123,28 @@ impl Tracer {
         let span = ours
             .is_sampled()
             .then(|| record(&ours, CallNames::default(), now));
-        Some(Box::new(CallTrace {
-            ctx: ours,
-            span,
-            attempt: None,
-            front,
-            wire: String::new(),
-            fields: Fields::default(),
-        }))
+        Some(match self.spare.pop() {
+            Some(mut t) => {
+                t.wire.clear();
+                *t = CallTrace {
+                    ctx: ours,
+                    span,
+                    attempt: None,
+                    front,
+                    wire: std::mem::take(&mut t.wire),
+                    fields: Fields::default(),
+                };
+                t
+            }
+            None => Box::new(CallTrace {
+                ctx: ours,
+                span,
+                attempt: None,
+                front,
+                wire: String::new(),
+                fields: Fields::default(),
+            }),
+        })
     }
 
     /// Attempt `attempt` (1 = the first) of a traced call goes to `addr`: a retry gets
@@ -212,8 +245,14 @@ pub(super) struct Names<'a> {
 
 /// A span record starting at `start` (Unix nanoseconds) for `ctx`'s span (its names
 /// set when known).
-fn record(ctx: &TraceContext, call: CallNames, start: u64) -> SpanData {
-    let mut span = SpanData::starting_at(ctx.trace_id, ctx.span_id, SpanKind::Client, call, start);
+fn record(ctx: &TraceContext, call: CallNames, start: u64) -> Box<SpanData> {
+    let mut span = Box::new(SpanData::starting_at(
+        ctx.trace_id,
+        ctx.span_id,
+        SpanKind::Client,
+        call,
+        start,
+    ));
     span.parent_span_id = ctx.parent_span_id;
     span.trace_state.clone_from(&ctx.tracestate);
     span
@@ -288,6 +327,40 @@ mod tests {
         // Finished once: nothing more to send.
         tracer.finish(&mut t, Outcome::Ok, None, None, 2, 400);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_recycled_box_carries_nothing_of_its_last_call() {
+        let (spans, rx) = Spans::bounded(16);
+        let mut tracer = Tracer::new(spans, 1.0, String::new());
+        let addr: SocketAddr = "127.0.0.1:30000".parse().unwrap();
+        let names = Names {
+            service: "a.Svc",
+            method: "m",
+            version: "",
+            group: "",
+        };
+        // A retried call: two spans, and its context encoded.
+        let found = Gathered::from_pairs([("traceparent", CALLER)]);
+        let mut first = tracer.begin(found, "http", 1).expect("traced");
+        tracer.on_send(&mut first, 1, addr, &names, 1);
+        tracer.on_send(&mut first, 2, addr, &names, 2);
+        tracer.finish(&mut first, Outcome::Ok, Some(names), Some(addr), 2, 3);
+        assert_eq!(rx.try_iter().count(), 2);
+        let first_box: *const CallTrace = &*first;
+        tracer.recycle(first);
+        // The next call gets the same box, with its own trace only.
+        let mut next = tracer.begin(Gathered::default(), "dubbo", 10).unwrap();
+        assert_eq!(&*next as *const CallTrace, first_box, "the box is reused");
+        assert!(next.attachments().next().is_none(), "nothing encoded yet");
+        tracer.on_send(&mut next, 1, addr, &names, 10);
+        assert!(traceparent(&next).contains(&trace::Hex(next.ctx.trace_id).to_string()));
+        tracer.finish(&mut next, Outcome::Ok, Some(names), Some(addr), 1, 11);
+        let spans: Vec<_> = rx.try_iter().collect();
+        assert_eq!(spans.len(), 1, "one span: no retry's left over");
+        assert_eq!(spans[0].trace_id, next.ctx.trace_id);
+        assert_eq!(spans[0].front, "dubbo");
+        assert_eq!(spans[0].start_unix_nanos, 10);
     }
 
     #[test]

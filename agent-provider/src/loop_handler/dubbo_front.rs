@@ -196,7 +196,7 @@ impl ProviderLoop {
                 .and_then(|r| r.attachment("group"))
                 .unwrap_or_default(),
             bytes_in: frame.body.len() + dubbo::HEADER_LEN,
-            time: cx.wall_now(),
+            unix_nanos: cx.wall_unix_nanos(),
         };
         let observed = observe::arrival(&mut self.methods, self.access_log.as_ref(), &arrival);
         self.arriving = Some(observed);
@@ -303,7 +303,7 @@ impl ProviderLoop {
         } else {
             0
         };
-        let arrived = super::wall_nanos(cx);
+        let arrived = cx.wall_unix_nanos();
         let Some(out) = cx.output(pconn) else {
             if two_way {
                 self.upstream.take(provider_id);

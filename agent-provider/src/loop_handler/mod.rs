@@ -499,12 +499,6 @@ impl Handler for ProviderLoop {
     }
 }
 
-/// The loop's wall clock as Unix nanoseconds: read once per loop iteration, however
-/// many calls it stamps (spans, access log lines).
-fn wall_nanos(cx: &Ctx<'_, ProviderLoop>) -> u64 {
-    reactor_admin::otlp::unix_nanos_of(cx.wall_now())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@
 //! buffers.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use codec::agent::Status;
 use reactor_admin::access_log::{AccessLog, CallEnd, CallStart};
@@ -37,8 +37,8 @@ pub(super) struct Arrival<'a> {
     pub(super) version: &'a str,
     pub(super) group: &'a str,
     pub(super) bytes_in: usize,
-    /// When it arrived: the loop's clock ([`reactor::Ctx::wall_now`]).
-    pub(super) time: SystemTime,
+    /// When it arrived: the loop's clock ([`reactor::Ctx::wall_unix_nanos`]).
+    pub(super) unix_nanos: u64,
 }
 
 /// Starts observing a call as it arrives: its method's place in the loop's table
@@ -53,7 +53,7 @@ pub(super) fn arrival(
     let line = log.map(|log| {
         let mut line = log.line();
         line.start(&CallStart {
-            time: a.time,
+            unix_nanos: a.unix_nanos,
             caller: a.caller,
             caller_identity: a.caller_identity,
             front: a.front,
@@ -85,7 +85,7 @@ impl ProviderLoop {
         bytes_out: usize,
     ) {
         // Its span (with `--otlp-endpoint`, when traced) ends here too.
-        if let (Some(t), Some(tracer)) = (observed.trace.as_deref_mut(), self.tracer.as_mut()) {
+        if let (Some(t), Some(tracer)) = (observed.trace.as_mut(), self.tracer.as_mut()) {
             let name = STATUS_NAMES.get(status as usize).copied().unwrap_or("ok");
             tracer.finish(t, name, status == Status::Ok, latency);
         }

@@ -33,8 +33,9 @@ pub(crate) struct Tracer {
 pub(crate) struct CallTrace {
     /// The trace (the access log's `trace_id`).
     pub(crate) trace_id: [u8; 16],
-    /// The provider-agent's span, when sampled.
-    span: Option<SpanData>,
+    /// The provider-agent's span, when sampled (boxed: only its pointer moves, to the
+    /// exporter's queue).
+    span: Option<Box<SpanData>>,
 }
 
 /// What a call is, for its span.
@@ -77,7 +78,7 @@ impl Tracer {
         &mut self,
         found: Gathered<'_>,
         call: &Call<'_>,
-    ) -> Option<(Box<CallTrace>, Fields)> {
+    ) -> Option<(CallTrace, Fields)> {
         self.begin_with(found, call, "agent")
     }
 
@@ -87,7 +88,7 @@ impl Tracer {
         found: Gathered<'_>,
         call: &Call<'_>,
         front: &'static str,
-    ) -> Option<(Box<CallTrace>, Fields)> {
+    ) -> Option<(CallTrace, Fields)> {
         let span_id = trace::span_id_from(self.rng.next_u64());
         let ours = match found.extract() {
             Some(mut caller) => {
@@ -121,13 +122,13 @@ impl Tracer {
         let fields = ours.encode(&local, &mut self.wire);
         let span = ours.is_sampled().then(|| {
             let names = (self.names).get(call.service, call.method, call.version, call.group);
-            let mut s = SpanData::starting_at(
+            let mut s = Box::new(SpanData::starting_at(
                 ours.trace_id,
                 ours.span_id,
                 SpanKind::Server,
                 names,
                 call.start_unix_nanos,
-            );
+            ));
             s.parent_span_id = ours.parent_span_id;
             s.trace_state.clone_from(&ours.tracestate);
             s.server = Some(call.provider);
@@ -136,10 +137,10 @@ impl Tracer {
             s
         });
         Some((
-            Box::new(CallTrace {
+            CallTrace {
                 trace_id: ours.trace_id,
                 span,
-            }),
+            },
             fields,
         ))
     }

@@ -187,7 +187,7 @@ impl ProviderLoop {
             version: sig.map_or("", |s| s.version.as_str()),
             group: sig.map_or("", |s| s.group.as_str()),
             bytes_in,
-            time: cx.wall_now(),
+            unix_nanos: cx.wall_unix_nanos(),
         };
         self.arriving = Some(observe::arrival(
             &mut self.methods,
@@ -306,7 +306,7 @@ impl ProviderLoop {
                     group: &variant.group,
                     peer: inb.peer,
                     provider: self.cfg.provider,
-                    start_unix_nanos: super::wall_nanos(cx),
+                    start_unix_nanos: cx.wall_unix_nanos(),
                 };
                 let pairs = owned.iter().filter_map(|&(k, v)| Some((k, v?)));
                 tracer.begin(codec::trace::Gathered::from_pairs(pairs), &call)

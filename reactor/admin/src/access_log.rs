@@ -55,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
@@ -98,8 +98,9 @@ impl Target {
 /// What is known of a call when it arrives: the first half of its line.
 #[derive(Debug, Clone, Copy)]
 pub struct CallStart<'a> {
-    /// When the call arrived (wall clock).
-    pub time: SystemTime,
+    /// When the call arrived: wall clock, nanoseconds since the Unix epoch (a loop's
+    /// reading of the iteration, `reactor::Ctx::wall_unix_nanos`).
+    pub unix_nanos: u64,
     /// The caller's address.
     pub caller: Option<SocketAddr>,
     /// The caller's verified mTLS identity, when its connection has one.
@@ -167,7 +168,7 @@ impl Line {
 fn write_start(b: &mut Vec<u8>, call: &CallStart<'_>) {
     b.reserve(LINE_CAPACITY);
     b.extend_from_slice(b"{\"time\":\"");
-    write_rfc3339_ms(b, call.time);
+    write_rfc3339_ms(b, call.unix_nanos);
     b.extend_from_slice(b"\",\"caller\":");
     TEXTS.with_borrow_mut(|t| {
         write_addr_cached(b, call.caller, t);
@@ -910,11 +911,10 @@ const DIGIT_PAIRS: [[u8; 2]; 100] = {
     t
 };
 
-/// Writes `t` as RFC 3339 in UTC with milliseconds (`2026-12-04T10:24:47.123Z`); a time
-/// before 1970 is written as the epoch.
-pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+/// Writes `unix_nanos` (nanoseconds since the Unix epoch) as RFC 3339 in UTC with
+/// milliseconds (`2026-12-04T10:24:47.123Z`).
+pub fn write_rfc3339_ms(out: &mut Vec<u8>, unix_nanos: u64) {
+    let secs = unix_nanos / 1_000_000_000;
     // Calls of one second share their date and time: each thread keeps the last one.
     thread_local! {
         static LAST: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
@@ -932,7 +932,7 @@ pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
     // The date and time, then the milliseconds: one copy of 24 bytes.
     let mut text = [0u8; 24];
     text[..19].copy_from_slice(&seconds);
-    let ms = since.subsec_millis();
+    let ms = unix_nanos % 1_000_000_000 / 1_000_000;
     text[19] = b'.';
     text[20] = b'0' + (ms / 100 % 10) as u8;
     text[21] = b'0' + (ms / 10 % 10) as u8;
@@ -1078,10 +1078,7 @@ mod tests {
     fn times_are_rfc3339_utc_with_milliseconds() {
         let at = |secs: u64, ms: u64| {
             let mut out = Vec::new();
-            write_rfc3339_ms(
-                &mut out,
-                UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms),
-            );
+            write_rfc3339_ms(&mut out, (secs * 1000 + ms) * 1_000_000 + 999_999);
             String::from_utf8(out).unwrap()
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
@@ -1110,7 +1107,7 @@ mod tests {
 
     fn sample(line: &mut Line, trace: Option<[u8; 16]>) {
         line.start(&CallStart {
-            time: UNIX_EPOCH + Duration::from_millis(1_796_380_287_123),
+            unix_nanos: 1_796_380_287_123_000_000,
             caller: "127.0.0.1:5000".parse().ok(),
             caller_identity: Some("spiffe://mesh/consumer"),
             front: "http",
@@ -1193,7 +1190,7 @@ mod tests {
         let line = |service: &str, method: &str, caller: &str| {
             let mut line = Line::default();
             line.start(&CallStart {
-                time: UNIX_EPOCH,
+                unix_nanos: 0,
                 caller: caller.parse().ok(),
                 caller_identity: None,
                 front: "dubbo",

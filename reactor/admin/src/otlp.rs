@@ -1,7 +1,8 @@
 //! Span export for dubbo-mesh's agents, OTLP over HTTP with protobuf bodies.
 //!
-//! The loops hand finished spans ([`SpanData`]) to a [`Spans`] handle: a `try_send` on a
-//! bounded channel, so a call never waits. One exporter thread batches them (up to
+//! The loops hand finished spans ([`SpanData`], boxed: a span is made once and then only
+//! its pointer moves, from the call to the queue to the exporter) to a [`Spans`] handle:
+//! a `try_send` on a bounded channel, so a call never waits. One exporter thread batches them (up to
 //! [`Config::batch`] spans or [`Config::interval`], whichever comes first) into an
 //! `ExportTraceServiceRequest` and POSTs it to the collector with `Content-Type:
 //! application/x-protobuf` over a plain HTTP/1.1 connection with connect, write and
@@ -30,7 +31,7 @@
 //! let endpoint = Endpoint::parse("http://127.0.0.1:4318").unwrap();
 //! let (spans, _exporter) = reactor_admin::otlp::start(Config::new(endpoint, "consumer-agent")).unwrap();
 //! let names = CallNames::new("a.Svc", "m", "1.0", "");
-//! let mut span = SpanData::new([1; 16], [2; 8], SpanKind::Client, names);
+//! let mut span = Box::new(SpanData::new([1; 16], [2; 8], SpanKind::Client, names));
 //! span.end_unix_nanos = span.start_unix_nanos + 1000;
 //! spans.send(span);
 //! ```
@@ -394,7 +395,7 @@ impl Stats {
 /// The loops' handle: hands finished spans to the exporter thread without waiting.
 #[derive(Debug, Clone)]
 pub struct Spans {
-    tx: Sender<SpanData>,
+    tx: Sender<Box<SpanData>>,
     stats: Arc<Stats>,
     control: Arc<Control>,
 }
@@ -420,7 +421,7 @@ impl Control {
 impl Spans {
     /// A handle on a bounded queue of `capacity` spans that the caller reads itself
     /// instead of an exporter thread (tests, or another sink).
-    pub fn bounded(capacity: usize) -> (Spans, Receiver<SpanData>) {
+    pub fn bounded(capacity: usize) -> (Spans, Receiver<Box<SpanData>>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let stats = Arc::new(Stats::default());
         let control = Arc::default();
@@ -454,7 +455,7 @@ impl Spans {
     }
 
     /// Queues a finished span; if the queue is full it is dropped and counted.
-    pub fn send(&self, span: SpanData) {
+    pub fn send(&self, span: Box<SpanData>) {
         match self.tx.try_send(span) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -574,7 +575,7 @@ struct Worker {
 impl Worker {
     /// Takes what is queued every [`POLL`] (see the module's notes); a batch goes out
     /// when full or [`Config::interval`] after its first span.
-    fn run(mut self, rx: &Receiver<SpanData>, control: &Control) {
+    fn run(mut self, rx: &Receiver<Box<SpanData>>, control: &Control) {
         let max = self.config.batch.max(1);
         let mut first_at = Instant::now();
         let mut idle = Duration::ZERO;
@@ -625,7 +626,7 @@ impl Worker {
     }
 
     /// A stop: what is queued goes out by `deadline`; the rest is dropped.
-    fn finish(&mut self, rx: &Receiver<SpanData>, deadline: Instant) {
+    fn finish(&mut self, rx: &Receiver<Box<SpanData>>, deadline: Instant) {
         let max = self.config.batch.max(1);
         loop {
             while self.pending < max {
@@ -1632,14 +1633,14 @@ mod tests {
         };
         let (spans, _exporter) = start(config).unwrap();
         for _ in 0..250 {
-            spans.send(span(SpanKind::Client));
+            spans.send(Box::new(span(SpanKind::Client)));
         }
         let kept = spans.clone();
         assert!(spans.close(Duration::from_secs(5)));
         assert_eq!(spans.stats().exported(), 250);
         assert_eq!(posts.load(Relaxed), 3);
         // Closed: what comes later is dropped and counted, and closing again is done.
-        kept.send(span(SpanKind::Client));
+        kept.send(Box::new(span(SpanKind::Client)));
         assert_eq!(kept.stats().dropped(), 1);
         assert!(kept.close(Duration::ZERO));
     }
@@ -1654,7 +1655,7 @@ mod tests {
             ..Config::new(Endpoint::parse(&url).unwrap(), "t")
         };
         let (spans, _exporter) = start(config).unwrap();
-        spans.send(span(SpanKind::Client));
+        spans.send(Box::new(span(SpanKind::Client)));
         let started = Instant::now();
         spans.close(Duration::from_millis(300));
         assert!(
@@ -1676,7 +1677,7 @@ mod tests {
         };
         let (spans, exporter) = start(config).unwrap();
         for _ in 0..100 {
-            spans.send(span(SpanKind::Client));
+            spans.send(Box::new(span(SpanKind::Client)));
         }
         assert!(spans.stats().dropped() >= 98, "{}", spans.stats().dropped());
         let stats = spans.stats().clone();
