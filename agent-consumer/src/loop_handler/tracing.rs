@@ -9,10 +9,11 @@
 //! Without `--otlp-endpoint` the loop has no [`Tracer`]: nothing is read or written,
 //! attachments pass as they came, and no call allocates for tracing. With it, a traced
 //! call keeps its context and encoded attachments in one box; a sampled one its span,
-//! handed to the exporter thread when the call completes ([`reactor_admin::otlp::Spans`], a
-//! `try_send`: a full queue drops and counts it). The boxes of completed calls are kept
-//! for the next ones (up to [`Tracer::SPARE`]), their encoding buffers with them, so that
-//! a traced call allocates only its span.
+//! queued (encoded) for the exporter thread when the call completes
+//! ([`reactor_admin::otlp::Spans`]: a full queue drops and counts it). The boxes of
+//! completed calls are kept for the next ones (up to [`Tracer::SPARE`]), their encoding
+//! buffers with them, so that a traced call allocates nothing once the loop has served
+//! a few.
 
 use std::net::SocketAddr;
 
@@ -43,9 +44,9 @@ pub(super) struct CallTrace {
     /// The consumer-agent's span of the call.
     pub(super) ctx: TraceContext,
     /// Its record, when sampled.
-    span: Option<Box<SpanData>>,
+    span: Option<SpanData>,
     /// The current retry's span, when the call was retried (context, record).
-    attempt: Option<Box<(TraceContext, Option<Box<SpanData>>)>>,
+    attempt: Option<Box<(TraceContext, Option<SpanData>)>>,
     /// `front`: `http` or `dubbo`.
     front: &'static str,
     /// The context as sent to the upstream of the current attempt.
@@ -163,7 +164,7 @@ impl Tracer {
                 span.end_unix_nanos = now;
                 span.error = true;
                 span.status = "retried";
-                self.spans.send(span);
+                self.spans.send(&span);
             }
             let ctx = t.ctx.child(self.span_id());
             let span = ctx.is_sampled().then(|| {
@@ -216,21 +217,23 @@ impl Tracer {
             span.end_unix_nanos = end;
             span.error = error;
             span.status = outcome.name();
-            self.spans.send(span);
+            self.spans.send(&span);
         }
-        let Some(mut span) = t.span.take() else {
+        // Finished where it is (no copy), then dropped.
+        let Some(span) = t.span.as_mut() else {
             return;
         };
         span.end_unix_nanos = end;
         span.error = error;
         span.status = outcome.name();
         if let Some(n) = names {
-            span.call = self.names_of(&n);
+            span.call = self.names.get(n.service, n.method, n.version, n.group);
         }
         span.server = upstream;
         span.front = t.front;
         span.retries = Some(attempts.saturating_sub(1));
         self.spans.send(span);
+        t.span = None;
     }
 }
 
@@ -245,14 +248,8 @@ pub(super) struct Names<'a> {
 
 /// A span record starting at `start` (Unix nanoseconds) for `ctx`'s span (its names
 /// set when known).
-fn record(ctx: &TraceContext, call: CallNames, start: u64) -> Box<SpanData> {
-    let mut span = Box::new(SpanData::starting_at(
-        ctx.trace_id,
-        ctx.span_id,
-        SpanKind::Client,
-        call,
-        start,
-    ));
+fn record(ctx: &TraceContext, call: CallNames, start: u64) -> SpanData {
+    let mut span = SpanData::starting_at(ctx.trace_id, ctx.span_id, SpanKind::Client, call, start);
     span.parent_span_id = ctx.parent_span_id;
     span.trace_state.clone_from(&ctx.tracestate);
     span

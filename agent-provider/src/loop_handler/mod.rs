@@ -208,6 +208,9 @@ pub(crate) struct ProviderLoop {
     heartbeat_seq: i64,
     /// The last timeout rendered as an attachment value (timeouts are nearly always equal).
     timeout_text: (u32, String),
+    /// The allocation of the last request's attachments, for the next
+    /// (`translate::reuse_pairs`).
+    spare_pairs: translate::Pairs<'static>,
     /// The authorization policy in force (`None`: no `--authz`, every peer may call).
     policy: Option<Arc<Policy>>,
     /// Per service and method counters: this loop's table (`observe`).
@@ -256,6 +259,7 @@ impl ProviderLoop {
             exit_not_before: None,
             heartbeat_seq: 0,
             timeout_text: (0, String::new()),
+            spare_pairs: Vec::new(),
             templates: templates::Templates::default(),
             policy,
             methods,

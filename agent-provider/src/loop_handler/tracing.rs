@@ -26,6 +26,9 @@ pub(crate) struct Tracer {
     pub(super) wire: String,
     /// The names of the methods traced lately, shared by their spans.
     names: NamesCache,
+    /// Boxes of spans sent, for the next ones.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<SpanData>>,
 }
 
 /// A traced call, kept with what is observed of it until it completes.
@@ -33,8 +36,8 @@ pub(crate) struct Tracer {
 pub(crate) struct CallTrace {
     /// The trace (the access log's `trace_id`).
     pub(crate) trace_id: [u8; 16],
-    /// The provider-agent's span, when sampled (boxed: only its pointer moves, to the
-    /// exporter's queue).
+    /// The provider-agent's span, when sampled (boxed, as the pending call moves, and
+    /// the box reused once the span is sent).
     span: Option<Box<SpanData>>,
 }
 
@@ -62,8 +65,12 @@ impl Tracer {
             instance,
             wire: String::new(),
             names: NamesCache::default(),
+            spare: Vec::new(),
         }
     }
+
+    /// Boxes of sent spans kept for the next ones.
+    const SPARE: usize = 1024;
 
     fn draw(&mut self) -> bool {
         self.sample_rate > 0.0
@@ -122,13 +129,20 @@ impl Tracer {
         let fields = ours.encode(&local, &mut self.wire);
         let span = ours.is_sampled().then(|| {
             let names = (self.names).get(call.service, call.method, call.version, call.group);
-            let mut s = Box::new(SpanData::starting_at(
+            let data = SpanData::starting_at(
                 ours.trace_id,
                 ours.span_id,
                 SpanKind::Server,
                 names,
                 call.start_unix_nanos,
-            ));
+            );
+            let mut s = match self.spare.pop() {
+                Some(mut b) => {
+                    *b = data;
+                    b
+                }
+                None => Box::new(data),
+            };
             s.parent_span_id = ours.parent_span_id;
             s.trace_state.clone_from(&ours.tracestate);
             s.server = Some(call.provider);
@@ -161,7 +175,10 @@ impl Tracer {
         span.end_unix_nanos = span.start_unix_nanos.saturating_add(took);
         span.error = !ok;
         span.status = status;
-        self.spans.send(span);
+        self.spans.send(&span);
+        if self.spare.len() < Self::SPARE {
+            self.spare.push(span);
+        }
     }
 }
 

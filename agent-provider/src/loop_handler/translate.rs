@@ -285,7 +285,7 @@ impl ProviderLoop {
         // caller's own are dropped. The caller's are read once (each is checked as
         // UTF-8 as it is read), for the provider and for the trace context.
         let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
-        let mut owned: Vec<(&str, Option<&str>)> = Vec::new();
+        let mut owned: Pairs<'_> = std::mem::take(&mut self.spare_pairs);
         if req.attachments.remaining() > 0 {
             owned.reserve(req.attachments.len() + 6);
             owned.extend(
@@ -385,6 +385,7 @@ impl ProviderLoop {
             .map_err(|e| (Status::BadRequest, e.to_string())),
             None => Err((Status::Unavailable, "provider not connected".to_owned())),
         };
+        self.spare_pairs = reuse_pairs(owned);
         match result {
             Ok(()) => {
                 if let Some(c) = self.upstream.conns.get_mut(slot) {
@@ -440,4 +441,31 @@ fn caller_version<'a>(req: &agent::Request<'a>) -> Option<&'a str> {
     }
     let (_, v) = req.attachments.into_iter().find(|(k, _)| *k == "dubbo")?;
     dubbo::server::ProtocolVersion::new(v).map(|_| v)
+}
+
+/// Attachments of one request, names and values borrowed from it.
+pub(super) type Pairs<'a> = Vec<(&'a str, Option<&'a str>)>;
+
+/// `pairs` emptied, for the next request (`ProviderLoop::spare_pairs`): its allocation
+/// kept, so that a call with attachments (a traced one) allocates none for them.
+pub(super) fn reuse_pairs<'a>(mut pairs: Pairs<'_>) -> Pairs<'a> {
+    pairs.clear();
+    // Empty, so the closure never runs: collected in place, into the same allocation
+    // (the items' layout is the same), under the next request's lifetime.
+    pairs.into_iter().map(|_| ("", None)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reused_pairs_keep_their_allocation_and_nothing_else() {
+        let text = String::from("traceparent");
+        let mut pairs: super::Pairs<'_> = Vec::with_capacity(8);
+        pairs.push((text.as_str(), Some("00-...")));
+        let at = pairs.as_ptr() as usize;
+        let next: super::Pairs<'static> = super::reuse_pairs(pairs);
+        assert!(next.is_empty());
+        assert_eq!(next.capacity(), 8);
+        assert_eq!(next.as_ptr() as usize, at, "the same allocation");
+    }
 }

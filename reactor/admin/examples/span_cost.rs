@@ -13,16 +13,16 @@ fn main() {
     let t = Instant::now();
     for i in 0..n {
         let names = CallNames::new("com.example.Service", "method", "1.0.0", "");
-        let mut s = Box::new(SpanData::new([1; 16], [2; 8], SpanKind::Client, names));
+        let mut s = SpanData::new([1; 16], [2; 8], SpanKind::Client, names);
         s.parent_span_id = Some([3; 8]);
         s.server = Some(server);
         s.front = "http";
         s.retries = Some(i as u32 & 1);
         s.end_unix_nanos = reactor_admin::otlp::unix_nanos();
-        spans.send(s);
+        spans.send(&s);
     }
     let loop_ns = t.elapsed().as_nanos() as f64 / n as f64;
-    let batch: Vec<SpanData> = rx.try_iter().map(|s| *s).collect();
+    let batch: Vec<SpanData> = rx.try_iter().collect();
     let t = Instant::now();
     let bytes = reactor_admin::otlp::encode_for_bench(batch, "consumer-agent");
     let export_ns = t.elapsed().as_nanos() as f64 / n as f64;

@@ -1,27 +1,28 @@
 //! Span export for dubbo-mesh's agents, OTLP over HTTP with protobuf bodies.
 //!
-//! The loops hand finished spans ([`SpanData`], boxed: a span is made once and then only
-//! its pointer moves, from the call to the queue to the exporter) to a [`Spans`] handle:
-//! a `try_send` on a bounded channel, so a call never waits. One exporter thread batches them (up to
-//! [`Config::batch`] spans or [`Config::interval`], whichever comes first) into an
-//! `ExportTraceServiceRequest` and POSTs it to the collector with `Content-Type:
-//! application/x-protobuf` over a plain HTTP/1.1 connection with connect, write and
-//! read timeouts. The request is the bytes prost writes for the `opentelemetry-proto`
-//! messages (the tests compare them), but written field by field as each span arrives,
+//! The loops hand finished spans ([`SpanData`]) to their [`Spans`] handle, which
+//! encodes each at once into its own queue of protobuf bytes (a lock no other loop
+//! takes; the exporter thread takes it only to swap the bytes out), so that a span is
+//! never copied or moved between threads, and a call never waits: a full queue drops
+//! the span and counts it. One exporter thread takes the loops' bytes every [`POLL`]
+//! and POSTs them, in batches of up to [`Config::batch`] spans, when a batch is full
+//! or [`Config::interval`] after its first span, as an `ExportTraceServiceRequest`
+//! with `Content-Type: application/x-protobuf` over a plain HTTP/1.1 connection with
+//! connect, write and read timeouts. The request is the bytes prost writes for the
+//! `opentelemetry-proto` messages (the tests compare them), but written field by field,
 //! no message built: the resource and scope are encoded once, and what repeats from
 //! span to span (a method's name and attributes, an address, how spans end) once per
-//! exporter, so that a span costs little more than copying those pieces.
+//! handle, so that a span costs little more than copying those pieces.
 //!
-//! A span is dropped, and counted ([`Stats::dropped`]), when the queue is full (the
-//! collector is slow or down and the exporter thread is waiting on it) or when its batch
-//! could not be delivered (connection refused, timeout, a status other than 2xx). Nothing
-//! is retried: tracing is best effort, calls come first.
+//! A span is dropped, and counted ([`Stats::dropped`]), when its loop's queue is full
+//! (the collector is slow or down and the exporter thread is waiting on it) or when its
+//! batch could not be delivered (connection refused, timeout, a status other than 2xx).
+//! Nothing is retried: tracing is best effort, calls come first.
 //!
-//! The exporter thread takes what is queued every [`POLL`] (less often when quiet, down
-//! to every [`IDLE_POLL`]) rather than blocking on the queue: a blocked receiver must be
-//! woken by the sending loop, a futex call and a context switch per span when spans come
-//! one at a time. [`Spans::close`] (an agent's stop) sends what is queued, within a
-//! deadline, and joins the thread.
+//! The exporter thread looks every [`POLL`] (less often when quiet, down to every
+//! [`IDLE_POLL`]) rather than being woken: waking it would be a futex call and a
+//! context switch per span when spans come one at a time. [`Spans::close`] (an agent's
+//! stop) sends what is queued, within a deadline, and joins the thread.
 //!
 //! # Examples
 //!
@@ -31,9 +32,9 @@
 //! let endpoint = Endpoint::parse("http://127.0.0.1:4318").unwrap();
 //! let (spans, _exporter) = reactor_admin::otlp::start(Config::new(endpoint, "consumer-agent")).unwrap();
 //! let names = CallNames::new("a.Svc", "m", "1.0", "");
-//! let mut span = Box::new(SpanData::new([1; 16], [2; 8], SpanKind::Client, names));
+//! let mut span = SpanData::new([1; 16], [2; 8], SpanKind::Client, names);
 //! span.end_unix_nanos = span.start_unix_nanos + 1000;
-//! spans.send(span);
+//! spans.send(&span);
 //! ```
 
 #![deny(missing_docs)]
@@ -41,12 +42,14 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 #[cfg(test)]
@@ -392,23 +395,59 @@ impl Stats {
     }
 }
 
-/// The loops' handle: hands finished spans to the exporter thread without waiting.
-#[derive(Debug, Clone)]
+/// A loop's handle: queues finished spans for the exporter thread without waiting.
+/// Each clone has a queue of its own (give each loop one).
+#[derive(Debug)]
 pub struct Spans {
-    tx: Sender<Box<SpanData>>,
+    sink: Sink,
     stats: Arc<Stats>,
     control: Arc<Control>,
 }
 
-/// The exporter thread, for [`Spans::close`] and [`Exporter::join`].
+/// Where a handle's spans go.
+#[derive(Debug)]
+enum Sink {
+    /// Encoded into this handle's queue, for the exporter thread.
+    Queue(Arc<Mutex<Queue>>),
+    /// As they are, to whoever reads the channel ([`Spans::bounded`]).
+    Channel(Sender<SpanData>),
+}
+
+/// One handle's spans, encoded, waiting for the exporter thread.
+#[derive(Debug, Default)]
+struct Queue {
+    /// `ScopeSpans.spans` fields, one after the other.
+    bytes: Vec<u8>,
+    /// How many.
+    count: usize,
+    /// What this handle's spans share, encoded once.
+    cache: SpanCache,
+}
+
+/// What the handles and the exporter thread share.
 #[derive(Debug, Default)]
 struct Control {
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     /// Set by [`Spans::close`]: send what is queued by then, and end.
-    stop: std::sync::Mutex<Option<Instant>>,
+    stop: Mutex<Option<Instant>>,
+    /// Every handle's queue (a dropped handle's stays until emptied).
+    queues: Mutex<Vec<Arc<Mutex<Queue>>>>,
+    /// Spans queued per handle at most ([`Config::queue`]).
+    capacity: usize,
+    /// Handles alive: none left, the exporter sends what is queued and ends.
+    handles: AtomicUsize,
+    /// Closed: spans sent from now on are dropped.
+    closed: AtomicBool,
 }
 
 impl Control {
+    fn new(capacity: usize) -> Control {
+        Control {
+            capacity: capacity.max(1),
+            ..Control::default()
+        }
+    }
+
     fn take_thread(&self) -> Option<JoinHandle<()>> {
         self.thread.lock().ok().and_then(|mut t| t.take())
     }
@@ -416,16 +455,52 @@ impl Control {
     fn stop_by(&self) -> Option<Instant> {
         self.stop.lock().ok().and_then(|s| *s)
     }
+
+    /// A new handle's queue, registered for the exporter.
+    fn new_queue(&self) -> Arc<Mutex<Queue>> {
+        let q = Arc::new(Mutex::new(Queue::default()));
+        if let Ok(mut queues) = self.queues.lock() {
+            queues.push(q.clone());
+        }
+        q
+    }
+}
+
+impl Clone for Spans {
+    /// Another handle on the same exporter, with a queue of its own.
+    fn clone(&self) -> Spans {
+        let sink = match &self.sink {
+            Sink::Queue(_) => Sink::Queue(self.control.new_queue()),
+            Sink::Channel(tx) => Sink::Channel(tx.clone()),
+        };
+        self.control.handles.fetch_add(1, Relaxed);
+        Spans {
+            sink,
+            stats: self.stats.clone(),
+            control: self.control.clone(),
+        }
+    }
+}
+
+impl Drop for Spans {
+    fn drop(&mut self) {
+        self.control.handles.fetch_sub(1, Release);
+    }
 }
 
 impl Spans {
     /// A handle on a bounded queue of `capacity` spans that the caller reads itself
-    /// instead of an exporter thread (tests, or another sink).
-    pub fn bounded(capacity: usize) -> (Spans, Receiver<Box<SpanData>>) {
+    /// instead of an exporter thread (tests, or another sink); each span is cloned into
+    /// it.
+    pub fn bounded(capacity: usize) -> (Spans, Receiver<SpanData>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        let stats = Arc::new(Stats::default());
-        let control = Arc::default();
-        (Spans { tx, stats, control }, rx)
+        let spans = Spans {
+            sink: Sink::Channel(tx),
+            stats: Arc::default(),
+            control: Arc::new(Control::new(capacity)),
+        };
+        spans.control.handles.fetch_add(1, Relaxed);
+        (spans, rx)
     }
 
     /// Stops the exporter thread (an agent's stop): what is queued is sent, in
@@ -454,13 +529,30 @@ impl Spans {
         true
     }
 
-    /// Queues a finished span; if the queue is full it is dropped and counted.
-    pub fn send(&self, span: Box<SpanData>) {
-        match self.tx.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.dropped.fetch_add(1, Relaxed);
+    /// Queues a finished span, encoded here; if this handle's queue is full (or the
+    /// exporter closed) it is dropped and counted.
+    pub fn send(&self, span: &SpanData) {
+        let queued = match &self.sink {
+            Sink::Queue(q) => {
+                !self.control.closed.load(Relaxed)
+                    && q.lock().is_ok_and(|mut q| {
+                        if q.count >= self.control.capacity {
+                            return false;
+                        }
+                        let Queue {
+                            bytes,
+                            count,
+                            cache,
+                        } = &mut *q;
+                        encode_span(bytes, span, cache);
+                        *count += 1;
+                        true
+                    })
             }
+            Sink::Channel(tx) => tx.try_send(span.clone()).is_ok(),
+        };
+        if !queued {
+            self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
 
@@ -529,25 +621,23 @@ pub fn from_flags(
 ///
 /// The thread could not be spawned.
 pub fn start(config: Config) -> io::Result<(Spans, Exporter)> {
-    let (tx, rx) = crossbeam_channel::bounded(config.queue.max(1));
     let stats = Arc::new(Stats::default());
-    let control = Arc::new(Control::default());
-    let worker = Worker::new(config, stats.clone());
+    let control = Arc::new(Control::new(config.queue));
+    let spans = Spans {
+        sink: Sink::Queue(control.new_queue()),
+        stats: stats.clone(),
+        control: control.clone(),
+    };
+    control.handles.fetch_add(1, Relaxed);
+    let worker = Worker::new(config, stats);
     let c = control.clone();
     let thread = std::thread::Builder::new()
         .name("otlp-export".into())
-        .spawn(move || worker.run(&rx, &c))?;
+        .spawn(move || worker.run(&c))?;
     if let Ok(mut t) = control.thread.lock() {
         *t = Some(thread);
     }
-    Ok((
-        Spans {
-            tx,
-            stats,
-            control: control.clone(),
-        },
-        Exporter { control },
-    ))
+    Ok((spans, Exporter { control }))
 }
 
 struct Worker {
@@ -564,52 +654,48 @@ struct Worker {
     resource_bytes: Vec<u8>,
     /// `scope` encoded as `ScopeSpans.scope`, once.
     scope_bytes: Vec<u8>,
-    /// The encoded spans of the batch, before the request's framing.
+    /// The encoded spans taken from the loops, before the requests' framing.
     spans: Vec<u8>,
     /// How many.
     pending: usize,
-    /// What spans share, encoded once.
+    /// When the first of them was taken.
+    first_at: Instant,
+    /// What spans share, encoded once (for [`Worker::add`]: tests and benches).
     cache: SpanCache,
+    /// A queue's bytes as taken (its allocation swapped back at the next take).
+    taken: Vec<u8>,
+    /// The queues, as listed at a take (the list's lock is not held while taking).
+    queues: Vec<Arc<Mutex<Queue>>>,
 }
 
 impl Worker {
-    /// Takes what is queued every [`POLL`] (see the module's notes); a batch goes out
-    /// when full or [`Config::interval`] after its first span.
-    fn run(mut self, rx: &Receiver<Box<SpanData>>, control: &Control) {
+    /// Takes what the loops queued every [`POLL`] (see the module's notes) and sends
+    /// it when a batch is full or [`Config::interval`] after its first span; ends when
+    /// told to stop ([`Spans::close`]) or when no handle is left, once what is queued
+    /// is sent.
+    fn run(mut self, control: &Control) {
         let max = self.config.batch.max(1);
-        let mut first_at = Instant::now();
         let mut idle = Duration::ZERO;
         loop {
-            let mut got = false;
-            let mut closed = false;
-            loop {
-                match rx.try_recv() {
-                    Ok(s) => {
-                        if self.pending == 0 {
-                            first_at = Instant::now();
-                        }
-                        self.add(&s);
-                        got = true;
-                        if self.pending >= max {
-                            self.export(self.config.timeout);
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
+            let got = self.take(control);
             if let Some(deadline) = control.stop_by() {
-                return self.finish(rx, deadline);
-            }
-            if closed {
-                self.export(self.config.timeout);
+                control.closed.store(true, Relaxed);
+                self.take(control);
+                self.export(Some(deadline), false);
+                // Queued while it closed: dropped.
+                if self.take(control) {
+                    self.stats.dropped.fetch_add(self.pending as u64, Relaxed);
+                }
                 return;
             }
-            if self.pending > 0 && first_at.elapsed() >= self.config.interval {
-                self.export(self.config.timeout);
+            if control.handles.load(Acquire) == 0 {
+                self.take(control);
+                return self.export(None, false);
+            }
+            if self.pending > 0 && self.first_at.elapsed() >= self.config.interval {
+                self.export(None, false);
+            } else if self.pending >= max {
+                self.export(None, true);
             }
             idle = if got {
                 POLL
@@ -619,33 +705,80 @@ impl Worker {
             let wait = if self.pending == 0 {
                 idle
             } else {
-                idle.min(self.config.interval.saturating_sub(first_at.elapsed()))
+                idle.min(self.config.interval.saturating_sub(self.first_at.elapsed()))
             };
             std::thread::park_timeout(wait.max(Duration::from_millis(1)));
         }
     }
 
-    /// A stop: what is queued goes out by `deadline`; the rest is dropped.
-    fn finish(&mut self, rx: &Receiver<Box<SpanData>>, deadline: Instant) {
-        let max = self.config.batch.max(1);
-        loop {
-            while self.pending < max {
-                match rx.try_recv() {
-                    Ok(s) => self.add(&s),
-                    Err(_) => break,
-                }
-            }
-            if self.pending == 0 {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let rest = self.pending + rx.len();
-                self.stats.dropped.fetch_add(rest as u64, Relaxed);
-                return;
-            }
-            self.export(left.min(self.config.timeout));
+    /// Takes the spans every queue holds (each queue locked only to swap its bytes
+    /// out): false if there were none. Queues of dropped handles go once empty.
+    fn take(&mut self, control: &Control) -> bool {
+        if let Ok(mut queues) = control.queues.lock() {
+            queues.retain(|q| Arc::strong_count(q) > 1 || q.lock().is_ok_and(|q| q.count > 0));
+            self.queues.clear();
+            self.queues.extend(queues.iter().cloned());
         }
+        let mut got = false;
+        for q in std::mem::take(&mut self.queues) {
+            let n = match q.lock() {
+                Ok(mut q) if q.count > 0 => {
+                    // Into `spans` as they are when it is empty (mostly): no copy.
+                    let into = match self.spans.is_empty() {
+                        true => &mut self.spans,
+                        false => &mut self.taken,
+                    };
+                    std::mem::swap(&mut q.bytes, into);
+                    std::mem::take(&mut q.count)
+                }
+                _ => continue,
+            };
+            if self.pending == 0 {
+                self.first_at = Instant::now();
+            }
+            self.spans.extend_from_slice(&self.taken);
+            self.taken.clear();
+            self.pending += n;
+            got = true;
+        }
+        got
+    }
+
+    /// Sends the spans taken, in batches of [`Config::batch`] at most (`full_only`:
+    /// only full batches, the rest waits for more). With a `deadline` (a stop), each
+    /// POST's timeouts are cut to what is left of it, and what is left once it has
+    /// passed is dropped and counted.
+    fn export(&mut self, deadline: Option<Instant>, full_only: bool) {
+        let max = self.config.batch.max(1);
+        let mut at = 0;
+        while self.pending > 0 && !(full_only && self.pending < max) {
+            let timeout = match deadline {
+                None => self.config.timeout,
+                Some(d) => match d.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => break,
+                    left => left.min(self.config.timeout),
+                },
+            };
+            let rest = self.spans.get(at..).unwrap_or_default();
+            let (len, n) = split_spans(rest, max);
+            if n == 0 {
+                break;
+            }
+            self.post_batch(at..at + len, n, timeout);
+            at += len;
+            self.pending -= n;
+        }
+        if full_only && self.pending > 0 {
+            // The rest waits, as the batch it begins.
+            self.spans.drain(..at.min(self.spans.len()));
+            self.first_at = Instant::now();
+            return;
+        }
+        if self.pending > 0 {
+            self.stats.dropped.fetch_add(self.pending as u64, Relaxed);
+        }
+        self.spans.clear();
+        self.pending = 0;
     }
 
     fn new(config: Config, stats: Arc<Stats>) -> Worker {
@@ -681,7 +814,10 @@ impl Worker {
             scope_bytes,
             spans: Vec::new(),
             pending: 0,
+            first_at: Instant::now(),
             cache: SpanCache::default(),
+            taken: Vec::new(),
+            queues: Vec::new(),
         }
     }
 
@@ -695,7 +831,7 @@ impl Worker {
         for data in batch.drain(..) {
             self.add(&data);
         }
-        self.frame();
+        self.frame(self.spans.len());
         self.body.extend_from_slice(&self.spans);
         self.spans.clear();
         self.pending = 0;
@@ -707,10 +843,10 @@ impl Worker {
         self.pending += 1;
     }
 
-    /// The start of the request of the spans added, in `self.body`: the spans follow
-    /// (a POST writes them from where they are, not copied after it).
-    fn frame(&mut self) {
-        let scope_spans_len = self.scope_bytes.len() + self.spans.len();
+    /// The start of a request of `spans_len` bytes of spans, in `self.body`: the spans
+    /// follow (a POST writes them from where they are, not copied after it).
+    fn frame(&mut self, spans_len: usize) {
+        let scope_spans_len = self.scope_bytes.len() + spans_len;
         // ResourceSpans.scope_spans = 2
         let scope_head = 1 + varint_len(scope_spans_len as u64);
         let resource_spans_len = self.resource_bytes.len() + scope_head + scope_spans_len;
@@ -724,17 +860,12 @@ impl Worker {
         self.body.extend_from_slice(&self.scope_bytes);
     }
 
-    /// Sends the spans added, each step of the POST within `timeout`.
-    fn export(&mut self, timeout: Duration) {
-        if self.pending == 0 {
-            return;
-        }
-        let n = self.pending as u64;
-        self.frame();
-        let posted = self.post(timeout);
-        self.spans.clear();
-        self.pending = 0;
-        match posted {
+    /// Sends the `n` spans in `range` of `self.spans` as one request, each step of the
+    /// POST within `timeout`.
+    fn post_batch(&mut self, range: std::ops::Range<usize>, n: usize, timeout: Duration) {
+        let n = n as u64;
+        self.frame(range.len());
+        match self.post(range, timeout) {
             Ok(status) if (200..300).contains(&status) => {
                 self.stats.exported.fetch_add(n, Relaxed);
             }
@@ -760,8 +891,10 @@ impl Worker {
         self.stats.dropped.fetch_add(n, Relaxed);
     }
 
-    /// One POST: the answer's status code.
-    fn post(&mut self, timeout: Duration) -> io::Result<u16> {
+    /// One POST of the request framed in `self.body` with the spans in `range` of
+    /// `self.spans`: the answer's status code.
+    fn post(&mut self, range: std::ops::Range<usize>, timeout: Duration) -> io::Result<u16> {
+        let spans = self.spans.get(range).unwrap_or_default();
         let ep = &self.config.endpoint;
         let started = Instant::now();
         let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port).to_socket_addrs()?.collect();
@@ -786,12 +919,12 @@ impl Worker {
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: dubbo-mesh\r\n\r\n",
             ep.path,
             ep.authority,
-            self.body.len() + self.spans.len()
+            self.body.len() + spans.len()
         )?;
         // The head and the request's start in one write, the spans in another.
         self.head.extend_from_slice(&self.body);
         stream.write_all(&self.head)?;
-        stream.write_all(&self.spans)?;
+        stream.write_all(spans)?;
         // The status line is all we need; the whole answer may take at most twice the
         // timeout (a collector trickling bytes does not hold the thread longer).
         let mut got = [0u8; 512];
@@ -1013,6 +1146,35 @@ const LEN: u8 = 2;
 /// A field's key byte (every field written here has a tag below 16).
 const fn key(tag: u8, wire_type: u8) -> u8 {
     (tag << 3) | wire_type
+}
+
+/// The length of the first `max` spans of `bytes` (`ScopeSpans.spans` fields one after
+/// the other, as [`encode_span`] writes them), and how many that is (fewer if `bytes`
+/// ends first).
+fn split_spans(bytes: &[u8], max: usize) -> (usize, usize) {
+    let (mut at, mut n) = (0, 0);
+    while n < max {
+        let Some(rest) = bytes.get(at + 1..) else {
+            break;
+        };
+        // The key byte, then the length as a varint, then the span.
+        let mut len = 0u64;
+        let mut used = 0;
+        for (i, &b) in rest.iter().enumerate().take(10) {
+            len |= u64::from(b & 0x7f) << (7 * i);
+            used = i + 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = at + 1 + used + len as usize;
+        if used == 0 || end > bytes.len() {
+            break;
+        }
+        at = end;
+        n += 1;
+    }
+    (at, n)
 }
 
 fn varint_len(v: u64) -> usize {
@@ -1633,14 +1795,14 @@ mod tests {
         };
         let (spans, _exporter) = start(config).unwrap();
         for _ in 0..250 {
-            spans.send(Box::new(span(SpanKind::Client)));
+            spans.send(&span(SpanKind::Client));
         }
         let kept = spans.clone();
         assert!(spans.close(Duration::from_secs(5)));
         assert_eq!(spans.stats().exported(), 250);
         assert_eq!(posts.load(Relaxed), 3);
         // Closed: what comes later is dropped and counted, and closing again is done.
-        kept.send(Box::new(span(SpanKind::Client)));
+        kept.send(&span(SpanKind::Client));
         assert_eq!(kept.stats().dropped(), 1);
         assert!(kept.close(Duration::ZERO));
     }
@@ -1655,7 +1817,7 @@ mod tests {
             ..Config::new(Endpoint::parse(&url).unwrap(), "t")
         };
         let (spans, _exporter) = start(config).unwrap();
-        spans.send(Box::new(span(SpanKind::Client)));
+        spans.send(&span(SpanKind::Client));
         let started = Instant::now();
         spans.close(Duration::from_millis(300));
         assert!(
@@ -1665,6 +1827,73 @@ mod tests {
         );
         assert_eq!(spans.stats().dropped(), 1);
         drop(listener);
+    }
+
+    /// A handle whose spans queue for a worker the test runs itself.
+    fn queued(capacity: usize) -> (Spans, Arc<Control>) {
+        let control = Arc::new(Control::new(capacity));
+        let spans = Spans {
+            sink: Sink::Queue(control.new_queue()),
+            stats: Arc::default(),
+            control: control.clone(),
+        };
+        control.handles.fetch_add(1, Relaxed);
+        (spans, control)
+    }
+
+    #[test]
+    fn each_handle_queues_its_spans_encoded_up_to_its_capacity() {
+        let (spans, control) = queued(2);
+        let other = spans.clone();
+        let (client, server) = (span(SpanKind::Client), span(SpanKind::Server));
+        for _ in 0..3 {
+            spans.send(&client);
+            other.send(&server);
+        }
+        assert_eq!(spans.stats().dropped(), 2, "one past each handle's two");
+        let mut w = Worker::new(
+            Config::new(Endpoint::parse("http://127.0.0.1:9").unwrap(), "t"),
+            Arc::default(),
+        );
+        assert!(w.take(&control));
+        assert_eq!(w.pending, 4);
+        // The bytes are the spans as the worker itself encodes them.
+        let mut expected = Vec::new();
+        let mut cache = SpanCache::default();
+        for s in [&client, &client, &server, &server] {
+            encode_span(&mut expected, s, &mut cache);
+        }
+        assert_eq!(w.spans, expected);
+        // Taken: the queues have room again, and nothing more to take.
+        assert!(!w.take(&control));
+        spans.send(&client);
+        assert_eq!(spans.stats().dropped(), 2);
+        // A dropped handle's queue goes once emptied: its spans are sent.
+        other.send(&server);
+        drop(other);
+        assert_eq!(control.handles.load(Relaxed), 1);
+        assert!(w.take(&control));
+        assert_eq!(w.pending, 6);
+        assert_eq!(control.queues.lock().unwrap().len(), 2);
+        w.take(&control);
+        assert_eq!(control.queues.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn batches_split_at_whole_spans() {
+        let mut bytes = Vec::new();
+        let mut cache = SpanCache::default();
+        let mut ends = Vec::new();
+        for kind in [SpanKind::Client, SpanKind::Server, SpanKind::Internal] {
+            encode_span(&mut bytes, &span(kind), &mut cache);
+            ends.push(bytes.len());
+        }
+        assert_eq!(split_spans(&bytes, 2), (ends[1], 2));
+        assert_eq!(split_spans(&bytes, 5), (ends[2], 3));
+        assert_eq!(split_spans(&bytes, 0), (0, 0));
+        // A cut span is not counted.
+        assert_eq!(split_spans(&bytes[..ends[2] - 1], 5), (ends[1], 2));
+        assert_eq!(split_spans(&[], 5), (0, 0));
     }
 
     #[test]
@@ -1677,7 +1906,7 @@ mod tests {
         };
         let (spans, exporter) = start(config).unwrap();
         for _ in 0..100 {
-            spans.send(Box::new(span(SpanKind::Client)));
+            spans.send(&span(SpanKind::Client));
         }
         assert!(spans.stats().dropped() >= 98, "{}", spans.stats().dropped());
         let stats = spans.stats().clone();
