@@ -247,3 +247,51 @@ fn rotation_by_move_and_sighup_loses_no_line() {
     assert_eq!(running.metrics().access_log_dropped(), 0);
     running.stop();
 }
+
+/// A form request for method `method` of the race's service.
+fn method_request(method: &str) -> Vec<u8> {
+    let body = format!(
+        "interface={SERVICE}&method={method}&parameterTypesString=Ljava%2Flang%2FString%3B&parameter=x"
+    );
+    format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn lines_name_the_method_called_when_call_ids_are_given_to_new_methods() {
+    // More methods than call ids (codec::agent::MAX_CALLS): the later ones take the ids
+    // of earlier ones, whose names the log must not keep using.
+    const METHODS: usize = codec::agent::MAX_CALLS + 400;
+    const BATCH: usize = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("access.log");
+    let agent = fake_agent(Mode::Hash);
+    let running = consumer(
+        &[agent.addr],
+        &["--access-log", path.to_str().expect("utf-8 path")],
+    );
+    wait_ready(&running);
+    let mut s = TcpStream::connect(running.http_addr()).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    // Each method twice, the second time a round later, after its id may have moved on.
+    let order: Vec<usize> = (0..METHODS).chain(0..BATCH).collect();
+    for batch in order.chunks(BATCH) {
+        let burst: Vec<u8> = (batch.iter())
+            .flat_map(|i| method_request(&format!("m{i}")))
+            .collect();
+        s.write_all(&burst).expect("send");
+        let answers = read_answers(&mut s, batch.len(), Duration::from_secs(20));
+        assert!(answers.iter().all(|a| a.status == 200), "{:?}", answers[0]);
+    }
+    let all = wait_lines(&[&path], order.len());
+    // One connection, calls answered in order: the lines are in the order sent.
+    for (line, i) in all.iter().zip(&order) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert_eq!(v["method"], format!("m{i}").as_str(), "{line}");
+        assert_eq!(v["service"], SERVICE);
+    }
+    running.stop();
+}

@@ -320,3 +320,58 @@ fn a_hundred_thousand_method_names_stay_within_the_series_bound() {
     assert!(text.contains(&format!("provider_agent_method_series {MAX}\n")));
     running.stop();
 }
+
+#[test]
+fn lines_name_the_method_called_when_an_id_is_redefined() {
+    // Ids defined again and again, as a consumer-agent does once its table is full:
+    // each line names what its id named when the call came.
+    const CALLS: usize = 300;
+    const IDS: u32 = 5;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("access.log");
+    let log = path.to_str().expect("utf-8 path").to_owned();
+    let provider = fast_provider();
+    let addr = provider.local_addr().expect("addr");
+    let accept = std::thread::spawn(move || serve_fast(provider));
+    let running = agent(addr, |c| c.access_log = Some(log));
+    accept.join().expect("provider");
+    let mut c = Client::connect(running.agent_addr());
+    let mut args = Vec::new();
+    hessian2::write_string(&mut args, "x");
+    for i in 0..CALLS {
+        let id = (i as u32 * 7) % IDS;
+        let method = format!("m{i}");
+        let mut burst = Vec::new();
+        // Every third call reuses its id's signature as it stands.
+        if i % 3 != 2 || i < IDS as usize * 3 {
+            let sig = SignatureRef {
+                service: SERVICE,
+                method: &method,
+                parameter_types: "Ljava/lang/String;",
+                version: "",
+                group: "",
+            };
+            agent::encode_define(&mut burst, id, sig).expect("define");
+        }
+        agent::encode_request(&mut burst, i as u64, id, 5000, &[], &args).expect("request");
+        c.stream.write_all(&burst).expect("send");
+        assert_eq!(c.read().status, Status::Ok);
+    }
+    // What each id named at each call, worked out the same way.
+    let mut named: Vec<String> = vec![String::new(); IDS as usize];
+    let expected: Vec<String> = (0..CALLS)
+        .map(|i| {
+            let id = (i as u32 * 7 % IDS) as usize;
+            if i % 3 != 2 || i < IDS as usize * 3 {
+                named[id] = format!("m{i}");
+            }
+            named[id].clone()
+        })
+        .collect();
+    let lines = wait_lines(&path, CALLS);
+    for (v, method) in lines.iter().zip(&expected) {
+        assert_eq!(v["method"], method.as_str(), "{v}");
+        assert_eq!(v["service"], SERVICE);
+    }
+    running.stop();
+}

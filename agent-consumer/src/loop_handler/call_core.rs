@@ -5,6 +5,7 @@
 
 use codec::agent::{self, AgentError, CallTable, RequestHead, Signature, SignatureRef, Status};
 use reactor::Ctx;
+use reactor_admin::otlp::CallNames;
 
 use super::{Call, ConsumerLoop};
 use crate::lb::Answer;
@@ -79,6 +80,9 @@ impl ConsumerLoop {
         sig: Signature,
     ) -> Result<(), AgentError> {
         self.signatures.define(id, sig)?;
+        if let Some(names) = self.call_names.get_mut(id as usize) {
+            *names = None;
+        }
         let Some(sig) = self.signatures.get(id) else {
             return Ok(());
         };
@@ -235,17 +239,9 @@ impl ConsumerLoop {
         let latency = cx.now().saturating_duration_since(c.started).as_micros() as u64;
         self.metrics.answered(outcome, latency);
         self.count_method(&c, outcome, latency);
-        if let Some(tracer) = self.tracer.as_mut() {
-            let names = self
-                .signatures
-                .get(c.call_id)
-                .map(|s| super::tracing::Names {
-                    service: &s.service,
-                    method: &s.method,
-                    version: &s.version,
-                    group: &s.group,
-                });
-            if let Some(mut t) = c.trace.take() {
+        if self.tracer.is_some() && c.trace.is_some() {
+            let names = self.names_of_call(c.call_id);
+            if let (Some(tracer), Some(mut t)) = (self.tracer.as_mut(), c.trace.take()) {
                 tracer.finish(
                     &mut t,
                     outcome,
@@ -263,6 +259,25 @@ impl ConsumerLoop {
             cx.exit();
         }
         Some(c)
+    }
+
+    /// The names of call id `call_id`'s signature, shared (empty if it has none).
+    pub(super) fn names_of_call(&mut self, call_id: u32) -> CallNames {
+        let i = call_id as usize;
+        if let Some(Some(names)) = self.call_names.get(i) {
+            return names.clone();
+        }
+        let Some(sig) = self.signatures.get(call_id) else {
+            return CallNames::default();
+        };
+        let names = CallNames::new(&sig.service, &sig.method, &sig.version, &sig.group);
+        if self.call_names.len() <= i {
+            self.call_names.resize(i + 1, None);
+        }
+        if let Some(slot) = self.call_names.get_mut(i) {
+            *slot = Some(names.clone());
+        }
+        names
     }
 
     /// Holds a call of a service no provider-agent of which is open yet because it is

@@ -148,6 +148,11 @@ pub struct ConsumerLoop {
     /// Calls in flight per call id: an id with none may be given to a new signature
     /// once the table is full, so clients naming ever new methods cannot fill it.
     signature_uses: Vec<u32>,
+    /// The names of each call id's signature as the access log and spans take them
+    /// (made at the first call that needs them; forgotten when the id is redefined).
+    call_names: Vec<Option<reactor_admin::otlp::CallNames>>,
+    /// Names of requests refused before they were calls, for their log lines.
+    refused_names: reactor_admin::otlp::NamesCache,
     calls: Slab<Call>,
     next_gen: u32,
     pool: Vec<Vec<u8>>,
@@ -211,6 +216,8 @@ impl ConsumerLoop {
             http: HttpConns::default(),
             signatures: CallTable::new(),
             signature_uses: Vec::new(),
+            call_names: Vec::new(),
+            refused_names: Default::default(),
             calls: Slab::new(),
             next_gen: 0,
             pool: Vec::new(),

@@ -59,10 +59,11 @@ impl ConsumerLoop {
         status: u16,
         bytes_out: usize,
     ) {
-        let Some(log) = &self.access_log else { return };
-        let Some(sig) = self.signatures.get(c.call_id) else {
+        if self.access_log.is_none() || self.signatures.get(c.call_id).is_none() {
             return;
-        };
+        }
+        let names = self.names_of_call(c.call_id);
+        let Some(log) = &self.access_log else { return };
         let (front, caller, caller_identity) = match c.origin {
             Origin::Http { conn, .. } => match self.http.get_mut(conn) {
                 Some(h) => ("http", h.peer, h.identity.as_deref()),
@@ -77,10 +78,7 @@ impl ConsumerLoop {
             caller,
             caller_identity,
             front,
-            service: &sig.service,
-            method: &sig.method,
-            version: &sig.version,
-            group: &sig.group,
+            names: &names,
         };
         let end = CallEnd {
             trace_id: c.trace_id,
@@ -108,15 +106,14 @@ impl ConsumerLoop {
         bytes_out: usize,
     ) {
         let Some(log) = &self.access_log else { return };
+        let names =
+            (self.refused_names).get(names.service, names.method, names.version, names.group);
         let start = CallStart {
             unix_nanos: reactor_admin::otlp::unix_nanos(),
             caller,
             caller_identity: None,
             front,
-            service: names.service,
-            method: names.method,
-            version: names.version,
-            group: names.group,
+            names: &names,
         };
         let end = CallEnd {
             // Tracing: a refused request's trace id, if it carried a context.

@@ -200,14 +200,14 @@ impl Tracer {
     }
 
     /// Ends a completed call's spans (its context stays for the access log's trace
-    /// id): `upstream` is where it was last sent, `attempts` how often, `end` the loop's
-    /// clock (Unix nanoseconds).
+    /// id): `names` are the call's, `upstream` is where it was last sent, `attempts`
+    /// how often, `end` the loop's clock (Unix nanoseconds).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish(
         &mut self,
         t: &mut CallTrace,
         outcome: Outcome,
-        names: Option<Names<'_>>,
+        names: CallNames,
         upstream: Option<SocketAddr>,
         attempts: u32,
         end: u64,
@@ -226,9 +226,7 @@ impl Tracer {
         span.end_unix_nanos = end;
         span.error = error;
         span.status = outcome.name();
-        if let Some(n) = names {
-            span.call = self.names.get(n.service, n.method, n.version, n.group);
-        }
+        span.call = names;
         span.server = upstream;
         span.front = t.front;
         span.retries = Some(attempts.saturating_sub(1));
@@ -268,6 +266,10 @@ mod tests {
 
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+    fn call_names(n: &Names<'_>) -> CallNames {
+        CallNames::new(n.service, n.method, n.version, n.group)
+    }
+
     fn traceparent(t: &CallTrace) -> String {
         let found = t.attachments().find(|(k, _)| *k == "traceparent");
         found.map(|(_, v)| v.to_owned()).unwrap_or_default()
@@ -302,7 +304,7 @@ mod tests {
         tracer.on_send(&mut t, 2, addr, &names, 200);
         let second = traceparent(&t);
         assert_ne!(second, first);
-        tracer.finish(&mut t, Outcome::Ok, Some(names), Some(addr), 2, 300);
+        tracer.finish(&mut t, Outcome::Ok, call_names(&names), Some(addr), 2, 300);
         let retry = rx.try_recv().expect("the retry's span");
         let whole = rx.try_recv().expect("the call's span");
         assert_eq!(retry.parent_span_id, Some(ours));
@@ -322,7 +324,7 @@ mod tests {
         assert_eq!((whole.start_unix_nanos, whole.end_unix_nanos), (100, 300));
         assert_eq!((retry.start_unix_nanos, retry.end_unix_nanos), (200, 300));
         // Finished once: nothing more to send.
-        tracer.finish(&mut t, Outcome::Ok, None, None, 2, 400);
+        tracer.finish(&mut t, Outcome::Ok, CallNames::default(), None, 2, 400);
         assert!(rx.try_recv().is_err());
     }
 
@@ -342,7 +344,14 @@ mod tests {
         let mut first = tracer.begin(found, "http", 1).expect("traced");
         tracer.on_send(&mut first, 1, addr, &names, 1);
         tracer.on_send(&mut first, 2, addr, &names, 2);
-        tracer.finish(&mut first, Outcome::Ok, Some(names), Some(addr), 2, 3);
+        tracer.finish(
+            &mut first,
+            Outcome::Ok,
+            call_names(&names),
+            Some(addr),
+            2,
+            3,
+        );
         assert_eq!(rx.try_iter().count(), 2);
         let first_box: *const CallTrace = &*first;
         tracer.recycle(first);
@@ -352,7 +361,14 @@ mod tests {
         assert!(next.attachments().next().is_none(), "nothing encoded yet");
         tracer.on_send(&mut next, 1, addr, &names, 10);
         assert!(traceparent(&next).contains(&trace::Hex(next.ctx.trace_id).to_string()));
-        tracer.finish(&mut next, Outcome::Ok, Some(names), Some(addr), 1, 11);
+        tracer.finish(
+            &mut next,
+            Outcome::Ok,
+            call_names(&names),
+            Some(addr),
+            1,
+            11,
+        );
         let spans: Vec<_> = rx.try_iter().collect();
         assert_eq!(spans.len(), 1, "one span: no retry's left over");
         assert_eq!(spans[0].trace_id, next.ctx.trace_id);
@@ -385,7 +401,7 @@ mod tests {
         };
         tracer.on_send(&mut t, 1, "127.0.0.1:1".parse().unwrap(), &names, 2);
         assert!(traceparent(&t).ends_with("-00"));
-        tracer.finish(&mut t, Outcome::Ok, None, None, 1, 3);
+        tracer.finish(&mut t, Outcome::Ok, CallNames::default(), None, 1, 3);
         assert!(rx.try_recv().is_err());
     }
 }

@@ -93,6 +93,7 @@ impl ProviderLoop {
                     Ok(()) => {
                         // The id names another call now: decide it again.
                         inb.authz.forget(call_id);
+                        inb.names.forget(call_id);
                         true
                     }
                     Err(e) => {

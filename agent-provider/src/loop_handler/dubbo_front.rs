@@ -23,6 +23,7 @@ use codec::dubbo::server::{self, Incoming};
 use codec::dubbo::{self, status};
 use codec::Decoded;
 use reactor::{ConnId, Ctx};
+use reactor_admin::otlp::CallNames;
 
 use super::observe::{self, Arrival};
 use super::translate::{DEFAULT_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS};
@@ -185,16 +186,22 @@ impl ProviderLoop {
         else {
             return;
         };
+        let names = match (routed, self.access_log.is_some()) {
+            (Some(r), true) => self.dubbo_names.get(
+                &r.path,
+                &r.method,
+                &r.version,
+                r.attachment("group").unwrap_or_default(),
+            ),
+            _ => CallNames::default(),
+        };
         let arrival = Arrival {
             front: "dubbo",
             caller: inb.peer,
             caller_identity: inb.peer_identity.as_deref(),
             service: routed.map_or("", |r| &r.path),
             method: routed.map_or("", |r| &r.method),
-            version: routed.map_or("", |r| &r.version),
-            group: routed
-                .and_then(|r| r.attachment("group"))
-                .unwrap_or_default(),
+            names: &names,
             bytes_in: frame.body.len() + dubbo::HEADER_LEN,
             unix_nanos: cx.wall_unix_nanos(),
         };

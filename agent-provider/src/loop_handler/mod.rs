@@ -167,6 +167,8 @@ struct Inbound {
     authz: PeerCache,
     /// The peer's address (the access log's `caller`), read once at accept.
     peer: Option<SocketAddr>,
+    /// The names of its call ids lately called, for the access log and spans.
+    names: observe::IdNames,
 }
 
 impl Inbound {
@@ -208,6 +210,8 @@ pub(crate) struct ProviderLoop {
     heartbeat_seq: i64,
     /// The last timeout rendered as an attachment value (timeouts are nearly always equal).
     timeout_text: (u32, String),
+    /// The names of Dubbo consumers' calls lately observed (`--dubbo-listen`).
+    dubbo_names: reactor_admin::otlp::NamesCache,
     /// The allocation of the last request's attachments, for the next
     /// (`translate::reuse_pairs`).
     spare_pairs: translate::Pairs<'static>,
@@ -259,6 +263,7 @@ impl ProviderLoop {
             exit_not_before: None,
             heartbeat_seq: 0,
             timeout_text: (0, String::new()),
+            dubbo_names: Default::default(),
             spare_pairs: Vec::new(),
             templates: templates::Templates::default(),
             policy,
@@ -335,6 +340,7 @@ impl Handler for ProviderLoop {
                         peer_identity,
                         authz: PeerCache::default(),
                         peer: cx.peer_addr(conn.id),
+                        names: observe::IdNames::default(),
                     });
                 }
             }

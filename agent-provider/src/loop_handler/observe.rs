@@ -16,9 +16,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use codec::agent::Status;
+use codec::agent::{Signature, Status};
 use reactor_admin::access_log::{AccessLog, CallEnd, CallStart};
 use reactor_admin::method_stats::MethodTable;
+use reactor_admin::otlp::CallNames;
 
 use super::ProviderLoop;
 use crate::metrics::STATUS_NAMES;
@@ -31,11 +32,11 @@ pub(super) struct Arrival<'a> {
     pub(super) front: &'static str,
     pub(super) caller: Option<SocketAddr>,
     pub(super) caller_identity: Option<&'a str>,
-    /// Empty when the call could not be read that far.
+    /// Empty when the call could not be read that far (the per-method counters').
     pub(super) service: &'a str,
     pub(super) method: &'a str,
-    pub(super) version: &'a str,
-    pub(super) group: &'a str,
+    /// All its names, shared, for its access log line (empty without `--access-log`).
+    pub(super) names: &'a CallNames,
     pub(super) bytes_in: usize,
     /// When it arrived: the loop's clock ([`reactor::Ctx::wall_unix_nanos`]).
     pub(super) unix_nanos: u64,
@@ -57,10 +58,7 @@ pub(super) fn arrival(
             caller: a.caller,
             caller_identity: a.caller_identity,
             front: a.front,
-            service: a.service,
-            method: a.method,
-            version: a.version,
-            group: a.group,
+            names: a.names,
         });
         line
     });
@@ -114,5 +112,80 @@ impl ProviderLoop {
     pub(super) fn complete_arriving(&mut self, status: Status, code: u16, bytes_out: usize) {
         let observed = self.arriving.take().unwrap_or_default();
         self.complete(observed, status, code, Duration::ZERO, bytes_out);
+    }
+}
+
+/// The names of a consumer-agent connection's call ids lately called, as the access log
+/// and spans take them: a few slots by call id (so a connection's many signatures keep
+/// no second copy of their names beyond these), each forgotten when its id is defined
+/// again.
+#[derive(Debug, Default)]
+pub(super) struct IdNames {
+    slots: Vec<Option<(u32, CallNames)>>,
+}
+
+impl IdNames {
+    const SLOTS: usize = 64;
+
+    /// The names of call id `id`, whose signature is `sig` (none: empty names).
+    pub(super) fn get(&mut self, id: u32, sig: Option<&Signature>) -> CallNames {
+        let Some(sig) = sig else {
+            return CallNames::default();
+        };
+        if self.slots.is_empty() {
+            self.slots.resize(Self::SLOTS, None);
+        }
+        let Some(slot) = self.slots.get_mut(id as usize % Self::SLOTS) else {
+            return CallNames::default();
+        };
+        match slot {
+            Some((kept, names)) if *kept == id => names.clone(),
+            _ => {
+                let names = CallNames::new(&sig.service, &sig.method, &sig.version, &sig.group);
+                *slot = Some((id, names.clone()));
+                names
+            }
+        }
+    }
+
+    /// Call id `id` names another signature now.
+    pub(super) fn forget(&mut self, id: u32) {
+        if let Some(slot) = self.slots.get_mut(id as usize % Self::SLOTS) {
+            if slot.as_ref().is_some_and(|(kept, _)| *kept == id) {
+                *slot = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(service: &str, method: &str) -> Signature {
+        Signature {
+            service: service.into(),
+            method: method.into(),
+            ..Signature::default()
+        }
+    }
+
+    #[test]
+    fn names_by_id_are_made_once_and_forgotten_when_redefined() {
+        let mut names = IdNames::default();
+        let a = sig("a.Svc", "m");
+        let first = names.get(3, Some(&a));
+        assert!(names.get(3, Some(&a)).same(&first), "kept");
+        assert_eq!((first.service(), first.method()), ("a.Svc", "m"));
+        // Another id of the same slot takes it.
+        let b = sig("b.Svc", "n");
+        let other = names.get(3 + IdNames::SLOTS as u32, Some(&b));
+        assert_eq!(other.service(), "b.Svc");
+        assert!(!names.get(3, Some(&a)).same(&first), "made again");
+        // Redefined: forgotten, and made of the new signature.
+        names.forget(3);
+        let c = sig("c.Svc", "o");
+        assert_eq!(names.get(3, Some(&c)).service(), "c.Svc");
+        assert_eq!(names.get(9, None).service(), "");
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use codec::dubbo;
 use codec::trace::{self, Fields, Format, Gathered, Sw8Local, TraceContext};
-use reactor_admin::otlp::{NamesCache, SpanData, SpanKind, Spans};
+use reactor_admin::otlp::{CallNames, NamesCache, SpanData, SpanKind, Spans};
 
 /// A loop's tracing state (present only with `--otlp-endpoint`).
 #[derive(Debug)]
@@ -44,6 +44,8 @@ pub(crate) struct CallTrace {
 /// What a call is, for its span.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Call<'a> {
+    /// Its names, shared, when the caller has them (else made of the four below).
+    pub(super) names: Option<&'a CallNames>,
     pub(super) service: &'a str,
     pub(super) method: &'a str,
     pub(super) version: &'a str,
@@ -128,7 +130,10 @@ impl Tracer {
         };
         let fields = ours.encode(&local, &mut self.wire);
         let span = ours.is_sampled().then(|| {
-            let names = (self.names).get(call.service, call.method, call.version, call.group);
+            let names = match call.names {
+                Some(n) => n.clone(),
+                None => (self.names).get(call.service, call.method, call.version, call.group),
+            };
             let data = SpanData::starting_at(
                 ours.trace_id,
                 ours.span_id,
@@ -207,6 +212,7 @@ impl super::ProviderLoop {
             .filter(|i| i.id == conn)
             .and_then(|i| i.peer);
         let call = Call {
+            names: None,
             service: &routed.path,
             method: &routed.method,
             version: &routed.version,

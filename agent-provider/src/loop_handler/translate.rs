@@ -10,6 +10,7 @@ use std::time::Duration;
 use codec::agent::{self, Status};
 use codec::dubbo;
 use reactor::{ConnId, Ctx, Handler};
+use reactor_admin::otlp::CallNames;
 
 use super::observe::{self, Arrival};
 use super::{tracing, LoopTimer, ProviderLoop};
@@ -178,14 +179,18 @@ impl ProviderLoop {
             return;
         };
         let sig = inb.calls.get(req.call_id);
+        let observing = self.access_log.is_some() || self.tracer.is_some();
+        let names = match observing {
+            true => inb.names.get(req.call_id, sig),
+            false => CallNames::default(),
+        };
         let arrival = Arrival {
             front: "agent",
             caller: inb.peer,
             caller_identity: inb.peer_identity.as_deref(),
             service: sig.map_or("", |s| s.service.as_str()),
             method: sig.map_or("", |s| s.method.as_str()),
-            version: sig.map_or("", |s| s.version.as_str()),
-            group: sig.map_or("", |s| s.group.as_str()),
+            names: &names,
             bytes_in,
             unix_nanos: cx.wall_unix_nanos(),
         };
@@ -285,8 +290,9 @@ impl ProviderLoop {
         // caller's own are dropped. The caller's are read once (each is checked as
         // UTF-8 as it is read), for the provider and for the trace context.
         let timeout_only = [("timeout", Some(self.timeout_text.1.as_str()))];
-        let mut owned: Pairs<'_> = std::mem::take(&mut self.spare_pairs);
+        let mut owned: Pairs<'_> = Vec::new();
         if req.attachments.remaining() > 0 {
+            owned = std::mem::take(&mut self.spare_pairs);
             owned.reserve(req.attachments.len() + 6);
             owned.extend(
                 (req.attachments)
@@ -299,7 +305,10 @@ impl ProviderLoop {
         // attachments are replaced by the continued context.
         let traced = match self.tracer.as_mut() {
             Some(tracer) => {
+                // The call's names serve its span when it names the variant served.
+                let same = sig.version == variant.version && sig.group == variant.group;
                 let call = tracing::Call {
+                    names: same.then_some(&names),
                     service: &sig.service,
                     method: &sig.method,
                     version: &variant.version,
@@ -385,7 +394,9 @@ impl ProviderLoop {
             .map_err(|e| (Status::BadRequest, e.to_string())),
             None => Err((Status::Unavailable, "provider not connected".to_owned())),
         };
-        self.spare_pairs = reuse_pairs(owned);
+        if owned.capacity() > 0 {
+            self.spare_pairs = reuse_pairs(owned);
+        }
         match result {
             Ok(()) => {
                 if let Some(c) = self.upstream.conns.get_mut(slot) {

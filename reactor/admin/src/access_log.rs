@@ -59,6 +59,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
+use crate::otlp::CallNames;
+
 /// Lines pending in one handle at most (the writer thread takes them every [`POLL`]);
 /// past it lines are dropped and counted.
 pub const QUEUE_LINES: usize = 16 * 1024;
@@ -107,14 +109,10 @@ pub struct CallStart<'a> {
     pub caller_identity: Option<&'a str>,
     /// The front-end: `"http"`, `"dubbo"` or `"agent"`.
     pub front: &'a str,
-    /// The service (interface) called.
-    pub service: &'a str,
-    /// The method called.
-    pub method: &'a str,
-    /// The service version asked for (empty: none).
-    pub version: &'a str,
-    /// The service group asked for (empty: none).
-    pub group: &'a str,
+    /// The service (interface), method, version and group asked for (empty: none):
+    /// the loop's shared copy of them, so that the line's text of them, made once, is
+    /// found by identity rather than compared.
+    pub names: &'a CallNames,
 }
 
 /// How a call ended: the second half of its line.
@@ -358,9 +356,9 @@ impl AddrKey {
 /// `,"front":...,"service":...,"method":...,"version":...,"group":...` of some names.
 #[derive(Debug)]
 struct NamesText {
-    /// The names one after the other, and their lengths.
-    raw: Vec<u8>,
-    lens: [usize; 5],
+    /// The names (held: their text is never another's while kept here).
+    names: CallNames,
+    front: String,
     json: Vec<u8>,
 }
 
@@ -392,27 +390,13 @@ impl Texts {
     }
 
     fn names(&mut self, call: &CallStart<'_>) -> &[u8] {
-        let parts = [
-            call.front,
-            call.service,
-            call.method,
-            call.version,
-            call.group,
-        ];
-        let lens = parts.map(str::len);
-        let same = |n: &NamesText| {
-            n.lens == lens && {
-                let mut at = 0;
-                parts.iter().all(|p| {
-                    let same = n.raw.get(at..at + p.len()) == Some(p.as_bytes());
-                    at += p.len();
-                    same
-                })
-            }
-        };
+        // From the newest: the methods of the moment are the last added.
+        let same = |n: &NamesText| n.names.same(call.names) && n.front == call.front;
         let i = match self.names.iter().rposition(same) {
             Some(i) => i,
             None => {
+                let n = call.names;
+                let parts = [call.front, n.service(), n.method(), n.version(), n.group()];
                 let mut json = Vec::new();
                 for (name, value) in ["front", "service", "method", "version", "group"]
                     .into_iter()
@@ -426,8 +410,11 @@ impl Texts {
                 if self.names.len() >= Self::SIZE {
                     self.names.remove(0);
                 }
-                let raw = parts.concat().into_bytes();
-                self.names.push(NamesText { raw, lens, json });
+                self.names.push(NamesText {
+                    names: n.clone(),
+                    front: call.front.to_owned(),
+                    json,
+                });
                 self.names.len() - 1
             }
         };
@@ -1111,10 +1098,7 @@ mod tests {
             caller: "127.0.0.1:5000".parse().ok(),
             caller_identity: Some("spiffe://mesh/consumer"),
             front: "http",
-            service: "com.example.Svc\"\n",
-            method: "hello",
-            version: "1.0",
-            group: "",
+            names: &CallNames::new("com.example.Svc\"\n", "hello", "1.0", ""),
         });
         line.end(&CallEnd {
             trace_id: trace,
@@ -1187,17 +1171,14 @@ mod tests {
 
     #[test]
     fn names_and_addresses_kept_are_those_of_the_call() {
-        let line = |service: &str, method: &str, caller: &str| {
+        let line = |names: &CallNames, front: &str, caller: &str| {
             let mut line = Line::default();
             line.start(&CallStart {
                 unix_nanos: 0,
                 caller: caller.parse().ok(),
                 caller_identity: None,
-                front: "dubbo",
-                service,
-                method,
-                version: "",
-                group: "",
+                front,
+                names,
             });
             line.end(&CallEnd {
                 trace_id: None,
@@ -1211,27 +1192,39 @@ mod tests {
             });
             serde_json::from_slice::<serde_json::Value>(line.as_bytes()).unwrap()
         };
-        // Names of the same lengths, others of other lengths, again and again; more of
-        // them than are kept.
+        // Names of the same lengths, others of other lengths, again and again (the same
+        // copies, and equal ones made anew), under two fronts; more of them than are kept.
+        let pairs = [("a.B", "mn"), ("a.C", "mn"), ("a.B", "nm"), ("x", "y")];
+        let kept: Vec<CallNames> = (pairs.iter())
+            .map(|(s, m)| CallNames::new(s, m, "", ""))
+            .collect();
         for round in 0..3 {
-            for (i, (service, method)) in [("a.B", "mn"), ("a.C", "mn"), ("a.B", "nm"), ("x", "y")]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, (service, method)) in pairs.into_iter().enumerate() {
                 let caller = format!("10.0.{round}.{i}:{}", 1000 + i);
-                let v = line(service, method, &caller);
-                assert_eq!(
-                    (v["service"].as_str(), v["method"].as_str()),
-                    (Some(service), Some(method))
-                );
-                assert_eq!(v["caller"].as_str(), Some(caller.as_str()));
-                assert_eq!(v["latency_us"].as_u64(), Some(u64::MAX));
+                let anew = CallNames::new(service, method, "", "");
+                for (names, front) in [(&kept[i], "dubbo"), (&anew, "dubbo"), (&kept[i], "http")] {
+                    let v = line(names, front, &caller);
+                    assert_eq!(
+                        (v["service"].as_str(), v["method"].as_str()),
+                        (Some(service), Some(method))
+                    );
+                    assert_eq!(v["front"].as_str(), Some(front));
+                    assert_eq!(v["caller"].as_str(), Some(caller.as_str()));
+                    assert_eq!(v["latency_us"].as_u64(), Some(u64::MAX));
+                }
             }
             for i in 0..40 {
-                let v = line(&format!("s{i}"), "m", "[::1]:1");
+                let names = CallNames::new(&format!("s{i}"), "m", "", "");
+                let v = line(&names, "dubbo", "[::1]:1");
                 assert_eq!(v["service"].as_str(), Some(format!("s{i}").as_str()));
             }
         }
+        // Nameless: empty strings.
+        let v = line(&CallNames::default(), "agent", "[::1]:1");
+        assert_eq!(
+            (v["service"].as_str(), v["group"].as_str()),
+            (Some(""), Some(""))
+        );
     }
 
     #[test]

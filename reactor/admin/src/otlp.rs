@@ -207,6 +207,18 @@ impl CallNames {
         }
     }
 
+    /// Whether `other` is a clone of these names (the same shared text): an identity,
+    /// not a comparison of the names (two separately made copies of equal names are not
+    /// the same).
+    pub fn same(&self, other: &CallNames) -> bool {
+        self.at == other.at
+            && match (&self.text, &other.text) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+
     /// Whether these are the names given (to reuse them rather than make new ones).
     pub fn is(&self, service: &str, method: &str, version: &str, group: &str) -> bool {
         let text = self.text.as_deref().unwrap_or_default();
