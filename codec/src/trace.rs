@@ -262,6 +262,10 @@ impl<'a> Gathered<'a> {
 
 /// Where `key` is in [`KEYS`], or `KEYS.len()` for [`SW8`], in any case.
 fn key_index(key: &str) -> Option<usize> {
+    // The name nearly every context comes under, at once.
+    if key == KEYS[TRACEPARENT] {
+        return Some(TRACEPARENT);
+    }
     // By length first: at most two names to compare.
     let candidates: &[usize] = match key.len() {
         2 => &[2],          // b3
@@ -350,10 +354,16 @@ impl TraceContext {
     /// The context of a new span `span_id` whose parent is this context's span: the same
     /// trace, sampling and format.
     pub fn child(&self, span_id: [u8; 8]) -> TraceContext {
+        self.clone().into_child(span_id)
+    }
+
+    /// [`TraceContext::child`] of a context not needed afterwards (the caller's, once
+    /// continued): its strings move instead of being copied.
+    pub fn into_child(self, span_id: [u8; 8]) -> TraceContext {
         TraceContext {
             span_id,
             parent_span_id: Some(self.span_id),
-            ..self.clone()
+            ..self
         }
     }
 
@@ -492,7 +502,8 @@ pub fn trace_id_from(high: u64, low: u64) -> [u8; 16] {
 // ---------------------------------------------------------------------------------------
 
 fn parse_traceparent(value: &str) -> Option<TraceContext> {
-    let v = value.trim().as_bytes();
+    // Optional white space around it is ASCII (HTTP's OWS).
+    let v = value.as_bytes().trim_ascii();
     // version 00 is exactly 55 characters; a later version may add fields after a '-'.
     let head = v.get(..55)?;
     let version = parse_hex::<1>(head.get(0..2)?)?[0];
@@ -809,6 +820,7 @@ const HEX_VALUE: [u8; 256] = {
 };
 
 /// Exactly `2 * N` lower-case hex digits.
+#[inline]
 fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
@@ -838,6 +850,7 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 }
 
 /// Eight lower-case hex digits as four bytes, all eight handled at once in a `u64`.
+#[inline(always)]
 fn hex8(digits: [u8; 8]) -> Option<[u8; 4]> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     let x = u64::from_le_bytes(digits);

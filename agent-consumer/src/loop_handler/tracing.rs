@@ -111,7 +111,7 @@ impl Tracer {
                     // Deferred (B3): this side decides, for every hop after it.
                     caller.sampled = Some(self.draw());
                 }
-                caller.child(self.span_id())
+                caller.into_child(self.span_id())
             }
             None => {
                 if !self.draw() {

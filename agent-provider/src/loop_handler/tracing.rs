@@ -104,7 +104,7 @@ impl Tracer {
                 if caller.sampled.is_none() && !caller.debug {
                     caller.sampled = Some(self.draw());
                 }
-                caller.child(span_id)
+                caller.into_child(span_id)
             }
             None => {
                 if !self.draw() {

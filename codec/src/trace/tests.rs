@@ -47,6 +47,7 @@ fn traceparent_is_read_and_continued() {
     assert_eq!(ctx.tracestate, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
     let child = ctx.child(OURS);
     assert_eq!(child.parent_span_id, Some(SPAN));
+    assert_eq!(ctx.clone().into_child(OURS), child, "the same, moved");
     assert_eq!(
         encoded(&child, &Sw8Local::default()),
         [
