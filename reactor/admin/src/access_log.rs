@@ -147,13 +147,13 @@ pub struct Line {
 impl Line {
     /// Writes the opening of the line: `{"time":...` through `"group":...`.
     pub fn start(&mut self, call: &CallStart<'_>) {
-        write_start(&mut self.buf, call);
+        TEXTS.with_borrow_mut(|t| write_start(&mut self.buf, call, t));
     }
 
     /// Writes the rest of the line, after [`Line::start`], and its closing `}` and
     /// line feed.
     pub fn end(&mut self, end: &CallEnd<'_>) {
-        write_end(&mut self.buf, end);
+        TEXTS.with_borrow_mut(|t| write_end(&mut self.buf, end, t));
     }
 
     /// The bytes written so far.
@@ -162,29 +162,31 @@ impl Line {
     }
 }
 
-/// The opening of a line ([`Line::start`]).
-fn write_start(b: &mut Vec<u8>, call: &CallStart<'_>) {
+/// The opening of a line ([`Line::start`]), with the loop's texts `t`.
+fn write_start(b: &mut Vec<u8>, call: &CallStart<'_>, t: &mut Texts) {
     b.reserve(LINE_CAPACITY);
     b.extend_from_slice(b"{\"time\":\"");
-    write_rfc3339_ms(b, call.unix_nanos);
+    write_time(b, call.unix_nanos, &mut t.second);
     b.extend_from_slice(b"\",\"caller\":");
-    TEXTS.with_borrow_mut(|t| {
-        write_addr_cached(b, call.caller, t);
-        b.extend_from_slice(b",\"caller_identity\":");
-        match call.caller_identity {
-            Some(id) => write_json_str(b, id),
-            None => b.extend_from_slice(b"null"),
-        }
-        b.extend_from_slice(t.names(call));
-    });
+    match call.caller {
+        Some(a) => b.extend_from_slice(addr_text(&mut t.addrs, a)),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.extend_from_slice(b",\"caller_identity\":");
+    match call.caller_identity {
+        Some(id) => write_json_str(b, id),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.extend_from_slice(t.names(call));
 }
 
-/// The rest of a line and its end ([`Line::end`]).
-fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
-    // All of it on the stack, then one copy: at most 356 bytes (34 for the trace id, 59
-    // for an IPv6 address with a scope id, 66 for an outcome kept here, 20 for each of
-    // the six numbers, 105 for the names), within `Digits`' 512.
-    let mut n = Digits::new();
+/// The rest of a line and its end ([`Line::end`]), with the loop's texts `t`.
+fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>, t: &mut Texts) {
+    // All of it in the loop's scratch buffer, then one copy: at most 356 bytes (34 for
+    // the trace id, 59 for an IPv6 address with a scope id, 66 for an outcome kept
+    // here, 20 for each of the six numbers, 105 for the names), within `Digits`' 512.
+    let n = &mut t.digits;
+    n.n = 0;
     n.put(b",\"trace_id\":");
     match end.trace_id {
         Some(id) => {
@@ -197,10 +199,10 @@ fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
         None => n.put(b"null"),
     }
     n.put(b",\"upstream\":");
-    TEXTS.with_borrow_mut(|t| match end.upstream {
-        Some(a) => n.put_slice(t.addr(a)),
+    match end.upstream {
+        Some(a) => n.put_slice(addr_text(&mut t.addrs, a)),
         None => n.put(b"null"),
-    });
+    }
     n.put(b",\"retries\":");
     n.num(u64::from(end.retries));
     n.put(b",\"status\":");
@@ -209,7 +211,7 @@ fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
     if !n.put_plain_json_str(end.outcome) {
         b.extend_from_slice(n.as_slice());
         write_json_str(b, end.outcome);
-        n = Digits::new();
+        n.n = 0;
     }
     n.put(b",\"latency_us\":");
     n.num(end.latency_us);
@@ -221,21 +223,16 @@ fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>) {
     b.extend_from_slice(n.as_slice());
 }
 
-/// Text written on the stack and copied at once (its 512 bytes hold the second half of
-/// any line: see [`write_end`]). What does not fit is dropped, never written past.
+/// Text written in a loop's scratch buffer and copied at once (its 512 bytes hold the
+/// second half of any line: see [`write_end`]). What does not fit is dropped, never
+/// written past.
+#[derive(Debug)]
 struct Digits {
     buf: [u8; 512],
     n: usize,
 }
 
 impl Digits {
-    fn new() -> Digits {
-        Digits {
-            buf: [0; 512],
-            n: 0,
-        }
-    }
-
     fn put<const L: usize>(&mut self, bytes: &[u8; L]) {
         if let Some(d) = self.buf.get_mut(self.n..self.n + L) {
             d.copy_from_slice(bytes);
@@ -305,16 +302,25 @@ thread_local! {
     /// What a loop writes again and again, formatted once: its peers' addresses, the
     /// names of the methods it serves.
     static TEXTS: std::cell::RefCell<Texts> = const {
-        std::cell::RefCell::new(Texts { addrs: Vec::new(), names: Vec::new() })
+        std::cell::RefCell::new(Texts {
+            addrs: Vec::new(),
+            names: Vec::new(),
+            second: (u64::MAX, [0; 19]),
+            digits: Digits { buf: [0; 512], n: 0 },
+        })
     };
 }
 
 /// The texts of [`TEXTS`].
 #[derive(Debug)]
 struct Texts {
-    /// Addresses and their JSON text, in [`Texts::ADDR_SLOTS`] slots.
+    /// Addresses and their JSON text, in [`ADDR_SLOTS`] slots.
     addrs: Vec<(AddrKey, Vec<u8>)>,
     names: Vec<NamesText>,
+    /// The last second written, and its text ([`write_time`]).
+    second: (u64, [u8; 19]),
+    /// The scratch buffer of [`write_end`].
+    digits: Digits,
 }
 
 /// An address as a key compared at once: an IPv4 address and port in one number.
@@ -366,29 +372,6 @@ impl Texts {
     /// Entries kept of each kind; past it the oldest is replaced.
     const SIZE: usize = 32;
 
-    /// Address slots: an address has one, by its hash (another address with the
-    /// same slot replaces it), so a lookup is one comparison however many peers come
-    /// and go.
-    const ADDR_SLOTS: usize = 256;
-
-    fn addr(&mut self, addr: SocketAddr) -> &[u8] {
-        let k = AddrKey::of(addr);
-        if self.addrs.is_empty() {
-            self.addrs
-                .resize_with(Self::ADDR_SLOTS, || (AddrKey::None, Vec::new()));
-        }
-        let i = k.slot() % Self::ADDR_SLOTS;
-        let Some(slot) = self.addrs.get_mut(i) else {
-            return &[];
-        };
-        if slot.0 != k {
-            slot.0 = k;
-            slot.1.clear();
-            write_addr(&mut slot.1, Some(addr));
-        }
-        &slot.1
-    }
-
     fn names(&mut self, call: &CallStart<'_>) -> &[u8] {
         // From the newest: the methods of the moment are the last added.
         let same = |n: &NamesText| n.names.same(call.names) && n.front == call.front;
@@ -422,11 +405,25 @@ impl Texts {
     }
 }
 
-fn write_addr_cached(out: &mut Vec<u8>, addr: Option<SocketAddr>, texts: &mut Texts) {
-    match addr {
-        Some(a) => out.extend_from_slice(texts.addr(a)),
-        None => out.extend_from_slice(b"null"),
+/// Address slots: an address has one, by its hash (another address with the same slot
+/// replaces it), so a lookup is one comparison however many peers come and go.
+const ADDR_SLOTS: usize = 256;
+
+/// The JSON text of `addr`, kept in its slot of `addrs`.
+fn addr_text(addrs: &mut Vec<(AddrKey, Vec<u8>)>, addr: SocketAddr) -> &[u8] {
+    let k = AddrKey::of(addr);
+    if addrs.is_empty() {
+        addrs.resize_with(ADDR_SLOTS, || (AddrKey::None, Vec::new()));
     }
+    let Some(slot) = addrs.get_mut(k.slot() % ADDR_SLOTS) else {
+        return &[];
+    };
+    if slot.0 != k {
+        slot.0 = k;
+        slot.1.clear();
+        write_addr(&mut slot.1, Some(addr));
+    }
+    &slot.1
 }
 
 /// State shared by the loops' handles and the writer thread.
@@ -591,8 +588,10 @@ impl AccessLog {
             self.shared.dropped.fetch_add(1, Relaxed);
             return;
         }
-        write_start(&mut p.bytes, start);
-        write_end(&mut p.bytes, end);
+        TEXTS.with_borrow_mut(|t| {
+            write_start(&mut p.bytes, start, t);
+            write_end(&mut p.bytes, end, t);
+        });
         p.lines += 1;
         self.shared.sent.fetch_add(1, Relaxed);
     }
@@ -901,24 +900,30 @@ const DIGIT_PAIRS: [[u8; 2]; 100] = {
 /// Writes `unix_nanos` (nanoseconds since the Unix epoch) as RFC 3339 in UTC with
 /// milliseconds (`2026-12-04T10:24:47.123Z`).
 pub fn write_rfc3339_ms(out: &mut Vec<u8>, unix_nanos: u64) {
-    let secs = unix_nanos / 1_000_000_000;
     // Calls of one second share their date and time: each thread keeps the last one.
     thread_local! {
         static LAST: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
     }
-    let (last, seconds) = LAST.with(std::cell::Cell::get);
-    let seconds = if last == secs {
-        seconds
-    } else {
+    let mut last = LAST.get();
+    write_time(out, unix_nanos, &mut last);
+    LAST.set(last);
+}
+
+/// [`write_rfc3339_ms`] with `last`, the last second written and its text, kept by the
+/// caller (lines of one second share their date and time).
+fn write_time(out: &mut Vec<u8>, unix_nanos: u64, last: &mut (u64, [u8; 19])) {
+    let secs = unix_nanos / 1_000_000_000;
+    if last.0 != secs {
         let mut text = Vec::with_capacity(19);
         write_seconds(&mut text, secs);
-        let seconds = <[u8; 19]>::try_from(text.as_slice()).unwrap_or([b'0'; 19]);
-        LAST.with(|l| l.set((secs, seconds)));
-        seconds
-    };
+        *last = (
+            secs,
+            <[u8; 19]>::try_from(text.as_slice()).unwrap_or([b'0'; 19]),
+        );
+    }
     // The date and time, then the milliseconds: one copy of 24 bytes.
     let mut text = [0u8; 24];
-    text[..19].copy_from_slice(&seconds);
+    text[..19].copy_from_slice(&last.1);
     let ms = unix_nanos % 1_000_000_000 / 1_000_000;
     text[19] = b'.';
     text[20] = b'0' + (ms / 100 % 10) as u8;
@@ -1007,7 +1012,10 @@ mod tests {
         }
         cases.push(u64::MAX);
         for v in cases {
-            let mut d = Digits::new();
+            let mut d = Digits {
+                buf: [0; 512],
+                n: 0,
+            };
             d.num(v);
             assert_eq!(d.as_slice(), v.to_string().as_bytes());
         }
@@ -1028,7 +1036,10 @@ mod tests {
         ] {
             let mut want = Vec::new();
             write_json_str(&mut want, s);
-            let mut d = Digits::new();
+            let mut d = Digits {
+                buf: [0; 512],
+                n: 0,
+            };
             if d.put_plain_json_str(s) {
                 assert_eq!(d.as_slice(), want, "{s}");
             } else {
