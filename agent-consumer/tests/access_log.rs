@@ -248,18 +248,6 @@ fn rotation_by_move_and_sighup_loses_no_line() {
     running.stop();
 }
 
-/// A form request for method `method` of the race's service.
-fn method_request(method: &str) -> Vec<u8> {
-    let body = format!(
-        "interface={SERVICE}&method={method}&parameterTypesString=Ljava%2Flang%2FString%3B&parameter=x"
-    );
-    format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 #[test]
 fn lines_name_the_method_called_when_call_ids_are_given_to_new_methods() {
     // More methods than call ids (codec::agent::MAX_CALLS): the later ones take the ids

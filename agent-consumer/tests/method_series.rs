@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use util::*;
 
-const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
 const NAMES: usize = 100_000;
 const MAX_SERIES: usize = 64;
 const BATCH: usize = 100;
@@ -25,23 +24,12 @@ fn rss_kib() -> u64 {
         .expect("VmRSS")
 }
 
-fn request(method: &str) -> Vec<u8> {
-    let body = format!(
-        "interface={SERVICE}&method={method}&parameterTypesString=Ljava%2Flang%2FString%3B&parameter=x"
-    );
-    format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 /// Sends `names` calls, each of its own method, in pipelined batches.
 fn flood(s: &mut TcpStream, names: std::ops::Range<usize>) {
     let mut burst = Vec::new();
     let mut pending = 0;
     for i in names {
-        burst.extend_from_slice(&request(&format!("m{i}")));
+        burst.extend_from_slice(&method_request(&format!("m{i}")));
         pending += 1;
         if pending == BATCH {
             s.write_all(&burst).expect("send");

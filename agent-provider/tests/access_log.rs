@@ -261,6 +261,18 @@ fn serve_fast(listener: TcpListener) {
     });
 }
 
+/// A DEFINE of call id `id` as `method(String)` of the race's service.
+fn define_method(out: &mut Vec<u8>, id: u32, method: &str) {
+    let sig = SignatureRef {
+        service: SERVICE,
+        method,
+        parameter_types: "Ljava/lang/String;",
+        version: "",
+        group: "",
+    };
+    agent::encode_define(out, id, sig).expect("define");
+}
+
 #[test]
 fn a_hundred_thousand_method_names_stay_within_the_series_bound() {
     const NAMES: usize = 100_000;
@@ -286,15 +298,7 @@ fn a_hundred_thousand_method_names_stay_within_the_series_bound() {
             warm_rss = rss_kib();
         }
         let id = (i as u32) % IDS;
-        let method = format!("m{i}");
-        let sig = SignatureRef {
-            service: SERVICE,
-            method: &method,
-            parameter_types: "Ljava/lang/String;",
-            version: "",
-            group: "",
-        };
-        agent::encode_define(&mut burst, id, sig).expect("define");
+        define_method(&mut burst, id, &format!("m{i}"));
         agent::encode_request(&mut burst, i as u64, id, 5000, &[], &args).expect("request");
         if id == IDS - 1 || i == NAMES - 1 {
             c.stream.write_all(&burst).expect("send");
@@ -340,18 +344,10 @@ fn lines_name_the_method_called_when_an_id_is_redefined() {
     hessian2::write_string(&mut args, "x");
     for i in 0..CALLS {
         let id = (i as u32 * 7) % IDS;
-        let method = format!("m{i}");
         let mut burst = Vec::new();
         // Every third call reuses its id's signature as it stands.
         if i % 3 != 2 || i < IDS as usize * 3 {
-            let sig = SignatureRef {
-                service: SERVICE,
-                method: &method,
-                parameter_types: "Ljava/lang/String;",
-                version: "",
-                group: "",
-            };
-            agent::encode_define(&mut burst, id, sig).expect("define");
+            define_method(&mut burst, id, &format!("m{i}"));
         }
         agent::encode_request(&mut burst, i as u64, id, 5000, &[], &args).expect("request");
         c.stream.write_all(&burst).expect("send");

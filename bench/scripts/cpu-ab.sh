@@ -22,16 +22,7 @@ A=$1 B=$2 R=${3:-6} FLAGS_A=${4:-} FLAGS_B=${5-${4:-}}
 BENCH=${BENCH:-${CARGO_TARGET_DIR:-target}/release/bench}
 S=com.alibaba.dubbo.performance.demo.provider.IHelloService
 D=$(mktemp -d)
-python3 -c '
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-http.server.ThreadingHTTPServer(("127.0.0.1", 31318), H).serve_forever()
-' > /dev/null 2>&1 &
+python3 "$(dirname "$0")/post-sink.py" 31318 > /dev/null 2>&1 &
 SINK=$!
 $BENCH provider --listen 127.0.0.1:21880 --latency-ms 0 --threads 8 > $D/prov.log 2>&1 &
 PP=$!

@@ -26,16 +26,7 @@ mkdir -p "$D/reg/$S"
 PTLS="" CTLS=""
 OBS=""
 if [ "${OBSERVE:-0}" = 1 ]; then
-  python3 -c '
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-http.server.ThreadingHTTPServer(("127.0.0.1", 31318), H).serve_forever()
-' > /dev/null 2>&1 &
+  python3 "$(dirname "$0")/post-sink.py" 31318 > /dev/null 2>&1 &
   SINK=$!
   OBS="--trace-sample-rate 1 --otlp-endpoint http://127.0.0.1:31318/v1/traces"
 fi

@@ -266,6 +266,13 @@ mod tests {
 
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+    const SVC_M: Names<'static> = Names {
+        service: "a.Svc",
+        method: "m",
+        version: "",
+        group: "",
+    };
+
     fn call_names(n: &Names<'_>) -> CallNames {
         CallNames::new(n.service, n.method, n.version, n.group)
     }
@@ -285,12 +292,7 @@ mod tests {
         let ours = t.ctx.span_id;
         let addr: SocketAddr = "127.0.0.1:30000".parse().unwrap();
         // The first attempt carries the call's own span.
-        let names = Names {
-            service: "a.Svc",
-            method: "m",
-            version: "",
-            group: "",
-        };
+        let names = SVC_M;
         tracer.on_send(&mut t, 1, addr, &names, 100);
         let first = traceparent(&t);
         assert_eq!(
@@ -333,12 +335,7 @@ mod tests {
         let (spans, rx) = Spans::bounded(16);
         let mut tracer = Tracer::new(spans, 1.0, String::new());
         let addr: SocketAddr = "127.0.0.1:30000".parse().unwrap();
-        let names = Names {
-            service: "a.Svc",
-            method: "m",
-            version: "",
-            group: "",
-        };
+        let names = SVC_M;
         // A retried call: two spans, and its context encoded.
         let found = Gathered::from_pairs([("traceparent", CALLER)]);
         let mut first = tracer.begin(found, "http", 1).expect("traced");

@@ -200,6 +200,19 @@ pub fn race_body(param: &str) -> String {
     )
 }
 
+/// A form request for method `method` of the race's service (parameter `x`).
+#[allow(dead_code)] // Not every test file calls other methods.
+pub fn method_request(method: &str) -> Vec<u8> {
+    let body = format!(
+        "interface=com.alibaba.dubbo.performance.demo.provider.IHelloService&method={method}&parameterTypesString=Ljava%2Flang%2FString%3B&parameter=x"
+    );
+    format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 pub fn race_request(param: &str) -> Vec<u8> {
     let body = race_body(param);
     format!(
