@@ -666,18 +666,23 @@ struct Worker {
     resource_bytes: Vec<u8>,
     /// `scope` encoded as `ScopeSpans.scope`, once.
     scope_bytes: Vec<u8>,
-    /// The encoded spans taken from the loops, before the requests' framing.
-    spans: Vec<u8>,
-    /// How many.
+    /// The loops' queued bytes as taken (not copied), each with how many spans it
+    /// holds; the first is sent from `front` on.
+    chunks: std::collections::VecDeque<(Vec<u8>, usize)>,
+    front: usize,
+    /// Spans in `chunks` not sent yet.
     pending: usize,
     /// When the first of them was taken.
     first_at: Instant,
-    /// What spans share, encoded once (for [`Worker::add`]: tests and benches).
-    cache: SpanCache,
-    /// A queue's bytes as taken (its allocation swapped back at the next take).
-    taken: Vec<u8>,
+    /// Emptied chunks, each given to a queue in exchange for its bytes.
+    spare: Vec<Vec<u8>>,
+    /// A batch's pieces: (chunk, start, end).
+    parts: Vec<(usize, usize, usize)>,
     /// The queues, as listed at a take (the list's lock is not held while taking).
     queues: Vec<Arc<Mutex<Queue>>>,
+    /// Spans encoded by [`Worker::add`] (tests and benches), and what they share.
+    spans: Vec<u8>,
+    cache: SpanCache,
 }
 
 impl Worker {
@@ -724,33 +729,28 @@ impl Worker {
     }
 
     /// Takes the spans every queue holds (each queue locked only to swap its bytes
-    /// out): false if there were none. Queues of dropped handles go once empty.
+    /// out for an empty buffer): false if there were none. Queues of dropped handles go
+    /// once empty.
     fn take(&mut self, control: &Control) -> bool {
         if let Ok(mut queues) = control.queues.lock() {
             queues.retain(|q| Arc::strong_count(q) > 1 || q.lock().is_ok_and(|q| q.count > 0));
-            self.queues.clear();
             self.queues.extend(queues.iter().cloned());
         }
         let mut got = false;
-        for q in std::mem::take(&mut self.queues) {
-            let n = match q.lock() {
+        for q in self.queues.drain(..) {
+            let taken = match q.lock() {
                 Ok(mut q) if q.count > 0 => {
-                    // Into `spans` as they are when it is empty (mostly): no copy.
-                    let into = match self.spans.is_empty() {
-                        true => &mut self.spans,
-                        false => &mut self.taken,
-                    };
-                    std::mem::swap(&mut q.bytes, into);
-                    std::mem::take(&mut q.count)
+                    let mut bytes = self.spare.pop().unwrap_or_default();
+                    std::mem::swap(&mut q.bytes, &mut bytes);
+                    (bytes, std::mem::take(&mut q.count))
                 }
                 _ => continue,
             };
             if self.pending == 0 {
                 self.first_at = Instant::now();
             }
-            self.spans.extend_from_slice(&self.taken);
-            self.taken.clear();
-            self.pending += n;
+            self.pending += taken.1;
+            self.chunks.push_back(taken);
             got = true;
         }
         got
@@ -762,7 +762,6 @@ impl Worker {
     /// passed is dropped and counted.
     fn export(&mut self, deadline: Option<Instant>, full_only: bool) {
         let max = self.config.batch.max(1);
-        let mut at = 0;
         while self.pending > 0 && !(full_only && self.pending < max) {
             let timeout = match deadline {
                 None => self.config.timeout,
@@ -771,26 +770,59 @@ impl Worker {
                     left => left.min(self.config.timeout),
                 },
             };
-            let rest = self.spans.get(at..).unwrap_or_default();
-            let (len, n) = split_spans(rest, max);
+            // The batch: up to `max` spans from the front, across chunks.
+            self.parts.clear();
+            let (mut n, mut len) = (0, 0);
+            let (mut c, mut at) = (0, self.front);
+            while n < max {
+                let Some((bytes, _)) = self.chunks.get(c) else {
+                    break;
+                };
+                let (l, k) = split_spans(bytes.get(at..).unwrap_or_default(), max - n);
+                if k > 0 {
+                    self.parts.push((c, at, at + l));
+                }
+                n += k;
+                len += l;
+                at += l;
+                if at < bytes.len() && k > 0 {
+                    break; // the batch is full
+                }
+                // This chunk is done (or holds no whole span more): the next one.
+                c += 1;
+                at = 0;
+            }
             if n == 0 {
                 break;
             }
-            self.post_batch(at..at + len, n, timeout);
-            at += len;
+            self.post_batch(len, n, timeout);
             self.pending -= n;
+            for _ in 0..c {
+                self.recycle_front();
+            }
+            self.front = at;
         }
         if full_only && self.pending > 0 {
             // The rest waits, as the batch it begins.
-            self.spans.drain(..at.min(self.spans.len()));
             self.first_at = Instant::now();
             return;
         }
         if self.pending > 0 {
             self.stats.dropped.fetch_add(self.pending as u64, Relaxed);
         }
-        self.spans.clear();
+        while !self.chunks.is_empty() {
+            self.recycle_front();
+        }
+        self.front = 0;
         self.pending = 0;
+    }
+
+    /// The first chunk, sent: its buffer kept for a queue.
+    fn recycle_front(&mut self) {
+        if let Some((mut bytes, _)) = self.chunks.pop_front() {
+            bytes.clear();
+            self.spare.push(bytes);
+        }
     }
 
     fn new(config: Config, stats: Arc<Stats>) -> Worker {
@@ -824,12 +856,15 @@ impl Worker {
             scope,
             resource_bytes,
             scope_bytes,
-            spans: Vec::new(),
+            chunks: Default::default(),
+            front: 0,
             pending: 0,
             first_at: Instant::now(),
-            cache: SpanCache::default(),
-            taken: Vec::new(),
+            spare: Vec::new(),
+            parts: Vec::new(),
             queues: Vec::new(),
+            spans: Vec::new(),
+            cache: SpanCache::default(),
         }
     }
 
@@ -846,13 +881,11 @@ impl Worker {
         self.frame(self.spans.len());
         self.body.extend_from_slice(&self.spans);
         self.spans.clear();
-        self.pending = 0;
     }
 
     /// Adds a span to the batch (encoded as it comes).
     fn add(&mut self, data: &SpanData) {
         encode_span(&mut self.spans, data, &mut self.cache);
-        self.pending += 1;
     }
 
     /// The start of a request of `spans_len` bytes of spans, in `self.body`: the spans
@@ -872,12 +905,12 @@ impl Worker {
         self.body.extend_from_slice(&self.scope_bytes);
     }
 
-    /// Sends the `n` spans in `range` of `self.spans` as one request, each step of the
-    /// POST within `timeout`.
-    fn post_batch(&mut self, range: std::ops::Range<usize>, n: usize, timeout: Duration) {
+    /// Sends the `n` spans of `self.parts` (`len` bytes) as one request, each step of
+    /// the POST within `timeout`.
+    fn post_batch(&mut self, len: usize, n: usize, timeout: Duration) {
         let n = n as u64;
-        self.frame(range.len());
-        match self.post(range, timeout) {
+        self.frame(len);
+        match self.post(len, timeout) {
             Ok(status) if (200..300).contains(&status) => {
                 self.stats.exported.fetch_add(n, Relaxed);
             }
@@ -903,10 +936,9 @@ impl Worker {
         self.stats.dropped.fetch_add(n, Relaxed);
     }
 
-    /// One POST of the request framed in `self.body` with the spans in `range` of
-    /// `self.spans`: the answer's status code.
-    fn post(&mut self, range: std::ops::Range<usize>, timeout: Duration) -> io::Result<u16> {
-        let spans = self.spans.get(range).unwrap_or_default();
+    /// One POST of the request framed in `self.body` with the `len` bytes of spans in
+    /// `self.parts`: the answer's status code.
+    fn post(&mut self, len: usize, timeout: Duration) -> io::Result<u16> {
         let ep = &self.config.endpoint;
         let started = Instant::now();
         let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port).to_socket_addrs()?.collect();
@@ -931,12 +963,15 @@ impl Worker {
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: dubbo-mesh\r\n\r\n",
             ep.path,
             ep.authority,
-            self.body.len() + spans.len()
+            self.body.len() + len
         )?;
         // The head and the request's start in one write, the spans in another.
         self.head.extend_from_slice(&self.body);
         stream.write_all(&self.head)?;
-        stream.write_all(spans)?;
+        for &(c, start, end) in &self.parts {
+            let part = (self.chunks.get(c)).and_then(|(bytes, _)| bytes.get(start..end));
+            stream.write_all(part.unwrap_or_default())?;
+        }
         // The status line is all we need; the whole answer may take at most twice the
         // timeout (a collector trickling bytes does not hold the thread longer).
         let mut got = [0u8; 512];
@@ -1761,11 +1796,17 @@ mod tests {
     }
 
     /// A collector answering every POST 200 (after reading its body), counting them.
-    fn collector() -> (Endpoint, Arc<AtomicU64>) {
+    /// Bodies a test collector received.
+    type Bodies = Arc<Mutex<Vec<Vec<u8>>>>;
+
+    /// A collector answering every POST 200: how many came, and their bodies.
+    fn collector() -> (Endpoint, Arc<AtomicU64>, Bodies) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let posts = Arc::new(AtomicU64::new(0));
         let counted = posts.clone();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -1782,6 +1823,9 @@ mod tests {
                             .and_then(|l| l.trim().parse().ok())
                             .unwrap_or(0);
                         if got.len() >= end + 4 + len {
+                            kept.lock()
+                                .unwrap()
+                                .push(got[end + 4..end + 4 + len].to_vec());
                             break;
                         }
                     }
@@ -1794,12 +1838,47 @@ mod tests {
             }
         });
         let url = format!("http://127.0.0.1:{port}/v1/traces");
-        (Endpoint::parse(&url).unwrap(), posts)
+        (Endpoint::parse(&url).unwrap(), posts, bodies)
+    }
+
+    #[test]
+    fn batches_are_made_across_the_loops_queues() {
+        let (endpoint, posts, bodies) = collector();
+        let (spans, control) = queued(1000);
+        let other = spans.clone();
+        let config = Config {
+            batch: 100,
+            ..Config::new(endpoint, "t")
+        };
+        let mut w = Worker::new(config, Arc::default());
+        // 150 spans on each of two handles, each span its own id.
+        for i in 0..300u64 {
+            let mut s = span(SpanKind::Client);
+            s.span_id = (i + 1).to_be_bytes();
+            if i % 2 == 0 { &spans } else { &other }.send(&s);
+        }
+        assert!(w.take(&control));
+        assert_eq!((w.chunks.len(), w.pending), (2, 300));
+        w.export(None, false);
+        assert_eq!(w.stats.exported(), 300);
+        assert_eq!(posts.load(Relaxed), 3);
+        let mut ids = Vec::new();
+        for body in bodies.lock().unwrap().iter() {
+            let request = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+            let batch = &request.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(batch.len(), 100);
+            ids.extend(batch.iter().map(|s| s.span_id.clone()));
+        }
+        ids.sort();
+        let expected: Vec<Vec<u8>> = (1..=300u64).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert_eq!(ids, expected, "each span once");
+        // Sent: the chunks are kept for the queues, nothing is left.
+        assert_eq!((w.chunks.len(), w.pending, w.spare.len()), (0, 0, 2));
     }
 
     #[test]
     fn close_sends_what_is_queued_and_joins_the_thread() {
-        let (endpoint, posts) = collector();
+        let (endpoint, posts, _) = collector();
         let config = Config {
             interval: Duration::from_secs(60),
             batch: 100,
@@ -1875,7 +1954,8 @@ mod tests {
         for s in [&client, &client, &server, &server] {
             encode_span(&mut expected, s, &mut cache);
         }
-        assert_eq!(w.spans, expected);
+        let taken: Vec<u8> = (w.chunks.iter()).flat_map(|(b, _)| b.clone()).collect();
+        assert_eq!(taken, expected);
         // Taken: the queues have room again, and nothing more to take.
         assert!(!w.take(&control));
         spans.send(&client);
