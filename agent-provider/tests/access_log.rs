@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use codec::agent::{self, SignatureRef, Status};
+use codec::agent::{self, Status};
 use codec::dubbo::{self, Attachments, Request, Serialization};
 use codec::hessian2;
 use codec::Decoded;
@@ -259,18 +259,6 @@ fn serve_fast(listener: TcpListener) {
             }
         }
     });
-}
-
-/// A DEFINE of call id `id` as `method(String)` of the race's service.
-fn define_method(out: &mut Vec<u8>, id: u32, method: &str) {
-    let sig = SignatureRef {
-        service: SERVICE,
-        method,
-        parameter_types: "Ljava/lang/String;",
-        version: "",
-        group: "",
-    };
-    agent::encode_define(out, id, sig).expect("define");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use codec::agent::{self, SignatureRef, Status};
+use codec::agent::{self, Status};
 use codec::dubbo::{self, status, Attachments, Outcome, Request, Serialization};
 use codec::hessian2::{self, Value};
 use codec::java::string_hash_code;
@@ -59,14 +59,7 @@ fn string_arg(s: &str) -> Vec<u8> {
 /// DEFINEs `call_id` = SERVICE.`method`(String).
 fn define(c: &mut Client, call_id: u32, method: &str) {
     let mut out = Vec::new();
-    let sig = SignatureRef {
-        service: SERVICE,
-        method,
-        parameter_types: "Ljava/lang/String;",
-        version: "",
-        group: "",
-    };
-    agent::encode_define(&mut out, call_id, sig).unwrap();
+    common::define_method(&mut out, call_id, method);
     c.stream.write_all(&out).unwrap();
 }
 

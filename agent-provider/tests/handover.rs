@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use codec::agent::{self, Frame, Status};
 use codec::dubbo::Serialization;
 use codec::Decoded;
-use common::{hash_request, MockProvider, Mode, SERVICE, SOON};
+use common::{hash_request, MockProvider, Mode, SOON};
 
 /// Frames read from `s` until `want` of them came (or the peer closed).
 fn frames(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> Vec<String> {
@@ -88,14 +88,7 @@ fn goaway_to_consumers_that_understand_it_and_the_old_agent_stops_once_they_left
     assert_eq!(frames(&mut old_consumer, &mut old_buf, 1), ["pong 7"]);
 
     let mut call = Vec::new();
-    let sig = agent::SignatureRef {
-        service: SERVICE,
-        method: "hash",
-        parameter_types: "Ljava/lang/String;",
-        version: "",
-        group: "",
-    };
-    agent::encode_define(&mut call, 1, sig).expect("define");
+    common::define_method(&mut call, 1, "hash");
     call.extend(hash_request(42, "in flight", 5000));
     new_consumer.write_all(&call).expect("call");
     // In flight only once the agent has sent it on (polled: a fixed pause may be too

@@ -15,6 +15,19 @@ use codec::Decoded;
 
 pub const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
 
+/// Appends a DEFINE of call id `id` as `SERVICE.method(String)`.
+#[allow(dead_code)] // Not every test file defines methods of its own.
+pub fn define_method(out: &mut Vec<u8>, id: u32, method: &str) {
+    let sig = SignatureRef {
+        service: SERVICE,
+        method,
+        parameter_types: "Ljava/lang/String;",
+        version: "",
+        group: "",
+    };
+    agent::encode_define(out, id, sig).expect("define");
+}
+
 /// How long a test waits for what should happen soon (a connection, a call seen).
 pub const SOON: Duration = Duration::from_secs(5);
 
@@ -284,14 +297,7 @@ impl Client {
     /// DEFINE call id 1 = hash(String) of SERVICE.
     pub fn define_hash(&mut self) {
         let mut out = Vec::new();
-        let sig = SignatureRef {
-            service: SERVICE,
-            method: "hash",
-            parameter_types: "Ljava/lang/String;",
-            version: "",
-            group: "",
-        };
-        agent::encode_define(&mut out, 1, sig).unwrap();
+        define_method(&mut out, 1, "hash");
         self.stream.write_all(&out).unwrap();
     }
 
