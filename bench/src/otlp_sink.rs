@@ -1,6 +1,7 @@
 //! A trivial OTLP/HTTP collector for the bench: it accepts each POST, reads its body,
 //! answers 200 and discards it, so the agents' span export costs what it costs against
-//! a collector that keeps up (`overhead-observe`).
+//! a collector that keeps up (`overhead-observe`). Like a real collector it keeps each
+//! connection for the next request (a thread per connection).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,9 +38,14 @@ impl OtlpSink {
                         return;
                     }
                     if let Ok(mut c) = conn {
-                        if serve(&mut c).is_ok() {
-                            p.fetch_add(1, Relaxed);
-                        }
+                        let p = p.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("otlp-sink-conn".into())
+                            .spawn(move || {
+                                while serve(&mut c).is_ok() {
+                                    p.fetch_add(1, Relaxed);
+                                }
+                            });
                     }
                 }
             })?;
@@ -72,9 +78,11 @@ impl Drop for OtlpSink {
     }
 }
 
-/// Reads one request (head, then `Content-Length` bytes) and answers 200.
+/// Reads one request (head, then `Content-Length` bytes) and answers 200, keeping the
+/// connection. Requests are not pipelined (the agents wait for each answer), so
+/// nothing read past a request's body is expected.
 fn serve(c: &mut TcpStream) -> io::Result<()> {
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = [0u8; 16 * 1024];
     let (head_end, len) = loop {
@@ -104,7 +112,9 @@ fn serve(c: &mut TcpStream) -> io::Result<()> {
         }
         have += n;
     }
-    c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    c.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
+    )
 }
 
 #[cfg(test)]
@@ -117,9 +127,15 @@ mod tests {
         let mut c = TcpStream::connect(sink.addr).unwrap();
         c.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
             .unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Answered, and the connection kept for the next request.
+        for _ in 0..2 {
+            let mut answer = [0u8; 512];
+            let n = c.read(&mut answer).unwrap();
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            c.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+                .unwrap();
+        }
         assert!(sink.endpoint().ends_with("/v1/traces"));
         drop(sink);
     }

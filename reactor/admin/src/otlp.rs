@@ -8,7 +8,9 @@
 //! and POSTs them, in batches of up to [`Config::batch`] spans, when a batch is full
 //! or [`Config::interval`] after its first span, as an `ExportTraceServiceRequest`
 //! with `Content-Type: application/x-protobuf` over a plain HTTP/1.1 connection with
-//! connect, write and read timeouts. The request is the bytes prost writes for the
+//! connect, write and read timeouts, kept from one POST to the next while the
+//! collector keeps it (a connection the collector closed while idle is replaced, and
+//! the POST made again on the new one). The request is the bytes prost writes for the
 //! `opentelemetry-proto` messages (the tests compare them), but written field by field,
 //! no message built: the resource and scope are encoded once, and what repeats from
 //! span to span (a method's name and attributes, an address, how spans end) once per
@@ -40,7 +42,7 @@
 #![deny(missing_docs)]
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{
     AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
@@ -59,8 +61,9 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, Span, Status};
 pub const DEFAULT_PATH: &str = "/v1/traces";
 /// The port when the endpoint names none (OTLP/HTTP's default).
 pub const DEFAULT_PORT: u16 = 4318;
-/// How often the exporter thread takes the queued spans while they come.
-pub const POLL: Duration = Duration::from_millis(10);
+/// How often the exporter thread takes the queued spans while they come (a batch
+/// waits up to [`Config::interval`] anyway; fewer wake-ups cost less).
+pub const POLL: Duration = Duration::from_millis(50);
 /// How often at least it looks while none comes.
 pub const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -298,8 +301,9 @@ impl NamesCache {
 
 /// One finished span of a Dubbo call, as the loops hand it over: its name is
 /// `service/method`, its attributes `rpc.system` (`dubbo`), `rpc.service`,
-/// `rpc.method`, `dubbo.version`, `dubbo.group`, `server.address`, `client.address`,
-/// `mesh.front`, `mesh.status`, `mesh.retries` and `mesh.attempt` (those known). Kept
+/// `rpc.method`, `dubbo.version` and `dubbo.group` (when not empty), `server.address`,
+/// `client.address`, `mesh.front`, `mesh.status`, `mesh.retries` and `mesh.attempt`
+/// (those known). Kept
 /// small and cheap to make (one allocation, the names); the exporter thread makes the
 /// OTLP message of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -683,6 +687,10 @@ struct Worker {
     /// Spans encoded by [`Worker::add`] (tests and benches), and what they share.
     spans: Vec<u8>,
     cache: SpanCache,
+    /// The connection to the collector, kept from one POST to the next while it
+    /// allows (a connection per POST cost both ends a handshake and a close), and
+    /// the timeout its socket is set to.
+    conn: Option<(TcpStream, Duration)>,
 }
 
 impl Worker {
@@ -865,6 +873,7 @@ impl Worker {
             queues: Vec::new(),
             spans: Vec::new(),
             cache: SpanCache::default(),
+            conn: None,
         }
     }
 
@@ -937,68 +946,211 @@ impl Worker {
     }
 
     /// One POST of the request framed in `self.body` with the `len` bytes of spans in
-    /// `self.parts`: the answer's status code.
+    /// `self.parts`: the answer's status code. On the kept connection if there is one;
+    /// if that fails before any byte of an answer (the collector closed it while idle),
+    /// once more on a new one.
     fn post(&mut self, len: usize, timeout: Duration) -> io::Result<u16> {
+        if let Some(conn) = self.conn.take() {
+            match self.exchange(conn, len, timeout) {
+                Ok(status) => return Ok(status),
+                Err((false, _)) => {}
+                Err((true, e)) => return Err(e),
+            }
+        }
+        let stream = self.connect(timeout)?;
+        self.exchange((stream, Duration::ZERO), len, timeout)
+            .map_err(|(_, e)| e)
+    }
+
+    /// A new connection to the collector, within `timeout`.
+    fn connect(&self, timeout: Duration) -> io::Result<TcpStream> {
         let ep = &self.config.endpoint;
-        let started = Instant::now();
-        let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port).to_socket_addrs()?.collect();
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
-        let mut stream = None;
-        for addr in addrs {
+        for addr in (ep.host.as_str(), ep.port).to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, timeout) {
                 Ok(s) => {
-                    stream = Some(s);
-                    break;
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
                 }
                 Err(e) => last = e,
             }
         }
-        let mut stream = stream.ok_or(last)?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_read_timeout(Some(timeout))?;
-        let _ = stream.set_nodelay(true);
+        Err(last)
+    }
+
+    /// Writes the request on `conn` and reads the answer's head (and its body, to
+    /// keep the connection for the next request when the collector allows): its status
+    /// code, or the error and whether any of the answer had come.
+    fn exchange(
+        &mut self,
+        (mut stream, set): (TcpStream, Duration),
+        len: usize,
+        timeout: Duration,
+    ) -> Result<u16, (bool, io::Error)> {
+        let unanswered = |e| (false, e);
+        if set != timeout {
+            stream
+                .set_write_timeout(Some(timeout))
+                .map_err(unanswered)?;
+            stream.set_read_timeout(Some(timeout)).map_err(unanswered)?;
+        }
+        let started = Instant::now();
+        let ep = &self.config.endpoint;
         self.head.clear();
         write!(
             self.head,
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: dubbo-mesh\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nUser-Agent: dubbo-mesh\r\n\r\n",
             ep.path,
             ep.authority,
             self.body.len() + len
-        )?;
-        // The head and the request's start in one write, the spans in another.
-        self.head.extend_from_slice(&self.body);
-        stream.write_all(&self.head)?;
+        )
+        .map_err(unanswered)?;
+        // The head, the request's start and the spans in as few writes as the socket
+        // takes.
+        let mut slices = Vec::with_capacity(2 + self.parts.len());
+        slices.push(IoSlice::new(&self.head));
+        slices.push(IoSlice::new(&self.body));
         for &(c, start, end) in &self.parts {
             let part = (self.chunks.get(c)).and_then(|(bytes, _)| bytes.get(start..end));
-            stream.write_all(part.unwrap_or_default())?;
+            slices.push(IoSlice::new(part.unwrap_or_default()));
         }
-        // The status line is all we need; the whole answer may take at most twice the
-        // timeout (a collector trickling bytes does not hold the thread longer).
-        let mut got = [0u8; 512];
-        let mut len = 0;
-        while len < got.len() {
-            if started.elapsed() > 2 * timeout {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "answer too slow"));
-            }
-            let Some(room) = got.get_mut(len..) else {
-                break;
-            };
-            match stream.read(room) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if got
-                .get(..len)
-                .is_some_and(|g| g.windows(2).any(|w| w == b"\r\n"))
-            {
-                break;
-            }
+        write_all_vectored(&mut stream, &mut slices).map_err(unanswered)?;
+        let answer = read_answer(&mut stream, started + 2 * timeout)?;
+        if answer.keep {
+            self.conn = Some((stream, timeout));
         }
-        parse_status(got.get(..len).unwrap_or_default())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))
+        Ok(answer.status)
     }
+}
+
+/// What [`read_answer`] found.
+struct Answer {
+    status: u16,
+    /// The whole answer was read and the collector keeps the connection open.
+    keep: bool,
+}
+
+/// Answers with a body larger than this are not read through: the connection closes.
+const MAX_ANSWER_BODY: usize = 64 * 1024;
+
+/// Reads an HTTP/1.1 answer's head, and its body when it has a `Content-Length` of
+/// at most [`MAX_ANSWER_BODY`], all by `deadline` (a collector trickling bytes does
+/// not hold the thread longer). The error says whether any byte had come.
+fn read_answer(stream: &mut TcpStream, deadline: Instant) -> Result<Answer, (bool, io::Error)> {
+    let mut got = [0u8; 4096];
+    let mut len = 0;
+    let head_end = loop {
+        if Instant::now() > deadline {
+            return Err((
+                len > 0,
+                io::Error::new(io::ErrorKind::TimedOut, "answer too slow"),
+            ));
+        }
+        let Some(room) = got.get_mut(len..).filter(|r| !r.is_empty()) else {
+            // A head larger than the buffer: its status is all we take.
+            break len;
+        };
+        match stream.read(room) {
+            Ok(0) if len == 0 => {
+                return Err((false, io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => break len,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((len > 0, e)),
+        }
+        if let Some(i) = got
+            .get(..len)
+            .and_then(|g| g.windows(4).position(|w| w == b"\r\n\r\n"))
+        {
+            break i + 4;
+        }
+    };
+    let head = got.get(..head_end).unwrap_or_default();
+    let status = parse_status(head).ok_or_else(|| {
+        (
+            true,
+            io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"),
+        )
+    })?;
+    let body = head
+        .ends_with(b"\r\n\r\n")
+        .then(|| answer_body_len(head))
+        .flatten();
+    let Some(body) = body.filter(|&n| n <= MAX_ANSWER_BODY) else {
+        return Ok(Answer {
+            status,
+            keep: false,
+        });
+    };
+    // The body's bytes that came with the head, then the rest, read and dropped.
+    let mut left = body.saturating_sub(len - head_end);
+    while left > 0 {
+        if Instant::now() > deadline {
+            return Ok(Answer {
+                status,
+                keep: false,
+            });
+        }
+        let room = got.len().min(left);
+        match stream.read(got.get_mut(..room).unwrap_or_default()) {
+            Ok(0) => {
+                return Ok(Answer {
+                    status,
+                    keep: false,
+                })
+            }
+            Ok(n) => left = left.saturating_sub(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                return Ok(Answer {
+                    status,
+                    keep: false,
+                })
+            }
+        }
+    }
+    Ok(Answer {
+        status,
+        keep: len - head_end <= body,
+    })
+}
+
+/// The length of the body an answer's head announces, if the connection stays open
+/// after it: `None` for `Connection: close`, chunked bodies or no `Content-Length`.
+fn answer_body_len(head: &[u8]) -> Option<usize> {
+    let mut length = None;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        let closes =
+            name.eq_ignore_ascii_case(b"connection") && value.eq_ignore_ascii_case(b"close");
+        if closes || name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = Some(std::str::from_utf8(value).ok()?.parse::<usize>().ok()?);
+        }
+    }
+    length
+}
+
+/// Writes every byte of `slices`, in as few `writev` calls as the socket takes.
+fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[doc(hidden)]
@@ -1160,8 +1312,12 @@ fn fill(span: &mut Span, s: &SpanData, addrs: &mut AddrCache) {
     a.str("rpc.system", "dubbo");
     a.str("rpc.service", s.call.service());
     a.str("rpc.method", s.call.method());
-    a.str("dubbo.version", s.call.version());
-    a.str("dubbo.group", s.call.group());
+    if !s.call.version().is_empty() {
+        a.str("dubbo.version", s.call.version());
+    }
+    if !s.call.group().is_empty() {
+        a.str("dubbo.group", s.call.group());
+    }
     if let Some(addr) = s.server {
         a.addr("server.address", addr, addrs);
     }
@@ -1329,8 +1485,15 @@ impl SpanCache {
         put_str_attr(&mut attrs, "rpc.system", "dubbo");
         put_str_attr(&mut attrs, "rpc.service", service);
         put_str_attr(&mut attrs, "rpc.method", method);
-        put_str_attr(&mut attrs, "dubbo.version", call.version());
-        put_str_attr(&mut attrs, "dubbo.group", call.group());
+        // No value, no attribute (OpenTelemetry's rule): most services have neither.
+        for (k, v) in [
+            ("dubbo.version", call.version()),
+            ("dubbo.group", call.group()),
+        ] {
+            if !v.is_empty() {
+                put_str_attr(&mut attrs, k, v);
+            }
+        }
         if self.names.len() >= Self::NAMES {
             self.names.remove(0);
         }
@@ -1597,6 +1760,19 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.0 500 x"), Some(500));
         assert_eq!(parse_status(b"HTTP/1.1 20"), None);
         assert_eq!(parse_status(b"garbage"), None);
+        // Whether the connection can carry the next request, after how many bytes.
+        let len = |h: &str| answer_body_len(h.as_bytes());
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"), Some(2));
+        assert_eq!(
+            len("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: Close\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            len("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            None
+        );
+        assert_eq!(len("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), None);
+        assert_eq!(len("HTTP/1.1 200 OK\r\n\r\n"), None);
     }
 
     fn span(kind: SpanKind) -> SpanData {
@@ -1765,6 +1941,11 @@ mod tests {
             s.call = CallNames::new(&long, "m", &long, "g");
             variants.push(s.clone());
         }
+        // No version, no group, or neither: their attributes are left out.
+        for (version, group) in [("", "g"), ("1.0", ""), ("", "")] {
+            s.call = CallNames::new("a.Svc", "m", version, group);
+            variants.push(s.clone());
+        }
         let mut addrs = AddrCache::default();
         let mut cache = SpanCache::default();
         for v in variants.iter().chain(&variants) {
@@ -1775,6 +1956,12 @@ mod tests {
             let mut theirs = Vec::new();
             prost::encoding::message::encode(2, &message, &mut theirs);
             assert_eq!(ours, theirs, "{v:?}");
+            let keys: Vec<&str> = message.attributes.iter().map(|a| &*a.key).collect();
+            assert_eq!(
+                keys.contains(&"dubbo.version"),
+                !v.call.version().is_empty()
+            );
+            assert_eq!(keys.contains(&"dubbo.group"), !v.call.group().is_empty());
         }
         for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
             let mut out = Vec::new();
@@ -1801,44 +1988,112 @@ mod tests {
 
     /// A collector answering every POST 200: how many came, and their bodies.
     fn collector() -> (Endpoint, Arc<AtomicU64>, Bodies) {
+        let c = collector_with(Connections::Keep);
+        (c.endpoint, c.posts, c.bodies)
+    }
+
+    /// How a test collector treats a connection after each answer.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Connections {
+        /// Keeps it for the next request, as real collectors do.
+        Keep,
+        /// Closes it without saying so in the answer.
+        CloseSilently,
+        /// Says `Connection: close`, then closes it.
+        Close,
+    }
+
+    struct Collector {
+        endpoint: Endpoint,
+        posts: Arc<AtomicU64>,
+        bodies: Bodies,
+        /// Connections accepted.
+        conns: Arc<AtomicU64>,
+    }
+
+    /// A collector answering every POST 200 with an empty body, keeping the bodies.
+    fn collector_with(how: Connections) -> Collector {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let posts = Arc::new(AtomicU64::new(0));
-        let counted = posts.clone();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = bodies.clone();
+        let (posts, conns): (Arc<AtomicU64>, Arc<AtomicU64>) = Default::default();
+        let bodies = Bodies::default();
+        let (counted, kept, accepted) =
+            (Arc::clone(&posts), Arc::clone(&bodies), Arc::clone(&conns));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut buf).unwrap_or(0);
-                    got.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&got).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len: usize = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .and_then(|l| l.trim().parse().ok())
-                            .unwrap_or(0);
-                        if got.len() >= end + 4 + len {
-                            kept.lock()
-                                .unwrap()
-                                .push(got[end + 4..end + 4 + len].to_vec());
-                            break;
+                accepted.fetch_add(1, Relaxed);
+                let (counted, kept) = (Arc::clone(&counted), Arc::clone(&kept));
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .and_then(|l| l.trim().parse().ok())
+                                .unwrap_or(0);
+                            if got.len() >= end + 4 + len {
+                                kept.lock()
+                                    .unwrap()
+                                    .push(got[end + 4..end + 4 + len].to_vec());
+                                got.drain(..end + 4 + len);
+                                counted.fetch_add(1, Relaxed);
+                                let answer: &[u8] = match how {
+                                    Connections::Close => b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                                    _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                                };
+                                if stream.write_all(answer).is_err() || how != Connections::Keep {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                     }
-                    if n == 0 {
-                        break;
-                    }
-                }
-                counted.fetch_add(1, Relaxed);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                });
             }
         });
         let url = format!("http://127.0.0.1:{port}/v1/traces");
-        (Endpoint::parse(&url).unwrap(), posts, bodies)
+        Collector {
+            endpoint: Endpoint::parse(&url).unwrap(),
+            posts,
+            bodies,
+            conns,
+        }
+    }
+
+    #[test]
+    fn one_connection_carries_the_posts_while_the_collector_keeps_it() {
+        for (how, conns) in [
+            (Connections::Keep, 1),
+            (Connections::CloseSilently, 5),
+            (Connections::Close, 5),
+        ] {
+            let c = collector_with(how);
+            let config = Config {
+                batch: 10,
+                ..Config::new(c.endpoint.clone(), "t")
+            };
+            let mut w = Worker::new(config, Arc::default());
+            let mut sent = Vec::new();
+            for _ in 0..5 {
+                let mut batch = vec![span(SpanKind::Client); 10];
+                w.encode(&mut batch);
+                w.parts.clear();
+                let status = w.post(0, Duration::from_secs(5)).unwrap();
+                assert_eq!(status, 200);
+                sent.push(w.body.clone());
+            }
+            assert_eq!(c.posts.load(Relaxed), 5);
+            assert_eq!(c.conns.load(Relaxed), conns, "{}", how as u8);
+            assert_eq!(*c.bodies.lock().unwrap(), sent, "every request whole");
+        }
     }
 
     #[test]
