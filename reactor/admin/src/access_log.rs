@@ -50,7 +50,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -305,7 +305,10 @@ thread_local! {
     /// names of the methods it serves.
     static TEXTS: std::cell::RefCell<Texts> = const {
         std::cell::RefCell::new(Texts {
-            addrs: Vec::new(),
+            addrs: AddrTexts {
+                v4: Vec::new(),
+                other: Vec::new(),
+            },
             names: Vec::new(),
             second: (u64::MAX, [0; 19]),
             digits: Digits { buf: [0; 512], n: 0 },
@@ -316,8 +319,8 @@ thread_local! {
 /// The texts of [`TEXTS`].
 #[derive(Debug)]
 struct Texts {
-    /// Addresses and their JSON text, in [`ADDR_SLOTS`] slots.
-    addrs: Vec<(AddrKey, Vec<u8>)>,
+    /// Addresses' JSON text.
+    addrs: AddrTexts,
     names: Vec<NamesText>,
     /// The last second written, and its text ([`write_time`]).
     second: (u64, [u8; 19]),
@@ -325,40 +328,85 @@ struct Texts {
     digits: Digits,
 }
 
-/// An address as a key compared at once: an IPv4 address and port in one number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AddrKey {
-    /// An empty slot.
-    None,
-    V4(u64),
-    Other(SocketAddr),
+/// The JSON text of the addresses a loop logs, by slot: an address has one, by its
+/// hash (another address with the same slot replaces it), so a lookup is one
+/// comparison however many peers come and go.
+#[derive(Debug)]
+struct AddrTexts {
+    /// IPv4 addresses (most peers), [`V4_SLOTS`] of them: key and text side by side,
+    /// half a cache line each.
+    v4: Vec<V4Text>,
+    /// Other addresses, [`OTHER_SLOTS`] of them.
+    other: Vec<(Option<SocketAddr>, Vec<u8>)>,
 }
 
-impl AddrKey {
-    fn of(addr: SocketAddr) -> AddrKey {
-        match addr {
-            SocketAddr::V4(a) => {
-                AddrKey::V4((u64::from(a.ip().to_bits()) << 16) | u64::from(a.port()))
-            }
-            other => AddrKey::Other(other),
-        }
-    }
+/// IPv4 address slots.
+const V4_SLOTS: usize = 1024;
+/// Slots of other (IPv6) addresses.
+const OTHER_SLOTS: usize = 64;
 
-    /// A hash of the address (Fibonacci hashing of address and port), for its slot.
-    fn slot(&self) -> usize {
-        let v = match self {
-            AddrKey::None => 0,
-            AddrKey::V4(v) => *v,
-            AddrKey::Other(a) => {
-                let ip = match a.ip() {
-                    std::net::IpAddr::V6(ip) => ip.to_bits(),
-                    std::net::IpAddr::V4(ip) => u128::from(ip.to_bits()),
-                };
-                ((ip >> 64) as u64) ^ (ip as u64) ^ u64::from(a.port())
+/// An IPv4 address's JSON text, `"a.b.c.d:port"` (23 bytes at most), and its key.
+#[derive(Debug, Clone, Copy)]
+struct V4Text {
+    /// The address and port in one number, plus one (0: an empty slot).
+    key: u64,
+    len: u8,
+    text: [u8; 23],
+}
+
+impl V4Text {
+    const EMPTY: V4Text = V4Text {
+        key: 0,
+        len: 0,
+        text: [0; 23],
+    };
+
+    fn of(a: SocketAddrV4, key: u64) -> V4Text {
+        let mut t = V4Text {
+            key,
+            ..V4Text::EMPTY
+        };
+        let mut n = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(d) = t.text.get_mut(n..n + bytes.len()) {
+                d.copy_from_slice(bytes);
+                n += bytes.len();
             }
         };
-        (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize
+        put(b"\"");
+        for (i, octet) in a.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                put(b".");
+            }
+            put(decimal(u64::from(octet), &mut [0; 20]));
+        }
+        put(b":");
+        put(decimal(u64::from(a.port()), &mut [0; 20]));
+        put(b"\"");
+        t.len = n as u8;
+        t
     }
+}
+
+/// `v` in decimal, written at the end of `buf`.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or_default()
+}
+
+/// Fibonacci hashing of `v` into a slot of `slots`.
+fn slot_of(v: u64, slots: usize) -> usize {
+    (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % slots
 }
 
 /// `,"front":...,"service":...,"method":...,"version":...,"group":...` of some names.
@@ -407,25 +455,42 @@ impl Texts {
     }
 }
 
-/// Address slots: an address has one, by its hash (another address with the same slot
-/// replaces it), so a lookup is one comparison however many peers come and go.
-const ADDR_SLOTS: usize = 256;
-
 /// The JSON text of `addr`, kept in its slot of `addrs`.
-fn addr_text(addrs: &mut Vec<(AddrKey, Vec<u8>)>, addr: SocketAddr) -> &[u8] {
-    let k = AddrKey::of(addr);
-    if addrs.is_empty() {
-        addrs.resize_with(ADDR_SLOTS, || (AddrKey::None, Vec::new()));
+fn addr_text(addrs: &mut AddrTexts, addr: SocketAddr) -> &[u8] {
+    match addr {
+        SocketAddr::V4(a) => {
+            let key = ((u64::from(a.ip().to_bits()) << 16) | u64::from(a.port())) + 1;
+            if addrs.v4.is_empty() {
+                addrs.v4.resize(V4_SLOTS, V4Text::EMPTY);
+            }
+            let Some(slot) = addrs.v4.get_mut(slot_of(key, V4_SLOTS)) else {
+                return &[];
+            };
+            if slot.key != key {
+                *slot = V4Text::of(a, key);
+            }
+            slot.text.get(..usize::from(slot.len)).unwrap_or_default()
+        }
+        other => {
+            let bits = match other.ip() {
+                std::net::IpAddr::V6(ip) => ip.to_bits(),
+                std::net::IpAddr::V4(ip) => u128::from(ip.to_bits()),
+            };
+            let hash = ((bits >> 64) as u64) ^ (bits as u64) ^ u64::from(other.port());
+            if addrs.other.is_empty() {
+                addrs.other.resize_with(OTHER_SLOTS, || (None, Vec::new()));
+            }
+            let Some(slot) = addrs.other.get_mut(slot_of(hash, OTHER_SLOTS)) else {
+                return &[];
+            };
+            if slot.0 != Some(other) {
+                slot.0 = Some(other);
+                slot.1.clear();
+                write_addr(&mut slot.1, Some(other));
+            }
+            &slot.1
+        }
     }
-    let Some(slot) = addrs.get_mut(k.slot() % ADDR_SLOTS) else {
-        return &[];
-    };
-    if slot.0 != k {
-        slot.0 = k;
-        slot.1.clear();
-        write_addr(&mut slot.1, Some(addr));
-    }
-    &slot.1
 }
 
 /// State shared by the loops' handles and the writer thread.
@@ -1103,6 +1168,33 @@ mod tests {
             write_addr(&mut out, Some(addr));
             assert_eq!(out, format!("\"{addr}\"").into_bytes());
         }
+    }
+
+    #[test]
+    fn kept_address_texts_are_those_of_the_address_asked_for() {
+        let mut addrs = AddrTexts {
+            v4: Vec::new(),
+            other: Vec::new(),
+        };
+        // Far more addresses than slots, each asked for twice (kept, or replaced by
+        // another of the same slot meanwhile), the longest and shortest among them.
+        let mut all: Vec<SocketAddr> = vec![
+            "255.255.255.255:65535".parse().unwrap(),
+            "0.0.0.0:0".parse().unwrap(),
+            "[::1]:80".parse().unwrap(),
+            "[fe80::1%2]:8080".parse().unwrap(),
+        ];
+        for i in 0..5_000u32 {
+            all.push(SocketAddr::from((i.to_be_bytes(), (i * 7) as u16)));
+            all.push(format!("[::{i:x}]:{i}").parse().unwrap());
+        }
+        for _ in 0..2 {
+            for a in &all {
+                let text = addr_text(&mut addrs, *a);
+                assert_eq!(text, format!("\"{a}\"").as_bytes());
+            }
+        }
+        assert_eq!((addrs.v4.len(), addrs.other.len()), (V4_SLOTS, OTHER_SLOTS));
     }
 
     fn sample(line: &mut Line, trace: Option<[u8; 16]>) {
