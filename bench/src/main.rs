@@ -97,6 +97,14 @@ struct ScenarioArgs {
     /// Override the idle scenario's connections.
     #[arg(long)]
     idle_connections: Option<usize>,
+    /// The cost scenario's paired rounds (default 9, 3 with `--quick`): more rounds,
+    /// a median less moved by a noisy machine.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    rounds: Option<u64>,
+    /// The features the cost scenario measures, by name (`dubbo`, `rules`, `observe`,
+    /// `mtls`; default: all, `mtls` only with `--tls`).
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -243,6 +251,8 @@ fn main() -> ExitCode {
             if let Some(n) = a.idle_connections {
                 opts.idle_connections = n;
             }
+            opts.cost_rounds = a.rounds.map(|r| r as usize);
+            opts.cost_features = a.features;
             let r = match scenario::run(&opts) {
                 Ok(r) => r,
                 Err(e) => {

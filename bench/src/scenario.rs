@@ -91,6 +91,11 @@ pub struct ScenarioOpts {
     pub agent_retries: u32,
     /// Also run the classic and overhead steps with mutual TLS between the agents.
     pub tls: bool,
+    /// The cost scenario's paired rounds (`None`: 9, or 3 when quick).
+    pub cost_rounds: Option<usize>,
+    /// The features the cost scenario measures (`dubbo`, `rules`, `observe`, `mtls`;
+    /// empty: all of them, `mtls` only with [`ScenarioOpts::tls`]).
+    pub cost_features: Vec<String>,
 }
 
 impl ScenarioOpts {
@@ -111,6 +116,8 @@ impl ScenarioOpts {
             agent_timeout_ms: 3_000,
             agent_retries: 2,
             tls: false,
+            cost_rounds: None,
+            cost_features: Vec::new(),
         }
     }
 }
@@ -989,7 +996,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(0);
     let conns = if opts.quick { 64 } else { 256 };
-    let rounds = if opts.quick { 3 } else { 9 };
+    let rounds = opts.cost_rounds.unwrap_or(if opts.quick { 3 } else { 9 });
     // Short windows, many of them: a pair close in time sees the same machine.
     let opts = &ScenarioOpts {
         warmup: opts.warmup.min(Duration::from_secs(1)),
@@ -1016,7 +1023,7 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
             rules: false,
         },
     ];
-    if opts.tls {
+    if opts.tls || opts.cost_features.iter().any(|f| f == "mtls") {
         features.push(Feature {
             name: "cost-mtls",
             providers: Some(Providers::MeshedTls),
@@ -1024,6 +1031,15 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
             rules: false,
         });
     }
+    let wanted = &opts.cost_features;
+    if let Some(unknown) =
+        (wanted.iter()).find(|w| !features.iter().any(|f| f.name == format!("cost-{w}")))
+    {
+        return Err(io::Error::other(format!(
+            "--features: no feature {unknown:?} (dubbo, rules, observe, mtls)"
+        )));
+    }
+    features.retain(|f| wanted.is_empty() || wanted.iter().any(|w| f.name == format!("cost-{w}")));
     let mut base = Topology::start_with(opts, bins, &specs, "cost-base", Providers::Meshed)?;
     for f in features {
         // Started beside the plain mesh (free ports), idle while the other is loaded.

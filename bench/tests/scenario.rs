@@ -94,6 +94,19 @@ fn quick_scenarios_run_clean_and_stop_everything() {
         }
         assert!(s.extra["agent_cpu_us_per_request"] > 0.0, "{s:?}");
     }
+    // One feature, as many rounds as asked; a feature it does not know is refused.
+    opts.cost_features = vec!["observe".into()];
+    opts.cost_rounds = Some(1);
+    let r = scenario::run(&opts).expect("cost scenario, one feature");
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    let names: Vec<&str> = r.steps.iter().map(|s| s.scenario.as_str()).collect();
+    assert_eq!(names, ["cost-observe"]);
+    assert_eq!(r.steps[0].extra["rounds"], 1.0);
+    opts.cost_features = vec!["nope".into()];
+    let r = scenario::run(&opts).expect("cost scenario, an unknown feature");
+    assert!(r.steps.is_empty() && !r.failures.is_empty(), "{r:?}");
+    opts.cost_features = Vec::new();
+    opts.cost_rounds = None;
     assert_eq!(
         live_children(),
         Vec::<String>::new(),
