@@ -361,47 +361,18 @@ impl V4Text {
         text: [0; 23],
     };
 
+    /// Only on a slot's miss (a new peer): through `fmt`, as the address prints.
     fn of(a: SocketAddrV4, key: u64) -> V4Text {
         let mut t = V4Text {
             key,
             ..V4Text::EMPTY
         };
-        let mut n = 0;
-        let mut put = |bytes: &[u8]| {
-            if let Some(d) = t.text.get_mut(n..n + bytes.len()) {
-                d.copy_from_slice(bytes);
-                n += bytes.len();
-            }
-        };
-        put(b"\"");
-        for (i, octet) in a.ip().octets().into_iter().enumerate() {
-            if i > 0 {
-                put(b".");
-            }
-            put(decimal(u64::from(octet), &mut [0; 20]));
-        }
-        put(b":");
-        put(decimal(u64::from(a.port()), &mut [0; 20]));
-        put(b"\"");
-        t.len = n as u8;
+        let mut out = io::Cursor::new(&mut t.text[..]);
+        // 23 bytes hold the longest, `"255.255.255.255:65535"`.
+        let _ = write!(out, "\"{a}\"");
+        t.len = out.position() as u8;
         t
     }
-}
-
-/// `v` in decimal, written at the end of `buf`.
-fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        if let Some(d) = buf.get_mut(i) {
-            *d = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || i == 0 {
-            break;
-        }
-    }
-    buf.get(i..).unwrap_or_default()
 }
 
 /// Fibonacci hashing of `v` into a slot of `slots`.
