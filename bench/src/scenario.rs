@@ -38,9 +38,10 @@ pub enum Which {
     /// during the upgrade window against steady state before and after.
     Upgrade,
     /// What each feature (Dubbo in, ten traffic rules, observation, mutual TLS with
-    /// `--tls`) adds to the agents' CPU per request at saturation, against the plain
-    /// HTTP mesh: short windows of the two alternated (ABBA), the median of the
-    /// paired differences reported, so that the machine's drift cancels out.
+    /// `--tls`) adds to the agents' CPU per request at saturation, and to the p50
+    /// latency at one connection, against the plain HTTP mesh: short windows of the
+    /// two alternated (ABBA), the median of the paired differences reported, so that
+    /// the machine's drift cancels out.
     Cost,
     /// All of the above.
     All,
@@ -989,10 +990,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Paired, interleaved windows at saturation (see [`Which::Cost`]): one step per
-/// feature, carrying `base_agent_cpu_us_per_request`, `agent_cpu_us_per_request` (the
-/// feature's) and `added_agent_cpu_us_per_request`, each a median over the rounds,
-/// and `rounds`.
+/// Paired, interleaved windows (see [`Which::Cost`]): in each round, for the plain
+/// mesh and the feature's, a window at one connection, then one at saturation. One
+/// step per feature, carrying `base_agent_cpu_us_per_request`,
+/// `agent_cpu_us_per_request` (the feature's), `added_agent_cpu_us_per_request`,
+/// `base_one_conn_p50_us`, `one_conn_p50_us` and `added_one_conn_p50_us`, each a
+/// median over the rounds, and `rounds`.
 fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<()> {
     let specs = race_specs(0);
     let conns = if opts.quick { 64 } else { 256 };
@@ -1001,6 +1004,12 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
     let opts = &ScenarioOpts {
         warmup: opts.warmup.min(Duration::from_secs(1)),
         duration: opts.duration.min(Duration::from_secs(4)),
+        ..opts.clone()
+    };
+    // The one-connection windows: thousands of calls in two seconds.
+    let latency_opts = &ScenarioOpts {
+        warmup: opts.warmup.min(Duration::from_millis(500)),
+        duration: opts.duration.min(Duration::from_secs(2)),
         ..opts.clone()
     };
     let mut features = vec![
@@ -1051,6 +1060,8 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
             t.put_rules(&ten_routes())?;
         }
         let (mut base_us, mut with_us, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        // The latency each adds at one connection, paired the same way.
+        let (mut base_p50, mut with_p50, mut added_p50) = (Vec::new(), Vec::new(), Vec::new());
         let mut last = None;
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         for round in 0..rounds {
@@ -1060,7 +1071,7 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
             } else {
                 [true, false]
             };
-            let mut us = [0.0f64; 2];
+            let (mut us, mut p50_us) = ([0.0f64; 2], [0.0f64; 2]);
             for with in order {
                 let (topo, protocol) = match (with, other.as_mut()) {
                     (true, Some(t)) => (t, f.protocol),
@@ -1068,11 +1079,13 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
                     (false, _) => (&mut base, Protocol::Http),
                 };
                 let label = format!("round {round} {}", if with { "with" } else { "without" });
+                let one = run_step(latency_opts, topo, (f.name, protocol), &label, 1, None)?;
                 let s = run_step(opts, topo, (f.name, protocol), &label, conns, None)?;
-                for (k, v) in &s.errors {
+                for (k, v) in one.errors.iter().chain(&s.errors) {
                     *errors.entry(k.clone()).or_default() += v;
                 }
                 us[usize::from(with)] = cpu_us_per_request(&s, opts.duration);
+                p50_us[usize::from(with)] = one.p50_ms * 1000.0;
                 if with {
                     last = Some(s);
                 }
@@ -1080,6 +1093,9 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
             base_us.push(us[0]);
             with_us.push(us[1]);
             added.push(us[1] - us[0]);
+            base_p50.push(p50_us[0]);
+            with_p50.push(p50_us[1]);
+            added_p50.push(p50_us[1] - p50_us[0]);
         }
         let Some(mut step) = last else { continue };
         step.label = format!("{rounds} paired rounds");
@@ -1092,9 +1108,17 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
             .insert("agent_cpu_us_per_request".into(), median(with_us));
         step.extra
             .insert("added_agent_cpu_us_per_request".into(), median(added));
+        step.extra
+            .insert("base_one_conn_p50_us".into(), median(base_p50));
+        step.extra
+            .insert("one_conn_p50_us".into(), median(with_p50));
+        step.extra
+            .insert("added_one_conn_p50_us".into(), median(added_p50));
         eprintln!(
-            "{}: {:.2} µs of agent CPU added per request (median of {rounds} pairs)",
-            f.name, step.extra["added_agent_cpu_us_per_request"]
+            "{}: {:.2} µs of agent CPU added per request, {:.0} µs at p50 at one connection (medians of {rounds} pairs)",
+            f.name,
+            step.extra["added_agent_cpu_us_per_request"],
+            step.extra["added_one_conn_p50_us"]
         );
         steps.push(step);
     }

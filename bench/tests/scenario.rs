@@ -89,10 +89,14 @@ fn quick_scenarios_run_clean_and_stop_everything() {
             "base_agent_cpu_us_per_request",
             "agent_cpu_us_per_request",
             "added_agent_cpu_us_per_request",
+            "base_one_conn_p50_us",
+            "one_conn_p50_us",
+            "added_one_conn_p50_us",
         ] {
             assert!(s.extra.get(k).is_some_and(|v| v.is_finite()), "{k}: {s:?}");
         }
         assert!(s.extra["agent_cpu_us_per_request"] > 0.0, "{s:?}");
+        assert!(s.extra["one_conn_p50_us"] > 0.0, "{s:?}");
     }
     // One feature, as many rounds as asked; a feature it does not know is refused.
     opts.cost_features = vec!["observe".into()];
