@@ -6,11 +6,14 @@
 #
 #   bash bench/scripts/thread-cpu.sh [CONNS] [FLAGS]
 #
+# With PROTOCOL=dubbo the load is Dubbo (hessian2) to the consumer-agent's
+# `--dubbo-listen` (port 27005) instead of HTTP.
+#
 # FLAGS go to every agent; with `--otlp-endpoint http://127.0.0.1:31318/v1/traces` in
 # them, spans go to a sink on that port (post-sink.py) and each agent also writes an
 # access log in the temporary directory. Ports 27000-27131, 31318.
 set -u
-C=${1:-256} FLAGS=${2:-}
+C=${1:-256} FLAGS=${2:-} PROTOCOL=${PROTOCOL:-http}
 B=${B:-${CARGO_TARGET_DIR:-target}/release}
 S=com.alibaba.dubbo.performance.demo.provider.IHelloService
 D=$(mktemp -d)
@@ -35,12 +38,13 @@ for i in 1 2 3; do
 done
 sleep 0.5
 $B/consumer-agent --listen 127.0.0.1:27000 --admin 127.0.0.1:27001 --registry file://$D/reg \
-  --service $S --loops 1 --lb adaptive $FLAGS $(log c) > $D/ca.log 2>&1 &
+  --dubbo-listen 127.0.0.1:27005 --service $S --loops 1 --lb adaptive $FLAGS $(log c) > $D/ca.log 2>&1 &
 AGENTS="$AGENTS $!"
 sleep 1.5
 snap() { for p in $AGENTS; do for t in /proc/$p/task/*; do echo "$p.$(basename $t) $(tr ' ' _ < $t/comm) $(cut -d' ' -f14,15 $t/stat)"; done; done | sort; }
 answered() { curl -s 127.0.0.1:27001/metrics | awk '/^consumer_requests_total/ {s += $2} END {print s + 0}'; }
-$B/bench load --target 127.0.0.1:27000 --connections $C --warmup-secs 0 --duration-secs 5 > $D/load.txt 2>&1 &
+T=127.0.0.1:27000; [ "$PROTOCOL" = dubbo ] && T=127.0.0.1:27005
+$B/bench load --protocol "$PROTOCOL" --target $T --connections $C --warmup-secs 0 --duration-secs 5 > $D/load.txt 2>&1 &
 L=$!
 sleep 1
 snap > $D/s0; q0=$(answered)

@@ -13,6 +13,7 @@ pub mod hessian2;
 pub mod http;
 pub mod invocation;
 pub mod java;
+pub mod json;
 pub mod prometheus;
 pub mod trace;
 

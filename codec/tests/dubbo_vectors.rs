@@ -118,6 +118,27 @@ fn race_fastjson_layout_is_byte_exact() {
     assert_eq!(rb.attachment("path"), Some(SERVICE));
 }
 
+/// The argument line is the parameter as JSON, whichever way the hessian2 string came
+/// (one ASCII chunk, written straight; chunked or not ASCII, through the decoder).
+#[test]
+fn fastjson_arguments_are_their_strings_as_json() {
+    let mut params: Vec<String> = ["", "x", "a\"b\\c/\u{1}\u{8}\u{c}\n\t\u{1f}", "é😀"]
+        .map(String::from)
+        .into();
+    for len in [31, 32, 1023, 1024, 65_535, 65_536, 100_000] {
+        params.push("q\"".repeat(len).chars().take(len).collect());
+    }
+    let mut args = Vec::new();
+    for param in &params {
+        let out = race_request(Serialization::Fastjson, param, &mut args);
+        let (f, _) = frame(&out);
+        let line = f.body.split(|&b| b == b'\n').nth(5).unwrap();
+        assert_eq!(line, serde_json::to_string(param).unwrap().as_bytes());
+        let rb = dubbo::decode_request_body(f.serialization_id(), f.body).unwrap();
+        assert_eq!(rb.args, [Value::String(param.clone())]);
+    }
+}
+
 #[test]
 fn race_hessian2_request_round_trips() {
     let mut args = Vec::new();

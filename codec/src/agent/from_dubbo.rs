@@ -8,7 +8,7 @@
 use super::frame::{begin_raw_response, begin_response_with, encode_response, finish};
 use super::Status;
 use crate::dubbo::{self, Outcome};
-use crate::hessian2::{exception_summary, Encoder, Skipper, Value};
+use crate::hessian2::{self, exception_summary, Encoder, Skipper, Value};
 use crate::Decoded;
 
 /// The agent status for a Dubbo error status: timeouts as TIMEOUT, a request the
@@ -102,17 +102,102 @@ fn encode_raw(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<St
 }
 
 fn encode_decoded(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Result<Status, ()> {
-    let plain = (frame.serialization_id() == dubbo::Serialization::Hessian2.id()
-        && frame.status() == dubbo::status::OK)
-        .then(|| plain_answer(frame.body))
-        .flatten();
-    match plain {
-        Some(p) => {
+    if frame.status() != dubbo::status::OK {
+        return encode_any(out, id, frame);
+    }
+    let serialization = frame.serialization_id();
+    if serialization == dubbo::Serialization::Hessian2.id() {
+        if let Some(p) = plain_answer(frame.body) {
             let mark = begin_response_with(out, id, Status::Ok, p.attachments()).map_err(drop)?;
             out.extend_from_slice(p.value);
-            finish(out, mark).map(|()| Status::Ok).map_err(drop)
+            return finish(out, mark).map(|()| Status::Ok).map_err(drop);
         }
-        None => encode_any(out, id, frame),
+    } else if serialization == dubbo::Serialization::Fastjson.id() {
+        if let Some(value) = plain_json_answer(frame.body) {
+            let mark = begin_response_with(out, id, Status::Ok, &[]).map_err(drop)?;
+            value.write_hessian2(out);
+            return finish(out, mark).map(|()| Status::Ok).map_err(drop);
+        }
+    }
+    encode_any(out, id, frame)
+}
+
+/// A fastjson result read without building a value: null, a boolean, an integer or a
+/// string without escapes (what the race's `hash` and most getters answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainJson<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(&'a str),
+}
+
+impl PlainJson<'_> {
+    /// The value as [`encode_any`] writes it: integers as int when they fit, else long.
+    fn write_hessian2(self, out: &mut Vec<u8>) {
+        match self {
+            PlainJson::Null => hessian2::write_null(out),
+            PlainJson::Bool(b) => hessian2::write_bool(out, b),
+            PlainJson::Int(i) => match i32::try_from(i) {
+                Ok(i) => hessian2::write_int(out, i),
+                Err(_) => hessian2::write_long(out, i),
+            },
+            PlainJson::Str(s) => hessian2::write_string(out, s),
+        }
+    }
+}
+
+/// Reads a fastjson OK body whose flag is a value (`1`) or null (`2`), without
+/// attachments, and whose value is a [`PlainJson`]. `None` for any other body, which
+/// [`encode_any`] reads (and which says what is wrong with it, if anything).
+fn plain_json_answer(body: &[u8]) -> Option<PlainJson<'_>> {
+    // Lines as the decoder reads them: blank ones skipped, JSON's blanks around a value.
+    let mut lines = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(trim_json_blanks);
+    let value = match lines.next()? {
+        b"1" => plain_json(lines.next()?)?,
+        b"2" => PlainJson::Null,
+        _ => return None,
+    };
+    lines.next().is_none().then_some(value)
+}
+
+/// `line` without the blanks JSON allows around a value (a line has no `\n`).
+fn trim_json_blanks(line: &[u8]) -> &[u8] {
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\r');
+    let start = line.iter().position(|b| !blank(b)).unwrap_or(line.len());
+    let end = line
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |e| e + 1);
+    line.get(start..end).unwrap_or_default()
+}
+
+/// One JSON value of those [`PlainJson`] covers, exactly as written (no blanks).
+fn plain_json(v: &[u8]) -> Option<PlainJson<'_>> {
+    match v {
+        b"null" => Some(PlainJson::Null),
+        b"true" => Some(PlainJson::Bool(true)),
+        b"false" => Some(PlainJson::Bool(false)),
+        [b'"', inner @ .., b'"'] => {
+            // No escapes, no control characters: the text is the string.
+            let plain = inner.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+            plain.then(|| std::str::from_utf8(inner).ok().map(PlainJson::Str))?
+        }
+        _ => {
+            // An integer as JSON writes one: no plus, no leading zero, no `-0` (a float
+            // to JSON parsers); one past i64 goes the general way too.
+            let digits = v.strip_prefix(b"-").unwrap_or(v);
+            let canonical = match digits {
+                [b'0'] => digits.len() == v.len(),
+                [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+                _ => false,
+            };
+            let text = std::str::from_utf8(v).ok().filter(|_| canonical)?;
+            text.parse().ok().map(PlainJson::Int)
+        }
     }
 }
 
@@ -399,6 +484,80 @@ mod tests {
             let a = encode_decoded(&mut fast, 9, &frame);
             let b = encode_any(&mut general, 9, &frame);
             assert_eq!((a, &fast), (b, &general), "{body:02x?}");
+        }
+    }
+
+    /// The fast and the general way give the same frame for a fastjson body.
+    fn same_either_way(body: &[u8]) -> bool {
+        let mut wire = Vec::new();
+        dubbo::write_header(&mut wire, 0x06, dubbo::status::OK, 5, body.len() as u32);
+        wire.extend_from_slice(body);
+        let Ok(Decoded::Complete { msg: frame, .. }) = dubbo::decode_frame(&wire) else {
+            panic!("bad test frame")
+        };
+        let (mut fast, mut general) = (Vec::new(), Vec::new());
+        let a = encode_decoded(&mut fast, 9, &frame);
+        let b = encode_any(&mut general, 9, &frame);
+        (a, &fast) == (b, &general)
+    }
+
+    #[test]
+    fn plain_json_answers_are_read_as_decoding_would_read_them() {
+        let long = format!("1\n\"{}\"\n", "x".repeat(70_000));
+        // (body, whether the plain reader takes it)
+        let cases: Vec<(&[u8], bool)> = vec![
+            (b"1\n-12345\n", true),
+            (b"1\n0\n", true),
+            (b"1\n2147483647\n", true),
+            (b"1\n2147483648\n", true),
+            (b"1\n-9223372036854775808\n", true),
+            (b"1\n\"h\xc3\xa9llo \x7f\"\n", true),
+            (b"1\n\"\"\n", true),
+            (long.as_bytes(), true),
+            (b"1\ntrue\n", true),
+            (b"1\nfalse", true),
+            (b"1\nnull\n", true),
+            (b"2\n", true),
+            (b"\n \r\n1\r\n \t 7 \r\n\n", true),
+            // The general way: what it reads otherwise or refuses.
+            (b"1\n9223372036854775808\n", false),
+            (b"1\n-0\n", false),
+            (b"1\n007\n", false),
+            (b"1\n+7\n", false),
+            (b"1\n1.5\n", false),
+            (b"1\n1e3\n", false),
+            (b"1\n\"a\\nb\"\n", false),
+            (b"1\n\"a\tb\"\n", false),
+            (b"1\n\"\xff\"\n", false),
+            (b"1\n\"\n", false),
+            (b"1\n[1,2]\n", false),
+            (b"1\n{\"a\":1}\n", false),
+            (b"1\n\x0c7\n", false),
+            (b"1\n7\n8\n", false),
+            (b"1\n", false),
+            (b"4\n7\n{\"k\":\"v\"}\n", false),
+            (b"0\n{\"message\":\"boom\"}\n", false),
+            (b"2\n7\n", false),
+            (b"", false),
+        ];
+        for (body, plain) in cases {
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(plain_json_answer(body).is_some(), plain, "{shown:?}");
+            assert!(same_either_way(body), "{shown:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_integer_or_string_result_is_read_as_decoding_would_read_it(
+            i in proptest::prelude::any::<i64>(),
+            s in "[^\"\\\\\u{0}-\u{1f}]{0,40}",
+        ) {
+            let int = format!("1\n{i}\n");
+            proptest::prop_assert!(same_either_way(int.as_bytes()));
+            let body = format!("1\n{}\n", serde_json::to_string(&s).unwrap());
+            proptest::prop_assert!(plain_json_answer(body.as_bytes()).is_some());
+            proptest::prop_assert!(same_either_way(body.as_bytes()));
         }
     }
 

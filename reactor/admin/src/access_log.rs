@@ -176,7 +176,7 @@ fn write_start(b: &mut Vec<u8>, call: &CallStart<'_>, t: &mut Texts) {
     }
     b.extend_from_slice(b",\"caller_identity\":");
     match call.caller_identity {
-        Some(id) => write_json_str(b, id),
+        Some(id) => escape_json(b, id),
         None => b.extend_from_slice(b"null"),
     }
     b.extend_from_slice(t.names(call));
@@ -212,7 +212,7 @@ fn write_end(b: &mut Vec<u8>, end: &CallEnd<'_>, t: &mut Texts) {
     n.put(b",\"outcome\":");
     if !n.put_plain_json_str(end.outcome) {
         b.extend_from_slice(n.as_slice());
-        write_json_str(b, end.outcome);
+        escape_json(b, end.outcome);
         n.n = 0;
     }
     n.put(b",\"latency_us\":");
@@ -409,7 +409,7 @@ impl Texts {
                     json.extend_from_slice(b",\"");
                     json.extend_from_slice(name.as_bytes());
                     json.extend_from_slice(b"\":");
-                    write_json_str(&mut json, value);
+                    escape_json(&mut json, value);
                 }
                 if self.names.len() >= Self::SIZE {
                     self.names.remove(0);
@@ -799,62 +799,7 @@ fn open_target(target: &Target) -> io::Result<Box<dyn Write + Send>> {
 /// characters as `\n`, `\r`, `\t` or `\u00XX`, everything else as it is (the line is
 /// UTF-8, as JSON asks).
 pub fn escape_json(out: &mut Vec<u8>, s: &str) {
-    write_json_str(out, s);
-}
-
-/// Whether any of the 8 bytes of `w` must be escaped in a JSON string: a control
-/// character (below 0x20), `"` or `\` (bytes of multi-byte UTF-8 characters never
-/// are).
-fn must_escape_any(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte below n (n <= 0x80) sets its high bit in (w - n) & !w, in the lowest such
-    // byte at least: enough to say whether there is one.
-    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
-    below(w, 0x20) | below(w ^ (ONES * 0x22), 1) | below(w ^ (ONES * 0x5c), 1) != 0
-}
-
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    // Names nearly never need escaping: checked eight bytes at a time, copied at once.
-    let mut chunks = bytes.chunks_exact(8);
-    let clean = chunks
-        .by_ref()
-        .all(|c| <[u8; 8]>::try_from(c).is_ok_and(|c| !must_escape_any(u64::from_le_bytes(c))))
-        && chunks
-            .remainder()
-            .iter()
-            .all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
-    if clean {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut plain = 0;
-    for (i, &c) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(bytes.get(plain..i).unwrap_or_default());
-        plain = i + 1;
-        if escaped.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(c >> 4)]);
-            out.push(HEX[usize::from(c & 0xf)]);
-        } else {
-            out.extend_from_slice(escaped);
-        }
-    }
-    out.extend_from_slice(bytes.get(plain..).unwrap_or_default());
-    out.push(b'"');
+    codec::json::write_str(out, s);
 }
 
 /// Writes `v` in decimal, digit by digit (a few digits: cheaper than a copy).
@@ -1073,7 +1018,7 @@ mod tests {
             &longer,
         ] {
             let mut want = Vec::new();
-            write_json_str(&mut want, s);
+            escape_json(&mut want, s);
             let mut d = Digits {
                 buf: [0; 512],
                 n: 0,
@@ -1083,29 +1028,6 @@ mod tests {
             } else {
                 assert!(d.as_slice().is_empty(), "{s}");
                 assert!(s.len() > 64 || want.len() > s.len() + 2, "{s}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_eight_byte_check_finds_every_byte_to_escape() {
-        for filler in [b'a', b' ', 0x80, 0xff] {
-            for at in 0..8 {
-                for b in 0..=255u8 {
-                    let mut w = [filler; 8];
-                    w[at] = b;
-                    let expected = w.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
-                    assert_eq!(must_escape_any(u64::from_le_bytes(w)), expected, "{w:?}");
-                }
-            }
-        }
-        // Strings of every length, the byte to escape anywhere.
-        for len in 0..20 {
-            for at in 0..len {
-                let mut s = "x".repeat(len);
-                s.replace_range(at..at + 1, "\"");
-                let back: String = serde_json::from_str(&json(&s)).unwrap();
-                assert_eq!(back, s);
             }
         }
     }
