@@ -113,9 +113,9 @@ fn encode_decoded(out: &mut Vec<u8>, id: u64, frame: &dubbo::Frame<'_>) -> Resul
             return finish(out, mark).map(|()| Status::Ok).map_err(drop);
         }
     } else if serialization == dubbo::Serialization::Fastjson.id() {
-        if let Some(value) = plain_json_answer(frame.body) {
-            let mark = begin_response_with(out, id, Status::Ok, &[]).map_err(drop)?;
-            value.write_hessian2(out);
+        if let Some(p) = plain_json_answer(frame.body) {
+            let mark = begin_response_with(out, id, Status::Ok, p.attachments()).map_err(drop)?;
+            p.value.write_hessian2(out);
             return finish(out, mark).map(|()| Status::Ok).map_err(drop);
         }
     }
@@ -147,21 +147,104 @@ impl PlainJson<'_> {
     }
 }
 
-/// Reads a fastjson OK body whose flag is a value (`1`) or null (`2`), without
-/// attachments, and whose value is a [`PlainJson`]. `None` for any other body, which
-/// [`encode_any`] reads (and which says what is wrong with it, if anything).
-fn plain_json_answer(body: &[u8]) -> Option<PlainJson<'_>> {
+/// [`PlainAnswer`] of a fastjson body: the value is read, not copied.
+struct PlainJsonAnswer<'a> {
+    value: PlainJson<'a>,
+    attachments: [(&'a str, &'a str); PLAIN_ATTACHMENTS],
+    len: usize,
+}
+
+impl<'a> PlainJsonAnswer<'a> {
+    fn attachments(&self) -> &[(&'a str, &'a str)] {
+        self.attachments.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// Reads a fastjson OK body whose flag is a value or null (with or without
+/// attachments), whose value is a [`PlainJson`] and whose attachments, if any, are an
+/// object of escape-free strings or nulls with distinct keys (at most
+/// [`PLAIN_ATTACHMENTS`] kept; `dubbo` and nulls dropped, as [`response_attachments`]
+/// drops them). `None` for any other body, which [`encode_any`] reads (and which says
+/// what is wrong with it, if anything).
+fn plain_json_answer(body: &[u8]) -> Option<PlainJsonAnswer<'_>> {
     // Lines as the decoder reads them: blank ones skipped, JSON's blanks around a value.
     let mut lines = body
         .split(|&b| b == b'\n')
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
         .map(trim_json_blanks);
-    let value = match lines.next()? {
-        b"1" => plain_json(lines.next()?)?,
-        b"2" => PlainJson::Null,
+    let (has_value, has_attachments) = match lines.next()? {
+        b"1" => (true, false),
+        b"2" => (false, false),
+        b"4" => (true, true),
+        b"5" => (false, true),
         _ => return None,
     };
-    lines.next().is_none().then_some(value)
+    let value = match has_value {
+        true => plain_json(lines.next()?)?,
+        false => PlainJson::Null,
+    };
+    let mut answer = PlainJsonAnswer {
+        value,
+        attachments: [("", ""); PLAIN_ATTACHMENTS],
+        len: 0,
+    };
+    if has_attachments {
+        let mut rest = lines.next()?.strip_prefix(b"{")?;
+        // Every key, dropped ones too, to refuse a repeated one (a JSON object keeps
+        // the last value of a key at the first one's place: the general way's work).
+        let mut keys = [""; PLAIN_ATTACHMENTS + 2];
+        let mut n_keys = 0;
+        rest = trim_json_blanks(rest);
+        if let Some(end) = rest.strip_prefix(b"}") {
+            rest = end;
+        } else {
+            loop {
+                let (key, after) = json_plain_str(rest)?;
+                if keys.get(..n_keys)?.contains(&key) {
+                    return None;
+                }
+                *keys.get_mut(n_keys)? = key;
+                n_keys += 1;
+                rest = trim_json_blanks(after).strip_prefix(b":")?;
+                rest = trim_json_blanks(rest);
+                if let Some(after) = rest.strip_prefix(b"null") {
+                    rest = after;
+                } else {
+                    let (value, after) = json_plain_str(rest)?;
+                    rest = after;
+                    if key != "dubbo" {
+                        *answer.attachments.get_mut(answer.len)? = (key, value);
+                        answer.len += 1;
+                    }
+                }
+                rest = trim_json_blanks(rest);
+                match rest.split_first()? {
+                    (b',', after) => rest = trim_json_blanks(after),
+                    (b'}', after) => {
+                        rest = after;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+    }
+    lines.next().is_none().then_some(answer)
+}
+
+/// The escape-free JSON string at the start of `v` (no blanks before it), and what
+/// follows it.
+fn json_plain_str(v: &[u8]) -> Option<(&str, &[u8])> {
+    let inner = v.strip_prefix(b"\"")?;
+    let end = inner
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')?;
+    let (text, after) = inner.split_at_checked(end)?;
+    let after = after.strip_prefix(b"\"")?;
+    Some((std::str::from_utf8(text).ok()?, after))
 }
 
 /// `line` without the blanks JSON allows around a value (a line has no `\n`).
@@ -181,11 +264,10 @@ fn plain_json(v: &[u8]) -> Option<PlainJson<'_>> {
         b"null" => Some(PlainJson::Null),
         b"true" => Some(PlainJson::Bool(true)),
         b"false" => Some(PlainJson::Bool(false)),
-        [b'"', inner @ .., b'"'] => {
-            // No escapes, no control characters: the text is the string.
-            let plain = inner.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
-            plain.then(|| std::str::from_utf8(inner).ok().map(PlainJson::Str))?
-        }
+        [b'"', ..] => match json_plain_str(v)? {
+            (s, b"") => Some(PlainJson::Str(s)),
+            _ => None,
+        },
         _ => {
             // An integer as JSON writes one: no plus, no leading zero, no `-0` (a float
             // to JSON parsers); one past i64 goes the general way too.
@@ -519,6 +601,10 @@ mod tests {
             (b"1\nnull\n", true),
             (b"2\n", true),
             (b"\n \r\n1\r\n \t 7 \r\n\n", true),
+            (b"4\n7\n{\"dubbo\":\"2.0.2\"}\n", true),
+            (b"4\n7\n{}\n", true),
+            (b"5\n{ \"k\" : \"v\" , \"n\":null,\"dubbo\":\"2.0.2\",\"h\":\"\xc3\xa9\"}\n", true),
+            (b"4\n\"x\"\n{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\",\"d\":\"4\",\"e\":\"5\",\"f\":\"6\",\"g\":\"7\",\"h\":\"8\"}", true),
             // The general way: what it reads otherwise or refuses.
             (b"1\n9223372036854775808\n", false),
             (b"1\n-0\n", false),
@@ -535,7 +621,16 @@ mod tests {
             (b"1\n\x0c7\n", false),
             (b"1\n7\n8\n", false),
             (b"1\n", false),
-            (b"4\n7\n{\"k\":\"v\"}\n", false),
+            (b"4\n\"x\"\n{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\",\"d\":\"4\",\"e\":\"5\",\"f\":\"6\",\"g\":\"7\",\"h\":\"8\",\"i\":\"9\"}", false),
+            (b"4\n7\n{\"k\":\"v\",\"k\":\"w\"}\n", false),
+            (b"4\n7\n{\"k\":1}\n", false),
+            (b"4\n7\n{\"k\":\"a\\\"b\"}\n", false),
+            (b"4\n7\n{\"k\":\"v\",}\n", false),
+            (b"4\n7\n{\"k\":\"v\"} x\n", false),
+            (b"4\n7\n{\"k\":\"v\"\n", false),
+            (b"4\n7\nnull\n", false),
+            (b"4\n7\n", false),
+            (b"4\n7\n{}\n{}\n", false),
             (b"0\n{\"message\":\"boom\"}\n", false),
             (b"2\n7\n", false),
             (b"", false),
