@@ -1,5 +1,7 @@
 //! Dubbo codec throughput on the race's request (`hash` with a 512-character
-//! parameter): request encode for hessian2 and fastjson, response decode.
+//! parameter): request encode for hessian2 and fastjson, response decode, and the
+//! provider-agent's turning of a provider's answer (with Java 2.7's `dubbo`
+//! attachment) into the agent RESPONSE.
 
 use codec::dubbo::{self, status, Attachments, Reply, Request, Serialization};
 use codec::hessian2::{self, Value};
@@ -69,6 +71,49 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    for (name, ser) in [
+        ("answer_to_agent_hessian2", Serialization::Hessian2),
+        ("answer_to_agent_fastjson", Serialization::Fastjson),
+    ] {
+        let mut wire = Vec::new();
+        let v = Value::Int(codec::java::string_hash_code(&param));
+        let atts = [("dubbo", "2.0.2")];
+        let _ = dubbo::encode_response(&mut wire, 1, ser, status::OK, &Reply::Value(&v), &atts);
+        let Ok(codec::Decoded::Complete { msg: frame, .. }) = dubbo::decode_frame(&wire) else {
+            panic!("the answer frame does not decode")
+        };
+        let mut out = Vec::with_capacity(256);
+        g.throughput(Throughput::Bytes(wire.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(codec::agent::encode_dubbo_answer(
+                    &mut out,
+                    1,
+                    black_box(&frame),
+                    false,
+                ));
+                black_box(out.len())
+            })
+        });
+    }
+
+    let mut out = Vec::with_capacity(1100);
+    g.throughput(Throughput::Bytes(param.len() as u64));
+    g.bench_function("json_write_str", |b| {
+        b.iter(|| {
+            out.clear();
+            codec::json::write_str(&mut out, black_box(&param));
+            black_box(out.len())
+        })
+    });
+    g.bench_function("json_write_str_serde_json", |b| {
+        b.iter(|| {
+            out.clear();
+            let _ = serde_json::to_writer(&mut out, black_box(&param));
+            black_box(out.len())
+        })
+    });
     g.finish();
 }
 
