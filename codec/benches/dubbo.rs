@@ -1,5 +1,6 @@
 //! Dubbo codec throughput on the race's request (`hash` with a 512-character
-//! parameter): request encode for hessian2 and fastjson, response decode, and the
+//! parameter): request encode for hessian2 and fastjson, what a consumer-agent reads of
+//! a Dubbo caller's request, response decode, and the
 //! provider-agent's turning of a provider's answer (with Java 2.7's `dubbo`
 //! attachment) into the agent RESPONSE.
 
@@ -49,6 +50,16 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+
+    // What the consumer-agent reads of a Dubbo caller's request: names, attachments,
+    // and where the arguments end (walked, not decoded).
+    let mut wire = Vec::new();
+    let _ = dubbo::encode_request(&mut wire, &request(Serialization::Hessian2, &args));
+    let body = wire.get(16..).unwrap_or_default();
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("route_request_hessian2", |b| {
+        b.iter(|| black_box(dubbo::decode_routed_request(black_box(body)).is_ok()))
+    });
 
     for (name, ser) in [
         ("decode_response_hessian2", Serialization::Hessian2),

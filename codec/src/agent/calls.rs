@@ -127,6 +127,9 @@ pub struct CallTable {
     defined: usize,
     /// The signatures' [`SignatureRef::charge`], summed.
     bytes: usize,
+    /// The id [`intern`](Self::intern) found or made last: a connection's calls mostly
+    /// repeat one signature, which is then compared, not hashed and looked up.
+    last: u32,
 }
 
 impl CallTable {
@@ -163,11 +166,16 @@ impl CallTable {
     /// [`AgentError::CallTableFull`] once [`MAX_CALLS`] ids are taken or the new
     /// signature would pass [`MAX_TABLE_BYTES`].
     pub fn intern(&mut self, sig: SignatureRef<'_>) -> Result<(u32, bool), AgentError> {
+        // The id's signature now (a DEFINE may have replaced it), so never a stale hit.
+        if self.get(self.last).is_some_and(|s| s.as_ref() == sig) {
+            return Ok((self.last, false));
+        }
         sig.check()?;
         let hash = self.hasher.hash_one(sig);
         if let Some(ids) = self.index.get(&hash) {
             for &id in ids {
                 if self.get(id).is_some_and(|s| s.as_ref() == sig) {
+                    self.last = id;
                     return Ok((id, false));
                 }
             }
@@ -186,6 +194,7 @@ impl CallTable {
         }
         self.put(id, sig.to_owned(), hash);
         self.next += 1;
+        self.last = id;
         Ok((id, true))
     }
 
@@ -272,6 +281,24 @@ mod tests {
             method: "m".to_owned(),
             ..Signature::default()
         }
+    }
+
+    #[test]
+    fn the_last_id_is_taken_again_only_while_it_names_the_same_signature() {
+        let (a, b) = (named("com.example.A"), named("com.example.B"));
+        let mut table = CallTable::new();
+        assert_eq!(table.intern(a.as_ref()), Ok((0, true)));
+        assert_eq!(table.intern(a.as_ref()), Ok((0, false)));
+        assert_eq!(table.intern(b.as_ref()), Ok((1, true)));
+        assert_eq!(table.intern(a.as_ref()), Ok((0, false)));
+        // The peer redefines the id interned last: it now names B, and A gets a new one.
+        table.define(0, b.clone()).unwrap();
+        assert_eq!(table.intern(b.as_ref()), Ok((0, false)));
+        assert_eq!(table.intern(a.as_ref()), Ok((2, true)));
+        assert_eq!(table.intern(a.as_ref()), Ok((2, false)));
+        // B has two ids now (0 and 1): either names it.
+        let (id, new) = table.intern(b.as_ref()).unwrap();
+        assert!(!new && table.get(id) == Some(&b), "{id}");
     }
 
     #[test]
