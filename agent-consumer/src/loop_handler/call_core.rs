@@ -113,9 +113,12 @@ impl ConsumerLoop {
         };
         let picked =
             (self.upstreams).pick(&sig.service, &sig.version, &sig.group, exclude, route, now);
-        let discovering = !self.upstreams.services.contains_key(&sig.service)
-            || self.held.contains_key(&sig.service);
-        if picked.is_none() && discovering {
+        // Only a call no provider-agent took may wait for the registry's first list.
+        let discovering = |this: &Self| {
+            !this.upstreams.services.contains_key(&sig.service)
+                || this.held.contains_key(&sig.service)
+        };
+        if picked.is_none() && discovering(self) {
             let service = sig.service.clone();
             return self.hold(cx, call, service);
         }
