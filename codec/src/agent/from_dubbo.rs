@@ -147,26 +147,13 @@ impl PlainJson<'_> {
     }
 }
 
-/// [`PlainAnswer`] of a fastjson body: the value is read, not copied.
-struct PlainJsonAnswer<'a> {
-    value: PlainJson<'a>,
-    attachments: [(&'a str, &'a str); PLAIN_ATTACHMENTS],
-    len: usize,
-}
-
-impl<'a> PlainJsonAnswer<'a> {
-    fn attachments(&self) -> &[(&'a str, &'a str)] {
-        self.attachments.get(..self.len).unwrap_or_default()
-    }
-}
-
 /// Reads a fastjson OK body whose flag is a value or null (with or without
 /// attachments), whose value is a [`PlainJson`] and whose attachments, if any, are an
 /// object of escape-free strings or nulls with distinct keys (at most
 /// [`PLAIN_ATTACHMENTS`] kept; `dubbo` and nulls dropped, as [`response_attachments`]
 /// drops them). `None` for any other body, which [`encode_any`] reads (and which says
 /// what is wrong with it, if anything).
-fn plain_json_answer(body: &[u8]) -> Option<PlainJsonAnswer<'_>> {
+fn plain_json_answer(body: &[u8]) -> Option<PlainAnswer<'_, PlainJson<'_>>> {
     // Lines as the decoder reads them: blank ones skipped, JSON's blanks around a value.
     let mut lines = body
         .split(|&b| b == b'\n')
@@ -183,11 +170,7 @@ fn plain_json_answer(body: &[u8]) -> Option<PlainJsonAnswer<'_>> {
         true => plain_json(lines.next()?)?,
         false => PlainJson::Null,
     };
-    let mut answer = PlainJsonAnswer {
-        value,
-        attachments: [("", ""); PLAIN_ATTACHMENTS],
-        len: 0,
-    };
+    let mut answer = PlainAnswer::new(value);
     if has_attachments {
         let mut rest = lines.next()?.strip_prefix(b"{")?;
         // Every key, dropped ones too, to refuse a repeated one (a JSON object keeps
@@ -213,8 +196,7 @@ fn plain_json_answer(body: &[u8]) -> Option<PlainJsonAnswer<'_>> {
                     let (value, after) = json_plain_str(rest)?;
                     rest = after;
                     if key != "dubbo" {
-                        *answer.attachments.get_mut(answer.len)? = (key, value);
-                        answer.len += 1;
+                        answer.keep(key, value)?;
                     }
                 }
                 rest = trim_json_blanks(rest);
@@ -287,15 +269,30 @@ fn plain_json(v: &[u8]) -> Option<PlainJson<'_>> {
 const PLAIN_ATTACHMENTS: usize = 8;
 
 /// A provider's result or null read without building a value: what nearly every
-/// answer is, and all [`encode_any`] would make of it.
-struct PlainAnswer<'a> {
-    /// The result as the provider encoded it (`N` for null).
-    value: &'a [u8],
+/// answer is, and all [`encode_any`] would make of it. `V` is the result: its hessian2
+/// bytes as the provider wrote them (`N` for null), or a [`PlainJson`].
+struct PlainAnswer<'a, V> {
+    value: V,
     attachments: [(&'a str, &'a str); PLAIN_ATTACHMENTS],
     len: usize,
 }
 
-impl<'a> PlainAnswer<'a> {
+impl<'a, V> PlainAnswer<'a, V> {
+    fn new(value: V) -> Self {
+        PlainAnswer {
+            value,
+            attachments: [("", ""); PLAIN_ATTACHMENTS],
+            len: 0,
+        }
+    }
+
+    /// Keeps one more attachment; `None` past [`PLAIN_ATTACHMENTS`].
+    fn keep(&mut self, key: &'a str, value: &'a str) -> Option<()> {
+        *self.attachments.get_mut(self.len)? = (key, value);
+        self.len += 1;
+        Some(())
+    }
+
     fn attachments(&self) -> &[(&'a str, &'a str)] {
         self.attachments.get(..self.len).unwrap_or_default()
     }
@@ -307,7 +304,7 @@ impl<'a> PlainAnswer<'a> {
 /// fails where the decoder would), nothing is allocated. The attachments are those
 /// [`response_attachments`] keeps: `dubbo` and null values dropped. `None` for any
 /// other body, which [`encode_any`] reads.
-fn plain_answer(body: &[u8]) -> Option<PlainAnswer<'_>> {
+fn plain_answer(body: &[u8]) -> Option<PlainAnswer<'_, &[u8]>> {
     // Flags 0-5 are written as one-byte ints, 0x90 + flag.
     let (&flag, mut rest) = body.split_first()?;
     let (has_value, has_attachments) = match flag {
@@ -327,11 +324,7 @@ fn plain_answer(body: &[u8]) -> Option<PlainAnswer<'_>> {
     } else {
         b"N"
     };
-    let mut answer = PlainAnswer {
-        value,
-        attachments: [("", ""); PLAIN_ATTACHMENTS],
-        len: 0,
-    };
+    let mut answer = PlainAnswer::new(value);
     if has_attachments {
         // An untyped map of ASCII strings, then the end of the body.
         rest = rest.strip_prefix(b"H")?;
@@ -351,8 +344,7 @@ fn plain_answer(body: &[u8]) -> Option<PlainAnswer<'_>> {
             if key == "dubbo" {
                 continue;
             }
-            *answer.attachments.get_mut(answer.len)? = (key, value);
-            answer.len += 1;
+            answer.keep(key, value)?;
         }
     }
     rest.is_empty().then_some(answer)
