@@ -7,13 +7,14 @@
 #   bash bench/scripts/thread-cpu.sh [CONNS] [FLAGS]
 #
 # With PROTOCOL=dubbo the load is Dubbo (hessian2) to the consumer-agent's
-# `--dubbo-listen` (port 27005) instead of HTTP.
+# `--dubbo-listen` (port 27005) instead of HTTP. PROVIDERS=1 (or 2) starts only the
+# first provider-agents and their providers: the two agents of one call.
 #
 # FLAGS go to every agent; with `--otlp-endpoint http://127.0.0.1:31318/v1/traces` in
 # them, spans go to a sink on that port (post-sink.py) and each agent also writes an
 # access log in the temporary directory. Ports 27000-27131, 31318.
 set -u
-C=${1:-256} FLAGS=${2:-} PROTOCOL=${PROTOCOL:-http}
+C=${1:-256} FLAGS=${2:-} PROTOCOL=${PROTOCOL:-http} N=${PROVIDERS:-3}
 B=${B:-${CARGO_TARGET_DIR:-target}/release}
 S=com.alibaba.dubbo.performance.demo.provider.IHelloService
 D=$(mktemp -d)
@@ -23,13 +24,13 @@ case "$FLAGS" in *--otlp-endpoint*)
   python3 "$(dirname "$0")/post-sink.py" 31318 > /dev/null 2>&1 & PIDS="$PIDS $!";;
 esac
 log() { case "$FLAGS" in *--otlp-endpoint*) echo "--access-log $D/access-$1.log";; esac; }
-for i in 1 2 3; do
+for i in $(seq 1 "$N"); do
   $B/bench provider --listen 127.0.0.1:$((27100 + i)) --latency-ms 0 --threads 200 > /dev/null 2>&1 &
   PIDS="$PIDS $!"
 done
 sleep 0.3
 AGENTS=""
-for i in 1 2 3; do
+for i in $(seq 1 "$N"); do
   $B/provider-agent --listen 127.0.0.1:$((27000 + 10 * i)) --advertise 127.0.0.1:$((27000 + 10 * i)) \
     --admin 127.0.0.1:$((27001 + 10 * i)) --provider 127.0.0.1:$((27100 + i)) --service $S \
     --registry file://$D/reg --loops 1 --serialization fastjson --weight $i --max-inflight 200 \
