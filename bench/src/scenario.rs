@@ -1102,18 +1102,16 @@ fn cost(opts: &ScenarioOpts, bins: &Bins, steps: &mut Vec<Step>) -> io::Result<(
         step.errors = errors;
         step.latency = Vec::new();
         step.extra.insert("rounds".into(), rounds as f64);
-        step.extra
-            .insert("base_agent_cpu_us_per_request".into(), median(base_us));
-        step.extra
-            .insert("agent_cpu_us_per_request".into(), median(with_us));
-        step.extra
-            .insert("added_agent_cpu_us_per_request".into(), median(added));
-        step.extra
-            .insert("base_one_conn_p50_us".into(), median(base_p50));
-        step.extra
-            .insert("one_conn_p50_us".into(), median(with_p50));
-        step.extra
-            .insert("added_one_conn_p50_us".into(), median(added_p50));
+        for (name, values) in [
+            ("base_agent_cpu_us_per_request", base_us),
+            ("agent_cpu_us_per_request", with_us),
+            ("added_agent_cpu_us_per_request", added),
+            ("base_one_conn_p50_us", base_p50),
+            ("one_conn_p50_us", with_p50),
+            ("added_one_conn_p50_us", added_p50),
+        ] {
+            step.extra.insert(name.into(), median(values));
+        }
         eprintln!(
             "{}: {:.2} µs of agent CPU added per request, {:.0} µs at p50 at one connection (medians of {rounds} pairs)",
             f.name,
