@@ -113,12 +113,12 @@ impl ConsumerLoop {
         };
         let picked =
             (self.upstreams).pick(&sig.service, &sig.version, &sig.group, exclude, route, now);
-        // Only a call no provider-agent took may wait for the registry's first list.
-        let discovering = |this: &Self| {
-            !this.upstreams.services.contains_key(&sig.service)
-                || this.held.contains_key(&sig.service)
-        };
-        if picked.is_none() && discovering(self) {
+        // Only a call no provider-agent took may wait for the registry's first list (the
+        // service lookups come after `picked` for that reason).
+        if picked.is_none()
+            && (!self.upstreams.services.contains_key(&sig.service)
+                || self.held.contains_key(&sig.service))
+        {
             let service = sig.service.clone();
             return self.hold(cx, call, service);
         }
