@@ -40,6 +40,12 @@ $B/consumer-agent --listen 127.0.0.1:27000 --admin 127.0.0.1:27001 --registry fi
   --service $S --loops 1 --lb adaptive $(tls consumer) > $D/ca.log 2>&1 &
 PIDS="$PIDS $!"
 sleep 1.5
+# A process that could not bind its port (another mesh still running) has exited by now:
+# measuring that other mesh instead would be worse than measuring nothing.
+for p in $PIDS; do
+  kill -0 "$p" 2>/dev/null || { echo "a mesh process exited at start (ports in use?):" >&2;
+    tail -n 3 $D/*.log >&2; kill $PIDS 2>/dev/null; rm -rf "$D"; exit 1; }
+done
 $B/bench load --target 127.0.0.1:27000 --connections "$C" --warmup-secs 3 --duration-secs "$SECS" \
   --json $D/r.json > $D/load.txt 2>&1
 python3 -c "
