@@ -296,7 +296,8 @@ impl<H: Handler> Ctx<'_, H> {
         self.core.get(id).and_then(|c| c.stream.peer_addr().ok())
     }
 
-    /// Appends bytes to a connection's output; they leave with the iteration's flush.
+    /// Appends bytes to a connection's output; they leave with the iteration's flush (or
+    /// right after the current event, if it gave output to many connections).
     /// Writes to a connection still connecting wait until it opens. Returns false if the
     /// connection is gone or closing.
     pub fn write(&mut self, id: ConnId, bytes: &[u8]) -> bool {

@@ -34,6 +34,13 @@ const PRECISE_BELOW: Duration = Duration::from_millis(2);
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Output capacity kept for reuse once a connection's output is all written.
 const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
+/// An event whose handling gave output to at least this many connections (one
+/// upstream read answering many callers) has them written at once, not at the end of
+/// the round: each would get its own write anyway, so this costs no syscall, and their
+/// answers stop waiting for the rest of the round's events. Output gathered from many
+/// events into few connections (many callers to one upstream) still waits, and is
+/// written once per round.
+const FAN_OUT_FLUSH: usize = 8;
 
 pub(crate) struct Listener<T> {
     pub(crate) socket: TcpListener,
@@ -55,6 +62,8 @@ pub(crate) struct EventLoop<H: Handler> {
     /// An empty list kept for swapping with the dirty and read-again lists, so that
     /// walking them allocates nothing.
     spare: Vec<ConnId>,
+    /// An empty list kept for the connections one event gave output to.
+    fan_out: Vec<ConnId>,
     accept_paused: bool,
     /// Warnings a connection flood repeats, logged at most once a second.
     refused_log: Throttle,
@@ -118,6 +127,7 @@ impl<H: Handler> EventLoop<H> {
             wake_pending,
             inbuf,
             spare: Vec::new(),
+            fan_out: Vec::new(),
             accept_paused: false,
             refused_log: Throttle::default(),
             accept_failed_log: Throttle::default(),
@@ -170,7 +180,11 @@ impl<H: Handler> EventLoop<H> {
                     Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
                         self.accept(LISTENER_BASE - t)
                     }
-                    token => self.on_conn_event(ConnId::from_token(token), event),
+                    token => {
+                        let dirty_before = self.core.dirty.len();
+                        self.on_conn_event(ConnId::from_token(token), event);
+                        self.flush_fan_out(dirty_before);
+                    }
                 }
                 self.process_closes();
             }
@@ -575,6 +589,7 @@ impl<H: Handler> EventLoop<H> {
         let mut again =
             std::mem::replace(&mut self.core.read_again, std::mem::take(&mut self.spare));
         for id in again.drain(..) {
+            let dirty_before = self.core.dirty.len();
             let Some(c) = self.core.get_mut(id) else {
                 continue;
             };
@@ -610,6 +625,7 @@ impl<H: Handler> EventLoop<H> {
             if self.core.get(id).is_some_and(|c| c.read_pending) {
                 self.read(id, true);
             }
+            self.flush_fan_out(dirty_before);
             self.process_closes();
         }
         self.spare = again;
@@ -667,15 +683,35 @@ impl<H: Handler> EventLoop<H> {
             let mut dirty =
                 std::mem::replace(&mut self.core.dirty, std::mem::take(&mut self.spare));
             for id in dirty.drain(..) {
-                if let Some(c) = self.core.get_mut(id) {
-                    c.dirty = false;
-                    if matches!(c.phase, Phase::Handshaking | Phase::Open | Phase::Draining) {
-                        self.flush(id);
-                    }
-                }
+                self.flush_dirty(id);
             }
             self.spare = dirty;
             self.process_closes();
+        }
+    }
+
+    /// Writes the connections that became dirty since the dirty list held `from`, if
+    /// they are at least [`FAN_OUT_FLUSH`]; the rest wait for the end of the round.
+    fn flush_fan_out(&mut self, from: usize) {
+        if self.core.dirty.len() < from.saturating_add(FAN_OUT_FLUSH) {
+            return;
+        }
+        let mut fresh = std::mem::take(&mut self.fan_out);
+        fresh.extend(self.core.dirty.drain(from..));
+        for &id in &fresh {
+            self.flush_dirty(id);
+        }
+        fresh.clear();
+        self.fan_out = fresh;
+    }
+
+    /// Flushes a connection taken off the dirty list.
+    fn flush_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.core.get_mut(id) {
+            c.dirty = false;
+            if matches!(c.phase, Phase::Handshaking | Phase::Open | Phase::Draining) {
+                self.flush(id);
+            }
         }
     }
 

@@ -167,7 +167,8 @@ pub trait Handler: Sized + 'static {
         let _ = (cx, msg);
     }
 
-    /// Called once at the end of every loop iteration, just before output is flushed:
+    /// Called once at the end of every loop iteration, just before output is flushed
+    /// (all of it but what an event that wrote to many connections had flushed already):
     /// the place to finish batched work.
     fn tick(&mut self, cx: &mut Ctx<'_, Self>) {
         let _ = cx;

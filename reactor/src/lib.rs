@@ -10,7 +10,10 @@
 //!   empty, so an idle connection holds no buffer.
 //! - **Writes** append to the connection's output; each iteration ends with one flush
 //!   per connection that has output, so a hundred messages written in one iteration
-//!   leave in one syscall. Interest in writability is registered once (edge-triggered).
+//!   leave in one syscall. One event that gave output to many connections (an upstream
+//!   read answering many callers) has them flushed right after it instead: they would
+//!   each take a syscall anyway, and their answers do not wait for the rest of the
+//!   iteration. Interest in writability is registered once (edge-triggered).
 //! - **Backpressure**: past the high watermark a connection reports itself congested;
 //!   [`Handler::drained`] says when it falls to the low one. Reading a source can be
 //!   paused and resumed ([`Ctx::is_reading_paused`] says which state it is in).
