@@ -10,10 +10,11 @@
 #
 # TLS=1 turns on mutual TLS between the agents (certificates from
 # deploy/tls/issue-certs.sh); B=DIR takes the binaries from DIR (default
-# target/release). Alternate two variants run after run: this VM drifts by tens of
+# target/release); STAGGER=MS spreads the connections' first calls over MS
+# milliseconds (default LAT, as `bench scenario` does; 0 starts them in step). Alternate two variants run after run: this VM drifts by tens of
 # microseconds between runs. Ports 27000-27103.
 set -u
-C=${1:-128} SECS=${SECS:-10} LAT=${LAT:-50} TLS=${TLS:-0}
+C=${1:-128} SECS=${SECS:-10} LAT=${LAT:-50} TLS=${TLS:-0} STAGGER=${STAGGER:-${LAT:-50}}
 B=${B:-${CARGO_TARGET_DIR:-target}/release}
 S=com.alibaba.dubbo.performance.demo.provider.IHelloService
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,7 +48,7 @@ for p in $PIDS; do
     tail -n 3 $D/*.log >&2; kill $PIDS 2>/dev/null; rm -rf "$D"; exit 1; }
 done
 $B/bench load --target 127.0.0.1:27000 --connections "$C" --warmup-secs 3 --duration-secs "$SECS" \
-  --json $D/r.json > $D/load.txt 2>&1
+  --stagger-ms "$STAGGER" --json $D/r.json > $D/load.txt 2>&1
 python3 -c "
 import json; r = json.load(open('$D/r.json')); l = r['latency_us']
 print('TLS=$TLS qps %.1f ratio %.2f%% mean %.0f p50 %d p99 %d errors %s' % (r['qps'],

@@ -67,6 +67,13 @@ pub struct LoadOpts {
     pub progress: bool,
     /// HTTP or Dubbo.
     pub protocol: Protocol,
+    /// Each new connection sends its first request after a random wait below this,
+    /// so that connections are spread over a provider's latency rather than in step.
+    /// Against a mock of exactly fixed latency, connections that start together stay
+    /// together: every answer then queues behind the whole batch at each hop, a cost
+    /// of the load's shape that a real provider's timing jitter would soon dissolve.
+    /// Zero sends at once (as wrk does). Spent in the warm-up when it is shorter.
+    pub stagger: Duration,
 }
 
 impl Default for LoadOpts {
@@ -82,6 +89,7 @@ impl Default for LoadOpts {
             timeout: Duration::from_secs(5),
             progress: true,
             protocol: Protocol::Http,
+            stagger: Duration::ZERO,
         }
     }
 }
@@ -291,6 +299,8 @@ enum LoadTimer {
     Tick,
     /// Open a connection again after a failed one.
     Reconnect,
+    /// A new connection's first request, after its stagger.
+    First(ConnId),
 }
 
 #[derive(Debug)]
@@ -513,7 +523,14 @@ impl Handler for Load {
             sent: cx.now(),
             busy: false,
         });
-        if !self.done {
+        if self.done {
+            return;
+        }
+        let stagger = self.opts.stagger.as_micros() as usize;
+        if stagger > 0 {
+            let wait = Duration::from_micros(self.rng.below(stagger) as u64);
+            cx.set_timer(wait, LoadTimer::First(conn.id));
+        } else {
             self.send(cx, conn.id);
         }
     }
@@ -557,6 +574,14 @@ impl Handler for Load {
     }
 
     fn timer(&mut self, cx: &mut Ctx<'_, Self>, _timer: TimerId, timer: LoadTimer) {
+        if let LoadTimer::First(id) = timer {
+            // Only if that connection is still open and idle (not replaced since).
+            let idle = matches!(self.slots.get(id.index()), Some(Some(s)) if s.id == id && !s.busy);
+            if idle && !self.done {
+                self.send(cx, id);
+            }
+            return;
+        }
         if timer == LoadTimer::Reconnect {
             if !self.done {
                 self.connect(cx);

@@ -136,6 +136,11 @@ struct LoadArgs {
     /// A request unanswered this long is an error (milliseconds).
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Each connection's first request waits a random time below this (milliseconds),
+    /// spreading the connections over the provider's latency instead of starting them
+    /// in step (`bench scenario` uses the mock providers' latency; 0: all at once, as wrk).
+    #[arg(long, default_value_t = 0)]
+    stagger_ms: u64,
     /// Write a machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -217,6 +222,7 @@ fn main() -> ExitCode {
                 timeout: Duration::from_millis(a.timeout_ms),
                 progress: true,
                 protocol: a.protocol,
+                stagger: Duration::from_millis(a.stagger_ms),
             };
             let report = match load::run(&opts) {
                 Ok(r) => r,

@@ -288,6 +288,9 @@ pub(crate) struct Topology {
     pub(crate) dubbo_addr: SocketAddr,
     /// The mock providers' Dubbo addresses, in the order of their specs.
     pub(crate) provider_addrs: Vec<SocketAddr>,
+    /// The longest of the mock providers' latencies: the load staggers its
+    /// connections' first calls over it ([`LoadOpts::stagger`]).
+    pub(crate) provider_latency: Duration,
     /// The registry's URL.
     registry_url: String,
     /// The consumer-agent's admin address.
@@ -366,6 +369,11 @@ impl Topology {
             consumer_addr: free_addr()?,
             dubbo_addr: free_addr()?,
             provider_addrs: Vec::new(),
+            provider_latency: specs
+                .iter()
+                .map(|s| Duration::from_millis(s.latency_ms))
+                .max()
+                .unwrap_or_default(),
             etcd: None,
             zookeeper: None,
             registry_url: String::new(),
@@ -693,6 +701,7 @@ fn run_step_with(
         ),
         progress: false,
         protocol,
+        stagger: topo.provider_latency.min(opts.warmup),
     };
     eprintln!("{scenario}: {label} ...");
     let start = Instant::now();

@@ -202,6 +202,7 @@ pub fn run(opts: &SoakOpts) -> io::Result<SoakReport> {
         ),
         progress: false,
         protocol: load::Protocol::Http,
+        stagger: topo.provider_latency,
     };
     eprintln!(
         "soak: {} connections for {:?}, sampling every {:?}",

@@ -254,6 +254,7 @@ fn consumer_agent_http_port_withstands_bad_clients() {
         timeout: Duration::from_secs(5),
         progress: false,
         protocol: bench::load::Protocol::Http,
+        stagger: Duration::ZERO,
     })
     .expect("load");
     eprintln!("{}", r.summary());

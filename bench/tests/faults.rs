@@ -195,6 +195,7 @@ fn start_load(target: SocketAddr, connections: usize, secs: f64) -> JoinHandle<L
         timeout: Duration::from_secs(8),
         progress: false,
         protocol: bench::load::Protocol::Http,
+        stagger: Duration::ZERO,
     };
     std::thread::spawn(move || load::run(&opts).expect("load run"))
 }

@@ -19,6 +19,7 @@ fn opts(target: std::net::SocketAddr) -> LoadOpts {
         timeout: Duration::from_millis(500),
         progress: false,
         protocol: bench::load::Protocol::Http,
+        stagger: Duration::ZERO,
     }
 }
 
@@ -181,4 +182,59 @@ fn dubbo_answers_are_checked_as_http_ones() {
     .unwrap();
     assert_eq!(r.stats.ok, 0, "{}", r.summary());
     assert_eq!(r.stats.errors.get("wrong"), Some(&r.requests));
+}
+
+/// The instants at which each of `n` connections to a silent server sent its first
+/// byte, with the load run under `stagger`; measured from the first of them.
+fn first_request_spread(stagger: Duration, n: usize) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(n) {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream.unwrap();
+                let mut byte = [0u8; 1];
+                if stream.read(&mut byte).unwrap_or(0) == 1 {
+                    let _ = tx.send(std::time::Instant::now());
+                }
+                // Never answered; held open until the load ends.
+                let _ = stream.read_to_end(&mut Vec::new());
+            });
+        }
+    });
+    let load = std::thread::spawn(move || {
+        load::run(&LoadOpts {
+            connections: n,
+            warmup: Duration::ZERO,
+            duration: stagger + Duration::from_millis(300),
+            timeout: Duration::from_secs(5),
+            stagger,
+            ..opts(addr)
+        })
+        .unwrap()
+    });
+    let firsts: Vec<_> = (0..n)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("every connection sends")
+        })
+        .collect();
+    load.join().unwrap();
+    let earliest = *firsts.iter().min().unwrap();
+    let latest = *firsts.iter().max().unwrap();
+    latest.duration_since(earliest)
+}
+
+#[test]
+fn stagger_spreads_the_first_requests() {
+    // Without: all within a few milliseconds of each other.
+    let together = first_request_spread(Duration::ZERO, 16);
+    assert!(together < Duration::from_millis(100), "{together:?}");
+    // With 400 ms: sixteen uniform waits span well over 100 ms (all inside 100 ms has a
+    // chance of about 16 * (1/4)^15, once in 60 million), and none waits past 400 ms.
+    let spread = first_request_spread(Duration::from_millis(400), 16);
+    assert!(spread > Duration::from_millis(100), "{spread:?}");
+    assert!(spread < Duration::from_millis(600), "{spread:?}");
 }

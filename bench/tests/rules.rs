@@ -128,6 +128,7 @@ fn load_after(target: SocketAddr, connections: usize, warmup: Duration, secs: f6
         timeout: Duration::from_secs(5),
         progress: false,
         protocol: load::Protocol::Http,
+        stagger: Duration::ZERO,
     })
     .expect("load run")
 }

@@ -264,6 +264,7 @@ fn start_load_of(
         timeout: Duration::from_secs(8),
         progress: false,
         protocol,
+        stagger: Duration::ZERO,
     };
     std::thread::spawn(move || load::run(&opts).expect("load run"))
 }
