@@ -6,16 +6,17 @@
 //! one address (a binary upgrade's old and new process, while they overlap) do not take
 //! turns: the earlier leaves the entry to the later once it sees it (a live process, a
 //! fresh heartbeat), and removes it on deregistering only if it is still its own, so the
-//! instance never drops out of the registry. Watchers poll every 50 ms and drop (and
-//! delete) entries whose process is gone (`/proc/<pid>` on Linux) or whose heartbeat is
+//! instance never drops out of the registry. Watchers scan the service's directory when
+//! it changes (inotify, [`crate::dir_events`]) and at least once a second, or every 50 ms
+//! where inotify is unavailable, and drop (and delete) entries whose process is gone (`/proc/<pid>` on Linux) or whose heartbeat is
 //! older than 3 s. The pid check applies only to entries written from the watcher's own
 //! PID namespace (each file names its writer's, `pid_ns`): from another container a pid
 //! means nothing here, and the heartbeat check alone decides.
 //!
 //! A service's traffic rules document is the file `<dir>/<service>/mesh-rules` (not
 //! `*.json`, so never taken for an instance), written atomically by `put_rules` (a
-//! `.mesh-rules.*.tmp` file renamed over it). A rules watch polls it every 50 ms as well,
-//! and reads it again only when its inode, size or times changed; it is held to the rules
+//! `.mesh-rules.*.tmp` file renamed over it). A rules watch looks at it on the same
+//! wake-ups, and reads it again only when its inode, size or times changed; it is held to the rules
 //! below, as a regular file of at most [`MAX_RULES_BYTES`] (256 KiB), and a bad one is
 //! logged once and counted in `skipped_entries`.
 //!
@@ -37,20 +38,20 @@
 //!   or others (`mode & 0o022`). Otherwise another local user could create
 //!   `<temp_dir>/dubbo-mesh-registry` first, in the world-writable temp directory, and
 //!   plant entries that send the calls to them. `open` checks (so an agent refuses to
-//!   start), `register` and `watch` check again, and a watcher checks on every poll: while
+//!   start), `register` and `watch` check again, and a watcher checks on every scan: while
 //!   the check fails it keeps the list it had, and warns once.
 //! * **Entries.** Only regular files of at most [`MAX_ENTRY_BYTES`] (64 KiB; a real
 //!   entry is a few hundred bytes) are read. Symbolic links are not followed, FIFOs,
 //!   devices, sockets and directories are skipped, and so are larger files: a FIFO would
 //!   block the watcher for good, a link to `/dev/zero` would be read until memory runs
-//!   out, a 100 MB file re-read every poll costs most of a core. A file is opened with
+//!   out, a 100 MB file re-read every scan costs most of a core. A file is opened with
 //!   `O_NOFOLLOW | O_NONBLOCK` and judged by `fstat` on the open descriptor, so replacing
 //!   it between a check and the open gains nothing.
 //! * **Logging.** Each bad entry is logged once (again only if it changes: other inode,
 //!   size, or times); a watcher remembers [`MAX_REMEMBERED`] of them, the ones beyond are
 //!   logged at debug level after one warning saying so.
 //! * **Re-reading.** An entry whose inode, size, modification and change times are those
-//!   of the last poll is not read and parsed again.
+//!   of the last scan is not read and parsed again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -65,12 +66,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::dir_events::Wake;
 use crate::rules::{self, Found};
 use crate::{Error, Instance, RulesSink, Sink, MAX_RULES_BYTES};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const STALE_AFTER_MS: u64 = 3_000;
-const POLL: Duration = Duration::from_millis(50);
 /// Largest entry file read; a real one is a few hundred bytes.
 const MAX_ENTRY_BYTES: u64 = 64 * 1024;
 /// Bad entries a watcher remembers (to log each once), and parsed entries it caches.
@@ -534,6 +535,7 @@ impl FileBackend {
         std::thread::Builder::new()
             .name("registry-file-watch".into())
             .spawn(move || {
+                let mut wake = Wake::new(&[&top, &sdir]);
                 let mut scanner = Scanner::new(top, sdir, service);
                 let mut last: Option<Vec<Instance>> = None;
                 while !sink.is_stopped() {
@@ -544,7 +546,7 @@ impl FileBackend {
                             sink.deliver(list);
                         }
                     }
-                    std::thread::sleep(POLL);
+                    wake.wait();
                 }
             })?;
         Ok(())
@@ -564,7 +566,7 @@ impl FileRegistration {
 
 /// Whether the registry directory `top` and the service directory `sdir` in it are both
 /// there (`false`: one is missing, so the service has nothing), or why one is refused or
-/// cannot be looked at. Checked on every poll: one lstat each.
+/// cannot be looked at. Checked on every scan: one lstat each.
 fn dirs_present(top: &Path, sdir: &Path) -> Result<bool, String> {
     for dir in [top, sdir] {
         match std::fs::symlink_metadata(dir) {
@@ -850,8 +852,8 @@ impl Scanner {
 pub(crate) const RULES_FILE: &str = "mesh-rules";
 
 impl FileBackend {
-    /// Polls `<dir>/<service>/mesh-rules` every [`POLL`], reading it again only when its
-    /// inode, size or times changed.
+    /// Watches `<dir>/<service>/mesh-rules` (on every change in that directory, and once a
+    /// second), reading it again only when its inode, size or times changed.
     pub(crate) fn watch_rules(
         &self,
         service: &str,
@@ -873,9 +875,10 @@ impl FileBackend {
         std::thread::Builder::new()
             .name("registry-file-rules".into())
             .spawn(move || {
+                let mut wake = Wake::new(&[&poller.top, &poller.sdir]);
                 while !poller.tracker.is_stopped() {
                     poller.poll();
-                    std::thread::sleep(POLL);
+                    wake.wait();
                 }
             })?;
         Ok(())

@@ -150,6 +150,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod dir_events;
 #[cfg(feature = "zookeeper")]
 mod dubbo_url;
 #[cfg(feature = "etcd")]
