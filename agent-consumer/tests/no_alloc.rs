@@ -4,7 +4,6 @@
 
 mod util;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use test_support::alloc::Counting;
@@ -13,31 +12,6 @@ use util::*;
 /// Counts the consumer-agent's threads (its loops are `consumer-N`), not the test's.
 #[global_allocator]
 static GLOBAL: Counting = Counting::threads_named("consumer-");
-
-/// Sends the race's request and reads one whole answer (Content-Length framed).
-fn call(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
-    s.write_all(request).unwrap();
-    let mut have = 0;
-    loop {
-        let n = s.read(&mut buf[have..]).unwrap();
-        assert!(n > 0, "consumer-agent closed the connection");
-        have += n;
-        let text = &buf[..have];
-        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&text[..end]).unwrap();
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .expect("a Content-Length")
-                .parse()
-                .unwrap();
-            if have >= end + 4 + len {
-                return len;
-            }
-        }
-    }
-}
 
 #[test]
 fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
@@ -51,7 +25,7 @@ fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
     // Warm: buffers, tables and lists at their working size, and the timer heap too (a
     // call's cancelled timeout stays in it until a sweep at about 1,024 entries).
     for _ in 0..2000 {
-        call(&mut s, &request, &mut buf);
+        call_race(&mut s, &request, &mut buf);
     }
     let before = GLOBAL.allocations();
     assert!(
@@ -59,7 +33,7 @@ fn race_requests_on_a_warm_connection_allocate_nothing_on_the_loop() {
         "no allocation counted while warming: wrong thread name?"
     );
     for _ in 0..1000 {
-        call(&mut s, &request, &mut buf);
+        call_race(&mut s, &request, &mut buf);
     }
     let during = GLOBAL.allocations() - before;
     assert_eq!(during, 0, "loop allocations during 1,000 race requests");

@@ -5,7 +5,6 @@
 
 mod util;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use test_support::alloc::Counting;
@@ -14,31 +13,6 @@ use util::*;
 /// Counts the consumer-agent's threads (its loops are `consumer-N`), not the test's.
 #[global_allocator]
 static GLOBAL: Counting = Counting::threads_named("consumer-");
-
-/// Sends the race's request and reads one whole answer (Content-Length framed).
-fn call(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
-    s.write_all(request).unwrap();
-    let mut have = 0;
-    loop {
-        let n = s.read(&mut buf[have..]).unwrap();
-        assert!(n > 0, "consumer-agent closed the connection");
-        have += n;
-        let text = &buf[..have];
-        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&text[..end]).unwrap();
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .expect("a Content-Length")
-                .parse()
-                .unwrap();
-            if have >= end + 4 + len {
-                return len;
-            }
-        }
-    }
-}
 
 #[test]
 fn race_requests_with_the_access_log_on_allocate_nothing_on_the_loop() {
@@ -56,7 +30,7 @@ fn race_requests_with_the_access_log_on_allocate_nothing_on_the_loop() {
     let mut buf = [0u8; 4096];
     // Warm, as in `no_alloc.rs`; the log's buffers reach the number in circulation.
     for _ in 0..3000 {
-        call(&mut s, &request, &mut buf);
+        call_race(&mut s, &request, &mut buf);
     }
     assert!(
         GLOBAL.allocations() > 0,
@@ -69,7 +43,7 @@ fn race_requests_with_the_access_log_on_allocate_nothing_on_the_loop() {
     for _ in 0..3 {
         let before = GLOBAL.allocations();
         for _ in 0..300 {
-            call(&mut s, &request, &mut buf);
+            call_race(&mut s, &request, &mut buf);
         }
         windows.push(GLOBAL.allocations() - before);
     }

@@ -45,7 +45,19 @@ pub(crate) struct Core<T, M, U> {
     /// Handshakes and TLS failures on this loop.
     #[cfg(feature = "tls")]
     pub(crate) tls_stats: crate::tls::TlsStats,
+    /// Output buffers of TLS connections that wrote everything they had, for the next
+    /// TLS connection given output: an idle TLS connection holds no output buffer, and a
+    /// busy one does not allocate one per call.
+    #[cfg(feature = "tls")]
+    output_pool: Vec<Vec<u8>>,
 }
+
+/// Most output buffers a loop keeps for its TLS connections.
+#[cfg(feature = "tls")]
+const OUTPUT_POOL: usize = 32;
+/// Largest output buffer a loop keeps for its TLS connections.
+#[cfg(feature = "tls")]
+const POOLED_CAPACITY: usize = 16 * 1024;
 
 impl<T: Copy, M, U: Copy> Core<T, M, U> {
     pub(crate) fn new(
@@ -72,6 +84,37 @@ impl<T: Copy, M, U: Copy> Core<T, M, U> {
             exit: false,
             #[cfg(feature = "tls")]
             tls_stats: crate::tls::TlsStats::default(),
+            #[cfg(feature = "tls")]
+            output_pool: Vec::new(),
+        }
+    }
+
+    /// Gives a TLS connection without an output buffer one from the pool, if any.
+    #[cfg(feature = "tls")]
+    fn lend_output(&mut self, id: ConnId) {
+        let Some(c) = self
+            .conns
+            .get_mut(id.index as usize)
+            .filter(|c| c.gen == id.gen)
+        else {
+            return;
+        };
+        if c.tls.is_some() && c.output.capacity() == 0 {
+            if let Some(buf) = self.output_pool.pop() {
+                c.output = buf;
+            }
+        }
+    }
+
+    /// Takes back a TLS connection's written-out output buffer, emptied.
+    #[cfg(feature = "tls")]
+    pub(crate) fn return_output(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > 0
+            && buf.capacity() <= POOLED_CAPACITY
+            && self.output_pool.len() < OUTPUT_POOL
+        {
+            buf.clear();
+            self.output_pool.push(buf);
         }
     }
 
@@ -318,6 +361,8 @@ impl<H: Handler> Ctx<'_, H> {
             return None;
         }
         self.core.mark_dirty(id);
+        #[cfg(feature = "tls")]
+        self.core.lend_output(id);
         self.core.get_mut(id).map(|c| &mut c.output)
     }
 

@@ -733,13 +733,15 @@ impl<H: Handler> EventLoop<H> {
             let Some(c) = self.core.get_mut(id) else {
                 return;
             };
-            // Rustls allocates per record anyway: an idle TLS connection keeps no output
-            // buffer at all.
+            // An idle TLS connection keeps no output buffer: it goes back to the loop's
+            // pool, for whichever TLS connection writes next.
+            let handshaking = c.phase == Phase::Handshaking;
             if c.out_pos == c.output.len() {
-                c.output = Vec::new();
+                let buf = std::mem::take(&mut c.output);
                 c.out_pos = 0;
+                self.core.return_output(buf);
             }
-            if c.phase == Phase::Handshaking {
+            if handshaking {
                 return;
             }
             return self.after_flush(id);

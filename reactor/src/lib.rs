@@ -119,12 +119,13 @@
 //!   second per loop) and counted in `Ctx::tls_stats`.
 //! - **Memory.** Ciphertext goes through two scratch buffers per loop; a connection
 //!   holds a buffer only for a partial record or for ciphertext its socket did not take,
-//!   freed once empty. An idle mutual-TLS connection costs about 4.3 KiB of the
-//!   server's memory (rustls's session and the peer's certificate; `tests/tls_memory.rs`
-//!   measures it with 4,000 connections). rustls allocates one buffer per record
-//!   decrypted and one per record encrypted, so unlike plain TCP the TLS request path
-//!   does allocate, a constant three times per message echoed
-//!   (`tests/tls_allocations.rs`).
+//!   freed once empty. Its plaintext output buffer comes from a small pool of the
+//!   loop's when it is given output and goes back once written. An idle mutual-TLS
+//!   connection costs about 4.3 KiB of the server's memory (rustls's session and the
+//!   peer's certificate; `tests/tls_memory.rs` measures it with 4,000 connections).
+//!   rustls allocates one buffer per record decrypted and one per record encrypted, so
+//!   unlike plain TCP the TLS request path does allocate, twice per message echoed,
+//!   both rustls's (`tests/tls_allocations.rs`).
 //!
 #![cfg_attr(
     all(feature = "tls", target_os = "linux"),

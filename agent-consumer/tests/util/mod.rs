@@ -411,3 +411,101 @@ fn serve_dubbo(mut stream: TcpStream, calls: &AtomicUsize) {
         }
     }
 }
+
+/// Sends a race request on a kept-alive connection and reads its whole answer
+/// (Content-Length framed) into `buf`, asserting a 200: the body's length.
+pub fn call_race(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
+    s.write_all(request).unwrap();
+    let mut have = 0;
+    loop {
+        let n = s.read(&mut buf[have..]).unwrap();
+        assert!(n > 0, "consumer-agent closed the connection");
+        have += n;
+        let text = &buf[..have];
+        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&text[..end]).unwrap();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .expect("a Content-Length")
+                .parse()
+                .unwrap();
+            if have >= end + 4 + len {
+                return len;
+            }
+        }
+    }
+}
+
+/// A consumer-agent (one loop) and a provider-agent in this process, with mutual TLS
+/// between them (certificates from `deploy/tls/issue-certs.sh`), in front of
+/// [`mock_provider`], on the embedded registry.
+pub struct MtlsMesh {
+    pub consumer: agent_consumer::Running,
+    pub provider: agent_provider::Running,
+    _dir: tempfile::TempDir,
+}
+
+impl MtlsMesh {
+    pub fn start() -> MtlsMesh {
+        const SERVICE: &str = "com.alibaba.dubbo.performance.demo.provider.IHelloService";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let st = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/tls/issue-certs.sh"
+            ))
+            .arg(&certs)
+            .args(["mesh.test", "consumer", "provider"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run issue-certs.sh (it needs openssl: bash .ci/setup)");
+        assert!(st.success(), "issue-certs.sh failed");
+        let file = |f: String| certs.join(f).to_str().expect("UTF-8 path").to_owned();
+        let tls = |name: &str| {
+            [
+                "--tls-cert".to_owned(),
+                file(format!("{name}.pem")),
+                "--tls-key".to_owned(),
+                file(format!("{name}-key.pem")),
+                "--tls-ca".to_owned(),
+                file("ca.pem".to_owned()),
+            ]
+        };
+        let registry = format!("file://{}", dir.path().join("registry").display());
+        let (provider_addr, _calls) = mock_provider();
+        let provider_addr = provider_addr.to_string();
+        let mut args = vec![
+            "provider-agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--provider",
+            &provider_addr,
+            "--service",
+            SERVICE,
+            "--registry",
+            &registry,
+        ];
+        let pa_tls = tls("provider");
+        args.extend(pa_tls.iter().map(String::as_str));
+        let provider = agent_provider::start(agent_provider::Config::parse_from(args))
+            .expect("start provider-agent");
+        let ca_tls = tls("consumer");
+        let mut extra = vec!["--service", SERVICE, "--loops", "1"];
+        extra.extend(ca_tls.iter().map(String::as_str));
+        let consumer = consumer_with(&registry, &extra);
+        wait_ready(&consumer);
+        MtlsMesh {
+            consumer,
+            provider,
+            _dir: dir,
+        }
+    }
+
+    pub fn stop(self) {
+        self.consumer.stop();
+        self.provider.stop();
+    }
+}
