@@ -6,8 +6,6 @@
 
 mod util;
 
-use std::net::TcpStream;
-
 use test_support::alloc::Counting;
 use util::*;
 
@@ -18,22 +16,7 @@ static GLOBAL: Counting = Counting::threads_named("provider-agent");
 #[test]
 fn race_calls_over_mutual_tls_allocate_only_rustls_records_on_the_provider_loop() {
     let mesh = MtlsMesh::start();
-    let mut s = TcpStream::connect(mesh.consumer.http_addr()).unwrap();
-    s.set_nodelay(true).unwrap();
-    let request = race_request("hello, world");
-    let mut buf = [0u8; 4096];
-    for _ in 0..2000 {
-        call_race(&mut s, &request, &mut buf);
-    }
-    let before = GLOBAL.allocations();
-    assert!(
-        before > 0,
-        "no allocation counted while warming: wrong thread name?"
-    );
-    for _ in 0..1000 {
-        call_race(&mut s, &request, &mut buf);
-    }
-    let during = GLOBAL.allocations() - before;
+    let during = allocations_in_race_calls(mesh.consumer.http_addr(), || GLOBAL.allocations());
     assert!(
         during <= 2 * 1000,
         "{during} loop allocations during 1,000 calls over mTLS: more than rustls's two"

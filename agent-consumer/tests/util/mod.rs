@@ -438,6 +438,29 @@ pub fn call_race(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
     }
 }
 
+/// Allocations `counted` (a counting allocator's count) grows by during 1,000 race calls
+/// on one kept-alive connection to `addr`, after 2,000 to warm up: buffers, tables and
+/// lists at their working size, and the timer heap too (a call's cancelled timeout stays
+/// in it until a sweep at about 1,024 entries).
+pub fn allocations_in_race_calls(addr: SocketAddr, counted: impl Fn() -> usize) -> usize {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let request = race_request("hello, world");
+    let mut buf = [0u8; 4096];
+    for _ in 0..2000 {
+        call_race(&mut s, &request, &mut buf);
+    }
+    let before = counted();
+    assert!(
+        before > 0,
+        "no allocation counted while warming: wrong thread name?"
+    );
+    for _ in 0..1000 {
+        call_race(&mut s, &request, &mut buf);
+    }
+    counted() - before
+}
+
 /// A consumer-agent (one loop) and a provider-agent in this process, with mutual TLS
 /// between them (certificates from `deploy/tls/issue-certs.sh`), in front of
 /// [`mock_provider`], on the embedded registry.
