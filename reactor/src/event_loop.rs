@@ -826,6 +826,11 @@ impl<H: Handler> EventLoop<H> {
             if let Some(t) = c.timer.take() {
                 self.core.timers.cancel(t);
             }
+            // A closing TLS connection's output buffer serves the next one.
+            #[cfg(feature = "tls")]
+            if c.tls.is_some() {
+                self.core.return_output(std::mem::take(&mut c.output));
+            }
             let conn = Conn { id, tag: c.tag };
             drop(c);
             let (h, mut cx) = self.cx();
