@@ -51,6 +51,14 @@ pub struct Config {
     /// connect failure).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
+    /// Before retrying a call that the only provider-agent able to take it has just
+    /// refused (overloaded or unavailable), wait this long (milliseconds), doubled at
+    /// each further retry and jittered (half to all of it), so that the retry finds
+    /// room once the burst has passed instead of being refused again at once. A retry
+    /// that another provider-agent can take goes there at once, and so does one whose
+    /// wait would pass the call's deadline. 0: every retry at once.
+    #[arg(long, default_value_t = 25)]
+    pub retry_backoff_ms: u64,
     /// Mutual TLS to provider-agents: this agent's certificate chain (PEM, leaf
     /// first). With `--tls-key` and `--tls-ca` (all three or none): provider-agents are
     /// reached over TLS, presenting this certificate; a provider-agent's certificate

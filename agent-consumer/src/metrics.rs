@@ -89,6 +89,7 @@ struct LoopCounters {
     requests: AtomicU64,
     outcomes: [AtomicU64; OUTCOMES.len()],
     retries: AtomicU64,
+    retry_waits: AtomicU64,
     inflight: AtomicI64,
     connections: AtomicI64,
     latency_buckets: [AtomicU64; LATENCY_SLOTS],
@@ -161,9 +162,14 @@ impl LoopMetrics {
         self.own().answered(outcome, latency_us);
     }
 
-    /// A call was retried on another provider.
+    /// A call was retried after a refusal.
     pub fn retried(&self) {
         self.own().retries.fetch_add(1, Relaxed);
+    }
+
+    /// A retry waited out a backoff first (`--retry-backoff-ms`).
+    pub fn retry_waited(&self) {
+        self.own().retry_waits.fetch_add(1, Relaxed);
     }
 
     /// An HTTP connection opened (+1) or closed (-1).
@@ -368,8 +374,13 @@ impl Metrics {
         }
         w.counter(
             "consumer_retries_total",
-            "Calls retried on another provider-agent.",
+            "Calls retried after a refusal (on another provider-agent when one can take them).",
             count(|l| l.retries.load(Relaxed).into()),
+        );
+        w.counter(
+            "consumer_retry_backoffs_total",
+            "Retries that first waited out a backoff (--retry-backoff-ms): no other provider-agent could take the call.",
+            count(|l| l.retry_waits.load(Relaxed).into()),
         );
         w.gauge(
             "consumer_inflight",

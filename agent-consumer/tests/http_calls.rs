@@ -176,6 +176,74 @@ fn overloaded_provider_is_retried_elsewhere() {
     running.stop();
 }
 
+/// The value of counter `name` in the consumer-agent's `/metrics` text.
+fn counter(running: &agent_consumer::Running, name: &str) -> u64 {
+    let text = running.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}"))
+}
+
+#[test]
+fn a_call_refused_for_capacity_is_retried_after_a_backoff() {
+    // The only provider-agent refuses every call for its first 30 ms. Retried at once,
+    // a call is refused three times within a millisecond; waiting 12.5-25 ms, then
+    // 25-50 ms, its third attempt at the latest comes after the burst.
+    let busy = fake_agent(Mode::OverloadedFor(30));
+    let running = consumer(&[busy.addr], &["--retry-backoff-ms", "25"]);
+    wait_ready(&running);
+    let started = std::time::Instant::now();
+    let answers = exchange(running.http_addr(), &race_request("later"), 1);
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    assert_eq!(answers[0].body, string_hash_code("later").to_string());
+    assert!(started.elapsed() >= Duration::from_millis(12), "it waited");
+    let calls = busy.calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=3).contains(&calls), "{calls} attempts");
+    assert_eq!(
+        counter(&running, "consumer_retries_total"),
+        calls as u64 - 1
+    );
+    assert_eq!(
+        counter(&running, "consumer_retry_backoffs_total"),
+        calls as u64 - 1
+    );
+    running.stop();
+
+    // Without backoff the same burst refuses the call: every retry comes back at once.
+    let busy = fake_agent(Mode::OverloadedFor(2_000));
+    let running = consumer(&[busy.addr], &["--retry-backoff-ms", "0"]);
+    wait_ready(&running);
+    let answers = exchange(running.http_addr(), &race_request("now"), 1);
+    assert_eq!(answers[0].status, 503, "{}", answers[0].body);
+    assert_eq!(busy.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(counter(&running, "consumer_retry_backoffs_total"), 0);
+    running.stop();
+}
+
+#[test]
+fn a_retry_whose_backoff_would_pass_the_deadline_goes_at_once() {
+    // Backoff of 10 s (5-10 s with jitter) against a 3 s timeout: no retry can wait, so
+    // the refusals are retried at once and the last one answered, long before the
+    // deadline.
+    let full = fake_agent(Mode::Overloaded);
+    let running = consumer(
+        &[full.addr],
+        &["--retry-backoff-ms", "10000", "--timeout-ms", "3000"],
+    );
+    wait_ready(&running);
+    let started = std::time::Instant::now();
+    let answers = exchange(running.http_addr(), &race_request("x"), 1);
+    assert_eq!(answers[0].status, 503, "{}", answers[0].body);
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "answered at once"
+    );
+    assert_eq!(full.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(counter(&running, "consumer_retries_total"), 2);
+    assert_eq!(counter(&running, "consumer_retry_backoffs_total"), 0);
+    running.stop();
+}
+
 #[test]
 fn provider_error_is_502_with_its_message() {
     let agent = fake_agent(Mode::Fail);

@@ -101,6 +101,52 @@ impl ConsumerLoop {
 
     /// Sends a call to a provider, or answers it if none can take it.
     pub(super) fn dispatch(&mut self, cx: &mut Ctx<'_, Self>, call: u64, exclude: Option<usize>) {
+        self.send_call(cx, call, exclude, false)
+    }
+
+    /// Retries a call `refused_by` refused (overloaded or unavailable): at once on
+    /// another provider-agent, else after a backoff ([`wait_to_retry`](Self::wait_to_retry)).
+    fn retry(&mut self, cx: &mut Ctx<'_, Self>, call: u64, refused_by: usize) {
+        self.send_call(cx, call, Some(refused_by), true)
+    }
+
+    /// Waits out a retry's backoff before the call is dispatched again:
+    /// `--retry-backoff-ms` doubled at each further retry, between half and all of it at
+    /// random (so that calls refused together do not come back together). False, with
+    /// nothing done, when backoff is off or the wait would pass the call's deadline
+    /// (the call is then sent at once).
+    fn wait_to_retry(&mut self, cx: &mut Ctx<'_, Self>, call: u64) -> bool {
+        let base_us = self.config.retry_backoff_ms.saturating_mul(1000);
+        let Some(c) = self.call_mut(call) else {
+            return false;
+        };
+        if base_us == 0 {
+            return false;
+        }
+        let full_us = base_us.saturating_mul(1 << c.attempts.saturating_sub(1).min(10));
+        let jitter = self.rng.below((full_us / 2).saturating_add(1) as usize) as u64;
+        let wait = std::time::Duration::from_micros(full_us - full_us / 2 + jitter);
+        let Some(c) = self.call_mut(call) else {
+            return false;
+        };
+        if cx.now() + wait >= c.deadline {
+            return false;
+        }
+        c.retry_timer = Some(cx.set_timer(wait, super::LoopTimer::Retry(call)));
+        self.metrics.retry_waited();
+        true
+    }
+
+    /// [`dispatch`](Self::dispatch); `may_wait`: a retry, which waits out a backoff
+    /// rather than go straight back to the provider-agent that refused it (`exclude`)
+    /// or be refused for every provider-agent being full.
+    fn send_call(
+        &mut self,
+        cx: &mut Ctx<'_, Self>,
+        call: u64,
+        exclude: Option<usize>,
+        may_wait: bool,
+    ) {
         let now = cx.now();
         if let Err(limited) = self.route_call(cx, call) {
             return self.refuse_limited(cx, call, limited);
@@ -113,6 +159,18 @@ impl ConsumerLoop {
         };
         let picked =
             (self.upstreams).pick(&sig.service, &sig.version, &sig.group, exclude, route, now);
+        if may_wait {
+            let refused_again = match picked {
+                Some((_, up)) => exclude == Some(up),
+                None => self.upstreams.saturated(&sig.service),
+            };
+            if refused_again && self.wait_to_retry(cx, call) {
+                return;
+            }
+        }
+        let Some(sig) = self.signatures.get(call_id) else {
+            return;
+        };
         // Only a call no provider-agent took may wait for the registry's first list (the
         // service lookups come after `picked` for that reason).
         if picked.is_none()
@@ -236,7 +294,7 @@ impl ConsumerLoop {
         if let Some(n) = self.signature_uses.get_mut(c.call_id as usize) {
             *n = n.saturating_sub(1);
         }
-        if let Some(t) = c.timer.take() {
+        for t in [c.timer.take(), c.retry_timer.take()].into_iter().flatten() {
             cx.cancel_timer(t);
         }
         let latency = cx.now().saturating_duration_since(c.started).as_micros() as u64;
@@ -356,7 +414,7 @@ impl ConsumerLoop {
         let retry = status.is_retryable() && attempts <= self.retries_of(call) && now < deadline;
         if retry {
             self.metrics.retried();
-            return self.dispatch(cx, call, Some(sent_to));
+            return self.retry(cx, call, sent_to);
         }
         // The answer goes back the way the call came.
         self.answer(cx, call, origin, r);

@@ -585,6 +585,7 @@ impl ConsumerLoop {
             started: now,
             deadline: now + timeout,
             timer: None,
+            retry_timer: None,
             sent: None,
             attempts: 0,
             upstream: None,

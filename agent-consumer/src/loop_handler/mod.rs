@@ -87,6 +87,9 @@ pub enum LoopTimer {
     /// Hand this client's connection (HTTP or Dubbo) to the successor process, now
     /// that its calls are answered.
     HandOff(ConnId),
+    /// Retry this call, refused for capacity, after its backoff
+    /// (`call_core::wait_to_retry`).
+    Retry(u64),
 }
 
 /// One call in flight.
@@ -104,6 +107,8 @@ struct Call {
     started: Instant,
     deadline: Instant,
     timer: Option<TimerId>,
+    /// Set while the call waits out a retry's backoff (sent nowhere meanwhile).
+    retry_timer: Option<TimerId>,
     /// Upstream key it is in flight on, and when it was sent there.
     sent: Option<(usize, Instant)>,
     attempts: u32,
@@ -383,6 +388,11 @@ impl Handler for ConsumerLoop {
                 Some(Tag::Dubbo) => self.hand_off_dubbo(cx, id),
                 _ => {}
             },
+            LoopTimer::Retry(call) => {
+                let Some(c) = self.call_mut(call) else { return };
+                c.retry_timer = None;
+                self.dispatch(cx, call, None);
+            }
             LoopTimer::Call(call) => {
                 let Some(c) = self.call_mut(call) else { return };
                 c.timer = None;

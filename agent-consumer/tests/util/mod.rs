@@ -24,6 +24,9 @@ pub enum Mode {
     Hash,
     /// OVERLOADED to everything.
     Overloaded,
+    /// OVERLOADED to every call for this many milliseconds from the connection's first
+    /// call, hashCode after.
+    OverloadedFor(u64),
     /// Never answers.
     Silent,
     /// PROVIDER_ERROR "boom".
@@ -65,6 +68,7 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
     let mut chunk = [0u8; 65536];
     let mut finished = false;
     let mut answered = false;
+    let mut first_call: Option<Instant> = None;
     loop {
         let n = match stream.read(&mut chunk) {
             Ok(0) if finished => {
@@ -86,6 +90,14 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                 Frame::Request(r) => {
                     calls.fetch_add(1, Ordering::SeqCst);
                     assert!(table.get(r.call_id).is_some(), "call defined before use");
+                    let since_first = first_call.get_or_insert_with(Instant::now).elapsed();
+                    let mode = match mode {
+                        Mode::OverloadedFor(ms) if since_first < Duration::from_millis(ms) => {
+                            Mode::Overloaded
+                        }
+                        Mode::OverloadedFor(_) => Mode::Hash,
+                        other => other,
+                    };
                     match mode {
                         Mode::Delay(ms) => {
                             let arg = match hessian2::decode(r.args) {
@@ -143,7 +155,7 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                             agent::encode_response(&mut out, r.id, Status::ProviderError, b"boom")
                                 .expect("encode")
                         }
-                        Mode::Silent => {}
+                        Mode::Silent | Mode::OverloadedFor(_) => {}
                     }
                 }
                 Frame::Ping { id } => agent::encode_pong(&mut out, id),
