@@ -11,6 +11,12 @@
 //! faster finishes calls sooner, so it holds fewer in flight and is picked more often:
 //! the split follows real capacity, never exceeding what a provider can take.
 //!
+//! A provider whose CPU, not its thread pool, runs out never refuses: it queues, and
+//! its answers slow down. So the adaptive balancer also caps each provider near the
+//! concurrency it can serve at its usual latency ([`Stats::latency_cap`], revised once
+//! a second from its latency against the fastest it answered lately), and sends it
+//! more only when every provider is at one of its limits.
+//!
 //! Errors are not capacity: a provider that fails fast would otherwise hold the fewest
 //! calls and be picked most. Every algorithm but wrr divides its measure by the
 //! provider's health ([`Stats::health`]: 1, shrinking by a quarter with each failure),
@@ -50,6 +56,16 @@ const MIN_HEALTH: f64 = 1e-6;
 /// doubles each second, so it gets a few probing calls a second, and one that heals
 /// is back at full share within seconds of its first good answers.
 const HEALTH_GAINED_PER_SECOND: f64 = 2.0;
+/// A provider is queueing when its smoothed latency is more than this share above
+/// its latency floor (the fastest answer of the last 10-20 s) ...
+const QUEUEING_SHARE: f64 = 0.05;
+/// ... plus this much (microseconds), so that microsecond providers' jitter is not
+/// taken for a queue.
+const QUEUEING_SLACK_US: f64 = 1_000.0;
+/// Seconds in one of the two windows the latency floor is the minimum of.
+const FLOOR_WINDOW_SECS: u32 = 10;
+/// What a second at its latency cap without queueing multiplies the cap by.
+const LATENCY_CAP_REGAINED_PER_SECOND: f64 = 1.05;
 
 /// How an answer counts for the balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +85,21 @@ pub struct Stats {
     pub weight: u32,
     /// Calls sent and not yet answered.
     pub inflight: u32,
-    /// Learned concurrency limit (adaptive).
+    /// Learned concurrency limit (adaptive): just under the concurrency at which the
+    /// provider last refused a call for capacity.
     pub limit: f64,
+    /// Concurrency above which the provider queues (adaptive): its latency rose above
+    /// its floor at about this many calls in flight ([`Stats::recover`]). A provider
+    /// at this cap is picked only when every provider is at one of its limits.
+    pub latency_cap: f64,
+    /// The fastest answer (microseconds) of the current and the previous floor
+    /// window: the provider's latency without a queue.
+    floor_us: [f64; 2],
+    /// Seconds into the current floor window.
+    floor_age: u32,
+    /// The most calls in flight this second, and answers done this second.
+    peak_inflight: u32,
+    done_this_second: u32,
     /// Smoothed latency in microseconds (p2c); 0 until the first answer.
     pub ewma_us: f64,
     /// 1 for a provider that answers well, shrinking geometrically with each failure.
@@ -142,6 +171,11 @@ impl Stats {
             weight: weight.max(1),
             inflight: 0,
             limit: INITIAL_LIMIT,
+            latency_cap: INITIAL_LIMIT,
+            floor_us: [f64::INFINITY; 2],
+            floor_age: 0,
+            peak_inflight: 0,
+            done_this_second: 0,
             ewma_us: 0.0,
             health: 1.0,
             consecutive_failures: 0,
@@ -160,6 +194,19 @@ impl Stats {
     /// A call was sent.
     pub fn on_send(&mut self) {
         self.inflight += 1;
+        self.peak_inflight = self.peak_inflight.max(self.inflight);
+    }
+
+    /// The smoothed latency (microseconds) above which the provider is queueing.
+    fn queueing_above_us(&self) -> f64 {
+        let floor = self.floor_us[0].min(self.floor_us[1]);
+        floor * (1.0 + QUEUEING_SHARE) + QUEUEING_SLACK_US
+    }
+
+    /// The concurrency it is picked up to while others have room: the lower of its
+    /// two learned limits.
+    pub fn effective_limit(&self) -> f64 {
+        self.limit.min(self.latency_cap)
     }
 
     /// A call was answered after `latency_us`. Only calls the provider did count as
@@ -181,6 +228,8 @@ impl Stats {
             Answer::Done => self.health += (1.0 - self.health) * HEALTH_RESTORED_BY_SUCCESS,
         }
         let sample = latency_us as f64;
+        self.floor_us[0] = self.floor_us[0].min(sample);
+        self.done_this_second = self.done_this_second.saturating_add(1);
         self.ewma_us = if self.ewma_us == 0.0 {
             sample
         } else {
@@ -199,10 +248,36 @@ impl Stats {
     }
 
     /// Called once a second: failures fade, so a provider that failed gets probing
-    /// calls again (and keeps them if they succeed).
+    /// calls again (and keeps them if they succeed); the latency cap follows the
+    /// second's latency.
+    ///
+    /// A provider that slows down under load without refusing (its own CPU, not its
+    /// thread pool, is the bottleneck) would otherwise be given as many calls as a
+    /// faster one and queue them. If its smoothed latency ended the second above its
+    /// floor by more than [`QUEUEING_SHARE`] and [`QUEUEING_SLACK_US`], its cap becomes
+    /// the second's peak concurrency scaled by how much faster it must answer (Little's
+    /// law: at the same throughput, concurrency goes with latency). A second spent at
+    /// the cap without queueing raises it by a twentieth (and one), probing for room
+    /// regained.
     pub fn recover(&mut self) {
         self.health = (self.health * HEALTH_GAINED_PER_SECOND).min(1.0);
         self.recent.turn();
+        let queueing_above = self.queueing_above_us();
+        if self.done_this_second > 0 && self.ewma_us > queueing_above {
+            let basis = f64::from(self.peak_inflight).min(self.latency_cap);
+            let floor = self.floor_us[0].min(self.floor_us[1]);
+            self.latency_cap = (basis * floor / self.ewma_us).max(MIN_LIMIT);
+        } else if f64::from(self.peak_inflight) + 1.0 >= self.latency_cap {
+            self.latency_cap =
+                (self.latency_cap * LATENCY_CAP_REGAINED_PER_SECOND + 1.0).min(INITIAL_LIMIT);
+        }
+        self.peak_inflight = self.inflight;
+        self.done_this_second = 0;
+        self.floor_age += 1;
+        if self.floor_age >= FLOOR_WINDOW_SECS {
+            self.floor_age = 0;
+            self.floor_us = [f64::INFINITY, self.floor_us[0]];
+        }
     }
 
     /// The call was lost without an answer (connection dropped, timeout): a failure.
@@ -279,7 +354,7 @@ impl Balancer {
                 order.min_by(|&a, &b| {
                     let load = |s: &Stats| (f64::from(s.inflight) + 1.0) / (s.limit * s.health);
                     let (sa, sb) = (stats[a].borrow(), stats[b].borrow());
-                    let full = |s: &Stats| f64::from(s.inflight) + 1.0 > s.limit;
+                    let full = |s: &Stats| f64::from(s.inflight) + 1.0 > s.effective_limit();
                     full(sa).cmp(&full(sb)).then(load(sa).total_cmp(&load(sb)))
                 })
             }
@@ -391,6 +466,77 @@ mod tests {
         }
         assert_eq!(stats[0].inflight, 19);
         assert_eq!(stats[1].inflight, 50);
+    }
+
+    /// `n` answers of `latency_us` from `s`, each followed by a new call (in flight
+    /// stays where it is).
+    fn answered(s: &mut Stats, n: usize, latency_us: u64) {
+        for _ in 0..n {
+            s.on_answer(latency_us, Answer::Done);
+            s.on_send();
+        }
+    }
+
+    #[test]
+    fn adaptive_caps_a_provider_that_queues_and_probes_for_room_again() {
+        let mut stats = vec![Stats::new(1), Stats::new(1)];
+        // A second at 50 ms and 100 in flight each: the floor, no cap.
+        for s in stats.iter_mut() {
+            for _ in 0..100 {
+                s.on_send();
+            }
+            answered(s, 100, 50_000);
+            s.recover();
+            assert_eq!(s.latency_cap, INITIAL_LIMIT);
+        }
+        // Provider 0 slows to 100 ms at the same concurrency (its CPU, not its threads,
+        // is the bottleneck): it would answer within its floor at about 50 in flight.
+        answered(&mut stats[0], 100, 100_000);
+        stats[0].recover();
+        let cap = stats[0].latency_cap;
+        assert!((49.0..=51.0).contains(&cap), "cap {cap}");
+        // Its calls finish; new ones fill it to its cap and then go to provider 1.
+        for s in stats.iter_mut() {
+            s.inflight = 0;
+        }
+        let mut b = Balancer::new(Algorithm::Adaptive);
+        let mut sent = [0u32; 2];
+        for _ in 0..200 {
+            let i = b.pick(&mut stats, |_| true, None).expect("a pick");
+            stats[i].on_send();
+            sent[i] += 1;
+        }
+        assert_eq!(sent[0], cap as u32, "{sent:?}");
+        // A second at its cap answering at its floor again: the cap grows.
+        answered(&mut stats[0], 100, 50_000);
+        stats[0].recover();
+        assert!(stats[0].latency_cap > cap + 1.0, "{}", stats[0].latency_cap);
+        // Every provider at one of its limits: the capped one is still used (the
+        // cap steers calls, it refuses none).
+        stats[0].inflight = 60;
+        stats[1].limit = f64::from(stats[1].inflight);
+        assert_eq!(b.pick(&mut stats, |_| true, None), Some(0));
+    }
+
+    #[test]
+    fn steady_latency_and_microsecond_jitter_set_no_cap() {
+        // 50 ms with a millisecond of jitter at 170 in flight (the classic load), and
+        // a 50 µs provider whose answers take up to 900 µs under load.
+        for (floor, jitter) in [(50_000u64, 1_000u64), (50, 850)] {
+            let mut s = Stats::new(1);
+            for _ in 0..170 {
+                s.on_send();
+            }
+            let mut rng = XorShift::new(7);
+            for _ in 0..30 {
+                for _ in 0..1_000 {
+                    let latency = floor + rng.below(jitter as usize + 1) as u64;
+                    answered(&mut s, 1, latency);
+                }
+                s.recover();
+            }
+            assert_eq!(s.latency_cap, INITIAL_LIMIT, "floor {floor} µs");
+        }
     }
 
     #[test]

@@ -572,7 +572,7 @@ impl ConsumerLoop {
                 for svc in self.upstreams.services.values() {
                     if let Some(m) = svc.members.iter().find(|m| m.upstream == key) {
                         inflight += m.stats.inflight;
-                        limit = m.stats.limit;
+                        limit = m.stats.effective_limit();
                         ewma = m.stats.ewma_us;
                     }
                 }

@@ -27,6 +27,9 @@ pub enum Mode {
     /// OVERLOADED to every call for this many milliseconds from the connection's first
     /// call, hashCode after.
     OverloadedFor(u64),
+    /// hashCode, one call at a time, each taking this many milliseconds: a provider
+    /// whose CPU is its bottleneck (it queues rather than refuse).
+    Serial(u64),
     /// Never answers.
     Silent,
     /// PROVIDER_ERROR "boom".
@@ -154,6 +157,28 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                         Mode::Fail => {
                             agent::encode_response(&mut out, r.id, Status::ProviderError, b"boom")
                                 .expect("encode")
+                        }
+                        Mode::Serial(ms) => {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            let arg = match hessian2::decode(r.args) {
+                                Ok(Decoded::Complete {
+                                    msg: Value::String(s),
+                                    ..
+                                }) => s,
+                                _ => String::new(),
+                            };
+                            let mut payload = Vec::new();
+                            hessian2::ser::write_int(
+                                &mut payload,
+                                codec::java::string_hash_code(&arg),
+                            );
+                            let mut frame = Vec::new();
+                            agent::encode_response(&mut frame, r.id, Status::Ok, &payload)
+                                .expect("encode");
+                            let Ok(mut w) = writer.lock() else { return };
+                            if w.write_all(&frame).is_err() {
+                                return;
+                            }
                         }
                         Mode::Silent | Mode::OverloadedFor(_) => {}
                     }
