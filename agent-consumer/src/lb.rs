@@ -74,6 +74,9 @@ pub enum Answer {
     Done,
     /// Refused for lack of capacity: teaches the adaptive limit.
     Overloaded,
+    /// Refused before any work (a malformed request, or one its policy forbids): the
+    /// provider is fine, but how fast it said no says nothing of its latency.
+    Declined,
     /// The provider (or its agent) failed the call: counts against its health.
     Failed,
 }
@@ -225,6 +228,7 @@ impl Stats {
                 self.limit = (f64::from(inflight_at_answer) - 1.0).clamp(MIN_LIMIT, self.limit);
                 return;
             }
+            Answer::Declined => return,
             Answer::Done => self.health += (1.0 - self.health) * HEALTH_RESTORED_BY_SUCCESS,
         }
         let sample = latency_us as f64;
@@ -516,6 +520,24 @@ mod tests {
         stats[0].inflight = 60;
         stats[1].limit = f64::from(stats[1].inflight);
         assert_eq!(b.pick(&mut stats, |_| true, None), Some(0));
+    }
+
+    #[test]
+    fn quick_refusals_by_policy_do_not_lower_the_floor() {
+        let mut s = Stats::new(1);
+        for _ in 0..100 {
+            s.on_send();
+        }
+        // Forbidden calls answered in 100 µs among calls done in 50 ms.
+        for _ in 0..1_000 {
+            answered(&mut s, 1, 50_000);
+            s.on_answer(100, Answer::Declined);
+            s.on_send();
+        }
+        s.recover();
+        assert_eq!(s.latency_cap, INITIAL_LIMIT);
+        assert_eq!(s.floor_us[0], 50_000.0);
+        assert_eq!(s.inflight, 100);
     }
 
     #[test]

@@ -13,11 +13,13 @@ use crate::metrics::Outcome;
 use crate::upstream::Protocol;
 
 /// How an answer's status counts for the balancer: the provider's own result or
-/// exception, and a request it refused as malformed or by policy, are work done; a
-/// refusal for capacity teaches the limit; anything else is the provider failing.
+/// exception is work done; a request it refused as malformed or by policy is no fault
+/// of it (but no measure of its latency); a refusal for capacity teaches the limit;
+/// anything else is the provider failing.
 pub(super) fn balancer_answer(status: Status) -> Answer {
     match status {
-        Status::Ok | Status::Exception | Status::BadRequest | Status::Forbidden => Answer::Done,
+        Status::Ok | Status::Exception => Answer::Done,
+        Status::BadRequest | Status::Forbidden => Answer::Declined,
         Status::Overloaded => Answer::Overloaded,
         _ => Answer::Failed,
     }
