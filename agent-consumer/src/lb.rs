@@ -15,7 +15,10 @@
 //! its answers slow down. So the adaptive balancer also caps each provider near the
 //! concurrency it can serve at its usual latency ([`Stats::latency_cap`], revised once
 //! a second from its latency against the fastest it answered lately), and sends it
-//! more only when every provider is at one of its limits.
+//! more only when every provider is at one of its limits. The floor is kept per
+//! provider and service, not per method: a service whose methods differ widely in
+//! latency can look queueing on every provider, the caps then bind on all of them
+//! alike, and picks fall back to the refusal-learned limits, as before the caps.
 //!
 //! Errors are not capacity: a provider that fails fast would otherwise hold the fewest
 //! calls and be picked most. Every algorithm but wrr divides its measure by the
