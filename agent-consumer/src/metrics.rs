@@ -465,7 +465,7 @@ impl Metrics {
                 ),
                 (
                     "consumer_upstream_limit",
-                    "Concurrency limit the loop learned for the provider-agent.",
+                    "Concurrency limit the loop learned for the provider-agent: the lower of the one its refusals taught and its latency cap.",
                     |u| u.limit,
                 ),
                 (
