@@ -60,8 +60,9 @@ const MIN_HEALTH: f64 = 1e-6;
 /// is back at full share within seconds of its first good answers.
 const HEALTH_GAINED_PER_SECOND: f64 = 2.0;
 /// A provider is queueing when its smoothed latency is more than this share above
-/// its latency floor (the fastest answer of the last 10-20 s) ...
-const QUEUEING_SHARE: f64 = 0.05;
+/// its latency floor (the fastest answer of the last 10-20 s) ... (5% let the uneven
+/// scenario's one-core provider queue 5 ms; a 50 ms provider's jitter is under 1%.)
+const QUEUEING_SHARE: f64 = 0.02;
 /// ... plus this much (microseconds), so that microsecond providers' jitter is not
 /// taken for a queue.
 const QUEUEING_SLACK_US: f64 = 1_000.0;
