@@ -357,13 +357,24 @@ impl Balancer {
         let order = (0..n).map(|k| (start + k) % n).filter(|&i| ok(i));
         match self.algorithm {
             Algorithm::Adaptive => {
-                // Least loaded relative to learned capacity; providers at their limit
-                // only when every provider is.
+                // Least loaded relative to learned capacity. Providers at their latency
+                // cap only when every provider is at a limit, and then the one least
+                // over its cap (a cap is no measure of capacity while others have
+                // room: a provider capped once would get no calls to lift it by);
+                // providers at the limit they refused at only when every one is.
                 order.min_by(|&a, &b| {
-                    let load = |s: &Stats| (f64::from(s.inflight) + 1.0) / (s.limit * s.health);
                     let (sa, sb) = (stats[a].borrow(), stats[b].borrow());
-                    let full = |s: &Stats| f64::from(s.inflight) + 1.0 > s.effective_limit();
-                    full(sa).cmp(&full(sb)).then(load(sa).total_cmp(&load(sb)))
+                    let next = |s: &Stats| f64::from(s.inflight) + 1.0;
+                    let tier = |s: &Stats| match next(s) {
+                        n if n > s.limit => 2,
+                        n if n > s.latency_cap => 1,
+                        _ => 0,
+                    };
+                    let load = |s: &Stats| {
+                        let limit = if tier(s) == 1 { s.latency_cap } else { s.limit };
+                        next(s) / (limit * s.health)
+                    };
+                    tier(sa).cmp(&tier(sb)).then(load(sa).total_cmp(&load(sb)))
                 })
             }
             Algorithm::LeastActive => order.min_by(|&a, &b| {
@@ -519,11 +530,16 @@ mod tests {
         answered(&mut stats[0], 100, 50_000);
         stats[0].recover();
         assert!(stats[0].latency_cap > cap + 1.0, "{}", stats[0].latency_cap);
-        // Every provider at one of its limits: the capped one is still used (the
-        // cap steers calls, it refuses none).
-        stats[0].inflight = 60;
-        stats[1].limit = f64::from(stats[1].inflight);
+        // Every provider at one of its limits. Over its cap comes before over the
+        // limit it refused at (the cap steers calls, it refuses none) ...
+        let cap = stats[0].latency_cap;
+        stats[0].inflight = cap as u32 + 5;
+        stats[1].limit = f64::from(stats[1].inflight) - 1.0;
         assert_eq!(b.pick(&mut stats, |_| true, None), Some(0));
+        // ... and between two over their caps, the one least over its own.
+        stats[1].limit = INITIAL_LIMIT;
+        stats[1].latency_cap = f64::from(stats[1].inflight) - 1.0;
+        assert_eq!(b.pick(&mut stats, |_| true, None), Some(1));
     }
 
     #[test]

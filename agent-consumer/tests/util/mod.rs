@@ -103,21 +103,10 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                     };
                     match mode {
                         Mode::Delay(ms) => {
-                            let arg = match hessian2::decode(r.args) {
-                                Ok(Decoded::Complete {
-                                    msg: Value::String(s),
-                                    ..
-                                }) => s,
-                                _ => String::new(),
-                            };
+                            let payload = hash_of(r.args);
                             let (id, writer) = (r.id, writer.clone());
                             std::thread::spawn(move || {
                                 std::thread::sleep(Duration::from_millis(ms));
-                                let mut payload = Vec::new();
-                                hessian2::ser::write_int(
-                                    &mut payload,
-                                    codec::java::string_hash_code(&arg),
-                                );
                                 let mut frame = Vec::new();
                                 agent::encode_response(&mut frame, id, Status::Ok, &payload)
                                     .expect("encode");
@@ -128,19 +117,7 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                         }
                         Mode::HashThenFinish if finished => {}
                         Mode::Hash | Mode::HashThenFinish => {
-                            let arg = match hessian2::decode(r.args) {
-                                Ok(Decoded::Complete {
-                                    msg: Value::String(s),
-                                    ..
-                                }) => s,
-                                _ => String::new(),
-                            };
-                            let mut payload = Vec::new();
-                            hessian2::ser::write_int(
-                                &mut payload,
-                                codec::java::string_hash_code(&arg),
-                            );
-                            agent::encode_response(&mut out, r.id, Status::Ok, &payload)
+                            agent::encode_response(&mut out, r.id, Status::Ok, &hash_of(r.args))
                                 .expect("encode");
                             answered = true;
                         }
@@ -160,20 +137,8 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
                         }
                         Mode::Serial(ms) => {
                             std::thread::sleep(Duration::from_millis(ms));
-                            let arg = match hessian2::decode(r.args) {
-                                Ok(Decoded::Complete {
-                                    msg: Value::String(s),
-                                    ..
-                                }) => s,
-                                _ => String::new(),
-                            };
-                            let mut payload = Vec::new();
-                            hessian2::ser::write_int(
-                                &mut payload,
-                                codec::java::string_hash_code(&arg),
-                            );
                             let mut frame = Vec::new();
-                            agent::encode_response(&mut frame, r.id, Status::Ok, &payload)
+                            agent::encode_response(&mut frame, r.id, Status::Ok, &hash_of(r.args))
                                 .expect("encode");
                             let Ok(mut w) = writer.lock() else { return };
                             if w.write_all(&frame).is_err() {
@@ -200,6 +165,21 @@ fn serve(mut stream: TcpStream, mode: Mode, calls: &AtomicUsize) {
             }
         }
     }
+}
+
+/// The answer's payload for a call of `args`: hashCode of its String argument (of ""
+/// when it has none), as hessian2.
+fn hash_of(args: &[u8]) -> Vec<u8> {
+    let arg = match hessian2::decode(args) {
+        Ok(Decoded::Complete {
+            msg: Value::String(s),
+            ..
+        }) => s,
+        _ => String::new(),
+    };
+    let mut payload = Vec::new();
+    hessian2::ser::write_int(&mut payload, codec::java::string_hash_code(&arg));
+    payload
 }
 
 /// Starts a consumer-agent on a free port with a static registry listing `agents`.
