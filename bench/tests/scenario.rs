@@ -117,6 +117,27 @@ fn quick_scenarios_run_clean_and_stop_everything() {
         "every process stopped"
     );
 
+    // Uneven: providers that queue rather than refuse, past their capacity at 512
+    // connections; every call is still answered right (the balancer's latency caps
+    // steer calls and refuse none). Long enough for the caps to be revised.
+    opts.which = Which::Uneven;
+    opts.warmup = Duration::from_secs(2);
+    opts.duration = Duration::from_secs(3);
+    let r = scenario::run(&opts).expect("uneven scenario");
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert_eq!(r.steps.len(), 2, "{:?}", r.steps);
+    for s in &r.steps {
+        assert!(s.requests > 0, "{s:?}");
+        assert!(s.errors.is_empty(), "every request answered right: {s:?}");
+    }
+    opts.warmup = Duration::from_millis(500);
+    opts.duration = Duration::from_secs(1);
+    assert_eq!(
+        live_children(),
+        Vec::<String>::new(),
+        "every process stopped"
+    );
+
     opts.which = Which::Idle;
     opts.idle_connections = 200;
     let r = scenario::run(&opts).expect("idle scenario");
