@@ -59,8 +59,8 @@ const MIN_HEALTH: f64 = 1e-6;
 /// doubles each second, so it gets a few probing calls a second, and one that heals
 /// is back at full share within seconds of its first good answers.
 const HEALTH_GAINED_PER_SECOND: f64 = 2.0;
-/// A provider is queueing when its smoothed latency is more than this share above
-/// its latency floor (the fastest answer of the last 10-20 s) ... (5% let the uneven
+/// A provider is queueing when its mean latency over a second is more than this share
+/// above its latency floor (the fastest answer of the last 10-20 s) ... (5% let the uneven
 /// scenario's one-core provider queue 5 ms; a 50 ms provider's jitter is under 1%.)
 const QUEUEING_SHARE: f64 = 0.02;
 /// ... plus this much (microseconds), so that microsecond providers' jitter is not
@@ -68,6 +68,9 @@ const QUEUEING_SHARE: f64 = 0.02;
 const QUEUEING_SLACK_US: f64 = 1_000.0;
 /// Seconds in one of the two windows the latency floor is the minimum of.
 const FLOOR_WINDOW_SECS: u32 = 10;
+/// How much faster the second after a cut of the latency cap must be for the cut to
+/// stay.
+const A_CUT_GAINS: f64 = 0.05;
 /// What a second at its latency cap without queueing multiplies the cap by.
 const LATENCY_CAP_REGAINED_PER_SECOND: f64 = 1.05;
 
@@ -99,14 +102,23 @@ pub struct Stats {
     /// its floor at about this many calls in flight ([`Stats::recover`]). A provider
     /// at this cap is picked only when every provider is at one of its limits.
     pub latency_cap: f64,
-    /// The fastest answer (microseconds) of the current and the previous floor
-    /// window: the provider's latency without a queue.
+    /// The lowest smoothed latency (microseconds) of the current and the previous
+    /// floor window: the provider's latency without a queue. Smoothed, so that one
+    /// uncommonly fast answer (a cache hit) does not set it.
     floor_us: [f64; 2],
     /// Seconds into the current floor window.
     floor_age: u32,
-    /// The most calls in flight this second, and answers done this second.
+    /// The most calls in flight this second, answers done this second and their
+    /// latencies summed (microseconds).
     peak_inflight: u32,
     done_this_second: u32,
+    latency_sum_us: f64,
+    /// The last cut of the cap: the second's mean latency that made it, and the cap
+    /// before it (put back if the next second is no faster).
+    last_cut: Option<(f64, f64)>,
+    /// A cut was undone: no more cuts until the floor window turns (the floor that
+    /// called for it is suspect).
+    cuts_paused: bool,
     /// Smoothed latency in microseconds (p2c); 0 until the first answer.
     pub ewma_us: f64,
     /// 1 for a provider that answers well, shrinking geometrically with each failure.
@@ -183,6 +195,9 @@ impl Stats {
             floor_age: 0,
             peak_inflight: 0,
             done_this_second: 0,
+            latency_sum_us: 0.0,
+            last_cut: None,
+            cuts_paused: false,
             ewma_us: 0.0,
             health: 1.0,
             consecutive_failures: 0,
@@ -236,13 +251,14 @@ impl Stats {
             Answer::Done => self.health += (1.0 - self.health) * HEALTH_RESTORED_BY_SUCCESS,
         }
         let sample = latency_us as f64;
-        self.floor_us[0] = self.floor_us[0].min(sample);
         self.done_this_second = self.done_this_second.saturating_add(1);
+        self.latency_sum_us += sample;
         self.ewma_us = if self.ewma_us == 0.0 {
             sample
         } else {
             self.ewma_us + (sample - self.ewma_us) / 8.0
         };
+        self.floor_us[0] = self.floor_us[0].min(self.ewma_us);
         if f64::from(inflight_at_answer) + 1.0 >= self.limit {
             // Working at the limit without refusal: probe a little higher.
             self.limit = (self.limit + 1.0 / self.limit.max(1.0) * 4.0).min(INITIAL_LIMIT);
@@ -261,30 +277,48 @@ impl Stats {
     ///
     /// A provider that slows down under load without refusing (its own CPU, not its
     /// thread pool, is the bottleneck) would otherwise be given as many calls as a
-    /// faster one and queue them. If its smoothed latency ended the second above its
+    /// faster one and queue them. If its mean latency over the second was above its
     /// floor by more than [`QUEUEING_SHARE`] and [`QUEUEING_SLACK_US`], its cap becomes
     /// the second's peak concurrency scaled by how much faster it must answer (Little's
-    /// law: at the same throughput, concurrency goes with latency). A second spent at
-    /// the cap without queueing raises it by a twentieth (and one), probing for room
-    /// regained.
+    /// law: at the same throughput, concurrency goes with latency). If the next second
+    /// is not faster by [`A_CUT_GAINS`] at least, fewer calls did not shorten its
+    /// latency (a provider whose latency merely varies, or is slow whatever its load):
+    /// that cut is undone, and no other is made until the floor window turns. A
+    /// second spent at the cap without queueing raises it by a
+    /// twentieth (and one), probing for room regained.
     pub fn recover(&mut self) {
         self.health = (self.health * HEALTH_GAINED_PER_SECOND).min(1.0);
         self.recent.turn();
-        let queueing_above = self.queueing_above_us();
-        if self.done_this_second > 0 && self.ewma_us > queueing_above {
-            let basis = f64::from(self.peak_inflight).min(self.latency_cap);
+        let last_cut = self.last_cut.take();
+        if self.done_this_second > 0 {
+            let mean = self.latency_sum_us / f64::from(self.done_this_second);
             let floor = self.floor_us[0].min(self.floor_us[1]);
-            self.latency_cap = (basis * floor / self.ewma_us).max(MIN_LIMIT);
-        } else if f64::from(self.peak_inflight) + 1.0 >= self.latency_cap {
-            self.latency_cap =
-                (self.latency_cap * LATENCY_CAP_REGAINED_PER_SECOND + 1.0).min(INITIAL_LIMIT);
+            let queueing = mean > self.queueing_above_us();
+            match last_cut {
+                Some((cut_at, before)) if queueing && mean > cut_at * (1.0 - A_CUT_GAINS) => {
+                    self.latency_cap = before;
+                    self.cuts_paused = true;
+                }
+                _ if queueing && !self.cuts_paused => {
+                    let basis = f64::from(self.peak_inflight).min(self.latency_cap);
+                    self.last_cut = Some((mean, self.latency_cap));
+                    self.latency_cap = (basis * floor / mean).max(MIN_LIMIT);
+                }
+                _ if f64::from(self.peak_inflight) + 1.0 >= self.latency_cap => {
+                    self.latency_cap = (self.latency_cap * LATENCY_CAP_REGAINED_PER_SECOND + 1.0)
+                        .min(INITIAL_LIMIT);
+                }
+                _ => {}
+            }
         }
         self.peak_inflight = self.inflight;
         self.done_this_second = 0;
+        self.latency_sum_us = 0.0;
         self.floor_age += 1;
         if self.floor_age >= FLOOR_WINDOW_SECS {
             self.floor_age = 0;
             self.floor_us = [f64::INFINITY, self.floor_us[0]];
+            self.cuts_paused = false;
         }
     }
 
@@ -558,6 +592,47 @@ mod tests {
         assert_eq!(s.latency_cap, INITIAL_LIMIT);
         assert_eq!(s.floor_us[0], 50_000.0);
         assert_eq!(s.inflight, 100);
+    }
+
+    #[test]
+    fn latency_that_does_not_follow_the_load_sets_no_lasting_cap() {
+        // 100 in flight, a minute of answers whose latency varies whatever the load
+        // (50-55 ms, 50-60 ms, 5-8 ms), and 50 ms answers with one 2 ms cache hit a
+        // second: a cut, if any, is undone the next second.
+        type Draw = fn(&mut XorShift) -> u64;
+        let cases: [(&str, Draw); 4] = [
+            ("50-55 ms", |r| 50_000 + r.below(5_001) as u64),
+            ("50-60 ms", |r| 50_000 + r.below(10_001) as u64),
+            ("5-8 ms", |r| 5_000 + r.below(3_001) as u64),
+            ("a cache hit", |r| {
+                if r.below(1_000) == 0 {
+                    2_000
+                } else {
+                    50_000
+                }
+            }),
+        ];
+        for (name, draw) in cases {
+            let mut s = Stats::new(1);
+            for _ in 0..100 {
+                s.on_send();
+            }
+            let mut rng = XorShift::new(11);
+            let mut lowest = f64::MAX;
+            for _ in 0..60 {
+                for _ in 0..1_000 {
+                    answered(&mut s, 1, draw(&mut rng));
+                }
+                s.recover();
+                lowest = lowest.min(s.latency_cap);
+            }
+            assert!(lowest >= 70.0, "{name}: the cap fell to {lowest}");
+            assert!(
+                s.latency_cap >= 100.0,
+                "{name}: the cap ended at {}",
+                s.latency_cap
+            );
+        }
     }
 
     #[test]
