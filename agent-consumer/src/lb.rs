@@ -14,11 +14,13 @@
 //! A provider whose CPU, not its thread pool, runs out never refuses: it queues, and
 //! its answers slow down. So the adaptive balancer also caps each provider near the
 //! concurrency it can serve at its usual latency ([`Stats::latency_cap`], revised once
-//! a second from its latency against the fastest it answered lately), and sends it
-//! more only when every provider is at one of its limits. The floor is kept per
-//! provider and service, not per method: a service whose methods differ widely in
-//! latency can look queueing on every provider, the caps then bind on all of them
-//! alike, and picks fall back to the refusal-learned limits, as before the caps.
+//! a second from its mean latency against the lowest it showed lately), and sends it
+//! more only when every provider is at one of its limits: then to the one least over
+//! its cap, and past a refusal-learned limit last. A cut that does not make the
+//! provider faster is undone the next second, so latency that varies for other
+//! reasons (a service whose methods differ widely, a slow dependency) costs at most a
+//! second's cut now and then. The floor is kept per provider and service, not per
+//! method.
 //!
 //! Errors are not capacity: a provider that fails fast would otherwise hold the fewest
 //! calls and be picked most. Every algorithm but wrr divides its measure by the
