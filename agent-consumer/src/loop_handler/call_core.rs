@@ -119,21 +119,17 @@ impl ConsumerLoop {
     /// (the call is then sent at once).
     fn wait_to_retry(&mut self, cx: &mut Ctx<'_, Self>, call: u64) -> bool {
         let base_us = self.config.retry_backoff_ms.saturating_mul(1000);
-        let Some(c) = self.call_mut(call) else {
+        let attempts = self.call_mut(call).map(|c| c.attempts);
+        let Some(attempts) = attempts.filter(|_| base_us > 0) else {
             return false;
         };
-        if base_us == 0 {
-            return false;
-        }
-        let full_us = base_us.saturating_mul(1 << c.attempts.saturating_sub(1).min(10));
+        let full_us = base_us.saturating_mul(1 << attempts.saturating_sub(1).min(10));
         let jitter = self.rng.below((full_us / 2).saturating_add(1) as usize) as u64;
         let wait = std::time::Duration::from_micros(full_us - full_us / 2 + jitter);
-        let Some(c) = self.call_mut(call) else {
+        let now = cx.now();
+        let Some(c) = self.call_mut(call).filter(|c| now + wait < c.deadline) else {
             return false;
         };
-        if cx.now() + wait >= c.deadline {
-            return false;
-        }
         c.retry_timer = Some(cx.set_timer(wait, super::LoopTimer::Retry(call)));
         self.metrics.retry_waited();
         true
