@@ -221,7 +221,8 @@ impl Stats {
         self.peak_inflight = self.peak_inflight.max(self.inflight);
     }
 
-    /// The smoothed latency (microseconds) above which the provider is queueing.
+    /// The mean latency over a second (microseconds) above which the provider is
+    /// queueing.
     fn queueing_above_us(&self) -> f64 {
         let floor = self.floor_us[0].min(self.floor_us[1]);
         floor * (1.0 + QUEUEING_SHARE) + QUEUEING_SLACK_US
@@ -285,9 +286,9 @@ impl Stats {
     /// law: at the same throughput, concurrency goes with latency). If the next second
     /// is not faster by [`A_CUT_GAINS`] at least, fewer calls did not shorten its
     /// latency (a provider whose latency merely varies, or is slow whatever its load):
-    /// that cut is undone, and no other is made until the floor window turns. A
-    /// second spent at the cap without queueing raises it by a
-    /// twentieth (and one), probing for room regained.
+    /// that cut is undone, and no other is made until the floor window turns. A second
+    /// spent at the cap without queueing raises it by a twentieth (and one), probing
+    /// for room regained.
     pub fn recover(&mut self) {
         self.health = (self.health * HEALTH_GAINED_PER_SECOND).min(1.0);
         self.recent.turn();
