@@ -5,7 +5,7 @@ mod util;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::*;
 
@@ -48,15 +48,11 @@ fn a_provider_that_queues_instead_of_refusing_is_capped_near_its_capacity() {
         .collect();
     // The cap is revised once a second: give it a few.
     let slow_addr = slow.addr.to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut cap = f64::MAX;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(250));
+    test_support::wait::wait_until(Duration::from_secs(10), || {
         cap = upstream_gauge(&running, "consumer_upstream_limit", &slow_addr);
-        if cap <= 4.0 {
-            break;
-        }
-    }
+        cap <= 4.0
+    });
     assert!(
         cap <= 4.0,
         "the slow provider-agent's limit stayed at {cap}"
